@@ -1,0 +1,411 @@
+//! `portico.toml`: the process configuration.
+//!
+//! Loaded with the `config` crate so that every key can be overridden from the
+//! environment as `PORTICO_SECTION__KEY` (e.g. `PORTICO_ADMIN__LISTEN`).
+//! Unknown keys are errors: a typo must never silently fall back to a default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lb::PolicyKind;
+
+/// The configuration shipped in `conf/portico.toml`, compiled in so that
+/// `portico run` works from any directory.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../conf/portico.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub node: NodeConfig,
+    pub sources: SourcesConfig,
+    pub ingress: IngressConfig,
+    pub proxy: ProxyConfig,
+    pub tls: TlsConfig,
+    pub l4: L4Config,
+    pub lb: LbConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub demo: DemoConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Plain-text HTTP listeners (HTTP/1.1 and h2c with prior knowledge).
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (HTTP/1.1 and h2 via ALPN), certificate chosen by SNI.
+    pub https: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The edge node's own addresses: NodePort listeners, and LoadBalancer
+    /// listeners without an address of their own, bind here.
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Folders of Kubernetes manifests (YAML or JSON), read recursively and
+    /// watched for changes. Relative paths are relative to the config file.
+    pub manifests: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// `spec.controller` of the IngressClasses this gateway serves.
+    pub controller: String,
+    /// Class names accepted from the legacy `kubernetes.io/ingress.class`
+    /// annotation and from `spec.ingressClassName` without an IngressClass
+    /// object (e.g. `nginx` while migrating).
+    pub accepted_classes: Vec<String>,
+    /// Serve Ingresses that name no class when no default IngressClass exists.
+    pub watch_without_class: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the upstream to send the next bytes.
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// How long an idle upstream keep-alive connection stays in the pool.
+    pub upstream_idle_timeout_ms: u64,
+    /// How long an idle downstream keep-alive connection is kept open.
+    pub downstream_keepalive_timeout_ms: u64,
+    /// Request header block larger than this gets 431.
+    pub max_request_header_bytes: usize,
+    /// Extra connection attempts on other endpoints after a failed connect.
+    pub connect_retries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain served when no Ingress certificate matches the SNI.
+    /// Without it a self-signed certificate is generated at start.
+    pub default_certificate: Option<PathBuf>,
+    pub default_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct L4Config {
+    /// Open listeners on `nodePort` for NodePort and LoadBalancer Services.
+    /// Off when kube-proxy owns those ports.
+    pub node_ports: bool,
+    pub tcp_idle_timeout_ms: u64,
+    pub udp_idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub connect_retries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbConfig {
+    /// Policy for Services without a `portico.io/load-balancer` annotation.
+    pub default_policy: PolicyKind,
+    /// Consecutive connect failures after which an endpoint is skipped.
+    pub failure_threshold: u32,
+    /// How long a failing endpoint is skipped.
+    pub cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM: stop accepting, then wait at most this long for in-flight
+    /// requests and connections before exiting.
+    pub grace_period_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `portico=debug`. `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+    /// One JSON line per request on stdout.
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Start built-in echo servers on these addresses (quickstart only; the
+    /// example manifests point their EndpointSlices here).
+    pub echo: Vec<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ListenConfig::default(),
+            admin: AdminConfig::default(),
+            node: NodeConfig::default(),
+            sources: SourcesConfig::default(),
+            ingress: IngressConfig::default(),
+            proxy: ProxyConfig::default(),
+            tls: TlsConfig::default(),
+            l4: L4Config::default(),
+            lb: LbConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            demo: DemoConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            https: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            controller: "portico.io/ingress-controller".into(),
+            accepted_classes: vec!["portico".into()],
+            watch_without_class: true,
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            upstream_idle_timeout_ms: 60_000,
+            downstream_keepalive_timeout_ms: 75_000,
+            max_request_header_bytes: 32 * 1024,
+            connect_retries: 2,
+        }
+    }
+}
+
+impl Default for L4Config {
+    fn default() -> Self {
+        L4Config {
+            node_ports: true,
+            tcp_idle_timeout_ms: 3_600_000,
+            udp_idle_timeout_ms: 60_000,
+            connect_timeout_ms: 2_000,
+            connect_retries: 2,
+        }
+    }
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            default_policy: PolicyKind::RoundRobin,
+            failure_threshold: 3,
+            cooldown_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period_seconds: 30,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access_log: false,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Where a configuration came from; relative manifest paths resolve against it.
+#[derive(Debug, Clone)]
+pub enum ConfigOrigin {
+    Embedded,
+    File(PathBuf),
+}
+
+/// Reads the configuration: the file (or the embedded default), then
+/// `PORTICO_*` environment overrides. Errors name the file and the key.
+pub fn load(file: Option<&Path>) -> Result<(Config, ConfigOrigin), String> {
+    load_with_env(file, std::env::vars())
+}
+
+pub fn load_with_env(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Config, ConfigOrigin), String> {
+    let (text, origin, name) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: cannot read config file: {e}", path.display()))?;
+            (
+                text,
+                ConfigOrigin::File(path.to_path_buf()),
+                path.display().to_string(),
+            )
+        }
+        None => (
+            EMBEDDED_DEFAULT.to_string(),
+            ConfigOrigin::Embedded,
+            "conf/portico.toml (embedded)".to_string(),
+        ),
+    };
+    // Parse the file alone first so that its errors carry line numbers.
+    let _: Config = toml_check(&text).map_err(|e| format!("{name}: {e}"))?;
+
+    let env_map: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("PORTICO_") && k.contains("__"))
+        .collect();
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("PORTICO")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("listen.http")
+                .with_list_parse_key("listen.https")
+                .with_list_parse_key("node.addresses")
+                .with_list_parse_key("sources.manifests")
+                .with_list_parse_key("ingress.accepted_classes")
+                .with_list_parse_key("demo.echo")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        )
+        .build()
+        .map_err(|e| format!("{name}: {e}"))?;
+    let mut cfg: Config = built
+        .try_deserialize()
+        .map_err(|e| format!("{name} (with PORTICO_* environment overrides): {e}"))?;
+    if let ConfigOrigin::File(path) = &origin {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in &mut cfg.sources.manifests {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+    }
+    validate(&cfg).map_err(|e| format!("{name}: {e}"))?;
+    Ok((cfg, origin))
+}
+
+fn toml_check(text: &str) -> Result<Config, String> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Config>())
+        .map_err(|e| e.to_string())
+}
+
+fn validate(cfg: &Config) -> Result<(), String> {
+    if cfg.tls.default_certificate.is_some() != cfg.tls.default_key.is_some() {
+        return Err("tls.default_certificate and tls.default_key must be set together".into());
+    }
+    if cfg.lb.failure_threshold == 0 {
+        return Err("lb.failure_threshold must be at least 1".into());
+    }
+    if cfg.proxy.max_request_header_bytes < 1024 {
+        return Err("proxy.max_request_header_bytes must be at least 1024".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let (cfg, _) = load_with_env(None, env(&[])).unwrap();
+        assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().unwrap());
+        assert!(!cfg.sources.manifests.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("portico-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[proxy]\nconect_timeout_ms = 5\n").unwrap();
+        let err = load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("conect_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let (cfg, _) = load_with_env(
+            None,
+            env(&[
+                ("PORTICO_ADMIN__LISTEN", "127.0.0.1:9999"),
+                ("PORTICO_PROXY__CONNECT_RETRIES", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.admin.listen.port(), 9999);
+        assert_eq!(cfg.proxy.connect_retries, 5);
+    }
+
+    #[test]
+    fn half_a_default_certificate_is_rejected() {
+        let mut cfg = Config::default();
+        cfg.tls.default_certificate = Some("x.pem".into());
+        assert!(validate(&cfg).unwrap_err().contains("default_key"));
+    }
+}

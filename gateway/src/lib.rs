@@ -1,0 +1,15 @@
+//! Portico: a WebAssembly-extensible L4/L7 edge gateway for Kubernetes.
+//!
+//! Data flows one way: sources (`source`) fill the object store (`store`),
+//! translation (`translate`, pure) turns it into a `snapshot`, `publish`
+//! swaps the snapshot in, and the data plane (`proxy`, `l4`) reads it.
+
+pub mod config;
+pub mod lb;
+pub mod problems;
+pub mod routing;
+pub mod snapshot;
+pub mod source;
+pub mod store;
+pub mod tls;
+pub mod translate;

@@ -1,0 +1,346 @@
+//! Host and path matching with the Ingress v1 rules.
+//!
+//! Hosts: exact names first, then `*.suffix` wildcards (which cover exactly one
+//! more DNS label), then rules without a host. A host whose paths do not match
+//! falls through to the wildcard and host-less rules, then to the
+//! `defaultBackend`. Paths: the longest matching path wins; at equal length
+//! `Exact` beats `Prefix`. `Prefix` matches element-wise (`/foo` matches
+//! `/foo/bar`, not `/foobar`) and ignores a trailing slash.
+//! `ImplementationSpecific` is treated as `Prefix`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::snapshot::BackendKey;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PathKind {
+    Exact,
+    Prefix,
+}
+
+/// Where a matched request goes and which object said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// `namespace/name` of the Ingress, used as the metrics label.
+    pub ingress: String,
+    /// The rule's host as written (`*` when the rule has none).
+    pub host: String,
+    /// The path as written (`/` for a defaultBackend).
+    pub path: String,
+    pub kind: PathKind,
+    pub backend: BackendKey,
+}
+
+#[derive(Debug, Clone)]
+struct PathRule {
+    /// Normalised: `Prefix` without the trailing slash (`/` becomes empty).
+    path: String,
+    kind: PathKind,
+    route: Arc<Route>,
+}
+
+impl PathRule {
+    fn matches(&self, path: &str) -> bool {
+        match self.kind {
+            PathKind::Exact => path == self.path,
+            PathKind::Prefix => {
+                self.path.is_empty()
+                    || (path.starts_with(&self.path)
+                        && matches!(path.as_bytes().get(self.path.len()), None | Some(b'/')))
+            }
+        }
+    }
+}
+
+/// The paths of one host, ordered by precedence.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualHost {
+    rules: Vec<PathRule>,
+}
+
+impl VirtualHost {
+    /// Adds a path unless an equal one is already there (the first Ingress
+    /// wins, as translation orders them). Returns the route kept.
+    pub fn add(&mut self, kind: PathKind, path: &str, route: Route) -> Result<(), Arc<Route>> {
+        let norm = match kind {
+            PathKind::Exact => path.to_string(),
+            PathKind::Prefix => path.trim_end_matches('/').to_string(),
+        };
+        if let Some(existing) = self.rules.iter().find(|r| r.kind == kind && r.path == norm) {
+            return Err(existing.route.clone());
+        }
+        self.rules.push(PathRule {
+            path: norm,
+            kind,
+            route: Arc::new(route),
+        });
+        // Longest first; at equal length Exact before Prefix.
+        self.rules.sort_by(|a, b| {
+            b.path
+                .len()
+                .cmp(&a.path.len())
+                .then_with(|| (a.kind == PathKind::Prefix).cmp(&(b.kind == PathKind::Prefix)))
+        });
+        Ok(())
+    }
+
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.rules.iter().find(|r| r.matches(path)).map(|r| &r.route)
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.rules.iter().map(|r| &r.route)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, VirtualHost>,
+    /// Keyed by the suffix after `*.`, e.g. `foo.com` for `*.foo.com`.
+    wildcard: HashMap<String, VirtualHost>,
+    any_host: VirtualHost,
+    default_backend: Option<Arc<Route>>,
+}
+
+/// Which host entry a request host selected, for `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostMatch {
+    Exact,
+    Wildcard,
+    AnyHost,
+    DefaultBackend,
+}
+
+impl RouteTable {
+    /// The virtual host for a rule host: `None`/empty for host-less rules.
+    pub fn host_mut(&mut self, host: Option<&str>) -> &mut VirtualHost {
+        match host {
+            None | Some("") => &mut self.any_host,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.to_ascii_lowercase()).or_default(),
+                None => self.exact.entry(h.to_ascii_lowercase()).or_default(),
+            },
+        }
+    }
+
+    /// Sets the defaultBackend unless one is set; returns the one kept.
+    pub fn set_default_backend(&mut self, route: Route) -> Result<(), Arc<Route>> {
+        match &self.default_backend {
+            Some(existing) => Err(existing.clone()),
+            None => {
+                self.default_backend = Some(Arc::new(route));
+                Ok(())
+            }
+        }
+    }
+
+    /// Routes a request. `host` may carry a port and any case; `path` may carry
+    /// a query string.
+    pub fn find(&self, host: &str, path: &str) -> Option<(&Arc<Route>, HostMatch)> {
+        let host = normalize_host(host);
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let path = if path.is_empty() { "/" } else { path };
+        let host = host.as_ref();
+        if let Some(vh) = self.exact.get(host) {
+            if let Some(r) = vh.find(path) {
+                return Some((r, HostMatch::Exact));
+            }
+        }
+        if let Some((_, suffix)) = host.split_once('.') {
+            if let Some(r) = self.wildcard.get(suffix).and_then(|vh| vh.find(path)) {
+                return Some((r, HostMatch::Wildcard));
+            }
+        }
+        if let Some(r) = self.any_host.find(path) {
+            return Some((r, HostMatch::AnyHost));
+        }
+        self.default_backend
+            .as_ref()
+            .map(|r| (r, HostMatch::DefaultBackend))
+    }
+
+    /// Every route, for `/config` and explain.
+    pub fn all_routes(&self) -> Vec<Arc<Route>> {
+        let mut out: Vec<Arc<Route>> = Vec::new();
+        for vh in self
+            .exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(std::iter::once(&self.any_host))
+        {
+            out.extend(vh.routes().cloned());
+        }
+        out.extend(self.default_backend.iter().cloned());
+        out.sort_by(|a, b| (&a.host, &a.path).cmp(&(&b.host, &b.path)));
+        out
+    }
+}
+
+/// Lower-cases a Host header value and strips its port (IPv6 brackets kept).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.trim_end_matches('.');
+    let without_port = if host.starts_with('[') {
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str) -> Route {
+        Route {
+            ingress: format!("default/{name}"),
+            host: String::new(),
+            path: String::new(),
+            kind: PathKind::Prefix,
+            backend: BackendKey {
+                namespace: "default".into(),
+                service: name.into(),
+                port: "80".into(),
+            },
+        }
+    }
+
+    fn vhost(paths: &[(PathKind, &str)]) -> VirtualHost {
+        let mut vh = VirtualHost::default();
+        for (kind, p) in paths {
+            vh.add(*kind, p, route(&format!("{kind:?}{p}"))).unwrap();
+        }
+        vh
+    }
+
+    use PathKind::{Exact, Prefix};
+
+    /// Every row of the path-matching examples table in the Kubernetes
+    /// Ingress documentation, plus the precedence rows.
+    #[test]
+    fn kubernetes_docs_path_examples() {
+        let cases: &[(&[(PathKind, &str)], &str, Option<&str>)] = &[
+            (&[(Prefix, "/")], "/", Some("Prefix/")),
+            (&[(Prefix, "/")], "/anything/at/all", Some("Prefix/")),
+            (&[(Exact, "/foo")], "/foo", Some("Exact/foo")),
+            (&[(Exact, "/foo")], "/bar", None),
+            (&[(Exact, "/foo")], "/foo/", None),
+            (&[(Exact, "/foo/")], "/foo", None),
+            (&[(Prefix, "/foo")], "/foo", Some("Prefix/foo")),
+            (&[(Prefix, "/foo")], "/foo/", Some("Prefix/foo")),
+            (&[(Prefix, "/foo/")], "/foo", Some("Prefix/foo/")),
+            (&[(Prefix, "/foo/")], "/foo/", Some("Prefix/foo/")),
+            (&[(Prefix, "/aaa/bb")], "/aaa/bbb", None),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb", Some("Prefix/aaa/bbb")),
+            (&[(Prefix, "/aaa/bbb/")], "/aaa/bbb", Some("Prefix/aaa/bbb/")),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/", Some("Prefix/aaa/bbb")),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/ccc", Some("Prefix/aaa/bbb")),
+            (&[(Prefix, "/aaa/bbb")], "/aaa/bbbxyz", None),
+            (&[(Prefix, "/"), (Prefix, "/aaa")], "/aaa/ccc", Some("Prefix/aaa")),
+            (
+                &[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")],
+                "/aaa/bbb",
+                Some("Prefix/aaa/bbb"),
+            ),
+            (
+                &[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")],
+                "/ccc",
+                Some("Prefix/"),
+            ),
+            (&[(Prefix, "/aaa")], "/ccc", None),
+            (&[(Prefix, "/foo"), (Exact, "/foo")], "/foo", Some("Exact/foo")),
+            (&[(Exact, "/foo"), (Prefix, "/foo")], "/foo", Some("Exact/foo")),
+            (&[(Exact, "/foo"), (Prefix, "/foo")], "/foo/x", Some("Prefix/foo")),
+            // Longest match beats kind.
+            (&[(Exact, "/a"), (Prefix, "/a/b")], "/a/b", Some("Prefix/a/b")),
+        ];
+        for (paths, req, want) in cases {
+            let vh = vhost(paths);
+            let got = vh.find(req).map(|r| r.backend.service.clone());
+            assert_eq!(got.as_deref(), *want, "paths {paths:?} request {req}");
+        }
+    }
+
+    fn table() -> RouteTable {
+        let mut t = RouteTable::default();
+        t.host_mut(Some("foo.bar.com"))
+            .add(Prefix, "/", route("exact-host"))
+            .unwrap();
+        t.host_mut(Some("*.bar.com"))
+            .add(Prefix, "/", route("wildcard"))
+            .unwrap();
+        t.host_mut(Some("only-api.com"))
+            .add(Prefix, "/api", route("api"))
+            .unwrap();
+        t.host_mut(None).add(Prefix, "/open", route("hostless")).unwrap();
+        t
+    }
+
+    #[test]
+    fn host_matching() {
+        let t = table();
+        let cases = [
+            ("foo.bar.com", "/", Some(("exact-host", HostMatch::Exact))),
+            ("FOO.Bar.com:8080", "/x", Some(("exact-host", HostMatch::Exact))),
+            ("baz.bar.com", "/", Some(("wildcard", HostMatch::Wildcard))),
+            // A wildcard covers exactly one label.
+            ("a.baz.bar.com", "/", None),
+            ("bar.com", "/", None),
+            ("only-api.com", "/api/v1", Some(("api", HostMatch::Exact))),
+            // No path of the host matches: fall through to host-less rules.
+            ("only-api.com", "/open/x", Some(("hostless", HostMatch::AnyHost))),
+            ("only-api.com", "/other", None),
+            ("unknown.org", "/open", Some(("hostless", HostMatch::AnyHost))),
+            ("unknown.org", "/open?x=1", Some(("hostless", HostMatch::AnyHost))),
+        ];
+        for (host, path, want) in cases {
+            let got = t
+                .find(host, path)
+                .map(|(r, m)| (r.backend.service.as_str(), m));
+            assert_eq!(got, want, "{host}{path}");
+        }
+    }
+
+    #[test]
+    fn default_backend_catches_the_rest() {
+        let mut t = table();
+        t.set_default_backend(route("default")).unwrap();
+        let (r, m) = t.find("unknown.org", "/nothing").unwrap();
+        assert_eq!((r.backend.service.as_str(), m), ("default", HostMatch::DefaultBackend));
+        // Rules still win over the default backend.
+        assert_eq!(t.find("baz.bar.com", "/").unwrap().1, HostMatch::Wildcard);
+        assert!(t.set_default_backend(route("second")).is_err());
+    }
+
+    #[test]
+    fn duplicate_path_keeps_the_first() {
+        let mut vh = VirtualHost::default();
+        vh.add(Prefix, "/a", route("first")).unwrap();
+        let kept = vh.add(Prefix, "/a/", route("second")).unwrap_err();
+        assert_eq!(kept.backend.service, "first");
+        // Same path with another kind is a different rule.
+        vh.add(Exact, "/a", route("exact")).unwrap();
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalize_host("Example.COM:443"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("plain"), "plain");
+    }
+}

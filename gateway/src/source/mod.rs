@@ -1,0 +1,3 @@
+//! Sources collect typed Kubernetes objects into the store.
+
+pub mod manifests;

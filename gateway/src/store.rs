@@ -1,0 +1,157 @@
+//! The object store: typed Kubernetes objects as the sources see them.
+//!
+//! Every source (manifest folders now, the API server later) fills the same
+//! store, so translation does not know where an object came from except for
+//! the `origin` it quotes in problems.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+/// `namespace/name`; the namespace is empty for cluster-scoped kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// An object and where it was read (`file:line`), if from a file.
+#[derive(Debug, Clone)]
+pub struct Stored<T> {
+    pub object: Arc<T>,
+    pub origin: Option<String>,
+}
+
+impl<T> Stored<T> {
+    pub fn new(object: T, origin: Option<String>) -> Self {
+        Stored {
+            object: Arc::new(object),
+            origin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    pub services: BTreeMap<ObjectKey, Stored<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Stored<EndpointSlice>>,
+    pub ingresses: BTreeMap<ObjectKey, Stored<Ingress>>,
+    pub ingress_classes: BTreeMap<ObjectKey, Stored<IngressClass>>,
+    pub secrets: BTreeMap<ObjectKey, Stored<Secret>>,
+}
+
+/// One object of any kind the gateway reads.
+#[derive(Debug, Clone)]
+pub enum AnyObject {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Ingress(Ingress),
+    IngressClass(IngressClass),
+    Secret(Secret),
+}
+
+impl AnyObject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyObject::Service(_) => "Service",
+            AnyObject::EndpointSlice(_) => "EndpointSlice",
+            AnyObject::Ingress(_) => "Ingress",
+            AnyObject::IngressClass(_) => "IngressClass",
+            AnyObject::Secret(_) => "Secret",
+        }
+    }
+
+    fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            AnyObject::Service(o) => &o.metadata,
+            AnyObject::EndpointSlice(o) => &o.metadata,
+            AnyObject::Ingress(o) => &o.metadata,
+            AnyObject::IngressClass(o) => &o.metadata,
+            AnyObject::Secret(o) => &o.metadata,
+        }
+    }
+
+    pub fn is_namespaced(&self) -> bool {
+        !matches!(self, AnyObject::IngressClass(_))
+    }
+
+    /// The key, with `default` for a namespaced object that names none.
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        let ns = if self.is_namespaced() {
+            meta.namespace.clone().unwrap_or_else(|| "default".into())
+        } else {
+            String::new()
+        };
+        ObjectKey::new(ns, meta.name.clone().unwrap_or_default())
+    }
+
+    pub fn set_namespace_default(&mut self) {
+        if !self.is_namespaced() {
+            return;
+        }
+        let meta = match self {
+            AnyObject::Service(o) => &mut o.metadata,
+            AnyObject::EndpointSlice(o) => &mut o.metadata,
+            AnyObject::Ingress(o) => &mut o.metadata,
+            AnyObject::IngressClass(o) => &mut o.metadata,
+            AnyObject::Secret(o) => &mut o.metadata,
+        };
+        if meta.namespace.is_none() {
+            meta.namespace = Some("default".into());
+        }
+    }
+}
+
+impl Store {
+    /// Inserts an object; returns the origin of the object it replaced, if any.
+    pub fn insert(&mut self, obj: AnyObject, origin: Option<String>) -> Option<Option<String>> {
+        let key = obj.key();
+        fn put<T>(
+            map: &mut BTreeMap<ObjectKey, Stored<T>>,
+            key: ObjectKey,
+            obj: T,
+            origin: Option<String>,
+        ) -> Option<Option<String>> {
+            map.insert(key, Stored::new(obj, origin)).map(|old| old.origin)
+        }
+        match obj {
+            AnyObject::Service(o) => put(&mut self.services, key, o, origin),
+            AnyObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o, origin),
+            AnyObject::Ingress(o) => put(&mut self.ingresses, key, o, origin),
+            AnyObject::IngressClass(o) => put(&mut self.ingress_classes, key, o, origin),
+            AnyObject::Secret(o) => put(&mut self.secrets, key, o, origin),
+        }
+    }
+
+    /// Where an object is named in problems: its file:line when it has one.
+    pub fn locate<T>(map: &BTreeMap<ObjectKey, Stored<T>>, kind: &str, key: &ObjectKey) -> String {
+        match map.get(key).and_then(|s| s.origin.clone()) {
+            Some(origin) => format!("{origin}: {kind} {key}"),
+            None => format!("{kind} {key}"),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Service ports to backend pools: port lookup by number or name, target
+//! ports resolved per EndpointSlice, endpoint conditions to states.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::lb::PolicyKind;
+use crate::problems::Problem;
+use crate::snapshot::{BackendKey, BackendSpec, ClientIpAffinity, EndpointSpec, EndpointState};
+use crate::store::{ObjectKey, Store};
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const LB_POLICY_ANNOTATION: &str = "portico.io/load-balancer";
+const DEFAULT_AFFINITY_TIMEOUT: u64 = 10_800;
+
+/// How an Ingress or listener names a Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+/// EndpointSlices grouped by the Service they belong to.
+pub struct SliceIndex<'a> {
+    by_service: HashMap<ObjectKey, Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        let mut by_service: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
+        for (key, slice) in &store.endpoint_slices {
+            let owner = slice
+                .object
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(svc) = owner {
+                by_service
+                    .entry(ObjectKey::new(key.namespace.clone(), svc.clone()))
+                    .or_default()
+                    .push(&slice.object);
+            }
+        }
+        SliceIndex { by_service }
+    }
+}
+
+/// Builds backends on demand, once per Service port, collecting problems.
+pub struct Backends<'a> {
+    store: &'a Store,
+    slices: SliceIndex<'a>,
+    default_policy: PolicyKind,
+    pub built: BTreeMap<BackendKey, BackendSpec>,
+    pub problems: Vec<Problem>,
+}
+
+pub fn port_key(port: &ServicePort) -> String {
+    match port.name.as_deref() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => port.port.to_string(),
+    }
+}
+
+impl<'a> Backends<'a> {
+    pub fn new(store: &'a Store, default_policy: PolicyKind) -> Self {
+        Backends {
+            store,
+            slices: SliceIndex::new(store),
+            default_policy,
+            built: BTreeMap::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The backend for `namespace/service` at `port`. A missing Service or
+    /// port still yields a key (with no endpoints, so requests get a 503
+    /// naming it); the reason is returned for the caller to report.
+    pub fn resolve(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        port: &PortRef,
+    ) -> (BackendKey, Option<String>) {
+        let svc_key = ObjectKey::new(namespace, service);
+        let Some(svc) = self.store.services.get(&svc_key) else {
+            let key = BackendKey {
+                namespace: namespace.into(),
+                service: service.into(),
+                port: match port {
+                    PortRef::Number(n) => n.to_string(),
+                    PortRef::Name(n) => n.clone(),
+                },
+            };
+            self.built.entry(key.clone()).or_insert_with(|| empty(&key, self.default_policy));
+            return (key, Some(format!("Service {svc_key} not found")));
+        };
+        let svc = svc.object.clone();
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+        let found = ports.iter().find(|p| match port {
+            PortRef::Number(n) => p.port == *n,
+            PortRef::Name(n) => p.name.as_deref() == Some(n),
+        });
+        let Some(sp) = found else {
+            let key = BackendKey {
+                namespace: namespace.into(),
+                service: service.into(),
+                port: match port {
+                    PortRef::Number(n) => n.to_string(),
+                    PortRef::Name(n) => n.clone(),
+                },
+            };
+            self.built.entry(key.clone()).or_insert_with(|| empty(&key, self.default_policy));
+            let want = match port {
+                PortRef::Number(n) => format!("number {n}"),
+                PortRef::Name(n) => format!("name {n:?}"),
+            };
+            return (key, Some(format!("Service {svc_key} has no port with {want}")));
+        };
+        let key = self.service_port(&svc_key, &svc, sp);
+        (key, None)
+    }
+
+    /// The backend of one port of a Service (also used for L4 listeners).
+    pub fn service_port(&mut self, svc_key: &ObjectKey, svc: &Service, sp: &ServicePort) -> BackendKey {
+        let key = BackendKey {
+            namespace: svc_key.namespace.clone(),
+            service: svc_key.name.clone(),
+            port: port_key(sp),
+        };
+        if self.built.contains_key(&key) {
+            return key;
+        }
+        let location = Store::locate(&self.store.services, "Service", svc_key);
+        let spec = svc.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            self.problems.push(Problem::warning(
+                &location,
+                "ExternalName Services are not resolved yet; this backend has no endpoints",
+            ));
+        }
+        let endpoints = self.endpoints(svc_key, sp, &location);
+        let policy = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LB_POLICY_ANNOTATION))
+        {
+            None => self.default_policy,
+            Some(v) => PolicyKind::parse(v).unwrap_or_else(|| {
+                self.problems.push(Problem::warning(
+                    &location,
+                    format!(
+                        "annotation {LB_POLICY_ANNOTATION}: unknown policy {v:?} (expected one of {}); using {:?}",
+                        PolicyKind::NAMES,
+                        self.default_policy
+                    ),
+                ));
+                self.default_policy
+            }),
+        };
+        let affinity = spec
+            .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
+            .map(|s| {
+                let secs = s
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .filter(|t| *t > 0)
+                    .map(|t| t as u64)
+                    .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+                ClientIpAffinity {
+                    timeout: Duration::from_secs(secs),
+                }
+            });
+        self.built.insert(
+            key.clone(),
+            BackendSpec {
+                key: key.clone(),
+                endpoints,
+                policy,
+                affinity,
+            },
+        );
+        key
+    }
+
+    fn endpoints(&mut self, svc_key: &ObjectKey, sp: &ServicePort, location: &str) -> Vec<EndpointSpec> {
+        let mut out: Vec<EndpointSpec> = Vec::new();
+        let Some(slices) = self.slices.by_service.get(svc_key) else {
+            return out;
+        };
+        let svc_port_name = sp.name.as_deref().unwrap_or("");
+        let numeric_target = match &sp.target_port {
+            Some(IntOrString::Int(n)) => Some(*n),
+            None => Some(sp.port),
+            Some(IntOrString::String(_)) => None,
+        };
+        for slice in slices {
+            if slice.address_type == "FQDN" {
+                self.problems.push(Problem::warning(
+                    location,
+                    format!(
+                        "EndpointSlice {}/{} has addressType FQDN, which is not supported; skipped",
+                        svc_key.namespace,
+                        slice.metadata.name.as_deref().unwrap_or("")
+                    ),
+                ));
+                continue;
+            }
+            // The slice carries the resolved target port under the Service
+            // port's name; a named targetPort can differ per slice.
+            let slice_port = slice
+                .ports
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or("") == svc_port_name)
+                .and_then(|p| p.port);
+            let Some(port) = slice_port.or(numeric_target) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(port) else { continue };
+            for ep in slice.endpoints.as_deref().unwrap_or(&[]) {
+                let cond = ep.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let state = if ready && !terminating {
+                    EndpointState::Ready
+                } else if serving && terminating {
+                    EndpointState::ServingTerminating
+                } else {
+                    continue;
+                };
+                for a in &ep.addresses {
+                    let Ok(ip) = a.parse::<IpAddr>() else {
+                        self.problems.push(Problem::warning(
+                            location,
+                            format!("endpoint address {a:?} is not an IP address; skipped"),
+                        ));
+                        continue;
+                    };
+                    let addr = SocketAddr::new(ip, port);
+                    if out.iter().any(|e| e.addr == addr) {
+                        continue;
+                    }
+                    out.push(EndpointSpec {
+                        addr,
+                        state,
+                        target: ep.target_ref.as_ref().and_then(|t| t.name.clone()),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|e| e.addr);
+        out
+    }
+}
+
+fn empty(key: &BackendKey, policy: PolicyKind) -> BackendSpec {
+    BackendSpec {
+        key: key.clone(),
+        endpoints: Vec::new(),
+        policy,
+        affinity: None,
+    }
+}

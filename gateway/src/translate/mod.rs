@@ -1,0 +1,88 @@
+//! Translation: a pure function from the object store (and settings) to a
+//! `SnapshotSpec`. No I/O, no clocks, no globals: everything Kubernetes
+//! means is decided here and tested with tables.
+
+pub mod backend;
+pub mod class;
+pub mod ingress;
+mod services;
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::networking::v1::IngressClass;
+
+use crate::config::Config;
+use crate::lb::PolicyKind;
+use crate::problems::Problem;
+use crate::snapshot::SnapshotSpec;
+use crate::store::Store;
+use class::{Admission, IngressAdmission, NativeClassAdmission};
+
+/// The settings translation depends on.
+pub struct Settings {
+    pub node_addresses: Vec<IpAddr>,
+    pub node_ports: bool,
+    pub default_policy: PolicyKind,
+    pub admission: Box<dyn IngressAdmission>,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Self {
+        Settings {
+            node_addresses: cfg.node.addresses.clone(),
+            node_ports: cfg.l4.node_ports,
+            default_policy: cfg.lb.default_policy,
+            admission: Box::new(NativeClassAdmission {
+                config: cfg.ingress.clone(),
+            }),
+        }
+    }
+}
+
+pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
+    let mut out = SnapshotSpec::default();
+    let mut backends = backend::Backends::new(store, settings.default_policy);
+
+    let classes: Vec<&IngressClass> = store
+        .ingress_classes
+        .values()
+        .map(|c| c.object.as_ref())
+        .collect();
+    // Older Ingresses win conflicts (as ingress-nginx does); the name breaks ties.
+    let mut ingresses: Vec<_> = store.ingresses.iter().collect();
+    ingresses.sort_by(|(ka, a), (kb, b)| {
+        let ta = a.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| ka.cmp(kb))
+    });
+    for (key, ing) in ingresses {
+        match settings.admission.admit(&ing.object, &classes) {
+            Admission::Admit(_) => ingress::add_ingress(
+                key,
+                &ing.object,
+                store,
+                &mut backends,
+                &mut out.routes,
+                &mut out.certs,
+                &mut out.problems,
+            ),
+            Admission::Ignore(why) => tracing::debug!(ingress = %key, %why, "not ours"),
+        }
+    }
+
+    services::add_l4_listeners(store, settings, &mut backends, &mut out.l4, &mut out.problems);
+
+    out.problems.append(&mut backends.problems);
+    out.backends = backends.built;
+    out.problems.sort();
+    out.problems.dedup();
+    out
+}
+
+/// Translation problems that are errors, for `portico check`.
+pub fn errors(problems: &[Problem]) -> usize {
+    problems.iter().filter(|p| p.is_error()).count()
+}
+
+#[cfg(test)]
+mod tests;
