@@ -326,16 +326,28 @@ pub fn load_with_env(
     let mut cfg: Config = built
         .try_deserialize()
         .map_err(|e| format!("{name} (with PORTICO_* environment overrides): {e}"))?;
-    if let ConfigOrigin::File(path) = &origin {
-        let base = path.parent().unwrap_or(Path::new("."));
-        for dir in &mut cfg.sources.manifests {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
-            }
+    let base = match &origin {
+        ConfigOrigin::File(path) => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        ConfigOrigin::Embedded => embedded_base(),
+    };
+    for dir in &mut cfg.sources.manifests {
+        if dir.is_relative() {
+            *dir = base.join(&*dir);
         }
     }
     validate(&cfg).map_err(|e| format!("{name}: {e}"))?;
     Ok((cfg, origin))
+}
+
+/// Relative paths in the embedded default resolve against `conf/` in the
+/// current folder, else against the `conf/` of the source tree it was built
+/// from (so `cargo run -p portico -- run` works from anywhere in the repo).
+fn embedded_base() -> PathBuf {
+    let here = Path::new("conf");
+    if here.join("portico.toml").is_file() {
+        return here.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("conf")
 }
 
 fn toml_check(text: &str) -> Result<Config, String> {

@@ -1,1 +1,236 @@
-fn main() {}
+//! The `portico` command line.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use portico::config::{self, Config};
+use portico::run;
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "WebAssembly-extensible L4/L7 edge gateway for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Sources {
+    /// Config file (TOML). Without it the embedded conf/portico.toml applies.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder of Kubernetes manifests (repeatable); replaces `sources.manifests`.
+    #[arg(long = "manifests", value_name = "DIR")]
+    manifests: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic.
+    Run {
+        #[command(flatten)]
+        sources: Sources,
+        /// Plain HTTP listener (repeatable); replaces `listen.http`.
+        #[arg(long, value_name = "ADDR")]
+        http: Vec<SocketAddr>,
+        /// HTTPS listener (repeatable); replaces `listen.https`.
+        #[arg(long, value_name = "ADDR")]
+        https: Vec<SocketAddr>,
+        /// Admin listener; replaces `admin.listen`.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The edge node's own address (repeatable); replaces `node.addresses`.
+        #[arg(long = "node-address", value_name = "IP")]
+        node_address: Vec<IpAddr>,
+        /// Kubeconfig for the Kubernetes source.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Validate config and manifests; print every problem; exit 1 on errors.
+    Check {
+        #[command(flatten)]
+        sources: Sources,
+    },
+    /// Show which route, backend, endpoints and certificate a request gets.
+    Explain {
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// An L4 listener port instead of an HTTP request.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Ask the running gateway at this admin address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        /// Evaluate these sources offline instead of asking a running gateway.
+        #[command(flatten)]
+        sources: Sources,
+    },
+    /// Run a demo echo backend (HTTP, WebSocket, TCP, UDP).
+    Echo {
+        #[arg(long, default_value = "echo")]
+        name: String,
+        #[arg(long, value_name = "ADDR")]
+        http: Vec<SocketAddr>,
+        #[arg(long, value_name = "ADDR")]
+        tcp: Vec<SocketAddr>,
+        #[arg(long, value_name = "ADDR")]
+        udp: Vec<SocketAddr>,
+    },
+}
+
+fn load(sources: &Sources) -> Result<Config, String> {
+    let (cfg, _) = config::load(sources.config.as_deref())?;
+    Ok(run::with_manifest_dirs(cfg, &sources.manifests))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("portico: {msg}");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            sources,
+            http,
+            https,
+            admin,
+            node_address,
+            kubeconfig,
+        } => {
+            let mut cfg = match load(&sources) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            if kubeconfig.is_some() {
+                return fail("--kubeconfig: the Kubernetes source is not part of this build yet; use --manifests");
+            }
+            if !http.is_empty() {
+                cfg.listen.http = http;
+            }
+            if !https.is_empty() {
+                cfg.listen.https = https;
+            }
+            if let Some(a) = admin {
+                cfg.admin.listen = a;
+            }
+            if !node_address.is_empty() {
+                cfg.node.addresses = node_address;
+            }
+            match run::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Check { sources } => {
+            let cfg = match load(&sources) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let problems = run::check(&cfg);
+            for p in &problems {
+                println!("{p}");
+            }
+            let errors = problems.iter().filter(|p| p.is_error()).count();
+            let warnings = problems.len() - errors;
+            eprintln!(
+                "checked {} manifest folder(s): {errors} error(s), {warnings} warning(s)",
+                cfg.sources.manifests.len()
+            );
+            if errors > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Explain {
+            host,
+            path,
+            port,
+            admin,
+            json,
+            sources,
+        } => {
+            let answer = if sources.config.is_some() || !sources.manifests.is_empty() {
+                explain_offline(&sources, &host, &path, port)
+            } else {
+                explain_online(admin, &host, &path, port)
+            };
+            match answer {
+                Ok(v) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        print!("{}", portico::explain::render(&v));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Echo { name, http, tcp, udp } => {
+            if http.is_empty() && tcp.is_empty() && udp.is_empty() {
+                return fail("echo needs at least one --http, --tcp or --udp address");
+            }
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            let cfg = portico::demo::echo::EchoConfig { name, http, tcp, udp };
+            match rt.block_on(portico::demo::echo::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn explain_offline(sources: &Sources, host: &str, path: &str, port: Option<u16>) -> Result<serde_json::Value, String> {
+    let cfg = load(sources)?;
+    let (set, problems) = portico::source::manifests::read_dirs(&cfg.sources.manifests);
+    if let Some(p) = problems.first() {
+        return Err(p.to_string());
+    }
+    let (store, _) = portico::source::manifests::build_store(&set);
+    let spec = portico::translate::translate(&store, &portico::translate::Settings::from_config(&cfg));
+    let publisher = portico::publish::Publisher::new(Default::default());
+    let snap = publisher.publish(spec);
+    Ok(portico::explain::explain(&snap, host, path, port))
+}
+
+/// Asks a running gateway: a plain HTTP/1.0 GET to the admin listener.
+fn explain_online(admin: SocketAddr, host: &str, path: &str, port: Option<u16>) -> Result<serde_json::Value, String> {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let mut target = format!("/explain?host={}&path={}", enc(host), enc(path));
+    if let Some(p) = port {
+        target.push_str(&format!("&port={p}"));
+    }
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .map_err(|e| format!("cannot reach the gateway's admin listener at {admin}: {e} (is it running? use --admin, or --config/--manifests to explain offline)"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(stream, "GET {target} HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed admin response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!("admin answered: {}", head.lines().next().unwrap_or("")));
+    }
+    serde_json::from_str(body).map_err(|e| format!("admin answer is not JSON: {e}"))
+}

@@ -1,3 +1,4 @@
 //! Sources collect typed Kubernetes objects into the store.
 
 pub mod manifests;
+pub mod watch;

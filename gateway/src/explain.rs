@@ -1,0 +1,189 @@
+//! `explain`: what a request would get, and why, from a snapshot.
+//! Also the JSON view of a whole snapshot served at `/config`.
+
+use serde_json::{json, Value};
+
+use crate::lb::Pool;
+use crate::snapshot::Snapshot;
+
+fn pool_json(pool: &Pool) -> Value {
+    let endpoints: Vec<Value> = pool
+        .endpoints()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({
+                "address": e.spec.addr.to_string(),
+                "state": e.spec.state,
+                "target": e.spec.target,
+                "cooling_down": pool.is_cooling_down(i),
+                "outstanding": e.runtime.outstanding.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json!({
+        "backend": pool.key().to_string(),
+        "policy": pool.policy_name(),
+        "affinity": pool.spec.affinity.map(|a| json!({"type": "ClientIP", "timeout_seconds": a.timeout.as_secs()})),
+        "endpoints": endpoints,
+    })
+}
+
+/// Explains a request for `host` + `path` (L7), or a connection to `port`
+/// when an L4 listener has that port.
+pub fn explain(snap: &Snapshot, host: &str, path: &str, port: Option<u16>) -> Value {
+    if let Some(port) = port {
+        let l4: Vec<Value> = snap
+            .l4
+            .iter()
+            .filter(|(k, _)| k.addr.port() == port)
+            .map(|(k, backend)| {
+                json!({
+                    "listener": k.to_string(),
+                    "pool": snap.pool(backend).map(|p| pool_json(p)),
+                    "why": format!("L4 listener for Service port {backend}"),
+                })
+            })
+            .collect();
+        if !l4.is_empty() {
+            return json!({"generation": snap.generation, "layer": "L4", "listeners": l4, "plugins": []});
+        }
+    }
+    let cert = match snap.certs.find(host) {
+        Some(c) => json!({"source": c.source, "why": "an Ingress TLS entry names this host"}),
+        None => json!({"source": "default", "why": snap.certs.fallback_reason(host)}),
+    };
+    let route = snap.routes.find(host, path);
+    let (route_json, pool_json_v, why) = match route {
+        None => (
+            Value::Null,
+            Value::Null,
+            format!("no Ingress rule matches host {host:?} path {path:?} and no defaultBackend is set: 404"),
+        ),
+        Some((r, how)) => {
+            let pool = snap.pool(&r.backend);
+            let why = match pool {
+                Some(p) if !p.is_empty() => format!(
+                    "host matched {how:?} rule {:?}, path {:?} ({:?}) of Ingress {}",
+                    r.host, r.path, r.kind, r.ingress
+                ),
+                _ => format!("route of Ingress {} found, but {} has no ready or serving endpoint: 503", r.ingress, r.backend),
+            };
+            (
+                json!({"ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "host_match": how}),
+                pool.map(|p| pool_json(p)).unwrap_or(Value::Null),
+                why,
+            )
+        }
+    };
+    json!({
+        "generation": snap.generation,
+        "layer": "L7",
+        "request": {"host": host, "path": path},
+        "route": route_json,
+        "pool": pool_json_v,
+        "certificate": cert,
+        "plugins": [],
+        "why": why,
+    })
+}
+
+/// The active snapshot as JSON. Certificates appear only as their source
+/// names; key material never leaves the process.
+pub fn snapshot_json(snap: &Snapshot) -> Value {
+    let routes: Vec<Value> = snap
+        .routes
+        .all_routes()
+        .iter()
+        .map(|r| json!({"ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "backend": r.backend.to_string()}))
+        .collect();
+    let pools: Vec<Value> = snap.pools.values().map(|p| pool_json(p)).collect();
+    let l4: Vec<Value> = snap
+        .l4
+        .iter()
+        .map(|(k, b)| json!({"listener": k.to_string(), "backend": b.to_string()}))
+        .collect();
+    json!({
+        "generation": snap.generation,
+        "routes": routes,
+        "backends": pools,
+        "l4_listeners": l4,
+        "certificates": snap.certs.summary(),
+        "default_certificate_hosts": snap.certs.fallbacks(),
+        "problems": snap.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+/// Human-readable rendering of an `explain` answer for the CLI.
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    out.push_str(&format!("snapshot generation {}\n", s(&v["generation"])));
+    if v["layer"] == "L4" {
+        for l in v["listeners"].as_array().into_iter().flatten() {
+            out.push_str(&format!("listener:    {}\nwhy:         {}\n", s(&l["listener"]), s(&l["why"])));
+            render_pool(&mut out, &l["pool"]);
+        }
+    } else {
+        let r = &v["route"];
+        out.push_str(&format!(
+            "request:     host {} path {}\n",
+            s(&v["request"]["host"]),
+            s(&v["request"]["path"])
+        ));
+        if r.is_null() {
+            out.push_str("route:       none\n");
+        } else {
+            out.push_str(&format!(
+                "route:       Ingress {} host {} path {} ({}, host match {})\n",
+                s(&r["ingress"]),
+                s(&r["host"]),
+                s(&r["path"]),
+                s(&r["path_type"]),
+                s(&r["host_match"])
+            ));
+        }
+        render_pool(&mut out, &v["pool"]);
+        out.push_str(&format!(
+            "certificate: {} ({})\n",
+            s(&v["certificate"]["source"]),
+            s(&v["certificate"]["why"])
+        ));
+        out.push_str(&format!("why:         {}\n", s(&v["why"])));
+    }
+    out.push_str("plugins:     none\n");
+    out
+}
+
+fn render_pool(out: &mut String, pool: &Value) {
+    if pool.is_null() {
+        return;
+    }
+    out.push_str(&format!(
+        "backend:     {} (policy {}{})\n",
+        pool["backend"].as_str().unwrap_or("-"),
+        pool["policy"].as_str().unwrap_or("-"),
+        if pool["affinity"].is_null() {
+            String::new()
+        } else {
+            format!(", ClientIP affinity {}s", pool["affinity"]["timeout_seconds"])
+        }
+    ));
+    let eps = pool["endpoints"].as_array().cloned().unwrap_or_default();
+    if eps.is_empty() {
+        out.push_str("endpoints:   none\n");
+    }
+    for e in eps {
+        out.push_str(&format!(
+            "endpoint:    {} {}{}{}\n",
+            e["address"].as_str().unwrap_or("-"),
+            e["state"].as_str().unwrap_or("-"),
+            e["target"].as_str().map(|t| format!(" ({t})")).unwrap_or_default(),
+            if e["cooling_down"] == true { " cooling down after connect failures" } else { "" }
+        ));
+    }
+}

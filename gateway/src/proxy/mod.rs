@@ -1,0 +1,3 @@
+//! The L7 data plane.
+
+pub mod http;

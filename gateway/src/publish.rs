@@ -1,0 +1,93 @@
+//! Publishing: attaches runtime state to a translated spec and swaps the
+//! snapshot in atomically. Readers holding the old one keep it until done.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::lb::{HealthPolicy, PoolRegistry};
+use crate::snapshot::{Snapshot, SnapshotSpec};
+
+pub struct Publisher {
+    current: Arc<ArcSwap<Snapshot>>,
+    registry: PoolRegistry,
+    health: HealthPolicy,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    changed: watch::Sender<u64>,
+}
+
+impl Publisher {
+    pub fn new(health: HealthPolicy) -> Self {
+        Publisher {
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            registry: PoolRegistry::default(),
+            health,
+            generation: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The handle the data plane reads (`load()` per request/connection).
+    pub fn handle(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.current.clone()
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// True after the first complete snapshot: `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Notified with the generation after each publish (L4 listener manager).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn publish(&self, spec: SnapshotSpec) -> Arc<Snapshot> {
+        let started = std::time::Instant::now();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let pools = self
+            .registry
+            .build(spec.backends.values(), self.health)
+            .into_iter()
+            .map(|p| (p.key().clone(), p))
+            .collect();
+        let snap = Arc::new(Snapshot {
+            generation,
+            routes: spec.routes,
+            pools,
+            l4: spec.l4,
+            certs: spec.certs,
+            problems: spec.problems,
+        });
+        self.current.store(snap.clone());
+        self.ready.store(true, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!("portico_snapshot_generation").set(generation as f64);
+        metrics::gauge!("portico_snapshot_last_apply_timestamp_seconds").set(now);
+        metrics::histogram!("portico_snapshot_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("portico_backends").set(snap.pools.len() as f64);
+        metrics::gauge!("portico_l4_listeners_configured").set(snap.l4.len() as f64);
+        self.changed.send_replace(generation);
+        tracing::info!(
+            generation,
+            backends = snap.pools.len(),
+            l4_listeners = snap.l4.len(),
+            problems = snap.problems.len(),
+            "snapshot applied"
+        );
+        snap
+    }
+}

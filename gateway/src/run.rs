@@ -1,0 +1,178 @@
+//! `portico run`: load, check, publish the first snapshot, then serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::background_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::l4::{L4Manager, L4Settings};
+use crate::lb::HealthPolicy;
+use crate::problems::Problem;
+use crate::proxy::http::HttpProxy;
+use crate::publish::Publisher;
+use crate::shutdown::DrainingSignalWatch;
+use crate::source::manifests;
+use crate::source::watch::ManifestPipeline;
+use crate::tls::{self, SniResolver};
+use crate::translate::Settings;
+use crate::{demo, telemetry};
+
+/// Problems that stop `run` before it serves: the config and the manifest
+/// files themselves. Problems between objects (a missing Service, a
+/// certificate that does not cover its host) are served with their
+/// documented fallback and reported in logs, metrics and `/config`.
+pub fn load_problems(cfg: &Config) -> (manifests::ManifestSet, Vec<Problem>) {
+    let (set, mut problems) = manifests::read_dirs(&cfg.sources.manifests);
+    for f in set.values() {
+        problems.extend(f.problems.iter().filter(|p| p.is_error()).cloned());
+    }
+    let (_, dup) = manifests::build_store(&set);
+    problems.extend(dup);
+    (set, problems)
+}
+
+fn default_certificate(cfg: &Config) -> Result<tls::Certificate, String> {
+    match (&cfg.tls.default_certificate, &cfg.tls.default_key) {
+        (Some(c), Some(k)) => {
+            let crt = std::fs::read(c).map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))?;
+            let key = std::fs::read(k).map_err(|e| format!("{}: tls.default_key: {e}", k.display()))?;
+            tls::parse_pem(&crt, &key, &c.display().to_string())
+                .map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))
+        }
+        _ => tls::generate_default(),
+    }
+}
+
+/// Fails early, with the config key, when a listener address is taken.
+fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
+    for (addr, key) in addrs {
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn run(cfg: Config) -> Result<(), String> {
+    telemetry::init_logging(&cfg.log);
+    let metrics = telemetry::init_metrics()?;
+    telemetry::describe_metrics();
+
+    let (set, problems) = load_problems(&cfg);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return Err(format!("{} problem(s) in the manifests; not serving", problems.len()));
+    }
+    let mut binds: Vec<(SocketAddr, &str)> = vec![(cfg.admin.listen, "admin.listen")];
+    binds.extend(cfg.listen.http.iter().map(|a| (*a, "listen.http")));
+    binds.extend(cfg.listen.https.iter().map(|a| (*a, "listen.https")));
+    check_bindable(&binds)?;
+    let default_cert = default_certificate(&cfg)?;
+
+    let health = HealthPolicy {
+        failure_threshold: cfg.lb.failure_threshold,
+        cooldown: Duration::from_millis(cfg.lb.cooldown_ms),
+    };
+    let publisher = Arc::new(Publisher::new(health));
+    let pipeline = ManifestPipeline::new(
+        cfg.sources.manifests.clone(),
+        Settings::from_config(&cfg),
+        publisher.clone(),
+        set,
+    );
+    pipeline.apply();
+
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(cfg.shutdown.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let proxy = HttpProxy::new(publisher.handle(), cfg.proxy.clone(), cfg.log.access_log);
+    let mut l7 = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
+    if let Some(app) = l7.app_logic_mut() {
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    for addr in &cfg.listen.http {
+        l7.add_tcp(&addr.to_string());
+    }
+    for addr in &cfg.listen.https {
+        let mut tls_settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+        tls_settings.set_cert_resolver(Arc::new(SniResolver::new(publisher.handle(), default_cert.clone())));
+        tls_settings.enable_h2();
+        l7.add_tls_with_settings(&addr.to_string(), None, tls_settings);
+    }
+    server.add_service(l7);
+
+    let mut admin = Service::new(
+        "portico-admin".to_string(),
+        Admin {
+            publisher: publisher.clone(),
+            metrics,
+        },
+    );
+    admin.add_tcp(&cfg.admin.listen.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "l4",
+        L4Manager::new(publisher.handle(), publisher.subscribe(), L4Settings::from(&cfg.l4)),
+    ));
+    server.add_service(background_service("manifests", pipeline));
+    if !cfg.demo.echo.is_empty() {
+        server.add_service(background_service("demo-echo", demo::EchoService::new(cfg.demo.echo.clone())));
+    }
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        http = ?cfg.listen.http,
+        https = ?cfg.listen.https,
+        admin = %cfg.admin.listen,
+        manifests = ?cfg.sources.manifests.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "portico serving"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingSignalWatch {
+            grace: Duration::from_secs(cfg.shutdown.grace_period_seconds),
+            on_exit: || {},
+        }),
+    });
+    Ok(())
+}
+
+/// `portico check`: every problem in config, manifests and translation.
+pub fn check(cfg: &Config) -> Vec<Problem> {
+    let (set, mut problems) = manifests::read_dirs(&cfg.sources.manifests);
+    for f in set.values() {
+        problems.extend(f.problems.iter().cloned());
+    }
+    let (store, dup) = manifests::build_store(&set);
+    problems.extend(dup);
+    let spec = crate::translate::translate(&store, &Settings::from_config(cfg));
+    problems.extend(spec.problems);
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+/// Manifest folders: the config's, plus any given on the command line.
+pub fn with_manifest_dirs(mut cfg: Config, extra: &[PathBuf]) -> Config {
+    if !extra.is_empty() {
+        cfg.sources.manifests = extra.to_vec();
+    }
+    cfg
+}
