@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
-use pingora::proxy::ProxyHttp;
+use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, Result};
 
@@ -278,6 +278,45 @@ impl ProxyHttp for HttpProxy {
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
+    }
+
+    /// Error answers with a short body naming the backend, so an operator
+    /// reading a 502 or 504 knows which Service to look at.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        use pingora::ErrorSource;
+        let backend = ctx
+            .route
+            .as_ref()
+            .map(|r| r.backend.to_string())
+            .unwrap_or_else(|| "-".into());
+        let (code, what) = match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, "no endpoint available"),
+            ErrorType::ConnectTimedout => (502, "connecting to the upstream timed out"),
+            ErrorType::ReadTimedout => (504, "the upstream did not answer in time"),
+            ErrorType::WriteTimedout => (504, "writing to the upstream timed out"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "the upstream failed"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, ""),
+                    _ => (400, "bad request"),
+                },
+                _ => (500, "internal error"),
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = if code == 400 {
+                "bad request\n".to_string()
+            } else {
+                format!("{what} (service {backend})\n")
+            };
+            if let Err(err) = respond(session, code, body).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
