@@ -73,7 +73,11 @@ impl ServeHttp for Admin {
                 if self.publisher.is_ready() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {
-                    reply(503, "text/plain", b"waiting for the first configuration sync\n".to_vec())
+                    reply(
+                        503,
+                        "text/plain",
+                        b"waiting for the first configuration sync\n".to_vec(),
+                    )
                 }
             }
             "/metrics" => reply(
@@ -83,7 +87,8 @@ impl ServeHttp for Admin {
             ),
             "/config" => {
                 let snap = self.publisher.current();
-                let body = serde_json::to_vec_pretty(&explain::snapshot_json(&snap)).unwrap_or_default();
+                let body =
+                    serde_json::to_vec_pretty(&explain::snapshot_json(&snap)).unwrap_or_default();
                 reply(200, "application/json", body)
             }
             "/explain" => {
@@ -94,16 +99,23 @@ impl ServeHttp for Admin {
                 let port = match query_param(&query, "port").map(|p| p.parse::<u16>()) {
                     None => None,
                     Some(Ok(p)) => Some(p),
-                    Some(Err(_)) => return reply(400, "text/plain", b"port must be a number\n".to_vec()),
+                    Some(Err(_)) => {
+                        return reply(400, "text/plain", b"port must be a number\n".to_vec())
+                    }
                 };
                 let snap = self.publisher.current();
                 let v = explain::explain(&snap, &host, &path, port);
-                reply(200, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
+                reply(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&v).unwrap_or_default(),
+                )
             }
             _ => reply(
                 404,
                 "text/plain",
-                b"admin endpoints: /healthz /readyz /metrics /config /explain?host=&path=&port=\n".to_vec(),
+                b"admin endpoints: /healthz /readyz /metrics /config /explain?host=&path=&port=\n"
+                    .to_vec(),
             ),
         }
     }
@@ -115,8 +127,14 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        assert_eq!(query_param("host=a.b&path=%2Ffoo%20bar", "path").as_deref(), Some("/foo bar"));
-        assert_eq!(query_param("host=a.b&path=/x", "host").as_deref(), Some("a.b"));
+        assert_eq!(
+            query_param("host=a.b&path=%2Ffoo%20bar", "path").as_deref(),
+            Some("/foo bar")
+        );
+        assert_eq!(
+            query_param("host=a.b&path=/x", "host").as_deref(),
+            Some("a.b")
+        );
         assert_eq!(query_param("host=a+b", "host").as_deref(), Some("a b"));
         assert_eq!(query_param("x=%zz", "x").as_deref(), Some("%zz"));
         assert_eq!(query_param("x=%", "x").as_deref(), Some("%"));

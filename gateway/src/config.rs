@@ -16,7 +16,7 @@ use crate::lb::PolicyKind;
 /// `portico run` works from any directory.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../conf/portico.toml");
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: ListenConfig,
@@ -157,25 +157,6 @@ pub struct DemoConfig {
     /// Start built-in echo servers on these addresses (quickstart only; the
     /// example manifests point their EndpointSlices here).
     pub echo: Vec<SocketAddr>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: ListenConfig::default(),
-            admin: AdminConfig::default(),
-            node: NodeConfig::default(),
-            sources: SourcesConfig::default(),
-            ingress: IngressConfig::default(),
-            proxy: ProxyConfig::default(),
-            tls: TlsConfig::default(),
-            l4: L4Config::default(),
-            lb: LbConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            log: LogConfig::default(),
-            demo: DemoConfig::default(),
-        }
-    }
 }
 
 impl Default for ListenConfig {
@@ -347,7 +328,9 @@ fn embedded_base() -> PathBuf {
     if here.join("portico.toml").is_file() {
         return here.to_path_buf();
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("conf")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("conf")
 }
 
 fn toml_check(text: &str) -> Result<Config, String> {

@@ -125,7 +125,11 @@ pub fn render(v: &Value) -> String {
     out.push_str(&format!("snapshot generation {}\n", s(&v["generation"])));
     if v["layer"] == "L4" {
         for l in v["listeners"].as_array().into_iter().flatten() {
-            out.push_str(&format!("listener:    {}\nwhy:         {}\n", s(&l["listener"]), s(&l["why"])));
+            out.push_str(&format!(
+                "listener:    {}\nwhy:         {}\n",
+                s(&l["listener"]),
+                s(&l["why"])
+            ));
             render_pool(&mut out, &l["pool"]);
         }
     } else {
@@ -170,7 +174,10 @@ fn render_pool(out: &mut String, pool: &Value) {
         if pool["affinity"].is_null() {
             String::new()
         } else {
-            format!(", ClientIP affinity {}s", pool["affinity"]["timeout_seconds"])
+            format!(
+                ", ClientIP affinity {}s",
+                pool["affinity"]["timeout_seconds"]
+            )
         }
     ));
     let eps = pool["endpoints"].as_array().cloned().unwrap_or_default();
@@ -182,8 +189,15 @@ fn render_pool(out: &mut String, pool: &Value) {
             "endpoint:    {} {}{}{}\n",
             e["address"].as_str().unwrap_or("-"),
             e["state"].as_str().unwrap_or("-"),
-            e["target"].as_str().map(|t| format!(" ({t})")).unwrap_or_default(),
-            if e["cooling_down"] == true { " cooling down after connect failures" } else { "" }
+            e["target"]
+                .as_str()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default(),
+            if e["cooling_down"] == true {
+                " cooling down after connect failures"
+            } else {
+                ""
+            }
         ));
     }
 }

@@ -95,7 +95,12 @@ impl LbPolicy for LeastRequest {
         if b == a {
             b = candidates[candidates.len() - 1];
         }
-        let load = |i: usize| pool.endpoints[i].runtime.outstanding.load(Ordering::Relaxed);
+        let load = |i: usize| {
+            pool.endpoints[i]
+                .runtime
+                .outstanding
+                .load(Ordering::Relaxed)
+        };
         if load(b) < load(a) {
             b
         } else {
@@ -347,7 +352,11 @@ impl Pool {
         req: &PickRequest<'_>,
     ) -> usize {
         let now = Instant::now();
-        let mut table = self.state.affinity.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self
+            .state
+            .affinity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(sticky) = table.get_mut(&ip) {
             if now.duration_since(sticky.last_used) < timeout {
                 if let Some(&idx) = candidates
@@ -379,7 +388,11 @@ impl Pool {
         let Some(ep) = self.endpoints.iter().find(|e| e.spec.addr == addr) else {
             return false;
         };
-        let n = ep.runtime.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = ep
+            .runtime
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         if n >= self.health.failure_threshold {
             let until = clock_ms() + self.health.cooldown.as_millis() as u64;
             let before = ep.runtime.cooldown_until.swap(until, Ordering::Relaxed);
@@ -478,7 +491,11 @@ mod tests {
     fn round_robin_cycles_over_ready_only() {
         let p = pool(spec(
             PolicyKind::RoundRobin,
-            &[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready), ("10.0.0.3:80", Term)],
+            &[
+                ("10.0.0.1:80", Ready),
+                ("10.0.0.2:80", Ready),
+                ("10.0.0.3:80", Term),
+            ],
         ));
         let got: Vec<u8> = (0..6)
             .map(|_| match p.pick(&req()).unwrap().addr.ip() {
@@ -512,7 +529,10 @@ mod tests {
             };
             assert_eq!(p.pick(&r).unwrap().addr, "10.0.0.2:80".parse().unwrap());
         }
-        let both = ["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap()];
+        let both = [
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        ];
         let r = PickRequest {
             client_ip: None,
             exclude: &both,
@@ -567,9 +587,15 @@ mod tests {
             .map(|_| p.pick(&req()).unwrap())
             .filter(|pk| pk.addr == "10.0.0.2:80".parse().unwrap())
             .count();
-        assert!(p2 >= 25, "idle endpoint got {p2} of 50 with the other at {load1}");
+        assert!(
+            p2 >= 25,
+            "idle endpoint got {p2} of 50 with the other at {load1}"
+        );
         drop(busy);
-        assert_eq!(p.endpoints()[0].runtime.outstanding.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            p.endpoints()[0].runtime.outstanding.load(Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
@@ -600,14 +626,21 @@ mod tests {
             }
         }
         assert_eq!(moved, 0, "clients of surviving endpoints stay put");
-        assert!((100..450).contains(&owned_by_4), "spread: {owned_by_4}/1000");
+        assert!(
+            (100..450).contains(&owned_by_4),
+            "spread: {owned_by_4}/1000"
+        );
     }
 
     #[test]
     fn client_ip_affinity_sticks_and_survives_rebuild() {
         let mut s = spec(
             PolicyKind::RoundRobin,
-            &[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready), ("10.0.0.3:80", Ready)],
+            &[
+                ("10.0.0.1:80", Ready),
+                ("10.0.0.2:80", Ready),
+                ("10.0.0.3:80", Ready),
+            ],
         );
         s.affinity = Some(ClientIpAffinity {
             timeout: Duration::from_secs(60),

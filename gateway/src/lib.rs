@@ -4,21 +4,21 @@
 //! translation (`translate`, pure) turns it into a `snapshot`, `publish`
 //! swaps the snapshot in, and the data plane (`proxy`, `l4`) reads it.
 
-pub mod config;
-pub mod lb;
-pub mod problems;
-pub mod routing;
-pub mod snapshot;
-pub mod source;
-pub mod store;
-pub mod tls;
-pub mod translate;
 pub mod admin;
+pub mod config;
 pub mod demo;
 pub mod explain;
 pub mod l4;
+pub mod lb;
+pub mod problems;
 pub mod proxy;
 pub mod publish;
+pub mod routing;
 pub mod run;
 pub mod shutdown;
+pub mod snapshot;
+pub mod source;
+pub mod store;
 pub mod telemetry;
+pub mod tls;
+pub mod translate;

@@ -12,7 +12,11 @@ use portico::config::{self, Config};
 use portico::run;
 
 #[derive(Parser)]
-#[command(name = "portico", version, about = "WebAssembly-extensible L4/L7 edge gateway for Kubernetes")]
+#[command(
+    name = "portico",
+    version,
+    about = "WebAssembly-extensible L4/L7 edge gateway for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -178,7 +182,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Echo { name, http, tcp, udp } => {
+        Command::Echo {
+            name,
+            http,
+            tcp,
+            udp,
+        } => {
             if http.is_empty() && tcp.is_empty() && udp.is_empty() {
                 return fail("echo needs at least one --http, --tcp or --udp address");
             }
@@ -186,7 +195,12 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            let cfg = portico::demo::echo::EchoConfig { name, http, tcp, udp };
+            let cfg = portico::demo::echo::EchoConfig {
+                name,
+                http,
+                tcp,
+                udp,
+            };
             match rt.block_on(portico::demo::echo::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
@@ -195,25 +209,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn explain_offline(sources: &Sources, host: &str, path: &str, port: Option<u16>) -> Result<serde_json::Value, String> {
+fn explain_offline(
+    sources: &Sources,
+    host: &str,
+    path: &str,
+    port: Option<u16>,
+) -> Result<serde_json::Value, String> {
     let cfg = load(sources)?;
     let (set, problems) = portico::source::manifests::read_dirs(&cfg.sources.manifests);
     if let Some(p) = problems.first() {
         return Err(p.to_string());
     }
     let (store, _) = portico::source::manifests::build_store(&set);
-    let spec = portico::translate::translate(&store, &portico::translate::Settings::from_config(&cfg));
+    let spec =
+        portico::translate::translate(&store, &portico::translate::Settings::from_config(&cfg));
     let publisher = portico::publish::Publisher::new(Default::default());
     let snap = publisher.publish(spec);
     Ok(portico::explain::explain(&snap, host, path, port))
 }
 
 /// Asks a running gateway: a plain HTTP/1.0 GET to the admin listener.
-fn explain_online(admin: SocketAddr, host: &str, path: &str, port: Option<u16>) -> Result<serde_json::Value, String> {
+fn explain_online(
+    admin: SocketAddr,
+    host: &str,
+    path: &str,
+    port: Option<u16>,
+) -> Result<serde_json::Value, String> {
     let enc = |s: &str| -> String {
         s.bytes()
             .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                    (b as char).to_string()
+                }
                 _ => format!("%{b:02X}"),
             })
             .collect()
@@ -227,10 +254,17 @@ fn explain_online(admin: SocketAddr, host: &str, path: &str, port: Option<u16>) 
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(stream, "GET {target} HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut resp = String::new();
-    stream.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed admin response")?;
+    stream
+        .read_to_string(&mut resp)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or("malformed admin response")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!("admin answered: {}", head.lines().next().unwrap_or("")));
+        return Err(format!(
+            "admin answered: {}",
+            head.lines().next().unwrap_or("")
+        ));
     }
     serde_json::from_str(body).map_err(|e| format!("admin answer is not JSON: {e}"))
 }

@@ -88,7 +88,10 @@ impl VirtualHost {
     }
 
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.rules.iter().find(|r| r.matches(path)).map(|r| &r.route)
+        self.rules
+            .iter()
+            .find(|r| r.matches(path))
+            .map(|r| &r.route)
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
@@ -121,7 +124,10 @@ impl RouteTable {
         match host {
             None | Some("") => &mut self.any_host,
             Some(h) => match h.strip_prefix("*.") {
-                Some(suffix) => self.wildcard.entry(suffix.to_ascii_lowercase()).or_default(),
+                Some(suffix) => self
+                    .wildcard
+                    .entry(suffix.to_ascii_lowercase())
+                    .or_default(),
                 None => self.exact.entry(h.to_ascii_lowercase()).or_default(),
             },
         }
@@ -233,7 +239,8 @@ mod tests {
     /// Ingress documentation, plus the precedence rows.
     #[test]
     fn kubernetes_docs_path_examples() {
-        let cases: &[(&[(PathKind, &str)], &str, Option<&str>)] = &[
+        type Case<'a> = (&'a [(PathKind, &'a str)], &'a str, Option<&'a str>);
+        let cases: &[Case] = &[
             (&[(Prefix, "/")], "/", Some("Prefix/")),
             (&[(Prefix, "/")], "/anything/at/all", Some("Prefix/")),
             (&[(Exact, "/foo")], "/foo", Some("Exact/foo")),
@@ -246,11 +253,23 @@ mod tests {
             (&[(Prefix, "/foo/")], "/foo/", Some("Prefix/foo/")),
             (&[(Prefix, "/aaa/bb")], "/aaa/bbb", None),
             (&[(Prefix, "/aaa/bbb")], "/aaa/bbb", Some("Prefix/aaa/bbb")),
-            (&[(Prefix, "/aaa/bbb/")], "/aaa/bbb", Some("Prefix/aaa/bbb/")),
+            (
+                &[(Prefix, "/aaa/bbb/")],
+                "/aaa/bbb",
+                Some("Prefix/aaa/bbb/"),
+            ),
             (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/", Some("Prefix/aaa/bbb")),
-            (&[(Prefix, "/aaa/bbb")], "/aaa/bbb/ccc", Some("Prefix/aaa/bbb")),
+            (
+                &[(Prefix, "/aaa/bbb")],
+                "/aaa/bbb/ccc",
+                Some("Prefix/aaa/bbb"),
+            ),
             (&[(Prefix, "/aaa/bbb")], "/aaa/bbbxyz", None),
-            (&[(Prefix, "/"), (Prefix, "/aaa")], "/aaa/ccc", Some("Prefix/aaa")),
+            (
+                &[(Prefix, "/"), (Prefix, "/aaa")],
+                "/aaa/ccc",
+                Some("Prefix/aaa"),
+            ),
             (
                 &[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")],
                 "/aaa/bbb",
@@ -262,11 +281,27 @@ mod tests {
                 Some("Prefix/"),
             ),
             (&[(Prefix, "/aaa")], "/ccc", None),
-            (&[(Prefix, "/foo"), (Exact, "/foo")], "/foo", Some("Exact/foo")),
-            (&[(Exact, "/foo"), (Prefix, "/foo")], "/foo", Some("Exact/foo")),
-            (&[(Exact, "/foo"), (Prefix, "/foo")], "/foo/x", Some("Prefix/foo")),
+            (
+                &[(Prefix, "/foo"), (Exact, "/foo")],
+                "/foo",
+                Some("Exact/foo"),
+            ),
+            (
+                &[(Exact, "/foo"), (Prefix, "/foo")],
+                "/foo",
+                Some("Exact/foo"),
+            ),
+            (
+                &[(Exact, "/foo"), (Prefix, "/foo")],
+                "/foo/x",
+                Some("Prefix/foo"),
+            ),
             // Longest match beats kind.
-            (&[(Exact, "/a"), (Prefix, "/a/b")], "/a/b", Some("Prefix/a/b")),
+            (
+                &[(Exact, "/a"), (Prefix, "/a/b")],
+                "/a/b",
+                Some("Prefix/a/b"),
+            ),
         ];
         for (paths, req, want) in cases {
             let vh = vhost(paths);
@@ -286,7 +321,9 @@ mod tests {
         t.host_mut(Some("only-api.com"))
             .add(Prefix, "/api", route("api"))
             .unwrap();
-        t.host_mut(None).add(Prefix, "/open", route("hostless")).unwrap();
+        t.host_mut(None)
+            .add(Prefix, "/open", route("hostless"))
+            .unwrap();
         t
     }
 
@@ -295,17 +332,33 @@ mod tests {
         let t = table();
         let cases = [
             ("foo.bar.com", "/", Some(("exact-host", HostMatch::Exact))),
-            ("FOO.Bar.com:8080", "/x", Some(("exact-host", HostMatch::Exact))),
+            (
+                "FOO.Bar.com:8080",
+                "/x",
+                Some(("exact-host", HostMatch::Exact)),
+            ),
             ("baz.bar.com", "/", Some(("wildcard", HostMatch::Wildcard))),
             // A wildcard covers exactly one label.
             ("a.baz.bar.com", "/", None),
             ("bar.com", "/", None),
             ("only-api.com", "/api/v1", Some(("api", HostMatch::Exact))),
             // No path of the host matches: fall through to host-less rules.
-            ("only-api.com", "/open/x", Some(("hostless", HostMatch::AnyHost))),
+            (
+                "only-api.com",
+                "/open/x",
+                Some(("hostless", HostMatch::AnyHost)),
+            ),
             ("only-api.com", "/other", None),
-            ("unknown.org", "/open", Some(("hostless", HostMatch::AnyHost))),
-            ("unknown.org", "/open?x=1", Some(("hostless", HostMatch::AnyHost))),
+            (
+                "unknown.org",
+                "/open",
+                Some(("hostless", HostMatch::AnyHost)),
+            ),
+            (
+                "unknown.org",
+                "/open?x=1",
+                Some(("hostless", HostMatch::AnyHost)),
+            ),
         ];
         for (host, path, want) in cases {
             let got = t
@@ -320,7 +373,10 @@ mod tests {
         let mut t = table();
         t.set_default_backend(route("default")).unwrap();
         let (r, m) = t.find("unknown.org", "/nothing").unwrap();
-        assert_eq!((r.backend.service.as_str(), m), ("default", HostMatch::DefaultBackend));
+        assert_eq!(
+            (r.backend.service.as_str(), m),
+            ("default", HostMatch::DefaultBackend)
+        );
         // Rules still win over the default backend.
         assert_eq!(t.find("baz.bar.com", "/").unwrap().1, HostMatch::Wildcard);
         assert!(t.set_default_backend(route("second")).is_err());

@@ -42,8 +42,10 @@ pub fn load_problems(cfg: &Config) -> (manifests::ManifestSet, Vec<Problem>) {
 fn default_certificate(cfg: &Config) -> Result<tls::Certificate, String> {
     match (&cfg.tls.default_certificate, &cfg.tls.default_key) {
         (Some(c), Some(k)) => {
-            let crt = std::fs::read(c).map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))?;
-            let key = std::fs::read(k).map_err(|e| format!("{}: tls.default_key: {e}", k.display()))?;
+            let crt = std::fs::read(c)
+                .map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))?;
+            let key =
+                std::fs::read(k).map_err(|e| format!("{}: tls.default_key: {e}", k.display()))?;
             tls::parse_pem(&crt, &key, &c.display().to_string())
                 .map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))
         }
@@ -54,7 +56,8 @@ fn default_certificate(cfg: &Config) -> Result<tls::Certificate, String> {
 /// Fails early, with the config key, when a listener address is taken.
 fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     for (addr, key) in addrs {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;
     }
     Ok(())
 }
@@ -69,7 +72,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         for p in &problems {
             eprintln!("{p}");
         }
-        return Err(format!("{} problem(s) in the manifests; not serving", problems.len()));
+        return Err(format!(
+            "{} problem(s) in the manifests; not serving",
+            problems.len()
+        ));
     }
     let mut binds: Vec<(SocketAddr, &str)> = vec![(cfg.admin.listen, "admin.listen")];
     binds.extend(cfg.listen.http.iter().map(|a| (*a, "listen.http")));
@@ -90,7 +96,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     pipeline.apply();
 
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(cfg.shutdown.grace_period_seconds),
@@ -101,7 +109,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     server.bootstrap();
 
     let proxy = HttpProxy::new(publisher.handle(), cfg.proxy.clone(), cfg.log.access_log);
-    let mut l7 = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
+    let mut l7 =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
     if let Some(app) = l7.app_logic_mut() {
         let mut opts = pingora::apps::HttpServerOptions::default();
         opts.h2c = true;
@@ -112,7 +121,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     for addr in &cfg.listen.https {
         let mut tls_settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
-        tls_settings.set_cert_resolver(Arc::new(SniResolver::new(publisher.handle(), default_cert.clone())));
+        tls_settings.set_cert_resolver(Arc::new(SniResolver::new(
+            publisher.handle(),
+            default_cert.clone(),
+        )));
         tls_settings.enable_h2();
         l7.add_tls_with_settings(&addr.to_string(), None, tls_settings);
     }
@@ -130,11 +142,18 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     server.add_service(background_service(
         "l4",
-        L4Manager::new(publisher.handle(), publisher.subscribe(), L4Settings::from(&cfg.l4)),
+        L4Manager::new(
+            publisher.handle(),
+            publisher.subscribe(),
+            L4Settings::from(&cfg.l4),
+        ),
     ));
     server.add_service(background_service("manifests", pipeline));
     if !cfg.demo.echo.is_empty() {
-        server.add_service(background_service("demo-echo", demo::EchoService::new(cfg.demo.echo.clone())));
+        server.add_service(background_service(
+            "demo-echo",
+            demo::EchoService::new(cfg.demo.echo.clone()),
+        ));
     }
 
     tracing::info!(

@@ -85,11 +85,17 @@ fn wait_then_exit(grace: Duration, on_exit: fn()) {
     loop {
         let left = in_flight();
         if left == 0 {
-            tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+            tracing::info!(
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                "drained; exiting"
+            );
             break;
         }
         if start.elapsed() >= grace {
-            tracing::warn!(in_flight = left, "grace period over; exiting with work in flight");
+            tracing::warn!(
+                in_flight = left,
+                "grace period over; exiting with work in flight"
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(25));

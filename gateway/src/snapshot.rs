@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::lb::{Pool, PolicyKind};
+use crate::lb::{PolicyKind, Pool};
 use crate::problems::Problem;
 use crate::routing::RouteTable;
 use crate::tls::CertStore;
@@ -59,7 +59,10 @@ pub struct ClientIpAffinity {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
     }
 }

@@ -64,6 +64,8 @@ pub struct Store {
 }
 
 /// One object of any kind the gateway reads.
+// Objects are moved into the store once and then shared by `Arc`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AnyObject {
     Service(Service),
@@ -136,7 +138,8 @@ impl Store {
             obj: T,
             origin: Option<String>,
         ) -> Option<Option<String>> {
-            map.insert(key, Stored::new(obj, origin)).map(|old| old.origin)
+            map.insert(key, Stored::new(obj, origin))
+                .map(|old| old.origin)
         }
         match obj {
             AnyObject::Service(o) => put(&mut self.services, key, o, origin),

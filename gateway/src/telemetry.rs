@@ -38,26 +38,87 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
 /// Registers descriptions so `/metrics` documents itself.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("portico_http_requests_total", "HTTP requests by listener, route (Ingress) and status class");
-    describe_histogram!("portico_http_request_duration_seconds", Unit::Seconds, "HTTP request latency by listener and route");
+    describe_counter!(
+        "portico_http_requests_total",
+        "HTTP requests by listener, route (Ingress) and status class"
+    );
+    describe_histogram!(
+        "portico_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by listener and route"
+    );
     describe_gauge!("portico_http_requests_active", "HTTP requests in flight");
-    describe_counter!("portico_http_bytes_received_total", Unit::Bytes, "HTTP request body bytes received from clients");
-    describe_counter!("portico_http_bytes_sent_total", Unit::Bytes, "HTTP response body bytes sent to clients");
-    describe_counter!("portico_upstream_connect_errors_total", "Failed connects to endpoints, by backend");
-    describe_counter!("portico_tls_handshakes_total", "TLS certificate selections by source (sni or default)");
-    describe_counter!("portico_tls_default_certificate_total", "Handshakes that fell back to the default certificate, by reason");
-    describe_counter!("portico_l4_connections_total", "Accepted L4 TCP connections by listener");
-    describe_counter!("portico_l4_connections_failed_total", "L4 TCP connections closed because no endpoint accepted them");
-    describe_gauge!("portico_l4_connections_active", "Open L4 TCP connections by listener");
-    describe_counter!("portico_l4_bytes_received_total", Unit::Bytes, "L4 bytes received from clients");
-    describe_counter!("portico_l4_bytes_sent_total", Unit::Bytes, "L4 bytes sent to clients");
+    describe_counter!(
+        "portico_http_bytes_received_total",
+        Unit::Bytes,
+        "HTTP request body bytes received from clients"
+    );
+    describe_counter!(
+        "portico_http_bytes_sent_total",
+        Unit::Bytes,
+        "HTTP response body bytes sent to clients"
+    );
+    describe_counter!(
+        "portico_upstream_connect_errors_total",
+        "Failed connects to endpoints, by backend"
+    );
+    describe_counter!(
+        "portico_tls_handshakes_total",
+        "TLS certificate selections by source (sni or default)"
+    );
+    describe_counter!(
+        "portico_tls_default_certificate_total",
+        "Handshakes that fell back to the default certificate, by reason"
+    );
+    describe_counter!(
+        "portico_l4_connections_total",
+        "Accepted L4 TCP connections by listener"
+    );
+    describe_counter!(
+        "portico_l4_connections_failed_total",
+        "L4 TCP connections closed because no endpoint accepted them"
+    );
+    describe_gauge!(
+        "portico_l4_connections_active",
+        "Open L4 TCP connections by listener"
+    );
+    describe_counter!(
+        "portico_l4_bytes_received_total",
+        Unit::Bytes,
+        "L4 bytes received from clients"
+    );
+    describe_counter!(
+        "portico_l4_bytes_sent_total",
+        Unit::Bytes,
+        "L4 bytes sent to clients"
+    );
     describe_gauge!("portico_udp_flows_active", "Active UDP flows by listener");
     describe_counter!("portico_udp_flows_total", "UDP flows opened by listener");
     describe_gauge!("portico_l4_listeners_open", "L4 listeners currently bound");
-    describe_counter!("portico_l4_bind_errors_total", "L4 listeners that could not be bound");
-    describe_gauge!("portico_snapshot_generation", "Generation of the active snapshot");
-    describe_gauge!("portico_snapshot_last_apply_timestamp_seconds", Unit::Seconds, "Unix time of the last snapshot swap");
-    describe_histogram!("portico_snapshot_publish_duration_seconds", Unit::Seconds, "Time to build and swap a snapshot");
-    describe_counter!("portico_config_problems_total", "Problems found in manifests and objects, by severity");
-    describe_counter!("portico_manifest_reloads_total", "Manifest folder reloads, by result");
+    describe_counter!(
+        "portico_l4_bind_errors_total",
+        "L4 listeners that could not be bound"
+    );
+    describe_gauge!(
+        "portico_snapshot_generation",
+        "Generation of the active snapshot"
+    );
+    describe_gauge!(
+        "portico_snapshot_last_apply_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last snapshot swap"
+    );
+    describe_histogram!(
+        "portico_snapshot_publish_duration_seconds",
+        Unit::Seconds,
+        "Time to build and swap a snapshot"
+    );
+    describe_counter!(
+        "portico_config_problems_total",
+        "Problems found in manifests and objects, by severity"
+    );
+    describe_counter!(
+        "portico_manifest_reloads_total",
+        "Manifest folder reloads, by result"
+    );
 }

@@ -23,7 +23,9 @@ pub struct Certificate {
 
 impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificate").field("source", &self.source).finish()
+        f.debug_struct("Certificate")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -95,7 +97,9 @@ impl CertStore {
     }
 
     pub fn note_fallback(&mut self, host: &str, reason: String) {
-        self.fallback.entry(host.to_ascii_lowercase()).or_insert(reason);
+        self.fallback
+            .entry(host.to_ascii_lowercase())
+            .or_insert(reason);
     }
 
     /// The certificate for an SNI name: exact, then one-label wildcard.

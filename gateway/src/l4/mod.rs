@@ -48,7 +48,11 @@ pub struct L4Manager {
 }
 
 impl L4Manager {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, changes: watch::Receiver<u64>, settings: L4Settings) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        changes: watch::Receiver<u64>,
+        settings: L4Settings,
+    ) -> Self {
         L4Manager {
             snapshot,
             changes,
@@ -62,7 +66,11 @@ struct Open {
 }
 
 impl L4Manager {
-    async fn reconcile(&self, open: &mut BTreeMap<L4ListenerKey, Open>, failed: &mut BTreeSet<L4ListenerKey>) {
+    async fn reconcile(
+        &self,
+        open: &mut BTreeMap<L4ListenerKey, Open>,
+        failed: &mut BTreeSet<L4ListenerKey>,
+    ) {
         let snap = self.snapshot.load_full();
         let wanted: BTreeSet<L4ListenerKey> = snap.l4.keys().copied().collect();
         open.retain(|key, listener| {
@@ -81,10 +89,22 @@ impl L4Manager {
             let (stop, stop_rx) = watch::channel(false);
             let started = match key.protocol {
                 L4Protocol::Tcp => tokio::net::TcpListener::bind(key.addr).await.map(|l| {
-                    tokio::spawn(tcp::serve(key, l, self.snapshot.clone(), self.settings, stop_rx));
+                    tokio::spawn(tcp::serve(
+                        key,
+                        l,
+                        self.snapshot.clone(),
+                        self.settings,
+                        stop_rx,
+                    ));
                 }),
                 L4Protocol::Udp => tokio::net::UdpSocket::bind(key.addr).await.map(|s| {
-                    tokio::spawn(udp::serve(key, s, self.snapshot.clone(), self.settings, stop_rx));
+                    tokio::spawn(udp::serve(
+                        key,
+                        s,
+                        self.snapshot.clone(),
+                        self.settings,
+                        stop_rx,
+                    ));
                 }),
             };
             match started {

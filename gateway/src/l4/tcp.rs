@@ -60,9 +60,7 @@ async fn connect(
         tracing::debug!(listener = %label, "listener no longer configured");
         return None;
     };
-    let Some(pool) = snap.pool(backend) else {
-        return None;
-    };
+    let pool = snap.pool(backend)?;
     let mut tried = Vec::new();
     for _ in 0..=settings.connect_retries {
         let Some(pick) = pool.pick(&PickRequest {
@@ -107,8 +105,10 @@ async fn handle(
 ) {
     let _in_flight = InFlight::start();
     metrics::counter!("portico_l4_connections_total", "listener" => label.to_string()).increment(1);
-    let Some((upstream, pick, _backend)) = connect(key, label, peer, &snapshot, settings).await else {
-        metrics::counter!("portico_l4_connections_failed_total", "listener" => label.to_string()).increment(1);
+    let Some((upstream, pick, _backend)) = connect(key, label, peer, &snapshot, settings).await
+    else {
+        metrics::counter!("portico_l4_connections_failed_total", "listener" => label.to_string())
+            .increment(1);
         return;
     };
     let _ = client.set_nodelay(true);
@@ -117,9 +117,7 @@ async fn handle(
     let activity = AtomicU64::new(clock_ms());
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let copies = async {
-        tokio::join!(pipe(cr, uw, &activity), pipe(ur, cw, &activity))
-    };
+    let copies = async { tokio::join!(pipe(cr, uw, &activity), pipe(ur, cw, &activity)) };
     let idle = idle_watch(&activity, settings.idle_timeout);
     let (sent, received) = tokio::select! {
         (up, down) = copies => (up.unwrap_or(0), down.unwrap_or(0)),
@@ -129,14 +127,20 @@ async fn handle(
         }
     };
     active.decrement(1.0);
-    metrics::counter!("portico_l4_bytes_received_total", "listener" => label.to_string()).increment(sent);
-    metrics::counter!("portico_l4_bytes_sent_total", "listener" => label.to_string()).increment(received);
+    metrics::counter!("portico_l4_bytes_received_total", "listener" => label.to_string())
+        .increment(sent);
+    metrics::counter!("portico_l4_bytes_sent_total", "listener" => label.to_string())
+        .increment(received);
     drop(pick);
 }
 
 /// Copies one direction; at EOF shuts down the other side's write half so a
 /// half-close travels end to end.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, activity: &AtomicU64) -> io::Result<u64> {
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    activity: &AtomicU64,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; 32 * 1024];
     let mut total = 0u64;
     loop {

@@ -40,7 +40,8 @@ pub async fn serve(
     let socket = Arc::new(socket);
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut buf = vec![0u8; 65_535];
-    let sweep_every = (settings.udp_idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let sweep_every =
+        (settings.udp_idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     let flows_gauge = metrics::gauge!("portico_udp_flows_active", "listener" => label.clone());
     loop {
@@ -54,16 +55,18 @@ pub async fn serve(
                     }
                 };
                 metrics::counter!("portico_l4_bytes_received_total", "listener" => label.clone()).increment(n as u64);
-                if !flows.contains_key(&client) {
-                    match open_flow(key, &label, client, &socket, &snapshot).await {
-                        Some(flow) => {
-                            flows.insert(client, flow);
-                            flows_gauge.set(flows.len() as f64);
+                let flow = match flows.entry(client) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        match open_flow(key, &label, client, &socket, &snapshot).await {
+                            Some(flow) => {
+                                flows_gauge.increment(1.0);
+                                v.insert(flow)
+                            }
+                            None => continue,
                         }
-                        None => continue,
                     }
-                }
-                let flow = &flows[&client];
+                };
                 flow.last_seen.store(clock_ms(), Ordering::Relaxed);
                 if let Err(e) = flow.upstream.send(&buf[..n]).await {
                     tracing::debug!(listener = %label, client = %client, error = %e, "send upstream failed");

@@ -120,9 +120,7 @@ impl ProxyHttp for HttpProxy {
         ctx.start = Instant::now();
         ctx._in_flight = Some(InFlight::start());
         metrics::gauge!("portico_http_requests_active").increment(1.0);
-        ctx.tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         session.set_keepalive(Some(self.cfg.downstream_keepalive_timeout_ms / 1000));
 
         let req = session.req_header();
@@ -176,7 +174,11 @@ impl ProxyHttp for HttpProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
@@ -254,8 +256,14 @@ impl ProxyHttp for HttpProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
-        let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let client = client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let xff = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
             _ => client,
         };
@@ -282,7 +290,12 @@ impl ProxyHttp for HttpProxy {
 
     /// Error answers with a short body naming the backend, so an operator
     /// reading a 502 or 504 knows which Service to look at.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         use pingora::ErrorSource;
         let backend = ctx
             .route
@@ -297,7 +310,9 @@ impl ProxyHttp for HttpProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => (502, "the upstream failed"),
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, ""),
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "")
+                    }
                     _ => (400, "bad request"),
                 },
                 _ => (500, "internal error"),
@@ -350,8 +365,10 @@ impl ProxyHttp for HttpProxy {
         .record(elapsed.as_secs_f64());
         let bytes_in = session.body_bytes_read() as u64;
         let bytes_out = session.body_bytes_sent() as u64;
-        metrics::counter!("portico_http_bytes_received_total", "listener" => listener).increment(bytes_in);
-        metrics::counter!("portico_http_bytes_sent_total", "listener" => listener).increment(bytes_out);
+        metrics::counter!("portico_http_bytes_received_total", "listener" => listener)
+            .increment(bytes_in);
+        metrics::counter!("portico_http_bytes_sent_total", "listener" => listener)
+            .increment(bytes_out);
         if self.access_log {
             let req = session.req_header();
             let line = serde_json::json!({

@@ -43,8 +43,8 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| format!("{}: cannot read folder: {e}", d.display()))?;
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| format!("{}: cannot read folder: {e}", d.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let hidden = entry.file_name().to_string_lossy().starts_with('.');
@@ -159,6 +159,8 @@ pub fn parse_file(name: &str, text: &str) -> ParsedFile {
     out
 }
 
+// Parsed objects are moved once, right after parsing: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Object(AnyObject, Vec<String>),
     Ignored(String),
@@ -174,7 +176,7 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str);
-    if name.map_or(true, str::is_empty) {
+    if name.is_none_or(str::is_empty) {
         return Err((None, format!("{kind} has no metadata.name")));
     }
 
@@ -225,7 +227,9 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
 /// missing `pathType` → `ImplementationSpecific`.
 fn convert_legacy_ingress(mut v: Value) -> Value {
     fn convert_backend(b: &mut Value) {
-        let Some(map) = b.as_mapping_mut() else { return };
+        let Some(map) = b.as_mapping_mut() else {
+            return;
+        };
         let name = map.remove("serviceName");
         let port = map.remove("servicePort");
         if let Some(name) = name {
@@ -293,7 +297,9 @@ pub fn build_store(set: &ManifestSet) -> (Store, Vec<Problem>) {
             if let Some(Some(first)) = store.insert(obj.clone(), Some(origin.clone())) {
                 problems.push(Problem::error(
                     origin.clone(),
-                    format!("{kind} {key} is already defined at {first}; this definition is ignored"),
+                    format!(
+                        "{kind} {key} is already defined at {first}; this definition is ignored"
+                    ),
                 ));
                 // Put the first definition back.
                 let original = set
@@ -373,16 +379,34 @@ spec:
         assert_eq!(p.objects[0].0.key().to_string(), "default/web");
         assert_eq!(p.objects[1].1, "m.yaml:15");
         let warnings: Vec<String> = p.problems.iter().map(|x| x.to_string()).collect();
-        assert!(warnings[0].starts_with("m.yaml:10: warning: apps/v1 Deployment"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("m.yaml:10: warning: apps/v1 Deployment"),
+            "{warnings:?}"
+        );
         assert!(warnings[1].contains("deprecated"), "{warnings:?}");
-        let AnyObject::Ingress(ing) = &p.objects[1].0 else { panic!() };
+        let AnyObject::Ingress(ing) = &p.objects[1].0 else {
+            panic!()
+        };
         let spec = ing.spec.as_ref().unwrap();
-        let db = spec.default_backend.as_ref().unwrap().service.as_ref().unwrap();
+        let db = spec
+            .default_backend
+            .as_ref()
+            .unwrap()
+            .service
+            .as_ref()
+            .unwrap();
         assert_eq!(db.name, "web");
         assert_eq!(db.port.as_ref().unwrap().number, Some(80));
         let path = &spec.rules.as_ref().unwrap()[0].http.as_ref().unwrap().paths[0];
         assert_eq!(path.path_type, "ImplementationSpecific");
-        let port = path.backend.service.as_ref().unwrap().port.as_ref().unwrap();
+        let port = path
+            .backend
+            .service
+            .as_ref()
+            .unwrap()
+            .port
+            .as_ref()
+            .unwrap();
         assert_eq!(port.name.as_deref(), Some("http"));
     }
 
@@ -392,16 +416,27 @@ spec:
         let p = parse_file("bad.yaml", text);
         assert_eq!(p.objects.len(), 1);
         let msgs: Vec<String> = p.problems.iter().map(|x| x.to_string()).collect();
-        assert!(msgs[0].starts_with("bad.yaml:11: error: invalid Service"), "{msgs:?}");
-        assert!(msgs[1].starts_with("bad.yaml:13: error: missing apiVersion"), "{msgs:?}");
-        assert!(msgs[2].starts_with("bad.yaml:1") && msgs[2].contains("invalid YAML"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("bad.yaml:11: error: invalid Service"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].starts_with("bad.yaml:13: error: missing apiVersion"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].starts_with("bad.yaml:1") && msgs[2].contains("invalid YAML"),
+            "{msgs:?}"
+        );
         assert!(p.has_errors());
     }
 
     #[test]
     fn missing_name_and_bad_api_version() {
         let p = parse_file("x.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {}\n");
-        assert!(p.problems[0].to_string().contains("Secret has no metadata.name"));
+        assert!(p.problems[0]
+            .to_string()
+            .contains("Secret has no metadata.name"));
         let p = parse_file(
             "x.yaml",
             "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: a}\n",
@@ -420,7 +455,12 @@ spec:
             store.services.values().next().unwrap().origin.as_deref(),
             Some("a.yaml:2")
         );
-        assert!(problems[0].to_string().contains("already defined at a.yaml:2"), "{problems:?}");
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("already defined at a.yaml:2"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -24,7 +24,12 @@ pub struct ManifestPipeline {
 }
 
 impl ManifestPipeline {
-    pub fn new(dirs: Vec<PathBuf>, settings: Settings, publisher: Arc<Publisher>, initial: ManifestSet) -> Self {
+    pub fn new(
+        dirs: Vec<PathBuf>,
+        settings: Settings,
+        publisher: Arc<Publisher>,
+        initial: ManifestSet,
+    ) -> Self {
         ManifestPipeline {
             dirs,
             settings,
@@ -74,7 +79,10 @@ impl ManifestPipeline {
         metrics::counter!("portico_manifest_reloads_total", "result" => if bad == 0 { "ok" } else { "partial" })
             .increment(1);
         if bad > 0 {
-            tracing::warn!(files_with_errors = bad, "manifests reloaded; files with errors keep their previous version");
+            tracing::warn!(
+                files_with_errors = bad,
+                "manifests reloaded; files with errors keep their previous version"
+            );
         } else {
             tracing::info!("manifests reloaded");
         }

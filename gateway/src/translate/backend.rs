@@ -97,11 +97,17 @@ impl<'a> Backends<'a> {
                     PortRef::Name(n) => n.clone(),
                 },
             };
-            self.built.entry(key.clone()).or_insert_with(|| empty(&key, self.default_policy));
+            self.built
+                .entry(key.clone())
+                .or_insert_with(|| empty(&key, self.default_policy));
             return (key, Some(format!("Service {svc_key} not found")));
         };
         let svc = svc.object.clone();
-        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_deref())
+            .unwrap_or(&[]);
         let found = ports.iter().find(|p| match port {
             PortRef::Number(n) => p.port == *n,
             PortRef::Name(n) => p.name.as_deref() == Some(n),
@@ -115,19 +121,29 @@ impl<'a> Backends<'a> {
                     PortRef::Name(n) => n.clone(),
                 },
             };
-            self.built.entry(key.clone()).or_insert_with(|| empty(&key, self.default_policy));
+            self.built
+                .entry(key.clone())
+                .or_insert_with(|| empty(&key, self.default_policy));
             let want = match port {
                 PortRef::Number(n) => format!("number {n}"),
                 PortRef::Name(n) => format!("name {n:?}"),
             };
-            return (key, Some(format!("Service {svc_key} has no port with {want}")));
+            return (
+                key,
+                Some(format!("Service {svc_key} has no port with {want}")),
+            );
         };
         let key = self.service_port(&svc_key, &svc, sp);
         (key, None)
     }
 
     /// The backend of one port of a Service (also used for L4 listeners).
-    pub fn service_port(&mut self, svc_key: &ObjectKey, svc: &Service, sp: &ServicePort) -> BackendKey {
+    pub fn service_port(
+        &mut self,
+        svc_key: &ObjectKey,
+        svc: &Service,
+        sp: &ServicePort,
+    ) -> BackendKey {
         let key = BackendKey {
             namespace: svc_key.namespace.clone(),
             service: svc_key.name.clone(),
@@ -191,7 +207,12 @@ impl<'a> Backends<'a> {
         key
     }
 
-    fn endpoints(&mut self, svc_key: &ObjectKey, sp: &ServicePort, location: &str) -> Vec<EndpointSpec> {
+    fn endpoints(
+        &mut self,
+        svc_key: &ObjectKey,
+        sp: &ServicePort,
+        location: &str,
+    ) -> Vec<EndpointSpec> {
         let mut out: Vec<EndpointSpec> = Vec::new();
         let Some(slices) = self.slices.by_service.get(svc_key) else {
             return out;
@@ -226,7 +247,9 @@ impl<'a> Backends<'a> {
             let Some(port) = slice_port.or(numeric_target) else {
                 continue;
             };
-            let Ok(port) = u16::try_from(port) else { continue };
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
             for ep in slice.endpoints.as_deref().unwrap_or(&[]) {
                 let cond = ep.conditions.as_ref();
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);

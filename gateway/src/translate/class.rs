@@ -38,7 +38,10 @@ impl NativeClassAdmission {
             .find(|c| c.metadata.name.as_deref() == Some(name))
         {
             return if self.ours(class) {
-                Admission::Admit(format!("{via} {name} is an IngressClass of {}", self.config.controller))
+                Admission::Admit(format!(
+                    "{via} {name} is an IngressClass of {}",
+                    self.config.controller
+                ))
             } else {
                 Admission::Ignore(format!("{via} {name} belongs to another controller"))
             };
@@ -56,7 +59,11 @@ impl NativeClassAdmission {
 
 impl IngressAdmission for NativeClassAdmission {
     fn admit(&self, ingress: &Ingress, classes: &[&IngressClass]) -> Admission {
-        if let Some(name) = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+        if let Some(name) = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+        {
             return self.by_name(name, classes, "spec.ingressClassName");
         }
         let annotations = ingress.metadata.annotations.as_ref();
@@ -78,11 +85,16 @@ impl IngressAdmission for NativeClassAdmission {
             return if defaults.iter().any(|c| self.ours(c)) {
                 Admission::Admit("no class named; the default IngressClass is ours".into())
             } else {
-                Admission::Ignore("no class named; the default IngressClass is another controller's".into())
+                Admission::Ignore(
+                    "no class named; the default IngressClass is another controller's".into(),
+                )
             };
         }
         if self.config.watch_without_class {
-            Admission::Admit("no class named and no default IngressClass; ingress.watch_without_class is on".into())
+            Admission::Admit(
+                "no class named and no default IngressClass; ingress.watch_without_class is on"
+                    .into(),
+            )
         } else {
             Admission::Ignore("no class named and ingress.watch_without_class is off".into())
         }
@@ -99,9 +111,8 @@ mod tests {
         IngressClass {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                annotations: default.then(|| {
-                    [(DEFAULT_CLASS_ANNOTATION.to_string(), "true".to_string())].into()
-                }),
+                annotations: default
+                    .then(|| [(DEFAULT_CLASS_ANNOTATION.to_string(), "true".to_string())].into()),
                 ..Default::default()
             },
             spec: Some(IngressClassSpec {
@@ -133,9 +144,13 @@ mod tests {
 
     #[test]
     fn class_selection_rules() {
-        let mut cfg = IngressConfig::default();
-        cfg.accepted_classes = vec!["portico".into(), "nginx".into()];
-        let adm = NativeClassAdmission { config: cfg.clone() };
+        let cfg = IngressConfig {
+            accepted_classes: vec!["portico".into(), "nginx".into()],
+            ..Default::default()
+        };
+        let adm = NativeClassAdmission {
+            config: cfg.clone(),
+        };
         let ours = class("edge", "portico.io/ingress-controller", false);
         let theirs = class("other", "example.com/other", false);
         let classes = [&ours, &theirs];
@@ -149,7 +164,11 @@ mod tests {
         assert!(admitted(&adm, &ingress(None, Some("edge")), &classes));
         assert!(!admitted(&adm, &ingress(None, Some("other")), &classes));
         // spec wins over the annotation.
-        assert!(!admitted(&adm, &ingress(Some("other"), Some("nginx")), &classes));
+        assert!(!admitted(
+            &adm,
+            &ingress(Some("other"), Some("nginx")),
+            &classes
+        ));
         // No class: no default → watch_without_class decides.
         assert!(admitted(&adm, &ingress(None, None), &classes));
         let strict = NativeClassAdmission {
@@ -163,6 +182,10 @@ mod tests {
         let default_ours = class("edge", "portico.io/ingress-controller", true);
         assert!(admitted(&strict, &ingress(None, None), &[&default_ours]));
         let default_theirs = class("other", "example.com/other", true);
-        assert!(!admitted(&adm, &ingress(None, None), &[&default_theirs, &ours]));
+        assert!(!admitted(
+            &adm,
+            &ingress(None, None),
+            &[&default_theirs, &ours]
+        ));
     }
 }

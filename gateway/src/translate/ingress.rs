@@ -76,7 +76,10 @@ pub fn add_ingress(
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
                     &here,
-                    format!("defaultBackend ignored: Ingress {} already sets one", kept.ingress),
+                    format!(
+                        "defaultBackend ignored: Ingress {} already sets one",
+                        kept.ingress
+                    ),
                 ));
             }
         }
@@ -93,7 +96,9 @@ pub fn add_ingress(
                 continue;
             }
         }
-        let Some(http) = rule.http.as_ref() else { continue };
+        let Some(http) = rule.http.as_ref() else {
+            continue;
+        };
         for (pi, p) in http.paths.iter().enumerate() {
             let what = format!("spec.rules[{ri}].http.paths[{pi}]");
             let path = p.path.as_deref().unwrap_or("/");
@@ -115,7 +120,9 @@ pub fn add_ingress(
                 ));
                 continue;
             }
-            let Some(bk) = resolve(&p.backend, &what, problems) else { continue };
+            let Some(bk) = resolve(&p.backend, &what, problems) else {
+                continue;
+            };
             let route = Route {
                 ingress: ingress_name.clone(),
                 host: host.unwrap_or("*").to_string(),
@@ -151,7 +158,10 @@ pub fn add_ingress(
         };
         let Some(secret_name) = t.secret_name.as_deref().filter(|s| !s.is_empty()) else {
             for h in &hosts {
-                certs.note_fallback(h, format!("Ingress {ingress_name} spec.tls[{ti}] names no secretName"));
+                certs.note_fallback(
+                    h,
+                    format!("Ingress {ingress_name} spec.tls[{ti}] names no secretName"),
+                );
             }
             continue;
         };
@@ -165,7 +175,9 @@ pub fn add_ingress(
             Err(reason) => {
                 problems.push(Problem::error(
                     &here,
-                    format!("spec.tls[{ti}]: {reason}; hosts {hosts:?} get the default certificate"),
+                    format!(
+                        "spec.tls[{ti}]: {reason}; hosts {hosts:?} get the default certificate"
+                    ),
                 ));
                 for h in &hosts {
                     certs.note_fallback(h, reason.clone());
@@ -174,7 +186,8 @@ pub fn add_ingress(
             Ok(cert) => {
                 for h in &hosts {
                     if !tls::covers(&cert, h) {
-                        let reason = format!("certificate in TLS Secret {secret_key} does not cover {h}");
+                        let reason =
+                            format!("certificate in TLS Secret {secret_key} does not cover {h}");
                         problems.push(Problem::error(
                             &here,
                             format!("spec.tls[{ti}]: {reason}; it gets the default certificate"),

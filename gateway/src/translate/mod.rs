@@ -70,7 +70,13 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         }
     }
 
-    services::add_l4_listeners(store, settings, &mut backends, &mut out.l4, &mut out.problems);
+    services::add_l4_listeners(
+        store,
+        settings,
+        &mut backends,
+        &mut out.l4,
+        &mut out.problems,
+    );
 
     out.problems.append(&mut backends.problems);
     out.backends = backends.built;

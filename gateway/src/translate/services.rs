@@ -30,7 +30,9 @@ pub fn add_l4_listeners(
     });
     for (key, stored) in services {
         let svc = &stored.object;
-        let Some(spec) = svc.spec.as_ref() else { continue };
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
         let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
         if kind != "LoadBalancer" && kind != "NodePort" {
             continue;
@@ -63,7 +65,9 @@ pub fn add_l4_listeners(
         if lb_addrs.is_empty() && settings.node_addresses.is_empty() {
             problems.push(Problem::warning(
                 &here,
-                format!("type {kind}: no address to listen on (set node.addresses or --node-address)"),
+                format!(
+                    "type {kind}: no address to listen on (set node.addresses or --node-address)"
+                ),
             ));
             continue;
         }
@@ -74,7 +78,9 @@ pub fn add_l4_listeners(
                 other => {
                     problems.push(Problem::warning(
                         &here,
-                        format!("spec.ports[{pi}]: protocol {other} is not supported; port skipped"),
+                        format!(
+                            "spec.ports[{pi}]: protocol {other} is not supported; port skipped"
+                        ),
                     ));
                     continue;
                 }
@@ -86,7 +92,12 @@ pub fn add_l4_listeners(
             }
             if settings.node_ports {
                 if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()) {
-                    binds.extend(settings.node_addresses.iter().map(|ip| SocketAddr::new(*ip, np)));
+                    binds.extend(
+                        settings
+                            .node_addresses
+                            .iter()
+                            .map(|ip| SocketAddr::new(*ip, np)),
+                    );
                 }
             }
             for addr in binds {

@@ -164,8 +164,10 @@ fn service_port_resolution_table() {
     ];
     for (port, key, want) in cases {
         let spec = translate(&store_of(&ingress(port)), &settings());
-        let want: Vec<(SocketAddr, EndpointState)> =
-            want.into_iter().map(|(a, s)| (a.parse().unwrap(), s)).collect();
+        let want: Vec<(SocketAddr, EndpointState)> = want
+            .into_iter()
+            .map(|(a, s)| (a.parse().unwrap(), s))
+            .collect();
         assert_eq!(eps(&spec, key), want, "backend port {port}");
         let (route, _) = spec.routes.find("shop.example.com", "/x").unwrap();
         assert_eq!(route.backend.to_string(), key);
@@ -190,8 +192,14 @@ fn missing_service_or_port_gives_empty_backend_and_warning() {
         let (route, _) = spec.routes.find("shop.example.com", "/").unwrap();
         assert!(spec.backends[&route.backend].endpoints.is_empty());
     }
-    let spec = translate(&store_of(&ingress("{number: 80}").replace("name: web\n", "name: gone\n")), &settings());
-    assert!(spec.problems.iter().any(|p| p.message.contains("Service shop/gone not found")));
+    let spec = translate(
+        &store_of(&ingress("{number: 80}").replace("name: web\n", "name: gone\n")),
+        &settings(),
+    );
+    assert!(spec
+        .problems
+        .iter()
+        .any(|p| p.message.contains("Service shop/gone not found")));
 }
 
 #[test]
@@ -227,13 +235,30 @@ spec:
     );
     let spec = translate(&store_of(&yaml), &settings());
     let find = |h: &str, p: &str| spec.routes.find(h, p).map(|(r, _)| r.backend.to_string());
-    assert_eq!(find("x.example.com", "/a").as_deref(), Some("shop/web:http"));
-    assert_eq!(find("other.org", "/health").as_deref(), Some("shop/web:admin"));
-    assert_eq!(find("other.org", "/health/x").as_deref(), Some("shop/web:7000"));
+    assert_eq!(
+        find("x.example.com", "/a").as_deref(),
+        Some("shop/web:http")
+    );
+    assert_eq!(
+        find("other.org", "/health").as_deref(),
+        Some("shop/web:admin")
+    );
+    assert_eq!(
+        find("other.org", "/health/x").as_deref(),
+        Some("shop/web:7000")
+    );
     // The older Ingress keeps the conflicting path and defaultBackend.
     let msgs: Vec<String> = spec.problems.iter().map(|p| p.to_string()).collect();
-    assert!(msgs.iter().any(|m| m.contains("already routed by Ingress shop/a")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("Ingress shop/a already sets one")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("already routed by Ingress shop/a")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("Ingress shop/a already sets one")),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -268,7 +293,9 @@ spec:
     assert_eq!(errs.len(), 3, "{errs:?}");
     assert!(errs.iter().any(|m| m.contains("spec.rules[0].host")));
     assert!(errs.iter().any(|m| m.contains("paths[0].path \"nope\"")));
-    assert!(errs.iter().any(|m| m.contains("paths[1].pathType \"Regex\"")));
+    assert!(errs
+        .iter()
+        .any(|m| m.contains("paths[1].pathType \"Regex\"")));
     assert!(spec.routes.find("ok.example.com", "/ok").is_some());
 }
 
@@ -320,20 +347,42 @@ spec:
     assert_eq!(
         l4,
         vec![
-            (key(L4Protocol::Tcp, "127.0.0.1:30080"), "infra/np:80".into()),
-            (key(L4Protocol::Tcp, "127.0.0.53:53"), "infra/dns:dns-tcp".into()),
-            (key(L4Protocol::Udp, "127.0.0.1:30053"), "infra/dns:dns-udp".into()),
-            (key(L4Protocol::Udp, "127.0.0.53:53"), "infra/dns:dns-udp".into()),
+            (
+                key(L4Protocol::Tcp, "127.0.0.1:30080"),
+                "infra/np:80".into()
+            ),
+            (
+                key(L4Protocol::Tcp, "127.0.0.53:53"),
+                "infra/dns:dns-tcp".into()
+            ),
+            (
+                key(L4Protocol::Udp, "127.0.0.1:30053"),
+                "infra/dns:dns-udp".into()
+            ),
+            (
+                key(L4Protocol::Udp, "127.0.0.53:53"),
+                "infra/dns:dns-udp".into()
+            ),
         ]
     );
-    let dns = &spec.backends.values().find(|b| b.key.service == "dns").unwrap();
+    let dns = &spec
+        .backends
+        .values()
+        .find(|b| b.key.service == "dns")
+        .unwrap();
     assert_eq!(dns.affinity.unwrap().timeout.as_secs(), 10_800);
-    let np = &spec.backends.values().find(|b| b.key.service == "np").unwrap();
+    let np = &spec
+        .backends
+        .values()
+        .find(|b| b.key.service == "np")
+        .unwrap();
     assert_eq!(np.policy, PolicyKind::RingHash);
     let msgs: Vec<String> = spec.problems.iter().map(|p| p.to_string()).collect();
     assert!(msgs.iter().any(|m| m.contains("SCTP")), "{msgs:?}");
     assert!(
-        msgs.iter().any(|m| m.contains("Service infra/clash") && m.contains("already used by Service infra/np")),
+        msgs.iter()
+            .any(|m| m.contains("Service infra/clash")
+                && m.contains("already used by Service infra/np")),
         "{msgs:?}"
     );
 
@@ -383,12 +432,27 @@ spec:
         indent(&key)
     );
     let spec = translate(&store_of(&yaml), &settings());
-    assert_eq!(spec.certs.find("a.example.com").unwrap().source, "shop/shared");
-    assert_eq!(spec.certs.find("b.example.com").unwrap().source, "shop/shared");
+    assert_eq!(
+        spec.certs.find("a.example.com").unwrap().source,
+        "shop/shared"
+    );
+    assert_eq!(
+        spec.certs.find("b.example.com").unwrap().source,
+        "shop/shared"
+    );
     assert!(spec.certs.find("c.example.com").is_none());
-    assert!(spec.certs.fallback_reason("c.example.com").contains("does not cover c.example.com"));
-    assert!(spec.certs.fallback_reason("d.example.com").contains("tls.crt"));
-    assert!(spec.certs.fallback_reason("e.example.com").contains("shop/missing not found"));
+    assert!(spec
+        .certs
+        .fallback_reason("c.example.com")
+        .contains("does not cover c.example.com"));
+    assert!(spec
+        .certs
+        .fallback_reason("d.example.com")
+        .contains("tls.crt"));
+    assert!(spec
+        .certs
+        .fallback_reason("e.example.com")
+        .contains("shop/missing not found"));
     assert_eq!(errors(&spec.problems), 3, "{:?}", spec.problems);
 }
 
