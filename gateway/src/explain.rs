@@ -201,3 +201,84 @@ fn render_pool(out: &mut String, pool: &Value) {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::publish::Publisher;
+    use crate::source::manifests::{build_store, parse_file, ManifestSet};
+    use crate::translate::{translate, Settings};
+
+    const YAML: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  ports: [{name: http, port: 8000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1], targetRef: {name: web-1}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: shop}
+spec:
+  tls: [{hosts: [shop.example.com], secretName: missing}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths: [{path: /cart, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}]
+  - host: empty.example.com
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: nothing, port: {number: 80}}}}]
+";
+
+    fn snapshot() -> std::sync::Arc<Snapshot> {
+        let mut set = ManifestSet::new();
+        set.insert("x.yaml".into(), parse_file("x.yaml", YAML));
+        let (store, _) = build_store(&set);
+        let mut cfg = Config::default();
+        cfg.node.addresses = vec!["127.0.0.1".parse().unwrap()];
+        Publisher::new(Default::default()).publish(translate(&store, &Settings::from_config(&cfg)))
+    }
+
+    #[test]
+    fn explains_route_backend_endpoints_and_certificate() {
+        let snap = snapshot();
+        let v = explain(&snap, "shop.example.com", "/cart/1", None);
+        assert_eq!(v["route"]["ingress"], "shop/shop");
+        assert_eq!(v["pool"]["backend"], "shop/web:http");
+        assert_eq!(v["pool"]["endpoints"][0]["address"], "10.0.0.1:8080");
+        assert_eq!(v["certificate"]["source"], "default");
+        assert!(v["certificate"]["why"].as_str().unwrap().contains("shop/missing not found"));
+        let text = render(&v);
+        assert!(text.contains("endpoint:    10.0.0.1:8080 ready (web-1)"), "{text}");
+    }
+
+    #[test]
+    fn explains_404_503_and_l4() {
+        let snap = snapshot();
+        let v = explain(&snap, "shop.example.com", "/other", None);
+        assert!(v["route"].is_null());
+        assert!(v["why"].as_str().unwrap().contains("404"));
+        let v = explain(&snap, "empty.example.com", "/", None);
+        assert!(v["why"].as_str().unwrap().contains("503"), "{v}");
+        let v = explain(&snap, "", "/", Some(8000));
+        assert_eq!(v["layer"], "L4");
+        assert_eq!(v["listeners"][0]["listener"], "tcp:127.0.0.1:8000");
+    }
+
+    #[test]
+    fn config_json_has_no_key_material() {
+        let snap = snapshot();
+        let text = snapshot_json(&snap).to_string();
+        assert!(text.contains("\"generation\":1"));
+        assert!(!text.contains("PRIVATE KEY"));
+    }
+}

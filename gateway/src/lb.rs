@@ -213,6 +213,9 @@ pub struct Endpoint {
 #[derive(Default)]
 pub struct PoolState {
     cursor: AtomicUsize,
+    /// Latest cooldown end of any endpoint: lets `pick` skip the health
+    /// filter (and its allocation) when nothing is cooling down.
+    cooldown_horizon: AtomicU64,
     endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointRuntime>>>,
     affinity: Mutex<HashMap<IpAddr, Sticky>>,
 }
@@ -250,7 +253,9 @@ impl Pool {
         let endpoints: Vec<Endpoint> = {
             let mut known = state.endpoints.lock().unwrap_or_else(|e| e.into_inner());
             // Forget endpoints that left; their in-flight picks keep their Arc.
-            known.retain(|addr, _| spec.endpoints.iter().any(|e| e.addr == *addr));
+            let current: std::collections::HashSet<SocketAddr> =
+                spec.endpoints.iter().map(|e| e.addr).collect();
+            known.retain(|addr, _| current.contains(addr));
             spec.endpoints
                 .iter()
                 .map(|e| Endpoint {
@@ -328,13 +333,24 @@ impl Pool {
     }
 
     pub fn pick(&self, req: &PickRequest<'_>) -> Option<Pick> {
-        let candidates = self.candidates(req.exclude);
+        // Common case: nothing excluded, nothing cooling down, something
+        // ready. Choose from the precomputed list without allocating.
+        let fast = req.exclude.is_empty()
+            && !self.ready.is_empty()
+            && self.state.cooldown_horizon.load(Ordering::Relaxed) <= clock_ms();
+        let owned;
+        let candidates: &[usize] = if fast {
+            &self.ready
+        } else {
+            owned = self.candidates(req.exclude);
+            &owned
+        };
         if candidates.is_empty() {
             return None;
         }
         let idx = match (self.spec.affinity, req.client_ip) {
-            (Some(aff), Some(ip)) => self.pick_sticky(ip, aff.timeout, &candidates, req),
-            _ => self.policy.pick(self, &candidates, req),
+            (Some(aff), Some(ip)) => self.pick_sticky(ip, aff.timeout, candidates, req),
+            _ => self.policy.pick(self, candidates, req),
         };
         let ep = &self.endpoints[idx];
         ep.runtime.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -396,6 +412,7 @@ impl Pool {
         if n >= self.health.failure_threshold {
             let until = clock_ms() + self.health.cooldown.as_millis() as u64;
             let before = ep.runtime.cooldown_until.swap(until, Ordering::Relaxed);
+            self.state.cooldown_horizon.fetch_max(until, Ordering::Relaxed);
             return before <= clock_ms();
         }
         false

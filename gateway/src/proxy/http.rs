@@ -73,7 +73,7 @@ fn request_host(req: &RequestHeader) -> Option<String> {
 }
 
 fn header_bytes(req: &RequestHeader) -> usize {
-    req.uri.to_string().len()
+    req.uri.path_and_query().map_or(1, |p| p.as_str().len())
         + req
             .headers
             .iter()
