@@ -256,9 +256,15 @@ spec:
         assert_eq!(v["pool"]["backend"], "shop/web:http");
         assert_eq!(v["pool"]["endpoints"][0]["address"], "10.0.0.1:8080");
         assert_eq!(v["certificate"]["source"], "default");
-        assert!(v["certificate"]["why"].as_str().unwrap().contains("shop/missing not found"));
+        assert!(v["certificate"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("shop/missing not found"));
         let text = render(&v);
-        assert!(text.contains("endpoint:    10.0.0.1:8080 ready (web-1)"), "{text}");
+        assert!(
+            text.contains("endpoint:    10.0.0.1:8080 ready (web-1)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -412,7 +412,9 @@ impl Pool {
         if n >= self.health.failure_threshold {
             let until = clock_ms() + self.health.cooldown.as_millis() as u64;
             let before = ep.runtime.cooldown_until.swap(until, Ordering::Relaxed);
-            self.state.cooldown_horizon.fetch_max(until, Ordering::Relaxed);
+            self.state
+                .cooldown_horizon
+                .fetch_max(until, Ordering::Relaxed);
             return before <= clock_ms();
         }
         false

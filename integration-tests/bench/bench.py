@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""Benchmark harness: Portico side by side with nginx and HAProxy.
+
+All traffic stays on 127.0.0.1. Each proxy is pinned to the same single
+core (core 0); the backend and the load generator share the other core.
+Rounds interleave the targets (A, B, C, D, A, B, C, D, ...) so machine
+drift hits all of them alike; the table shows medians over rounds, and
+ratios computed per round, then their median.
+
+Because the client side can saturate before the proxy does on 2 cores,
+each proxy's CPU time is read from /proc during every run and
+"requests per proxy CPU-second" is reported next to requests/s.
+
+    bench.py [--quick] [--rounds N] [--duration S] [--portico PATH] [--out FILE]
+
+`run.sh` installs the tools from apt and builds Portico first.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+
+PROXY_CORE = "0"
+CLIENT_CORE = "1"
+
+# Ports (127.0.0.1 only).
+BACKEND_HTTP = 19080
+BACKEND_IPERF = 19201
+PORTS = {
+    "portico": {"http": 19100, "h2c": 19100, "https": 19143, "tcp": 19300, "admin": 19901},
+    "nginx": {"http": 19110, "h2c": 19111, "https": 19153, "tcp": 19310},
+    "haproxy": {"http": 19120, "h2c": 19120, "https": 19163, "tcp": 19320},
+    "direct": {"http": BACKEND_HTTP, "h2c": 19081, "https": 19082, "tcp": BACKEND_IPERF},
+}
+HOST = "bench.portico.test"
+TARGETS = ["portico", "nginx", "haproxy", "direct"]
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def need(tool, package):
+    if shutil.which(tool) is None:
+        sys.exit(f"bench: {tool} not found (apt-get install {package}); run.sh installs everything")
+
+
+def wait_port(port, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def cpu_seconds(pids):
+    """utime + stime of the processes, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / tick
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def children_pids(root_pid):
+    pids = [root_pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    return pids
+
+
+class Stack:
+    """Backends and proxies, started once, stopped at exit."""
+
+    def __init__(self, work, portico_bin):
+        self.work = work
+        self.portico_bin = portico_bin
+        self.procs = {}
+
+    def spawn(self, name, cmd, core, **kw):
+        full = ["taskset", "-c", core] + cmd
+        log_file = open(os.path.join(self.work, f"{name}.log"), "w")
+        p = subprocess.Popen(full, stdout=log_file, stderr=subprocess.STDOUT, **kw)
+        self.procs[name] = p
+        return p
+
+    def pids(self, name):
+        return children_pids(self.procs[name].pid)
+
+    def stop(self):
+        for name, p in self.procs.items():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if name != "portico" else signal.SIGINT)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def cert(self):
+        crt = os.path.join(self.work, "cert.pem")
+        key = os.path.join(self.work, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", f"/CN={HOST}",
+             "-addext", f"subjectAltName=DNS:{HOST}"],
+            check=True, capture_output=True)
+        with open(crt) as c, open(key) as k:
+            self.crt_pem, self.key_pem = c.read(), k.read()
+        with open(os.path.join(self.work, "combined.pem"), "w") as f:
+            f.write(self.crt_pem + self.key_pem)
+        return crt, key
+
+    def start_backend(self, crt, key):
+        conf = os.path.join(self.work, "backend-nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes 1;
+daemon off;
+pid {self.work}/backend.pid;
+error_log {self.work}/backend-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  server {{
+    listen 127.0.0.1:{BACKEND_HTTP};
+    listen 127.0.0.1:{PORTS['direct']['h2c']} http2;
+    listen 127.0.0.1:{PORTS['direct']['https']} ssl http2;
+    ssl_certificate {crt};
+    ssl_certificate_key {key};
+    location / {{ return 200 "hello from the benchmark backend\\n"; }}
+  }}
+}}
+""")
+        self.spawn("backend", ["nginx", "-c", conf, "-e", f"{self.work}/backend-error.log"], CLIENT_CORE)
+        self.spawn("iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(BACKEND_IPERF)], CLIENT_CORE)
+        wait_port(BACKEND_HTTP)
+        wait_port(BACKEND_IPERF)
+
+    def start_portico(self):
+        p = PORTS["portico"]
+        mdir = os.path.join(self.work, "manifests")
+        os.makedirs(mdir, exist_ok=True)
+        indent = lambda s: "".join("    " + l + "\n" for l in s.splitlines())
+        with open(os.path.join(mdir, "bench.yaml"), "w") as f:
+            f.write(f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: bench}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: backend, namespace: bench, labels: {{kubernetes.io/service-name: backend}}}}
+addressType: IPv4
+ports: [{{name: http, port: {BACKEND_HTTP}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-tls, namespace: bench}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{indent(self.crt_pem)}  tls.key: |
+{indent(self.key_pem)}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: bench, namespace: bench}}
+spec:
+  tls: [{{hosts: [{HOST}], secretName: bench-tls}}]
+  defaultBackend: {{service: {{name: backend, port: {{name: http}}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: iperf, namespace: bench}}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 127.0.0.1
+  ports: [{{name: tcp, port: {p['tcp']}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: iperf, namespace: bench, labels: {{kubernetes.io/service-name: iperf}}}}
+addressType: IPv4
+ports: [{{name: tcp, port: {BACKEND_IPERF}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+""")
+        conf = os.path.join(self.work, "portico.toml")
+        with open(conf, "w") as f:
+            f.write('[log]\nlevel = "error"\n[shutdown]\ngrace_period_seconds = 1\n[l4]\nnode_ports = false\n')
+        self.spawn("portico", [self.portico_bin, "run", "--config", conf, "--manifests", mdir,
+                               "--http", f"127.0.0.1:{p['http']}", "--https", f"127.0.0.1:{p['https']}",
+                               "--admin", f"127.0.0.1:{p['admin']}", "--node-address", "127.0.0.1"],
+                   PROXY_CORE)
+        wait_port(p["http"])
+        wait_port(p["tcp"])
+
+    def start_nginx(self, crt, key):
+        p = PORTS["nginx"]
+        conf = os.path.join(self.work, "proxy-nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes 1;
+daemon off;
+pid {self.work}/nginx.pid;
+error_log {self.work}/nginx-error.log;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  upstream backend {{ server 127.0.0.1:{BACKEND_HTTP}; keepalive 128; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{p['http']};
+    listen 127.0.0.1:{p['h2c']} http2;
+    listen 127.0.0.1:{p['https']} ssl http2;
+    ssl_certificate {crt};
+    ssl_certificate_key {key};
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+stream {{
+  server {{ listen 127.0.0.1:{p['tcp']}; proxy_pass 127.0.0.1:{BACKEND_IPERF}; }}
+}}
+""")
+        self.spawn("nginx", ["nginx", "-c", conf, "-e", f"{self.work}/nginx-error.log"], PROXY_CORE)
+        wait_port(p["http"])
+
+    def start_haproxy(self):
+        p = PORTS["haproxy"]
+        conf = os.path.join(self.work, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(f"""
+global
+  nbthread 1
+  maxconn 8000
+  tune.ssl.cachesize 0
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe_http
+  bind 127.0.0.1:{p['http']}
+  bind 127.0.0.1:{p['https']} ssl crt {self.work}/combined.pem alpn h2,http/1.1 no-tls-tickets
+  option forwardfor
+  default_backend be_http
+backend be_http
+  server s1 127.0.0.1:{BACKEND_HTTP}
+frontend fe_tcp
+  mode tcp
+  bind 127.0.0.1:{p['tcp']}
+  default_backend be_tcp
+backend be_tcp
+  mode tcp
+  server s1 127.0.0.1:{BACKEND_IPERF}
+""")
+        self.spawn("haproxy", ["haproxy", "-db", "-f", conf], PROXY_CORE)
+        wait_port(p["http"])
+
+
+def client(cmd, timeout):
+    full = ["taskset", "-c", CLIENT_CORE] + cmd
+    r = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[:300]}")
+    return r.stdout
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def lat(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return None
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockerr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs = int(errors.group(1)) if errors else 0
+    return {"rps": rps, "p50_ms": lat("50"), "p99_ms": lat("99"), "non2xx": errs,
+            "socket_errors": sum(int(x) for x in sockerr.groups()) if sockerr else 0}
+
+
+def parse_h2load(out):
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    return {"rps": float(m.group(1)), "failed": int(done.group(3)) if done else None}
+
+
+class Bench:
+    def __init__(self, stack, duration):
+        self.stack = stack
+        self.d = duration
+        # results[scenario][target] = list of dicts, one per round
+        self.results = {}
+
+    def measure(self, scenario, target, run):
+        pids = self.stack.pids(target) if target != "direct" else []
+        if target == "direct":
+            pids = self.stack.pids("backend")
+        before = cpu_seconds(pids)
+        res = run()
+        res["cpu_s"] = cpu_seconds(pids) - before
+        res["rss_kib"] = rss_kib(pids)
+        if res.get("rps") and res["cpu_s"] > 0 and target != "direct":
+            # Requests per CPU-second of the proxy over the run.
+            res["per_cpu_s"] = res["rps"] * self.d / res["cpu_s"]
+        self.results.setdefault(scenario, {}).setdefault(target, []).append(res)
+        log(f"{scenario:16} {target:8} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+
+    def h1(self, target):
+        url = f"http://127.0.0.1:{PORTS[target]['http']}/"
+        out = client(["wrk", "-t1", "-c64", f"-d{self.d}s", "--latency", "-H", f"Host: {HOST}", url], self.d + 30)
+        return parse_wrk(out)
+
+    def h1_fixed(self, target, rate):
+        url = f"http://127.0.0.1:{PORTS[target]['http']}/"
+        out = client([LOAD_BIN, "--url", url, "--host", HOST, "--rate", str(int(rate)),
+                      "--connections", "32", "--duration", str(self.d)], self.d + 30)
+        r = json.loads(out)
+        return {"rps": r["rps"], "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "errors": r["errors"]}
+
+    def h2c(self, target):
+        url = f"http://127.0.0.1:{PORTS[target]['h2c']}/"
+        # h2 carries the host in :authority (from the URL); a Host header too would be a 400.
+        out = client(["h2load", "-c16", "-m10", "-t1", "-D", str(self.d), url], self.d + 30)
+        return parse_h2load(out)
+
+    def h2_tls(self, target):
+        url = f"https://127.0.0.1:{PORTS[target]['https']}/"
+        out = client(["h2load", "-c16", "-m10", "-t1", "-D", str(self.d), url], self.d + 30)
+        return parse_h2load(out)
+
+    def tls_handshakes(self, target):
+        # One request per connection, no session resumption: each request is a full handshake.
+        url = f"https://127.0.0.1:{PORTS[target]['https']}/"
+        out = client(["wrk", "-t1", "-c32", f"-d{self.d}s", "-H", "Connection: close", "-H", f"Host: {HOST}", url], self.d + 30)
+        return parse_wrk(out)
+
+    def tcp_throughput(self, target):
+        out = client(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS[target]["tcp"]), "-t", str(self.d), "-J"], self.d + 30)
+        j = json.loads(out)
+        return {"gbit_s": j["end"]["sum_received"]["bits_per_second"] / 1e9}
+
+    def round(self, n, scenarios):
+        log(f"round {n}")
+        if "h1" in scenarios:
+            for t in ["nginx", "portico", "haproxy", "direct"]:
+                self.measure("h1", t, lambda: self.h1(t))
+        if "h1_fixed" in scenarios:
+            nginx_max = self.results["h1"]["nginx"][-1]["rps"]
+            for t in TARGETS:
+                self.measure("h1_fixed", t, lambda: self.h1_fixed(t, nginx_max / 2))
+        for name, fn in [("h2c", self.h2c), ("h2_tls", self.h2_tls), ("tls_handshakes", self.tls_handshakes),
+                         ("tcp_throughput", self.tcp_throughput)]:
+            if name in scenarios:
+                for t in TARGETS:
+                    self.measure(name, t, lambda: fn(t))
+
+
+METRICS = {
+    "h1": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("rss_kib", "RSS KiB")],
+    "h1_fixed": [("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+    "h2c": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s")],
+    "h2_tls": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s")],
+    "tls_handshakes": [("rps", "handshakes/s"), ("per_cpu_s", "handshakes per proxy CPU-s")],
+    "tcp_throughput": [("gbit_s", "Gbit/s")],
+}
+TITLES = {
+    "h1": "HTTP/1.1 keep-alive, 64 connections (wrk)",
+    "h1_fixed": "HTTP/1.1 at a fixed rate of half nginx's max, 32 connections (portico-load)",
+    "h2c": "h2c, 16 connections x 10 streams (h2load)",
+    "h2_tls": "h2 over TLS, 16 connections x 10 streams (h2load)",
+    "tls_handshakes": "new TLS handshakes, no resumption (wrk, Connection: close)",
+    "tcp_throughput": "L4 TCP throughput (iperf3)",
+}
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio_median(rows_a, rows_b, key):
+    rs = []
+    for a, b in zip(rows_a, rows_b):
+        if a.get(key) and b.get(key):
+            rs.append(a[key] / b[key])
+    return statistics.median(rs) if rs else None
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def table(results):
+    lines = []
+    for scenario, metrics in METRICS.items():
+        if scenario not in results:
+            continue
+        r = results[scenario]
+        lines.append(f"\n### {TITLES[scenario]}\n")
+        lines.append("| metric | Portico | nginx | HAProxy | direct | Portico/nginx | Portico/HAProxy | Portico/direct |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for key, label in metrics:
+            meds = [median([x.get(key) for x in r.get(t, [])]) for t in TARGETS]
+            if all(m is None for m in meds):
+                continue
+            ratios = [ratio_median(r.get("portico", []), r.get(t, []), key) for t in ["nginx", "haproxy", "direct"]]
+            lines.append(f"| {label} | " + " | ".join(fmt(m) for m in meds) + " | "
+                         + " | ".join(fmt(x, 2) if x is not None else "-" for x in ratios) + " |")
+    return "\n".join(lines)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    global LOAD_BIN
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 round of 1 s per scenario: proves the harness works")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per scenario run")
+    ap.add_argument("--portico", default=os.path.join(ROOT, "target", "release", "portico"))
+    ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "portico-load"))
+    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput")
+    ap.add_argument("--out", help="write the Markdown report here (default: RESULTS.md unless --quick)")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 1, 1
+    LOAD_BIN = args.load
+    for tool, pkg in [("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client"),
+                      ("iperf3", "iperf3"), ("taskset", "util-linux"), ("openssl", "openssl")]:
+        need(tool, pkg)
+    for b in [args.portico, args.load]:
+        if not os.access(b, os.X_OK):
+            sys.exit(f"bench: {b} not found; build it first (run.sh does: cargo build --release -p portico -p portico-load)")
+    if not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
+        sys.exit("bench: nginx stream module missing (apt-get install libnginx-mod-stream)")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("bench: needs at least 2 cores (proxy on core 0, client and backend on core 1)")
+    scenarios = args.scenarios.split(",")
+
+    work = tempfile.mkdtemp(prefix="portico-bench-")
+    stack = Stack(work, args.portico)
+    bench = Bench(stack, args.duration)
+    started = time.time()
+    try:
+        crt, key = stack.cert()
+        stack.start_backend(crt, key)
+        stack.start_portico()
+        stack.start_nginx(crt, key)
+        stack.start_haproxy()
+        # Warm every path once (upstream pools, caches).
+        for t in TARGETS:
+            client(["wrk", "-t1", "-c8", "-d1s", "-H", f"Host: {HOST}", f"http://127.0.0.1:{PORTS[t]['http']}/"], 30)
+        for n in range(1, args.rounds + 1):
+            bench.round(n, scenarios)
+    finally:
+        stack.stop()
+    elapsed = time.time() - started
+
+    # Every target must have answered successfully; otherwise the ratios mean nothing.
+    failures = []
+    for scenario, per_target in bench.results.items():
+        for t, rows in per_target.items():
+            for r in rows:
+                socket_errors = r.get("socket_errors") and scenario != "tls_handshakes"
+                if r.get("non2xx") or socket_errors or r.get("failed") or r.get("errors"):
+                    failures.append(f"{scenario}/{t}: {r}")
+    report = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores; proxies pinned to core {PROXY_CORE}, backend + load generator on core {CLIENT_CORE}",
+        f"- rounds: {args.rounds} x {args.duration} s per scenario and target, interleaved; medians, ratios per round then median",
+        f"- command: `integration-tests/bench/run.sh{' --quick' if args.quick else ''}` (bench.py {' '.join(sys.argv[1:])}), {elapsed:.0f} s",
+        "- backend: nginx `return 200` (34-byte body), 1 worker; nginx proxy: 1 worker, upstream keepalive; HAProxy: nbthread 1, http-reuse always",
+        "- 'req per proxy CPU-s' = requests/s divided by the proxy's CPU seconds per second of run (from /proc): the efficiency figure when the client side saturates first",
+        table(bench.results),
+    ]
+    if failures:
+        report.append("\n## Errors during the run\n\n" + "\n".join(f"- {f}" for f in failures))
+    text = "\n".join(report) + "\n"
+    print(text)
+    out = args.out or (None if args.quick else os.path.join(HERE, "RESULTS.md"))
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+        log(f"wrote {out}")
+    missing = [s for s in scenarios if s not in bench.results]
+    if missing:
+        sys.exit(f"bench: no results for {missing}")
+    if failures:
+        sys.exit("bench: requests failed during the run (see the report)")
+
+
+if __name__ == "__main__":
+    main()

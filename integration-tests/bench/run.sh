@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Benchmark harness entry point: installs the tools (apt), builds Portico and
+# the load generator, then runs bench.py (Portico vs nginx vs HAProxy on
+# 127.0.0.1). Arguments go to bench.py: --quick, --rounds N, --duration S.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for pkg in nginx libnginx-mod-stream haproxy wrk nghttp2-client iperf3 openssl util-linux; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The distribution's nginx and haproxy services are not ours: make sure they
+# are not holding CPU or ports during the run.
+systemctl stop nginx haproxy >/dev/null 2>&1 || true
+profile=release
+for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
+if [ "$profile" = release ]; then
+  cargo build --release -p portico -p portico-load
+  exec python3 integration-tests/bench/bench.py "$@"
+else
+  # Quick mode proves the harness works; a debug build keeps CI short.
+  cargo build -p portico -p portico-load
+  exec python3 integration-tests/bench/bench.py --portico target/debug/portico --load target/debug/portico-load "$@"
+fi
