@@ -1,10 +1,517 @@
-// TEMPORARY placeholder so the crate compiles; helper-1 replaces this file.
+//! A small whoami-style backend for the quickstart and the end-to-end tests.
+//!
+//! HTTP/1.1 (keep-alive, Content-Length and chunked request bodies): answers
+//! every request with a JSON description of it. `/status/NNN` answers with
+//! that status, `/delay/MS` waits first, `/bytes/N` sends N bytes. WebSocket
+//! upgrades echo frames back. TCP: sends `<name>\n`, then echoes until the
+//! client half-closes. UDP: answers each datagram with `<name>:` + payload.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
 pub struct EchoConfig {
     pub name: String,
-    pub http: Vec<std::net::SocketAddr>,
-    pub tcp: Vec<std::net::SocketAddr>,
-    pub udp: Vec<std::net::SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub udp: Vec<SocketAddr>,
 }
-pub async fn serve(_cfg: EchoConfig) -> std::io::Result<()> {
-    std::future::pending().await
+
+fn bind_err(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+}
+
+/// Binds everything first (so a failure names the address), then serves.
+pub async fn serve(cfg: EchoConfig) -> io::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in &cfg.http {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_err(*addr, e))?;
+        tasks.push(tokio::spawn(accept_loop(l, cfg.name.clone(), Mode::Http)));
+    }
+    for addr in &cfg.tcp {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_err(*addr, e))?;
+        tasks.push(tokio::spawn(accept_loop(l, cfg.name.clone(), Mode::Tcp)));
+    }
+    for addr in &cfg.udp {
+        let s = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| bind_err(*addr, e))?;
+        tasks.push(tokio::spawn(udp_loop(s, cfg.name.clone())));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Http,
+    Tcp,
+}
+
+async fn accept_loop(listener: TcpListener, name: String, mode: Mode) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _ = match mode {
+                Mode::Http => http_conn(stream, peer, &name).await,
+                Mode::Tcp => tcp_echo(stream, &name).await,
+            };
+        });
+    }
+}
+
+async fn udp_loop(socket: UdpSocket, name: String) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let mut reply = format!("{name}:").into_bytes();
+        reply.extend_from_slice(&buf[..n]);
+        let _ = socket.send_to(&reply, from).await;
+    }
+}
+
+async fn tcp_echo(stream: TcpStream, name: &str) -> io::Result<()> {
+    let (mut r, mut w) = stream.into_split();
+    w.write_all(format!("{name}\n").as_bytes()).await?;
+    tokio::io::copy(&mut r, &mut w).await?;
+    w.shutdown().await
+}
+
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body_bytes: usize,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Buffered reader over the connection; keeps bytes read past a request.
+struct Conn<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    async fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if !self.fill().await? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    async fn read_exact_n(&mut self, n: usize) -> io::Result<()> {
+        while self.buf.len() < n {
+            if !self.fill().await? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        self.buf.drain(..n);
+        Ok(())
+    }
+
+    /// Reads a request head and its body; `None` at a clean EOF.
+    async fn read_request(&mut self) -> io::Result<Option<Request>> {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill().await? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(&self.buf[..head_end])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut out = Request {
+            method: req.method.unwrap_or("").to_string(),
+            target: req.path.unwrap_or("").to_string(),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body_bytes: 0,
+        };
+        self.buf.drain(..head_end);
+        let chunked = out
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            loop {
+                let line = self.read_line().await?;
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if size == 0 {
+                    // Trailers until an empty line.
+                    while !self.read_line().await?.is_empty() {}
+                    break;
+                }
+                self.read_exact_n(size).await?;
+                self.read_line().await?;
+                out.body_bytes += size;
+            }
+        } else if let Some(len) = out
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            self.read_exact_n(len).await?;
+            out.body_bytes = len;
+        }
+        Ok(Some(out))
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        400 => "Bad Request",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+async fn http_conn(stream: TcpStream, peer: SocketAddr, name: &str) -> io::Result<()> {
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+    };
+    while let Some(req) = conn.read_request().await? {
+        let is_ws = req
+            .header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if is_ws {
+            if let Some(key) = req.header("sec-websocket-key") {
+                let accept = websocket_accept(key);
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nx-echo-name: {name}\r\n\r\n"
+                );
+                conn.stream.write_all(resp.as_bytes()).await?;
+                let leftover = std::mem::take(&mut conn.buf);
+                return websocket_echo(conn.stream, leftover, name).await;
+            }
+        }
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let mut status = 200u16;
+        let mut body: Vec<u8>;
+        let mut content_type = "application/json";
+        if let Some(code) = path
+            .strip_prefix("/status/")
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            status = code.clamp(200, 599);
+        }
+        if let Some(ms) = path
+            .strip_prefix("/delay/")
+            .and_then(|c| c.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+        }
+        if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|c| c.parse::<usize>().ok())
+        {
+            body = vec![b'x'; n.min(64 << 20)];
+            content_type = "text/plain";
+        } else {
+            let headers: BTreeMap<&str, &str> = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            body = serde_json::to_vec(&serde_json::json!({
+                "name": name,
+                "method": req.method,
+                "path": req.target,
+                "host": req.header("host"),
+                "peer": peer.to_string(),
+                "headers": headers,
+                "body_bytes": req.body_bytes,
+            }))
+            .unwrap_or_default();
+            body.push(b'\n');
+        }
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-echo-name: {name}\r\n{}\r\n",
+            reason(status),
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        let mut out = head.into_bytes();
+        if req.method != "HEAD" {
+            out.extend_from_slice(&body);
+        }
+        conn.stream.write_all(&out).await?;
+        if close {
+            break;
+        }
+    }
+    conn.stream.shutdown().await
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
+pub fn websocket_accept(key: &str) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+/// One WebSocket frame (no fragmentation support beyond passing FIN along).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Parses a frame from the front of `buf`; returns it and its length.
+pub fn decode_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let fin = buf[0] & 0x80 != 0;
+    let opcode = buf[0] & 0x0f;
+    let masked = buf[1] & 0x80 != 0;
+    let mut len = u64::from(buf[1] & 0x7f);
+    let mut pos = 2;
+    if len == 126 {
+        if buf.len() < 4 {
+            return None;
+        }
+        len = u64::from(u16::from_be_bytes([buf[2], buf[3]]));
+        pos = 4;
+    } else if len == 127 {
+        if buf.len() < 10 {
+            return None;
+        }
+        len = u64::from_be_bytes(buf[2..10].try_into().ok()?);
+        pos = 10;
+    }
+    let mask = if masked {
+        if buf.len() < pos + 4 {
+            return None;
+        }
+        let m = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
+        pos += 4;
+        Some(m)
+    } else {
+        None
+    };
+    let len = usize::try_from(len).ok()?;
+    if buf.len() < pos + len {
+        return None;
+    }
+    let mut payload = buf[pos..pos + len].to_vec();
+    if let Some(m) = mask {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= m[i % 4];
+        }
+    }
+    Some((
+        Frame {
+            fin,
+            opcode,
+            payload,
+        },
+        pos + len,
+    ))
+}
+
+/// Encodes a frame; `mask` is required for client-to-server frames.
+pub fn encode_frame(frame: &Frame, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![(if frame.fin { 0x80 } else { 0 }) | (frame.opcode & 0x0f)];
+    let mbit = if mask.is_some() { 0x80 } else { 0 };
+    let len = frame.payload.len();
+    if len < 126 {
+        out.push(mbit | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(mbit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mbit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(frame.payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(&frame.payload),
+    }
+    out
+}
+
+async fn websocket_echo(mut stream: TcpStream, mut buf: Vec<u8>, name: &str) -> io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        while let Some((frame, used)) = decode_frame(&buf) {
+            buf.drain(..used);
+            let reply = match frame.opcode {
+                0x1 => {
+                    let mut p = format!("{name}: ").into_bytes();
+                    p.extend_from_slice(&frame.payload);
+                    Frame {
+                        payload: p,
+                        ..frame
+                    }
+                }
+                0x2 | 0x0 => frame,
+                0x9 => Frame {
+                    opcode: 0xA,
+                    ..frame
+                },
+                0x8 => {
+                    stream.write_all(&encode_frame(&frame, None)).await?;
+                    return stream.shutdown().await;
+                }
+                _ => continue,
+            };
+            stream.write_all(&encode_frame(&reply, None)).await?;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_at_every_length_encoding() {
+        for len in [0usize, 5, 125, 126, 65_535, 65_536, 70_000] {
+            let f = Frame {
+                fin: true,
+                opcode: 2,
+                payload: (0..len).map(|i| i as u8).collect(),
+            };
+            for mask in [None, Some([1, 2, 3, 4])] {
+                let wire = encode_frame(&f, mask);
+                let (back, used) = decode_frame(&wire).unwrap();
+                assert_eq!(used, wire.len());
+                assert_eq!(back, f, "len {len} mask {mask:?}");
+                assert!(decode_frame(&wire[..wire.len() - 1]).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn rfc_masked_hello() {
+        // RFC 6455 section 5.7: a masked "Hello".
+        let wire = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        let (f, _) = decode_frame(&wire).unwrap();
+        assert_eq!(f.payload, b"Hello");
+        assert_eq!(f.opcode, 1);
+    }
+
+    #[tokio::test]
+    async fn http_echo_and_tcp_and_udp() {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (ha, ta, ua) = (
+            http.local_addr().unwrap(),
+            tcp.local_addr().unwrap(),
+            udp.local_addr().unwrap(),
+        );
+        tokio::spawn(accept_loop(http, "e1".into(), Mode::Http));
+        tokio::spawn(accept_loop(tcp, "e1".into(), Mode::Tcp));
+        tokio::spawn(udp_loop(udp, "e1".into()));
+
+        let mut s = TcpStream::connect(ha).await.unwrap();
+        s.write_all(b"POST /status/201?x=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+        assert!(text.contains("\"body_bytes\":3"), "{text}");
+        assert!(text.contains("\"path\":\"/status/201?x=1\""), "{text}");
+
+        let mut t = TcpStream::connect(ta).await.unwrap();
+        t.write_all(b"ping").await.unwrap();
+        t.shutdown().await.unwrap();
+        let mut got = String::new();
+        t.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "e1\nping");
+
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(b"hi", ua).await.unwrap();
+        let (n, _) = c.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"e1:hi");
+    }
 }
