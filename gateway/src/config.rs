@@ -40,6 +40,10 @@ pub struct ListenConfig {
     pub http: Vec<SocketAddr>,
     /// TLS listeners (HTTP/1.1 and h2 via ALPN), certificate chosen by SNI.
     pub https: Vec<SocketAddr>,
+    /// Accept h2c with prior knowledge on the `http` listeners. Pingora then
+    /// reads 24 bytes before it decides between h2 and HTTP/1.x, so a
+    /// shorter request (`GET / HTTP/1.0` with no headers) waits for more.
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -164,6 +168,7 @@ impl Default for ListenConfig {
         ListenConfig {
             http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             https: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
+            h2c: true,
         }
     }
 }

@@ -113,7 +113,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
     if let Some(app) = l7.app_logic_mut() {
         let mut opts = pingora::apps::HttpServerOptions::default();
-        opts.h2c = true;
+        opts.h2c = cfg.listen.h2c;
         app.server_options = Some(opts);
     }
     for addr in &cfg.listen.http {

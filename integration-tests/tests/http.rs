@@ -1,0 +1,373 @@
+//! L7 end to end: routing, forwarding headers, error statuses, h2c, h2 over
+//! TLS, SNI certificates, WebSocket. Real binary, real backends, real
+//! clients (our HTTP/1.1 client, curl, openssl), all on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use portico_integration_tests::*;
+
+fn routing_manifests(a: &Echo, b: &Echo, dead_port: u16) -> String {
+    let mut m = String::new();
+    m += &yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", a.http, true);
+    m += &yaml::service("default", "api", "", &[("http", 80)]);
+    m += &yaml::slice("default", "api-1", "api", "http", b.http, true);
+    m += &yaml::service("default", "empty", "", &[("http", 80)]);
+    m += &yaml::service("default", "dead", "", &[("http", 80)]);
+    m += &yaml::slice("default", "dead-1", "dead", "http", dead_port, true);
+    m += &yaml::ingress(
+        "default",
+        "routes",
+        &[
+            ("app.test", "/", "Prefix", "web", "http"),
+            ("app.test", "/api", "Prefix", "api", "http"),
+            ("app.test", "/exact", "Exact", "api", "http"),
+            ("*.wild.test", "/", "Prefix", "api", "http"),
+            ("empty.test", "/", "Prefix", "empty", "http"),
+            ("dead.test", "/", "Prefix", "dead", "http"),
+        ],
+        "",
+    );
+    m
+}
+
+fn name_of(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["name"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn http1_routing_forwarded_headers_and_error_statuses() {
+    let a = Echo::http("a");
+    let b = Echo::http("b");
+    let gw = Gateway::start(
+        &[("routes.yaml", &routing_manifests(&a, &b, REFUSING_PORT))],
+        "",
+    );
+
+    // Host and path routing.
+    let r = http_get(gw.http, "app.test", "/").unwrap();
+    assert_eq!(name_of(&r), "a");
+    let echoed = r.json();
+    let h = &echoed["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "app.test");
+    let id = h["x-request-id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "generated request id {id}");
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(id),
+        "the id is returned to the client"
+    );
+
+    assert_eq!(
+        name_of(&http_get(gw.http, "app.test", "/api/v1").unwrap()),
+        "b"
+    );
+    assert_eq!(
+        name_of(&http_get(gw.http, "APP.test:8080", "/api").unwrap()),
+        "b"
+    );
+    // Prefix matches by path element: /apix is not under /api.
+    assert_eq!(
+        name_of(&http_get(gw.http, "app.test", "/apix").unwrap()),
+        "a"
+    );
+    assert_eq!(
+        name_of(&http_get(gw.http, "app.test", "/exact").unwrap()),
+        "b"
+    );
+    assert_eq!(
+        name_of(&http_get(gw.http, "app.test", "/exact/more").unwrap()),
+        "a"
+    );
+    assert_eq!(
+        name_of(&http_get(gw.http, "x.wild.test", "/").unwrap()),
+        "b"
+    );
+
+    // A client's request id and forwarded chain are kept.
+    let r = http_request(
+        gw.http,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: my-id-1\r\nX-Forwarded-For: 192.0.2.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.json()["headers"]["x-request-id"], "my-id-1");
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-for"],
+        "192.0.2.1, 127.0.0.1"
+    );
+
+    // 404: no rule; a wildcard covers one label only.
+    let r = http_get(gw.http, "unknown.test", "/").unwrap();
+    assert_eq!(r.status, 404);
+    assert!(
+        r.text().contains("no route for host unknown.test"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(http_get(gw.http, "a.b.wild.test", "/").unwrap().status, 404);
+
+    // 503: no endpoints, the body names the Service.
+    let r = http_get(gw.http, "empty.test", "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("default/empty"), "{}", r.text());
+
+    // 502: the only endpoint refuses connections.
+    let r = http_get(gw.http, "dead.test", "/").unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("default/dead"), "{}", r.text());
+
+    // 431: a 64 KiB header.
+    let big = "x".repeat(64 * 1024);
+    let r = http_request(
+        gw.http,
+        &format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 431);
+
+    // 400: not HTTP. (At least 24 bytes: with h2c on, Pingora first waits
+    // for a full h2 preface's worth of bytes; see README, Known limitations.)
+    let r = http_request(gw.http, "THIS IS NOT HTTP, NOT AT ALL\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+
+    // Metrics saw the routes and status classes.
+    let m = gw.metrics();
+    assert!(m.contains("portico_http_requests_total{listener=\"http\",route=\"default/routes\",code_class=\"2xx\"}"), "{m}");
+    assert!(m.contains("code_class=\"5xx\""), "{m}");
+    assert!(
+        m.contains("portico_upstream_connect_errors_total{backend=\"default/dead:http\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn retries_a_refused_connect_on_another_endpoint() {
+    let a = Echo::http("a");
+    let dead = REFUSING_PORT;
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-dead", "web", "http", dead, true);
+    m += &yaml::slice("default", "web-live", "web", "http", a.http, true);
+    m += &yaml::ingress(
+        "default",
+        "web",
+        &[("retry.test", "/", "Prefix", "web", "http")],
+        "",
+    );
+    let gw = Gateway::start(&[("m.yaml", &m)], "");
+    for _ in 0..10 {
+        assert_eq!(name_of(&http_get(gw.http, "retry.test", "/").unwrap()), "a");
+    }
+}
+
+#[test]
+fn h2c_prior_knowledge_and_keepalive() {
+    let a = Echo::http("a");
+    let b = Echo::http("b");
+    let gw = Gateway::start(
+        &[("routes.yaml", &routing_manifests(&a, &b, REFUSING_PORT))],
+        "",
+    );
+    let url = format!("http://127.0.0.1:{}/api/x", gw.http);
+    let (out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: app.test",
+        "-w",
+        "\n%{http_code} %{http_version}",
+        &url,
+    ]);
+    assert!(out.ends_with("200 2"), "{out} {err}");
+    assert!(out.contains("\"name\":\"b\""), "{out}");
+    // HTTP/1.1 keep-alive: several requests on one connection.
+    let mut s = TcpStream::connect(addr(gw.http)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..5 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(name_of(&r), "a");
+    }
+}
+
+fn served_subject(port: u16, sni: &str) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            sni,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_else(|| panic!("no certificate from {sni}: {text}"))
+        .to_string()
+}
+
+#[test]
+fn tls_sni_two_hosts_one_certificate_default_fallback_and_rotation() {
+    let a = Echo::http("a");
+    let dir = TempDir::new("tls");
+    let (crt, key) = self_signed(&["a.test", "b.test"]);
+    let ca = dir.write("ca.pem", &crt);
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", a.http, true);
+    let tls = "  tls:\n  - hosts: [a.test, b.test, c.test]\n    secretName: shared\n";
+    let ingress = yaml::ingress(
+        "default",
+        "tls",
+        &[
+            ("a.test", "/", "Prefix", "web", "http"),
+            ("b.test", "/", "Prefix", "web", "http"),
+        ],
+        tls,
+    );
+    let gw = Gateway::start(
+        &[
+            ("app.yaml", &format!("{m}{ingress}")),
+            (
+                "secret.yaml",
+                &yaml::tls_secret("default", "shared", &crt, &key),
+            ),
+        ],
+        "",
+    );
+
+    // Both hosts verify against the one certificate, over h2 (ALPN) and HTTP/1.1.
+    for host in ["a.test", "b.test"] {
+        let resolve = format!("{host}:{}:127.0.0.1", gw.https);
+        let url = format!("https://{host}:{}/", gw.https);
+        let ca = ca.to_str().unwrap();
+        let (out, err) = curl(&[
+            "--http2",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &url,
+        ]);
+        assert!(out.ends_with("200 2"), "{host}: {out} {err}");
+        assert!(out.contains("\"x-forwarded-proto\":\"https\""), "{out}");
+        let (out, err) = curl(&[
+            "--http1.1",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &url,
+        ]);
+        assert!(out.ends_with("200 1.1"), "{host}: {out} {err}");
+    }
+    // rcgen's default subject, i.e. the Secret's certificate.
+    assert!(served_subject(gw.https, "a.test").contains("rcgen self signed cert"));
+    assert!(served_subject(gw.https, "b.test").contains("rcgen self signed cert"));
+
+    // c.test is listed in spec.tls but the certificate does not cover it;
+    // unknown.test has no TLS entry: both get the default certificate.
+    assert!(served_subject(gw.https, "c.test").contains("Portico default certificate"));
+    assert!(served_subject(gw.https, "unknown.test").contains("Portico default certificate"));
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("portico_tls_default_certificate_total{reason=\"host-not-covered\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portico_tls_default_certificate_total{reason=\"no-tls-entry\"}"),
+        "{metrics}"
+    );
+    let log = gw.log();
+    assert!(log.contains("does not cover c.test"), "{log}");
+    let explain = http_get(gw.admin, "admin", "/explain?host=c.test&path=/")
+        .unwrap()
+        .json();
+    assert!(explain["certificate"]["why"]
+        .as_str()
+        .unwrap()
+        .contains("does not cover c.test"));
+
+    // Rotation: a new certificate in the Secret is served without restart.
+    let (crt2, key2) = self_signed(&["a.test", "b.test", "c.test"]);
+    let ca2 = dir.write("ca2.pem", &crt2);
+    gw.write_manifest(
+        "secret.yaml",
+        &yaml::tls_secret("default", "shared", &crt2, &key2),
+    );
+    let resolve = format!("c.test:{}:127.0.0.1", gw.https);
+    let url = format!("https://c.test:{}/", gw.https);
+    let (out, err) = curl(&[
+        "--cacert",
+        ca2.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    // c.test has no rule: the handshake verifies, the answer is 404.
+    assert!(out.ends_with("404"), "{out} {err}");
+    let resolve_a = format!("a.test:{}:127.0.0.1", gw.https);
+    let url_a = format!("https://a.test:{}/", gw.https);
+    let (out, _) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve_a,
+        "-w",
+        "\n%{http_code}",
+        &url_a,
+    ]);
+    assert!(
+        !out.ends_with("200"),
+        "the old certificate is no longer served"
+    );
+}
+
+#[test]
+fn websocket_upgrade_is_proxied() {
+    let a = Echo::http("a");
+    let b = Echo::http("b");
+    let gw = Gateway::start(
+        &[("routes.yaml", &routing_manifests(&a, &b, REFUSING_PORT))],
+        "",
+    );
+    let mut s = TcpStream::connect(addr(gw.http)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    for msg in ["hello", "second message"] {
+        // A masked client text frame.
+        let mask = [7u8, 1, 2, 3];
+        let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&frame).unwrap();
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], 0x81);
+        let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
+        s.read_exact(&mut payload).unwrap();
+        assert_eq!(String::from_utf8(payload).unwrap(), format!("a: {msg}"));
+    }
+}
