@@ -257,19 +257,41 @@ fn explain_online(
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
         .map_err(|e| format!("cannot reach the gateway's admin listener at {admin}: {e} (is it running? use --admin, or --config/--manifests to explain offline)"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut resp = String::new();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    // Read the head, then exactly Content-Length bytes: do not rely on the
+    // server closing the connection.
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err("the admin listener closed the connection early".into()),
+            Ok(_) => raw.push(byte[0]),
+            Err(e) => return Err(format!("reading the admin answer: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .ok_or("admin answer has no Content-Length")?;
+    let mut body = vec![0u8; len];
     stream
-        .read_to_string(&mut resp)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or("malformed admin response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        .read_exact(&mut body)
+        .map_err(|e| format!("reading the admin answer: {e}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
         return Err(format!(
             "admin answered: {}",
             head.lines().next().unwrap_or("")
         ));
     }
-    serde_json::from_str(body).map_err(|e| format!("admin answer is not JSON: {e}"))
+    let body = String::from_utf8_lossy(&body);
+    serde_json::from_str(&body).map_err(|e| format!("admin answer is not JSON: {e}"))
 }

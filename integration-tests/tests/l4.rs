@@ -73,20 +73,34 @@ fn tcp_and_udp_forwarding_with_half_close() {
             c.send_to(msg.as_bytes(), addr(udp_port)).unwrap();
             let mut buf = [0u8; 1500];
             let (n, from) = c.recv_from(&mut buf).unwrap();
-            assert_eq!(from, addr(udp_port), "replies come from the listener address");
+            assert_eq!(
+                from,
+                addr(udp_port),
+                "replies come from the listener address"
+            );
             assert_eq!(&buf[..n], format!("t1:{msg}").as_bytes());
         }
     }
     let m = gw.metrics();
-    assert!(m.contains("portico_udp_flows_total{listener=\"udp:127.0.0.1:"), "{m}");
-    assert!(m.contains("portico_l4_connections_total{listener=\"tcp:127.0.0.1:"), "{m}");
+    assert!(
+        m.contains("portico_udp_flows_total{listener=\"udp:127.0.0.1:"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portico_l4_connections_total{listener=\"tcp:127.0.0.1:"),
+        "{m}"
+    );
 }
 
 #[test]
 fn udp_flows_expire_when_idle() {
     let backend = Echo::tcp("u1");
     let udp_port = free_port();
-    let m = format!("{}{}", lb_service("udp", udp_port, "UDP", ""), slice_for("udp", "udp-1", backend.http, "UDP"));
+    let m = format!(
+        "{}{}",
+        lb_service("udp", udp_port, "UDP", ""),
+        slice_for("udp", "udp-1", backend.http, "UDP")
+    );
     let gw = Gateway::start(&[("l4.yaml", &m)], "[l4]\nudp_idle_timeout_ms = 300\n");
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -95,7 +109,8 @@ fn udp_flows_expire_when_idle() {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         c.send_to(b"x", addr(udp_port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         if c.recv_from(&mut buf).is_ok() || Instant::now() > end {
             break;
         }
@@ -117,7 +132,8 @@ fn client_ip_affinity_on_l4_and_l7() {
     let a = Echo::http("a");
     let b = Echo::http("b");
     let (sticky_port, plain_port) = (free_port(), free_port());
-    let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
+    let affinity =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
     let mut m = String::new();
     m += &lb_service("sticky", sticky_port, "TCP", affinity);
     m += &slice_for("sticky", "sticky-a", a.http, "TCP");
@@ -139,7 +155,11 @@ fn client_ip_affinity_on_l4_and_l7() {
             .collect()
     };
     // L4 (HTTP over the TCP listener, a new connection each time).
-    assert_eq!(names(sticky_port, "x").len(), 1, "ClientIP affinity keeps one endpoint");
+    assert_eq!(
+        names(sticky_port, "x").len(),
+        1,
+        "ClientIP affinity keeps one endpoint"
+    );
     assert_eq!(names(plain_port, "x").len(), 2, "round robin uses both");
     // L7 through the Ingress.
     assert_eq!(names(gw.http, "sticky.test").len(), 1);
@@ -150,8 +170,16 @@ fn client_ip_affinity_on_l4_and_l7() {
 fn l4_listeners_follow_the_manifests() {
     let backend = Echo::tcp("t1");
     let (p1, p2) = (free_port(), free_port());
-    let one = format!("{}{}", lb_service("one", p1, "TCP", ""), slice_for("one", "one-1", backend.http, "TCP"));
-    let two = format!("{}{}", lb_service("two", p2, "TCP", ""), slice_for("two", "two-1", backend.http, "TCP"));
+    let one = format!(
+        "{}{}",
+        lb_service("one", p1, "TCP", ""),
+        slice_for("one", "one-1", backend.http, "TCP")
+    );
+    let two = format!(
+        "{}{}",
+        lb_service("two", p2, "TCP", ""),
+        slice_for("two", "two-1", backend.http, "TCP")
+    );
     let gw = Gateway::start(&[("one.yaml", &one), ("two.yaml", &two)], "");
     wait_port(p1, Duration::from_secs(5));
     wait_port(p2, Duration::from_secs(5));

@@ -1,0 +1,361 @@
+//! Changes while serving and process lifecycle: endpoint removal under load,
+//! manifest edits (good and bad), bad config and manifests, `check`,
+//! `explain`, admin endpoints, SIGTERM drain.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portico_integration_tests::*;
+
+fn web(slices: &[(&str, u16)]) -> String {
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    for (name, port) in slices {
+        m += &yaml::slice("default", name, "web", "http", *port, true);
+    }
+    m
+}
+
+fn web_ingress(paths: &[&str]) -> String {
+    let rules: Vec<(&str, &str, &str, &str, &str)> = paths
+        .iter()
+        .map(|p| ("web.test", *p, "Prefix", "web", "http"))
+        .collect();
+    yaml::ingress("default", "web", &rules, "")
+}
+
+#[test]
+fn endpoint_removal_under_load_fails_no_request() {
+    let a = Echo::http("a");
+    let mut b = Echo::http("b");
+    let gw = Gateway::start(
+        &[
+            ("svc.yaml", &web(&[("web-a", a.http), ("web-b", b.http)])),
+            ("ing.yaml", &web_ingress(&["/"])),
+        ],
+        "",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let removed_at = Arc::new(Mutex::new(None::<Instant>));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let late_b = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, ok, failures, removed_at, late_b) = (
+                stop.clone(),
+                ok.clone(),
+                failures.clone(),
+                removed_at.clone(),
+                late_b.clone(),
+            );
+            let port = gw.http;
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let mut conn: Option<TcpStream> = None;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let s = match conn.as_mut() {
+                        Some(s) => s,
+                        None => {
+                            let s = TcpStream::connect(addr(port)).unwrap();
+                            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            conn.insert(s)
+                        }
+                    };
+                    let sent = Instant::now();
+                    let res = s
+                        .write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                        .and_then(|_| read_response(s));
+                    match res {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            let name = r.json()["name"].as_str().unwrap().to_string();
+                            // Sent well after the removal was applied, yet answered by b?
+                            let after = removed_at
+                                .lock()
+                                .unwrap()
+                                .is_some_and(|t| sent > t + Duration::from_millis(100));
+                            if after && name == "b" {
+                                late_b.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(r) => failures.lock().unwrap().push(format!(
+                            "status {}: {}",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("io: {e}"));
+                            conn = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(800));
+    let before = ok.load(Ordering::Relaxed);
+    // Remove b from the EndpointSlices, then stop b itself.
+    gw.write_manifest("svc.yaml", &web(&[("web-a", a.http)]));
+    *removed_at.lock().unwrap() = Some(Instant::now());
+    std::thread::sleep(Duration::from_millis(500));
+    b.kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = ok.load(Ordering::Relaxed);
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(
+        before > 50,
+        "load was running before the change ({before} requests)"
+    );
+    assert!(
+        total > before + 50,
+        "load kept running after the change ({total} total)"
+    );
+    assert_eq!(
+        late_b.load(Ordering::Relaxed),
+        0,
+        "removed endpoint got new requests"
+    );
+}
+
+#[test]
+fn manifest_edits_apply_and_broken_files_keep_the_last_good_version() {
+    let a = Echo::http("a");
+    let gw = Gateway::start(
+        &[
+            ("svc.yaml", &web(&[("web-a", a.http)])),
+            ("ing.yaml", &web_ingress(&["/one"])),
+        ],
+        "",
+    );
+    assert_eq!(http_get(gw.http, "web.test", "/one").unwrap().status, 200);
+    assert_eq!(http_get(gw.http, "web.test", "/two").unwrap().status, 404);
+
+    gw.write_manifest("ing.yaml", &web_ingress(&["/one", "/two"]));
+    assert_eq!(http_get(gw.http, "web.test", "/two").unwrap().status, 200);
+
+    // A broken edit: the file keeps its last good version; others still apply.
+    gw.write_manifest(
+        "ing.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web\n",
+    );
+    assert_eq!(http_get(gw.http, "web.test", "/two").unwrap().status, 200);
+    let log = gw.log();
+    assert!(log.contains("ing.yaml"), "the error names the file: {log}");
+    assert!(log.contains("previous version keeps serving"), "{log}");
+    let problems = gw.config_json()["problems"].to_string();
+    assert!(problems.contains("ing.yaml:"), "{problems}");
+
+    // A new valid object in another file still applies.
+    let extra = yaml::ingress(
+        "default",
+        "extra",
+        &[("extra.test", "/", "Prefix", "web", "http")],
+        "",
+    );
+    gw.write_manifest("extra.yaml", &extra);
+    assert_eq!(http_get(gw.http, "extra.test", "/").unwrap().status, 200);
+}
+
+#[test]
+fn bad_config_and_manifests_are_refused_with_locations() {
+    let dir = TempDir::new("bad");
+    let cfg = dir.write("bad.toml", "[proxy]\nconect_timeout_ms = 5\n");
+    let out = portico(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("conect_timeout_ms"),
+        "{err}"
+    );
+
+    let good_cfg = dir.write("good.toml", BASE_CONFIG);
+    let mdir = dir.path().join("m");
+    std::fs::create_dir_all(&mdir).unwrap();
+    std::fs::write(
+        mdir.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  ports: 7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        mdir.join("dangling.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: d, namespace: x}\nspec:\n  defaultBackend: {service: {name: nope, port: {number: 80}}}\n",
+    )
+    .unwrap();
+
+    // check: every problem, with file:line, exit 1.
+    let out = portico(&[
+        "check",
+        "--config",
+        good_cfg.to_str().unwrap(),
+        "--manifests",
+        mdir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("bad.yaml:9: error: invalid Service"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dangling.yaml:1: Ingress x/d: warning:")
+            && text.contains("Service x/nope not found"),
+        "{text}"
+    );
+
+    // run: refuses before serving, same messages.
+    let admin = free_port();
+    let out = portico(&[
+        "run",
+        "--config",
+        good_cfg.to_str().unwrap(),
+        "--manifests",
+        mdir.to_str().unwrap(),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--http",
+        &format!("127.0.0.1:{}", free_port()),
+        "--https",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:9: error: invalid Service"), "{err}");
+    assert!(
+        TcpStream::connect(addr(admin)).is_err(),
+        "nothing may be serving"
+    );
+
+    // A valid folder checks clean.
+    std::fs::remove_file(mdir.join("bad.yaml")).unwrap();
+    std::fs::remove_file(mdir.join("dangling.yaml")).unwrap();
+    let out = portico(&[
+        "check",
+        "--config",
+        good_cfg.to_str().unwrap(),
+        "--manifests",
+        mdir.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn admin_endpoints_and_explain() {
+    let a = Echo::http("a");
+    let gw = Gateway::start(
+        &[
+            ("svc.yaml", &web(&[("web-a", a.http)])),
+            ("ing.yaml", &web_ingress(&["/api"])),
+        ],
+        "",
+    );
+    assert_eq!(http_get(gw.admin, "admin", "/healthz").unwrap().status, 200);
+    assert_eq!(http_get(gw.admin, "admin", "/readyz").unwrap().status, 200);
+    let cfg = gw.config_json();
+    assert_eq!(cfg["routes"][0]["backend"], "default/web:http");
+    assert_eq!(
+        cfg["backends"][0]["endpoints"][0]["address"],
+        format!("127.0.0.1:{}", a.http)
+    );
+    let m = gw.metrics();
+    assert!(m.contains("portico_snapshot_generation 1"), "{m}");
+
+    // The CLI asks the running gateway...
+    let out = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", gw.admin),
+        "--host",
+        "web.test",
+        "--path",
+        "/api/x",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("route:       Ingress default/web host web.test path /api"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("endpoint:    127.0.0.1:{} ready", a.http)),
+        "{text}"
+    );
+    // ...or evaluates the same manifests offline.
+    let out = portico(&[
+        "explain",
+        "--manifests",
+        gw.manifests.to_str().unwrap(),
+        "--host",
+        "web.test",
+        "--path",
+        "/other",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["route"].is_null());
+    assert!(v["why"].as_str().unwrap().contains("404"));
+    // No gateway at that address: a clear error.
+    let out = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", free_port()),
+        "--host",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the gateway's admin listener")
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let a = Echo::http("a");
+    let mut gw = Gateway::start(
+        &[
+            ("svc.yaml", &web(&[("web-a", a.http)])),
+            ("ing.yaml", &web_ingress(&["/"])),
+        ],
+        "",
+    );
+    let port = gw.http;
+    let slow = std::thread::spawn(move || http_get(port, "web.test", "/delay/1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // No new connections once draining.
+    assert!(
+        TcpStream::connect(addr(port)).is_err(),
+        "listener still accepting after SIGTERM"
+    );
+    let r = slow.join().unwrap().expect("in-flight request completes");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = gw.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "log:\n{}", gw.log());
+    // Exits when drained, not after the whole 5 s grace period.
+    assert!(
+        signalled.elapsed() < Duration::from_millis(4000),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(gw.log().contains("drained; exiting"));
+}
