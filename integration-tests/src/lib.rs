@@ -16,7 +16,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The `portico` binary: `$PORTICO_BIN`, else `target/debug/portico`,
-/// built once per test run with `cargo build -p portico` so that
+/// built once per test run with `cargo build --workspace --bins` (the
+/// same feature set as `cargo test --workspace`, so no rebuild) so that
 /// `cargo test --workspace` alone is enough.
 pub fn portico_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -25,8 +26,17 @@ pub fn portico_bin() -> PathBuf {
             return PathBuf::from(p);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "portico"])
+        let mut cmd = Command::new(cargo);
+        // Cargo passes CARGO_* variables to test processes; ring's build
+        // script watches CARGO_MANIFEST_DIR, so they must not leak into the
+        // nested build or it rebuilds ring and everything above it.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARGO_") && k != "CARGO_TARGET_DIR" && k != "CARGO_HOME" {
+                cmd.env_remove(k);
+            }
+        }
+        let status = cmd
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build -p portico");
@@ -186,7 +196,7 @@ pub struct Gateway {
     log: PathBuf,
 }
 
-pub const BASE_CONFIG: &str = "[shutdown]\ngrace_period_seconds = 5\n[log]\nlevel = \"info\"\n";
+pub const BASE_CONFIG: &str = "[shutdown]\ngrace_period_seconds = 5\n";
 
 impl Gateway {
     /// Starts `portico run` on the manifests in `files` (name, YAML) with
@@ -312,6 +322,13 @@ impl Drop for Gateway {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // A failed test shows what the gateway said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- portico log ---\n{}--- end of portico log ---",
+                self.log()
+            );
         }
     }
 }
