@@ -481,8 +481,8 @@ def main():
     global LOAD_BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s per scenario: proves the harness works")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per scenario run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per scenario run")
     ap.add_argument("--portico", default=os.path.join(ROOT, "target", "release", "portico"))
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "portico-load"))
     ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput")
