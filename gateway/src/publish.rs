@@ -41,9 +41,16 @@ impl Publisher {
         self.current.load_full()
     }
 
-    /// True after the first complete snapshot: `/readyz` answers 200.
+    /// True once the sources say the snapshot is complete and they are
+    /// following changes: `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            tracing::info!("ready: first full sync applied and sources are watched");
+        }
     }
 
     /// Notified with the generation after each publish (L4 listener manager).
@@ -69,7 +76,6 @@ impl Publisher {
             problems: spec.problems,
         });
         self.current.store(snap.clone());
-        self.ready.store(true, Ordering::Relaxed);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())

@@ -276,7 +276,11 @@ fn admin_endpoints_and_explain() {
         format!("127.0.0.1:{}", a.http)
     );
     let m = gw.metrics();
-    assert!(m.contains("portico_snapshot_generation 1"), "{m}");
+    let generation = m
+        .lines()
+        .find_map(|l| l.strip_prefix("portico_snapshot_generation "))
+        .unwrap_or_else(|| panic!("{m}"));
+    assert_eq!(generation.parse::<u64>().unwrap(), gw.generation());
 
     // The CLI asks the running gateway...
     let out = portico(&[

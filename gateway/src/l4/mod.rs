@@ -6,6 +6,7 @@
 //! stop accepting (their open connections drain), others are untouched.
 //! A bind that fails is retried on the next publish and every few seconds.
 
+pub mod splice;
 pub mod tcp;
 pub mod udp;
 

@@ -1,19 +1,16 @@
 //! TCP forwarding: accept, pick an endpoint (retrying failed connects on
-//! others), then copy both ways with half-close and an idle timeout.
+//! others), then splice both ways with half-close and an idle timeout.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::L4Settings;
+use super::{splice, L4Settings};
 use crate::lb::{clock_ms, Pick, PickRequest};
 use crate::shutdown::InFlight;
 use crate::snapshot::{L4ListenerKey, Snapshot};
@@ -115,9 +112,12 @@ async fn handle(
     let active = metrics::gauge!("portico_l4_connections_active", "listener" => label.to_string());
     active.increment(1.0);
     let activity = AtomicU64::new(clock_ms());
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let copies = async { tokio::join!(pipe(cr, uw, &activity), pipe(ur, cw, &activity)) };
+    let copies = async {
+        tokio::join!(
+            splice::forward(&client, &upstream, &activity),
+            splice::forward(&upstream, &client, &activity)
+        )
+    };
     let idle = idle_watch(&activity, settings.idle_timeout);
     let (sent, received) = tokio::select! {
         (up, down) = copies => (up.unwrap_or(0), down.unwrap_or(0)),
@@ -132,32 +132,6 @@ async fn handle(
     metrics::counter!("portico_l4_bytes_sent_total", "listener" => label.to_string())
         .increment(received);
     drop(pick);
-}
-
-/// Copies one direction; at EOF shuts down the other side's write half so a
-/// half-close travels end to end.
-async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    activity: &AtomicU64,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                let _ = to.shutdown().await;
-                return Err(e);
-            }
-        };
-        to.write_all(&buf[..n]).await?;
-        total += n as u64;
-        activity.store(clock_ms(), Ordering::Relaxed);
-    }
-    to.shutdown().await?;
-    Ok(total)
 }
 
 async fn idle_watch(activity: &AtomicU64, idle: Duration) {

@@ -105,6 +105,7 @@ impl BackgroundService for ManifestPipeline {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch manifest folders; changes need a restart");
+                self.publisher.mark_ready();
                 return;
             }
         };
@@ -113,6 +114,10 @@ impl BackgroundService for ManifestPipeline {
                 tracing::error!(folder = %d.display(), error = %e, "cannot watch manifest folder");
             }
         }
+        // Files may have changed between the first read and the watch: read
+        // once more, then report ready, so no edit after /readyz is missed.
+        self.reload();
+        self.publisher.mark_ready();
         loop {
             tokio::select! {
                 ev = rx.recv() => {
