@@ -150,27 +150,7 @@ impl Echo {
 
     /// TCP echo (`<name>\n`, then echo) and UDP echo on one port number.
     pub fn tcp(name: &str) -> Echo {
-        let port = free_port();
-        let child = Command::new(portico_bin())
-            .args([
-                "echo",
-                "--name",
-                name,
-                "--tcp",
-                &format!("127.0.0.1:{port}"),
-                "--udp",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn echo");
-        wait_port(port, Duration::from_secs(10));
-        Echo {
-            name: name.into(),
-            http: port,
-            child,
-        }
+        Self::start(name, &["--tcp", "--udp"])
     }
 
     pub fn kill(&mut self) {

@@ -89,17 +89,7 @@ impl<'a> Backends<'a> {
     ) -> (BackendKey, Option<String>) {
         let svc_key = ObjectKey::new(namespace, service);
         let Some(svc) = self.store.services.get(&svc_key) else {
-            let key = BackendKey {
-                namespace: namespace.into(),
-                service: service.into(),
-                port: match port {
-                    PortRef::Number(n) => n.to_string(),
-                    PortRef::Name(n) => n.clone(),
-                },
-            };
-            self.built
-                .entry(key.clone())
-                .or_insert_with(|| empty(&key, self.default_policy));
+            let key = self.unresolved(namespace, service, port);
             return (key, Some(format!("Service {svc_key} not found")));
         };
         let svc = svc.object.clone();
@@ -113,17 +103,7 @@ impl<'a> Backends<'a> {
             PortRef::Name(n) => p.name.as_deref() == Some(n),
         });
         let Some(sp) = found else {
-            let key = BackendKey {
-                namespace: namespace.into(),
-                service: service.into(),
-                port: match port {
-                    PortRef::Number(n) => n.to_string(),
-                    PortRef::Name(n) => n.clone(),
-                },
-            };
-            self.built
-                .entry(key.clone())
-                .or_insert_with(|| empty(&key, self.default_policy));
+            let key = self.unresolved(namespace, service, port);
             let want = match port {
                 PortRef::Number(n) => format!("number {n}"),
                 PortRef::Name(n) => format!("name {n:?}"),
@@ -135,6 +115,23 @@ impl<'a> Backends<'a> {
         };
         let key = self.service_port(&svc_key, &svc, sp);
         (key, None)
+    }
+
+    /// A backend with no endpoints for a reference that does not resolve,
+    /// so requests get a 503 naming it rather than a 404.
+    fn unresolved(&mut self, namespace: &str, service: &str, port: &PortRef) -> BackendKey {
+        let key = BackendKey {
+            namespace: namespace.into(),
+            service: service.into(),
+            port: match port {
+                PortRef::Number(n) => n.to_string(),
+                PortRef::Name(n) => n.clone(),
+            },
+        };
+        self.built
+            .entry(key.clone())
+            .or_insert_with(|| empty(&key, self.default_policy));
+        key
     }
 
     /// The backend of one port of a Service (also used for L4 listeners).

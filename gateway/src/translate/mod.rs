@@ -48,14 +48,8 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         .values()
         .map(|c| c.object.as_ref())
         .collect();
-    // Older Ingresses win conflicts (as ingress-nginx does); the name breaks ties.
-    let mut ingresses: Vec<_> = store.ingresses.iter().collect();
-    ingresses.sort_by(|(ka, a), (kb, b)| {
-        let ta = a.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| ka.cmp(kb))
-    });
-    for (key, ing) in ingresses {
+    // Older Ingresses win conflicts (as ingress-nginx does).
+    for (key, ing) in oldest_first(&store.ingresses, |i| &i.metadata) {
         match settings.admission.admit(&ing.object, &classes) {
             Admission::Admit(_) => ingress::add_ingress(
                 key,
@@ -83,6 +77,21 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
     out.problems.sort();
     out.problems.dedup();
     out
+}
+
+/// Objects ordered oldest first (`creationTimestamp`, then namespace/name):
+/// when two objects claim the same host+path or port, the older one keeps it.
+pub(crate) fn oldest_first<T>(
+    map: &std::collections::BTreeMap<crate::store::ObjectKey, crate::store::Stored<T>>,
+    meta: impl Fn(&T) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<(&crate::store::ObjectKey, &crate::store::Stored<T>)> {
+    let mut v: Vec<_> = map.iter().collect();
+    v.sort_by(|(ka, a), (kb, b)| {
+        let ta = meta(&a.object).creation_timestamp.as_ref().map(|t| t.0);
+        let tb = meta(&b.object).creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| ka.cmp(kb))
+    });
+    v
 }
 
 /// Translation problems that are errors, for `portico check`.

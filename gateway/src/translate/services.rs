@@ -21,14 +21,7 @@ pub fn add_l4_listeners(
     l4: &mut BTreeMap<L4ListenerKey, BackendKey>,
     problems: &mut Vec<Problem>,
 ) {
-    // Older Services keep a contested listener; the name breaks ties.
-    let mut services: Vec<_> = store.services.iter().collect();
-    services.sort_by(|(ka, a), (kb, b)| {
-        let ta = a.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| ka.cmp(kb))
-    });
-    for (key, stored) in services {
+    for (key, stored) in super::oldest_first(&store.services, |s| &s.metadata) {
         let svc = &stored.object;
         let Some(spec) = svc.spec.as_ref() else {
             continue;
