@@ -10,7 +10,21 @@ use std::time::Duration;
 use portico_integration_tests::*;
 
 fn routing_manifests(a: &Echo, b: &Echo, dead_port: u16) -> String {
+    routing_manifests_with(a, b, dead_port, REFUSING_PORT)
+}
+
+/// `garbage_port` serves something that is not HTTP (a TCP echo).
+fn routing_manifests_with(a: &Echo, b: &Echo, dead_port: u16, garbage_port: u16) -> String {
     let mut m = String::new();
+    m += &yaml::service("default", "garbage", "", &[("http", 80)]);
+    m += &yaml::slice(
+        "default",
+        "garbage-1",
+        "garbage",
+        "http",
+        garbage_port,
+        true,
+    );
     m += &yaml::service("default", "web", "", &[("http", 80)]);
     m += &yaml::slice("default", "web-1", "web", "http", a.http, true);
     m += &yaml::service("default", "api", "", &[("http", 80)]);
@@ -28,6 +42,7 @@ fn routing_manifests(a: &Echo, b: &Echo, dead_port: u16) -> String {
             ("*.wild.test", "/", "Prefix", "api", "http"),
             ("empty.test", "/", "Prefix", "empty", "http"),
             ("dead.test", "/", "Prefix", "dead", "http"),
+            ("garbage.test", "/", "Prefix", "garbage", "http"),
         ],
         "",
     );
@@ -43,8 +58,12 @@ fn name_of(r: &Response) -> String {
 fn http1_routing_forwarded_headers_and_error_statuses() {
     let a = Echo::http("a");
     let b = Echo::http("b");
+    let garbage = Echo::tcp("not-http");
     let gw = Gateway::start(
-        &[("routes.yaml", &routing_manifests(&a, &b, REFUSING_PORT))],
+        &[(
+            "routes.yaml",
+            &routing_manifests_with(&a, &b, REFUSING_PORT, garbage.http),
+        )],
         "",
     );
 
@@ -117,10 +136,20 @@ fn http1_routing_forwarded_headers_and_error_statuses() {
     assert_eq!(r.status, 503);
     assert!(r.text().contains("default/empty"), "{}", r.text());
 
-    // 502: the only endpoint refuses connections.
+    // 503: the only endpoint refuses connections (all endpoints down).
     let r = http_get(gw.http, "dead.test", "/").unwrap();
-    assert_eq!(r.status, 502);
-    assert!(r.text().contains("default/dead"), "{}", r.text());
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text()
+            .contains("all endpoints tried are down (service default/dead:http"),
+        "{}",
+        r.text()
+    );
+
+    // 502: the upstream answers with something that is not HTTP.
+    let r = http_get(gw.http, "garbage.test", "/").unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("default/garbage"), "{}", r.text());
 
     // 431: a 64 KiB header.
     let big = "x".repeat(64 * 1024);

@@ -304,7 +304,12 @@ impl ProxyHttp for HttpProxy {
             .unwrap_or_else(|| "-".into());
         let (code, what) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "no endpoint available"),
-            ErrorType::ConnectTimedout => (502, "connecting to the upstream timed out"),
+            // Every endpoint tried refused or timed out: the service is down,
+            // not misbehaving.
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => (503, "all endpoints tried are down"),
             ErrorType::ReadTimedout => (504, "the upstream did not answer in time"),
             ErrorType::WriteTimedout => (504, "writing to the upstream timed out"),
             _ => match e.esource() {
@@ -322,7 +327,8 @@ impl ProxyHttp for HttpProxy {
             let body = if code == 400 {
                 "bad request\n".to_string()
             } else {
-                format!("{what} (service {backend})\n")
+                let tried = ctx.tried.len();
+                format!("{what} (service {backend}, endpoints tried: {tried})\n")
             };
             if let Err(err) = respond(session, code, body).await {
                 tracing::debug!(error = %err, "could not send the error response");
