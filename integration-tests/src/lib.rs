@@ -251,6 +251,17 @@ impl Gateway {
         let tmp = self.dir.path().join(format!("{name}.tmp"));
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, self.manifests.join(name)).unwrap();
+        self.wait_generation_after(before);
+    }
+
+    /// Deletes a manifest file and waits until the snapshot generation moves.
+    pub fn remove_manifest(&self, name: &str) {
+        let before = self.generation();
+        std::fs::remove_file(self.manifests.join(name)).unwrap();
+        self.wait_generation_after(before);
+    }
+
+    fn wait_generation_after(&self, before: u64) {
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
             if self.generation() > before {

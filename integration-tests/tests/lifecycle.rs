@@ -168,6 +168,10 @@ fn manifest_edits_apply_and_broken_files_keep_the_last_good_version() {
     );
     gw.write_manifest("extra.yaml", &extra);
     assert_eq!(http_get(gw.http, "extra.test", "/").unwrap().status, 200);
+
+    // Deleting a file removes its objects.
+    gw.remove_manifest("extra.yaml");
+    assert_eq!(http_get(gw.http, "extra.test", "/").unwrap().status, 404);
 }
 
 #[test]

@@ -62,6 +62,28 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// Reads and parses one manifest file.
+pub fn read_file(path: &Path) -> ParsedFile {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(&path.display().to_string(), &text),
+        Err(e) => ParsedFile {
+            objects: vec![],
+            problems: vec![Problem::error(
+                path.display().to_string(),
+                format!("cannot read: {e}"),
+            )],
+        },
+    }
+}
+
+/// Is this path one `list_files` would pick up (a visible manifest file)?
+pub fn is_visible_manifest(path: &Path) -> bool {
+    is_manifest(path)
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
 /// Reads and parses every manifest file in `dirs`.
 pub fn read_dirs(dirs: &[PathBuf]) -> (ManifestSet, Vec<Problem>) {
     let mut set = ManifestSet::new();
@@ -70,16 +92,7 @@ pub fn read_dirs(dirs: &[PathBuf]) -> (ManifestSet, Vec<Problem>) {
         match list_files(dir) {
             Ok(files) => {
                 for f in files {
-                    let parsed = match std::fs::read_to_string(&f) {
-                        Ok(text) => parse_file(&f.display().to_string(), &text),
-                        Err(e) => ParsedFile {
-                            objects: vec![],
-                            problems: vec![Problem::error(
-                                f.display().to_string(),
-                                format!("cannot read: {e}"),
-                            )],
-                        },
-                    };
+                    let parsed = read_file(&f);
                     set.insert(f, parsed);
                 }
             }

@@ -1,5 +1,6 @@
 //! Re-applies the manifest folders when a file changes.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,16 +66,46 @@ impl ManifestPipeline {
         self.publisher.publish(spec);
     }
 
+    /// Re-reads every folder (start-up, or when events cannot be trusted).
     fn reload(&self) {
         let (next, dir_problems) = manifests::read_dirs(&self.dirs);
         for p in &dir_problems {
             tracing::error!(location = %p.location, "{}", p.message);
         }
+        self.merge(next, None);
+    }
+
+    /// Re-reads only the files that changed; the other files keep their
+    /// parsed objects, so a one-file edit costs one file's parse.
+    fn reload_files(&self, changed: &BTreeSet<PathBuf>) {
+        let mut next = ManifestSet::new();
+        let mut removed = Vec::new();
+        for path in changed {
+            if path.is_file() {
+                next.insert(path.clone(), manifests::read_file(path));
+            } else {
+                removed.push(path.clone());
+            }
+        }
+        self.merge(next, Some(removed));
+    }
+
+    /// `removed: None` means `next` is the whole set (a full reload).
+    fn merge(&self, next: ManifestSet, removed: Option<Vec<PathBuf>>) {
         let bad = next.values().filter(|f| f.has_errors()).count();
+        let files = next.len();
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             let merged = manifests::merge_keep_last_good(&last.0, next);
-            last.0 = merged;
+            match removed {
+                None => last.0 = merged,
+                Some(removed) => {
+                    for r in &removed {
+                        last.0.remove(r);
+                    }
+                    last.0.extend(merged);
+                }
+            }
         }
         metrics::counter!("portico_manifest_reloads_total", "result" => if bad == 0 { "ok" } else { "partial" })
             .increment(1);
@@ -84,20 +115,50 @@ impl ManifestPipeline {
                 "manifests reloaded; files with errors keep their previous version"
             );
         } else {
-            tracing::info!("manifests reloaded");
+            tracing::info!(files, "manifests reloaded");
         }
         self.apply();
+    }
+}
+
+/// What a batch of watch events asks for.
+enum Change {
+    Files(BTreeSet<PathBuf>),
+    Everything,
+}
+
+impl Change {
+    fn add(&mut self, ev: &notify::Event) {
+        if ev.need_rescan() {
+            *self = Change::Everything;
+            return;
+        }
+        if let Change::Files(files) = self {
+            for p in &ev.paths {
+                if manifests::is_visible_manifest(p) {
+                    files.insert(p.clone());
+                } else if p.is_dir()
+                    || p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                {
+                    // A folder came or went, or a ConfigMap volume swapped
+                    // its `..data` link: re-read everything.
+                    *self = Change::Everything;
+                    return;
+                }
+            }
+        }
     }
 }
 
 #[async_trait]
 impl BackgroundService for ManifestPipeline {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Event>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(());
+                    let _ = tx.send(ev);
                 }
             }
         });
@@ -121,11 +182,19 @@ impl BackgroundService for ManifestPipeline {
         loop {
             tokio::select! {
                 ev = rx.recv() => {
-                    if ev.is_none() { break }
-                    // Editors write in bursts: settle, then drain queued events.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    while rx.try_recv().is_ok() {}
-                    self.reload();
+                    let Some(ev) = ev else { break };
+                    let mut change = Change::Files(BTreeSet::new());
+                    change.add(&ev);
+                    // Editors write in bursts: settle, then take what queued up.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while let Ok(ev) = rx.try_recv() {
+                        change.add(&ev);
+                    }
+                    match change {
+                        Change::Everything => self.reload(),
+                        Change::Files(files) if files.is_empty() => {}
+                        Change::Files(files) => self.reload_files(&files),
+                    }
                 }
                 _ = shutdown.changed() => break,
             }
