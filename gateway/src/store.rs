@@ -45,15 +45,6 @@ pub struct Stored<T> {
     pub origin: Option<String>,
 }
 
-impl<T> Stored<T> {
-    pub fn new(object: T, origin: Option<String>) -> Self {
-        Stored {
-            object: Arc::new(object),
-            origin,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     pub services: BTreeMap<ObjectKey, Stored<Service>>,
@@ -63,16 +54,15 @@ pub struct Store {
     pub secrets: BTreeMap<ObjectKey, Stored<Secret>>,
 }
 
-/// One object of any kind the gateway reads.
-// Objects are moved into the store once and then shared by `Arc`.
-#[allow(clippy::large_enum_variant)]
+/// One object of any kind the gateway reads. Shared, not copied: the
+/// parsed files and the store hold the same allocation.
 #[derive(Debug, Clone)]
 pub enum AnyObject {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    Ingress(Ingress),
-    IngressClass(IngressClass),
-    Secret(Secret),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Secret(Arc<Secret>),
 }
 
 impl AnyObject {
@@ -115,12 +105,13 @@ impl AnyObject {
         if !self.is_namespaced() {
             return;
         }
+        // Called right after parsing, while the object is not shared yet.
         let meta = match self {
-            AnyObject::Service(o) => &mut o.metadata,
-            AnyObject::EndpointSlice(o) => &mut o.metadata,
-            AnyObject::Ingress(o) => &mut o.metadata,
-            AnyObject::IngressClass(o) => &mut o.metadata,
-            AnyObject::Secret(o) => &mut o.metadata,
+            AnyObject::Service(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::Ingress(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::IngressClass(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::Secret(o) => &mut Arc::make_mut(o).metadata,
         };
         if meta.namespace.is_none() {
             meta.namespace = Some("default".into());
@@ -135,10 +126,10 @@ impl Store {
         fn put<T>(
             map: &mut BTreeMap<ObjectKey, Stored<T>>,
             key: ObjectKey,
-            obj: T,
+            object: Arc<T>,
             origin: Option<String>,
         ) -> Option<Option<String>> {
-            map.insert(key, Stored::new(obj, origin))
+            map.insert(key, Stored { object, origin })
                 .map(|old| old.origin)
         }
         match obj {

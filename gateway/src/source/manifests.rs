@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_yaml::Value;
 
@@ -172,8 +173,6 @@ pub fn parse_file(name: &str, text: &str) -> ParsedFile {
     out
 }
 
-// Parsed objects are moved once, right after parsing: boxing buys nothing.
-#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Object(AnyObject, Vec<String>),
     Ignored(String),
@@ -203,17 +202,21 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
     }
 
     let obj = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => AnyObject::Service(typed(doc, &kind)?),
-        ("v1", "Secret") => AnyObject::Secret(typed(doc, &kind)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => AnyObject::EndpointSlice(typed(doc, &kind)?),
-        ("networking.k8s.io/v1", "Ingress") => AnyObject::Ingress(typed(doc, &kind)?),
-        ("networking.k8s.io/v1", "IngressClass") => AnyObject::IngressClass(typed(doc, &kind)?),
+        ("v1", "Service") => AnyObject::Service(Arc::new(typed(doc, &kind)?)),
+        ("v1", "Secret") => AnyObject::Secret(Arc::new(typed(doc, &kind)?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            AnyObject::EndpointSlice(Arc::new(typed(doc, &kind)?))
+        }
+        ("networking.k8s.io/v1", "Ingress") => AnyObject::Ingress(Arc::new(typed(doc, &kind)?)),
+        ("networking.k8s.io/v1", "IngressClass") => {
+            AnyObject::IngressClass(Arc::new(typed(doc, &kind)?))
+        }
         ("extensions/v1beta1" | "networking.k8s.io/v1beta1", "Ingress") => {
             let converted = convert_legacy_ingress(value.clone());
             let ing = serde_yaml::from_value(converted)
                 .map_err(|e| (None, format!("invalid {api_version} Ingress: {e}")))?;
             return Ok(Parsed::Object(
-                AnyObject::Ingress(ing),
+                AnyObject::Ingress(Arc::new(ing)),
                 vec![format!(
                     "{api_version} Ingress is deprecated (removed in Kubernetes 1.22); \
                      converted to networking.k8s.io/v1"
