@@ -44,15 +44,26 @@ impl ManifestPipeline {
     pub fn apply(&self) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let (set, logged) = &mut *last;
+        let started = std::time::Instant::now();
         let (store, mut problems) = manifests::build_store(set);
         for f in set.values() {
             problems.extend(f.problems.iter().cloned());
         }
+        let stored = started.elapsed();
         let mut spec = translate(&store, &self.settings);
+        let translated = started.elapsed() - stored;
+        metrics::histogram!("portico_store_build_duration_seconds").record(stored.as_secs_f64());
+        metrics::histogram!("portico_translate_duration_seconds").record(translated.as_secs_f64());
+        tracing::debug!(
+            store_ms = stored.as_millis() as u64,
+            translate_ms = translated.as_millis() as u64,
+            "translated"
+        );
         problems.append(&mut spec.problems);
         problems.sort();
         problems.dedup();
-        for p in problems.iter().filter(|p| !logged.contains(p)) {
+        let already: BTreeSet<&Problem> = logged.iter().collect();
+        for p in problems.iter().filter(|p| !already.contains(p)) {
             let sev = if p.is_error() { "error" } else { "warning" };
             metrics::counter!("portico_config_problems_total", "severity" => sev).increment(1);
             if p.is_error() {
