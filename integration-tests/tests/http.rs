@@ -83,31 +83,20 @@ fn http1_routing_forwarded_headers_and_error_statuses() {
         "the id is returned to the client"
     );
 
-    assert_eq!(
-        name_of(&http_get(gw.http, "app.test", "/api/v1").unwrap()),
-        "b"
-    );
-    assert_eq!(
-        name_of(&http_get(gw.http, "APP.test:8080", "/api").unwrap()),
-        "b"
-    );
-    // Prefix matches by path element: /apix is not under /api.
-    assert_eq!(
-        name_of(&http_get(gw.http, "app.test", "/apix").unwrap()),
-        "a"
-    );
-    assert_eq!(
-        name_of(&http_get(gw.http, "app.test", "/exact").unwrap()),
-        "b"
-    );
-    assert_eq!(
-        name_of(&http_get(gw.http, "app.test", "/exact/more").unwrap()),
-        "a"
-    );
-    assert_eq!(
-        name_of(&http_get(gw.http, "x.wild.test", "/").unwrap()),
-        "b"
-    );
+    // (host, path, backend that answers)
+    let cases = [
+        ("app.test", "/api/v1", "b"),
+        ("APP.test:8080", "/api", "b"),
+        // Prefix matches by path element: /apix is not under /api.
+        ("app.test", "/apix", "a"),
+        ("app.test", "/exact", "b"),
+        ("app.test", "/exact/more", "a"),
+        ("x.wild.test", "/", "b"),
+    ];
+    for (host, path, want) in cases {
+        let r = http_get(gw.http, host, path).unwrap();
+        assert_eq!(name_of(&r), want, "{host}{path}");
+    }
 
     // A client's request id and forwarded chain are kept.
     let r = http_request(
