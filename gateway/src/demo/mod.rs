@@ -23,39 +23,24 @@ impl EchoService {
 #[async_trait]
 impl BackgroundService for EchoService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let servers = self.addrs.iter().enumerate().map(|(i, addr)| {
-            echo::serve(echo::EchoConfig {
+        let mut servers = tokio::task::JoinSet::new();
+        for (i, addr) in self.addrs.iter().enumerate() {
+            servers.spawn(echo::serve(echo::EchoConfig {
                 name: format!("demo-echo-{}", i + 1),
                 http: vec![*addr],
                 tcp: vec![],
                 udp: vec![],
-            })
-        });
-        let all = async {
-            for res in futures_join_all(servers).await {
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "demo echo server failed");
-                }
+            }));
+        }
+        loop {
+            tokio::select! {
+                done = servers.join_next() => match done {
+                    Some(Ok(Err(e))) => tracing::error!(error = %e, "demo echo server failed"),
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
             }
-        };
-        tokio::select! {
-            _ = all => {},
-            _ = shutdown.changed() => {},
         }
     }
-}
-
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }

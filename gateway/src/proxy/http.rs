@@ -43,7 +43,7 @@ impl HttpProxy {
 /// Per-request state.
 pub struct RequestCtx {
     start: Instant,
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
     route: Option<Arc<Route>>,
     pool: Option<Arc<Pool>>,
     tried: Vec<SocketAddr>,
@@ -104,7 +104,7 @@ impl ProxyHttp for HttpProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
-            _in_flight: None,
+            in_flight: None,
             route: None,
             pool: None,
             tried: Vec::new(),
@@ -118,7 +118,7 @@ impl ProxyHttp for HttpProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Instant::now();
-        ctx._in_flight = Some(InFlight::start());
+        ctx.in_flight = Some(InFlight::start());
         metrics::gauge!("portico_http_requests_active").increment(1.0);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         session.set_keepalive(Some(self.cfg.downstream_keepalive_timeout_ms / 1000));
@@ -341,7 +341,7 @@ impl ProxyHttp for HttpProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx._in_flight.is_some() {
+        if ctx.in_flight.is_some() {
             metrics::gauge!("portico_http_requests_active").decrement(1.0);
         }
         let status = session
