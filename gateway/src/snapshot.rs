@@ -114,7 +114,11 @@ pub struct SnapshotSpec {
     /// L4 listener → the backend it forwards to.
     pub l4: BTreeMap<L4ListenerKey, BackendKey>,
     pub certs: CertStore,
+    /// Every problem, sorted.
     pub problems: Vec<Problem>,
+    /// The subset of `problems` found while building each Service's
+    /// backends, so an endpoint-only refresh can replace just those.
+    pub backend_problems: BTreeMap<crate::store::ObjectKey, Vec<Problem>>,
 }
 
 /// The published, immutable view the data plane reads.

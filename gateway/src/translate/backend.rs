@@ -1,7 +1,7 @@
 //! Service ports to backend pools: port lookup by number or name, target
 //! ports resolved per EndpointSlice, endpoint conditions to states.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub struct SliceIndex<'a> {
 
 impl<'a> SliceIndex<'a> {
     pub fn new(store: &'a Store) -> Self {
+        Self::build(store, |_| true)
+    }
+
+    fn build(store: &'a Store, wanted: impl Fn(&ObjectKey) -> bool) -> Self {
         let mut by_service: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
         for (key, slice) in &store.endpoint_slices {
             let owner = slice
@@ -41,10 +45,10 @@ impl<'a> SliceIndex<'a> {
                 .as_ref()
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let Some(svc) = owner {
-                by_service
-                    .entry(ObjectKey::new(key.namespace.clone(), svc.clone()))
-                    .or_default()
-                    .push(&slice.object);
+                let service = ObjectKey::new(key.namespace.clone(), svc.clone());
+                if wanted(&service) {
+                    by_service.entry(service).or_default().push(&slice.object);
+                }
             }
         }
         SliceIndex { by_service }
@@ -57,7 +61,9 @@ pub struct Backends<'a> {
     slices: SliceIndex<'a>,
     default_policy: PolicyKind,
     pub built: BTreeMap<BackendKey, BackendSpec>,
-    pub problems: Vec<Problem>,
+    /// Problems found while building backends, by the Service they are
+    /// about, so an endpoint-only refresh can replace exactly those.
+    pub problems: BTreeMap<ObjectKey, Vec<Problem>>,
 }
 
 pub fn port_key(port: &ServicePort) -> String {
@@ -74,8 +80,27 @@ impl<'a> Backends<'a> {
             slices: SliceIndex::new(store),
             default_policy,
             built: BTreeMap::new(),
-            problems: Vec::new(),
+            problems: BTreeMap::new(),
         }
+    }
+
+    /// Like `new`, but indexes only the EndpointSlices of `services`.
+    pub fn for_services(
+        store: &'a Store,
+        default_policy: PolicyKind,
+        services: &BTreeSet<ObjectKey>,
+    ) -> Self {
+        Backends {
+            store,
+            slices: SliceIndex::build(store, |k| services.contains(k)),
+            default_policy,
+            built: BTreeMap::new(),
+            problems: BTreeMap::new(),
+        }
+    }
+
+    fn warn(&mut self, svc_key: &ObjectKey, location: &str, message: String) {
+        warn(&mut self.problems, svc_key, location, message);
     }
 
     /// The backend for `namespace/service` at `port`. A missing Service or
@@ -152,10 +177,11 @@ impl<'a> Backends<'a> {
         let location = Store::locate(&self.store.services, "Service", svc_key);
         let spec = svc.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            self.problems.push(Problem::warning(
+            self.warn(
+                svc_key,
                 &location,
-                "ExternalName Services are not resolved yet; this backend has no endpoints",
-            ));
+                "ExternalName Services are not resolved yet; this backend has no endpoints".into(),
+            );
         }
         let endpoints = self.endpoints(svc_key, sp, &location);
         let policy = match svc
@@ -165,17 +191,18 @@ impl<'a> Backends<'a> {
             .and_then(|a| a.get(LB_POLICY_ANNOTATION))
         {
             None => self.default_policy,
-            Some(v) => PolicyKind::parse(v).unwrap_or_else(|| {
-                self.problems.push(Problem::warning(
-                    &location,
-                    format!(
+            Some(v) => match PolicyKind::parse(v) {
+                Some(p) => p,
+                None => {
+                    let msg = format!(
                         "annotation {LB_POLICY_ANNOTATION}: unknown policy {v:?} (expected one of {}); using {:?}",
                         PolicyKind::NAMES,
                         self.default_policy
-                    ),
-                ));
-                self.default_policy
-            }),
+                    );
+                    self.warn(svc_key, &location, msg);
+                    self.default_policy
+                }
+            },
         };
         let affinity = spec
             .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
@@ -215,6 +242,7 @@ impl<'a> Backends<'a> {
             return out;
         };
         let svc_port_name = sp.name.as_deref().unwrap_or("");
+        let mut seen = std::collections::HashSet::new();
         let numeric_target = match &sp.target_port {
             Some(IntOrString::Int(n)) => Some(*n),
             None => Some(sp.port),
@@ -222,14 +250,12 @@ impl<'a> Backends<'a> {
         };
         for slice in slices {
             if slice.address_type == "FQDN" {
-                self.problems.push(Problem::warning(
-                    location,
-                    format!(
-                        "EndpointSlice {}/{} has addressType FQDN, which is not supported; skipped",
-                        svc_key.namespace,
-                        slice.metadata.name.as_deref().unwrap_or("")
-                    ),
-                ));
+                let msg = format!(
+                    "EndpointSlice {}/{} has addressType FQDN, which is not supported; skipped",
+                    svc_key.namespace,
+                    slice.metadata.name.as_deref().unwrap_or("")
+                );
+                warn(&mut self.problems, svc_key, location, msg);
                 continue;
             }
             // The slice carries the resolved target port under the Service
@@ -261,14 +287,12 @@ impl<'a> Backends<'a> {
                 };
                 for a in &ep.addresses {
                     let Ok(ip) = a.parse::<IpAddr>() else {
-                        self.problems.push(Problem::warning(
-                            location,
-                            format!("endpoint address {a:?} is not an IP address; skipped"),
-                        ));
+                        let msg = format!("endpoint address {a:?} is not an IP address; skipped");
+                        warn(&mut self.problems, svc_key, location, msg);
                         continue;
                     };
                     let addr = SocketAddr::new(ip, port);
-                    if out.iter().any(|e| e.addr == addr) {
+                    if !seen.insert(addr) {
                         continue;
                     }
                     out.push(EndpointSpec {
@@ -282,6 +306,18 @@ impl<'a> Backends<'a> {
         out.sort_by_key(|e| e.addr);
         out
     }
+}
+
+fn warn(
+    problems: &mut BTreeMap<ObjectKey, Vec<Problem>>,
+    svc_key: &ObjectKey,
+    location: &str,
+    message: String,
+) {
+    problems
+        .entry(svc_key.clone())
+        .or_default()
+        .push(Problem::warning(location, message));
 }
 
 fn empty(key: &BackendKey, policy: PolicyKind) -> BackendSpec {

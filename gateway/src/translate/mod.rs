@@ -72,11 +72,69 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         &mut out.problems,
     );
 
-    out.problems.append(&mut backends.problems);
+    for ps in backends.problems.values() {
+        out.problems.extend(ps.iter().cloned());
+    }
+    out.backend_problems = backends.problems;
     out.backends = backends.built;
     out.problems.sort();
     out.problems.dedup();
     out
+}
+
+/// Recomputes the backends of `services` after only their EndpointSlices
+/// changed; everything else in `spec` stays. The result equals a full
+/// `translate` of the new store (the tests check this), at the cost of the
+/// changed Services only. Returns the backends that were rebuilt.
+pub fn refresh_endpoints(
+    spec: &mut SnapshotSpec,
+    store: &Store,
+    settings: &Settings,
+    services: &std::collections::BTreeSet<crate::store::ObjectKey>,
+) -> Vec<crate::snapshot::BackendKey> {
+    let mut backends = backend::Backends::for_services(store, settings.default_policy, services);
+    let affected: Vec<crate::snapshot::BackendKey> = spec
+        .backends
+        .keys()
+        .filter(|k| {
+            services.contains(&crate::store::ObjectKey::new(
+                k.namespace.clone(),
+                k.service.clone(),
+            ))
+        })
+        .cloned()
+        .collect();
+    for key in &affected {
+        let svc_key = crate::store::ObjectKey::new(key.namespace.clone(), key.service.clone());
+        // A backend whose Service or port does not resolve has no endpoints
+        // whatever the slices say: it stays as it is.
+        let Some(svc) = store.services.get(&svc_key) else {
+            continue;
+        };
+        let ports = svc
+            .object
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_deref())
+            .unwrap_or(&[]);
+        if let Some(sp) = ports.iter().find(|p| backend::port_key(p) == key.port) {
+            backends.service_port(&svc_key, &svc.object, sp);
+        }
+    }
+    let rebuilt: Vec<_> = backends.built.keys().cloned().collect();
+    spec.backends.append(&mut backends.built);
+    for svc in services {
+        if let Some(old) = spec.backend_problems.remove(svc) {
+            spec.problems.retain(|p| !old.contains(p));
+        }
+    }
+    for (svc, ps) in backends.problems {
+        spec.problems.extend(ps.iter().cloned());
+        spec.backend_problems.insert(svc, ps);
+    }
+    spec.problems.sort();
+    spec.problems.dedup();
+    rebuilt
 }
 
 /// Objects ordered oldest first (`creationTimestamp`, then namespace/name):

@@ -477,3 +477,43 @@ spec:
     let spec = translate(&store_of(&yaml), &settings());
     assert!(spec.routes.find("any", "/").is_none());
 }
+
+/// An endpoint-only refresh gives exactly what a full translation gives.
+#[test]
+fn endpoint_refresh_equals_full_translation() {
+    let before = ingress("{name: http}");
+    let after = before
+        .replace("- addresses: [10.1.0.1]\n  conditions: {ready: true}", "- addresses: [10.1.0.7, not-an-ip]\n  conditions: {ready: true}")
+        .replace("- addresses: [10.1.0.9]\n", "- addresses: [10.1.0.9]\n- addresses: [10.1.0.10]\n  conditions: {ready: false, serving: true, terminating: true}\n")
+        + "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-fqdn, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: FQDN\nendpoints: [{addresses: [a.example.com]}]\n";
+    assert_ne!(before, after);
+    let (s1, s2) = (store_of(&before), store_of(&after));
+    let full = translate(&s2, &settings());
+    let mut inc = translate(&s1, &settings());
+    assert_ne!(inc.backends, full.backends, "the change must matter");
+    let services = [crate::store::ObjectKey::new("shop", "web")]
+        .into_iter()
+        .collect();
+    let rebuilt = refresh_endpoints(&mut inc, &s2, &settings(), &services);
+    assert!(rebuilt.iter().all(|k| k.service == "web"));
+    assert!(!rebuilt.is_empty());
+    assert_eq!(inc.backends, full.backends);
+    assert_eq!(inc.problems, full.problems);
+    assert_eq!(inc.backend_problems, full.backend_problems);
+    assert!(
+        full.problems.iter().any(|p| p.message.contains("FQDN")),
+        "{:?}",
+        full.problems
+    );
+    assert!(full
+        .problems
+        .iter()
+        .any(|p| p.message.contains("not-an-ip")));
+
+    // And back again: the warnings of the old slices disappear.
+    let back = translate(&s1, &settings());
+    let mut inc2 = full.clone();
+    refresh_endpoints(&mut inc2, &s1, &settings(), &services);
+    assert_eq!(inc2.backends, back.backends);
+    assert_eq!(inc2.problems, back.problems);
+}
