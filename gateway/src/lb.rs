@@ -462,6 +462,16 @@ impl PoolRegistry {
     }
 }
 
+impl PoolRegistry {
+    /// Builds one pool, keeping every other backend's state (incremental
+    /// publish of a backend whose endpoints changed).
+    pub fn rebuild_one(&self, spec: &BackendSpec, health: HealthPolicy) -> Arc<Pool> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let state = states.entry(spec.key.clone()).or_default().clone();
+        Arc::new(Pool::new(spec.clone(), state, health))
+    }
+}
+
 /// Milliseconds since the first call; cheap and monotonic.
 pub fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();

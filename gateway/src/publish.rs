@@ -1,6 +1,7 @@
 //! Publishing: attaches runtime state to a translated spec and swaps the
 //! snapshot in atomically. Readers holding the old one keep it until done.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::lb::{HealthPolicy, PoolRegistry};
-use crate::snapshot::{Snapshot, SnapshotSpec};
+use crate::snapshot::{BackendKey, Snapshot, SnapshotSpec};
 
 pub struct Publisher {
     current: Arc<ArcSwap<Snapshot>>,
@@ -59,14 +60,40 @@ impl Publisher {
     }
 
     pub fn publish(&self, spec: SnapshotSpec) -> Arc<Snapshot> {
+        self.publish_with(spec, None)
+    }
+
+    /// Publishes a spec in which only the backends in `rebuilt` changed:
+    /// every other pool is carried over from the current snapshot as is.
+    pub fn publish_incremental(&self, spec: SnapshotSpec, rebuilt: &[BackendKey]) -> Arc<Snapshot> {
+        self.publish_with(spec, Some(rebuilt))
+    }
+
+    fn publish_with(&self, spec: SnapshotSpec, rebuilt: Option<&[BackendKey]>) -> Arc<Snapshot> {
         let started = std::time::Instant::now();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let pools = self
-            .registry
-            .build(spec.backends.values(), self.health)
-            .into_iter()
-            .map(|p| (p.key().clone(), p))
-            .collect();
+        let pools = match rebuilt {
+            None => self
+                .registry
+                .build(spec.backends.values(), self.health)
+                .into_iter()
+                .map(|p| (p.key().clone(), p))
+                .collect(),
+            Some(rebuilt) => {
+                let current = self.current.load();
+                let rebuilt: HashSet<&BackendKey> = rebuilt.iter().collect();
+                spec.backends
+                    .values()
+                    .map(|b| {
+                        let pool = match current.pools.get(&b.key) {
+                            Some(p) if !rebuilt.contains(&b.key) => p.clone(),
+                            _ => self.registry.rebuild_one(b, self.health),
+                        };
+                        (b.key.clone(), pool)
+                    })
+                    .collect()
+            }
+        };
         let snap = Arc::new(Snapshot {
             generation,
             routes: spec.routes,

@@ -29,14 +29,19 @@ def ip(i):
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def service_yaml(s, endpoints, extra=0):
+def service_yaml(s):
+    return (
+        f"apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: ns-{s % 100}}}\n"
+        f"spec: {{ports: [{{name: http, port: 80}}]}}\n"
+    )
+
+
+def slice_yaml(s, endpoints, extra=0):
     eps = "".join(
         f"- addresses: [{ip(s * 16 + e)}]\n  conditions: {{ready: true}}\n"
         for e in range(endpoints + extra)
     )
     return (
-        f"apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: ns-{s % 100}}}\n"
-        f"spec: {{ports: [{{name: http, port: 80}}]}}\n---\n"
         f"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
         f"metadata: {{name: svc-{s}-1, namespace: ns-{s % 100}, labels: {{kubernetes.io/service-name: svc-{s}}}}}\n"
         f"addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{eps}"
@@ -53,11 +58,15 @@ def ingress_yaml(i, services):
 
 
 def generate(out, services, endpoints, ingresses):
-    os.makedirs(os.path.join(out, "services"), exist_ok=True)
-    os.makedirs(os.path.join(out, "ingresses"), exist_ok=True)
+    # Services and their EndpointSlices in separate files, as the API keeps
+    # them: an endpoint change rewrites only a slice.
+    for d in ["services", "slices", "ingresses"]:
+        os.makedirs(os.path.join(out, d), exist_ok=True)
     for s in range(services):
         with open(os.path.join(out, "services", f"svc-{s}.yaml"), "w") as f:
-            f.write(service_yaml(s, endpoints))
+            f.write(service_yaml(s))
+        with open(os.path.join(out, "slices", f"svc-{s}.yaml"), "w") as f:
+            f.write(slice_yaml(s, endpoints))
     per_file = 100
     for start in range(0, ingresses, per_file):
         with open(os.path.join(out, "ingresses", f"ing-{start}.yaml"), "w") as f:
@@ -114,10 +123,10 @@ def measure(args):
             i = (c * 37) % args.ingresses
             s = (i * 2) % args.services
             new_ep = ip(s * 16 + args.endpoints)
-            path = os.path.join(work, "services", f"svc-{s}.yaml")
-            tmp = path + ".tmp"
+            path = os.path.join(work, "slices", f"svc-{s}.yaml")
+            tmp = os.path.join(work, f"svc-{s}.tmp")
             with open(tmp, "w") as f:
-                f.write(service_yaml(s, args.endpoints, extra=1))
+                f.write(slice_yaml(s, args.endpoints, extra=1))
             t0 = time.time()
             os.rename(tmp, path)
             deadline = t0 + 60
@@ -131,7 +140,7 @@ def measure(args):
             lat.append((time.time() - t0) * 1000)
             # Put it back so the next change is a real change again.
             with open(tmp, "w") as f:
-                f.write(service_yaml(s, args.endpoints))
+                f.write(slice_yaml(s, args.endpoints))
             os.rename(tmp, path)
             time.sleep(0.5)
         peak_rss = rss_kib(p.pid)

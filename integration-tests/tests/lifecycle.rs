@@ -18,6 +18,13 @@ fn web(slices: &[(&str, u16)]) -> String {
     m
 }
 
+fn slices(slices: &[(&str, u16)]) -> String {
+    slices
+        .iter()
+        .map(|(name, port)| yaml::slice("default", name, "web", "http", *port, true))
+        .collect()
+}
+
 fn web_ingress(paths: &[&str]) -> String {
     let rules: Vec<(&str, &str, &str, &str, &str)> = paths
         .iter()
@@ -30,9 +37,15 @@ fn web_ingress(paths: &[&str]) -> String {
 fn endpoint_removal_under_load_fails_no_request() {
     let a = Echo::http("a");
     let mut b = Echo::http("b");
+    // The slices live in their own file, as a controller would write them:
+    // changing it takes the incremental (endpoints-only) path.
     let gw = Gateway::start(
         &[
-            ("svc.yaml", &web(&[("web-a", a.http), ("web-b", b.http)])),
+            ("svc.yaml", &web(&[])),
+            (
+                "slices.yaml",
+                &slices(&[("web-a", a.http), ("web-b", b.http)]),
+            ),
             ("ing.yaml", &web_ingress(&["/"])),
         ],
         "",
@@ -99,7 +112,7 @@ fn endpoint_removal_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(800));
     let before = ok.load(Ordering::Relaxed);
     // Remove b from the EndpointSlices, then stop b itself.
-    gw.write_manifest("svc.yaml", &web(&[("web-a", a.http)]));
+    gw.write_manifest("slices.yaml", &slices(&[("web-a", a.http)]));
     *removed_at.lock().unwrap() = Some(Instant::now());
     std::thread::sleep(Duration::from_millis(500));
     b.kill();

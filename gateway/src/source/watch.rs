@@ -13,15 +13,31 @@ use pingora::services::background::BackgroundService;
 use super::manifests::{self, ManifestSet};
 use crate::problems::Problem;
 use crate::publish::Publisher;
+use crate::snapshot::{BackendKey, SnapshotSpec};
+use crate::store::{AnyObject, ObjectKey, Store};
+use crate::translate::backend::SERVICE_NAME_LABEL;
 use crate::translate::{translate, Settings};
 
 /// Loads manifest folders, translates and publishes; keeps the last good
-/// version of files that turn bad.
+/// version of files that turn bad. An edit that only touches EndpointSlices
+/// takes the incremental path: the store is patched, only the affected
+/// Services' backends are recomputed, and only their pools are rebuilt.
 pub struct ManifestPipeline {
     pub dirs: Vec<PathBuf>,
     pub settings: Settings,
     pub publisher: Arc<Publisher>,
-    last: Mutex<(ManifestSet, Vec<Problem>)>,
+    state: Mutex<State>,
+}
+
+struct State {
+    set: ManifestSet,
+    /// Problems already logged, so each is logged once.
+    logged: Vec<Problem>,
+    store: Store,
+    /// Duplicate-object problems from the last full store build.
+    store_problems: Vec<Problem>,
+    /// Translation of `store` (translation problems only).
+    spec: SnapshotSpec,
 }
 
 impl ManifestPipeline {
@@ -35,22 +51,27 @@ impl ManifestPipeline {
             dirs,
             settings,
             publisher,
-            last: Mutex::new((initial, Vec::new())),
+            state: Mutex::new(State {
+                set: initial,
+                logged: Vec::new(),
+                store: Store::default(),
+                store_problems: Vec::new(),
+                spec: SnapshotSpec::default(),
+            }),
         }
     }
 
-    /// Translates and publishes the current set; logs problems not logged
-    /// at the previous apply.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds the store from every file, translates and publishes.
     pub fn apply(&self) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let (set, logged) = &mut *last;
+        let mut state = self.lock();
         let started = std::time::Instant::now();
-        let (store, mut problems) = manifests::build_store(set);
-        for f in set.values() {
-            problems.extend(f.problems.iter().cloned());
-        }
+        let (store, store_problems) = manifests::build_store(&state.set);
         let stored = started.elapsed();
-        let mut spec = translate(&store, &self.settings);
+        let spec = translate(&store, &self.settings);
         let translated = started.elapsed() - stored;
         metrics::histogram!("portico_store_build_duration_seconds").record(stored.as_secs_f64());
         metrics::histogram!("portico_translate_duration_seconds").record(translated.as_secs_f64());
@@ -59,10 +80,23 @@ impl ManifestPipeline {
             translate_ms = translated.as_millis() as u64,
             "translated"
         );
-        problems.append(&mut spec.problems);
+        state.store = store;
+        state.store_problems = store_problems;
+        state.spec = spec;
+        self.publish(&mut state, None);
+    }
+
+    /// Publishes `state.spec` with every problem (files, store,
+    /// translation) attached; logs the ones not logged before.
+    fn publish(&self, state: &mut State, rebuilt: Option<&[BackendKey]>) {
+        let mut problems = state.store_problems.clone();
+        for f in state.set.values() {
+            problems.extend(f.problems.iter().cloned());
+        }
+        problems.extend(state.spec.problems.iter().cloned());
         problems.sort();
         problems.dedup();
-        let already: BTreeSet<&Problem> = logged.iter().collect();
+        let already: BTreeSet<&Problem> = state.logged.iter().collect();
         for p in problems.iter().filter(|p| !already.contains(p)) {
             let sev = if p.is_error() { "error" } else { "warning" };
             metrics::counter!("portico_config_problems_total", "severity" => sev).increment(1);
@@ -72,9 +106,13 @@ impl ManifestPipeline {
                 tracing::warn!(location = %p.location, "{}", p.message);
             }
         }
+        let mut spec = state.spec.clone();
         spec.problems = problems.clone();
-        *logged = problems;
-        self.publisher.publish(spec);
+        state.logged = problems;
+        match rebuilt {
+            None => self.publisher.publish(spec),
+            Some(keys) => self.publisher.publish_incremental(spec, keys),
+        };
     }
 
     /// Re-reads every folder (start-up, or when events cannot be trusted).
@@ -98,7 +136,49 @@ impl ManifestPipeline {
                 removed.push(path.clone());
             }
         }
+        if self.try_endpoints_only(&next, &removed) {
+            return;
+        }
         self.merge(next, Some(removed));
+    }
+
+    /// The incremental path, taken when every object in the old and new
+    /// versions of the changed files is an EndpointSlice this file owns.
+    /// Returns false (nothing done) when the full path is needed.
+    fn try_endpoints_only(&self, next: &ManifestSet, removed: &[PathBuf]) -> bool {
+        let mut state = self.lock();
+        let Some(services) = endpoint_only_change(&state, next, removed) else {
+            return false;
+        };
+        let started = std::time::Instant::now();
+        for path in next.keys().chain(removed) {
+            if let Some(old) = state.set.get(path).cloned() {
+                for (obj, _) in &old.objects {
+                    state.store.endpoint_slices.remove(&obj.key());
+                }
+            }
+        }
+        for r in removed {
+            state.set.remove(r);
+        }
+        for (path, file) in next {
+            for (obj, origin) in &file.objects {
+                state.store.insert(obj.clone(), Some(origin.clone()));
+            }
+            state.set.insert(path.clone(), file.clone());
+        }
+        let State { spec, store, .. } = &mut *state;
+        let rebuilt = crate::translate::refresh_endpoints(spec, store, &self.settings, &services);
+        metrics::histogram!("portico_translate_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("portico_manifest_reloads_total", "result" => "endpoints").increment(1);
+        tracing::info!(
+            services = services.len(),
+            backends = rebuilt.len(),
+            "EndpointSlices changed; backends refreshed"
+        );
+        self.publish(&mut state, Some(&rebuilt));
+        true
     }
 
     /// `removed: None` means `next` is the whole set (a full reload).
@@ -106,15 +186,15 @@ impl ManifestPipeline {
         let bad = next.values().filter(|f| f.has_errors()).count();
         let files = next.len();
         {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            let merged = manifests::merge_keep_last_good(&last.0, next);
+            let mut state = self.lock();
+            let merged = manifests::merge_keep_last_good(&state.set, next);
             match removed {
-                None => last.0 = merged,
+                None => state.set = merged,
                 Some(removed) => {
                     for r in &removed {
-                        last.0.remove(r);
+                        state.set.remove(r);
                     }
-                    last.0.extend(merged);
+                    state.set.extend(merged);
                 }
             }
         }
@@ -130,6 +210,56 @@ impl ManifestPipeline {
         }
         self.apply();
     }
+}
+
+/// The Services whose EndpointSlices a file change touches, if the change
+/// touches nothing but EndpointSlices owned by those files (no errors, no
+/// duplicates elsewhere); `None` means take the full path.
+fn endpoint_only_change(
+    state: &State,
+    next: &ManifestSet,
+    removed: &[PathBuf],
+) -> Option<BTreeSet<ObjectKey>> {
+    if state.spec.backends.is_empty() && state.store.services.is_empty() {
+        return None;
+    }
+    let mut services = BTreeSet::new();
+    for path in next.keys().chain(removed) {
+        let prefix = format!("{}:", path.display());
+        let new_file = next.get(path);
+        if new_file.is_some_and(|f| f.has_errors()) {
+            return None;
+        }
+        let old_objects = state
+            .set
+            .get(path)
+            .map(|f| f.objects.as_slice())
+            .unwrap_or(&[]);
+        let new_objects = new_file.map(|f| f.objects.as_slice()).unwrap_or(&[]);
+        for (obj, _) in old_objects.iter().chain(new_objects) {
+            let AnyObject::EndpointSlice(slice) = obj else {
+                return None;
+            };
+            let key = obj.key();
+            // Another file defines this slice too: duplicates need the full path.
+            if let Some(existing) = state.store.endpoint_slices.get(&key) {
+                if !existing
+                    .origin
+                    .as_deref()
+                    .is_some_and(|o| o.starts_with(&prefix))
+                {
+                    return None;
+                }
+            }
+            let owner = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))?;
+            services.insert(ObjectKey::new(key.namespace.clone(), owner.clone()));
+        }
+    }
+    (!services.is_empty()).then_some(services)
 }
 
 /// What a batch of watch events asks for.
