@@ -67,6 +67,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let metrics = telemetry::init_metrics()?;
     telemetry::describe_metrics();
 
+    // Taken before reading: a file written during the read counts as changed.
+    let loaded_at = std::time::SystemTime::now();
     let (set, problems) = load_problems(&cfg);
     if !problems.is_empty() {
         for p in &problems {
@@ -93,6 +95,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         Settings::from_config(&cfg),
         publisher.clone(),
         set,
+        loaded_at,
     );
     pipeline.apply();
 

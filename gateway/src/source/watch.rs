@@ -31,6 +31,8 @@ pub struct ManifestPipeline {
 
 struct State {
     set: ManifestSet,
+    /// When `set` was first read (for the start-up catch-up).
+    loaded_at: std::time::SystemTime,
     /// Problems already logged, so each is logged once.
     logged: Vec<Problem>,
     store: Store,
@@ -46,6 +48,7 @@ impl ManifestPipeline {
         settings: Settings,
         publisher: Arc<Publisher>,
         initial: ManifestSet,
+        loaded_at: std::time::SystemTime,
     ) -> Self {
         ManifestPipeline {
             dirs,
@@ -53,6 +56,7 @@ impl ManifestPipeline {
             publisher,
             state: Mutex::new(State {
                 set: initial,
+                loaded_at,
                 logged: Vec::new(),
                 store: Store::default(),
                 store_problems: Vec::new(),
@@ -113,6 +117,37 @@ impl ManifestPipeline {
             None => self.publisher.publish(spec),
             Some(keys) => self.publisher.publish_incremental(spec, keys),
         };
+    }
+
+    /// Re-reads the files changed since the first read (before the watch
+    /// existed). A full re-read here would double the start-up memory peak
+    /// on large folders.
+    fn catch_up(&self) {
+        let (loaded_at, known): (std::time::SystemTime, BTreeSet<PathBuf>) = {
+            let state = self.lock();
+            (state.loaded_at, state.set.keys().cloned().collect())
+        };
+        let mut changed = BTreeSet::new();
+        let mut present = BTreeSet::new();
+        for dir in &self.dirs {
+            for f in manifests::list_files(dir).unwrap_or_default() {
+                let newer = std::fs::metadata(&f)
+                    .and_then(|m| m.modified())
+                    .map_or(true, |t| t >= loaded_at);
+                if newer || !known.contains(&f) {
+                    changed.insert(f.clone());
+                }
+                present.insert(f);
+            }
+        }
+        changed.extend(known.difference(&present).cloned());
+        if !changed.is_empty() {
+            tracing::info!(
+                files = changed.len(),
+                "manifests changed during start-up; re-reading them"
+            );
+            self.reload_files(&changed);
+        }
     }
 
     /// Re-reads every folder (start-up, or when events cannot be trusted).
@@ -316,9 +351,10 @@ impl BackgroundService for ManifestPipeline {
                 tracing::error!(folder = %d.display(), error = %e, "cannot watch manifest folder");
             }
         }
-        // Files may have changed between the first read and the watch: read
-        // once more, then report ready, so no edit after /readyz is missed.
-        self.reload();
+        // Files may have changed between the first read and the watch:
+        // re-read those (by mtime, and files that came or went), then report
+        // ready, so no edit after /readyz is missed.
+        self.catch_up();
         self.publisher.mark_ready();
         loop {
             tokio::select! {
