@@ -20,7 +20,7 @@ use crate::proxy::http::HttpProxy;
 use crate::publish::Publisher;
 use crate::shutdown::DrainingSignalWatch;
 use crate::source::manifests;
-use crate::source::watch::ManifestPipeline;
+use crate::source::pipeline::ManifestPipeline;
 use crate::tls::{self, SniResolver};
 use crate::translate::Settings;
 use crate::{demo, telemetry};

@@ -1,4 +1,5 @@
 //! Sources collect typed Kubernetes objects into the store.
 
 pub mod manifests;
+pub mod pipeline;
 pub mod watch;
