@@ -40,12 +40,13 @@ fn is_manifest(path: &Path) -> bool {
 
 /// Lists manifest files below `dir`, sorted, skipping hidden entries (editor
 /// swap files, `..data` symlink farms of mounted ConfigMaps).
-pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Problem> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .map_err(|e| format!("{}: cannot read folder: {e}", d.display()))?;
+        let entries = std::fs::read_dir(&d).map_err(|e| {
+            Problem::error(d.display().to_string(), format!("cannot read folder: {e}"))
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
             let hidden = entry.file_name().to_string_lossy().starts_with('.');
@@ -97,7 +98,7 @@ pub fn read_dirs(dirs: &[PathBuf]) -> (ManifestSet, Vec<Problem>) {
                     set.insert(f, parsed);
                 }
             }
-            Err(e) => problems.push(Problem::error(dir.display().to_string(), e)),
+            Err(p) => problems.push(p),
         }
     }
     (set, problems)
