@@ -10,12 +10,23 @@ for pkg in nginx libnginx-mod-stream haproxy wrk nghttp2-client iperf3 openssl u
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
+  # Do not let the packages start their own nginx/haproxy services: the
+  # harness runs its own instances. policy-rc.d exists only for the install.
+  added_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+  [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
 fi
-# The distribution's nginx and haproxy services are not ours: make sure they
-# are not holding CPU or ports during the run.
-systemctl stop nginx haproxy >/dev/null 2>&1 || true
+# A distribution nginx/haproxy service started earlier is not ours: make sure
+# it is not holding CPU during the run.
+for svc in nginx haproxy; do
+  service "$svc" stop >/dev/null 2>&1 || true
+done
 profile=release
 for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
 if [ "$profile" = release ]; then
