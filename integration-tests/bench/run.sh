@@ -20,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
-  [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
+  if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # A distribution nginx/haproxy service started earlier is not ours: make sure
 # it is not holding CPU during the run.
