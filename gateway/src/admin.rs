@@ -15,6 +15,8 @@ use crate::publish::Publisher;
 pub struct Admin {
     pub publisher: Arc<Publisher>,
     pub metrics: PrometheusHandle,
+    /// The L7 listeners, for explain.
+    pub l7_listeners: Vec<(&'static str, std::net::SocketAddr)>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -104,7 +106,7 @@ impl ServeHttp for Admin {
                     }
                 };
                 let snap = self.publisher.current();
-                let v = explain::explain(&snap, &host, &path, port);
+                let v = explain::explain(&snap, &host, &path, port, &self.l7_listeners);
                 reply(
                     200,
                     "application/json",

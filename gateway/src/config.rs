@@ -245,6 +245,17 @@ impl Default for LogConfig {
     }
 }
 
+impl ListenConfig {
+    /// Every L7 listener as (`http` | `https`, address).
+    pub fn l7(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.http
+            .iter()
+            .map(|a| ("http", *a))
+            .chain(self.https.iter().map(|a| ("https", *a)))
+            .collect()
+    }
+}
+
 impl ProxyConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)

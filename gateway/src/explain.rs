@@ -29,9 +29,19 @@ fn pool_json(pool: &Pool) -> Value {
     })
 }
 
+/// The L7 listeners, as (`http` | `https`, address), for explain.
+pub type L7Listeners = [(&'static str, std::net::SocketAddr)];
+
 /// Explains a request for `host` + `path` (L7), or a connection to `port`
-/// when an L4 listener has that port.
-pub fn explain(snap: &Snapshot, host: &str, path: &str, port: Option<u16>) -> Value {
+/// when an L4 listener has that port. `l7` names the listeners a request
+/// could arrive on (those with `port`, when it is given).
+pub fn explain(
+    snap: &Snapshot,
+    host: &str,
+    path: &str,
+    port: Option<u16>,
+    l7: &L7Listeners,
+) -> Value {
     if let Some(port) = port {
         let l4: Vec<Value> = snap
             .l4
@@ -76,9 +86,15 @@ pub fn explain(snap: &Snapshot, host: &str, path: &str, port: Option<u16>) -> Va
             )
         }
     };
+    let listeners: Vec<String> = l7
+        .iter()
+        .filter(|(_, a)| port.is_none_or(|p| a.port() == p))
+        .map(|(kind, a)| format!("{kind} {a}"))
+        .collect();
     json!({
         "generation": snap.generation,
         "layer": "L7",
+        "listeners": listeners,
         "request": {"host": host, "path": path},
         "route": route_json,
         "pool": pool_json_v,
@@ -134,6 +150,20 @@ pub fn render(v: &Value) -> String {
         }
     } else {
         let r = &v["route"];
+        let listeners: Vec<String> = v["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect();
+        out.push_str(&format!(
+            "listener:    {}\n",
+            if listeners.is_empty() {
+                "none on that port".to_string()
+            } else {
+                listeners.join(", ")
+            }
+        ));
         out.push_str(&format!(
             "request:     host {} path {}\n",
             s(&v["request"]["host"]),
@@ -251,7 +281,11 @@ spec:
     #[test]
     fn explains_route_backend_endpoints_and_certificate() {
         let snap = snapshot();
-        let v = explain(&snap, "shop.example.com", "/cart/1", None);
+        let l7 = [
+            ("http", "127.0.0.1:8080".parse().unwrap()),
+            ("https", "127.0.0.1:8443".parse().unwrap()),
+        ];
+        let v = explain(&snap, "shop.example.com", "/cart/1", None, &l7);
         assert_eq!(v["route"]["ingress"], "shop/shop");
         assert_eq!(v["pool"]["backend"], "shop/web:http");
         assert_eq!(v["pool"]["endpoints"][0]["address"], "10.0.0.1:8080");
@@ -270,12 +304,12 @@ spec:
     #[test]
     fn explains_404_503_and_l4() {
         let snap = snapshot();
-        let v = explain(&snap, "shop.example.com", "/other", None);
+        let v = explain(&snap, "shop.example.com", "/other", None, &[]);
         assert!(v["route"].is_null());
         assert!(v["why"].as_str().unwrap().contains("404"));
-        let v = explain(&snap, "empty.example.com", "/", None);
+        let v = explain(&snap, "empty.example.com", "/", None, &[]);
         assert!(v["why"].as_str().unwrap().contains("503"), "{v}");
-        let v = explain(&snap, "", "/", Some(8000));
+        let v = explain(&snap, "", "/", Some(8000), &[]);
         assert_eq!(v["layer"], "L4");
         assert_eq!(v["listeners"][0]["listener"], "tcp:127.0.0.1:8000");
     }

@@ -230,7 +230,13 @@ fn explain_offline(
         portico::translate::translate(&store, &portico::translate::Settings::from_config(&cfg));
     let publisher = portico::publish::Publisher::new(Default::default());
     let snap = publisher.publish(spec);
-    Ok(portico::explain::explain(&snap, host, path, port))
+    Ok(portico::explain::explain(
+        &snap,
+        host,
+        path,
+        port,
+        &cfg.listen.l7(),
+    ))
 }
 
 /// Asks a running gateway: a plain HTTP/1.0 GET to the admin listener.

@@ -138,6 +138,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         Admin {
             publisher: publisher.clone(),
             metrics,
+            l7_listeners: cfg.listen.l7(),
         },
     );
     admin.add_tcp(&cfg.admin.listen.to_string());

@@ -319,6 +319,13 @@ fn admin_endpoints_and_explain() {
         text.contains(&format!("endpoint:    127.0.0.1:{} ready", a.http)),
         "{text}"
     );
+    assert!(
+        text.contains(&format!(
+            "listener:    http 127.0.0.1:{}, https 127.0.0.1:{}",
+            gw.http, gw.https
+        )),
+        "{text}"
+    );
     // ...or evaluates the same manifests offline.
     let out = portico(&[
         "explain",
