@@ -415,7 +415,19 @@ impl Pool {
             self.state
                 .cooldown_horizon
                 .fetch_max(until, Ordering::Relaxed);
-            return before <= clock_ms();
+            let started = before <= clock_ms();
+            if started {
+                metrics::counter!("portico_endpoint_cooldowns_total", "backend" => self.spec.key.to_string())
+                    .increment(1);
+                tracing::warn!(
+                    backend = %self.spec.key,
+                    endpoint = %addr,
+                    failures = n,
+                    cooldown_ms = self.health.cooldown.as_millis() as u64,
+                    "endpoint failing; skipped for the cool-down"
+                );
+            }
+            return started;
         }
         false
     }

@@ -181,6 +181,21 @@ fn retries_a_refused_connect_on_another_endpoint() {
     for _ in 0..10 {
         assert_eq!(name_of(&http_get(gw.http, "retry.test", "/").unwrap()), "a");
     }
+    // Three refused connects in a row put the dead endpoint in cool-down.
+    let m = gw.metrics();
+    assert!(
+        m.contains("portico_endpoint_cooldowns_total{backend=\"default/web:http\"} 1"),
+        "{m}"
+    );
+    let cfg = gw.config_json();
+    let dead = cfg["backends"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == "127.0.0.1:1")
+        .cloned()
+        .unwrap();
+    assert_eq!(dead["cooling_down"], true, "{cfg}");
 }
 
 #[test]

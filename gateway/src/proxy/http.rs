@@ -220,9 +220,7 @@ impl ProxyHttp for HttpProxy {
         metrics::counter!("portico_upstream_connect_errors_total", "backend" => backend.clone())
             .increment(1);
         if let (Some(pool), Some(addr)) = (ctx.pool.as_ref(), ctx.pick.as_ref().map(|p| p.addr)) {
-            if pool.report_failure(addr) {
-                tracing::warn!(backend, endpoint = %addr, "endpoint failing; skipped for the cool-down");
-            }
+            pool.report_failure(addr);
         }
         let more = ctx
             .pool
