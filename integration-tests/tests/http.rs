@@ -75,6 +75,8 @@ fn http1_routing_forwarded_headers_and_error_statuses() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "app.test");
+    assert_eq!(h["x-forwarded-port"], gw.http.to_string());
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
     let id = h["x-request-id"].as_str().unwrap();
     assert_eq!(id.len(), 32, "generated request id {id}");
     assert_eq!(

@@ -268,6 +268,17 @@ impl ProxyHttp for HttpProxy {
         upstream.insert_header("x-forwarded-for", xff)?;
         upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        // ingress-nginx sends these too; backends migrating from it read them.
+        if let Some(port) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
+        {
+            upstream.insert_header("x-forwarded-port", port.to_string())?;
+        }
+        if let Some(ip) = client_ip(session) {
+            upstream.insert_header("x-real-ip", ip.to_string())?;
+        }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
         if upstream.headers.get(http::header::HOST).is_none() {
