@@ -230,6 +230,17 @@ fn h2c_prior_knowledge_and_keepalive() {
     }
 }
 
+/// An HTTPS request to `host` on 127.0.0.1:`port`, verified against `ca`:
+/// curl's stdout with `\n<status> <http version>` appended, and stderr.
+fn https_get(port: u16, host: &str, ca: &std::path::Path, extra: &[&str]) -> (String, String) {
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let url = format!("https://{host}:{port}/");
+    let mut args = vec!["--cacert", ca.to_str().unwrap(), "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-w", "\n%{http_code} %{http_version}", &url]);
+    curl(&args)
+}
+
 fn served_subject(port: u16, sni: &str) -> String {
     let out = Command::new("openssl")
         .args([
@@ -280,32 +291,14 @@ fn tls_sni_two_hosts_one_certificate_default_fallback_and_rotation() {
 
     // Both hosts verify against the one certificate, over h2 (ALPN) and HTTP/1.1.
     for host in ["a.test", "b.test"] {
-        let resolve = format!("{host}:{}:127.0.0.1", gw.https);
-        let url = format!("https://{host}:{}/", gw.https);
-        let ca = ca.to_str().unwrap();
-        let (out, err) = curl(&[
-            "--http2",
-            "--cacert",
-            ca,
-            "--resolve",
-            &resolve,
-            "-w",
-            "\n%{http_code} %{http_version}",
-            &url,
-        ]);
+        let (out, err) = https_get(gw.https, host, &ca, &["--http2"]);
         assert!(out.ends_with("200 2"), "{host}: {out} {err}");
         assert!(out.contains("\"x-forwarded-proto\":\"https\""), "{out}");
-        let (out, err) = curl(&[
-            "--http1.1",
-            "--cacert",
-            ca,
-            "--resolve",
-            &resolve,
-            "-w",
-            "\n%{http_code} %{http_version}",
-            &url,
-        ]);
+        let (out, err) = https_get(gw.https, host, &ca, &["--http1.1"]);
         assert!(out.ends_with("200 1.1"), "{host}: {out} {err}");
+        // TLS 1.2 as well as 1.3.
+        let (out, err) = https_get(gw.https, host, &ca, &["--tlsv1.2", "--tls-max", "1.2"]);
+        assert!(out.contains("\n200 "), "{host} TLS 1.2: {out} {err}");
     }
     // rcgen's default subject, i.e. the Secret's certificate.
     assert!(served_subject(gw.https, "a.test").contains("rcgen self signed cert"));
@@ -341,32 +334,12 @@ fn tls_sni_two_hosts_one_certificate_default_fallback_and_rotation() {
         "secret.yaml",
         &yaml::tls_secret("default", "shared", &crt2, &key2),
     );
-    let resolve = format!("c.test:{}:127.0.0.1", gw.https);
-    let url = format!("https://c.test:{}/", gw.https);
-    let (out, err) = curl(&[
-        "--cacert",
-        ca2.to_str().unwrap(),
-        "--resolve",
-        &resolve,
-        "-w",
-        "\n%{http_code}",
-        &url,
-    ]);
     // c.test has no rule: the handshake verifies, the answer is 404.
-    assert!(out.ends_with("404"), "{out} {err}");
-    let resolve_a = format!("a.test:{}:127.0.0.1", gw.https);
-    let url_a = format!("https://a.test:{}/", gw.https);
-    let (out, _) = curl(&[
-        "--cacert",
-        ca.to_str().unwrap(),
-        "--resolve",
-        &resolve_a,
-        "-w",
-        "\n%{http_code}",
-        &url_a,
-    ]);
+    let (out, err) = https_get(gw.https, "c.test", &ca2, &[]);
+    assert!(out.contains("\n404 "), "{out} {err}");
+    let (out, _) = https_get(gw.https, "a.test", &ca, &[]);
     assert!(
-        !out.ends_with("200"),
+        !out.contains("\n200 "),
         "the old certificate is no longer served"
     );
 }

@@ -25,6 +25,17 @@ fn slices(slices: &[(&str, u16)]) -> String {
         .collect()
 }
 
+/// A gateway serving Service `web` (one endpoint, `a`) on web.test `paths`.
+fn web_gateway(a: &Echo, paths: &[&str], extra_config: &str) -> Gateway {
+    Gateway::start(
+        &[
+            ("svc.yaml", &web(&[("web-a", a.http)])),
+            ("ing.yaml", &web_ingress(paths)),
+        ],
+        extra_config,
+    )
+}
+
 fn web_ingress(paths: &[&str]) -> String {
     let rules: Vec<(&str, &str, &str, &str, &str)> = paths
         .iter()
@@ -142,18 +153,21 @@ fn endpoint_removal_under_load_fails_no_request() {
         0,
         "removed endpoint got new requests"
     );
+    // The slice-only edit took the endpoints-only path, and it took effect.
+    let log = gw.log();
+    assert!(
+        log.contains("EndpointSlices changed; backends refreshed"),
+        "incremental path not taken:\n{log}"
+    );
+    let cfg = gw.config_json();
+    let endpoints = cfg["backends"][0]["endpoints"].as_array().unwrap().len();
+    assert_eq!(endpoints, 1, "{cfg}");
 }
 
 #[test]
 fn manifest_edits_apply_and_broken_files_keep_the_last_good_version() {
     let a = Echo::http("a");
-    let gw = Gateway::start(
-        &[
-            ("svc.yaml", &web(&[("web-a", a.http)])),
-            ("ing.yaml", &web_ingress(&["/one"])),
-        ],
-        "",
-    );
+    let gw = web_gateway(&a, &["/one"], "");
     assert_eq!(http_get(gw.http, "web.test", "/one").unwrap().status, 200);
     assert_eq!(http_get(gw.http, "web.test", "/two").unwrap().status, 404);
 
@@ -277,14 +291,21 @@ fn bad_config_and_manifests_are_refused_with_locations() {
 #[test]
 fn admin_endpoints_and_explain() {
     let a = Echo::http("a");
-    let gw = Gateway::start(
-        &[
-            ("svc.yaml", &web(&[("web-a", a.http)])),
-            ("ing.yaml", &web_ingress(&["/api"])),
-        ],
-        "",
-    );
+    let gw = web_gateway(&a, &["/api"], "[log]\naccess_log = true\n");
     assert_eq!(http_get(gw.admin, "admin", "/healthz").unwrap().status, 200);
+    // The JSON access log: one line per request on stdout.
+    let r = http_get(gw.http, "web.test", "/api/logged").unwrap();
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let line: serde_json::Value = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("/api/logged"))
+        .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
+        .expect("an access log line");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["backend"], "default/web:http");
+    assert_eq!(line["request_id"], r.header("x-request-id").unwrap());
     assert_eq!(http_get(gw.admin, "admin", "/readyz").unwrap().status, 200);
     let cfg = gw.config_json();
     assert_eq!(cfg["routes"][0]["backend"], "default/web:http");
@@ -357,13 +378,7 @@ fn admin_endpoints_and_explain() {
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let a = Echo::http("a");
-    let mut gw = Gateway::start(
-        &[
-            ("svc.yaml", &web(&[("web-a", a.http)])),
-            ("ing.yaml", &web_ingress(&["/"])),
-        ],
-        "",
-    );
+    let mut gw = web_gateway(&a, &["/"], "");
     let port = gw.http;
     let slow = std::thread::spawn(move || http_get(port, "web.test", "/delay/1500"));
     std::thread::sleep(Duration::from_millis(300));
