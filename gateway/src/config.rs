@@ -31,6 +31,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub demo: DemoConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -155,6 +156,42 @@ pub struct LogConfig {
     pub access_log: bool,
 }
 
+/// The Kubernetes API source and what the gateway writes back.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Read objects from the Kubernetes API instead of `sources.manifests`.
+    /// `--kubeconfig` turns it on too.
+    pub enabled: bool,
+    /// Kubeconfig file. Unset: `KUBECONFIG`, then the in-cluster service
+    /// account, then `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (IngressClasses and Nodes stay cluster-wide).
+    pub namespace: Option<String>,
+    /// This edge node's name, for its addresses; unset: `NODE_NAME`.
+    pub node_name: Option<String>,
+    /// Addresses written to `status.loadBalancer.ingress` of served Ingresses
+    /// (IPs or hostnames). Empty: the edge node's addresses.
+    pub publish_addresses: Vec<String>,
+    /// Addresses handed to LoadBalancer Services without `spec.loadBalancerIP`.
+    /// Empty: they get the edge node's addresses.
+    pub load_balancer_pool: Vec<IpAddr>,
+    /// Write status only while holding the Lease (several replicas). Off:
+    /// this process always writes.
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// Namespace of the Lease and of nothing else; unset: `POD_NAMESPACE`,
+    /// else `default`.
+    pub lease_namespace: Option<String>,
+    pub lease_duration_seconds: u64,
+    /// Who holds the Lease; unset: `POD_NAME`, else the host name and PID.
+    pub identity: Option<String>,
+    /// Report problems with objects as Kubernetes Events on those objects.
+    pub events: bool,
+    /// How long a burst of changes is gathered before it is applied.
+    pub debounce_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
@@ -213,6 +250,26 @@ impl Default for L4Config {
             udp_idle_timeout_ms: 60_000,
             connect_timeout_ms: 2_000,
             connect_retries: 2,
+        }
+    }
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: false,
+            kubeconfig: None,
+            namespace: None,
+            node_name: None,
+            publish_addresses: Vec::new(),
+            load_balancer_pool: Vec::new(),
+            leader_election: true,
+            lease_name: "portico-leader".into(),
+            lease_namespace: None,
+            lease_duration_seconds: 15,
+            identity: None,
+            events: true,
+            debounce_ms: 10,
         }
     }
 }
@@ -315,6 +372,8 @@ pub fn load_with_env(
                 .with_list_parse_key("sources.manifests")
                 .with_list_parse_key("ingress.accepted_classes")
                 .with_list_parse_key("demo.echo")
+                .with_list_parse_key("kubernetes.publish_addresses")
+                .with_list_parse_key("kubernetes.load_balancer_pool")
                 .try_parsing(true)
                 .source(Some(env_map)),
         )
@@ -363,6 +422,14 @@ fn validate(cfg: &Config) -> Result<(), String> {
     }
     if cfg.lb.failure_threshold == 0 {
         return Err("lb.failure_threshold must be at least 1".into());
+    }
+    if cfg.kubernetes.lease_duration_seconds < 3 {
+        return Err("kubernetes.lease_duration_seconds must be at least 3".into());
+    }
+    if cfg.kubernetes.namespace.as_deref() == Some("") {
+        return Err(
+            "kubernetes.namespace must not be empty (leave it unset for all namespaces)".into(),
+        );
     }
     if cfg.proxy.max_request_header_bytes < 1024 {
         return Err("proxy.max_request_header_bytes must be at least 1024".into());

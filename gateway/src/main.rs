@@ -55,7 +55,8 @@ enum Command {
         /// The edge node's own address (repeatable); replaces `node.addresses`.
         #[arg(long = "node-address", value_name = "IP")]
         node_address: Vec<IpAddr>,
-        /// Kubeconfig for the Kubernetes source.
+        /// Kubeconfig for the Kubernetes source (turns it on; replaces the
+        /// manifest folders).
         #[arg(long, value_name = "FILE")]
         kubeconfig: Option<PathBuf>,
     },
@@ -121,8 +122,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            if kubeconfig.is_some() {
-                return fail("--kubeconfig: the Kubernetes source is not part of this build yet; use --manifests");
+            if let Some(k) = kubeconfig {
+                cfg.kubernetes.enabled = true;
+                cfg.kubernetes.kubeconfig = Some(k);
             }
             if !http.is_empty() {
                 cfg.listen.http = http;

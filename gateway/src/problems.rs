@@ -20,6 +20,10 @@ pub struct Problem {
     /// for objects.
     pub location: String,
     pub message: String,
+    /// A CamelCase reason for Kubernetes Events (`TLSSecretInvalid`); the
+    /// generic one is used when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 impl Problem {
@@ -28,6 +32,7 @@ impl Problem {
             severity: Severity::Error,
             location: location.into(),
             message: message.into(),
+            reason: None,
         }
     }
 
@@ -36,7 +41,13 @@ impl Problem {
             severity: Severity::Warning,
             location: location.into(),
             message: message.into(),
+            reason: None,
         }
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn is_error(&self) -> bool {
@@ -52,4 +63,21 @@ impl fmt::Display for Problem {
         };
         write!(f, "{}: {sev}: {}", self.location, self.message)
     }
+}
+
+/// Logs (and counts) the problems not in `already`; returns `problems` as
+/// the new `already`. Sources call it on every publish so that each problem
+/// is logged once, when it appears.
+pub fn log_new(problems: &[Problem], already: &[Problem]) -> Vec<Problem> {
+    let known: std::collections::BTreeSet<&Problem> = already.iter().collect();
+    for p in problems.iter().filter(|p| !known.contains(p)) {
+        let sev = if p.is_error() { "error" } else { "warning" };
+        metrics::counter!("portico_config_problems_total", "severity" => sev).increment(1);
+        if p.is_error() {
+            tracing::error!(location = %p.location, "{}", p.message);
+        } else {
+            tracing::warn!(location = %p.location, "{}", p.message);
+        }
+    }
+    problems.to_vec()
 }

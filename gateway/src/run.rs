@@ -19,6 +19,7 @@ use crate::problems::Problem;
 use crate::proxy::http::HttpProxy;
 use crate::publish::Publisher;
 use crate::shutdown::DrainingSignalWatch;
+use crate::source::kube as kube_source;
 use crate::source::manifests;
 use crate::source::pipeline::ManifestPipeline;
 use crate::tls::{self, SniResolver};
@@ -67,9 +68,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let metrics = telemetry::init_metrics()?;
     telemetry::describe_metrics();
 
+    // The Kubernetes source replaces the manifest folders; its credentials
+    // are checked before anything listens, so a bad kubeconfig fails here.
+    let kube_config = if cfg.kubernetes.enabled {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let kc = rt.block_on(kube_source::client::config(&cfg.kubernetes))?;
+        tracing::info!(
+            credentials = %kube_source::client::describe_origin(&cfg.kubernetes),
+            server = %kc.cluster_url,
+            "Kubernetes source enabled; sources.manifests is not read"
+        );
+        Some(kc)
+    } else {
+        None
+    };
+
     // Taken before reading: a file written during the read counts as changed.
     let loaded_at = std::time::SystemTime::now();
-    let (set, problems) = load_problems(&cfg);
+    let (set, problems) = if kube_config.is_some() {
+        Default::default()
+    } else {
+        load_problems(&cfg)
+    };
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("{p}");
@@ -97,7 +120,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         set,
         loaded_at,
     );
-    pipeline.apply();
+    if kube_config.is_none() {
+        pipeline.apply();
+    }
 
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -152,7 +177,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
             L4Settings::from(&cfg.l4),
         ),
     ));
-    server.add_service(background_service("manifests", pipeline));
+    match kube_config {
+        Some(kc) => server.add_service(background_service(
+            "kubernetes",
+            kube_source::KubeSource::new(cfg.clone(), kc, publisher.clone()),
+        )),
+        None => server.add_service(background_service("manifests", pipeline)),
+    };
     if !cfg.demo.echo.is_empty() {
         server.add_service(background_service(
             "demo-echo",

@@ -1,5 +1,6 @@
 //! Sources collect typed Kubernetes objects into the store.
 
+pub mod kube;
 pub mod manifests;
 pub mod pipeline;
 pub mod watch;

@@ -95,19 +95,9 @@ impl ManifestPipeline {
         problems.extend(state.spec.problems.iter().cloned());
         problems.sort();
         problems.dedup();
-        let already: BTreeSet<&Problem> = state.logged.iter().collect();
-        for p in problems.iter().filter(|p| !already.contains(p)) {
-            let sev = if p.is_error() { "error" } else { "warning" };
-            metrics::counter!("portico_config_problems_total", "severity" => sev).increment(1);
-            if p.is_error() {
-                tracing::error!(location = %p.location, "{}", p.message);
-            } else {
-                tracing::warn!(location = %p.location, "{}", p.message);
-            }
-        }
+        state.logged = crate::problems::log_new(&problems, &state.logged);
         let mut spec = state.spec.clone();
-        spec.problems = problems.clone();
-        state.logged = problems;
+        spec.problems = problems;
         match rebuilt {
             None => self.publisher.publish(spec),
             Some(keys) => self.publisher.publish_incremental(spec, keys),

@@ -173,12 +173,15 @@ pub fn add_ingress(
         };
         match cert {
             Err(reason) => {
-                problems.push(Problem::error(
-                    &here,
-                    format!(
-                        "spec.tls[{ti}]: {reason}; hosts {hosts:?} get the default certificate"
-                    ),
-                ));
+                problems.push(
+                    Problem::error(
+                        &here,
+                        format!(
+                            "spec.tls[{ti}]: {reason}; hosts {hosts:?} get the default certificate"
+                        ),
+                    )
+                    .with_reason(TLS_SECRET_INVALID),
+                );
                 for h in &hosts {
                     certs.note_fallback(h, reason.clone());
                 }
@@ -188,10 +191,15 @@ pub fn add_ingress(
                     if !tls::covers(&cert, h) {
                         let reason =
                             format!("certificate in TLS Secret {secret_key} does not cover {h}");
-                        problems.push(Problem::error(
-                            &here,
-                            format!("spec.tls[{ti}]: {reason}; it gets the default certificate"),
-                        ));
+                        problems.push(
+                            Problem::error(
+                                &here,
+                                format!(
+                                    "spec.tls[{ti}]: {reason}; it gets the default certificate"
+                                ),
+                            )
+                            .with_reason(TLS_SECRET_INVALID),
+                        );
                         certs.note_fallback(h, reason);
                         continue;
                     }
@@ -201,6 +209,9 @@ pub fn add_ingress(
         }
     }
 }
+
+/// Event reason for an Ingress whose TLS Secret cannot be served.
+pub const TLS_SECRET_INVALID: &str = "TLSSecretInvalid";
 
 /// A `kubernetes.io/tls` Secret's certificate (`data` or `stringData`).
 pub fn secret_certificate(secret: &Secret, name: &str) -> Result<tls::Certificate, String> {

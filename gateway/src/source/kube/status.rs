@@ -1,0 +1,514 @@
+//! Status the leader writes back: `status.loadBalancer.ingress` of the
+//! Ingresses we serve and of LoadBalancer Services.
+//!
+//! `plan` is pure (store + settings → the writes needed); `Writer` runs the
+//! leader election and applies the plan and the Events after each publish
+//! and on a timer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use pingora::server::ShutdownWatch;
+use serde_json::json;
+
+use super::events::EventReporter;
+use super::leader::Elector;
+use super::Shared;
+use crate::config::Config;
+use crate::publish::Publisher;
+use crate::store::{ObjectKey, Store};
+use crate::translate::class::Admission;
+use crate::translate::Settings;
+
+/// `spec.loadBalancerClass` this gateway implements; Services naming
+/// another class belong to another load-balancer implementation.
+pub const LOAD_BALANCER_CLASS: &str = "portico.io/load-balancer";
+
+/// One `status.loadBalancer.ingress[]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbAddress {
+    Ip(IpAddr),
+    Hostname(String),
+}
+
+impl LbAddress {
+    pub fn parse(s: &str) -> LbAddress {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => LbAddress::Ip(ip),
+            Err(_) => LbAddress::Hostname(s.to_string()),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            LbAddress::Ip(ip) => json!({"ip": ip.to_string()}),
+            LbAddress::Hostname(h) => json!({"hostname": h}),
+        }
+    }
+}
+
+/// The writes needed to make the cluster's status match what we serve.
+#[derive(Debug, Default, PartialEq)]
+pub struct StatusPlan {
+    pub ingresses: BTreeMap<ObjectKey, Vec<LbAddress>>,
+    pub services: BTreeMap<ObjectKey, Vec<LbAddress>>,
+    /// Services that want a pool address when none is free.
+    pub pool_exhausted: Vec<ObjectKey>,
+}
+
+fn current(
+    entries: Option<&Vec<k8s_openapi::api::core::v1::LoadBalancerIngress>>,
+) -> Vec<LbAddress> {
+    let mut v: Vec<LbAddress> = entries
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.ip.as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .map(LbAddress::Ip)
+                .or_else(|| e.hostname.clone().map(LbAddress::Hostname))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn ingress_current(ing: &Ingress) -> Vec<LbAddress> {
+    // Ingress status has its own entry type with the same fields.
+    let mut v: Vec<LbAddress> = ing
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.ip.as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .map(LbAddress::Ip)
+                .or_else(|| e.hostname.clone().map(LbAddress::Hostname))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn is_ours(svc: &Service) -> bool {
+    let spec = svc.spec.as_ref();
+    spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+        && spec
+            .and_then(|s| s.load_balancer_class.as_deref())
+            .is_none_or(|c| c == LOAD_BALANCER_CLASS)
+}
+
+/// Pure: what status every served Ingress and every LoadBalancer Service
+/// should have, minus what they already have.
+pub fn plan(store: &Store, settings: &Settings, publish: &[String], pool: &[IpAddr]) -> StatusPlan {
+    let mut out = StatusPlan::default();
+    let node: Vec<LbAddress> = settings
+        .node_addresses
+        .iter()
+        .map(|ip| LbAddress::Ip(*ip))
+        .collect();
+    let mut published: Vec<LbAddress> = if publish.is_empty() {
+        node.clone()
+    } else {
+        publish.iter().map(|s| LbAddress::parse(s)).collect()
+    };
+    published.sort();
+    published.dedup();
+
+    let classes: Vec<_> = store
+        .ingress_classes
+        .values()
+        .map(|c| c.object.as_ref())
+        .collect();
+    if !published.is_empty() {
+        for (key, ing) in &store.ingresses {
+            if !matches!(
+                settings.admission.admit(&ing.object, &classes),
+                Admission::Admit(_)
+            ) {
+                continue;
+            }
+            if ingress_current(&ing.object) != published {
+                out.ingresses.insert(key.clone(), published.clone());
+            }
+        }
+    }
+
+    // Pool addresses already in use stay with their Service (oldest first
+    // on a clash), so an address never moves while its Service exists.
+    let services = crate::translate::oldest_first(&store.services, |s| &s.metadata);
+    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut assigned: HashMap<&ObjectKey, Vec<LbAddress>> = HashMap::new();
+    for (key, s) in &services {
+        if !is_ours(&s.object) {
+            continue;
+        }
+        let spec = s.object.spec.as_ref();
+        if let Some(ip) = spec
+            .and_then(|sp| sp.load_balancer_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        {
+            taken.insert(ip);
+            assigned.insert(key, vec![LbAddress::Ip(ip)]);
+            continue;
+        }
+        if pool.is_empty() {
+            continue;
+        }
+        let kept: Vec<LbAddress> = current(
+            s.object
+                .status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref()),
+        )
+        .into_iter()
+        .filter(|a| matches!(a, LbAddress::Ip(ip) if pool.contains(ip) && !taken.contains(ip)))
+        .take(1)
+        .collect();
+        if let Some(LbAddress::Ip(ip)) = kept.first() {
+            taken.insert(*ip);
+            assigned.insert(key, kept);
+        }
+    }
+    for (key, s) in &services {
+        let ours = is_ours(&s.object);
+        let want: Vec<LbAddress> = if !ours {
+            let other_lb =
+                s.object.spec.as_ref().and_then(|sp| sp.type_.as_deref()) == Some("LoadBalancer");
+            if other_lb {
+                // Another implementation's Service: not ours to touch.
+                continue;
+            }
+            Vec::new()
+        } else if let Some(a) = assigned.get(key) {
+            a.clone()
+        } else if pool.is_empty() {
+            node.clone()
+        } else if let Some(ip) = pool.iter().find(|ip| !taken.contains(ip)) {
+            taken.insert(*ip);
+            vec![LbAddress::Ip(*ip)]
+        } else {
+            out.pool_exhausted.push((*key).clone());
+            continue;
+        };
+        let have = current(
+            s.object
+                .status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref()),
+        );
+        let mut want = want;
+        want.sort();
+        if have != want {
+            out.services.insert((*key).clone(), want);
+        }
+    }
+    out
+}
+
+/// Runs the election and, while leading, status and Events.
+pub struct Writer {
+    client: Client,
+    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
+    elector: Option<Elector>,
+    events: Option<EventReporter>,
+    publish: Vec<String>,
+    pool: Vec<IpAddr>,
+    retry: Duration,
+    /// What we last wrote and when, so a write whose watch event has not
+    /// come back yet is not repeated on every publish.
+    written: HashMap<(bool, ObjectKey), (Vec<LbAddress>, Instant)>,
+    exhausted_logged: BTreeSet<ObjectKey>,
+}
+
+pub fn identity(cfg: &Config) -> String {
+    cfg.kubernetes
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "portico".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+impl Writer {
+    pub fn new(
+        client: Client,
+        cfg: &Config,
+        shared: Arc<Shared>,
+        publisher: Arc<Publisher>,
+    ) -> Self {
+        let k = &cfg.kubernetes;
+        let identity = identity(cfg);
+        let duration = Duration::from_secs(k.lease_duration_seconds);
+        let elector = k.leader_election.then(|| {
+            let ns = k
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into());
+            Elector::new(
+                client.clone(),
+                &ns,
+                &k.lease_name,
+                identity.clone(),
+                duration,
+            )
+        });
+        Writer {
+            events: k
+                .events
+                .then(|| EventReporter::new(client.clone(), identity.clone())),
+            client,
+            shared,
+            publisher,
+            elector,
+            publish: k.publish_addresses.clone(),
+            pool: k.load_balancer_pool.clone(),
+            retry: duration / 3,
+            written: HashMap::new(),
+            exhausted_logged: BTreeSet::new(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: &mut ShutdownWatch) {
+        let mut changes = self.publisher.subscribe();
+        let mut next_tick = tokio::time::Instant::now();
+        let mut leader = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    leader = match self.elector.as_mut() {
+                        Some(e) => e.tick().await,
+                        None => true,
+                    };
+                    next_tick = tokio::time::Instant::now() + self.retry;
+                    if leader { self.sync().await; }
+                }
+                r = changes.changed(), if leader => {
+                    if r.is_err() { return; }
+                    // Let a burst of publishes settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    changes.borrow_and_update();
+                    self.sync().await;
+                }
+                _ = shutdown.changed() => {
+                    if let Some(e) = self.elector.as_mut() { e.release().await; }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn sync(&mut self) {
+        if !self.publisher.is_ready() {
+            return;
+        }
+        let (plan, events) = {
+            let inner = self.shared.lock();
+            let plan = plan(
+                &inner.cluster.store,
+                &inner.settings,
+                &self.publish,
+                &self.pool,
+            );
+            let events = self
+                .events
+                .as_mut()
+                .map(|r| r.pending(&inner.cluster.store, &self.publisher.current().problems))
+                .unwrap_or_default();
+            (plan, events)
+        };
+        for key in &plan.pool_exhausted {
+            if self.exhausted_logged.insert(key.clone()) {
+                tracing::error!(service = %key, pool = ?self.pool, "kubernetes.load_balancer_pool has no free address for this LoadBalancer Service");
+            }
+        }
+        for (key, want) in &plan.ingresses {
+            self.write(true, key, want).await;
+        }
+        for (key, want) in &plan.services {
+            self.write(false, key, want).await;
+        }
+        if let Some(r) = self.events.as_mut() {
+            r.publish(events).await;
+        }
+    }
+
+    async fn write(&mut self, ingress: bool, key: &ObjectKey, want: &[LbAddress]) {
+        let id = (ingress, key.clone());
+        if let Some((last, at)) = self.written.get(&id) {
+            if last == want && at.elapsed() < Duration::from_secs(10) {
+                return;
+            }
+        }
+        let body = json!({"status": {"loadBalancer": {"ingress": want.iter().map(LbAddress::to_json).collect::<Vec<_>>()}}});
+        let params = PatchParams::default();
+        let result = if ingress {
+            Api::<Ingress>::namespaced(self.client.clone(), &key.namespace)
+                .patch_status(&key.name, &params, &Patch::Merge(&body))
+                .await
+                .map(|_| ())
+        } else {
+            Api::<Service>::namespaced(self.client.clone(), &key.namespace)
+                .patch_status(&key.name, &params, &Patch::Merge(&body))
+                .await
+                .map(|_| ())
+        };
+        let kind = if ingress { "Ingress" } else { "Service" };
+        match result {
+            Ok(()) => {
+                metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "ok").increment(1);
+                tracing::info!(object = %format!("{kind} {key}"), addresses = ?want, "status.loadBalancer written");
+                self.written.insert(id, (want.to_vec(), Instant::now()));
+            }
+            Err(e) => {
+                metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "error").increment(1);
+                tracing::warn!(object = %format!("{kind} {key}"), error = %e, "cannot write status.loadBalancer");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::AnyObject;
+
+    fn settings(node: &[&str]) -> Settings {
+        let mut cfg = Config::default();
+        cfg.node.addresses = node.iter().map(|a| a.parse().unwrap()).collect();
+        Settings::from_config(&cfg)
+    }
+
+    fn store(yamls: &[&str]) -> Store {
+        let mut s = Store::default();
+        for y in yamls {
+            let v: serde_yaml::Value = serde_yaml::from_str(y).unwrap();
+            let o = match v["kind"].as_str().unwrap() {
+                "Service" => AnyObject::Service(Arc::new(serde_yaml::from_value(v).unwrap())),
+                "Ingress" => AnyObject::Ingress(Arc::new(serde_yaml::from_value(v).unwrap())),
+                k => panic!("{k}"),
+            };
+            s.insert(o, None);
+        }
+        s
+    }
+
+    fn lb(name: &str, ts: &str, extra: &str) -> String {
+        format!("kind: Service\napiVersion: v1\nmetadata: {{name: {name}, namespace: ns, creationTimestamp: \"{ts}\"}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]{extra}}}\n")
+    }
+
+    fn ips(list: &[&str]) -> Vec<LbAddress> {
+        list.iter().map(|s| LbAddress::parse(s)).collect()
+    }
+
+    #[test]
+    fn served_ingresses_get_the_publish_addresses() {
+        let s = store(&[
+            "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: a, namespace: ns}\nspec: {ingressClassName: portico}\n",
+            "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: other, namespace: ns}\nspec: {ingressClassName: traefik}\n",
+            "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: done, namespace: ns}\nspec: {ingressClassName: portico}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.1}]}}\n",
+        ]);
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[]);
+        assert_eq!(
+            p.ingresses,
+            BTreeMap::from([(ObjectKey::new("ns", "a"), ips(&["192.0.2.1"]))])
+        );
+        let p = plan(
+            &s,
+            &settings(&["192.0.2.1"]),
+            &["lb.example.com".into()],
+            &[],
+        );
+        assert_eq!(p.ingresses.len(), 2);
+        assert_eq!(
+            p.ingresses[&ObjectKey::new("ns", "done")],
+            vec![LbAddress::Hostname("lb.example.com".into())]
+        );
+    }
+
+    #[test]
+    fn load_balancer_addresses_from_spec_pool_or_node() {
+        let s = store(&[
+            &lb(
+                "pinned",
+                "2024-01-01T00:00:00Z",
+                ", loadBalancerIP: 198.51.100.9",
+            ),
+            &lb("old", "2024-01-02T00:00:00Z", ""),
+            &lb("new", "2024-01-03T00:00:00Z", ""),
+            &lb(
+                "foreign",
+                "2024-01-04T00:00:00Z",
+                ", loadBalancerClass: example.com/other",
+            ),
+        ]);
+        let pool: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap()];
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &pool);
+        assert_eq!(
+            p.services[&ObjectKey::new("ns", "pinned")],
+            ips(&["198.51.100.9"])
+        );
+        assert_eq!(
+            p.services[&ObjectKey::new("ns", "old")],
+            ips(&["198.51.100.1"])
+        );
+        assert!(!p.services.contains_key(&ObjectKey::new("ns", "new")));
+        assert!(!p.services.contains_key(&ObjectKey::new("ns", "foreign")));
+        assert_eq!(p.pool_exhausted, vec![ObjectKey::new("ns", "new")]);
+        // Without a pool: the node addresses.
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[]);
+        assert_eq!(
+            p.services[&ObjectKey::new("ns", "new")],
+            ips(&["192.0.2.1"])
+        );
+    }
+
+    #[test]
+    fn a_pool_address_in_use_stays_with_its_service() {
+        let s = store(&[
+            &lb("old", "2024-01-02T00:00:00Z", ""),
+            &format!(
+                "{}status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.2}}]}}}}\n",
+                lb("new", "2024-01-03T00:00:00Z", "")
+            ),
+        ]);
+        let pool: Vec<IpAddr> = vec![
+            "198.51.100.2".parse().unwrap(),
+            "198.51.100.3".parse().unwrap(),
+        ];
+        let p = plan(&s, &settings(&[]), &[], &pool);
+        // `new` keeps .2 although `old` is older; `old` gets the next free one.
+        assert!(!p.services.contains_key(&ObjectKey::new("ns", "new")));
+        assert_eq!(
+            p.services[&ObjectKey::new("ns", "old")],
+            ips(&["198.51.100.3"])
+        );
+    }
+
+    #[test]
+    fn status_of_a_service_no_longer_load_balancer_is_cleared() {
+        let s = store(&["kind: Service\napiVersion: v1\nmetadata: {name: was, namespace: ns}\nspec: {type: ClusterIP, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.2}]}}\n"]);
+        let p = plan(&s, &settings(&[]), &[], &[]);
+        assert_eq!(p.services[&ObjectKey::new("ns", "was")], vec![]);
+    }
+}
