@@ -4,6 +4,8 @@
 //! Every test owns its ports and its temporary folder, so tests run in
 //! parallel. Processes are killed when their handle drops.
 
+pub mod apiserver;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

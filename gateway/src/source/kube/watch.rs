@@ -27,7 +27,10 @@ use crate::store::AnyObject;
 #[derive(Clone, Debug)]
 pub enum Lenient<K> {
     Ok(K),
-    Bad { meta: ObjectMeta, error: String },
+    Bad {
+        meta: Box<ObjectMeta>,
+        error: String,
+    },
 }
 
 impl<K: Resource<DynamicType = ()>> Resource for Lenient<K> {
@@ -66,10 +69,12 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
         match K::deserialize(&value) {
             Ok(k) => Ok(Lenient::Ok(k)),
             Err(e) => Ok(Lenient::Bad {
-                meta: value
-                    .get("metadata")
-                    .and_then(|m| ObjectMeta::deserialize(m).ok())
-                    .unwrap_or_default(),
+                meta: Box::new(
+                    value
+                        .get("metadata")
+                        .and_then(|m| ObjectMeta::deserialize(m).ok())
+                        .unwrap_or_default(),
+                ),
                 error: e.to_string(),
             }),
         }
@@ -81,7 +86,7 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
 pub struct Malformed {
     pub kind: &'static str,
     pub api_version: String,
-    pub meta: ObjectMeta,
+    pub meta: Box<ObjectMeta>,
     pub error: String,
 }
 
