@@ -18,6 +18,7 @@
 //! - validation that matters to a gateway: EndpointSlice addresses in
 //!   127.0.0.0/8 or `::1` are refused with `422 Invalid`, as the real
 //!   server refuses them; NodePort/LoadBalancer Services get `nodePort`s;
+//!   a Secret's `stringData` is merged into `data` base64-encoded;
 //! - RBAC-style `403 Forbidden` for a verb on a resource, on demand;
 //! - an outage switch that closes the listener and every connection.
 //!
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use serde_json::{json, Value};
 
 /// A resource type the double serves.
@@ -427,6 +429,21 @@ impl State {
                             ),
                         ));
                     }
+                }
+            }
+        }
+        if ty.kind == "Secret" {
+            // As the real API server: `stringData` is write-only, merged
+            // into `data` base64-encoded.
+            if let Some(Value::Object(plain)) =
+                obj.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
+                if !obj["data"].is_object() {
+                    obj["data"] = json!({});
+                }
+                for (k, v) in plain {
+                    let text = v.as_str().unwrap_or_default();
+                    obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
                 }
             }
         }

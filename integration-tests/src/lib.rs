@@ -5,6 +5,7 @@
 //! parallel. Processes are killed when their handle drops.
 
 pub mod apiserver;
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -190,7 +191,23 @@ impl Gateway {
     }
 
     pub fn spawn(files: &[(&str, &str)], extra_config: &str) -> Gateway {
-        let dir = TempDir::new("gw");
+        Self::spawn_in(TempDir::new("gw"), files, extra_config)
+    }
+
+    /// Starts `portico run` fed by the API-server double (not a real
+    /// kube-apiserver: see [`apiserver`]) with the bearer token `token`, so
+    /// the double's request log tells processes apart.
+    pub fn spawn_kube(api: &apiserver::ApiServer, token: &str, extra_config: &str) -> Gateway {
+        let dir = TempDir::new("gwk");
+        let kubeconfig = api.kubeconfig(dir.path(), token);
+        let config = format!(
+            "[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nidentity = \"{token}\"\n{extra_config}",
+            kubeconfig.display()
+        );
+        Self::spawn_in(dir, &[], &config)
+    }
+
+    fn spawn_in(dir: TempDir, files: &[(&str, &str)], extra_config: &str) -> Gateway {
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         for (name, text) in files {
@@ -462,6 +479,30 @@ pub mod yaml {
     ) -> String {
         format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: {port_name}, port: {port}}}]\nendpoints:\n- addresses: [127.0.0.1]\n  conditions: {{ready: {ready}}}\n---\n"
+        )
+    }
+
+    /// An EndpointSlice for `service` with ready endpoints at `addresses`
+    /// (non-loopback: the API refuses 127.0.0.0/8), all on `port`.
+    pub fn slice_at(
+        ns: &str,
+        name: &str,
+        service: &str,
+        port_name: &str,
+        port: u16,
+        addresses: &[String],
+    ) -> String {
+        let eps: String = addresses
+            .iter()
+            .map(|a| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n"))
+            .collect();
+        let eps = if eps.is_empty() {
+            "[]\n".to_string()
+        } else {
+            format!("\n{eps}")
+        };
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: {port_name}, port: {port}}}]\nendpoints: {eps}---\n"
         )
     }
 

@@ -272,6 +272,8 @@ impl Writer {
                 duration,
             )
         });
+        // 1 while this process writes status: always without election.
+        metrics::gauge!("portico_kubernetes_leader").set(if k.leader_election { 0.0 } else { 1.0 });
         Writer {
             events: k
                 .events

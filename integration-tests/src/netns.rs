@@ -1,0 +1,194 @@
+//! A network namespace joined to the host by a veth pair: where backends
+//! live when they must look like pods.
+//!
+//! The Kubernetes API (and the double in [`crate::apiserver`]) refuses
+//! EndpointSlice addresses in 127.0.0.0/8, so end-to-end tests against the
+//! API put their backends on `10.213.K.H` inside a namespace this test
+//! creates. Traffic stays on this machine: the host side of the pair is
+//! `10.213.K.1`, the namespace side holds `.2` and any added hosts.
+//! Needs root (CI runs as root). The namespace and both veth ends go away
+//! on drop.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::portico_bin;
+
+pub struct Netns {
+    pub name: String,
+    inner: String,
+    subnet: u8,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn subnet_in_use(k: u8) -> bool {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.contains(&format!(" 10.213.{k}."))
+}
+
+impl Netns {
+    /// Creates a namespace with its own /24; panics with the reason when it
+    /// cannot (not root, no iproute2).
+    pub fn new() -> Netns {
+        // Serialised: two tests must not pick the same subnet.
+        static LOCK: Mutex<u8> = Mutex::new(0);
+        let mut next = LOCK.lock().unwrap();
+        let pid = std::process::id();
+        if *next == 0 {
+            *next = (pid % 200) as u8 + 1;
+        }
+        for _ in 0..250 {
+            let k = *next;
+            *next = if *next >= 250 { 1 } else { *next + 1 };
+            if subnet_in_use(k) {
+                continue;
+            }
+            let name = format!("portico-it-{pid}-{k}");
+            let host = format!("pvh{}k{k}", pid % 100_000);
+            let inner = format!("pvn{}k{k}", pid % 100_000);
+            let _ = ip(&["netns", "del", &name]);
+            let setup = || -> Result<(), String> {
+                ip(&["netns", "add", &name])?;
+                ip(&[
+                    "link", "add", &host, "type", "veth", "peer", "name", &inner, "netns", &name,
+                ])?;
+                ip(&["addr", "add", &format!("10.213.{k}.1/24"), "dev", &host])?;
+                ip(&["link", "set", &host, "up"])?;
+                ip(&["-n", &name, "link", "set", "lo", "up"])?;
+                ip(&[
+                    "-n",
+                    &name,
+                    "addr",
+                    "add",
+                    &format!("10.213.{k}.2/24"),
+                    "dev",
+                    &inner,
+                ])?;
+                ip(&["-n", &name, "link", "set", &inner, "up"])
+            };
+            if let Err(e) = setup() {
+                let _ = ip(&["netns", "del", &name]);
+                let _ = ip(&["link", "del", &host]);
+                panic!("cannot create the test network namespace: {e}");
+            }
+            return Netns {
+                name,
+                inner,
+                subnet: k,
+            };
+        }
+        panic!("no free 10.213.K.0/24 subnet for a test network namespace");
+    }
+
+    /// `10.213.K.host`; host 2 exists from the start.
+    pub fn addr(&self, host: u8) -> String {
+        format!("10.213.{}.{host}", self.subnet)
+    }
+
+    /// Adds `10.213.K.host` inside the namespace (one more "pod" address).
+    pub fn add_host(&self, host: u8) -> String {
+        let a = self.addr(host);
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &format!("{a}/24"),
+            "dev",
+            &self.inner,
+        ])
+        .unwrap();
+        a
+    }
+
+    /// `portico echo --http` on `addr:port` inside the namespace.
+    pub fn echo_http(&self, name: &str, addr: &str, port: u16) -> NsEcho {
+        self.echo(name, &[("--http", addr, port)])
+    }
+
+    /// `portico echo --tcp --udp` on `addr:port` inside the namespace.
+    pub fn echo_tcp(&self, name: &str, addr: &str, port: u16) -> NsEcho {
+        self.echo(name, &[("--tcp", addr, port), ("--udp", addr, port)])
+    }
+
+    fn echo(&self, name: &str, listen: &[(&str, &str, u16)]) -> NsEcho {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .arg(portico_bin())
+            .args(["echo", "--name", name]);
+        for (flag, a, p) in listen {
+            cmd.arg(flag).arg(format!("{a}:{p}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn echo in the namespace");
+        let (_, a, p) = listen[0];
+        let target: SocketAddr = format!("{a}:{p}").parse().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "echo {name} not listening on {target}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NsEcho { child }
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end and with it the pair.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// An echo backend inside a namespace; killed on drop.
+pub struct NsEcho {
+    child: Child,
+}
+
+impl NsEcho {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NsEcho {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

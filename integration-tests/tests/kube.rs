@@ -1,0 +1,556 @@
+//! The Kubernetes source end to end: the real `portico` binary fed by the
+//! API-server **double** (`portico_integration_tests::apiserver`; a real
+//! kube-apiserver cannot be installed here), with real backends inside a
+//! network namespace this test creates (the API refuses loopback endpoint
+//! addresses) and real clients on 127.0.0.1.
+//!
+//! Needs root for `ip netns` (CI runs as root).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portico_integration_tests::apiserver::ApiServer;
+use portico_integration_tests::netns::Netns;
+use portico_integration_tests::*;
+
+/// Kubernetes tests turn node ports off: the double hands out 30000 and up
+/// to every test, and parallel gateways would fight over them.
+const NO_NODE_PORTS: &str = "[l4]\nnode_ports = false\n";
+
+const BACKEND_PORT: u16 = 8080;
+
+fn name_of(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["name"].as_str().unwrap_or_default().to_string()
+}
+
+/// Polls `f` every 50 ms until it is true; panics with `what` after `secs`.
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn routes_to(gw: &Gateway, host: &str, backend: &str) -> bool {
+    http_get(gw.http, host, "/")
+        .map(|r| r.status == 200 && r.json()["name"] == backend)
+        .unwrap_or(false)
+}
+
+/// Service `web` (port `http` 80) in `shop`, its slice, and an Ingress for
+/// `host` (TLS from Secret `web-tls` when `tls`).
+fn shop(host: &str, addresses: &[String], tls: bool) -> String {
+    let tls = if tls {
+        format!("  tls:\n  - hosts: [\"{host}\"]\n    secretName: web-tls\n")
+    } else {
+        String::new()
+    };
+    yaml::service("shop", "web", "", &[("http", 80)])
+        + &yaml::slice_at("shop", "web-1", "web", "http", BACKEND_PORT, addresses)
+        + &yaml::ingress("shop", "web", &[(host, "/", "Prefix", "web", "http")], &tls)
+}
+
+fn ingress_status_ips(api: &ApiServer, ns: &str, name: &str) -> Vec<String> {
+    api.get("networking.k8s.io/v1", "Ingress", ns, name)
+        .and_then(|i| {
+            i["status"]["loadBalancer"]["ingress"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|e| e["ip"].as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Tokens of the clients that wrote a status subresource, with counts.
+fn status_writers(api: &ApiServer) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in api.requests() {
+        if (r.method == "PATCH" || r.method == "PUT") && r.path.ends_with("/status") {
+            *out.entry(r.token.unwrap_or_default()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// An HTTPS request to `host` through the gateway, verified against `ca`;
+/// the backend's name, or curl's error.
+fn https_name(gw: &Gateway, host: &str, ca: &std::path::Path) -> Result<String, String> {
+    let resolve = format!("{host}:{}:127.0.0.1", gw.https);
+    let url = format!("https://{host}:{}/", gw.https);
+    let (out, err) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(String::from))
+        .ok_or(err)
+}
+
+fn events_with_reason(api: &ApiServer, reason: &str) -> Vec<serde_json::Value> {
+    api.list("events.k8s.io/v1", "Event")
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+#[test]
+fn api_objects_route_http_and_https_to_pods_and_status_is_written() {
+    let net = Netns::new();
+    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    let api = ApiServer::start();
+    let (crt, key) = self_signed(&["shop.test"]);
+    api.apply(
+        &(shop("shop.test", &[net.addr(2)], true)
+            + &yaml::tls_secret("shop", "web-tls", &crt, &key)),
+    )
+    .unwrap();
+
+    let gw = Gateway::spawn_kube(&api, "gw-a", NO_NODE_PORTS);
+    gw.wait_ready();
+    let r = http_get(gw.http, "shop.test", "/").unwrap();
+    assert_eq!(name_of(&r), "web-1");
+    assert_eq!(http_get(gw.http, "other.test", "/").unwrap().status, 404);
+    let ca = gw.dir.write("ca.pem", &crt);
+    assert_eq!(https_name(&gw, "shop.test", &ca), Ok("web-1".to_string()));
+
+    // Single process, leader election on: it takes the Lease and publishes
+    // the node address (--node-address 127.0.0.1) on the Ingress.
+    wait_for(15, "Ingress status", || {
+        ingress_status_ips(&api, "shop", "web") == ["127.0.0.1"]
+    });
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "default",
+            "portico-leader",
+        )
+        .expect("a Lease was created");
+    assert_eq!(lease["spec"]["holderIdentity"], "gw-a");
+
+    // A new Ingress is picked up from the watch without a restart.
+    let pid = gw.pid();
+    api.apply(&yaml::ingress(
+        "shop",
+        "web2",
+        &[("two.shop.test", "/", "Prefix", "web", "http")],
+        "",
+    ))
+    .unwrap();
+    wait_for(10, "two.shop.test routed", || {
+        routes_to(&gw, "two.shop.test", "web-1")
+    });
+    assert_eq!(gw.pid(), pid);
+    assert!(gw.metrics().contains("portico_kubernetes_leader 1"));
+}
+
+#[test]
+fn endpoints_scale_up_and_down_under_load_with_zero_failures() {
+    let net = Netns::new();
+    let addrs: Vec<String> = (2..=4)
+        .map(|h| if h == 2 { net.addr(2) } else { net.add_host(h) })
+        .collect();
+    let _backends: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| net.echo_http(&format!("pod-{i}"), a, BACKEND_PORT))
+        .collect();
+    let api = ApiServer::start();
+    api.apply(&shop("scale.test", &addrs[..1], false)).unwrap();
+    let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
+    gw.wait_ready();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, failures) = (stop.clone(), seen.clone(), failures.clone());
+            let port = gw.http;
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 20_000 {
+                    n += 1;
+                    match http_get(port, "scale.test", "/") {
+                        Ok(r) if r.status == 200 => seen
+                            .lock()
+                            .unwrap()
+                            .push(r.json()["name"].as_str().unwrap().into()),
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status)),
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let names_since = |from: usize| -> BTreeSet<String> {
+        seen.lock().unwrap()[from..].iter().cloned().collect()
+    };
+
+    std::thread::sleep(Duration::from_millis(300));
+    // Up: all three pods answer.
+    let mark = seen.lock().unwrap().len();
+    api.apply(&yaml::slice_at(
+        "shop",
+        "web-1",
+        "web",
+        "http",
+        BACKEND_PORT,
+        &addrs,
+    ))
+    .unwrap();
+    wait_for(10, "all three pods answering", || {
+        names_since(mark).len() == 3
+    });
+    // Down to one: after a moment only pod-2 answers.
+    api.apply(&yaml::slice_at(
+        "shop",
+        "web-1",
+        "web",
+        "http",
+        BACKEND_PORT,
+        &addrs[2..],
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mark = seen.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = names_since(mark);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = seen.lock().unwrap().len();
+    let failures = failures.lock().unwrap();
+    assert!(total > 100, "only {total} requests made");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(after, BTreeSet::from(["pod-2".to_string()]));
+    // The change took the endpoints-only path.
+    assert!(gw.log().matches("edge node addresses").count() <= 1);
+}
+
+#[test]
+fn rotated_certificate_is_served_without_restart() {
+    let net = Netns::new();
+    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    let api = ApiServer::start();
+    let (crt1, key1) = self_signed(&["rot.test"]);
+    api.apply(
+        &(shop("rot.test", &[net.addr(2)], true)
+            + &yaml::tls_secret("shop", "web-tls", &crt1, &key1)),
+    )
+    .unwrap();
+    let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
+    gw.wait_ready();
+    let ca1 = gw.dir.write("ca1.pem", &crt1);
+    assert_eq!(https_name(&gw, "rot.test", &ca1), Ok("web-1".into()));
+
+    let (crt2, key2) = self_signed(&["rot.test"]);
+    let ca2 = gw.dir.write("ca2.pem", &crt2);
+    let pid = gw.pid();
+    api.apply(&yaml::tls_secret("shop", "web-tls", &crt2, &key2))
+        .unwrap();
+    wait_for(10, "the new certificate", || {
+        https_name(&gw, "rot.test", &ca2).is_ok()
+    });
+    assert!(
+        https_name(&gw, "rot.test", &ca1).is_err(),
+        "old certificate still served"
+    );
+    assert_eq!(gw.pid(), pid);
+
+    // A broken Secret: the host falls back to the default certificate, and
+    // the reason reaches the log, a metric and an Event on the Ingress.
+    let (crt3, _) = self_signed(&["rot.test"]);
+    api.apply(&yaml::tls_secret("shop", "web-tls", &crt3, &key2))
+        .unwrap();
+    wait_for(10, "a TLSSecretInvalid Event", || {
+        !events_with_reason(&api, "TLSSecretInvalid").is_empty()
+    });
+    let ev = &events_with_reason(&api, "TLSSecretInvalid")[0];
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["regarding"]["kind"], "Ingress");
+    assert_eq!(ev["regarding"]["name"], "web");
+    assert!(
+        ev["note"].as_str().unwrap().contains("shop/web-tls"),
+        "{ev}"
+    );
+    assert!(
+        https_name(&gw, "rot.test", &ca2).is_err(),
+        "a mismatched key pair was served"
+    );
+    assert!(gw.log().contains("web-tls"));
+    let out = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", gw.admin),
+        "--host",
+        "rot.test",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["certificate"]["source"], "default", "{v}");
+    assert!(
+        v["certificate"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("web-tls"),
+        "{v}"
+    );
+}
+
+fn tcp_hello(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"ping")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn service_switched_to_load_balancer_opens_listeners_and_gets_status() {
+    let net = Netns::new();
+    let _pod = net.echo_tcp("l4-pod", &net.addr(2), 9000);
+    let api = ApiServer::start();
+    let port = free_port();
+    let node_port = free_port();
+    let svc = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: game, namespace: l4}}\nspec:\n{extra}  ports:\n  - {{name: t, port: {port}, targetPort: 9000, protocol: TCP{np}}}\n  - {{name: u, port: {port}, targetPort: 9000, protocol: UDP}}\n---\n",
+            np = if extra.is_empty() { String::new() } else { format!(", nodePort: {node_port}") }
+        )
+    };
+    let slice = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: game-1\n  namespace: l4\n  labels: {{kubernetes.io/service-name: game}}\naddressType: IPv4\nports: [{{name: t, port: 9000, protocol: TCP}}, {{name: u, port: 9000, protocol: UDP}}]\nendpoints:\n- addresses: [\"{}\"]\n---\n",
+        net.addr(2)
+    );
+    api.apply(&(svc("") + &slice)).unwrap();
+    // The pool address is on loopback so the test needs no real network.
+    let gw = Gateway::spawn_kube(&api, "gw", "load_balancer_pool = [\"127.0.0.3\"]\n");
+    gw.wait_ready();
+    let lb: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+    assert!(tcp_hello(lb).is_err(), "a ClusterIP Service got a listener");
+
+    api.apply(&svc("  type: LoadBalancer\n")).unwrap();
+    wait_for(10, "the LoadBalancer listener", || {
+        tcp_hello(lb).map(|s| s == "l4-pod\nping").unwrap_or(false)
+    });
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    u.send_to(b"hi", lb).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = u
+        .recv_from(&mut buf)
+        .expect("UDP answer through the gateway");
+    assert_eq!(&buf[..n], b"l4-pod:hi");
+    // nodePort on the node address (node ports are on by default).
+    let np: SocketAddr = format!("127.0.0.1:{node_port}").parse().unwrap();
+    wait_for(10, "the nodePort listener", || tcp_hello(np).is_ok());
+
+    wait_for(10, "LoadBalancer status", || {
+        api.get("v1", "Service", "l4", "game")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.3")
+    });
+
+    // Back to ClusterIP: listeners close and the status is cleared.
+    api.apply(&svc("")).unwrap();
+    wait_for(10, "the listener to close", || tcp_hello(lb).is_err());
+    wait_for(10, "status cleared", || {
+        api.get("v1", "Service", "l4", "game").is_some_and(|s| {
+            s["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+        })
+    });
+}
+
+#[test]
+fn leader_failover_between_two_processes_only_the_leader_writes() {
+    let net = Netns::new();
+    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    let api = ApiServer::start();
+    api.apply(&shop("lead.test", &[net.addr(2)], false))
+        .unwrap();
+    let cfg = format!("lease_duration_seconds = 3\n{NO_NODE_PORTS}");
+    let mut a = Some(Gateway::spawn_kube(&api, "gw-a", &cfg));
+    a.as_ref().unwrap().wait_ready();
+    wait_for(10, "gw-a to write status", || {
+        status_writers(&api).contains_key("gw-a")
+    });
+    let b = Gateway::spawn_kube(&api, "gw-b", &cfg);
+    b.wait_ready();
+    // Both serve.
+    assert!(routes_to(a.as_ref().unwrap(), "lead.test", "web-1"));
+    assert!(routes_to(&b, "lead.test", "web-1"));
+    // A change that needs a status write: only the leader makes it.
+    api.apply(&yaml::ingress(
+        "shop",
+        "late",
+        &[("late.test", "/", "Prefix", "web", "http")],
+        "",
+    ))
+    .unwrap();
+    wait_for(10, "status of the new Ingress", || {
+        ingress_status_ips(&api, "shop", "late") == ["127.0.0.1"]
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let writers = status_writers(&api);
+    assert_eq!(writers.keys().collect::<Vec<_>>(), ["gw-a"], "{writers:?}");
+    assert_eq!(
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "default",
+            "portico-leader"
+        )
+        .unwrap()["spec"]["holderIdentity"],
+        "gw-a"
+    );
+    assert!(b.metrics().contains("portico_kubernetes_leader 0"));
+
+    // The leader dies without releasing (SIGKILL): gw-b takes over once the
+    // Lease expires and writes what changed meanwhile.
+    a.take();
+    api.apply(&yaml::ingress(
+        "shop",
+        "after",
+        &[("after.test", "/", "Prefix", "web", "http")],
+        "",
+    ))
+    .unwrap();
+    wait_for(20, "gw-b to publish the status", || {
+        ingress_status_ips(&api, "shop", "after") == ["127.0.0.1"]
+    });
+    assert!(status_writers(&api).contains_key("gw-b"));
+    assert_eq!(
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "default",
+            "portico-leader"
+        )
+        .unwrap()["spec"]["holderIdentity"],
+        "gw-b"
+    );
+    assert!(b.metrics().contains("portico_kubernetes_leader 1"));
+}
+
+#[test]
+fn api_outage_keeps_serving_and_resyncs_after_410() {
+    let net = Netns::new();
+    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    let api = ApiServer::start();
+    api.apply(&shop("up.test", &[net.addr(2)], false)).unwrap();
+    let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
+    gw.wait_ready();
+    assert!(routes_to(&gw, "up.test", "web-1"));
+
+    api.set_down(true);
+    // Changes made during the outage, and the history compacted so the
+    // watches' resourceVersions are gone: the return must relist.
+    api.apply(&yaml::ingress(
+        "shop",
+        "new",
+        &[("new.test", "/", "Prefix", "web", "http")],
+        "",
+    ))
+    .unwrap();
+    api.compact();
+    for _ in 0..20 {
+        assert!(
+            routes_to(&gw, "up.test", "web-1"),
+            "stopped serving during the outage"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(gw.admin, "admin", "/readyz").unwrap().status, 200);
+    api.set_down(false);
+    wait_for(40, "new.test after the outage", || {
+        routes_to(&gw, "new.test", "web-1")
+    });
+    assert!(routes_to(&gw, "up.test", "web-1"));
+    assert!(gw.log().contains("recovered"), "{}", gw.log());
+    // The watches resumed after 410 Gone: each kind listed again.
+    let relists = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/ingresses") && !r.query.contains("watch=true"))
+        .count();
+    assert!(relists >= 2, "ingresses listed {relists} times");
+}
+
+#[test]
+fn unreachable_at_start_then_forbidden_gives_one_clear_line() {
+    let api = ApiServer::start();
+    api.set_down(true);
+    api.forbid("list", "secrets");
+    let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(
+        http_get(gw.admin, "admin", "/readyz")
+            .map(|r| r.status)
+            .unwrap_or(0),
+        200,
+        "ready before the first sync"
+    );
+    assert!(gw.log().contains("retrying"), "{}", gw.log());
+    api.set_down(false);
+    let line = "RBAC: the API server forbids `list` on secrets in all namespaces";
+    wait_for(20, "the RBAC line", || gw.log().contains(line));
+    // Still retrying, yet said once.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = gw.log();
+    assert_eq!(log.matches(line).count(), 1, "{log}");
+    assert!(log.contains("deploy/rbac.yaml"));
+    assert_ne!(http_get(gw.admin, "admin", "/readyz").unwrap().status, 200);
+
+    api.allow("list", "secrets");
+    gw.wait_ready();
+}
+
+#[test]
+fn malformed_object_is_skipped_with_an_event_and_others_serve() {
+    let net = Netns::new();
+    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    let api = ApiServer::start();
+    // `ports` must be a list: a real API server would refuse this, but a
+    // conversion bug or version skew can still hand a gateway such objects.
+    api.apply(&(shop("ok.test", &[net.addr(2)], false)
+        + "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: shop}\nspec: {ports: eighty}\n"))
+        .unwrap();
+    let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
+    gw.wait_ready();
+    assert!(routes_to(&gw, "ok.test", "web-1"));
+    wait_for(10, "an InvalidObject Event", || {
+        !events_with_reason(&api, "InvalidObject").is_empty()
+    });
+    let ev = &events_with_reason(&api, "InvalidObject")[0];
+    assert_eq!(ev["regarding"]["kind"], "Service");
+    assert_eq!(ev["regarding"]["name"], "broken");
+    assert!(gw.log().contains("Service shop/broken"), "{}", gw.log());
+}
