@@ -10,6 +10,9 @@ EndpointSlice file at a time (adding an endpoint) and polls the admin
 `/explain` answer for that Service's host until the new endpoint shows up.
 It prints propagation p50/p99 and the gateway's RSS. Endpoint addresses are
 in 10.0.0.0/8 and are never contacted: nothing is sent to them.
+
+The same folder feeds the Kubernetes-source benchmark (`kube_scale`, which
+loads it into the API-server double); see SCALE.md.
 """
 
 import argparse

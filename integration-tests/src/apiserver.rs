@@ -19,7 +19,8 @@
 //!   127.0.0.0/8 or `::1` are refused with `422 Invalid`, as the real
 //!   server refuses them; NodePort/LoadBalancer Services get `nodePort`s;
 //!   a Secret's `stringData` is merged into `data` base64-encoded;
-//! - RBAC-style `403 Forbidden` for a verb on a resource, on demand;
+//! - RBAC-style `403 Forbidden` for a verb on a resource, on demand, or
+//!   for everything a set of Role/ClusterRole rules does not allow;
 //! - an outage switch that closes the listener and every connection.
 //!
 //! It does **not** model: authentication (any bearer token is accepted and
@@ -127,6 +128,48 @@ fn type_by_plural(group: &str, plural: &str) -> Option<&'static ResourceType> {
         .find(|t| t.group == group && t.plural == plural)
 }
 
+/// One RBAC rule: a ClusterRole rule (`namespace` None) or a Role rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+    pub namespace: Option<String>,
+}
+
+impl Rule {
+    /// The rules of every ClusterRole and Role in `yaml` (bindings are
+    /// assumed to grant them all to the one client).
+    pub fn from_manifests(yaml: &str) -> Vec<Rule> {
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for o in parse_objects(yaml) {
+            let namespace = match o["kind"].as_str() {
+                Some("ClusterRole") => None,
+                Some("Role") => o["metadata"]["namespace"].as_str().map(String::from),
+                _ => continue,
+            };
+            for r in o["rules"].as_array().into_iter().flatten() {
+                out.push(Rule {
+                    groups: strings(&r["apiGroups"]),
+                    resources: strings(&r["resources"]),
+                    verbs: strings(&r["verbs"]),
+                    namespace: namespace.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
 /// One request as the double saw it (for assertions on who wrote what).
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -135,6 +178,10 @@ pub struct Request {
     pub query: String,
     /// The bearer token, which tests use to tell clients apart.
     pub token: Option<String>,
+    /// The RBAC verb (`list`, `watch`, `patch`…).
+    pub verb: &'static str,
+    /// `group/resource[/subresource]` (`/services`, `networking.k8s.io/ingresses/status`).
+    pub resource: String,
 }
 
 struct WatchEvent {
@@ -155,6 +202,10 @@ struct State {
     /// Watches from a resourceVersion below this get 410 Gone.
     oldest_rv: u64,
     forbidden: HashSet<(String, String)>,
+    /// RBAC rules in force (`None`: everything allowed).
+    rules: Option<Vec<Rule>>,
+    /// `verb group/resource` of every request refused with 403.
+    refused: Vec<String>,
     requests: Vec<Request>,
     next_node_port: i64,
     next_uid: u64,
@@ -641,15 +692,18 @@ fn not_found(ty: &ResourceType, name: &str) -> ApiError {
     ApiError::new(404, "NotFound", format!("{what} \"{name}\" not found"))
 }
 
-/// Parses YAML (one or many documents) or JSON into objects.
+/// Parses YAML (one or many documents) or JSON into objects. Panics on
+/// text that does not parse: a test's own input is wrong.
 pub fn parse_objects(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .filter_map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).ok()?;
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap_or_else(|e| {
+                panic!("the double was given YAML that does not parse: {e}\n{text}")
+            });
             if v.is_null() {
                 return None;
             }
-            serde_json::to_value(v).ok()
+            Some(serde_json::to_value(v).expect("YAML to JSON"))
         })
         .collect()
 }
@@ -705,8 +759,13 @@ impl ApiServer {
     /// `kubectl apply` without the three-way merge. Stops at the first
     /// refused object.
     pub fn apply(&self, text: &str) -> Result<Vec<Value>, ApiError> {
+        self.apply_objects(parse_objects(text))
+    }
+
+    /// [`ApiServer::apply`] for objects already parsed.
+    pub fn apply_objects(&self, objects: Vec<Value>) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
-        for obj in parse_objects(text) {
+        for obj in objects {
             let av = obj["apiVersion"].as_str().unwrap_or("");
             let kind = obj["kind"].as_str().unwrap_or("");
             let ty = type_of(av, kind).ok_or_else(|| {
@@ -785,6 +844,17 @@ impl ApiServer {
             .lock()
             .forbidden
             .remove(&(verb.to_string(), resource.to_string()));
+    }
+
+    /// Enforces RBAC `rules` from then on: a request no rule allows gets
+    /// 403, as the real server answers a ServiceAccount.
+    pub fn enforce_rbac(&self, rules: Vec<Rule>) {
+        self.shared.lock().rules = Some(rules);
+    }
+
+    /// `verb group/resource` of each request refused with 403 so far.
+    pub fn refused(&self) -> Vec<String> {
+        self.shared.lock().refused.clone()
     }
 
     /// Outage: the listener closes and every connection drops; `false`
@@ -997,26 +1067,48 @@ fn handle(req: &HttpRequest, w: &mut TcpStream, shared: &Arc<Shared>) -> bool {
         .get("authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(String::from);
-    shared.lock().requests.push(Request {
+    let mut record = Request {
         method: req.method.clone(),
         path: req.path.clone(),
         query: req.query.clone(),
         token,
-    });
+        verb: "unknown",
+        resource: String::new(),
+    };
     let t = match parse_path(&req.path) {
         Ok(t) => t,
-        Err(e) => return write_json(w, e.code, &e.status()).is_ok(),
+        Err(e) => {
+            shared.lock().requests.push(record);
+            return write_json(w, e.code, &e.status()).is_ok();
+        }
     };
     let verb = verb_of(req, &t, &q);
     let resource = match &t.subresource {
         Some(s) => format!("{}/{s}", t.ty.plural),
         None => t.ty.plural.to_string(),
     };
-    if shared
-        .lock()
-        .forbidden
-        .contains(&(verb.to_string(), resource.clone()))
-    {
+    record.verb = verb;
+    record.resource = format!("{}/{resource}", t.ty.group);
+    shared.lock().requests.push(record);
+    let denied = {
+        let mut st = shared.lock();
+        let by_rule = st.rules.as_ref().is_some_and(|rules| {
+            !rules.iter().any(|r| {
+                r.groups.iter().any(|g| g == t.ty.group)
+                    && r.resources.contains(&resource)
+                    && r.verbs.iter().any(|v| v == verb)
+                    && r.namespace
+                        .as_ref()
+                        .is_none_or(|ns| t.namespace.as_ref() == Some(ns))
+            })
+        });
+        let denied = by_rule || st.forbidden.contains(&(verb.to_string(), resource.clone()));
+        if denied {
+            st.refused.push(format!("{verb} {}/{resource}", t.ty.group));
+        }
+        denied
+    };
+    if denied {
         let scope = match &t.namespace {
             Some(ns) => format!("in the namespace \"{ns}\""),
             None => "at the cluster scope".into(),

@@ -191,23 +191,39 @@ impl Gateway {
     }
 
     pub fn spawn(files: &[(&str, &str)], extra_config: &str) -> Gateway {
-        Self::spawn_in(TempDir::new("gw"), files, extra_config)
+        Self::spawn_in(TempDir::new("gw"), files, extra_config, true)
     }
 
     /// Starts `portico run` fed by the API-server double (not a real
     /// kube-apiserver: see [`apiserver`]) with the bearer token `token`, so
     /// the double's request log tells processes apart.
     pub fn spawn_kube(api: &apiserver::ApiServer, token: &str, extra_config: &str) -> Gateway {
+        Self::spawn_kube_with(api, token, extra_config, true)
+    }
+
+    /// [`Gateway::spawn_kube`]; `node_address` false leaves the edge node's
+    /// addresses to the Node object named by `kubernetes.node_name`.
+    pub fn spawn_kube_with(
+        api: &apiserver::ApiServer,
+        token: &str,
+        extra_config: &str,
+        node_address: bool,
+    ) -> Gateway {
         let dir = TempDir::new("gwk");
         let kubeconfig = api.kubeconfig(dir.path(), token);
         let config = format!(
             "[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nidentity = \"{token}\"\n{extra_config}",
             kubeconfig.display()
         );
-        Self::spawn_in(dir, &[], &config)
+        Self::spawn_in(dir, &[], &config, node_address)
     }
 
-    fn spawn_in(dir: TempDir, files: &[(&str, &str)], extra_config: &str) -> Gateway {
+    fn spawn_in(
+        dir: TempDir,
+        files: &[(&str, &str)],
+        extra_config: &str,
+        node_address: bool,
+    ) -> Gateway {
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         for (name, text) in files {
@@ -217,8 +233,12 @@ impl Gateway {
         let (http, https, admin) = (free_port(), free_port(), free_port());
         let log = dir.path().join("portico.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(portico_bin())
-            .arg("run")
+        let mut cmd = Command::new(portico_bin());
+        cmd.arg("run");
+        if node_address {
+            cmd.args(["--node-address", "127.0.0.1"]);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .arg("--manifests")
@@ -226,7 +246,6 @@ impl Gateway {
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--https", &format!("127.0.0.1:{https}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--node-address", "127.0.0.1"])
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()

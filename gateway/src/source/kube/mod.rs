@@ -281,7 +281,7 @@ impl BackgroundService for KubeSource {
             .filter(|n| !n.is_empty());
         match node_name {
             Some(name) if self.cfg.node.addresses.is_empty() => {
-                tokio::spawn(node::run(client.clone(), name, node_tx));
+                tokio::spawn(node::run(client.clone(), name, node_tx.clone()));
             }
             Some(_) => {
                 tracing::info!("node.addresses is set; the Node's own addresses are not read")
@@ -305,10 +305,8 @@ impl BackgroundService for KubeSource {
         loop {
             let first = tokio::select! {
                 r = rx.recv() => match r { Some(r) => Some(r), None => break },
-                changed = node_rx.changed() => {
-                    if changed.is_err() { continue; }
-                    None
-                }
+                // Never closed: `node_tx` lives as long as this loop.
+                _ = node_rx.changed() => None,
                 _ = shutdown.changed() => break,
             };
             // A burst (a rollout, a relist) is applied as one publish.
@@ -322,5 +320,6 @@ impl BackgroundService for KubeSource {
             let node = node_rx.borrow_and_update().clone();
             self.apply(batch, node);
         }
+        drop(node_tx);
     }
 }
