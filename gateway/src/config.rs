@@ -32,6 +32,31 @@ pub struct Config {
     pub log: LogConfig,
     pub demo: DemoConfig,
     pub kubernetes: KubernetesConfig,
+    pub dns: DnsConfig,
+}
+
+/// Resolving ExternalName Services' DNS names.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`, UDP then TCP). Empty: `/etc/resolv.conf`
+    /// (with `ClusterFirstWithHostNet`, the cluster DNS).
+    pub servers: Vec<SocketAddr>,
+    /// A name is re-resolved when its answer's TTL ends, but not sooner
+    /// than this (and after a failure, retried this often).
+    pub min_ttl_seconds: u64,
+    /// ...and not later than this.
+    pub max_ttl_seconds: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            min_ttl_seconds: 5,
+            max_ttl_seconds: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -369,6 +394,7 @@ pub fn load_with_env(
                 .with_list_parse_key("listen.http")
                 .with_list_parse_key("listen.https")
                 .with_list_parse_key("node.addresses")
+                .with_list_parse_key("dns.servers")
                 .with_list_parse_key("sources.manifests")
                 .with_list_parse_key("ingress.accepted_classes")
                 .with_list_parse_key("demo.echo")
@@ -422,6 +448,12 @@ fn validate(cfg: &Config) -> Result<(), String> {
     }
     if cfg.lb.failure_threshold == 0 {
         return Err("lb.failure_threshold must be at least 1".into());
+    }
+    if cfg.dns.min_ttl_seconds == 0 || cfg.dns.min_ttl_seconds > cfg.dns.max_ttl_seconds {
+        return Err(format!(
+            "dns.min_ttl_seconds must be at least 1 and at most dns.max_ttl_seconds ({})",
+            cfg.dns.max_ttl_seconds
+        ));
     }
     if cfg.kubernetes.lease_duration_seconds < 3 {
         return Err("kubernetes.lease_duration_seconds must be at least 3".into());

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod explain;
 pub mod l4;
 pub mod lb;

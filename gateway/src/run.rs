@@ -115,6 +115,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let publisher = Arc::new(Publisher::new(health));
     let pipeline = ManifestPipeline::new(
         cfg.sources.manifests.clone(),
+        cfg.dns.clone(),
         Settings::from_config(&cfg),
         publisher.clone(),
         set,

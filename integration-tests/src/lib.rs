@@ -5,6 +5,7 @@
 //! parallel. Processes are killed when their handle drops.
 
 pub mod apiserver;
+pub mod dns;
 pub mod netns;
 
 use std::io::{Read, Write};

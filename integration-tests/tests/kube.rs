@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portico_integration_tests::apiserver::{ApiServer, Rule};
+use portico_integration_tests::dns::DnsServer;
 use portico_integration_tests::netns::Netns;
 use portico_integration_tests::*;
 
@@ -630,5 +631,50 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn external_name_backend_resolves_and_follows_dns_changes() {
+    let net = Netns::new();
+    let second = net.add_host(3);
+    let _a = net.echo_http("ext-a", &net.addr(2), BACKEND_PORT);
+    let _b = net.echo_http("ext-b", &second, BACKEND_PORT);
+    let dns = DnsServer::start();
+    let name = "backend.portico.test";
+    dns.set(name, &[net.addr(2)], 1);
+    let api = ApiServer::start();
+    api.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: shop}}\nspec:\n  type: ExternalName\n  externalName: {name}\n  ports: [{{name: http, port: {BACKEND_PORT}}}]\n---\n{}",
+        yaml::ingress("shop", "ext", &[("ext.test", "/", "Prefix", "ext", "http")], "")
+    ))
+    .unwrap();
+    let gw = Gateway::spawn_kube(
+        &api,
+        "gw",
+        &format!(
+            "{NO_NODE_PORTS}[dns]\nservers = [\"127.0.0.1:{}\"]\nmin_ttl_seconds = 1\n",
+            dns.port()
+        ),
+    );
+    gw.wait_ready();
+    wait_for(10, "ext.test routed to the resolved address", || {
+        routes_to(&gw, "ext.test", "ext-a")
+    });
+
+    // The answer changes; the TTL (1 s) runs out and the new one is used.
+    dns.set(name, std::slice::from_ref(&second), 1);
+    wait_for(10, "ext.test following the DNS change", || {
+        routes_to(&gw, "ext.test", "ext-b")
+    });
+    assert!(gw.log().contains("ExternalName resolved"), "{}", gw.log());
+
+    // The name stops resolving: the last addresses keep serving.
+    dns.remove(name);
+    wait_for(10, "the resolve failure to be logged", || {
+        gw.log().contains("cannot resolve ExternalName")
+    });
+    for _ in 0..5 {
+        assert!(routes_to(&gw, "ext.test", "ext-b"));
     }
 }

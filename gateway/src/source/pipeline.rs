@@ -19,7 +19,9 @@ use crate::translate::{translate, Settings};
 /// Services' backends are recomputed, and only their pools are rebuilt.
 pub struct ManifestPipeline {
     pub dirs: Vec<PathBuf>,
-    pub settings: Settings,
+    pub dns: crate::config::DnsConfig,
+    /// Locked after `state` when both are needed.
+    settings: Mutex<Settings>,
     pub publisher: Arc<Publisher>,
     state: Mutex<State>,
 }
@@ -40,6 +42,7 @@ struct State {
 impl ManifestPipeline {
     pub fn new(
         dirs: Vec<PathBuf>,
+        dns: crate::config::DnsConfig,
         settings: Settings,
         publisher: Arc<Publisher>,
         initial: ManifestSet,
@@ -47,7 +50,8 @@ impl ManifestPipeline {
     ) -> Self {
         ManifestPipeline {
             dirs,
-            settings,
+            dns,
+            settings: Mutex::new(settings),
             publisher,
             state: Mutex::new(State {
                 set: initial,
@@ -64,13 +68,37 @@ impl ManifestPipeline {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// DNS names the current objects' ExternalName Services need.
+    pub fn external_names(&self) -> BTreeSet<String> {
+        crate::translate::backend::external_names(&self.lock().store)
+    }
+
+    /// New DNS answers: retranslates the current store with them.
+    pub fn set_resolved(&self, resolved: &crate::dns::Resolved) {
+        let mut state = self.lock();
+        let spec = {
+            let mut settings = self.settings();
+            if settings.resolved_names == *resolved {
+                return;
+            }
+            settings.resolved_names = resolved.clone();
+            translate(&state.store, &settings)
+        };
+        state.spec = spec;
+        self.publish(&mut state, None);
+    }
+
     /// Builds the store from every file, translates and publishes.
     pub fn apply(&self) {
         let mut state = self.lock();
         let started = std::time::Instant::now();
         let (store, store_problems) = manifests::build_store(&state.set);
         let stored = started.elapsed();
-        let spec = translate(&store, &self.settings);
+        let spec = translate(&store, &self.settings());
         let translated = started.elapsed() - stored;
         metrics::histogram!("portico_store_build_duration_seconds").record(stored.as_secs_f64());
         metrics::histogram!("portico_translate_duration_seconds").record(translated.as_secs_f64());
@@ -188,7 +216,7 @@ impl ManifestPipeline {
             state.set.insert(path.clone(), file.clone());
         }
         let State { spec, store, .. } = &mut *state;
-        let rebuilt = crate::translate::refresh_endpoints(spec, store, &self.settings, &services);
+        let rebuilt = crate::translate::refresh_endpoints(spec, store, &self.settings(), &services);
         metrics::histogram!("portico_translate_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("portico_manifest_reloads_total", "result" => "endpoints").increment(1);

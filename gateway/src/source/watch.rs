@@ -71,8 +71,15 @@ impl BackgroundService for ManifestPipeline {
         // ready, so no edit after /readyz is missed.
         self.catch_up();
         self.publisher.mark_ready();
+        let (names_tx, mut resolved_rx) = crate::dns::spawn(&self.dns);
+        names_tx.send_replace(self.external_names());
         loop {
             tokio::select! {
+                // Never closed while `names_tx` lives.
+                _ = resolved_rx.changed() => {
+                    let resolved = resolved_rx.borrow_and_update().clone();
+                    self.set_resolved(&resolved);
+                }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
                     let mut change = Change::Files(BTreeSet::new());
@@ -87,6 +94,12 @@ impl BackgroundService for ManifestPipeline {
                         Change::Files(files) if files.is_empty() => {}
                         Change::Files(files) => self.reload_files(&files),
                     }
+                    let names = self.external_names();
+                    names_tx.send_if_modified(|cur| {
+                        let changed = *cur != names;
+                        *cur = names;
+                        changed
+                    });
                 }
                 _ = shutdown.changed() => break,
             }

@@ -13,6 +13,7 @@ use crate::lb::PolicyKind;
 use crate::problems::Problem;
 use crate::snapshot::{BackendKey, BackendSpec, ClientIpAffinity, EndpointSpec, EndpointState};
 use crate::store::{ObjectKey, Store};
+use crate::translate::Settings;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const LB_POLICY_ANNOTATION: &str = "portico.io/load-balancer";
@@ -60,10 +61,33 @@ pub struct Backends<'a> {
     store: &'a Store,
     slices: SliceIndex<'a>,
     default_policy: PolicyKind,
+    resolved_names: &'a BTreeMap<String, Vec<IpAddr>>,
     pub built: BTreeMap<BackendKey, BackendSpec>,
     /// Problems found while building backends, by the Service they are
     /// about, so an endpoint-only refresh can replace exactly those.
     pub problems: BTreeMap<ObjectKey, Vec<Problem>>,
+}
+
+/// `spec.externalName` of an ExternalName Service (lower-cased, without
+/// the trailing dot).
+pub fn external_name(svc: &Service) -> Option<String> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return None;
+    }
+    let name = spec.external_name.as_deref()?.trim_end_matches('.');
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+/// DNS names the store's ExternalName Services need resolved (IP literals
+/// need no resolving).
+pub fn external_names(store: &Store) -> BTreeSet<String> {
+    store
+        .services
+        .values()
+        .filter_map(|s| external_name(&s.object))
+        .filter(|n| n.parse::<IpAddr>().is_err())
+        .collect()
 }
 
 pub fn port_key(port: &ServicePort) -> String {
@@ -74,11 +98,12 @@ pub fn port_key(port: &ServicePort) -> String {
 }
 
 impl<'a> Backends<'a> {
-    pub fn new(store: &'a Store, default_policy: PolicyKind) -> Self {
+    pub fn new(store: &'a Store, settings: &'a Settings) -> Self {
         Backends {
             store,
             slices: SliceIndex::new(store),
-            default_policy,
+            default_policy: settings.default_policy,
+            resolved_names: &settings.resolved_names,
             built: BTreeMap::new(),
             problems: BTreeMap::new(),
         }
@@ -87,13 +112,14 @@ impl<'a> Backends<'a> {
     /// Like `new`, but indexes only the EndpointSlices of `services`.
     pub fn for_services(
         store: &'a Store,
-        default_policy: PolicyKind,
+        settings: &'a Settings,
         services: &BTreeSet<ObjectKey>,
     ) -> Self {
         Backends {
             store,
             slices: SliceIndex::build(store, |k| services.contains(k)),
-            default_policy,
+            default_policy: settings.default_policy,
+            resolved_names: &settings.resolved_names,
             built: BTreeMap::new(),
             problems: BTreeMap::new(),
         }
@@ -176,14 +202,10 @@ impl<'a> Backends<'a> {
         }
         let location = Store::locate(&self.store.services, "Service", svc_key);
         let spec = svc.spec.as_ref();
-        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            self.warn(
-                svc_key,
-                &location,
-                "ExternalName Services are not resolved yet; this backend has no endpoints".into(),
-            );
-        }
-        let endpoints = self.endpoints(svc_key, sp, &location);
+        let endpoints = match external_name(svc) {
+            Some(name) => self.external_endpoints(svc_key, &name, sp, &location),
+            None => self.endpoints(svc_key, sp, &location),
+        };
         let policy = match svc
             .metadata
             .annotations
@@ -229,6 +251,39 @@ impl<'a> Backends<'a> {
             },
         );
         key
+    }
+
+    /// An ExternalName Service's endpoints: its name's addresses (as last
+    /// resolved, or the name itself when it is an IP) on the Service port.
+    fn external_endpoints(
+        &mut self,
+        svc_key: &ObjectKey,
+        name: &str,
+        sp: &ServicePort,
+        location: &str,
+    ) -> Vec<EndpointSpec> {
+        let Ok(port) = u16::try_from(sp.port) else {
+            return Vec::new();
+        };
+        let addrs: Vec<IpAddr> = match name.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => self.resolved_names.get(name).cloned().unwrap_or_default(),
+        };
+        if addrs.is_empty() {
+            let msg = format!(
+                "ExternalName {name}: no addresses yet (not resolved, or the name does not \
+                 resolve); requests get 503 until it does"
+            );
+            warn(&mut self.problems, svc_key, location, msg);
+        }
+        addrs
+            .into_iter()
+            .map(|ip| EndpointSpec {
+                addr: SocketAddr::new(ip, port),
+                state: EndpointState::Ready,
+                target: Some(name.to_string()),
+            })
+            .collect()
     }
 
     fn endpoints(

@@ -7,6 +7,7 @@ pub mod class;
 pub mod ingress;
 mod services;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::IngressClass;
@@ -24,6 +25,9 @@ pub struct Settings {
     pub node_ports: bool,
     pub default_policy: PolicyKind,
     pub admission: Box<dyn IngressAdmission>,
+    /// Addresses of ExternalName Services' DNS names, as last resolved: an
+    /// input like the store, so translation stays pure.
+    pub resolved_names: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Settings {
@@ -35,13 +39,14 @@ impl Settings {
             admission: Box::new(NativeClassAdmission {
                 config: cfg.ingress.clone(),
             }),
+            resolved_names: BTreeMap::new(),
         }
     }
 }
 
 pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
     let mut out = SnapshotSpec::default();
-    let mut backends = backend::Backends::new(store, settings.default_policy);
+    let mut backends = backend::Backends::new(store, settings);
 
     let classes: Vec<&IngressClass> = store
         .ingress_classes
@@ -92,7 +97,7 @@ pub fn refresh_endpoints(
     settings: &Settings,
     services: &std::collections::BTreeSet<crate::store::ObjectKey>,
 ) -> Vec<crate::snapshot::BackendKey> {
-    let mut backends = backend::Backends::for_services(store, settings.default_policy, services);
+    let mut backends = backend::Backends::for_services(store, settings, services);
     let affected: Vec<crate::snapshot::BackendKey> = spec
         .backends
         .keys()

@@ -517,3 +517,69 @@ fn endpoint_refresh_equals_full_translation() {
     assert_eq!(inc2.backends, back.backends);
     assert_eq!(inc2.problems, back.problems);
 }
+
+#[test]
+fn external_name_backends_use_resolved_addresses_or_the_literal_ip() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec: {type: ExternalName, externalName: Api.Example.COM., ports: [{name: http, port: 8443}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lit, namespace: shop}
+spec: {type: ExternalName, externalName: 192.0.2.7, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: x, namespace: shop}
+spec:
+  rules:
+  - host: a.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: ext, port: {name: http}}}}
+  - host: b.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: lit, port: {number: 80}}}}
+";
+    let store = store_of(yaml);
+    // Only real names need resolving, normalised.
+    assert_eq!(
+        crate::translate::backend::external_names(&store),
+        ["api.example.com".to_string()].into_iter().collect()
+    );
+    // Not resolved yet: no endpoints, and a warning saying why.
+    let spec = translate(&store, &settings());
+    assert!(eps(&spec, "shop/ext:http").is_empty());
+    assert!(spec.problems.iter().any(|p| p
+        .message
+        .contains("ExternalName api.example.com: no addresses yet")));
+    assert_eq!(
+        eps(&spec, "shop/lit:80"),
+        vec![("192.0.2.7:80".parse().unwrap(), EndpointState::Ready)]
+    );
+    // Resolved: one endpoint per address on the Service port.
+    let mut s = settings();
+    s.resolved_names.insert(
+        "api.example.com".into(),
+        vec![
+            "198.51.100.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        ],
+    );
+    let spec = translate(&store, &s);
+    let got: Vec<SocketAddr> = eps(&spec, "shop/ext:http")
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            "198.51.100.1:8443".parse().unwrap(),
+            "198.51.100.2:8443".parse::<SocketAddr>().unwrap()
+        ]
+    );
+}

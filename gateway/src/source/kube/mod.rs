@@ -148,11 +148,20 @@ impl KubeSource {
     }
 
     /// Applies a batch of reports; publishes when the store is complete.
-    fn apply(&self, reports: Vec<Report>, node_addresses: Option<Vec<IpAddr>>) {
+    fn apply(
+        &self,
+        reports: Vec<Report>,
+        node_addresses: Option<Vec<IpAddr>>,
+        resolved: &crate::dns::Resolved,
+    ) -> std::collections::BTreeSet<String> {
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
         let was_synced = inner.cluster.synced();
         let mut effect = Effect::Nothing;
+        if *resolved != inner.settings.resolved_names {
+            inner.settings.resolved_names = resolved.clone();
+            effect = Effect::Full;
+        }
         if let Some(addrs) = node_addresses {
             if addrs != inner.settings.node_addresses {
                 tracing::info!(addresses = ?addrs, "edge node addresses");
@@ -176,12 +185,13 @@ impl KubeSource {
                 }
             }
         }
+        let names = translate::backend::external_names(&inner.cluster.store);
         if !inner.cluster.synced() {
-            return;
+            return names;
         }
         let started = std::time::Instant::now();
         let rebuilt = match effect {
-            Effect::Nothing if was_synced => return,
+            Effect::Nothing if was_synced => return names,
             Effect::Endpoints(services) if was_synced => {
                 let Inner {
                     spec,
@@ -217,6 +227,7 @@ impl KubeSource {
         if !was_synced {
             self.publisher.mark_ready();
         }
+        names
     }
 }
 
@@ -301,12 +312,15 @@ impl BackgroundService for KubeSource {
         let mut writer_shutdown = shutdown.clone();
         tokio::spawn(async move { writer.run(&mut writer_shutdown).await });
 
+        let (names_tx, mut resolved_rx) = crate::dns::spawn(&self.cfg.dns);
         let debounce = Duration::from_millis(self.cfg.kubernetes.debounce_ms);
         loop {
             let first = tokio::select! {
                 r = rx.recv() => match r { Some(r) => Some(r), None => break },
                 // Never closed: `node_tx` lives as long as this loop.
                 _ = node_rx.changed() => None,
+                // Never closed while `names_tx` lives.
+                _ = resolved_rx.changed() => None,
                 _ = shutdown.changed() => break,
             };
             // A burst (a rollout, a relist) is applied as one publish.
@@ -318,7 +332,13 @@ impl BackgroundService for KubeSource {
                 batch.push(r);
             }
             let node = node_rx.borrow_and_update().clone();
-            self.apply(batch, node);
+            let resolved = resolved_rx.borrow_and_update().clone();
+            let names = self.apply(batch, node, &resolved);
+            names_tx.send_if_modified(|cur| {
+                let changed = *cur != names;
+                *cur = names;
+                changed
+            });
         }
         drop(node_tx);
     }
