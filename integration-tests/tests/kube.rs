@@ -678,3 +678,38 @@ fn external_name_backend_resolves_and_follows_dns_changes() {
         assert!(routes_to(&gw, "ext.test", "ext-b"));
     }
 }
+
+#[test]
+fn namespace_restriction_watches_and_serves_one_namespace() {
+    let net = Netns::new();
+    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    let api = ApiServer::start();
+    api.apply(&shop("in.test", &[net.addr(2)], false)).unwrap();
+    // The same objects in another namespace, for another host.
+    api.apply(
+        &shop("out.test", &[net.addr(2)], false).replace("namespace: shop", "namespace: other"),
+    )
+    .unwrap();
+    let gw = Gateway::spawn_kube(
+        &api,
+        "gw",
+        &format!("namespace = \"shop\"\n{NO_NODE_PORTS}"),
+    );
+    gw.wait_ready();
+    assert!(routes_to(&gw, "in.test", "web-1"));
+    assert_eq!(http_get(gw.http, "out.test", "/").unwrap().status, 404);
+    // Namespaced kinds were only ever asked for in `shop`.
+    for r in api.requests() {
+        let namespaced = [
+            "/services",
+            "/secrets",
+            "discovery.k8s.io/endpointslices",
+            "networking.k8s.io/ingresses",
+        ]
+        .iter()
+        .any(|k| r.resource.ends_with(k));
+        if namespaced && (r.verb == "list" || r.verb == "watch") {
+            assert!(r.path.contains("/namespaces/shop/"), "{r:?}");
+        }
+    }
+}
