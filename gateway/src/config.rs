@@ -186,8 +186,9 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
     /// Read objects from the Kubernetes API instead of `sources.manifests`.
-    /// `--kubeconfig` turns it on too.
-    pub enabled: bool,
+    /// `--kubeconfig` turns it on too. Unset: on when running in a pod with
+    /// a service account, off elsewhere.
+    pub enabled: Option<bool>,
     /// Kubeconfig file. Unset: `KUBECONFIG`, then the in-cluster service
     /// account, then `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
@@ -279,10 +280,21 @@ impl Default for L4Config {
     }
 }
 
+impl KubernetesConfig {
+    /// `enabled`, or when unset, whether this process runs in a pod with a
+    /// service account (the DaemonSet case).
+    pub fn wanted(&self) -> bool {
+        self.enabled.unwrap_or_else(|| {
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty())
+                && Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").is_file()
+        })
+    }
+}
+
 impl Default for KubernetesConfig {
     fn default() -> Self {
         KubernetesConfig {
-            enabled: false,
+            enabled: None,
             kubeconfig: None,
             namespace: None,
             node_name: None,

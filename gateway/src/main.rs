@@ -123,7 +123,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             if let Some(k) = kubeconfig {
-                cfg.kubernetes.enabled = true;
+                cfg.kubernetes.enabled = Some(true);
                 cfg.kubernetes.kubeconfig = Some(k);
             }
             if !http.is_empty() {

@@ -70,7 +70,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     // The Kubernetes source replaces the manifest folders; its credentials
     // are checked before anything listens, so a bad kubeconfig fails here.
-    let kube_config = if cfg.kubernetes.enabled {
+    let kube_config = if cfg.kubernetes.wanted() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
