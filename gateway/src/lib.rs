@@ -11,6 +11,7 @@ pub mod dns;
 pub mod explain;
 pub mod l4;
 pub mod lb;
+pub mod plugins;
 pub mod problems;
 pub mod proxy;
 pub mod publish;

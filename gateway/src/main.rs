@@ -64,6 +64,10 @@ enum Command {
     Check {
         #[command(flatten)]
         sources: Sources,
+        /// A proxy-wasm plugin module to compile and check against the ABI
+        /// (repeatable).
+        #[arg(long = "plugin", value_name = "FILE")]
+        plugins: Vec<PathBuf>,
     },
     /// Show which route, backend, endpoints and certificate a request gets.
     Explain {
@@ -143,7 +147,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Check { sources } => {
+        Command::Check { sources, plugins } => {
             let cfg = match load(&sources) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
@@ -152,11 +156,17 @@ fn main() -> ExitCode {
             for p in &problems {
                 println!("{p}");
             }
-            let errors = problems.iter().filter(|p| p.is_error()).count();
-            let warnings = problems.len() - errors;
+            let plugin_errors = match check_plugins(&plugins) {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            };
+            let manifest_errors = problems.iter().filter(|p| p.is_error()).count();
+            let warnings = problems.len() - manifest_errors;
+            let errors = manifest_errors + plugin_errors;
             eprintln!(
-                "checked {} manifest folder(s): {errors} error(s), {warnings} warning(s)",
-                cfg.sources.manifests.len()
+                "checked {} manifest folder(s) and {} plugin(s): {errors} error(s), {warnings} warning(s)",
+                cfg.sources.manifests.len(),
+                plugins.len()
             );
             if errors > 0 {
                 ExitCode::from(1)
@@ -302,4 +312,32 @@ fn explain_online(
     }
     let body = String::from_utf8_lossy(&body);
     serde_json::from_str(&body).map_err(|e| format!("admin answer is not JSON: {e}"))
+}
+
+/// Compiles and checks each plugin module; prints one line per problem, or
+/// what a good module is. Returns the number of errors.
+fn check_plugins(paths: &[PathBuf]) -> Result<usize, String> {
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    let engine = portico::plugins::engine()?;
+    let mut errors = 0;
+    for path in paths {
+        match portico::plugins::load(&engine, path) {
+            Ok((_, info)) => println!(
+                "plugin {}: proxy-wasm ABI {}, {} callback(s), {} host function(s) imported",
+                path.display(),
+                info.abi,
+                info.callbacks.len(),
+                info.imports.len()
+            ),
+            Err(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                errors += problems.len();
+            }
+        }
+    }
+    Ok(errors)
 }

@@ -1,0 +1,342 @@
+//! The proxy-wasm ABI as a table, and the check a module must pass before
+//! it is loaded: the ABI marker export, memory and allocator exports, and
+//! every import a function the spec defines, with the spec's signature.
+//!
+//! Source: proxy-wasm spec `abi-versions/v0.2.1` (functions exposed by the
+//! host, including the WASI functions it lists). ABI 0.2.0 modules import
+//! the same names; older SDKs still emit `proxy_abi_version_0_2_0`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use wasmtime::{ExternType, FuncType, Module, ValType};
+
+/// Which marker the module exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbiVersion {
+    V0_2_0,
+    V0_2_1,
+}
+
+impl fmt::Display for AbiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AbiVersion::V0_2_0 => "0.2.0",
+            AbiVersion::V0_2_1 => "0.2.1",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum T {
+    I32,
+    I64,
+}
+
+/// One function the host exposes: module, name, parameters, result
+/// (every proxy-wasm and listed WASI function returns one i32, except
+/// `proc_exit`).
+struct HostFn(&'static str, &'static str, &'static [T], Option<T>);
+
+use T::{I32, I64};
+
+const ENV: &str = "env";
+const WASI: &str = "wasi_snapshot_preview1";
+
+#[rustfmt::skip]
+const HOST_FUNCTIONS: &[HostFn] = &[
+    // Context lifecycle.
+    HostFn(ENV, "proxy_done", &[], Some(I32)),
+    HostFn(ENV, "proxy_set_effective_context", &[I32], Some(I32)),
+    // Logging, clocks, timers.
+    HostFn(ENV, "proxy_log", &[I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_get_log_level", &[I32], Some(I32)),
+    HostFn(ENV, "proxy_get_current_time_nanoseconds", &[I32], Some(I32)),
+    HostFn(ENV, "proxy_set_tick_period_milliseconds", &[I32], Some(I32)),
+    // Buffers.
+    HostFn(ENV, "proxy_set_buffer_bytes", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_get_buffer_bytes", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_get_buffer_status", &[I32, I32, I32], Some(I32)),
+    // HTTP fields.
+    HostFn(ENV, "proxy_get_header_map_size", &[I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_get_header_map_pairs", &[I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_set_header_map_pairs", &[I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_get_header_map_value", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_add_header_map_value", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_replace_header_map_value", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_remove_header_map_value", &[I32, I32, I32], Some(I32)),
+    // Streams.
+    HostFn(ENV, "proxy_continue_stream", &[I32], Some(I32)),
+    HostFn(ENV, "proxy_close_stream", &[I32], Some(I32)),
+    HostFn(ENV, "proxy_get_status", &[I32, I32, I32], Some(I32)),
+    // HTTP.
+    HostFn(ENV, "proxy_send_local_response", &[I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_http_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
+    // gRPC (answered with UNIMPLEMENTED, but linkable).
+    HostFn(ENV, "proxy_grpc_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_grpc_stream", &[I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_grpc_send", &[I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_grpc_cancel", &[I32], Some(I32)),
+    HostFn(ENV, "proxy_grpc_close", &[I32], Some(I32)),
+    // Shared data and queues.
+    HostFn(ENV, "proxy_set_shared_data", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_get_shared_data", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_register_shared_queue", &[I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_resolve_shared_queue", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_enqueue_shared_queue", &[I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_dequeue_shared_queue", &[I32, I32, I32], Some(I32)),
+    // Metrics.
+    HostFn(ENV, "proxy_define_metric", &[I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_record_metric", &[I32, I64], Some(I32)),
+    HostFn(ENV, "proxy_increment_metric", &[I32, I64], Some(I32)),
+    HostFn(ENV, "proxy_get_metric", &[I32, I32], Some(I32)),
+    // Properties and foreign functions.
+    HostFn(ENV, "proxy_get_property", &[I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_set_property", &[I32, I32, I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_call_foreign_function", &[I32, I32, I32, I32, I32, I32], Some(I32)),
+    // The WASI functions the spec lists.
+    HostFn(WASI, "fd_write", &[I32, I32, I32, I32], Some(I32)),
+    HostFn(WASI, "clock_time_get", &[I32, I64, I32], Some(I32)),
+    HostFn(WASI, "random_get", &[I32, I32], Some(I32)),
+    HostFn(WASI, "environ_sizes_get", &[I32, I32], Some(I32)),
+    HostFn(WASI, "environ_get", &[I32, I32], Some(I32)),
+    HostFn(WASI, "args_sizes_get", &[I32, I32], Some(I32)),
+    HostFn(WASI, "args_get", &[I32, I32], Some(I32)),
+    HostFn(WASI, "proc_exit", &[I32], None),
+];
+
+fn spec_of(module: &str, name: &str) -> Option<&'static HostFn> {
+    HOST_FUNCTIONS.iter().find(|f| f.0 == module && f.1 == name)
+}
+
+fn t_of(v: &ValType) -> Option<T> {
+    match v {
+        ValType::I32 => Some(T::I32),
+        ValType::I64 => Some(T::I64),
+        _ => None,
+    }
+}
+
+fn show(params: &[T], result: Option<T>) -> String {
+    let name = |t: &T| match t {
+        T::I32 => "i32",
+        T::I64 => "i64",
+    };
+    let p: Vec<&str> = params.iter().map(name).collect();
+    match result {
+        Some(r) => format!("({}) -> {}", p.join(", "), name(&r)),
+        None => format!("({})", p.join(", ")),
+    }
+}
+
+fn show_func(f: &FuncType) -> String {
+    let p: Vec<String> = f.params().map(|t| t.to_string()).collect();
+    let r: Vec<String> = f.results().map(|t| t.to_string()).collect();
+    match r.len() {
+        0 => format!("({})", p.join(", ")),
+        1 => format!("({}) -> {}", p.join(", "), r[0]),
+        _ => format!("({}) -> ({})", p.join(", "), r.join(", ")),
+    }
+}
+
+fn matches(spec: &HostFn, f: &FuncType) -> bool {
+    let params: Option<Vec<T>> = f.params().map(|t| t_of(&t)).collect();
+    let results: Option<Vec<T>> = f.results().map(|t| t_of(&t)).collect();
+    params.as_deref() == Some(spec.2) && results == Some(spec.3.into_iter().collect())
+}
+
+/// What the host needs to know about a module that passed the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub abi: AbiVersion,
+    /// `proxy_on_memory_allocate`, or the deprecated `malloc`.
+    pub allocator: &'static str,
+    /// Exported `proxy_on_*` callbacks.
+    pub callbacks: BTreeSet<String>,
+    /// `env`/`wasi_snapshot_preview1` functions it imports.
+    pub imports: BTreeSet<String>,
+}
+
+/// Checks a compiled module against the ABI. Every problem is reported,
+/// each naming the symbol, so one `portico check` shows them all.
+pub fn check(module: &Module) -> Result<ModuleInfo, Vec<String>> {
+    let mut errors = Vec::new();
+    let export_fn = |name: &str| match module.get_export(name) {
+        Some(ExternType::Func(f)) => Some(f),
+        _ => None,
+    };
+    let abi = if export_fn("proxy_abi_version_0_2_1").is_some() {
+        Some(AbiVersion::V0_2_1)
+    } else if export_fn("proxy_abi_version_0_2_0").is_some() {
+        Some(AbiVersion::V0_2_0)
+    } else {
+        errors.push(
+            "exports neither `proxy_abi_version_0_2_1` nor `proxy_abi_version_0_2_0`: not a \
+             proxy-wasm 0.2.x module"
+                .to_string(),
+        );
+        None
+    };
+    if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+        errors.push("does not export its linear memory as `memory`".into());
+    }
+    let alloc_type = FuncTypeShape {
+        params: &[T::I32],
+        result: Some(T::I32),
+    };
+    let allocator = ["proxy_on_memory_allocate", "malloc"]
+        .into_iter()
+        .find(|n| export_fn(n).is_some());
+    match allocator {
+        None => errors.push(
+            "exports no allocator (`proxy_on_memory_allocate`, or the deprecated `malloc`): \
+             the host cannot hand it data"
+                .into(),
+        ),
+        Some(n) => {
+            let f = export_fn(n).expect("found above");
+            if !alloc_type.matches(&f) {
+                errors.push(format!(
+                    "exports `{n}` as {} but the ABI defines {}",
+                    show_func(&f),
+                    show(alloc_type.params, alloc_type.result)
+                ));
+            }
+        }
+    }
+    if export_fn("proxy_on_context_create").is_none() {
+        errors
+            .push("does not export `proxy_on_context_create`: no context could be created".into());
+    }
+    let mut imports = BTreeSet::new();
+    for imp in module.imports() {
+        let what = format!("{}.{}", imp.module(), imp.name());
+        let ExternType::Func(f) = imp.ty() else {
+            errors.push(format!(
+                "imports `{what}`, which is not a function: the host provides only functions"
+            ));
+            continue;
+        };
+        match spec_of(imp.module(), imp.name()) {
+            None => errors.push(format!(
+                "imports unknown function `{what}`: not part of proxy-wasm 0.2.1 or the WASI \
+                 functions it lists"
+            )),
+            Some(spec) if !matches(spec, &f) => errors.push(format!(
+                "imports `{what}` as {} but proxy-wasm 0.2.1 defines {}",
+                show_func(&f),
+                show(spec.2, spec.3)
+            )),
+            Some(_) => {
+                imports.insert(what);
+            }
+        }
+    }
+    let callbacks = module
+        .exports()
+        .filter(|e| e.name().starts_with("proxy_on_") && matches!(e.ty(), ExternType::Func(_)))
+        .map(|e| e.name().to_string())
+        .collect();
+    match (abi, allocator) {
+        (Some(abi), Some(allocator)) if errors.is_empty() => Ok(ModuleInfo {
+            abi,
+            allocator,
+            callbacks,
+            imports,
+        }),
+        _ => Err(errors),
+    }
+}
+
+struct FuncTypeShape {
+    params: &'static [T],
+    result: Option<T>,
+}
+
+impl FuncTypeShape {
+    fn matches(&self, f: &FuncType) -> bool {
+        matches(&HostFn("", "", self.params, self.result), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::Engine;
+
+    fn module(wat: &str) -> Module {
+        Module::new(&Engine::default(), wat).expect("test module compiles")
+    }
+
+    const GOOD: &str = r#"(module
+        (import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))
+        (import "env" "proxy_record_metric" (func (param i32 i64) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+        (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 0)
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"#;
+
+    #[test]
+    fn a_complete_module_passes_and_is_described() {
+        let info = check(&module(GOOD)).unwrap();
+        assert_eq!(info.abi, AbiVersion::V0_2_1);
+        assert_eq!(info.allocator, "proxy_on_memory_allocate");
+        assert!(info.callbacks.contains("proxy_on_request_headers"));
+        assert_eq!(info.imports.len(), 3);
+    }
+
+    #[test]
+    fn abi_0_2_0_and_malloc_are_accepted() {
+        let wat = GOOD
+            .replace("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0")
+            .replace("proxy_on_memory_allocate", "malloc");
+        let info = check(&module(&wat)).unwrap();
+        assert_eq!(info.abi, AbiVersion::V0_2_0);
+        assert_eq!(info.allocator, "malloc");
+    }
+
+    #[test]
+    fn each_problem_names_its_symbol() {
+        let wat = GOOD
+            .replace("proxy_abi_version_0_2_1", "something_else")
+            .replace(
+                r#"(import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))"#,
+                r#"(import "env" "proxy_log" (func (param i32) (result i32)))
+                   (import "env" "proxy_open_socket" (func (result i32)))"#,
+            );
+        let errors = check(&module(&wat)).unwrap_err();
+        let all = errors.join("\n");
+        assert!(all.contains("proxy_abi_version_0_2_1"), "{all}");
+        assert!(
+            all.contains("unknown function `env.proxy_open_socket`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("imports `env.proxy_log` as (i32) -> i32 but proxy-wasm 0.2.1 defines (i32, i32, i32) -> i32"),
+            "{all}"
+        );
+        assert_eq!(errors.len(), 3, "{all}");
+    }
+
+    #[test]
+    fn missing_memory_allocator_and_context_create_are_reported() {
+        let errors = check(&module(
+            r#"(module (func (export "proxy_abi_version_0_2_1")))"#,
+        ))
+        .unwrap_err()
+        .join("\n");
+        assert!(errors.contains("`memory`"), "{errors}");
+        assert!(errors.contains("no allocator"), "{errors}");
+        assert!(errors.contains("proxy_on_context_create"), "{errors}");
+    }
+
+    #[test]
+    fn table_has_no_duplicates() {
+        let mut seen = BTreeSet::new();
+        for f in HOST_FUNCTIONS {
+            assert!(seen.insert((f.0, f.1)), "{}.{} twice", f.0, f.1);
+        }
+    }
+}

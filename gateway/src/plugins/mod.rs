@@ -1,0 +1,43 @@
+//! Wasm plugins (proxy-wasm 0.2.1 data plane). This is the start of the
+//! plugin platform: modules are compiled and checked against the ABI
+//! (`abi`) so bad ones are refused with the symbol named; the host calls,
+//! instance pools and the data-plane hooks come next.
+
+pub mod abi;
+
+use std::path::Path;
+
+use wasmtime::{Config, Engine, Module};
+
+/// The engine every plugin is compiled with: epoch interruption on, so a
+/// per-call deadline can stop a plugin that loops.
+pub fn engine() -> Result<Engine, String> {
+    let mut cfg = Config::new();
+    cfg.epoch_interruption(true);
+    Engine::new(&cfg).map_err(|e| format!("cannot start the Wasm engine: {e}"))
+}
+
+/// Reads, compiles and checks one plugin module. Errors name the file and
+/// each problem.
+pub fn load(engine: &Engine, path: &Path) -> Result<(Module, abi::ModuleInfo), Vec<String>> {
+    let at = |msg: String| format!("plugin {}: {msg}", path.display());
+    let bytes = std::fs::read(path).map_err(|e| vec![at(format!("cannot read: {e}"))])?;
+    // `.wat` files are WebAssembly text (tests, hand-written plugins);
+    // anything else must be a binary module.
+    let text = path.extension().is_some_and(|e| e == "wat");
+    if !text && !bytes.starts_with(b"\0asm") {
+        return Err(vec![at(
+            "not a WebAssembly binary (no `\\0asm` header)".into()
+        )]);
+    }
+    let compiled = if text {
+        Module::new(engine, &bytes)
+    } else {
+        Module::from_binary(engine, &bytes)
+    };
+    // wasmtime's error chain says where the module is invalid.
+    let module =
+        compiled.map_err(|e| vec![at(format!("not a valid WebAssembly module: {e:#}"))])?;
+    let info = abi::check(&module).map_err(|errs| errs.into_iter().map(at).collect::<Vec<_>>())?;
+    Ok((module, info))
+}

@@ -1,0 +1,110 @@
+//! Wasm plugin modules end to end: real modules compiled from source by
+//! `plugins/build.sh` (Debian's rustc 1.63 for wasm32-wasi), checked by the
+//! real binary. Hostile modules are written here as WebAssembly text.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use portico_integration_tests::*;
+
+/// Builds the plugin workspace once; the folder with the `.wasm` files.
+fn built_plugins() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(workspace_root().join("plugins/build.sh"))
+            .output()
+            .expect("run plugins/build.sh");
+        assert!(
+            out.status.success(),
+            "plugins/build.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        workspace_root().join("plugins/target/wasm32-wasi/release")
+    })
+    .clone()
+}
+
+fn check(plugins: &[&std::path::Path]) -> (Option<i32>, String) {
+    let mut args = vec!["check".to_string()];
+    for p in plugins {
+        args.push("--plugin".into());
+        args.push(p.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = portico(&args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_plugin_built_with_the_upstream_proxy_wasm_sdk_passes_the_abi_check() {
+    let wasm = built_plugins().join("compat_http_headers.wasm");
+    let (code, out) = check(&[&wasm]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("proxy-wasm ABI 0.2.1"), "{out}");
+    assert!(out.contains("and 1 plugin(s): 0 error(s)"), "{out}");
+}
+
+#[test]
+fn bad_modules_are_refused_naming_the_file_and_symbol() {
+    let dir = TempDir::new("bad-plugins");
+    let garbage = dir.write("garbage.wasm", "this is not wasm");
+    let unknown = dir.write(
+        "unknown.wat",
+        r#"(module
+            (import "env" "proxy_open_raw_socket" (func (param i32) (result i32)))
+            (memory (export "memory") 1)
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 0)
+            (func (export "proxy_on_context_create") (param i32 i32)))"#,
+    );
+    let no_abi = dir.write(
+        "no-abi.wat",
+        r#"(module (memory (export "memory") 1) (func (export "proxy_on_context_create") (param i32 i32)))"#,
+    );
+    // A binary that starts right but does not validate.
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, b"\0asm\x01\0\0\0\x01\x05").unwrap();
+    let (code, out) = check(&[&garbage, &unknown, &no_abi, &truncated]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "plugin {}: not a WebAssembly binary",
+            garbage.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "plugin {}: imports unknown function `env.proxy_open_raw_socket`",
+            unknown.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "plugin {}: exports neither `proxy_abi_version_0_2_1`",
+            no_abi.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "plugin {}: exports no allocator",
+            no_abi.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "plugin {}: not a valid WebAssembly module",
+            truncated.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("and 4 plugin(s): 5 error(s)"), "{out}");
+}

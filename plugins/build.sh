@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds every crate of the wasm32 workspace (plugins/Cargo.toml) to
+# plugins/target/wasm32-wasi/release/*.wasm.
+#
+# Toolchain: Debian's rustc 1.63 + libstd-rust-dev-wasm32 (apt; the MSRV,
+# and what this machine has), or with PORTICO_WASM_TOOLCHAIN=stable a
+# rustup toolchain that has the wasm32-wasip1 target (what users have).
+# CI and the tests call this script.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+case "${PORTICO_WASM_TOOLCHAIN:-debian}" in
+  debian)
+    for f in /usr/bin/rustc /usr/bin/cargo /usr/lib/rustlib/wasm32-wasi; do
+      [ -e "$f" ] || { echo "plugins/build.sh: $f missing; apt-get install rustc cargo libstd-rust-dev-wasm32" >&2; exit 1; }
+    done
+    # ~/.cargo/bin comes first on PATH; Debian's cargo needs sparse
+    # crates.io access (a nightly flag in cargo 1.65, hence RUSTC_BOOTSTRAP).
+    RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo -Z sparse-registry \
+      build --release --locked --target wasm32-wasi "$@"
+    out=target/wasm32-wasi/release
+    ;;
+  stable)
+    cargo build --release --locked --target wasm32-wasip1 "$@"
+    out=target/wasm32-wasip1/release
+    ;;
+  *)
+    echo "plugins/build.sh: PORTICO_WASM_TOOLCHAIN must be debian or stable" >&2
+    exit 1
+    ;;
+esac
+ls "$out"/*.wasm
