@@ -4,17 +4,25 @@
 //! instance pools and the data-plane hooks come next.
 
 pub mod abi;
+pub mod sandbox;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, Module};
 
-/// The engine every plugin is compiled with: epoch interruption on, so a
-/// per-call deadline can stop a plugin that loops.
+/// The process's one engine (cheap to clone): epoch interruption on, so a
+/// per-call deadline can stop a plugin that loops, and one epoch ticker
+/// serves every plugin.
 pub fn engine() -> Result<Engine, String> {
-    let mut cfg = Config::new();
-    cfg.epoch_interruption(true);
-    Engine::new(&cfg).map_err(|e| format!("cannot start the Wasm engine: {e}"))
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut cfg = Config::new();
+            cfg.epoch_interruption(true);
+            Engine::new(&cfg).map_err(|e| format!("cannot start the Wasm engine: {e}"))
+        })
+        .clone()
 }
 
 /// Reads, compiles and checks one plugin module. Errors name the file and

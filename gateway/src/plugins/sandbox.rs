@@ -1,0 +1,314 @@
+//! One plugin instance with its limits: a per-call deadline (epoch
+//! interruption), a memory cap, and what happens when either is hit or the
+//! plugin traps. A failed instance is poisoned: its memory may be
+//! half-updated, so the caller discards it and takes a fresh one rather
+//! than calling it again. The process never dies of a plugin.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Engine, Instance, Linker, Module, ResourceLimiter, Store, Trap, WasmParams, WasmResults,
+};
+
+/// Epoch ticks per second: the deadline's resolution.
+const TICKS_PER_SECOND: u64 = 1000;
+
+/// Limits for every call into one plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(5),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginError {
+    /// Ran past its deadline.
+    Deadline,
+    /// Tried to grow memory past the cap.
+    OutOfMemory,
+    /// A trap (unreachable, out-of-bounds access, stack overflow...).
+    Trap(String),
+    /// Instantiation or linking failed, or an export is missing.
+    Setup(String),
+}
+
+impl PluginError {
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Deadline => "deadline",
+            PluginError::OutOfMemory => "out_of_memory",
+            PluginError::Trap(_) => "trap",
+            PluginError::Setup(_) => "setup",
+        }
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginError::Deadline => f.write_str("ran past its deadline"),
+            PluginError::OutOfMemory => f.write_str("tried to grow memory past its cap"),
+            PluginError::Trap(t) => write!(f, "trapped: {t}"),
+            PluginError::Setup(e) => write!(f, "cannot start: {e}"),
+        }
+    }
+}
+
+/// Starts (once per engine) the thread that advances the epoch, which is
+/// what makes deadlines fire.
+pub fn start_ticker(engine: &Engine) {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let engine = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_micros(1_000_000 / TICKS_PER_SECOND));
+                engine.increment_epoch();
+            })
+            .expect("spawn the Wasm epoch thread");
+    });
+}
+
+/// The memory cap, remembering that it was hit so the error says so.
+pub struct Cap {
+    memory_bytes: usize,
+    hit: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for Cap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit.store(true, Ordering::Relaxed);
+            // A trap rather than `memory.grow` returning -1: most plugins
+            // abort on allocation failure anyway, and a trap is contained.
+            return Err(wasmtime::Error::msg("memory cap reached"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What the store carries: the plugin's host state and the cap.
+pub struct HostState<T> {
+    pub data: T,
+    cap: Cap,
+}
+
+pub struct Sandbox<T: 'static> {
+    pub name: String,
+    store: Store<HostState<T>>,
+    instance: Instance,
+    limits: Limits,
+    oom: Arc<AtomicBool>,
+    poisoned: bool,
+}
+
+impl<T: 'static> Sandbox<T> {
+    /// Instantiates `module` with `linker`'s host functions under `limits`.
+    pub fn new(
+        name: &str,
+        engine: &Engine,
+        module: &Module,
+        linker: &Linker<HostState<T>>,
+        limits: Limits,
+        data: T,
+    ) -> Result<Self, PluginError> {
+        start_ticker(engine);
+        let oom = Arc::new(AtomicBool::new(false));
+        let mut store = Store::new(
+            engine,
+            HostState {
+                data,
+                cap: Cap {
+                    memory_bytes: limits.memory_bytes,
+                    hit: oom.clone(),
+                },
+            },
+        );
+        store.limiter(|s| &mut s.cap);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(limits.deadline));
+        let instance = linker
+            .instantiate(&mut store, module)
+            .map_err(|e| classify(e, &oom))?;
+        Ok(Sandbox {
+            name: name.to_string(),
+            store,
+            instance,
+            limits,
+            oom,
+            poisoned: false,
+        })
+    }
+
+    /// Whether a call failed: the instance must be replaced.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub fn data(&self) -> &T {
+        &self.store.data().data
+    }
+
+    pub fn data_mut(&mut self) -> &mut T {
+        &mut self.store.data_mut().data
+    }
+
+    pub fn has_export(&mut self, name: &str) -> bool {
+        self.instance.get_func(&mut self.store, name).is_some()
+    }
+
+    /// Calls an export under the deadline; counts the call and its time.
+    pub fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        export: &str,
+        params: P,
+    ) -> Result<R, PluginError> {
+        if self.poisoned {
+            return Err(PluginError::Setup(
+                "instance discarded after an earlier failure".into(),
+            ));
+        }
+        let f = self
+            .instance
+            .get_typed_func::<P, R>(&mut self.store, export)
+            .map_err(|e| PluginError::Setup(format!("export `{export}`: {e}")))?;
+        self.store.set_epoch_deadline(ticks(self.limits.deadline));
+        let started = Instant::now();
+        let result = f
+            .call(&mut self.store, params)
+            .map_err(|e| classify(e, &self.oom));
+        let plugin = self.name.clone();
+        metrics::histogram!("portico_plugin_call_duration_seconds", "plugin" => plugin.clone())
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => metrics::counter!("portico_plugin_calls_total", "plugin" => plugin, "result" => "ok")
+                .increment(1),
+            Err(e) => {
+                self.poisoned = true;
+                metrics::counter!("portico_plugin_calls_total", "plugin" => plugin, "result" => e.kind())
+                    .increment(1);
+            }
+        }
+        result
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    // At least one full tick: a deadline can fire up to a tick early.
+    (d.as_micros() as u64 * TICKS_PER_SECOND / 1_000_000).max(1) + 1
+}
+
+fn classify(e: wasmtime::Error, oom: &AtomicBool) -> PluginError {
+    if oom.swap(false, Ordering::Relaxed) {
+        return PluginError::OutOfMemory;
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Deadline,
+        Some(t) => PluginError::Trap(t.to_string()),
+        None => PluginError::Trap(format!("{e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(wat: &str, limits: Limits) -> Sandbox<()> {
+        let engine = crate::plugins::engine().unwrap();
+        let module = Module::new(&engine, wat).unwrap();
+        let linker = Linker::new(&engine);
+        Sandbox::new("test", &engine, &module, &linker, limits, ()).unwrap()
+    }
+
+    const HOSTILE: &str = r#"(module
+        (memory 1)
+        (func (export "ok") (result i32) i32.const 7)
+        (func (export "spin") (loop br 0))
+        (func (export "grow") (result i32) (memory.grow (i32.const 2000)))
+        (func (export "crash") unreachable)
+        (func $deep (export "deep") (call $deep)))"#;
+
+    #[test]
+    fn an_endless_loop_is_stopped_at_the_deadline() {
+        let mut s = sandbox(HOSTILE, Limits::default());
+        let started = Instant::now();
+        assert_eq!(s.call::<(), ()>("spin", ()), Err(PluginError::Deadline));
+        // Generous: only proves the loop was interrupted at all.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(s.is_poisoned());
+        assert!(
+            s.call::<(), i32>("ok", ()).is_err(),
+            "a poisoned instance was called"
+        );
+    }
+
+    #[test]
+    fn growing_past_the_cap_is_out_of_memory() {
+        // 2000 pages are 125 MiB, over the 64 MiB default cap.
+        let mut s = sandbox(HOSTILE, Limits::default());
+        assert_eq!(s.call::<(), i32>("grow", ()), Err(PluginError::OutOfMemory));
+        // Under a larger cap the same growth succeeds (returns the old size).
+        let mut s = sandbox(
+            HOSTILE,
+            Limits {
+                memory_bytes: 256 << 20,
+                ..Limits::default()
+            },
+        );
+        assert_eq!(s.call::<(), i32>("grow", ()), Ok(1));
+    }
+
+    #[test]
+    fn traps_are_contained_and_a_fresh_instance_works() {
+        let mut s = sandbox(HOSTILE, Limits::default());
+        match s.call::<(), ()>("crash", ()) {
+            Err(PluginError::Trap(t)) => assert!(t.contains("unreachable"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        let mut s = sandbox(HOSTILE, Limits::default());
+        match s.call::<(), ()>("deep", ()) {
+            Err(PluginError::Trap(t)) => assert!(t.contains("stack"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        let mut fresh = sandbox(HOSTILE, Limits::default());
+        assert_eq!(fresh.call::<(), i32>("ok", ()), Ok(7));
+    }
+
+    #[test]
+    fn a_missing_export_is_a_setup_error_not_a_crash() {
+        let mut s = sandbox(HOSTILE, Limits::default());
+        assert!(matches!(
+            s.call::<(), ()>("nope", ()),
+            Err(PluginError::Setup(_))
+        ));
+    }
+}
