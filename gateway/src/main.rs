@@ -68,6 +68,10 @@ enum Command {
         /// (repeatable).
         #[arg(long = "plugin", value_name = "FILE")]
         plugins: Vec<PathBuf>,
+        /// Configuration each `--plugin` is started with (its
+        /// `proxy_on_configure` must accept it).
+        #[arg(long = "plugin-config", value_name = "TEXT", default_value = "")]
+        plugin_config: String,
     },
     /// Show which route, backend, endpoints and certificate a request gets.
     Explain {
@@ -147,7 +151,11 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Check { sources, plugins } => {
+        Command::Check {
+            sources,
+            plugins,
+            plugin_config,
+        } => {
             let cfg = match load(&sources) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
@@ -156,7 +164,11 @@ fn main() -> ExitCode {
             for p in &problems {
                 println!("{p}");
             }
-            let plugin_errors = match check_plugins(&plugins) {
+            if !plugins.is_empty() {
+                // Plugins log while they start.
+                portico::telemetry::init_logging(&cfg.log);
+            }
+            let plugin_errors = match check_plugins(&plugins, plugin_config.as_bytes()) {
                 Ok(n) => n,
                 Err(e) => return fail(e),
             };
@@ -316,21 +328,41 @@ fn explain_online(
 
 /// Compiles and checks each plugin module; prints one line per problem, or
 /// what a good module is. Returns the number of errors.
-fn check_plugins(paths: &[PathBuf]) -> Result<usize, String> {
+fn check_plugins(paths: &[PathBuf], config: &[u8]) -> Result<usize, String> {
+    use portico::plugins::{host, sandbox::Limits, vm};
     if paths.is_empty() {
         return Ok(0);
     }
     let engine = portico::plugins::engine()?;
+    let linker = host::linker(&engine)?;
     let mut errors = 0;
     for path in paths {
         match portico::plugins::load(&engine, path) {
-            Ok((_, info)) => println!(
-                "plugin {}: proxy-wasm ABI {}, {} callback(s), {} host function(s) imported",
-                path.display(),
-                info.abi,
-                info.callbacks.len(),
-                info.imports.len()
-            ),
+            Ok((module, info)) => {
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let start = vm::Start {
+                    name: &name,
+                    vm_config: b"",
+                    plugin_config: config,
+                    limits: Limits::default(),
+                };
+                match vm::Vm::start(&engine, &module, &info, &linker, &start) {
+                    Ok(_) => println!(
+                        "plugin {}: proxy-wasm ABI {}, {} callback(s), {} host function(s) imported; started",
+                        path.display(),
+                        info.abi,
+                        info.callbacks.len(),
+                        info.imports.len()
+                    ),
+                    Err(e) => {
+                        println!("plugin {}: does not start: {e}", path.display());
+                        errors += 1;
+                    }
+                }
+            }
             Err(problems) => {
                 for p in &problems {
                     println!("{p}");

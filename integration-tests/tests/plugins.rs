@@ -27,7 +27,15 @@ fn built_plugins() -> PathBuf {
 }
 
 fn check(plugins: &[&std::path::Path]) -> (Option<i32>, String) {
-    let mut args = vec!["check".to_string()];
+    check_with(plugins, "")
+}
+
+fn check_with(plugins: &[&std::path::Path], config: &str) -> (Option<i32>, String) {
+    let mut args = vec![
+        "check".to_string(),
+        "--plugin-config".to_string(),
+        config.to_string(),
+    ];
     for p in plugins {
         args.push("--plugin".into());
         args.push(p.display().to_string());
@@ -43,9 +51,15 @@ fn check(plugins: &[&std::path::Path]) -> (Option<i32>, String) {
 #[test]
 fn a_plugin_built_with_the_upstream_proxy_wasm_sdk_passes_the_abi_check() {
     let wasm = built_plugins().join("compat_http_headers.wasm");
-    let (code, out) = check(&[&wasm]);
+    let (code, out) = check_with(&[&wasm], "blue");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("proxy-wasm ABI 0.2.1"), "{out}");
+    assert!(out.contains("; started"), "{out}");
+    // Its on_configure read the configuration and logged through proxy_log.
+    assert!(
+        out.contains("compat-http-headers configured with tag \"blue\""),
+        "{out}"
+    );
     assert!(out.contains("and 1 plugin(s): 0 error(s)"), "{out}");
 }
 

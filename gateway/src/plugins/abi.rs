@@ -109,6 +109,31 @@ fn spec_of(module: &str, name: &str) -> Option<&'static HostFn> {
     HOST_FUNCTIONS.iter().find(|f| f.0 == module && f.1 == name)
 }
 
+/// `(module, name)` of every function the host must provide.
+pub fn host_function_names() -> impl Iterator<Item = (&'static str, &'static str)> {
+    HOST_FUNCTIONS.iter().map(|f| (f.0, f.1))
+}
+
+/// Whether `f` has the signature the spec gives `module.name`.
+pub fn signature_matches(module: &str, name: &str, f: &FuncType) -> bool {
+    spec_of(module, name).is_some_and(|spec| matches(spec, f))
+}
+
+/// The spec's type of `module.name`, for host functions defined
+/// dynamically.
+pub fn func_type(engine: &wasmtime::Engine, module: &str, name: &str) -> Option<FuncType> {
+    let spec = spec_of(module, name)?;
+    let v = |t: &T| match t {
+        T::I32 => ValType::I32,
+        T::I64 => ValType::I64,
+    };
+    Some(FuncType::new(
+        engine,
+        spec.2.iter().map(v),
+        spec.3.iter().map(v),
+    ))
+}
+
 fn t_of(v: &ValType) -> Option<T> {
     match v {
         ValType::I32 => Some(T::I32),

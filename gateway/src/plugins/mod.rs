@@ -4,7 +4,9 @@
 //! instance pools and the data-plane hooks come next.
 
 pub mod abi;
+pub mod host;
 pub mod sandbox;
+pub mod vm;
 
 use std::path::Path;
 use std::sync::OnceLock;

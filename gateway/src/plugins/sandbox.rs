@@ -122,6 +122,17 @@ pub struct HostState<T> {
     cap: Cap,
 }
 
+#[cfg(test)]
+pub fn test_state() -> HostState<crate::plugins::host::VmState> {
+    HostState {
+        data: Default::default(),
+        cap: Cap {
+            memory_bytes: 1 << 20,
+            hit: Arc::new(AtomicBool::new(false)),
+        },
+    }
+}
+
 pub struct Sandbox<T: 'static> {
     pub name: String,
     store: Store<HostState<T>>,
