@@ -337,7 +337,7 @@ fn check_plugins(paths: &[PathBuf], config: &[u8]) -> Result<usize, String> {
     let linker = host::linker(&engine)?;
     let mut errors = 0;
     for path in paths {
-        match portico::plugins::load(&engine, path) {
+        match portico::plugins::load(&engine, path, None) {
             Ok((module, info)) => {
                 let name = path
                     .file_stem()

@@ -4,6 +4,7 @@
 //! instance pools and the data-plane hooks come next.
 
 pub mod abi;
+pub mod cache;
 pub mod host;
 pub mod sandbox;
 pub mod vm;
@@ -29,7 +30,13 @@ pub fn engine() -> Result<Engine, String> {
 
 /// Reads, compiles and checks one plugin module. Errors name the file and
 /// each problem.
-pub fn load(engine: &Engine, path: &Path) -> Result<(Module, abi::ModuleInfo), Vec<String>> {
+/// With `cache`, compiled modules are kept there between runs (see
+/// `cache`).
+pub fn load(
+    engine: &Engine,
+    path: &Path,
+    cache: Option<&Path>,
+) -> Result<(Module, abi::ModuleInfo), Vec<String>> {
     let at = |msg: String| format!("plugin {}: {msg}", path.display());
     let bytes = std::fs::read(path).map_err(|e| vec![at(format!("cannot read: {e}"))])?;
     // `.wat` files are WebAssembly text (tests, hand-written plugins);
@@ -40,10 +47,16 @@ pub fn load(engine: &Engine, path: &Path) -> Result<(Module, abi::ModuleInfo), V
             "not a WebAssembly binary (no `\\0asm` header)".into()
         )]);
     }
-    let compiled = if text {
-        Module::new(engine, &bytes)
-    } else {
-        Module::from_binary(engine, &bytes)
+    let compile = || {
+        if text {
+            Module::new(engine, &bytes)
+        } else {
+            Module::from_binary(engine, &bytes)
+        }
+    };
+    let compiled = match cache {
+        Some(dir) => cache::load_or_compile(engine, dir, &bytes, compile).map(|(m, _)| m),
+        None => compile(),
     };
     // wasmtime's error chain says where the module is invalid.
     let module =
