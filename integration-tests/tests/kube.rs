@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use portico_integration_tests::apiserver::{ApiServer, Rule};
 use portico_integration_tests::dns::DnsServer;
-use portico_integration_tests::netns::Netns;
+use portico_integration_tests::netns::{Netns, NsEcho};
 use portico_integration_tests::*;
 
 /// Kubernetes tests turn node ports off: the double hands out 30000 and up
@@ -58,6 +58,19 @@ fn shop(host: &str, addresses: &[String], tls: bool) -> String {
     yaml::service("shop", "web", "", &[("http", 80)])
         + &yaml::slice_at("shop", "web-1", "web", "http", BACKEND_PORT, addresses)
         + &yaml::ingress("shop", "web", &[(host, "/", "Prefix", "web", "http")], &tls)
+}
+
+/// A fresh network namespace with pod `web-1` (an HTTP echo on
+/// `.2:BACKEND_PORT`) and an empty API-server double.
+fn pod_and_api() -> (Netns, NsEcho, ApiServer) {
+    let net = Netns::new();
+    let web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
+    (net, web, ApiServer::start())
+}
+
+/// `shop` for `host` on pod `web-1`, with TLS from Secret `web-tls`.
+fn shop_tls(host: &str, net: &Netns, crt: &str, key: &str) -> String {
+    shop(host, &[net.addr(2)], true) + &yaml::tls_secret("shop", "web-tls", crt, key)
 }
 
 fn ingress_status_ips(api: &ApiServer, ns: &str, name: &str) -> Vec<String> {
@@ -110,15 +123,9 @@ fn events_with_reason(api: &ApiServer, reason: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn api_objects_route_http_and_https_to_pods_and_status_is_written() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     let (crt, key) = self_signed(&["shop.test"]);
-    api.apply(
-        &(shop("shop.test", &[net.addr(2)], true)
-            + &yaml::tls_secret("shop", "web-tls", &crt, &key)),
-    )
-    .unwrap();
+    api.apply(&shop_tls("shop.test", &net, &crt, &key)).unwrap();
 
     let gw = Gateway::spawn_kube(&api, "gw-a", NO_NODE_PORTS);
     gw.wait_ready();
@@ -255,15 +262,10 @@ fn endpoints_scale_up_and_down_under_load_with_zero_failures() {
 
 #[test]
 fn rotated_certificate_is_served_without_restart() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     let (crt1, key1) = self_signed(&["rot.test"]);
-    api.apply(
-        &(shop("rot.test", &[net.addr(2)], true)
-            + &yaml::tls_secret("shop", "web-tls", &crt1, &key1)),
-    )
-    .unwrap();
+    api.apply(&shop_tls("rot.test", &net, &crt1, &key1))
+        .unwrap();
     let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
     gw.wait_ready();
     let ca1 = gw.dir.write("ca1.pem", &crt1);
@@ -392,9 +394,7 @@ fn service_switched_to_load_balancer_opens_listeners_and_gets_status() {
 
 #[test]
 fn leader_failover_between_two_processes_only_the_leader_writes() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     api.apply(&shop("lead.test", &[net.addr(2)], false))
         .unwrap();
     let cfg = format!("lease_duration_seconds = 3\n{NO_NODE_PORTS}");
@@ -463,9 +463,7 @@ fn leader_failover_between_two_processes_only_the_leader_writes() {
 
 #[test]
 fn api_outage_keeps_serving_and_resyncs_after_410() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     api.apply(&shop("up.test", &[net.addr(2)], false)).unwrap();
     let gw = Gateway::spawn_kube(&api, "gw", NO_NODE_PORTS);
     gw.wait_ready();
@@ -536,9 +534,7 @@ fn unreachable_at_start_then_forbidden_gives_one_clear_line() {
 
 #[test]
 fn malformed_object_is_skipped_with_an_event_and_others_serve() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     // `ports` must be a list: a real API server would refuse this, but a
     // conversion bug or version skew can still hand a gateway such objects.
     api.apply(&(shop("ok.test", &[net.addr(2)], false)
@@ -560,9 +556,7 @@ fn malformed_object_is_skipped_with_an_event_and_others_serve() {
 /// allowed, and every rule is used (least privilege).
 #[test]
 fn deploy_rbac_allows_exactly_what_portico_uses() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     let rbac = std::fs::read_to_string(workspace_root().join("deploy/rbac.yaml")).unwrap();
     let rules = Rule::from_manifests(&rbac);
     assert!(!rules.is_empty());
@@ -681,9 +675,7 @@ fn external_name_backend_resolves_and_follows_dns_changes() {
 
 #[test]
 fn namespace_restriction_watches_and_serves_one_namespace() {
-    let net = Netns::new();
-    let _web = net.echo_http("web-1", &net.addr(2), BACKEND_PORT);
-    let api = ApiServer::start();
+    let (net, _web, api) = pod_and_api();
     api.apply(&shop("in.test", &[net.addr(2)], false)).unwrap();
     // The same objects in another namespace, for another host.
     api.apply(

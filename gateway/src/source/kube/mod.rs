@@ -153,7 +153,7 @@ impl KubeSource {
         reports: Vec<Report>,
         node_addresses: Option<Vec<IpAddr>>,
         resolved: &crate::dns::Resolved,
-    ) -> std::collections::BTreeSet<String> {
+    ) -> Option<std::collections::BTreeSet<String>> {
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
         let was_synced = inner.cluster.synced();
@@ -185,7 +185,10 @@ impl KubeSource {
                 }
             }
         }
-        let names = translate::backend::external_names(&inner.cluster.store);
+        // Only a Service change can change the names, and every Service
+        // change is a full one: endpoint-only batches skip the scan.
+        let names = matches!(effect, Effect::Full)
+            .then(|| translate::backend::external_names(&inner.cluster.store));
         if !inner.cluster.synced() {
             return names;
         }
@@ -333,7 +336,9 @@ impl BackgroundService for KubeSource {
             }
             let node = node_rx.borrow_and_update().clone();
             let resolved = resolved_rx.borrow_and_update().clone();
-            let names = self.apply(batch, node, &resolved);
+            let Some(names) = self.apply(batch, node, &resolved) else {
+                continue;
+            };
             names_tx.send_if_modified(|cur| {
                 let changed = *cur != names;
                 *cur = names;
