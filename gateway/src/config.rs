@@ -33,6 +33,79 @@ pub struct Config {
     pub demo: DemoConfig,
     pub kubernetes: KubernetesConfig,
     pub dns: DnsConfig,
+    pub plugins: PluginsConfig,
+}
+
+/// Wasm plugins: which modules to load, and where they apply.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Plugins run on every request of the L7 listeners, in this order,
+    /// before the ones an Ingress asks for (`portico.io/plugins`).
+    pub http: Vec<String>,
+    /// Compiled modules are kept here between runs (keyed by content), so
+    /// a restart does not compile again. Unset: no disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Watch plugin files and swap in a changed module without a restart.
+    pub reload: bool,
+    /// How often the files are checked for changes.
+    pub reload_interval_ms: u64,
+    /// The modules.
+    pub load: Vec<PluginConfig>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            http: Vec::new(),
+            cache_dir: None,
+            reload: true,
+            reload_interval_ms: 1_000,
+            load: Vec::new(),
+        }
+    }
+}
+
+/// One plugin module and how it runs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// How routes, listeners, metrics and logs refer to it.
+    pub name: String,
+    /// The `.wasm` module (relative to the config file).
+    pub path: PathBuf,
+    /// Handed to the plugin as its configuration (`proxy_on_configure`).
+    #[serde(default)]
+    pub config: String,
+    /// What a request gets when the plugin fails (trap, deadline, memory):
+    /// `closed` answers 500, `open` skips the plugin.
+    #[serde(default)]
+    pub fail: FailPolicy,
+    /// Time one call into the plugin may take.
+    #[serde(default = "default_plugin_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear memory one instance may grow to.
+    #[serde(default = "default_plugin_memory_mib")]
+    pub memory_mib: u64,
+}
+
+fn default_plugin_deadline_ms() -> u64 {
+    5
+}
+
+fn default_plugin_memory_mib() -> u64 {
+    64
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailPolicy {
+    /// The request is refused (500), the connection closed: a plugin that
+    /// enforces something must not be bypassed by crashing it.
+    #[default]
+    Closed,
+    /// The plugin is skipped for this request.
+    Open,
 }
 
 /// Resolving ExternalName Services' DNS names.
@@ -412,6 +485,7 @@ pub fn load_with_env(
                 .with_list_parse_key("demo.echo")
                 .with_list_parse_key("kubernetes.publish_addresses")
                 .with_list_parse_key("kubernetes.load_balancer_pool")
+                .with_list_parse_key("plugins.http")
                 .try_parsing(true)
                 .source(Some(env_map)),
         )
@@ -428,6 +502,14 @@ pub fn load_with_env(
         if dir.is_relative() {
             *dir = base.join(&*dir);
         }
+    }
+    for p in &mut cfg.plugins.load {
+        if p.path.is_relative() {
+            p.path = base.join(&p.path);
+        }
+    }
+    if let Some(dir) = cfg.plugins.cache_dir.as_mut().filter(|d| d.is_relative()) {
+        *dir = base.join(&*dir);
     }
     validate(&cfg).map_err(|e| format!("{name}: {e}"))?;
     Ok((cfg, origin))
@@ -475,8 +557,51 @@ fn validate(cfg: &Config) -> Result<(), String> {
             "kubernetes.namespace must not be empty (leave it unset for all namespaces)".into(),
         );
     }
+    validate_plugins(&cfg.plugins)?;
     if cfg.proxy.max_request_header_bytes < 1024 {
         return Err("proxy.max_request_header_bytes must be at least 1024".into());
+    }
+    Ok(())
+}
+
+fn validate_plugins(p: &PluginsConfig) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, plugin) in p.load.iter().enumerate() {
+        let at = format!("plugins.load[{i}] ({:?})", plugin.name);
+        if plugin.name.is_empty()
+            || !plugin
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "{at}: name must be non-empty letters, digits, '-' or '_'"
+            ));
+        }
+        if !seen.insert(plugin.name.as_str()) {
+            return Err(format!("{at}: a plugin of this name is already loaded"));
+        }
+        if !(1..=60_000).contains(&plugin.deadline_ms) {
+            return Err(format!("{at}: deadline_ms must be 1..=60000"));
+        }
+        if !(1..=4096).contains(&plugin.memory_mib) {
+            return Err(format!("{at}: memory_mib must be 1..=4096"));
+        }
+    }
+    for name in &p.http {
+        if !seen.contains(name.as_str()) {
+            return Err(format!(
+                "plugins.http: {name:?} is not a loaded plugin (plugins.load has {})",
+                if seen.is_empty() {
+                    "none".to_string()
+                } else {
+                    seen.iter().copied().collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+    }
+    if p.reload_interval_ms < 100 {
+        return Err("plugins.reload_interval_ms must be at least 100".into());
     }
     Ok(())
 }

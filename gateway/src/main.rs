@@ -146,7 +146,7 @@ fn main() -> ExitCode {
             if !node_address.is_empty() {
                 cfg.node.addresses = node_address;
             }
-            match run::run(cfg) {
+            match run::run(cfg, sources.config.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -164,21 +164,36 @@ fn main() -> ExitCode {
             for p in &problems {
                 println!("{p}");
             }
-            if !plugins.is_empty() {
+            if !plugins.is_empty() || !cfg.plugins.load.is_empty() {
                 // Plugins log while they start.
                 portico::telemetry::init_logging(&cfg.log);
             }
-            let plugin_errors = match check_plugins(&plugins, plugin_config.as_bytes()) {
+            let mut plugin_errors = match check_plugins(&plugins, plugin_config.as_bytes()) {
                 Ok(n) => n,
                 Err(e) => return fail(e),
             };
+            // The configured plugins, as `run` would load them.
+            let (registry, errs) = portico::plugins::registry::load_all(&cfg.plugins, None);
+            for e in &errs {
+                println!("{e}");
+            }
+            for p in registry.plugins.values() {
+                println!(
+                    "plugin {} ({}): proxy-wasm ABI {}, started with its configuration",
+                    p.name,
+                    p.path.display(),
+                    p.info.abi
+                );
+            }
+            plugin_errors += errs.len();
+            let plugin_count = plugins.len() + cfg.plugins.load.len();
             let manifest_errors = problems.iter().filter(|p| p.is_error()).count();
             let warnings = problems.len() - manifest_errors;
             let errors = manifest_errors + plugin_errors;
             eprintln!(
                 "checked {} manifest folder(s) and {} plugin(s): {errors} error(s), {warnings} warning(s)",
                 cfg.sources.manifests.len(),
-                plugins.len()
+                plugin_count
             );
             if errors > 0 {
                 ExitCode::from(1)

@@ -32,6 +32,8 @@ pub struct Route {
     pub path: String,
     pub kind: PathKind,
     pub backend: BackendKey,
+    /// Plugins the Ingress asks for (`portico.io/plugins`), in order.
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +224,7 @@ mod tests {
                 service: name.into(),
                 port: "80".into(),
             },
+            plugins: Vec::new(),
         }
     }
 

@@ -63,7 +63,7 @@ fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(cfg: Config) -> Result<(), String> {
+pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     telemetry::init_logging(&cfg.log);
     let metrics = telemetry::init_metrics()?;
     telemetry::describe_metrics();
@@ -108,6 +108,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
     check_bindable(&binds)?;
     let default_cert = default_certificate(&cfg)?;
 
+    // Plugins load before anything listens: one that does not compile,
+    // check or start stops `run` with the reason.
+    let (registry, plugin_errors) = crate::plugins::registry::load_all(&cfg.plugins, None);
+    if !plugin_errors.is_empty() {
+        for e in &plugin_errors {
+            eprintln!("{e}");
+        }
+        return Err(format!(
+            "{} plugin(s) failed to load; not serving",
+            plugin_errors.len()
+        ));
+    }
+    for p in registry.plugins.values() {
+        tracing::info!(plugin = %p.name, path = %p.path.display(), abi = ?p.info.abi, fail = ?p.fail, "plugin loaded");
+    }
+    let registry = Arc::new(arc_swap::ArcSwap::from_pointee(registry));
+
     let health = HealthPolicy {
         failure_threshold: cfg.lb.failure_threshold,
         cooldown: Duration::from_millis(cfg.lb.cooldown_ms),
@@ -130,6 +147,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .unwrap_or(1);
     let conf = ServerConf {
         threads,
+        // Plugin instances are per worker thread and a request's phases
+        // must run where its contexts live: one single-threaded runtime
+        // per worker (also Pingora's faster mode).
+        work_stealing: false,
         grace_period_seconds: Some(cfg.shutdown.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
@@ -137,7 +158,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = HttpProxy::new(publisher.handle(), cfg.proxy.clone(), cfg.log.access_log);
+    let proxy = HttpProxy::new(
+        publisher.handle(),
+        registry.clone(),
+        cfg.proxy.clone(),
+        cfg.log.access_log,
+    );
     let mut l7 =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
     if let Some(app) = l7.app_logic_mut() {
@@ -149,7 +175,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         l7.add_tcp(&addr.to_string());
     }
     for addr in &cfg.listen.https {
-        let mut tls_settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+        let mut tls_settings =
+            TlsSettings::with_callbacks(Box::new(crate::proxy::http::SniRecorder))
+                .map_err(|e| e.to_string())?;
         tls_settings.set_cert_resolver(Arc::new(SniResolver::new(
             publisher.handle(),
             default_cert.clone(),
@@ -185,6 +213,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
         )),
         None => server.add_service(background_service("manifests", pipeline)),
     };
+    if cfg.plugins.reload && !cfg.plugins.load.is_empty() {
+        server.add_service(background_service(
+            "plugin-reload",
+            crate::plugins::reload::PluginReloader {
+                registry: registry.clone(),
+                config: cfg.plugins.clone(),
+                config_file: config_file.clone(),
+            },
+        ));
+    }
     if !cfg.demo.echo.is_empty() {
         server.add_service(background_service(
             "demo-echo",

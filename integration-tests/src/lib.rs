@@ -363,6 +363,26 @@ impl Drop for Gateway {
     }
 }
 
+/// Builds the plugin workspace (`plugins/build.sh`: Debian's rustc 1.63
+/// for wasm32-wasi) once per test process; the folder with the `.wasm`
+/// files.
+pub fn built_plugins() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(workspace_root().join("plugins/build.sh"))
+            .output()
+            .expect("run plugins/build.sh");
+        assert!(
+            out.status.success(),
+            "plugins/build.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        workspace_root().join("plugins/target/wasm32-wasi/release")
+    })
+    .clone()
+}
+
 /// Runs `portico` with arguments to completion.
 pub fn portico(args: &[&str]) -> Output {
     Command::new(portico_bin())

@@ -2,29 +2,7 @@
 //! `plugins/build.sh` (Debian's rustc 1.63 for wasm32-wasi), checked by the
 //! real binary. Hostile modules are written here as WebAssembly text.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-
 use portico_integration_tests::*;
-
-/// Builds the plugin workspace once; the folder with the `.wasm` files.
-fn built_plugins() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(workspace_root().join("plugins/build.sh"))
-            .output()
-            .expect("run plugins/build.sh");
-        assert!(
-            out.status.success(),
-            "plugins/build.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        workspace_root().join("plugins/target/wasm32-wasi/release")
-    })
-    .clone()
-}
 
 fn check(plugins: &[&std::path::Path]) -> (Option<i32>, String) {
     check_with(plugins, "")

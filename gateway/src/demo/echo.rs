@@ -100,7 +100,12 @@ struct Request {
     target: String,
     headers: Vec<(String, String)>,
     body_bytes: usize,
+    /// The start of the body, echoed back as text.
+    body: Vec<u8>,
 }
+
+/// How much of a request body the echo answer repeats.
+const BODY_KEPT: usize = 4096;
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
@@ -138,12 +143,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn read_exact_n(&mut self, n: usize) -> io::Result<()> {
+    /// Consumes `n` bytes, keeping the first of them (up to
+    /// `BODY_KEPT` in all) in `kept`.
+    async fn read_exact_n(&mut self, n: usize, kept: &mut Vec<u8>) -> io::Result<()> {
         while self.buf.len() < n {
             if !self.fill().await? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
+        let room = BODY_KEPT.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&self.buf[..room]);
         self.buf.drain(..n);
         Ok(())
     }
@@ -180,6 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 })
                 .collect(),
             body_bytes: 0,
+            body: Vec::new(),
         };
         self.buf.drain(..head_end);
         let chunked = out
@@ -195,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     while !self.read_line().await?.is_empty() {}
                     break;
                 }
-                self.read_exact_n(size).await?;
+                self.read_exact_n(size, &mut out.body).await?;
                 self.read_line().await?;
                 out.body_bytes += size;
             }
@@ -203,7 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .header("content-length")
             .and_then(|v| v.trim().parse::<usize>().ok())
         {
-            self.read_exact_n(len).await?;
+            self.read_exact_n(len, &mut out.body).await?;
             out.body_bytes = len;
         }
         Ok(Some(out))
@@ -283,6 +293,7 @@ async fn http_conn(stream: TcpStream, peer: SocketAddr, name: &str) -> io::Resul
                 "peer": peer.to_string(),
                 "headers": headers,
                 "body_bytes": req.body_bytes,
+                "body": String::from_utf8_lossy(&req.body),
             }))
             .unwrap_or_default();
             body.push(b'\n');

@@ -49,6 +49,8 @@ mod errno {
 /// An HTTP response a plugin asked to send instead of proxying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
+    /// The context that sent it.
+    pub context: u32,
     pub status: u32,
     pub details: String,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -69,9 +71,17 @@ pub struct VmState {
     pub tick_period_ms: u32,
     pub local_response: Option<LocalResponse>,
     pub effective_context: u32,
-    /// Streams the plugin asked to resume or close (`proxy_stream_type_t`).
-    pub continued: Vec<i32>,
-    pub closed: Vec<i32>,
+    /// Streams the plugin asked to resume or close: (context,
+    /// `proxy_stream_type_t`).
+    pub continued: Vec<(u32, i32)>,
+    pub closed: Vec<(u32, i32)>,
+    /// Bit `1 << id` set when the plugin changed header map `id`...
+    pub maps_dirty: u32,
+    /// ...or buffer `id`, so the host copies back only what changed.
+    pub buffers_dirty: u32,
+    /// The stream being processed, for `request.*`, `source.*` and other
+    /// properties.
+    pub stream: Option<std::sync::Arc<super::properties::StreamProps>>,
     /// `proxy_done` was called.
     pub done: bool,
     pub started: Option<Instant>,
@@ -308,6 +318,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             let start = (start as u32 as usize).min(buf.len());
             let end = start.saturating_add(size as u32 as usize).min(buf.len());
             buf.splice(start..end, value);
+            c.data_mut().data.buffers_dirty |= 1 << id;
             status::OK
         },
     )?;
@@ -381,7 +392,9 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
-            c.data_mut().data.maps.insert(id, pairs);
+            let d = &mut c.data_mut().data;
+            d.maps.insert(id, pairs);
+            d.maps_dirty |= 1 << id;
             status::OK
         },
     )?;
@@ -416,7 +429,9 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
             (Err(e), _) | (_, Err(e)) => return e,
         };
-        let map = c.data_mut().data.maps.entry(id).or_default();
+        let d = &mut c.data_mut().data;
+        d.maps_dirty |= 1 << id;
+        let map = d.maps.entry(id).or_default();
         if replace {
             map.retain(|(k, _)| *k != key);
         }
@@ -448,8 +463,10 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 Ok(k) => k.to_ascii_lowercase(),
                 Err(e) => return e,
             };
-            if let Some(m) = c.data_mut().data.maps.get_mut(&id) {
+            let d = &mut c.data_mut().data;
+            if let Some(m) = d.maps.get_mut(&id) {
                 m.retain(|(k, _)| *k != key);
+                d.maps_dirty |= 1 << id;
             }
             status::OK
         },
@@ -460,14 +477,16 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         if !(0..=3).contains(&t) {
             return status::BAD_ARGUMENT;
         }
-        c.data_mut().data.continued.push(t);
+        let d = &mut c.data_mut().data;
+        d.continued.push((d.effective_context, t));
         status::OK
     })?;
     l.func_wrap(E, "proxy_close_stream", |mut c: C<'_>, t: i32| {
         if !(0..=3).contains(&t) {
             return status::BAD_ARGUMENT;
         }
-        c.data_mut().data.closed.push(t);
+        let d = &mut c.data_mut().data;
+        d.closed.push((d.effective_context, t));
         status::OK
     })?;
     l.func_wrap(E, "proxy_get_status", |_: C<'_>, _: i32, _: i32, _: i32| {
@@ -501,7 +520,9 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 Ok(None) => return status::BAD_ARGUMENT,
                 Err(e) => return e,
             };
+            let context = c.data().data.effective_context;
             c.data_mut().data.local_response = Some(LocalResponse {
+                context,
                 status: code as u32,
                 details,
                 headers,
@@ -725,7 +746,12 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             let value = match path.as_str() {
                 "plugin_name" => Some(st.plugin.clone().into_bytes()),
                 "plugin_root_id" => Some(st.root_id.clone().into_bytes()),
-                _ => st.properties.get(&path).cloned(),
+                // Set by the plugin, then what the stream says.
+                _ => st.properties.get(&path).cloned().or_else(|| {
+                    st.stream.as_ref().and_then(|s| {
+                        s.get(&path, st.maps.get(&super::properties::REQUEST_HEADERS))
+                    })
+                }),
             };
             match value {
                 None => status::NOT_FOUND,

@@ -1,11 +1,20 @@
-//! Wasm plugins (proxy-wasm 0.2.1 data plane). This is the start of the
-//! plugin platform: modules are compiled and checked against the ABI
-//! (`abi`) so bad ones are refused with the symbol named; the host calls,
-//! instance pools and the data-plane hooks come next.
+//! Wasm plugins (proxy-wasm 0.2.1 data plane).
+//!
+//! `abi` checks a module against the ABI so a bad one is refused with the
+//! symbol named; `host` is the host side of the ABI; `sandbox` the limits;
+//! `vm` starts an instance; `registry` holds the configured plugins;
+//! `instances` keeps one instance per plugin per worker thread;
+//! `http_filter` runs a request through a chain of HTTP contexts;
+//! `reload` swaps changed plugins in.
 
 pub mod abi;
 pub mod cache;
 pub mod host;
+pub mod http_filter;
+pub mod instances;
+pub mod properties;
+pub mod registry;
+pub mod reload;
 pub mod sandbox;
 pub mod vm;
 

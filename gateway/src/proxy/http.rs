@@ -20,25 +20,58 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::config::ProxyConfig;
 use crate::lb::{Pick, PickRequest, Pool};
+use crate::plugins::host::LocalResponse;
+use crate::plugins::http_filter::{self, HttpChain, Verdict};
+use crate::plugins::properties::{RequestProps, StreamProps};
+use crate::plugins::reload::RegistryHandle;
 use crate::routing::Route;
 use crate::shutdown::InFlight;
 use crate::snapshot::Snapshot;
 
 pub struct HttpProxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    plugins: RegistryHandle,
     cfg: ProxyConfig,
     access_log: bool,
 }
 
 impl HttpProxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, cfg: ProxyConfig, access_log: bool) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        plugins: RegistryHandle,
+        cfg: ProxyConfig,
+        access_log: bool,
+    ) -> Self {
         HttpProxy {
             snapshot,
+            plugins,
             cfg,
             access_log,
         }
     }
 }
+
+/// The SNI a TLS client sent, recorded at the handshake (see
+/// `SniRecorder`) so plugins can read `connection.requested_server_name`.
+#[derive(Debug)]
+pub struct Sni(pub String);
+
+/// Keeps the SNI of each TLS connection in its digest.
+pub struct SniRecorder;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for SniRecorder {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        tls.server_name()
+            .map(|n| Arc::new(Sni(n.to_string())) as Arc<dyn std::any::Any + Send + Sync>)
+    }
+}
+
+/// How long a plugin may hold a paused request before it fails.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-request state.
 pub struct RequestCtx {
@@ -53,6 +86,14 @@ pub struct RequestCtx {
     tls: bool,
     /// Set when the gateway answered itself (404, 503...).
     local_reason: Option<&'static str>,
+    /// The request's plugin contexts, when any plugin applies.
+    plugins: Option<HttpChain>,
+    /// An answer decided in a phase that cannot write it (a request body
+    /// or response plugin): written by `fail_to_proxy`, or replacing the
+    /// upstream's body.
+    plugin_response: Option<LocalResponse>,
+    /// Replacing the upstream's response body: the body still to send.
+    replace_body: Option<Bytes>,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -97,6 +138,153 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<()>
     Ok(())
 }
 
+fn scheme(ctx: &RequestCtx) -> &'static str {
+    if ctx.tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// What plugins can read about this request (`proxy_get_property`).
+fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps {
+    let req = session.req_header();
+    let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
+    StreamProps {
+        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
+        request: Some(RequestProps {
+            path: req
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            host: host.to_string(),
+            method: req.method.as_str().to_string(),
+            scheme: scheme(ctx),
+            protocol: match req.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            id: ctx.request_id.clone(),
+        }),
+        sni: ssl
+            .and_then(|d| d.extension.get::<Sni>())
+            .map(|s| s.0.clone()),
+        tls: ssl.is_some(),
+        ..StreamProps::default()
+    }
+}
+
+fn set_route_props(p: &mut StreamProps, route: &Route) {
+    if p.route.as_deref() == Some(route.ingress.as_str()) {
+        return;
+    }
+    p.route = Some(route.ingress.clone());
+    p.service = Some(route.backend.to_string());
+    p.namespace = route.ingress.split('/').next().map(str::to_string);
+}
+
+/// Writes a plugin's local response.
+async fn respond_local(session: &mut Session, local: LocalResponse) -> Result<()> {
+    let mut resp = local_header(&local)?;
+    let body = Bytes::from(local.body);
+    resp.insert_header("content-length", body.len().to_string())?;
+    let empty = body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn local_header(local: &LocalResponse) -> Result<ResponseHeader> {
+    let status = u16::try_from(local.status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .unwrap_or(500);
+    let mut resp = ResponseHeader::build(status, Some(local.headers.len() + 2))?;
+    for (k, v) in &local.headers {
+        if k.starts_with(':') || k == "content-length" || k == "transfer-encoding" {
+            continue;
+        }
+        resp.append_header(k.clone(), v.as_slice())?;
+    }
+    if resp.headers.get("server").is_none() {
+        resp.insert_header("server", "portico")?;
+    }
+    Ok(resp)
+}
+
+fn plugin_failed(plugin: &str) -> LocalResponse {
+    LocalResponse {
+        context: 0,
+        status: 500,
+        details: format!("plugin {plugin} failed"),
+        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+        body: format!("plugin {plugin} failed\n").into_bytes(),
+    }
+}
+
+fn body_too_large(plugin: &str, status: u32) -> LocalResponse {
+    LocalResponse {
+        context: 0,
+        status,
+        details: format!("body too large to buffer for plugin {plugin}"),
+        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+        body: format!(
+            "body larger than {} bytes cannot be buffered for plugin {plugin}\n",
+            http_filter::MAX_BUFFERED_BODY
+        )
+        .into_bytes(),
+    }
+}
+
+impl HttpProxy {
+    /// Runs `proxy_on_request_headers` from filter `from` on, waiting out
+    /// pauses. Returns whether the request was answered (plugin response
+    /// or fail-closed failure).
+    async fn run_request_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut from: usize,
+        pairs: &mut http_filter::Pairs,
+    ) -> Result<bool> {
+        let end_of_stream = session.is_body_empty();
+        let mut changed = false;
+        let verdict = loop {
+            let Some(chain) = ctx.plugins.as_mut() else {
+                return Ok(false);
+            };
+            match chain.on_request_headers(from, pairs, end_of_stream, &mut changed) {
+                Verdict::Pause(i) => match chain.resumed(i, PAUSE_TIMEOUT).await {
+                    Verdict::Continue => from = i + 1,
+                    other => break other,
+                },
+                other => break other,
+            }
+        };
+        if changed {
+            if let Err(e) = http_filter::apply_request(session.req_header_mut(), pairs) {
+                tracing::warn!(error = %e, "plugin edit to the request headers refused");
+                ctx.local_reason = Some("plugin");
+                respond(session, 500, format!("{e}\n")).await?;
+                return Ok(true);
+            }
+        }
+        let local = match verdict {
+            Verdict::Continue | Verdict::Pause(_) => return Ok(false),
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 413),
+        };
+        ctx.local_reason = Some("plugin");
+        respond_local(session, local).await?;
+        Ok(true)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for HttpProxy {
     type CTX = RequestCtx;
@@ -113,6 +301,9 @@ impl ProxyHttp for HttpProxy {
             host: String::new(),
             tls: false,
             local_reason: None,
+            plugins: None,
+            plugin_response: None,
+            replace_body: None,
         }
     }
 
@@ -145,13 +336,37 @@ impl ProxyHttp for HttpProxy {
             .await?;
             return Ok(true);
         }
-        let Some(host) = request_host(req) else {
+        let Some(mut host) = request_host(req) else {
             ctx.local_reason = Some("no-host");
             respond(session, 400, "missing Host header\n".into()).await?;
             return Ok(true);
         };
-        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let snap = self.snapshot.load();
+        // Listener plugins run first and see the route the request would
+        // take (`portico.route`); what they change (host, path) is routed
+        // again.
+        let registry = self.plugins.load();
+        let mut pairs = Vec::new();
+        if !registry.http.is_empty() {
+            let mut props = stream_props(session, ctx, &host);
+            let path = session.req_header().uri.path_and_query();
+            if let Some((route, _)) = snap.routes.find(&host, path.map_or("/", |p| p.as_str())) {
+                set_route_props(&mut props, route);
+            }
+            ctx.plugins = Some(HttpChain::new(registry.http.clone(), props));
+            pairs = http_filter::request_pairs(session.req_header(), &host, scheme(ctx));
+            if self
+                .run_request_headers(session, ctx, 0, &mut pairs)
+                .await?
+            {
+                return Ok(true);
+            }
+            if let Some(h) = request_host(session.req_header()) {
+                host = h;
+            }
+        }
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let Some((route, _)) = snap.routes.find(&host, path) else {
             ctx.local_reason = Some("no-route");
             let body = format!("no route for host {host} path {}\n", req.uri.path());
@@ -161,6 +376,49 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+        if let Some(chain) = ctx.plugins.as_mut() {
+            set_route_props(chain.props_mut(), route);
+        }
+        if !route.plugins.is_empty() {
+            let mut wanted = Vec::with_capacity(route.plugins.len());
+            for name in route.plugins.iter() {
+                match registry.get(name) {
+                    Some(p) => wanted.push(p.clone()),
+                    None => {
+                        // Fail closed: a route that asks for a plugin
+                        // (auth, say) is never served without it.
+                        ctx.local_reason = Some("plugin-missing");
+                        tracing::warn!(route = %route.ingress, plugin = %name, "route asks for a plugin that is not loaded");
+                        let body =
+                            format!("plugin {name} is not loaded (route {})\n", route.ingress);
+                        respond(session, 500, body).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            let from = match ctx.plugins.as_mut() {
+                Some(chain) => {
+                    let from = chain.len();
+                    chain.extend(wanted);
+                    from
+                }
+                None => {
+                    let mut props = stream_props(session, ctx, &ctx.host.clone());
+                    set_route_props(&mut props, route);
+                    ctx.plugins = Some(HttpChain::new(wanted, props));
+                    0
+                }
+            };
+            if pairs.is_empty() {
+                pairs = http_filter::request_pairs(session.req_header(), &ctx.host, scheme(ctx));
+            }
+            if self
+                .run_request_headers(session, ctx, from, &mut pairs)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
         let pool = snap.pool(&route.backend).cloned();
         match pool {
             Some(p) if !p.is_empty() => ctx.pool = Some(p),
@@ -287,14 +545,125 @@ impl ProxyHttp for HttpProxy {
         Ok(())
     }
 
-    async fn response_filter(
+    async fn request_body_filter(
         &self,
         _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(());
+        };
+        let local = match chain.on_request_body(body, end_of_stream) {
+            Verdict::Continue | Verdict::Pause(_) => return Ok(()),
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 413),
+        };
+        // The request may already be on its way upstream: stop it, and
+        // let fail_to_proxy write the answer.
+        let status = local.status as u16;
+        ctx.plugin_response = Some(local);
+        Err(Error::explain(
+            ErrorType::HTTPStatus(status),
+            "a plugin answered the request from its body",
+        ))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(());
+        };
+        chain.props_mut().response_code = Some(resp.status.as_u16());
+        let mut pairs = http_filter::response_pairs(resp);
+        let mut changed = false;
+        let end_of_stream = session.req_header().method == http::Method::HEAD;
+        let local = match chain.on_response_headers(&mut pairs, end_of_stream, &mut changed) {
+            Verdict::Continue | Verdict::Pause(_) => {
+                if changed {
+                    if let Err(e) = http_filter::apply_response(resp, &pairs) {
+                        tracing::warn!(error = %e, "plugin edit to the response headers refused");
+                        plugin_failed("response-headers")
+                    } else {
+                        return Ok(());
+                    }
+                } else {
+                    return Ok(());
+                }
+            }
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 502),
+        };
+        // Replace the upstream's response with the plugin's.
+        let mut replacement = local_header(&local)?;
+        replacement.insert_header("content-length", local.body.len().to_string())?;
+        replacement.insert_header("x-request-id", ctx.request_id.as_str())?;
+        *resp = replacement;
+        ctx.replace_body = Some(Bytes::from(local.body));
+        ctx.local_reason = Some("plugin");
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.local_reason == Some("plugin") {
+            // The headers were replaced: send the plugin's body once, and
+            // none of the upstream's.
+            *body = ctx.replace_body.take();
+            return Ok(None);
+        }
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(None);
+        };
+        match chain.on_response_body(body, end_of_stream) {
+            Verdict::Continue | Verdict::Pause(_) | Verdict::Respond(_) => Ok(None),
+            // The headers are gone: the only way left to fail is to cut
+            // the response short, which the client sees as an error.
+            Verdict::Fail(p) => Err(Error::explain(
+                ErrorType::InternalError,
+                format!("plugin {p} failed in the response body"),
+            )),
+            Verdict::TooLarge(p) => Err(Error::explain(
+                ErrorType::InternalError,
+                format!("response body too large to buffer for plugin {p}"),
+            )),
+        }
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(None);
+        };
+        let mut pairs = http_filter::trailer_pairs(trailers);
+        let mut changed = false;
+        if let Verdict::Fail(p) = chain.on_response_trailers(&mut pairs, &mut changed) {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                format!("plugin {p} failed in the response trailers"),
+            ));
+        }
+        if changed {
+            http_filter::apply_trailers(trailers, &pairs);
+        }
+        Ok(None)
     }
 
     /// Error answers with a short body naming the backend, so an operator
@@ -332,6 +701,19 @@ impl ProxyHttp for HttpProxy {
                 _ => (500, "internal error"),
             },
         };
+        if let Some(local) = ctx.plugin_response.take() {
+            ctx.local_reason = Some("plugin");
+            let code = local.status as u16;
+            if session.response_written().is_none() {
+                if let Err(err) = respond_local(session, local).await {
+                    tracing::debug!(error = %err, "could not send the plugin's response");
+                }
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if code > 0 && session.response_written().is_none() {
             let body = if code == 400 {
                 "bad request\n".to_string()
@@ -408,6 +790,9 @@ impl ProxyHttp for HttpProxy {
             println!("{line}");
         }
         ctx.pick = None;
+        if let Some(mut chain) = ctx.plugins.take() {
+            chain.finish();
+        }
     }
 }
 

@@ -5,26 +5,71 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
 use super::backend::{Backends, PortRef};
 use crate::problems::Problem;
-use crate::routing::{PathKind, Route, RouteTable};
+use crate::routing::{PathKind, Route};
+use crate::snapshot::SnapshotSpec;
 use crate::store::{ObjectKey, Store};
-use crate::tls::{self, CertStore};
+use crate::tls;
+
+/// Plugins an Ingress asks for, in order.
+pub const PLUGINS_ANNOTATION: &str = "portico.io/plugins";
+
+/// `portico.io/plugins: "a, b"`: names of configured plugins. A name that
+/// is not configured stays in the list, so its routes answer 500 rather
+/// than run without a plugin they rely on (it may enforce something).
+fn route_plugins(
+    ing: &Ingress,
+    known: &std::collections::BTreeSet<String>,
+    here: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    let Some(v) = ing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PLUGINS_ANNOTATION))
+    else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !known.contains(name) {
+            problems.push(Problem::error(
+                here,
+                format!(
+                    "annotation {PLUGINS_ANNOTATION}: plugin {name:?} is not loaded (plugins.load has {}); its routes answer 500 until it is",
+                    if known.is_empty() { "none".to_string() } else { known.iter().cloned().collect::<Vec<_>>().join(", ") }
+                ),
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
 
 /// Adds one admitted Ingress to the table. Problems name the Ingress.
 pub fn add_ingress(
     key: &ObjectKey,
     ing: &Ingress,
     store: &Store,
+    known_plugins: &std::collections::BTreeSet<String>,
     backends: &mut Backends<'_>,
-    routes: &mut RouteTable,
-    certs: &mut CertStore,
-    problems: &mut Vec<Problem>,
+    out: &mut SnapshotSpec,
 ) {
+    let SnapshotSpec {
+        routes,
+        certs,
+        problems,
+        ..
+    } = out;
     let here = Store::locate(&store.ingresses, "Ingress", key);
     let Some(spec) = ing.spec.as_ref() else {
         problems.push(Problem::warning(&here, "has no spec; nothing to serve"));
         return;
     };
     let ingress_name = key.to_string();
+    let plugins = route_plugins(ing, known_plugins, &here, problems);
 
     let mut resolve = |b: &IngressBackend, what: &str, problems: &mut Vec<Problem>| {
         let Some(svc) = b.service.as_ref() else {
@@ -72,6 +117,7 @@ pub fn add_ingress(
                 path: "/".into(),
                 kind: PathKind::Prefix,
                 backend: bk,
+                plugins: plugins.clone(),
             };
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
@@ -129,6 +175,7 @@ pub fn add_ingress(
                 path: path.to_string(),
                 kind,
                 backend: bk,
+                plugins: plugins.clone(),
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {
                 if kept.ingress != ingress_name {

@@ -28,6 +28,9 @@ pub struct Settings {
     /// Addresses of ExternalName Services' DNS names, as last resolved: an
     /// input like the store, so translation stays pure.
     pub resolved_names: BTreeMap<String, Vec<IpAddr>>,
+    /// Names of the configured plugins, so an annotation naming another
+    /// is reported.
+    pub plugins: std::collections::BTreeSet<String>,
 }
 
 impl Settings {
@@ -40,6 +43,7 @@ impl Settings {
                 config: cfg.ingress.clone(),
             }),
             resolved_names: BTreeMap::new(),
+            plugins: cfg.plugins.load.iter().map(|p| p.name.clone()).collect(),
         }
     }
 }
@@ -60,10 +64,9 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
                 key,
                 &ing.object,
                 store,
+                &settings.plugins,
                 &mut backends,
-                &mut out.routes,
-                &mut out.certs,
-                &mut out.problems,
+                &mut out,
             ),
             Admission::Ignore(why) => tracing::debug!(ingress = %key, %why, "not ours"),
         }

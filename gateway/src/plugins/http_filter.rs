@@ -1,0 +1,765 @@
+//! proxy-wasm HTTP contexts: one request through a chain of plugins.
+//!
+//! Request phases run the chain in order, response phases in reverse
+//! order (as Envoy's encoder filters do). Each plugin sees the headers as
+//! the plugins before it left them. Body callbacks follow Envoy's
+//! buffering: a plugin that returns `Pause` from a body callback before
+//! the end of the stream has the data held for it and is called again
+//! with everything so far; a plugin that wants to change a body's length
+//! removes `content-length` in its headers callback, and the proxy then
+//! frames the body as chunked.
+//!
+//! A plugin that fails (trap, deadline, memory cap) or whose instance is
+//! gone applies its fail policy: `closed` ends the request with 500,
+//! `open` drops the plugin from this request's chain.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::host::{LocalResponse, VmState};
+use super::instances::{self, Instance};
+use super::properties::{StreamProps, REQUEST_HEADERS};
+use super::registry::Plugin;
+use super::sandbox::PluginError;
+use super::vm::ROOT_CONTEXT;
+use crate::config::FailPolicy;
+
+/// `proxy_map_type_t`.
+const RESPONSE_HEADERS: i32 = 2;
+const RESPONSE_TRAILERS: i32 = 3;
+/// `proxy_buffer_type_t`.
+const REQUEST_BODY: i32 = 0;
+const RESPONSE_BODY: i32 = 1;
+/// `proxy_action_t`.
+const ACTION_PAUSE: i32 = 1;
+
+/// The most body a plugin can have buffered for it.
+pub const MAX_BUFFERED_BODY: usize = 16 << 20;
+
+pub type Pairs = Vec<(String, Vec<u8>)>;
+
+/// What the proxy does after a phase.
+#[derive(Debug)]
+pub enum Verdict {
+    Continue,
+    /// A plugin answered the request itself.
+    Respond(LocalResponse),
+    /// A plugin paused the request; await `HttpChain::resumed` with this
+    /// index, then run the phase again from the next plugin.
+    Pause(usize),
+    /// A fail-closed plugin failed (or is not loaded).
+    Fail(String),
+    /// A buffered body passed the limit.
+    TooLarge(String),
+}
+
+struct Filter {
+    plugin: Arc<Plugin>,
+    /// 0 until the context is created.
+    instance: u64,
+    context: i32,
+    /// Dropped from this request's chain (fail open).
+    skipped: bool,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+}
+
+/// One request's plugin contexts.
+pub struct HttpChain {
+    filters: Vec<Filter>,
+    props: Arc<StreamProps>,
+    /// The request headers as plugins see them (`:method`, `:path`,
+    /// `:authority`, `:scheme`, then the rest), kept for the response
+    /// phases, where plugins may still read them.
+    request_headers: Pairs,
+    finished: bool,
+}
+
+/// How a plugin call went, after the fail policy.
+enum Step<T> {
+    Ran(T),
+    Skipped,
+    Failed(String),
+}
+
+impl HttpChain {
+    pub fn new(plugins: Vec<Arc<Plugin>>, props: StreamProps) -> Self {
+        HttpChain {
+            filters: plugins
+                .into_iter()
+                .map(|plugin| Filter {
+                    plugin,
+                    instance: 0,
+                    context: 0,
+                    skipped: false,
+                    request_body: Vec::new(),
+                    response_body: Vec::new(),
+                })
+                .collect(),
+            props: Arc::new(props),
+            request_headers: Vec::new(),
+            finished: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.filters.len()
+    }
+
+    pub fn props_mut(&mut self) -> &mut StreamProps {
+        Arc::make_mut(&mut self.props)
+    }
+
+    /// Adds plugins (a route's, once it is known) to the end of the chain.
+    pub fn extend(&mut self, plugins: impl IntoIterator<Item = Arc<Plugin>>) {
+        for plugin in plugins {
+            if self.filters.iter().any(|f| Arc::ptr_eq(&f.plugin, &plugin)) {
+                continue;
+            }
+            self.filters.push(Filter {
+                plugin,
+                instance: 0,
+                context: 0,
+                skipped: false,
+                request_body: Vec::new(),
+                response_body: Vec::new(),
+            });
+        }
+    }
+
+    /// Calls into filter `i`'s context (creating it on first use) with the
+    /// stream's state set up, applying the fail policy on failure.
+    fn call<T>(
+        &mut self,
+        i: usize,
+        during: &'static str,
+        f: impl FnOnce(&mut Instance, i32) -> Result<T, PluginError>,
+    ) -> Step<T> {
+        let filter = &mut self.filters[i];
+        if filter.skipped {
+            return Step::Skipped;
+        }
+        let props = self.props.clone();
+        let plugin = filter.plugin.clone();
+        let run = |inst: &mut Instance, ctx: i32| {
+            let d = inst.vm.sandbox.data_mut();
+            d.effective_context = ctx as u32;
+            d.stream = Some(props);
+            let r = f(inst, ctx);
+            inst.vm.sandbox.data_mut().stream = None;
+            wake_paused(inst);
+            r
+        };
+        let result = if filter.instance == 0 {
+            instances::with_instance(&plugin, |inst| {
+                let ctx = inst.new_context();
+                let created = inst
+                    .vm
+                    .sandbox
+                    .call::<(i32, i32), ()>("proxy_on_context_create", (ctx, ROOT_CONTEXT));
+                (inst.id, ctx, created.and_then(|_| run(inst, ctx)))
+            })
+            .and_then(|(id, ctx, r)| {
+                filter.instance = id;
+                filter.context = ctx;
+                r
+            })
+        } else {
+            instances::with_existing(&plugin, filter.instance, |inst| run(inst, filter.context))
+                .unwrap_or_else(|| {
+                    Err(PluginError::Setup(
+                        "the plugin instance holding this request was replaced".into(),
+                    ))
+                })
+        };
+        match result {
+            Ok(t) => Step::Ran(t),
+            Err(e) => {
+                instances::failure_log(&plugin.name, during, &e);
+                let filter = &mut self.filters[i];
+                filter.skipped = true;
+                match plugin.fail {
+                    FailPolicy::Open => Step::Skipped,
+                    FailPolicy::Closed => Step::Failed(plugin.name.clone()),
+                }
+            }
+        }
+    }
+
+    /// `proxy_on_request_headers` for filters `from..`. `headers` are the
+    /// request's (pseudo-headers first); `changed` is set when a plugin
+    /// edited them.
+    pub fn on_request_headers(
+        &mut self,
+        from: usize,
+        headers: &mut Pairs,
+        end_of_stream: bool,
+        changed: &mut bool,
+    ) -> Verdict {
+        for i in from..self.filters.len() {
+            if !self.filters[i].plugin.exports.request_headers {
+                continue;
+            }
+            let mut map = std::mem::take(headers);
+            let n = map.len() as i32;
+            let step = self.call(i, "proxy_on_request_headers", |inst, ctx| {
+                let d = inst.vm.sandbox.data_mut();
+                d.maps.insert(REQUEST_HEADERS, std::mem::take(&mut map));
+                d.maps_dirty = 0;
+                let r = inst.vm.sandbox.call::<(i32, i32, i32), i32>(
+                    "proxy_on_request_headers",
+                    (ctx, n, end_of_stream as i32),
+                );
+                let d = inst.vm.sandbox.data_mut();
+                map = d.maps.remove(&REQUEST_HEADERS).unwrap_or_default();
+                if d.maps_dirty & (1 << REQUEST_HEADERS) != 0 {
+                    *changed = true;
+                }
+                r.map(|action| (action, d.local_response.take()))
+            });
+            *headers = map;
+            match step {
+                Step::Skipped => {}
+                Step::Failed(p) => return Verdict::Fail(p),
+                Step::Ran((_, Some(local))) => return Verdict::Respond(local),
+                Step::Ran((ACTION_PAUSE, None)) => return Verdict::Pause(i),
+                Step::Ran(_) => {}
+            }
+        }
+        self.request_headers = headers.clone();
+        Verdict::Continue
+    }
+
+    /// Waits until the plugin at `i` resumes the paused stream (or answers
+    /// it), or `timeout` passes.
+    pub async fn resumed(&mut self, i: usize, timeout: std::time::Duration) -> Verdict {
+        let f = &self.filters[i];
+        let (tx, rx) = oneshot::channel();
+        PAUSED.with(|p| p.borrow_mut().insert((f.instance, f.context as u32), tx));
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Resume::Continue)) => Verdict::Continue,
+            Ok(Ok(Resume::Respond(local))) => Verdict::Respond(local),
+            Ok(Ok(Resume::Close)) | Ok(Err(_)) => Verdict::Fail(f.plugin.name.clone()),
+            Err(_) => {
+                PAUSED.with(|p| p.borrow_mut().remove(&(f.instance, f.context as u32)));
+                tracing::warn!(plugin = %f.plugin.name, "plugin paused a request and did not resume it in time");
+                Verdict::Fail(f.plugin.name.clone())
+            }
+        }
+    }
+
+    /// `proxy_on_request_body`: passes `body` through the chain, holding
+    /// it for a plugin that pauses before the end.
+    pub fn on_request_body(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> Verdict {
+        let order: Vec<usize> = (0..self.filters.len()).collect();
+        self.on_body(&order, REQUEST_BODY, body, end_of_stream)
+    }
+
+    /// `proxy_on_response_body`, in reverse chain order.
+    pub fn on_response_body(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> Verdict {
+        let order: Vec<usize> = (0..self.filters.len()).rev().collect();
+        self.on_body(&order, RESPONSE_BODY, body, end_of_stream)
+    }
+
+    fn on_body(
+        &mut self,
+        order: &[usize],
+        buffer: i32,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let (export, during) = if buffer == REQUEST_BODY {
+            ("proxy_on_request_body", "proxy_on_request_body")
+        } else {
+            ("proxy_on_response_body", "proxy_on_response_body")
+        };
+        for &i in order {
+            let f = &mut self.filters[i];
+            let wanted = if buffer == REQUEST_BODY {
+                f.plugin.exports.request_body
+            } else {
+                f.plugin.exports.response_body
+            };
+            if !wanted || f.skipped || f.instance == 0 {
+                continue;
+            }
+            let held = if buffer == REQUEST_BODY {
+                &mut f.request_body
+            } else {
+                &mut f.response_body
+            };
+            if let Some(chunk) = body.take() {
+                held.extend_from_slice(&chunk);
+            }
+            if held.is_empty() && !end_of_stream {
+                continue;
+            }
+            if held.len() > MAX_BUFFERED_BODY {
+                return Verdict::TooLarge(f.plugin.name.clone());
+            }
+            let mut data = std::mem::take(held);
+            let len = data.len() as i32;
+            let step = self.call(i, during, |inst, ctx| {
+                let d = inst.vm.sandbox.data_mut();
+                d.buffers.insert(buffer, std::mem::take(&mut data));
+                let r = inst
+                    .vm
+                    .sandbox
+                    .call::<(i32, i32, i32), i32>(export, (ctx, len, end_of_stream as i32));
+                let d = inst.vm.sandbox.data_mut();
+                data = d.buffers.remove(&buffer).unwrap_or_default();
+                r.map(|action| (action, d.local_response.take()))
+            });
+            match step {
+                Step::Skipped => *body = non_empty(data),
+                Step::Failed(p) => return Verdict::Fail(p),
+                Step::Ran((_, Some(local))) => return Verdict::Respond(local),
+                Step::Ran((ACTION_PAUSE, None)) if !end_of_stream => {
+                    let f = &mut self.filters[i];
+                    if buffer == REQUEST_BODY {
+                        f.request_body = data;
+                    } else {
+                        f.response_body = data;
+                    }
+                    // Nothing goes further until this plugin lets it.
+                    return Verdict::Continue;
+                }
+                Step::Ran(_) => *body = non_empty(data),
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// `proxy_on_response_headers`, in reverse chain order. `headers`
+    /// start with `:status`.
+    pub fn on_response_headers(
+        &mut self,
+        headers: &mut Pairs,
+        end_of_stream: bool,
+        changed: &mut bool,
+    ) -> Verdict {
+        self.on_headers_phase(
+            RESPONSE_HEADERS,
+            "proxy_on_response_headers",
+            headers,
+            Some(end_of_stream),
+            changed,
+        )
+    }
+
+    /// `proxy_on_response_trailers`, in reverse chain order.
+    pub fn on_response_trailers(&mut self, trailers: &mut Pairs, changed: &mut bool) -> Verdict {
+        self.on_headers_phase(
+            RESPONSE_TRAILERS,
+            "proxy_on_response_trailers",
+            trailers,
+            None,
+            changed,
+        )
+    }
+
+    fn on_headers_phase(
+        &mut self,
+        map_id: i32,
+        export: &'static str,
+        headers: &mut Pairs,
+        end_of_stream: Option<bool>,
+        changed: &mut bool,
+    ) -> Verdict {
+        for i in (0..self.filters.len()).rev() {
+            let f = &self.filters[i];
+            let wanted = match map_id {
+                RESPONSE_HEADERS => f.plugin.exports.response_headers,
+                _ => f.plugin.exports.response_trailers,
+            };
+            if !wanted || f.skipped || f.instance == 0 {
+                continue;
+            }
+            let mut map = std::mem::take(headers);
+            let mut request = std::mem::take(&mut self.request_headers);
+            let n = map.len() as i32;
+            let step = self.call(i, export, |inst, ctx| {
+                let d = inst.vm.sandbox.data_mut();
+                d.maps.insert(map_id, std::mem::take(&mut map));
+                d.maps.insert(REQUEST_HEADERS, std::mem::take(&mut request));
+                d.maps_dirty = 0;
+                let r = match end_of_stream {
+                    Some(eos) => inst
+                        .vm
+                        .sandbox
+                        .call::<(i32, i32, i32), i32>(export, (ctx, n, eos as i32)),
+                    None => inst.vm.sandbox.call::<(i32, i32), i32>(export, (ctx, n)),
+                };
+                let d = inst.vm.sandbox.data_mut();
+                map = d.maps.remove(&map_id).unwrap_or_default();
+                request = d.maps.remove(&REQUEST_HEADERS).unwrap_or_default();
+                if d.maps_dirty & (1 << map_id) != 0 {
+                    *changed = true;
+                }
+                r.map(|action| (action, d.local_response.take()))
+            });
+            *headers = map;
+            self.request_headers = request;
+            match step {
+                Step::Skipped => {}
+                Step::Failed(p) => return Verdict::Fail(p),
+                Step::Ran((_, Some(local))) => return Verdict::Respond(local),
+                // Response headers cannot wait here: nothing but an HTTP
+                // callout could resume them, and those are not wired yet.
+                Step::Ran(_) => {}
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// The request is over: `proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete` for every context, then the contexts are freed.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let mut request = std::mem::take(&mut self.request_headers);
+        for i in 0..self.filters.len() {
+            let f = &self.filters[i];
+            if f.instance == 0 {
+                continue;
+            }
+            let (plugin, instance, skipped) = (f.plugin.clone(), f.instance, f.skipped);
+            if !skipped {
+                let ex = plugin.exports;
+                let _ = self.call(i, "proxy_on_log", |inst, ctx| {
+                    inst.vm
+                        .sandbox
+                        .data_mut()
+                        .maps
+                        .insert(REQUEST_HEADERS, std::mem::take(&mut request));
+                    let mut r = Ok(());
+                    if ex.done {
+                        r = r.and_then(|_| {
+                            inst.vm
+                                .sandbox
+                                .call::<i32, i32>("proxy_on_done", ctx)
+                                .map(drop)
+                        });
+                    }
+                    if ex.log {
+                        r = r.and_then(|_| inst.vm.sandbox.call::<i32, ()>("proxy_on_log", ctx));
+                    }
+                    if ex.delete {
+                        r = r.and_then(|_| inst.vm.sandbox.call::<i32, ()>("proxy_on_delete", ctx));
+                    }
+                    let d = inst.vm.sandbox.data_mut();
+                    request = d.maps.remove(&REQUEST_HEADERS).unwrap_or_default();
+                    d.maps.clear();
+                    d.buffers.clear();
+                    d.local_response = None;
+                    r
+                });
+            }
+            instances::release(&plugin, instance);
+        }
+    }
+}
+
+impl Drop for HttpChain {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// An empty chunk is no chunk: writing one after the end of a body is an
+/// error in the proxy.
+fn non_empty(data: Vec<u8>) -> Option<Bytes> {
+    (!data.is_empty()).then(|| Bytes::from(data))
+}
+
+/// What a paused stream is told.
+#[derive(Debug)]
+enum Resume {
+    Continue,
+    Respond(LocalResponse),
+    Close,
+}
+
+thread_local! {
+    /// Paused streams on this thread, by (instance, context).
+    static PAUSED: RefCell<HashMap<(u64, u32), oneshot::Sender<Resume>>> = RefCell::new(HashMap::new());
+}
+
+/// After any call into an instance: wakes the paused streams the plugin
+/// resumed, closed or answered (from a tick, or from another stream's
+/// callback).
+pub fn wake_paused(inst: &mut Instance) {
+    let id = inst.id;
+    let d: &mut VmState = inst.vm.sandbox.data_mut();
+    if d.continued.is_empty() && d.closed.is_empty() && d.local_response.is_none() {
+        return;
+    }
+    let continued = std::mem::take(&mut d.continued);
+    let closed = std::mem::take(&mut d.closed);
+    let current = d.effective_context;
+    let local = d.local_response.take_if(|l| l.context != current);
+    PAUSED.with(|p| {
+        let mut p = p.borrow_mut();
+        if let Some(local) = local {
+            if let Some(tx) = p.remove(&(id, local.context)) {
+                let _ = tx.send(Resume::Respond(local));
+            }
+        }
+        for (ctx, _) in closed {
+            if let Some(tx) = p.remove(&(id, ctx)) {
+                let _ = tx.send(Resume::Close);
+            }
+        }
+        for (ctx, _) in continued {
+            if let Some(tx) = p.remove(&(id, ctx)) {
+                let _ = tx.send(Resume::Continue);
+            }
+        }
+    });
+}
+
+/// The request's headers as proxy-wasm pairs: pseudo-headers, then the
+/// rest in order.
+pub fn request_pairs(req: &pingora::http::RequestHeader, host: &str, scheme: &str) -> Pairs {
+    let mut pairs = Vec::with_capacity(req.headers.len() + 4);
+    pairs.push((":authority".to_string(), host.as_bytes().to_vec()));
+    pairs.push((
+        ":path".to_string(),
+        req.uri
+            .path_and_query()
+            .map_or(b"/".to_vec(), |p| p.as_str().as_bytes().to_vec()),
+    ));
+    pairs.push((
+        ":method".to_string(),
+        req.method.as_str().as_bytes().to_vec(),
+    ));
+    pairs.push((":scheme".to_string(), scheme.as_bytes().to_vec()));
+    for (k, v) in req.headers.iter() {
+        pairs.push((k.as_str().to_string(), v.as_bytes().to_vec()));
+    }
+    pairs
+}
+
+/// The response's headers as pairs, `:status` first.
+pub fn response_pairs(resp: &pingora::http::ResponseHeader) -> Pairs {
+    let mut pairs = Vec::with_capacity(resp.headers.len() + 1);
+    pairs.push((
+        ":status".to_string(),
+        resp.status.as_str().as_bytes().to_vec(),
+    ));
+    for (k, v) in resp.headers.iter() {
+        pairs.push((k.as_str().to_string(), v.as_bytes().to_vec()));
+    }
+    pairs
+}
+
+/// Header names and their values in order, grouped by name.
+fn grouped(pairs: &[(String, Vec<u8>)]) -> Vec<(&str, Vec<&[u8]>)> {
+    let mut out: Vec<(&str, Vec<&[u8]>)> = Vec::new();
+    for (k, v) in pairs {
+        if k.starts_with(':') {
+            continue;
+        }
+        match out.iter_mut().find(|(n, _)| n == k) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((k, vec![v])),
+        }
+    }
+    out
+}
+
+fn pseudo<'a>(pairs: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// One change to a header map.
+enum Edit<'a> {
+    Remove(&'a str),
+    Append(&'a str, &'a [u8]),
+}
+
+/// The edits that turn `before` into `pairs` (pseudo-headers aside),
+/// touching only names whose values changed. Edits go through pingora's
+/// header API, which keeps header-name case alongside the map.
+fn header_edits<'a>(before: &'a http::HeaderMap, pairs: &'a [(String, Vec<u8>)]) -> Vec<Edit<'a>> {
+    let after = grouped(pairs);
+    let mut edits = Vec::new();
+    for k in before.keys() {
+        if !after.iter().any(|(n, _)| *n == k.as_str()) {
+            edits.push(Edit::Remove(k.as_str()));
+        }
+    }
+    for (name, values) in after {
+        let old: Vec<&[u8]> = before.get_all(name).iter().map(|v| v.as_bytes()).collect();
+        if old == values {
+            continue;
+        }
+        edits.push(Edit::Remove(name));
+        edits.extend(values.into_iter().map(|v| Edit::Append(name, v)));
+    }
+    edits
+}
+
+/// Pingora's request and response headers, edited the same way.
+trait EditHeaders {
+    fn remove(&mut self, name: &str);
+    fn append(&mut self, name: String, value: &[u8]) -> pingora::Result<bool>;
+}
+
+impl EditHeaders for pingora::http::RequestHeader {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: String, value: &[u8]) -> pingora::Result<bool> {
+        self.append_header(name, value)
+    }
+}
+
+impl EditHeaders for pingora::http::ResponseHeader {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: String, value: &[u8]) -> pingora::Result<bool> {
+        self.append_header(name, value)
+    }
+}
+
+fn apply_edits(
+    before: &http::HeaderMap,
+    pairs: &[(String, Vec<u8>)],
+    target: &mut impl EditHeaders,
+) -> Result<(), String> {
+    for edit in header_edits(before, pairs) {
+        match edit {
+            Edit::Remove(k) => target.remove(k),
+            Edit::Append(k, v) => {
+                target
+                    .append(k.to_string(), v)
+                    .map_err(|e| format!("a plugin set header {k}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes plugins' edits back into the request header: pseudo-headers
+/// change the method, path and host.
+pub fn apply_request(
+    req: &mut pingora::http::RequestHeader,
+    pairs: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    if let Some(m) = pseudo(pairs, ":method") {
+        if m != req.method.as_str().as_bytes() {
+            let m = http::Method::from_bytes(m).map_err(|_| "a plugin set an invalid :method")?;
+            req.set_method(m);
+        }
+    }
+    if let Some(p) = pseudo(pairs, ":path") {
+        let now = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        if p != now.as_bytes() {
+            let uri = http::Uri::try_from(p).map_err(|_| "a plugin set an invalid :path")?;
+            req.set_uri(uri);
+        }
+    }
+    let before = req.headers.clone();
+    apply_edits(&before, pairs, req)?;
+    if let Some(a) = pseudo(pairs, ":authority") {
+        if pseudo(pairs, "host") == before.get(http::header::HOST).map(|h| h.as_bytes())
+            && before.get(http::header::HOST).map(|h| h.as_bytes()) != Some(a)
+        {
+            req.insert_header(http::header::HOST, a)
+                .map_err(|e| format!("a plugin set :authority: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes plugins' edits back into the response header (`:status` too).
+pub fn apply_response(
+    resp: &mut pingora::http::ResponseHeader,
+    pairs: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    if let Some(s) = pseudo(pairs, ":status") {
+        let code = std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|c| (100..=999).contains(c))
+            .ok_or("a plugin set an invalid :status")?;
+        if code != resp.status.as_u16() {
+            resp.set_status(code)
+                .map_err(|_| "a plugin set an invalid :status")?;
+        }
+    }
+    let before = resp.headers.clone();
+    apply_edits(&before, pairs, resp)?;
+    Ok(())
+}
+
+/// Trailers edited by plugins.
+pub fn apply_trailers(map: &mut http::HeaderMap, pairs: &[(String, Vec<u8>)]) {
+    map.clear();
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_bytes(v),
+        ) {
+            map.append(k, v);
+        }
+    }
+}
+
+pub fn trailer_pairs(map: &http::HeaderMap) -> Pairs {
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_edits_touch_only_what_changed() {
+        let mut req = pingora::http::RequestHeader::build("GET", b"/a?x=1", None).unwrap();
+        req.insert_header("Host", "a.example").unwrap();
+        req.insert_header("X-Keep", "1").unwrap();
+        req.insert_header("x-drop", "1").unwrap();
+        let mut pairs = request_pairs(&req, "a.example", "http");
+        pairs.retain(|(k, _)| k != "x-drop");
+        pairs.push(("x-new".into(), b"v".to_vec()));
+        pairs.iter_mut().find(|(k, _)| k == ":path").unwrap().1 = b"/b".to_vec();
+        apply_request(&mut req, &pairs).unwrap();
+        assert_eq!(req.uri.path(), "/b");
+        assert!(req.headers.get("x-drop").is_none());
+        assert_eq!(req.headers.get("x-new").unwrap(), "v");
+        assert_eq!(req.headers.get("x-keep").unwrap(), "1");
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        // Case kept for untouched names.
+        assert!(wire.contains("X-Keep: 1"), "{wire}");
+    }
+
+    #[test]
+    fn a_bad_status_is_an_error() {
+        let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
+        let mut pairs = response_pairs(&resp);
+        pairs[0].1 = b"abc".to_vec();
+        assert!(apply_response(&mut resp, &pairs).is_err());
+        pairs[0].1 = b"418".to_vec();
+        apply_response(&mut resp, &pairs).unwrap();
+        assert_eq!(resp.status.as_u16(), 418);
+    }
+}

@@ -1,0 +1,129 @@
+//! Stream properties a plugin reads with `proxy_get_property`.
+//!
+//! Names and encodings follow Envoy's attributes where Envoy has one
+//! (strings as bytes, integers as 8-byte little-endian, booleans as one
+//! byte, maps in the header-map encoding), so plugins written for Envoy
+//! read the same values here. Portico's own names start with `portico.`.
+
+use std::net::SocketAddr;
+
+use super::host::serialize_map;
+
+/// `proxy_map_type_t` of the request headers: `request.headers` reads it,
+/// so it reflects what earlier plugins changed.
+pub const REQUEST_HEADERS: i32 = 0;
+
+/// What the data plane knows about one stream (HTTP request or TCP
+/// connection), captured once when the stream starts.
+#[derive(Debug, Default, Clone)]
+pub struct StreamProps {
+    pub source: Option<SocketAddr>,
+    pub destination: Option<SocketAddr>,
+    /// HTTP only.
+    pub request: Option<RequestProps>,
+    /// SNI the client sent, if TLS.
+    pub sni: Option<String>,
+    pub tls: bool,
+    /// `namespace/name` of the Ingress (HTTP) or Service (TCP).
+    pub route: Option<String>,
+    /// `namespace/name:port` of the backend.
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    /// Set once the response headers are known.
+    pub response_code: Option<u16>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RequestProps {
+    pub path: String,
+    pub host: String,
+    pub method: String,
+    pub scheme: &'static str,
+    pub protocol: &'static str,
+    pub id: String,
+}
+
+fn int(v: i64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+impl StreamProps {
+    /// The value of a dotted property path, if this stream has it.
+    pub fn get(
+        &self,
+        path: &str,
+        request_headers: Option<&Vec<(String, Vec<u8>)>>,
+    ) -> Option<Vec<u8>> {
+        let req = self.request.as_ref();
+        let s = |v: &str| Some(v.as_bytes().to_vec());
+        match path {
+            "source.address" => self.source.map(|a| a.to_string().into_bytes()),
+            "source.port" => self.source.map(|a| int(a.port().into())),
+            "destination.address" => self.destination.map(|a| a.to_string().into_bytes()),
+            "destination.port" => self.destination.map(|a| int(a.port().into())),
+            "request.path" => req.and_then(|r| s(&r.path)),
+            "request.url_path" => req.and_then(|r| s(r.path.split('?').next().unwrap_or(""))),
+            "request.query" => req.and_then(|r| s(r.path.split_once('?').map_or("", |(_, q)| q))),
+            "request.host" => req.and_then(|r| s(&r.host)),
+            "request.method" => req.and_then(|r| s(&r.method)),
+            "request.scheme" => req.and_then(|r| s(r.scheme)),
+            "request.protocol" => req.and_then(|r| s(r.protocol)),
+            "request.id" => req.and_then(|r| s(&r.id)),
+            "request.headers" => request_headers.map(|h| serialize_map(h)),
+            "response.code" => self.response_code.map(|c| int(c.into())),
+            "connection.requested_server_name" => self.sni.as_deref().and_then(s),
+            "connection.tls_version" | "connection.mtls" if !self.tls => None,
+            "connection.mtls" => Some(vec![0]),
+            "portico.route" => self.route.as_deref().and_then(s),
+            "portico.service" => self.service.as_deref().and_then(s),
+            "portico.namespace" => self.namespace.as_deref().and_then(s),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_names_and_encodings() {
+        let p = StreamProps {
+            source: Some("10.0.0.7:41000".parse().unwrap()),
+            destination: Some("127.0.0.1:8080".parse().unwrap()),
+            request: Some(RequestProps {
+                path: "/a/b?x=1".into(),
+                host: "shop.example.com".into(),
+                method: "POST".into(),
+                scheme: "https",
+                protocol: "HTTP/1.1",
+                id: "abc".into(),
+            }),
+            sni: Some("shop.example.com".into()),
+            tls: true,
+            route: Some("shop/web".into()),
+            service: Some("shop/web:80".into()),
+            namespace: Some("shop".into()),
+            response_code: Some(404),
+        };
+        let get = |n: &str| p.get(n, None);
+        assert_eq!(get("source.address").unwrap(), b"10.0.0.7:41000");
+        assert_eq!(get("source.port").unwrap(), 41000i64.to_le_bytes());
+        assert_eq!(get("request.url_path").unwrap(), b"/a/b");
+        assert_eq!(get("request.query").unwrap(), b"x=1");
+        assert_eq!(get("request.method").unwrap(), b"POST");
+        assert_eq!(get("response.code").unwrap(), 404i64.to_le_bytes());
+        assert_eq!(
+            get("connection.requested_server_name").unwrap(),
+            b"shop.example.com"
+        );
+        assert_eq!(get("portico.namespace").unwrap(), b"shop");
+        assert_eq!(get("request.headers"), None);
+        assert_eq!(get("nope"), None);
+        let h = vec![("a".to_string(), b"1".to_vec())];
+        assert_eq!(
+            p.get("request.headers", Some(&h)).unwrap(),
+            serialize_map(&h)
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Hot reload: plugin files and the `[plugins]` section of the config
+//! file are checked every `plugins.reload_interval_ms`; a changed plugin is
+//! compiled, checked and test-started off the data path, then swapped in.
+//! Requests already running finish on the version they started with. A
+//! plugin that fails to load keeps its previous version, and the reason is
+//! logged and counted.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::registry::{self, Registry};
+use crate::config::PluginsConfig;
+
+pub type RegistryHandle = Arc<ArcSwap<Registry>>;
+
+pub struct PluginReloader {
+    pub registry: RegistryHandle,
+    pub config: PluginsConfig,
+    /// The config file, re-read for `[plugins]` changes (none when the
+    /// embedded default is used).
+    pub config_file: Option<PathBuf>,
+}
+
+impl PluginReloader {
+    /// One check: returns whether anything was swapped.
+    pub fn check_once(&self, config: &PluginsConfig) -> bool {
+        let current = self.registry.load_full();
+        let (next, errors) = registry::load_all(config, Some(&current));
+        for e in &errors {
+            tracing::error!(error = %e, "plugin reload failed");
+        }
+        if !errors.is_empty() {
+            metrics::counter!("portico_plugin_reloads_total", "result" => "error")
+                .increment(errors.len() as u64);
+        }
+        let same = next.plugins.len() == current.plugins.len()
+            && next.plugins.iter().all(|(n, p)| {
+                current
+                    .plugins
+                    .get(n)
+                    .is_some_and(|old| Arc::ptr_eq(old, p))
+            })
+            && next.http.len() == current.http.len()
+            && next
+                .http
+                .iter()
+                .zip(current.http.iter())
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return false;
+        }
+        for (name, old) in &current.plugins {
+            if next.plugins.get(name).is_none_or(|p| !Arc::ptr_eq(p, old)) {
+                old.superseded.store(true, Ordering::Relaxed);
+            }
+        }
+        for (name, p) in &next.plugins {
+            if current
+                .plugins
+                .get(name)
+                .is_none_or(|old| !Arc::ptr_eq(p, old))
+            {
+                tracing::info!(plugin = %name, path = %p.path.display(), generation = p.generation, "plugin loaded; new requests use it");
+                metrics::counter!("portico_plugin_reloads_total", "result" => "ok").increment(1);
+            }
+        }
+        self.registry.store(Arc::new(next));
+        true
+    }
+
+    fn read_config(&self) -> Option<PluginsConfig> {
+        let file = self.config_file.as_ref()?;
+        match crate::config::load(Some(file)) {
+            Ok((cfg, _)) => Some(cfg.plugins),
+            Err(e) => {
+                tracing::error!(error = %e, "config file changed but does not load; plugins unchanged");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PluginReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut config = self.config.clone();
+        let mut config_stamp = stamp(self.config_file.as_ref());
+        let every = Duration::from_millis(self.config.reload_interval_ms);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = stamp(self.config_file.as_ref());
+            if now != config_stamp {
+                config_stamp = now;
+                if let Some(c) = self.read_config() {
+                    config = c;
+                }
+            }
+            // Compiling is CPU work: keep it off the async threads.
+            let me = PluginReloader {
+                registry: self.registry.clone(),
+                config: config.clone(),
+                config_file: None,
+            };
+            let c = config.clone();
+            let _ = tokio::task::spawn_blocking(move || me.check_once(&c)).await;
+        }
+    }
+}
+
+fn stamp(file: Option<&PathBuf>) -> Option<std::time::SystemTime> {
+    std::fs::metadata(file?).and_then(|m| m.modified()).ok()
+}

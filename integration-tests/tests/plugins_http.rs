@@ -1,0 +1,402 @@
+//! proxy-wasm HTTP filters in the data plane, end to end: the real
+//! binary, real echo backends, real plugins compiled from source by
+//! `plugins/build.sh` (written against the upstream proxy-wasm Rust SDK,
+//! not ours), and hostile plugins written here as WebAssembly text.
+
+use std::time::{Duration, Instant};
+
+use portico_integration_tests::*;
+
+fn wasm(name: &str) -> String {
+    built_plugins().join(name).display().to_string()
+}
+
+/// One Service `web` on the echo backend, routed for `app.test` (`/`)
+/// and, with the annotation, `plugged.test`.
+fn manifests(echo: &Echo, annotation: Option<&str>) -> String {
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", echo.http, true);
+    m += &yaml::ingress(
+        "default",
+        "plain",
+        &[("app.test", "/", "Prefix", "web", "http")],
+        "",
+    );
+    if let Some(a) = annotation {
+        m += &yaml::ingress(
+            "default",
+            "plugged",
+            &[("plugged.test", "/", "Prefix", "web", "http")],
+            "",
+        )
+        .replace(
+            "metadata: {name: plugged, namespace: default}",
+            &format!(
+                "metadata: {{name: plugged, namespace: default, annotations: {{portico.io/plugins: \"{a}\"}}}}"
+            ),
+        );
+    }
+    m
+}
+
+fn plugin_config(name: &str, file: &str, config: &str, extra: &str) -> String {
+    format!(
+        "[[plugins.load]]\nname = \"{name}\"\npath = \"{file}\"\nconfig = \"{config}\"\n{extra}\n"
+    )
+}
+
+fn post(port: u16, host: &str, path: &str, body: &str) -> Response {
+    http_request(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+fn metric(g: &Gateway, prefix: &str) -> Option<f64> {
+    g.metrics()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
+    let echo = Echo::http("web");
+    let mut config = String::from("[plugins]\nhttp = [\"compat\"]\n");
+    config += &plugin_config("compat", &wasm("compat_http_filter.wasm"), "blue", "");
+    let g = Gateway::start(&[("m.yaml", &manifests(&echo, None))], &config);
+
+    // Headers in, properties, shared-data counter.
+    let r = http_get(g.http, "app.test", "/hello").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-compat"), Some("1"));
+    assert_eq!(r.header("x-compat-status"), Some("200"));
+    let seen = r.json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-compat-tag"], "blue");
+    assert_eq!(h["x-compat-method"], "GET");
+    assert_eq!(h["x-compat-route"], "default/plain");
+    assert!(
+        h["x-compat-source"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{h}"
+    );
+    let first: u64 = h["x-compat-count"].as_str().unwrap().parse().unwrap();
+    let r = http_get(g.http, "app.test", "/hello").unwrap();
+    let second: u64 = r.json()["headers"]["x-compat-count"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(second, first + 1, "shared data counts across requests");
+
+    // A local response never reaches the backend.
+    let r = http_get(g.http, "app.test", "/blocked").unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-blocked-by"), Some("compat"));
+    assert_eq!(r.text(), "blocked\n");
+
+    // Path rewrite.
+    let r = http_get(g.http, "app.test", "/rewrite/a?b=1").unwrap();
+    assert_eq!(r.json()["path"], "/rewritten/a?b=1");
+
+    // Request body buffered and rewritten (the plugin dropped the length,
+    // so the proxy sent it chunked).
+    let r = post(g.http, "app.test", "/upper", "hello body");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["body"], "HELLO BODY");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
+
+    // Response body buffered and rewritten.
+    let (out, err) = curl(&[
+        "-H",
+        "Host: app.test",
+        "--data",
+        "abc",
+        &format!("http://127.0.0.1:{}/upper-response", g.http),
+    ]);
+    assert!(out.contains("\"BODY\":\"ABC\""), "{out}{err}");
+
+    // Timers: on_tick counts in shared data; /ticks reads it.
+    std::thread::sleep(Duration::from_millis(300));
+    let ticks: u64 = http_get(g.http, "app.test", "/ticks")
+        .unwrap()
+        .text()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ticks >= 3, "{ticks} ticks in 300 ms at 20 ms");
+
+    // The plugin's own metric, and the host's.
+    let requests = metric(
+        &g,
+        "portico_plugin_metric{plugin=\"compat\",name=\"compat_requests\"}",
+    );
+    assert!(requests.is_some_and(|n| n >= 5.0), "{requests:?}");
+    let ok = metric(
+        &g,
+        "portico_plugin_calls_total{plugin=\"compat\",result=\"ok\"}",
+    );
+    assert!(ok.is_some_and(|n| n > 10.0), "{ok:?}");
+    assert!(g
+        .log()
+        .contains("compat-http-filter configured with tag \"blue\""));
+}
+
+#[test]
+fn route_plugins_come_from_the_ingress_annotation() {
+    let echo = Echo::http("web");
+    let config = plugin_config("compat", &wasm("compat_http_filter.wasm"), "route", "");
+    let g = Gateway::start(&[("m.yaml", &manifests(&echo, Some("compat")))], &config);
+    let plugged = http_get(g.http, "plugged.test", "/").unwrap();
+    assert_eq!(plugged.json()["headers"]["x-compat-tag"], "route");
+    assert_eq!(
+        plugged.json()["headers"]["x-compat-route"],
+        "default/plugged"
+    );
+    let plain = http_get(g.http, "app.test", "/").unwrap();
+    assert!(plain.json()["headers"].get("x-compat-tag").is_none());
+    assert_eq!(plain.header("x-compat"), None);
+
+    // An annotation naming a plugin that is not loaded: the route is not
+    // served without it, and `check` says why.
+    let echo2 = Echo::http("web");
+    let dir = TempDir::new("plugins-missing");
+    dir.write("m.yaml", &manifests(&echo2, Some("compat, auth")));
+    let cfg = dir.write("portico.toml", &config);
+    let out = portico(&[
+        "check",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--manifests",
+        dir.path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("default/plugged") && text.contains("plugin \"auth\" is not loaded"),
+        "{text}"
+    );
+    g.write_manifest("m.yaml", &manifests(&echo, Some("compat, auth")));
+    let r = http_get(g.http, "plugged.test", "/").unwrap();
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().contains("plugin auth is not loaded"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(http_get(g.http, "app.test", "/").unwrap().status, 200);
+}
+
+/// A plugin whose `proxy_on_request_headers` runs `body` (WebAssembly
+/// text that leaves an i32 action), for ABI `abi`.
+fn hostile(dir: &TempDir, name: &str, abi: &str, body: &str) -> String {
+    dir.write(
+        &format!("{name}.wat"),
+        &format!(
+            r#"(module
+                (memory (export "memory") 1)
+                (global $next (mut i32) (i32.const 1024))
+                (func (export "proxy_abi_version_{abi}"))
+                (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+                    (local $p i32)
+                    (local.set $p (global.get $next))
+                    (global.set $next (i32.add (global.get $next) (local.get $n)))
+                    (local.get $p))
+                (func (export "proxy_on_context_create") (param i32 i32))
+                (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                    {body}))"#
+        ),
+    )
+    .display()
+    .to_string()
+}
+
+#[test]
+fn hostile_plugins_are_contained_by_their_fail_policy() {
+    let echo = Echo::http("web");
+    let dir = TempDir::new("hostile");
+    let spin = hostile(&dir, "spin", "0_2_1", "(loop br 0) i32.const 0");
+    let trap = hostile(&dir, "trap", "0_2_1", "unreachable");
+    let hog = hostile(
+        &dir,
+        "hog",
+        "0_2_0",
+        "(drop (memory.grow (i32.const 1000))) i32.const 0",
+    );
+    let mut config = String::new();
+    config += &plugin_config("spin", &spin, "", "fail = \"closed\"\ndeadline_ms = 20");
+    config += &plugin_config("trap", &trap, "", "fail = \"open\"");
+    config += &plugin_config("hog", &hog, "", "fail = \"closed\"\nmemory_mib = 16");
+    let mut m = manifests(&echo, Some("spin"));
+    for (host, plugin) in [("trap.test", "trap"), ("hog.test", "hog")] {
+        m += &yaml::ingress(
+            "default",
+            plugin,
+            &[(host, "/", "Prefix", "web", "http")],
+            "",
+        )
+        .replace(
+            &format!("metadata: {{name: {plugin}, namespace: default}}"),
+            &format!(
+                "metadata: {{name: {plugin}, namespace: default, annotations: {{portico.io/plugins: {plugin}}}}}"
+            ),
+        );
+    }
+    let g = Gateway::start(&[("m.yaml", &m)], &config);
+
+    for _ in 0..3 {
+        // An endless loop: stopped at its deadline, fail closed → 500.
+        let started = Instant::now();
+        let r = http_get(g.http, "plugged.test", "/").unwrap();
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert!(r.text().contains("plugin spin failed"), "{}", r.text());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A trap, fail open → the request goes on without the plugin.
+        let r = http_get(g.http, "trap.test", "/").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Unbounded memory (ABI 0.2.0 module): capped, fail closed → 500.
+        let r = http_get(g.http, "hog.test", "/").unwrap();
+        assert_eq!(r.status, 500, "{}", r.text());
+        // Routes without plugins are untouched.
+        assert_eq!(http_get(g.http, "app.test", "/").unwrap().status, 200);
+    }
+    // Each failure discarded its instance: later requests got fresh ones.
+    for (plugin, kind) in [
+        ("spin", "deadline"),
+        ("trap", "trap"),
+        ("hog", "out_of_memory"),
+    ] {
+        let failures = metric(
+            &g,
+            &format!("portico_plugin_failures_total{{plugin=\"{plugin}\",kind=\"{kind}\"}}"),
+        );
+        assert_eq!(failures, Some(3.0), "{plugin}: {}", g.metrics());
+        let started = metric(
+            &g,
+            &format!("portico_plugin_instances_started_total{{plugin=\"{plugin}\"}}"),
+        )
+        .unwrap();
+        // One at load (the check start is not counted) plus one per failure.
+        assert!(started >= 3.0, "{plugin}: {started}");
+    }
+    // One log line per plugin, not one per failure.
+    let log = g.log();
+    assert_eq!(
+        log.matches("plugin failed; its instance is replaced")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains("ran past its deadline"), "{log}");
+}
+
+#[test]
+fn a_changed_plugin_is_swapped_in_and_a_broken_one_keeps_the_old_version() {
+    let echo = Echo::http("web");
+    let dir = TempDir::new("reload-plugin");
+    let file = dir.path().join("p.wasm");
+    std::fs::copy(built_plugins().join("compat_http_headers.wasm"), &file).unwrap();
+    let mut config = String::from("[plugins]\nhttp = [\"p\"]\nreload_interval_ms = 100\n");
+    config += &plugin_config("p", &file.display().to_string(), "one", "");
+    let g = Gateway::start(&[("m.yaml", &manifests(&echo, None))], &config);
+    let tag = |g: &Gateway| {
+        http_get(g.http, "app.test", "/").unwrap().json()["headers"]["x-compat-tag"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(tag(&g), "one");
+
+    // A slow request in flight across the swap completes.
+    let port = g.http;
+    let slow = std::thread::spawn(move || http_get(port, "app.test", "/delay/600").unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+
+    // The plugin's config changes in portico.toml: swapped in.
+    let cfg_path = g.dir.path().join("portico.toml");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        text.replace("config = \"one\"", "config = \"two\""),
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while tag(&g) != "two" {
+        assert!(Instant::now() < end, "not reloaded; log:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200);
+
+    // The module file changes to the other compat plugin: swapped in.
+    let tmp = dir.path().join("p.tmp");
+    std::fs::copy(built_plugins().join("compat_http_filter.wasm"), &tmp).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while http_get(g.http, "app.test", "/blocked").unwrap().status != 403
+        || http_get(g.http, "app.test", "/").unwrap().json()["headers"]
+            .get("x-compat-count")
+            .is_none()
+    {
+        assert!(Instant::now() < end, "not reloaded; log:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broken file: the previous version keeps serving, the log says why.
+    std::fs::write(&tmp, "not wasm").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !g.log().contains("the previous version keeps serving") {
+        assert!(Instant::now() < end, "no error logged; log:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(g.log().contains("not a WebAssembly binary"), "{}", g.log());
+    assert_eq!(tag(&g), "two");
+    assert_eq!(
+        http_get(g.http, "app.test", "/blocked").unwrap().status,
+        403
+    );
+}
+
+#[test]
+fn a_plugin_that_does_not_load_stops_run_with_the_reason() {
+    let dir = TempDir::new("bad-plugin-run");
+    let bad = dir.write("bad.wasm", "nope");
+    let cfg = dir.write(
+        "portico.toml",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\n[listen]\nhttp = [\"127.0.0.1:{}\"]\nhttps = []\n{}",
+            free_port(),
+            free_port(),
+            plugin_config("bad", &bad.display().to_string(), "", "")
+        ),
+    );
+    let out = portico(&["run", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("plugin \"bad\"") && err.contains("not a WebAssembly binary"),
+        "{err}"
+    );
+    // A plugin that rejects its configuration is named too.
+    let cfg = dir.write(
+        "portico2.toml",
+        &plugin_config("picky", &wasm("compat_http_filter.wasm"), "reject", ""),
+    );
+    let out = portico(&["check", "--config", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("plugin \"picky\"") && text.contains("rejected its configuration"),
+        "{text}"
+    );
+}

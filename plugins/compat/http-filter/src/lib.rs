@@ -1,0 +1,192 @@
+//! A test plugin written against the upstream proxy-wasm Rust SDK (the
+//! `proxy-wasm` crate), not Portico's SDK, exercising what Envoy plugins
+//! use. The integration tests drive it through the real gateway:
+//!
+//! - every request: `x-compat-tag` (the plugin configuration),
+//!   `x-compat-source` (`source.address`), `x-compat-route`
+//!   (`portico.route`), `x-compat-method` (`request.method`), and
+//!   `x-compat-count`, a counter kept in shared data with compare-and-swap;
+//!   the metric `compat_requests` counts them;
+//! - `/blocked`: answered locally, 403 with `x-blocked-by: compat`;
+//! - `/rewrite/...`: the path becomes `/rewritten/...`;
+//! - `/upper...`: the request body is buffered and upper-cased; with
+//!   `/upper-response...` the response body is too;
+//! - `/ticks`: answered locally with the number of timer ticks so far
+//!   (shared data written by `on_tick`, every 20 ms);
+//! - every response gets `x-compat: 1` and `x-compat-status` (the
+//!   `response.code` property).
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { tag: String::new(), requests: 0 })
+    });
+}}
+
+struct Root {
+    tag: String,
+    requests: u32,
+}
+
+/// Adds one to a shared-data counter, retrying on a CAS mismatch.
+fn bump(key: &str) -> u64 {
+    for _ in 0..100 {
+        let (value, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+        let n = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let text = n.to_string();
+        if hostcalls::set_shared_data(key, Some(text.as_bytes()), cas).is_ok() {
+            return n;
+        }
+    }
+    0
+}
+
+fn read_counter(key: &str) -> u64 {
+    hostcalls::get_shared_data(key)
+        .ok()
+        .and_then(|(v, _)| v)
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        self.set_tick_period(Duration::from_millis(20));
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if let Some(config) = self.get_plugin_configuration() {
+            self.tag = String::from_utf8_lossy(&config).into_owned();
+        }
+        if self.tag == "reject" {
+            return false;
+        }
+        self.requests = hostcalls::define_metric(MetricType::Counter, "compat_requests").unwrap_or(0);
+        log::info!("compat-http-filter configured with tag {:?}", self.tag);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        bump("compat.ticks");
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter {
+            tag: self.tag.clone(),
+            requests: self.requests,
+            upper_request: false,
+            upper_response: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Filter {
+    tag: String,
+    requests: u32,
+    upper_request: bool,
+    upper_response: bool,
+}
+
+impl Context for Filter {}
+
+fn text(v: Option<Vec<u8>>) -> String {
+    v.map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        if path == "/blocked" {
+            self.send_http_response(403, vec![("x-blocked-by", "compat")], Some(b"blocked\n"));
+            return Action::Pause;
+        }
+        if path == "/ticks" {
+            let body = format!("{}\n", read_counter("compat.ticks"));
+            self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
+            return Action::Pause;
+        }
+        if let Some(rest) = path.strip_prefix("/rewrite/") {
+            self.set_http_request_header(":path", Some(&format!("/rewritten/{rest}")));
+        }
+        if path.starts_with("/upper") {
+            self.upper_request = true;
+            self.upper_response = path.starts_with("/upper-response");
+            // The body changes, so its length may: let the proxy frame it.
+            self.set_http_request_header("content-length", None);
+        }
+        let _ = hostcalls::increment_metric(self.requests, 1);
+        let count = bump("compat.requests");
+        self.add_http_request_header("x-compat-tag", &self.tag);
+        self.add_http_request_header("x-compat-count", &count.to_string());
+        let source = text(self.get_property(vec!["source", "address"]));
+        self.add_http_request_header("x-compat-source", &source);
+        let route = text(self.get_property(vec!["portico", "route"]));
+        self.add_http_request_header("x-compat-route", &route);
+        let method = text(self.get_property(vec!["request", "method"]));
+        self.add_http_request_header("x-compat-method", &method);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.upper_request {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_request_body(0, body_size) {
+            self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.set_http_response_header("x-compat", Some("1"));
+        let code = self
+            .get_property(vec!["response", "code"])
+            .filter(|v| v.len() == 8)
+            .map(|v| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                i64::from_le_bytes(b)
+            })
+            .unwrap_or(-1);
+        self.set_http_response_header("x-compat-status", Some(&code.to_string()));
+        if self.upper_response {
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.upper_response {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_response_body(0, body_size) {
+            self.set_http_response_body(0, body_size, &body.to_ascii_uppercase());
+        }
+        Action::Continue
+    }
+}
