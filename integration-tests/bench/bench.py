@@ -45,7 +45,14 @@ PORTS = {
     "nginx": {"http": 19110, "h2c": 19111, "https": 19153, "tcp": 19310},
     "haproxy": {"http": 19120, "h2c": 19120, "https": 19163, "tcp": 19320},
     "direct": {"http": BACKEND_HTTP, "h2c": 19081, "https": 19082, "tcp": BACKEND_IPERF},
+    # The same Portico with one plugin on every request (plugin scenario).
+    "portico-noop": {"http": 19130, "https": 19173, "tcp": 19330, "admin": 19902},
 }
+# Plugin-overhead variants: target -> (plugin name, module file).
+PLUGIN_TARGETS = {
+    "portico-noop": ("noop", "compat_noop.wasm"),
+}
+PLUGIN_DIR = os.path.join(ROOT, "plugins", "target", "wasm32-wasi", "release")
 HOST = "bench.portico.test"
 TARGETS = ["portico", "nginx", "haproxy", "direct"]
 
@@ -128,7 +135,7 @@ class Stack:
     def stop(self):
         for name, p in self.procs.items():
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM if name != "portico" else signal.SIGINT)
+                p.send_signal(signal.SIGINT if name.startswith("portico") else signal.SIGTERM)
         for p in self.procs.values():
             try:
                 p.wait(timeout=5)
@@ -176,9 +183,9 @@ http {{
         wait_port(BACKEND_HTTP)
         wait_port(BACKEND_IPERF)
 
-    def start_portico(self):
-        p = PORTS["portico"]
-        mdir = os.path.join(self.work, "manifests")
+    def start_portico(self, name="portico", plugin=None):
+        p = PORTS[name]
+        mdir = os.path.join(self.work, f"manifests-{name}")
         os.makedirs(mdir, exist_ok=True)
         indent = lambda s: "".join("    " + l + "\n" for l in s.splitlines())
         with open(os.path.join(mdir, "bench.yaml"), "w") as f:
@@ -225,10 +232,14 @@ addressType: IPv4
 ports: [{{name: tcp, port: {BACKEND_IPERF}}}]
 endpoints: [{{addresses: [127.0.0.1]}}]
 """)
-        conf = os.path.join(self.work, "portico.toml")
+        conf = os.path.join(self.work, f"{name}.toml")
         with open(conf, "w") as f:
             f.write('[log]\nlevel = "error"\n[shutdown]\ngrace_period_seconds = 1\n[l4]\nnode_ports = false\n')
-        self.spawn("portico", [self.portico_bin, "run", "--config", conf, "--manifests", mdir,
+            if plugin:
+                pname, wasm = plugin
+                f.write(f'[plugins]\nhttp = ["{pname}"]\nreload = false\n[[plugins.load]]\n'
+                        f'name = "{pname}"\npath = "{os.path.join(PLUGIN_DIR, wasm)}"\n')
+        self.spawn(name, [self.portico_bin, "run", "--config", conf, "--manifests", mdir,
                                "--http", f"127.0.0.1:{p['http']}", "--https", f"127.0.0.1:{p['https']}",
                                "--admin", f"127.0.0.1:{p['admin']}", "--node-address", "127.0.0.1"],
                    PROXY_CORE)
@@ -394,6 +405,10 @@ class Bench:
 
     def round(self, n, scenarios):
         log(f"round {n}")
+        if "plugins" in scenarios:
+            # Portico alone, then with each plugin, back to back.
+            for t in ["portico"] + list(PLUGIN_TARGETS):
+                self.measure("plugins", t, lambda: self.h1(t))
         if "h1" in scenarios:
             for t in ["nginx", "portico", "haproxy", "direct"]:
                 self.measure("h1", t, lambda: self.h1(t))
@@ -466,6 +481,31 @@ def table(results):
     return "\n".join(lines)
 
 
+def plugin_table(results, duration):
+    """Portico with a plugin against Portico alone, same run, same core."""
+    r = results.get("plugins")
+    if not r:
+        return ""
+    lines = ["\n### Plugin overhead: HTTP/1.1 keep-alive, 64 connections (wrk), Portico alone vs one plugin on every request\n",
+             "| plugin | req/s alone | req/s with plugin | ratio | proxy CPU per request alone (us) | with plugin (us) | plugin cost per request (us) |",
+             "|---|---|---|---|---|---|---|"]
+    base = r.get("portico", [])
+    def us_per_req(row):
+        if not row.get("rps") or not row.get("cpu_s"):
+            return None
+        return row["cpu_s"] / (row["rps"] * duration) * 1e6
+    for t, (pname, _) in PLUGIN_TARGETS.items():
+        rows = r.get(t, [])
+        costs = [us_per_req(w) - us_per_req(b) for b, w in zip(base, rows)
+                 if us_per_req(w) is not None and us_per_req(b) is not None]
+        lines.append(f"| {pname} | {fmt(median([x.get('rps') for x in base]))} | {fmt(median([x.get('rps') for x in rows]))} | "
+                     f"{fmt(ratio_median(rows, base, 'rps'), 3)} | {fmt(median([us_per_req(x) for x in base]))} | "
+                     f"{fmt(median([us_per_req(x) for x in rows]))} | {fmt(median(costs))} |")
+    lines.append("\nPlugin cost per request = the proxy's CPU time per request with the plugin minus without, per round, median "
+                 "(CPU time from /proc; the proxies are pinned to one core).")
+    return "\n".join(lines)
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -485,7 +525,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per scenario run")
     ap.add_argument("--portico", default=os.path.join(ROOT, "target", "release", "portico"))
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "portico-load"))
-    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput")
+    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins")
     ap.add_argument("--out", help="write the Markdown report here (default: RESULTS.md unless --quick)")
     args = ap.parse_args()
     if args.quick:
@@ -511,10 +551,16 @@ def main():
         crt, key = stack.cert()
         stack.start_backend(crt, key)
         stack.start_portico()
+        if "plugins" in scenarios:
+            for t, plugin in PLUGIN_TARGETS.items():
+                wasm = os.path.join(PLUGIN_DIR, plugin[1])
+                if not os.path.exists(wasm):
+                    sys.exit(f"bench: {wasm} missing; build the plugins first (plugins/build.sh; run.sh does)")
+                stack.start_portico(t, plugin)
         stack.start_nginx(crt, key)
         stack.start_haproxy()
         # Warm every path once (upstream pools, caches).
-        for t in TARGETS:
+        for t in TARGETS + [t for t in PLUGIN_TARGETS if "plugins" in scenarios]:
             client(["wrk", "-t1", "-c8", "-d1s", "-H", f"Host: {HOST}", f"http://127.0.0.1:{PORTS[t]['http']}/"], 30)
         for n in range(1, args.rounds + 1):
             bench.round(n, scenarios)
@@ -540,6 +586,7 @@ def main():
         "- backend: nginx `return 200` (34-byte body), 1 worker; nginx proxy: 1 worker, upstream keepalive; HAProxy: nbthread 1, http-reuse always",
         "- 'req per proxy CPU-s' = requests/s divided by the proxy's CPU seconds per second of run (from /proc): the efficiency figure when the client side saturates first",
         table(bench.results),
+        plugin_table(bench.results, args.duration),
     ]
     if failures:
         report.append("\n## Errors during the run\n\n" + "\n".join(f"- {f}" for f in failures))

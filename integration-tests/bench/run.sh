@@ -27,6 +27,8 @@ fi
 for svc in nginx haproxy; do
   service "$svc" stop >/dev/null 2>&1 || true
 done
+# The plugin-overhead scenario runs plugins compiled from source.
+bash plugins/build.sh >/dev/null
 profile=release
 for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
 if [ "$profile" = release ]; then

@@ -194,13 +194,22 @@ impl HttpChain {
         }
     }
 
-    /// `proxy_on_request_headers` for filters `from..`. `headers` are the
-    /// request's (pseudo-headers first); `changed` is set when a plugin
-    /// edited them.
+    /// The request headers as plugins see them; empty until
+    /// `set_request_headers`.
+    pub fn request_headers(&self) -> &Pairs {
+        &self.request_headers
+    }
+
+    pub fn set_request_headers(&mut self, pairs: Pairs) {
+        self.request_headers = pairs;
+    }
+
+    /// `proxy_on_request_headers` for filters `from..`, on the headers
+    /// given by `set_request_headers` (pseudo-headers first); `changed` is
+    /// set when a plugin edited them.
     pub fn on_request_headers(
         &mut self,
         from: usize,
-        headers: &mut Pairs,
         end_of_stream: bool,
         changed: &mut bool,
     ) -> Verdict {
@@ -208,7 +217,7 @@ impl HttpChain {
             if !self.filters[i].plugin.exports.request_headers {
                 continue;
             }
-            let mut map = std::mem::take(headers);
+            let mut map = std::mem::take(&mut self.request_headers);
             let n = map.len() as i32;
             let step = self.call(i, "proxy_on_request_headers", |inst, ctx| {
                 let d = inst.vm.sandbox.data_mut();
@@ -225,7 +234,7 @@ impl HttpChain {
                 }
                 r.map(|action| (action, d.local_response.take()))
             });
-            *headers = map;
+            self.request_headers = map;
             match step {
                 Step::Skipped => {}
                 Step::Failed(p) => return Verdict::Fail(p),
@@ -234,7 +243,6 @@ impl HttpChain {
                 Step::Ran(_) => {}
             }
         }
-        self.request_headers = headers.clone();
         Verdict::Continue
     }
 

@@ -4,13 +4,16 @@
 //! half-updated, so the caller discards it and takes a fresh one rather
 //! than calling it again. The process never dies of a plugin.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Engine, Instance, Linker, Module, ResourceLimiter, Store, Trap, WasmParams, WasmResults,
+    Engine, Instance, Linker, Module, ResourceLimiter, Store, Trap, TypedFunc, WasmParams,
+    WasmResults,
 };
 
 /// Epoch ticks per second: the deadline's resolution.
@@ -140,6 +143,12 @@ pub struct Sandbox<T: 'static> {
     limits: Limits,
     oom: Arc<AtomicBool>,
     poisoned: bool,
+    /// Typed exports by name, looked up once: a request makes several
+    /// calls, and a lookup costs more than a small call.
+    funcs: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    /// Metric handles, registered once per instance for the same reason.
+    calls_ok: metrics::Counter,
+    call_time: metrics::Histogram,
 }
 
 impl<T: 'static> Sandbox<T> {
@@ -177,6 +186,9 @@ impl<T: 'static> Sandbox<T> {
             limits,
             oom,
             poisoned: false,
+            funcs: HashMap::new(),
+            calls_ok: metrics::counter!("portico_plugin_calls_total", "plugin" => name.to_string(), "result" => "ok"),
+            call_time: metrics::histogram!("portico_plugin_call_duration_seconds", "plugin" => name.to_string()),
         })
     }
 
@@ -198,9 +210,9 @@ impl<T: 'static> Sandbox<T> {
     }
 
     /// Calls an export under the deadline; counts the call and its time.
-    pub fn call<P: WasmParams, R: WasmResults>(
+    pub fn call<P: WasmParams + 'static, R: WasmResults + 'static>(
         &mut self,
-        export: &str,
+        export: &'static str,
         params: P,
     ) -> Result<R, PluginError> {
         if self.poisoned {
@@ -208,24 +220,32 @@ impl<T: 'static> Sandbox<T> {
                 "instance discarded after an earlier failure".into(),
             ));
         }
-        let f = self
-            .instance
-            .get_typed_func::<P, R>(&mut self.store, export)
-            .map_err(|e| PluginError::Setup(format!("export `{export}`: {e}")))?;
+        let f = match self
+            .funcs
+            .get(export)
+            .and_then(|f| f.downcast_ref::<TypedFunc<P, R>>())
+        {
+            Some(f) => f.clone(),
+            None => {
+                let f = self
+                    .instance
+                    .get_typed_func::<P, R>(&mut self.store, export)
+                    .map_err(|e| PluginError::Setup(format!("export `{export}`: {e}")))?;
+                self.funcs.insert(export, Box::new(f.clone()));
+                f
+            }
+        };
         self.store.set_epoch_deadline(ticks(self.limits.deadline));
         let started = Instant::now();
         let result = f
             .call(&mut self.store, params)
             .map_err(|e| classify(e, &self.oom));
-        let plugin = self.name.clone();
-        metrics::histogram!("portico_plugin_call_duration_seconds", "plugin" => plugin.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.call_time.record(started.elapsed().as_secs_f64());
         match &result {
-            Ok(_) => metrics::counter!("portico_plugin_calls_total", "plugin" => plugin, "result" => "ok")
-                .increment(1),
+            Ok(_) => self.calls_ok.increment(1),
             Err(e) => {
                 self.poisoned = true;
-                metrics::counter!("portico_plugin_calls_total", "plugin" => plugin, "result" => e.kind())
+                metrics::counter!("portico_plugin_calls_total", "plugin" => self.name.clone(), "result" => e.kind())
                     .increment(1);
             }
         }

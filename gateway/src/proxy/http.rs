@@ -138,8 +138,8 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<()>
     Ok(())
 }
 
-fn scheme(ctx: &RequestCtx) -> &'static str {
-    if ctx.tls {
+fn scheme(tls: bool) -> &'static str {
+    if tls {
         "https"
     } else {
         "http"
@@ -160,7 +160,7 @@ fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps 
                 .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
             host: host.to_string(),
             method: req.method.as_str().to_string(),
-            scheme: scheme(ctx),
+            scheme: scheme(ctx.tls),
             protocol: match req.version {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
@@ -249,7 +249,6 @@ impl HttpProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
         mut from: usize,
-        pairs: &mut http_filter::Pairs,
     ) -> Result<bool> {
         let end_of_stream = session.is_body_empty();
         let mut changed = false;
@@ -257,7 +256,14 @@ impl HttpProxy {
             let Some(chain) = ctx.plugins.as_mut() else {
                 return Ok(false);
             };
-            match chain.on_request_headers(from, pairs, end_of_stream, &mut changed) {
+            if chain.request_headers().is_empty() {
+                chain.set_request_headers(http_filter::request_pairs(
+                    session.req_header(),
+                    &ctx.host,
+                    scheme(ctx.tls),
+                ));
+            }
+            match chain.on_request_headers(from, end_of_stream, &mut changed) {
                 Verdict::Pause(i) => match chain.resumed(i, PAUSE_TIMEOUT).await {
                     Verdict::Continue => from = i + 1,
                     other => break other,
@@ -266,7 +272,11 @@ impl HttpProxy {
             }
         };
         if changed {
-            if let Err(e) = http_filter::apply_request(session.req_header_mut(), pairs) {
+            let pairs = ctx.plugins.as_ref().map(|c| c.request_headers());
+            let applied = pairs.map_or(Ok(()), |p| {
+                http_filter::apply_request(session.req_header_mut(), p)
+            });
+            if let Err(e) = applied {
                 tracing::warn!(error = %e, "plugin edit to the request headers refused");
                 ctx.local_reason = Some("plugin");
                 respond(session, 500, format!("{e}\n")).await?;
@@ -346,7 +356,6 @@ impl ProxyHttp for HttpProxy {
         // take (`portico.route`); what they change (host, path) is routed
         // again.
         let registry = self.plugins.load();
-        let mut pairs = Vec::new();
         if !registry.http.is_empty() {
             let mut props = stream_props(session, ctx, &host);
             let path = session.req_header().uri.path_and_query();
@@ -354,11 +363,8 @@ impl ProxyHttp for HttpProxy {
                 set_route_props(&mut props, route);
             }
             ctx.plugins = Some(HttpChain::new(registry.http.clone(), props));
-            pairs = http_filter::request_pairs(session.req_header(), &host, scheme(ctx));
-            if self
-                .run_request_headers(session, ctx, 0, &mut pairs)
-                .await?
-            {
+            ctx.host.clone_from(&host);
+            if self.run_request_headers(session, ctx, 0).await? {
                 return Ok(true);
             }
             if let Some(h) = request_host(session.req_header()) {
@@ -409,13 +415,7 @@ impl ProxyHttp for HttpProxy {
                     0
                 }
             };
-            if pairs.is_empty() {
-                pairs = http_filter::request_pairs(session.req_header(), &ctx.host, scheme(ctx));
-            }
-            if self
-                .run_request_headers(session, ctx, from, &mut pairs)
-                .await?
-            {
+            if self.run_request_headers(session, ctx, from).await? {
                 return Ok(true);
             }
         }
