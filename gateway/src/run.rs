@@ -130,6 +130,10 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         cooldown: Duration::from_millis(cfg.lb.cooldown_ms),
     };
     let publisher = Arc::new(Publisher::new(health));
+    let snapshots = publisher.handle();
+    crate::plugins::callout::set_resolver(Arc::new(move |name: &str| {
+        crate::proxy::http::pick_backend(&snapshots.load(), name)
+    }));
     let pipeline = ManifestPipeline::new(
         cfg.sources.manifests.clone(),
         cfg.dns.clone(),

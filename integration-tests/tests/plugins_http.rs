@@ -400,3 +400,60 @@ fn a_plugin_that_does_not_load_stops_run_with_the_reason() {
         "{text}"
     );
 }
+
+#[test]
+fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
+    let web = Echo::http("web");
+    let auth = Echo::http("auth");
+    let mut m = manifests(&web, None);
+    m += &yaml::service("default", "auth", "", &[("http", 80)]);
+    m += &yaml::slice("default", "auth-1", "auth", "http", auth.http, true);
+    // Callable backends are the ones the gateway routes to.
+    m += &yaml::ingress(
+        "default",
+        "auth",
+        &[("auth.test", "/", "Prefix", "auth", "http")],
+        "",
+    );
+    let mut config = String::from("[plugins]\nhttp = [\"compat\"]\n");
+    config += &plugin_config("compat", &wasm("compat_http_filter.wasm"), "calls", "");
+    let g = Gateway::start(&[("m.yaml", &m)], &config);
+    let get = |path: &str, upstream: &str| {
+        http_request(
+            g.http,
+            &format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nx-callout-upstream: {upstream}\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+
+    // The request waits for the call's answer, then goes on with what the
+    // plugin learnt from it.
+    let r = get("/callout", "default/auth:http");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["name"], "web");
+    assert_eq!(seen["headers"]["x-callout-status"], "200");
+    assert_eq!(seen["headers"]["x-callout-name"], "auth");
+    let bytes: usize = seen["headers"]["x-callout-body-bytes"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 10, "{bytes}");
+
+    // The plugin answers from the call's callback instead.
+    let r = get("/callout-deny", "default/auth:http");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.header("x-denied-by"), Some("callout"));
+
+    // A name that is not a backend is refused at the call.
+    let r = get("/callout", "default/nope:http");
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "callout refused\n");
+
+    let ok = metric(
+        &g,
+        "portico_plugin_callouts_total{plugin=\"compat\",result=\"ok\"}",
+    );
+    assert_eq!(ok, Some(2.0), "{}", g.metrics());
+}

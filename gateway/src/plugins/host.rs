@@ -82,6 +82,10 @@ pub struct VmState {
     /// The stream being processed, for `request.*`, `source.*` and other
     /// properties.
     pub stream: Option<std::sync::Arc<super::properties::StreamProps>>,
+    /// HTTP calls the plugin made during the current callback; the host
+    /// starts them when it returns.
+    pub callouts: Vec<super::callout::Callout>,
+    pub last_token: u32,
     /// `proxy_done` was called.
     pub done: bool,
     pub started: Option<Instant>,
@@ -531,10 +535,58 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             status::OK
         },
     )?;
-    // Not wired yet (HTTP callouts) or not supported (gRPC): linkable, and
-    // answered with UNIMPLEMENTED.
-    for name in [
+    l.func_wrap(
+        E,
         "proxy_http_call",
+        |mut c: C<'_>,
+         up_p: i32,
+         up_n: i32,
+         h_p: i32,
+         h_n: i32,
+         b_p: i32,
+         b_n: i32,
+         _t_p: i32,
+         _t_n: i32,
+         timeout_ms: i32,
+         ret_token: i32| {
+            let upstream = match read_str(&mut c, up_p, up_n) {
+                Ok(u) => u,
+                Err(e) => return e,
+            };
+            let headers = match read(&mut c, h_p, h_n).map(|b| deserialize_map(&b)) {
+                Ok(Some(h)) => h,
+                Ok(None) => return status::BAD_ARGUMENT,
+                Err(e) => return e,
+            };
+            let body = match read(&mut c, b_p, b_n) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            if let Err(why) = super::callout::resolve(&upstream) {
+                tracing::debug!(plugin = %c.data().data.plugin, %upstream, %why, "HTTP callout refused");
+                return status::BAD_ARGUMENT;
+            }
+            let d = &mut c.data_mut().data;
+            d.last_token = d.last_token.wrapping_add(1).max(1);
+            let token = d.last_token;
+            d.callouts.push(super::callout::Callout {
+                token,
+                context: d.effective_context,
+                upstream,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                body,
+                timeout: std::time::Duration::from_millis(
+                    (timeout_ms as u32).clamp(1, 60_000).into(),
+                ),
+            });
+            status_of(write_u32(&mut c, ret_token, token))
+        },
+    )?;
+    // Not supported (gRPC): linkable, and answered with UNIMPLEMENTED.
+    for name in [
         "proxy_grpc_call",
         "proxy_grpc_stream",
         "proxy_grpc_send",

@@ -155,7 +155,7 @@ impl HttpChain {
             d.stream = Some(props);
             let r = f(inst, ctx);
             inst.vm.sandbox.data_mut().stream = None;
-            wake_paused(inst);
+            after_call(inst);
             r
         };
         let result = if filter.instance == 0 {
@@ -248,14 +248,49 @@ impl HttpChain {
 
     /// Waits until the plugin at `i` resumes the paused stream (or answers
     /// it), or `timeout` passes.
-    pub async fn resumed(&mut self, i: usize, timeout: std::time::Duration) -> Verdict {
-        let f = &self.filters[i];
+    /// `changed` is set when a callback edited the request headers
+    /// meanwhile.
+    pub async fn resumed(
+        &mut self,
+        i: usize,
+        timeout: std::time::Duration,
+        changed: &mut bool,
+    ) -> Verdict {
+        let (plugin, instance, ctx) = {
+            let f = &self.filters[i];
+            (f.plugin.clone(), f.instance, f.context as u32)
+        };
+        let headers = std::mem::take(&mut self.request_headers);
+        let mut parked = Some(headers);
+        instances::with_existing(&plugin, instance, |inst| {
+            inst.parked
+                .insert(ctx, (parked.take().unwrap_or_default(), false));
+        });
         let (tx, rx) = oneshot::channel();
-        PAUSED.with(|p| p.borrow_mut().insert((f.instance, f.context as u32), tx));
-        match tokio::time::timeout(timeout, rx).await {
+        PAUSED.with(|p| p.borrow_mut().insert((instance, ctx), tx));
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        let back =
+            instances::with_existing(&plugin, instance, |inst| inst.parked.remove(&ctx)).flatten();
+        match (back, parked) {
+            (Some((headers, edited)), _) => {
+                self.request_headers = headers;
+                *changed |= edited;
+            }
+            (None, Some(headers)) => self.request_headers = headers,
+            // The instance went away with the headers: nothing to edit.
+            (None, None) => {}
+        }
+        let f = &self.filters[i];
+        match outcome {
             Ok(Ok(Resume::Continue)) => Verdict::Continue,
             Ok(Ok(Resume::Respond(local))) => Verdict::Respond(local),
-            Ok(Ok(Resume::Close)) | Ok(Err(_)) => Verdict::Fail(f.plugin.name.clone()),
+            Ok(Ok(Resume::Failed)) if f.plugin.fail == FailPolicy::Open => {
+                self.filters[i].skipped = true;
+                Verdict::Continue
+            }
+            Ok(Ok(Resume::Close | Resume::Failed)) | Ok(Err(_)) => {
+                Verdict::Fail(f.plugin.name.clone())
+            }
             Err(_) => {
                 PAUSED.with(|p| p.borrow_mut().remove(&(f.instance, f.context as u32)));
                 tracing::warn!(plugin = %f.plugin.name, "plugin paused a request and did not resume it in time");
@@ -494,7 +529,10 @@ fn non_empty(data: Vec<u8>) -> Option<Bytes> {
 enum Resume {
     Continue,
     Respond(LocalResponse),
+    /// The plugin closed the stream.
     Close,
+    /// The plugin failed while the stream waited (its fail policy applies).
+    Failed,
 }
 
 thread_local! {
@@ -502,10 +540,85 @@ thread_local! {
     static PAUSED: RefCell<HashMap<(u64, u32), oneshot::Sender<Resume>>> = RefCell::new(HashMap::new());
 }
 
-/// After any call into an instance: wakes the paused streams the plugin
-/// resumed, closed or answered (from a tick, or from another stream's
-/// callback).
-pub fn wake_paused(inst: &mut Instance) {
+/// After any call into an instance: starts the HTTP calls it made, and
+/// wakes the paused streams it resumed, closed or answered (from a tick,
+/// a call's answer, or another stream's callback).
+pub fn after_call(inst: &mut Instance) {
+    let callouts = std::mem::take(&mut inst.vm.sandbox.data_mut().callouts);
+    for c in callouts {
+        start_callout(inst.plugin.clone(), inst.id, c);
+    }
+    wake_paused(inst);
+}
+
+/// `proxy_map_type_t` / `proxy_buffer_type_t` of a call's answer.
+const CALL_RESPONSE_HEADERS: i32 = 6;
+const CALL_RESPONSE_TRAILERS: i32 = 7;
+const CALL_RESPONSE_BODY: i32 = 4;
+
+/// Runs one HTTP call on this worker's runtime and hands the answer to
+/// the instance that made it (`proxy_on_http_call_response`).
+fn start_callout(plugin: Arc<Plugin>, instance: u64, c: super::callout::Callout) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let answer = match super::callout::resolve(&c.upstream) {
+            Ok(addr) => super::callout::perform(addr, &c).await,
+            Err(e) => Err(e),
+        };
+        let outcome = if answer.is_ok() { "ok" } else { "error" };
+        metrics::counter!("portico_plugin_callouts_total", "plugin" => plugin.name.clone(), "result" => outcome)
+            .increment(1);
+        if let Err(e) = &answer {
+            tracing::debug!(plugin = %plugin.name, upstream = %c.upstream, error = %e, "plugin HTTP call failed");
+        }
+        let answer = answer.unwrap_or_default();
+        let delivered = instances::with_existing(&plugin, instance, |inst| {
+            let parked = inst.parked.get_mut(&c.context).map(|(h, _)| std::mem::take(h));
+            let d = inst.vm.sandbox.data_mut();
+            let (n_headers, body_len) = (answer.headers.len() as i32, answer.body.len() as i32);
+            d.maps_dirty = 0;
+            if let Some(h) = parked {
+                d.maps.insert(REQUEST_HEADERS, h);
+            }
+            d.maps.insert(CALL_RESPONSE_HEADERS, answer.headers);
+            d.maps.insert(CALL_RESPONSE_TRAILERS, Vec::new());
+            d.buffers.insert(CALL_RESPONSE_BODY, answer.body);
+            d.effective_context = c.context;
+            let r = inst.vm.sandbox.call::<(i32, i32, i32, i32, i32), ()>(
+                "proxy_on_http_call_response",
+                (c.context as i32, c.token as i32, n_headers, body_len, 0),
+            );
+            let d = inst.vm.sandbox.data_mut();
+            d.maps.remove(&CALL_RESPONSE_HEADERS);
+            d.maps.remove(&CALL_RESPONSE_TRAILERS);
+            d.buffers.remove(&CALL_RESPONSE_BODY);
+            let edited = d.maps_dirty & (1 << REQUEST_HEADERS) != 0;
+            if let Some(h) = d.maps.remove(&REQUEST_HEADERS) {
+                if let Some(slot) = inst.parked.get_mut(&c.context) {
+                    *slot = (h, slot.1 || edited);
+                }
+            }
+            if let Err(e) = &r {
+                instances::failure_log(&plugin.name, "proxy_on_http_call_response", e);
+            }
+            after_call(inst);
+            r.is_ok()
+        });
+        if delivered != Some(true) {
+            // The instance is gone or failed: the stream waiting for this
+            // answer must not wait for its timeout.
+            PAUSED.with(|p| {
+                if let Some(tx) = p.borrow_mut().remove(&(instance, c.context)) {
+                    let _ = tx.send(Resume::Failed);
+                }
+            });
+        }
+    });
+}
+
+fn wake_paused(inst: &mut Instance) {
     let id = inst.id;
     let d: &mut VmState = inst.vm.sandbox.data_mut();
     if d.continued.is_empty() && d.closed.is_empty() && d.local_response.is_none() {
@@ -513,8 +626,10 @@ pub fn wake_paused(inst: &mut Instance) {
     }
     let continued = std::mem::take(&mut d.continued);
     let closed = std::mem::take(&mut d.closed);
-    let current = d.effective_context;
-    let local = d.local_response.take_if(|l| l.context != current);
+    // A stream's own callbacks take their local response before this
+    // runs; one left here came from another callback (a call's answer, a
+    // tick) and goes to the stream it names, if that one is waiting.
+    let local = d.local_response.take();
     PAUSED.with(|p| {
         let mut p = p.borrow_mut();
         if let Some(local) = local {

@@ -36,6 +36,10 @@ pub struct Instance {
     /// Stream contexts alive in it.
     active: usize,
     ticking: bool,
+    /// Request headers of streams paused in this instance, by context,
+    /// with whether a callback (an HTTP call's answer, a tick) changed
+    /// them: callbacks may read and edit a paused request's headers.
+    pub parked: HashMap<u32, (super::http_filter::Pairs, bool)>,
 }
 
 impl Instance {
@@ -116,6 +120,7 @@ pub fn with_instance<R>(
                             next_context: ROOT_CONTEXT + 1,
                             active: 0,
                             ticking: false,
+                            parked: HashMap::new(),
                         },
                     );
                     // The instance this replaces (if any) is dropped here
@@ -216,7 +221,7 @@ fn spawn_ticker(plugin: Arc<Plugin>, instance: u64) {
 /// After a root-context call (tick, queue): streams the plugin resumed or
 /// answered are woken.
 fn after_root_call(inst: &mut Instance) {
-    super::http_filter::wake_paused(inst);
+    super::http_filter::after_call(inst);
 }
 
 /// Logs a plugin failure at most once per plugin every few seconds,

@@ -9,6 +9,7 @@
 
 pub mod abi;
 pub mod cache;
+pub mod callout;
 pub mod host;
 pub mod http_filter;
 pub mod instances;

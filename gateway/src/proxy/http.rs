@@ -176,6 +176,33 @@ fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps 
     }
 }
 
+/// An endpoint of the backend named `namespace/service:port` (as
+/// `/config` shows it), for plugin HTTP calls.
+pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
+    let parsed = name.split_once('/').and_then(|(ns, rest)| {
+        let (svc, port) = rest.rsplit_once(':')?;
+        Some(crate::snapshot::BackendKey {
+            namespace: ns.to_string(),
+            service: svc.to_string(),
+            port: port.to_string(),
+        })
+    });
+    let key = parsed.ok_or_else(|| {
+        format!("upstream {name:?} is not a backend name (namespace/service:port)")
+    })?;
+    let pool = snap
+        .pool(&key)
+        .ok_or_else(|| {
+            format!("upstream {name:?}: no such backend (callable are the Services an Ingress or L4 listener uses)")
+        })?;
+    pool.pick(&PickRequest {
+        client_ip: None,
+        exclude: &[],
+    })
+    .map(|p| p.addr)
+    .ok_or_else(|| format!("upstream {name:?} has no available endpoint"))
+}
+
 fn set_route_props(p: &mut StreamProps, route: &Route) {
     if p.route.as_deref() == Some(route.ingress.as_str()) {
         return;
@@ -264,7 +291,7 @@ impl HttpProxy {
                 ));
             }
             match chain.on_request_headers(from, end_of_stream, &mut changed) {
-                Verdict::Pause(i) => match chain.resumed(i, PAUSE_TIMEOUT).await {
+                Verdict::Pause(i) => match chain.resumed(i, PAUSE_TIMEOUT, &mut changed).await {
                     Verdict::Continue => from = i + 1,
                     other => break other,
                 },

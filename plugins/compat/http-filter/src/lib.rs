@@ -14,7 +14,11 @@
 //! - `/ticks`: answered locally with the number of timer ticks so far
 //!   (shared data written by `on_tick`, every 20 ms);
 //! - every response gets `x-compat: 1` and `x-compat-status` (the
-//!   `response.code` property).
+//!   `response.code` property);
+//! - `/callout...`: the request waits while the plugin calls the upstream
+//!   named by the `x-callout-upstream` header (`GET /called`); the answer's
+//!   status, `x-echo-name` and body size become request headers
+//!   (`x-callout-*`). With `/callout-deny` the plugin answers 401 instead.
 
 use std::time::Duration;
 
@@ -90,6 +94,7 @@ impl RootContext for Root {
             requests: self.requests,
             upper_request: false,
             upper_response: false,
+            deny_after_call: false,
         }))
     }
 
@@ -103,9 +108,24 @@ struct Filter {
     requests: u32,
     upper_request: bool,
     upper_response: bool,
+    deny_after_call: bool,
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if self.deny_after_call {
+            self.send_http_response(401, vec![("x-denied-by", "callout")], Some(b"denied\n"));
+            return;
+        }
+        let name = self.get_http_call_response_header("x-echo-name").unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        self.set_http_request_header("x-callout-status", Some(&status));
+        self.set_http_request_header("x-callout-name", Some(&name));
+        self.set_http_request_header("x-callout-body-bytes", Some(&body.len().to_string()));
+        self.resume_http_request();
+    }
+}
 
 fn text(v: Option<Vec<u8>>) -> String {
     v.map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -122,6 +142,21 @@ impl HttpContext for Filter {
         if path == "/ticks" {
             let body = format!("{}\n", read_counter("compat.ticks"));
             self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
+            return Action::Pause;
+        }
+        if path.starts_with("/callout") {
+            self.deny_after_call = path.starts_with("/callout-deny");
+            let upstream = self.get_http_request_header("x-callout-upstream").unwrap_or_default();
+            let call = self.dispatch_http_call(
+                &upstream,
+                vec![(":method", "GET"), (":path", "/called"), (":authority", "callout.test"), ("x-from", "compat")],
+                None,
+                vec![],
+                Duration::from_secs(5),
+            );
+            if call.is_err() {
+                self.send_http_response(500, vec![], Some(b"callout refused\n"));
+            }
             return Action::Pause;
         }
         if let Some(rest) = path.strip_prefix("/rewrite/") {
