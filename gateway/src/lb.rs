@@ -46,6 +46,11 @@ impl PolicyKind {
 
 /// What a policy may look at when choosing.
 pub struct PickRequest<'a> {
+    /// An endpoint a plugin chose (`proxy_set_upstream_override_host`):
+    /// taken when it is eligible (ready or serving, not excluded), which
+    /// makes the plugin the policy for this request; otherwise the pool's
+    /// own policy picks.
+    pub preferred: Option<SocketAddr>,
     pub client_ip: Option<IpAddr>,
     /// Endpoints already tried for this request (connect retries).
     pub exclude: &'a [SocketAddr],
@@ -348,8 +353,22 @@ impl Pool {
         if candidates.is_empty() {
             return None;
         }
-        let idx = match (self.spec.affinity, req.client_ip) {
-            (Some(aff), Some(ip)) => self.pick_sticky(ip, aff.timeout, candidates, req),
+        let chosen = req.preferred.and_then(|want| {
+            let found = candidates
+                .iter()
+                .copied()
+                .find(|&i| self.endpoints[i].spec.addr == want);
+            let outcome = if found.is_some() {
+                "used"
+            } else {
+                "unavailable"
+            };
+            metrics::counter!("portico_lb_plugin_choices_total", "result" => outcome).increment(1);
+            found
+        });
+        let idx = match (chosen, self.spec.affinity, req.client_ip) {
+            (Some(idx), _, _) => idx,
+            (None, Some(aff), Some(ip)) => self.pick_sticky(ip, aff.timeout, candidates, req),
             _ => self.policy.pick(self, candidates, req),
         };
         let ep = &self.endpoints[idx];
@@ -523,6 +542,7 @@ mod tests {
 
     fn req() -> PickRequest<'static> {
         PickRequest {
+            preferred: None,
             client_ip: None,
             exclude: &[],
         }
@@ -548,6 +568,42 @@ mod tests {
     }
 
     #[test]
+    fn a_plugins_choice_is_taken_only_when_eligible() {
+        let p = pool(spec(
+            PolicyKind::RoundRobin,
+            &[
+                ("10.0.0.1:80", Ready),
+                ("10.0.0.2:80", Ready),
+                ("10.0.0.3:80", Term),
+            ],
+        ));
+        let two: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        for _ in 0..4 {
+            let r = PickRequest {
+                preferred: Some(two),
+                ..req()
+            };
+            assert_eq!(p.pick(&r).unwrap().addr, two);
+        }
+        // Not eligible (terminating while others are ready, excluded, or
+        // not an endpoint at all): the pool's policy decides.
+        for bad in ["10.0.0.3:80", "10.9.9.9:80"] {
+            let r = PickRequest {
+                preferred: Some(bad.parse().unwrap()),
+                ..req()
+            };
+            assert_ne!(p.pick(&r).unwrap().addr, bad.parse().unwrap());
+        }
+        let tried = [two];
+        let r = PickRequest {
+            preferred: Some(two),
+            client_ip: None,
+            exclude: &tried,
+        };
+        assert_ne!(p.pick(&r).unwrap().addr, two);
+    }
+
+    #[test]
     fn terminating_used_only_when_nothing_ready() {
         let p = pool(spec(PolicyKind::Random, &[("10.0.0.3:80", Term)]));
         assert_eq!(p.pick(&req()).unwrap().addr, "10.0.0.3:80".parse().unwrap());
@@ -565,6 +621,7 @@ mod tests {
         let tried = ["10.0.0.1:80".parse().unwrap()];
         for _ in 0..4 {
             let r = PickRequest {
+                preferred: None,
                 client_ip: None,
                 exclude: &tried,
             };
@@ -575,6 +632,7 @@ mod tests {
             "10.0.0.2:80".parse().unwrap(),
         ];
         let r = PickRequest {
+            preferred: None,
             client_ip: None,
             exclude: &both,
         };
@@ -654,6 +712,7 @@ mod tests {
         for i in 0..1000u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i));
             let r = PickRequest {
+                preferred: None,
                 client_ip: Some(ip),
                 exclude: &[],
             };
@@ -690,6 +749,7 @@ mod tests {
         let p = registry.build([&s], HealthPolicy::default()).remove(0);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let r = PickRequest {
+            preferred: None,
             client_ip: Some(ip),
             exclude: &[],
         };
@@ -722,6 +782,7 @@ mod tests {
         });
         let p = pool(s);
         let r = PickRequest {
+            preferred: None,
             client_ip: Some("192.0.2.7".parse().unwrap()),
             exclude: &[],
         };

@@ -457,3 +457,46 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
     );
     assert_eq!(ok, Some(2.0), "{}", g.metrics());
 }
+
+#[test]
+fn a_plugin_chooses_the_endpoint_with_the_upstream_choice_extension() {
+    let one = Echo::http("one");
+    let two = Echo::http("two");
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    // One slice, two endpoints on 127.0.0.1 is impossible (one port per
+    // slice), so two slices.
+    m += &yaml::slice("default", "web-1", "web", "http", one.http, true);
+    m += &yaml::slice("default", "web-2", "web", "http", two.http, true);
+    m += &yaml::ingress(
+        "default",
+        "plain",
+        &[("app.test", "/", "Prefix", "web", "http")],
+        "",
+    );
+    let mut config = String::from("[plugins]\nhttp = [\"compat\"]\n");
+    config += &plugin_config("compat", &wasm("compat_http_filter.wasm"), "lb", "");
+    let g = Gateway::start(&[("m.yaml", &m)], &config);
+    let last = if format!("127.0.0.1:{}", one.http) > format!("127.0.0.1:{}", two.http) {
+        "one"
+    } else {
+        "two"
+    };
+    for _ in 0..6 {
+        let r = http_get(g.http, "app.test", "/pick-last").unwrap();
+        let seen = r.json();
+        assert_eq!(seen["headers"]["x-compat-candidates"], "2", "{seen}");
+        assert_eq!(seen["name"], last, "{seen}");
+    }
+    // Without a choice the Service's own policy (round robin) spreads.
+    let names: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            http_get(g.http, "app.test", "/").unwrap().json()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let used = metric(&g, "portico_lb_plugin_choices_total{result=\"used\"}");
+    assert_eq!(used, Some(6.0));
+}

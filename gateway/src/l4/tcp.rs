@@ -61,6 +61,7 @@ async fn connect(
     let mut tried = Vec::new();
     for _ in 0..=settings.connect_retries {
         let Some(pick) = pool.pick(&PickRequest {
+            preferred: None,
             client_ip: Some(peer.ip()),
             exclude: &tried,
         }) else {

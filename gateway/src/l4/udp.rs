@@ -102,6 +102,7 @@ async fn open_flow(
     let snap = snapshot.load_full();
     let pool = snap.l4.get(&key).and_then(|b| snap.pool(b))?;
     let pick = pool.pick(&PickRequest {
+        preferred: None,
         client_ip: Some(client.ip()),
         exclude: &[],
     });

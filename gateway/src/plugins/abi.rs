@@ -72,6 +72,9 @@ const HOST_FUNCTIONS: &[HostFn] = &[
     // HTTP.
     HostFn(ENV, "proxy_send_local_response", &[I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
     HostFn(ENV, "proxy_http_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
+    // Upstream choice: Portico's extension, named after Higress's.
+    HostFn(ENV, "proxy_get_upstream_hosts", &[I32, I32], Some(I32)),
+    HostFn(ENV, "proxy_set_upstream_override_host", &[I32, I32], Some(I32)),
     // gRPC (answered with UNIMPLEMENTED, but linkable).
     HostFn(ENV, "proxy_grpc_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
     HostFn(ENV, "proxy_grpc_stream", &[I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),

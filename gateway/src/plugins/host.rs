@@ -57,15 +57,70 @@ pub struct LocalResponse {
     pub body: Vec<u8>,
 }
 
+/// Buffers and header maps by their small ABI number: an array, not a
+/// hash map, as every stream callback reads and writes them.
+#[derive(Debug)]
+pub struct Slots<T> {
+    slots: [Option<T>; 9],
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            slots: Default::default(),
+        }
+    }
+}
+
+impl<T: Default> Slots<T> {
+    fn index(id: i32) -> Option<usize> {
+        usize::try_from(id).ok().filter(|i| *i < 9)
+    }
+
+    pub fn get(&self, id: &i32) -> Option<&T> {
+        Self::index(*id).and_then(|i| self.slots[i].as_ref())
+    }
+
+    pub fn get_mut(&mut self, id: &i32) -> Option<&mut T> {
+        Self::index(*id).and_then(|i| self.slots[i].as_mut())
+    }
+
+    /// Ids outside the ABI's range are ignored (callers check first).
+    pub fn insert(&mut self, id: i32, value: T) {
+        if let Some(i) = Self::index(id) {
+            self.slots[i] = Some(value);
+        }
+    }
+
+    pub fn remove(&mut self, id: &i32) -> Option<T> {
+        Self::index(*id).and_then(|i| self.slots[i].take())
+    }
+
+    /// The slot's value, created empty if absent. Panics on an id out of
+    /// range, which callers have checked.
+    pub fn get_or_default(&mut self, id: i32) -> &mut T {
+        let i = Self::index(id).expect("checked id");
+        self.slots[i].get_or_insert_with(T::default)
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = None);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+}
+
 /// Per-instance state the host functions read and write.
 #[derive(Debug, Default)]
 pub struct VmState {
     pub plugin: String,
     pub root_id: String,
     /// Buffers by `proxy_buffer_type_t`.
-    pub buffers: HashMap<i32, Vec<u8>>,
+    pub buffers: Slots<Vec<u8>>,
     /// Header maps by `proxy_map_type_t`.
-    pub maps: HashMap<i32, Vec<(String, Vec<u8>)>>,
+    pub maps: Slots<Vec<(String, Vec<u8>)>>,
     /// Properties by dotted path (`request.path`, `plugin_name`).
     pub properties: HashMap<String, Vec<u8>>,
     pub tick_period_ms: u32,
@@ -86,6 +141,10 @@ pub struct VmState {
     /// starts them when it returns.
     pub callouts: Vec<super::callout::Callout>,
     pub last_token: u32,
+    /// The endpoint the plugin chose for this stream
+    /// (`proxy_set_upstream_override_host`), taken by the host after the
+    /// call.
+    pub override_host: Option<std::net::SocketAddr>,
     /// `proxy_done` was called.
     pub done: bool,
     pub started: Option<Instant>,
@@ -435,7 +494,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         };
         let d = &mut c.data_mut().data;
         d.maps_dirty |= 1 << id;
-        let map = d.maps.entry(id).or_default();
+        let map = d.maps.get_or_default(id);
         if replace {
             map.retain(|(k, _)| *k != key);
         }
@@ -583,6 +642,50 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 ),
             });
             status_of(write_u32(&mut c, ret_token, token))
+        },
+    )?;
+    // Upstream choice (Portico's extension, named after Higress's):
+    // the candidate endpoints of the stream's backend, and the override.
+    l.func_wrap(
+        E,
+        "proxy_get_upstream_hosts",
+        |mut c: C<'_>, ret_p: i32, ret_n: i32| {
+            let pairs = c
+                .data()
+                .data
+                .stream
+                .as_ref()
+                .and_then(|s| s.candidates.as_ref())
+                .map(|cands| cands.pairs());
+            match pairs {
+                None => status::NOT_FOUND,
+                Some(p) => status_of(give(&mut c, &serialize_map(&p), ret_p, ret_n)),
+            }
+        },
+    )?;
+    l.func_wrap(
+        E,
+        "proxy_set_upstream_override_host",
+        |mut c: C<'_>, p: i32, n: i32| {
+            let addr = match read_str(&mut c, p, n).map(|s| s.parse::<std::net::SocketAddr>()) {
+                Ok(Ok(a)) => a,
+                Ok(Err(_)) => return status::BAD_ARGUMENT,
+                Err(e) => return e,
+            };
+            let d = &mut c.data_mut().data;
+            let known = d
+                .stream
+                .as_ref()
+                .and_then(|s| s.candidates.as_ref())
+                .map(|cands| cands.contains(addr));
+            match known {
+                None => status::NOT_FOUND,
+                Some(false) => status::BAD_ARGUMENT,
+                Some(true) => {
+                    d.override_host = Some(addr);
+                    status::OK
+                }
+            }
         },
     )?;
     // Not supported (gRPC): linkable, and answered with UNIMPLEMENTED.

@@ -77,6 +77,8 @@ pub struct HttpChain {
     /// phases, where plugins may still read them.
     request_headers: Pairs,
     finished: bool,
+    /// The endpoint a plugin chose (`proxy_set_upstream_override_host`).
+    pub override_host: Option<std::net::SocketAddr>,
 }
 
 /// How a plugin call went, after the fail policy.
@@ -103,6 +105,7 @@ impl HttpChain {
             props: Arc::new(props),
             request_headers: Vec::new(),
             finished: false,
+            override_host: None,
         }
     }
 
@@ -149,12 +152,15 @@ impl HttpChain {
         }
         let props = self.props.clone();
         let plugin = filter.plugin.clone();
+        let mut chosen = None;
         let run = |inst: &mut Instance, ctx: i32| {
             let d = inst.vm.sandbox.data_mut();
             d.effective_context = ctx as u32;
             d.stream = Some(props);
             let r = f(inst, ctx);
-            inst.vm.sandbox.data_mut().stream = None;
+            let d = inst.vm.sandbox.data_mut();
+            d.stream = None;
+            chosen = d.override_host.take();
             after_call(inst);
             r
         };
@@ -180,6 +186,9 @@ impl HttpChain {
                     ))
                 })
         };
+        if chosen.is_some() {
+            self.override_host = chosen;
+        }
         match result {
             Ok(t) => Step::Ran(t),
             Err(e) => {
@@ -302,19 +311,17 @@ impl HttpChain {
     /// `proxy_on_request_body`: passes `body` through the chain, holding
     /// it for a plugin that pauses before the end.
     pub fn on_request_body(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> Verdict {
-        let order: Vec<usize> = (0..self.filters.len()).collect();
-        self.on_body(&order, REQUEST_BODY, body, end_of_stream)
+        self.on_body(false, REQUEST_BODY, body, end_of_stream)
     }
 
     /// `proxy_on_response_body`, in reverse chain order.
     pub fn on_response_body(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> Verdict {
-        let order: Vec<usize> = (0..self.filters.len()).rev().collect();
-        self.on_body(&order, RESPONSE_BODY, body, end_of_stream)
+        self.on_body(true, RESPONSE_BODY, body, end_of_stream)
     }
 
     fn on_body(
         &mut self,
-        order: &[usize],
+        reverse: bool,
         buffer: i32,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
@@ -324,7 +331,9 @@ impl HttpChain {
         } else {
             ("proxy_on_response_body", "proxy_on_response_body")
         };
-        for &i in order {
+        let n = self.filters.len();
+        for k in 0..n {
+            let i = if reverse { n - 1 - k } else { k };
             let f = &mut self.filters[i];
             let wanted = if buffer == REQUEST_BODY {
                 f.plugin.exports.request_body

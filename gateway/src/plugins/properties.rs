@@ -31,6 +31,44 @@ pub struct StreamProps {
     pub namespace: Option<String>,
     /// Set once the response headers are known.
     pub response_code: Option<u16>,
+    /// The endpoints the chosen backend offers (`proxy_get_upstream_hosts`).
+    pub candidates: Option<Candidates>,
+}
+
+/// A backend's endpoints, for the upstream-choice host calls.
+#[derive(Clone)]
+pub struct Candidates(pub std::sync::Arc<crate::lb::Pool>);
+
+impl std::fmt::Debug for Candidates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Candidates({})", self.0.key())
+    }
+}
+
+impl Candidates {
+    /// `(address, state)` pairs: state is `ready`, `serving` (terminating
+    /// but still serving) or `cooling-down` (failed recently).
+    pub fn pairs(&self) -> Vec<(String, Vec<u8>)> {
+        let pool = &self.0;
+        pool.endpoints()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let state = if pool.is_cooling_down(i) {
+                    "cooling-down"
+                } else if e.spec.state == crate::snapshot::EndpointState::Ready {
+                    "ready"
+                } else {
+                    "serving"
+                };
+                (e.spec.addr.to_string(), state.as_bytes().to_vec())
+            })
+            .collect()
+    }
+
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.0.endpoints().iter().any(|e| e.spec.addr == addr)
+    }
 }
 
 #[derive(Debug, Default, Clone)]

@@ -5,7 +5,6 @@
 //! than calling it again. The process never dies of a plugin.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -145,7 +144,7 @@ pub struct Sandbox<T: 'static> {
     poisoned: bool,
     /// Typed exports by name, looked up once: a request makes several
     /// calls, and a lookup costs more than a small call.
-    funcs: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    funcs: Vec<(&'static str, Box<dyn Any + Send + Sync>)>,
     /// Metric handles, registered once per instance for the same reason.
     calls_ok: metrics::Counter,
     call_time: metrics::Histogram,
@@ -191,7 +190,7 @@ impl<T: 'static> Sandbox<T> {
             limits,
             oom,
             poisoned: false,
-            funcs: HashMap::new(),
+            funcs: Vec::new(),
             calls_ok: metrics::counter!("portico_plugin_calls_total", "plugin" => name.to_string(), "result" => "ok"),
             call_time: metrics::histogram!("portico_plugin_call_duration_seconds", "plugin" => name.to_string()),
             calls: 0,
@@ -226,18 +225,22 @@ impl<T: 'static> Sandbox<T> {
                 "instance discarded after an earlier failure".into(),
             ));
         }
-        if !self.funcs.contains_key(export) {
-            let f = self
-                .instance
-                .get_typed_func::<P, R>(&mut self.store, export)
-                .map_err(|e| PluginError::Setup(format!("export `{export}`: {e}")))?;
-            self.funcs.insert(export, Box::new(f));
-        }
+        // A dozen exports at most: a scan beats hashing the name.
+        let slot = match self.funcs.iter().position(|(n, _)| *n == export) {
+            Some(i) => i,
+            None => {
+                let f = self
+                    .instance
+                    .get_typed_func::<P, R>(&mut self.store, export)
+                    .map_err(|e| PluginError::Setup(format!("export `{export}`: {e}")))?;
+                self.funcs.push((export, Box::new(f)));
+                self.funcs.len() - 1
+            }
+        };
         // Borrowed, not cloned: a clone costs a type-registry reference.
-        let f = self
-            .funcs
-            .get(export)
-            .and_then(|f| f.downcast_ref::<TypedFunc<P, R>>())
+        let f = self.funcs[slot]
+            .1
+            .downcast_ref::<TypedFunc<P, R>>()
             .ok_or_else(|| {
                 PluginError::Setup(format!("export `{export}` called with another signature"))
             })?;

@@ -196,6 +196,7 @@ pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
             format!("upstream {name:?}: no such backend (callable are the Services an Ingress or L4 listener uses)")
         })?;
     pool.pick(&PickRequest {
+        preferred: None,
         client_ip: None,
         exclude: &[],
     })
@@ -203,13 +204,16 @@ pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
     .ok_or_else(|| format!("upstream {name:?} has no available endpoint"))
 }
 
-fn set_route_props(p: &mut StreamProps, route: &Route) {
+fn set_route_props(p: &mut StreamProps, route: &Route, snap: &Snapshot) {
     if p.route.as_deref() == Some(route.ingress.as_str()) {
         return;
     }
     p.route = Some(route.ingress.clone());
     p.service = Some(route.backend.to_string());
     p.namespace = route.ingress.split('/').next().map(str::to_string);
+    p.candidates = snap
+        .pool(&route.backend)
+        .map(|pool| crate::plugins::properties::Candidates(pool.clone()));
 }
 
 /// Writes a plugin's local response.
@@ -387,7 +391,7 @@ impl ProxyHttp for HttpProxy {
             let mut props = stream_props(session, ctx, &host);
             let path = session.req_header().uri.path_and_query();
             if let Some((route, _)) = snap.routes.find(&host, path.map_or("/", |p| p.as_str())) {
-                set_route_props(&mut props, route);
+                set_route_props(&mut props, route, &snap);
             }
             ctx.plugins = Some(HttpChain::new(registry.http.clone(), props));
             ctx.host.clone_from(&host);
@@ -410,7 +414,7 @@ impl ProxyHttp for HttpProxy {
         ctx.host = host;
         ctx.route = Some(route.clone());
         if let Some(chain) = ctx.plugins.as_mut() {
-            set_route_props(chain.props_mut(), route);
+            set_route_props(chain.props_mut(), route, &snap);
         }
         if !route.plugins.is_empty() {
             let mut wanted = Vec::with_capacity(route.plugins.len());
@@ -437,7 +441,7 @@ impl ProxyHttp for HttpProxy {
                 }
                 None => {
                     let mut props = stream_props(session, ctx, &ctx.host.clone());
-                    set_route_props(&mut props, route);
+                    set_route_props(&mut props, route, &snap);
                     ctx.plugins = Some(HttpChain::new(wanted, props));
                     0
                 }
@@ -469,6 +473,7 @@ impl ProxyHttp for HttpProxy {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool chosen"))?;
         let req = PickRequest {
+            preferred: ctx.plugins.as_ref().and_then(|c| c.override_host),
             client_ip: client_ip(session),
             exclude: &ctx.tried,
         };

@@ -18,7 +18,13 @@
 //! - `/callout...`: the request waits while the plugin calls the upstream
 //!   named by the `x-callout-upstream` header (`GET /called`); the answer's
 //!   status, `x-echo-name` and body size become request headers
-//!   (`x-callout-*`). With `/callout-deny` the plugin answers 401 instead.
+//!   (`x-callout-*`). With `/callout-deny` the plugin answers 401 instead;
+//! - `/pick-last...`: the plugin lists the backend's endpoints with
+//!   Portico's upstream-choice extension (`proxy_get_upstream_hosts`, not
+//!   in the upstream SDK, so imported directly here) and sends the request
+//!   to the last ready one in address order
+//!   (`proxy_set_upstream_override_host`); `x-compat-candidates` says how
+//!   many there were.
 
 use std::time::Duration;
 
@@ -36,6 +42,53 @@ proxy_wasm::main! {{
 struct Root {
     tag: String,
     requests: u32,
+}
+
+extern "C" {
+    fn proxy_get_upstream_hosts(return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_set_upstream_override_host(data: *const u8, size: usize) -> u32;
+}
+
+/// Pairs in the proxy-wasm header-map encoding.
+fn parse_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    let word = |i: usize| -> usize {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&bytes[i..i + 4]);
+        u32::from_le_bytes(b) as usize
+    };
+    if bytes.len() < 4 {
+        return Vec::new();
+    }
+    let n = word(0);
+    let mut at = 4 + 8 * n;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (kl, vl) = (word(4 + 8 * i), word(8 + 8 * i));
+        let k = String::from_utf8_lossy(&bytes[at..at + kl]).into_owned();
+        at += kl + 1;
+        let v = String::from_utf8_lossy(&bytes[at..at + vl]).into_owned();
+        at += vl + 1;
+        out.push((k, v));
+    }
+    out
+}
+
+fn upstream_hosts() -> Vec<(String, String)> {
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut len: usize = 0;
+    // Safety: the host writes a buffer it allocated with our allocator
+    // (`proxy_on_memory_allocate`) and its length.
+    unsafe {
+        if proxy_get_upstream_hosts(&mut ptr, &mut len) != 0 || ptr.is_null() || len == 0 {
+            return Vec::new();
+        }
+        let bytes = Vec::from_raw_parts(ptr, len, len);
+        parse_pairs(&bytes)
+    }
+}
+
+fn choose_upstream(addr: &str) -> bool {
+    unsafe { proxy_set_upstream_override_host(addr.as_ptr(), addr.len()) == 0 }
 }
 
 /// Adds one to a shared-data counter, retrying on a CAS mismatch.
@@ -158,6 +211,19 @@ impl HttpContext for Filter {
                 self.send_http_response(500, vec![], Some(b"callout refused\n"));
             }
             return Action::Pause;
+        }
+        if path.starts_with("/pick-last") {
+            let hosts = upstream_hosts();
+            self.add_http_request_header("x-compat-candidates", &hosts.len().to_string());
+            let last = hosts
+                .iter()
+                .filter(|(_, state)| state == "ready")
+                .map(|(addr, _)| addr.clone())
+                .max();
+            if let Some(addr) = last {
+                let ok = choose_upstream(&addr);
+                self.add_http_request_header("x-compat-chose", if ok { &addr } else { "refused" });
+            }
         }
         if let Some(rest) = path.strip_prefix("/rewrite/") {
             self.set_http_request_header(":path", Some(&format!("/rewritten/{rest}")));
