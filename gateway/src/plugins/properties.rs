@@ -143,6 +143,7 @@ mod tests {
             service: Some("shop/web:80".into()),
             namespace: Some("shop".into()),
             response_code: Some(404),
+            candidates: None,
         };
         let get = |n: &str| p.get(n, None);
         assert_eq!(get("source.address").unwrap(), b"10.0.0.7:41000");
