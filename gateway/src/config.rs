@@ -43,6 +43,9 @@ pub struct PluginsConfig {
     /// Plugins run on every request of the L7 listeners, in this order,
     /// before the ones an Ingress asks for (`portico.io/plugins`).
     pub http: Vec<String>,
+    /// Plugins run on every TCP connection of the L4 listeners (proxy-wasm
+    /// stream contexts), before the ones a Service asks for.
+    pub tcp: Vec<String>,
     /// Compiled modules are kept here between runs (keyed by content), so
     /// a restart does not compile again. Unset: no disk cache.
     pub cache_dir: Option<PathBuf>,
@@ -58,6 +61,7 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             http: Vec::new(),
+            tcp: Vec::new(),
             cache_dir: None,
             reload: true,
             reload_interval_ms: 1_000,
@@ -486,6 +490,7 @@ pub fn load_with_env(
                 .with_list_parse_key("kubernetes.publish_addresses")
                 .with_list_parse_key("kubernetes.load_balancer_pool")
                 .with_list_parse_key("plugins.http")
+                .with_list_parse_key("plugins.tcp")
                 .try_parsing(true)
                 .source(Some(env_map)),
         )
@@ -588,10 +593,15 @@ fn validate_plugins(p: &PluginsConfig) -> Result<(), String> {
             return Err(format!("{at}: memory_mib must be 1..=4096"));
         }
     }
-    for name in &p.http {
+    for (key, name) in p
+        .http
+        .iter()
+        .map(|n| ("http", n))
+        .chain(p.tcp.iter().map(|n| ("tcp", n)))
+    {
         if !seen.contains(name.as_str()) {
             return Err(format!(
-                "plugins.http: {name:?} is not a loaded plugin (plugins.load has {})",
+                "plugins.{key}: {name:?} is not a loaded plugin (plugins.load has {})",
                 if seen.is_empty() {
                     "none".to_string()
                 } else {

@@ -304,6 +304,11 @@ impl Pool {
         &self.endpoints
     }
 
+    /// Plugins the Service asks for (`portico.io/plugins`).
+    pub fn plugins(&self) -> &[String] {
+        &self.spec.plugins
+    }
+
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
     }
@@ -531,6 +536,7 @@ mod tests {
                 .collect(),
             policy,
             affinity: None,
+            plugins: Vec::new(),
         }
     }
 

@@ -206,6 +206,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         "l4",
         L4Manager::new(
             publisher.handle(),
+            registry.clone(),
             publisher.subscribe(),
             L4Settings::from(&cfg.l4),
         ),

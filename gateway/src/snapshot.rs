@@ -74,6 +74,8 @@ pub struct BackendSpec {
     pub endpoints: Vec<EndpointSpec>,
     pub policy: PolicyKind,
     pub affinity: Option<ClientIpAffinity>,
+    /// Plugins the Service asks for (`portico.io/plugins`), in order.
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

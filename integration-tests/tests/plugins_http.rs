@@ -500,3 +500,56 @@ fn a_plugin_chooses_the_endpoint_with_the_upstream_choice_extension() {
     let used = metric(&g, "portico_lb_plugin_choices_total{result=\"used\"}");
     assert_eq!(used, Some(6.0));
 }
+
+/// A LoadBalancer Service on 127.0.0.1:`port` with one TCP endpoint.
+fn l4_service(name: &str, port: u16, backend: u16, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: l4{annotations}}}\nspec:\n  type: LoadBalancer\n  loadBalancerIP: 127.0.0.1\n  ports:\n  - {{name: p, port: {port}, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: l4\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: p, port: {backend}, protocol: TCP}}]\nendpoints:\n- addresses: [127.0.0.1]\n---\n"
+    )
+}
+
+fn tcp_exchange(port: u16, payload: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(payload).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn tcp_stream_contexts_see_and_change_both_directions() {
+    let backend = Echo::tcp("t1");
+    let (plugged, plain) = (free_port(), free_port());
+    let m = l4_service(
+        "plugged",
+        plugged,
+        backend.http,
+        ", annotations: {portico.io/plugins: tcp}",
+    ) + &l4_service("plain", plain, backend.http, "");
+    let config = plugin_config("tcp", &wasm("compat_tcp_filter.wasm"), "edge", "");
+    let g = Gateway::start(&[("l4.yaml", &m)], &config);
+    wait_port(plugged, Duration::from_secs(5));
+    wait_port(plain, Duration::from_secs(5));
+
+    // The backend greets with its name, then echoes; the plugin upper-cases
+    // `ping` on the way in and prefixes the first bytes on the way out.
+    let out = tcp_exchange(plugged, b"ping pong ping\n");
+    assert_eq!(out, "[edge] t1\nPING pong PING\n");
+    // A Service without the annotation is untouched (and spliced).
+    assert_eq!(tcp_exchange(plain, b"ping\n"), "t1\nping\n");
+    // A plugin can close the connection.
+    let out = tcp_exchange(plugged, b"please close-me now\n");
+    assert!(!out.contains("close-me"), "{out}");
+    let log = g.log();
+    assert!(
+        log.contains("compat-tcp-filter: client side closed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("compat-tcp-filter: upstream side closed"),
+        "{log}"
+    );
+}

@@ -44,6 +44,7 @@ impl From<&L4Config> for L4Settings {
 
 pub struct L4Manager {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    plugins: crate::plugins::reload::RegistryHandle,
     changes: watch::Receiver<u64>,
     settings: L4Settings,
 }
@@ -51,11 +52,13 @@ pub struct L4Manager {
 impl L4Manager {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
+        plugins: crate::plugins::reload::RegistryHandle,
         changes: watch::Receiver<u64>,
         settings: L4Settings,
     ) -> Self {
         L4Manager {
             snapshot,
+            plugins,
             changes,
             settings,
         }
@@ -94,6 +97,7 @@ impl L4Manager {
                         key,
                         l,
                         self.snapshot.clone(),
+                        self.plugins.clone(),
                         self.settings,
                         stop_rx,
                     ));

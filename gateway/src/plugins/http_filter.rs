@@ -48,7 +48,7 @@ pub enum Verdict {
     Continue,
     /// A plugin answered the request itself.
     Respond(LocalResponse),
-    /// A plugin paused the request; await `HttpChain::resumed` with this
+    /// A plugin paused the request; await `StreamChain::resumed` with this
     /// index, then run the phase again from the next plugin.
     Pause(usize),
     /// A fail-closed plugin failed (or is not loaded).
@@ -57,20 +57,21 @@ pub enum Verdict {
     TooLarge(String),
 }
 
-struct Filter {
-    plugin: Arc<Plugin>,
+pub(super) struct Filter {
+    pub(super) plugin: Arc<Plugin>,
     /// 0 until the context is created.
-    instance: u64,
-    context: i32,
+    pub(super) instance: u64,
+    pub(super) context: i32,
     /// Dropped from this request's chain (fail open).
-    skipped: bool,
-    request_body: Vec<u8>,
-    response_body: Vec<u8>,
+    pub(super) skipped: bool,
+    pub(super) request_body: Vec<u8>,
+    pub(super) response_body: Vec<u8>,
 }
 
-/// One request's plugin contexts.
-pub struct HttpChain {
-    filters: Vec<Filter>,
+/// One stream's plugin contexts: an HTTP request's (this module) or a
+/// TCP connection's (`tcp_filter`).
+pub struct StreamChain {
+    pub(super) filters: Vec<Filter>,
     props: Arc<StreamProps>,
     /// The request headers as plugins see them (`:method`, `:path`,
     /// `:authority`, `:scheme`, then the rest), kept for the response
@@ -79,18 +80,20 @@ pub struct HttpChain {
     finished: bool,
     /// The endpoint a plugin chose (`proxy_set_upstream_override_host`).
     pub override_host: Option<std::net::SocketAddr>,
+    /// A plugin asked to close this stream (`proxy_close_stream`).
+    pub close_requested: bool,
 }
 
 /// How a plugin call went, after the fail policy.
-enum Step<T> {
+pub(super) enum Step<T> {
     Ran(T),
     Skipped,
     Failed(String),
 }
 
-impl HttpChain {
+impl StreamChain {
     pub fn new(plugins: Vec<Arc<Plugin>>, props: StreamProps) -> Self {
-        HttpChain {
+        StreamChain {
             filters: plugins
                 .into_iter()
                 .map(|plugin| Filter {
@@ -106,6 +109,7 @@ impl HttpChain {
             request_headers: Vec::new(),
             finished: false,
             override_host: None,
+            close_requested: false,
         }
     }
 
@@ -140,7 +144,7 @@ impl HttpChain {
 
     /// Calls into filter `i`'s context (creating it on first use) with the
     /// stream's state set up, applying the fail policy on failure.
-    fn call<T>(
+    pub(super) fn call<T>(
         &mut self,
         i: usize,
         during: &'static str,
@@ -153,6 +157,7 @@ impl HttpChain {
         let props = self.props.clone();
         let plugin = filter.plugin.clone();
         let mut chosen = None;
+        let mut closed = false;
         let run = |inst: &mut Instance, ctx: i32| {
             let d = inst.vm.sandbox.data_mut();
             d.effective_context = ctx as u32;
@@ -161,6 +166,7 @@ impl HttpChain {
             let d = inst.vm.sandbox.data_mut();
             d.stream = None;
             chosen = d.override_host.take();
+            closed = d.closed.iter().any(|(c, _)| *c == ctx as u32);
             after_call(inst);
             r
         };
@@ -189,6 +195,7 @@ impl HttpChain {
         if chosen.is_some() {
             self.override_host = chosen;
         }
+        self.close_requested |= closed;
         match result {
             Ok(t) => Step::Ran(t),
             Err(e) => {
@@ -521,7 +528,7 @@ impl HttpChain {
     }
 }
 
-impl Drop for HttpChain {
+impl Drop for StreamChain {
     fn drop(&mut self) {
         self.finish();
     }

@@ -17,6 +17,7 @@ pub mod properties;
 pub mod registry;
 pub mod reload;
 pub mod sandbox;
+pub mod tcp_filter;
 pub mod vm;
 
 use std::path::Path;

@@ -42,6 +42,11 @@ pub struct Plugin {
 /// does not have without asking wasmtime per request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Exports {
+    pub new_connection: bool,
+    pub downstream_data: bool,
+    pub upstream_data: bool,
+    pub downstream_close: bool,
+    pub upstream_close: bool,
     pub request_headers: bool,
     pub request_body: bool,
     pub request_trailers: bool,
@@ -59,6 +64,11 @@ impl Exports {
     fn of(info: &ModuleInfo) -> Self {
         let has = |n: &str| info.callbacks.iter().any(|c| c == n);
         Exports {
+            new_connection: has("proxy_on_new_connection"),
+            downstream_data: has("proxy_on_downstream_data"),
+            upstream_data: has("proxy_on_upstream_data"),
+            downstream_close: has("proxy_on_downstream_connection_close"),
+            upstream_close: has("proxy_on_upstream_connection_close"),
             request_headers: has("proxy_on_request_headers"),
             request_body: has("proxy_on_request_body"),
             request_trailers: has("proxy_on_request_trailers"),
@@ -110,6 +120,8 @@ pub struct Registry {
     pub plugins: BTreeMap<String, Arc<Plugin>>,
     /// `plugins.http`, resolved.
     pub http: Vec<Arc<Plugin>>,
+    /// `plugins.tcp`, resolved.
+    pub tcp: Vec<Arc<Plugin>>,
 }
 
 impl Registry {
@@ -202,10 +214,14 @@ pub fn load_all(cfg: &PluginsConfig, previous: Option<&Registry>) -> (Registry, 
             }
         }
     }
-    reg.http = cfg
-        .http
-        .iter()
-        .filter_map(|n| reg.plugins.get(n).cloned())
-        .collect();
+    let resolve = |names: &[String]| -> Vec<Arc<Plugin>> {
+        names
+            .iter()
+            .filter_map(|n| reg.plugins.get(n).cloned())
+            .collect()
+    };
+    let (http, tcp) = (resolve(&cfg.http), resolve(&cfg.tcp));
+    reg.http = http;
+    reg.tcp = tcp;
     (reg, errors)
 }

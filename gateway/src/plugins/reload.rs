@@ -47,12 +47,8 @@ impl PluginReloader {
                     .get(n)
                     .is_some_and(|old| Arc::ptr_eq(old, p))
             })
-            && next.http.len() == current.http.len()
-            && next
-                .http
-                .iter()
-                .zip(current.http.iter())
-                .all(|(a, b)| Arc::ptr_eq(a, b));
+            && same_chain(&next.http, &current.http)
+            && same_chain(&next.tcp, &current.tcp);
         if same {
             return false;
         }
@@ -115,6 +111,10 @@ impl BackgroundService for PluginReloader {
             let _ = tokio::task::spawn_blocking(move || me.check_once(&c)).await;
         }
     }
+}
+
+fn same_chain(a: &[Arc<super::registry::Plugin>], b: &[Arc<super::registry::Plugin>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 fn stamp(file: Option<&PathBuf>) -> Option<std::time::SystemTime> {

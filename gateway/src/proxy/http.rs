@@ -21,7 +21,7 @@ use pingora::{Error, ErrorType, Result};
 use crate::config::ProxyConfig;
 use crate::lb::{Pick, PickRequest, Pool};
 use crate::plugins::host::LocalResponse;
-use crate::plugins::http_filter::{self, HttpChain, Verdict};
+use crate::plugins::http_filter::{self, StreamChain, Verdict};
 use crate::plugins::properties::{RequestProps, StreamProps};
 use crate::plugins::reload::RegistryHandle;
 use crate::routing::Route;
@@ -87,7 +87,7 @@ pub struct RequestCtx {
     /// Set when the gateway answered itself (404, 503...).
     local_reason: Option<&'static str>,
     /// The request's plugin contexts, when any plugin applies.
-    plugins: Option<HttpChain>,
+    plugins: Option<StreamChain>,
     /// An answer decided in a phase that cannot write it (a request body
     /// or response plugin): written by `fail_to_proxy`, or replacing the
     /// upstream's body.
@@ -393,7 +393,7 @@ impl ProxyHttp for HttpProxy {
             if let Some((route, _)) = snap.routes.find(&host, path.map_or("/", |p| p.as_str())) {
                 set_route_props(&mut props, route, &snap);
             }
-            ctx.plugins = Some(HttpChain::new(registry.http.clone(), props));
+            ctx.plugins = Some(StreamChain::new(registry.http.clone(), props));
             ctx.host.clone_from(&host);
             if self.run_request_headers(session, ctx, 0).await? {
                 return Ok(true);
@@ -416,9 +416,14 @@ impl ProxyHttp for HttpProxy {
         if let Some(chain) = ctx.plugins.as_mut() {
             set_route_props(chain.props_mut(), route, &snap);
         }
-        if !route.plugins.is_empty() {
-            let mut wanted = Vec::with_capacity(route.plugins.len());
-            for name in route.plugins.iter() {
+        // The Ingress's plugins, then the Service's.
+        let service_plugins = snap
+            .pool(&route.backend)
+            .map(|p| p.plugins())
+            .unwrap_or_default();
+        if !route.plugins.is_empty() || !service_plugins.is_empty() {
+            let mut wanted = Vec::with_capacity(route.plugins.len() + service_plugins.len());
+            for name in route.plugins.iter().chain(service_plugins) {
                 match registry.get(name) {
                     Some(p) => wanted.push(p.clone()),
                     None => {
@@ -442,7 +447,7 @@ impl ProxyHttp for HttpProxy {
                 None => {
                     let mut props = stream_props(session, ctx, &ctx.host.clone());
                     set_route_props(&mut props, route, &snap);
-                    ctx.plugins = Some(HttpChain::new(wanted, props));
+                    ctx.plugins = Some(StreamChain::new(wanted, props));
                     0
                 }
             };

@@ -62,6 +62,7 @@ pub struct Backends<'a> {
     slices: SliceIndex<'a>,
     default_policy: PolicyKind,
     resolved_names: &'a BTreeMap<String, Vec<IpAddr>>,
+    known_plugins: &'a BTreeSet<String>,
     pub built: BTreeMap<BackendKey, BackendSpec>,
     /// Problems found while building backends, by the Service they are
     /// about, so an endpoint-only refresh can replace exactly those.
@@ -104,6 +105,7 @@ impl<'a> Backends<'a> {
             slices: SliceIndex::new(store),
             default_policy: settings.default_policy,
             resolved_names: &settings.resolved_names,
+            known_plugins: &settings.plugins,
             built: BTreeMap::new(),
             problems: BTreeMap::new(),
         }
@@ -120,6 +122,7 @@ impl<'a> Backends<'a> {
             slices: SliceIndex::build(store, |k| services.contains(k)),
             default_policy: settings.default_policy,
             resolved_names: &settings.resolved_names,
+            known_plugins: &settings.plugins,
             built: BTreeMap::new(),
             problems: BTreeMap::new(),
         }
@@ -226,6 +229,11 @@ impl<'a> Backends<'a> {
                 }
             },
         };
+        let (plugins, unknown) =
+            super::plugins::requested(svc.metadata.annotations.as_ref(), self.known_plugins);
+        for m in unknown {
+            self.warn(svc_key, &location, m);
+        }
         let affinity = spec
             .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
             .map(|s| {
@@ -248,6 +256,7 @@ impl<'a> Backends<'a> {
                 endpoints,
                 policy,
                 affinity,
+                plugins,
             },
         );
         key
@@ -381,5 +390,6 @@ fn empty(key: &BackendKey, policy: PolicyKind) -> BackendSpec {
         endpoints: Vec::new(),
         policy,
         affinity: None,
+        plugins: Vec::new(),
     }
 }

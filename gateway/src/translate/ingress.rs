@@ -10,44 +10,6 @@ use crate::snapshot::SnapshotSpec;
 use crate::store::{ObjectKey, Store};
 use crate::tls;
 
-/// Plugins an Ingress asks for, in order.
-pub const PLUGINS_ANNOTATION: &str = "portico.io/plugins";
-
-/// `portico.io/plugins: "a, b"`: names of configured plugins. A name that
-/// is not configured stays in the list, so its routes answer 500 rather
-/// than run without a plugin they rely on (it may enforce something).
-fn route_plugins(
-    ing: &Ingress,
-    known: &std::collections::BTreeSet<String>,
-    here: &str,
-    problems: &mut Vec<Problem>,
-) -> Vec<String> {
-    let Some(v) = ing
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PLUGINS_ANNOTATION))
-    else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = Vec::new();
-    for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        if !known.contains(name) {
-            problems.push(Problem::error(
-                here,
-                format!(
-                    "annotation {PLUGINS_ANNOTATION}: plugin {name:?} is not loaded (plugins.load has {}); its routes answer 500 until it is",
-                    if known.is_empty() { "none".to_string() } else { known.iter().cloned().collect::<Vec<_>>().join(", ") }
-                ),
-            ));
-        }
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
-        }
-    }
-    names
-}
-
 /// Adds one admitted Ingress to the table. Problems name the Ingress.
 pub fn add_ingress(
     key: &ObjectKey,
@@ -69,7 +31,9 @@ pub fn add_ingress(
         return;
     };
     let ingress_name = key.to_string();
-    let plugins = route_plugins(ing, known_plugins, &here, problems);
+    let (plugins, unknown) =
+        super::plugins::requested(ing.metadata.annotations.as_ref(), known_plugins);
+    problems.extend(unknown.into_iter().map(|m| Problem::error(&here, m)));
 
     let mut resolve = |b: &IngressBackend, what: &str, problems: &mut Vec<Problem>| {
         let Some(svc) = b.service.as_ref() else {

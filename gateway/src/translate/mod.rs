@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod class;
 pub mod ingress;
+pub mod plugins;
 mod services;
 
 use std::collections::BTreeMap;
