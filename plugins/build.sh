@@ -9,6 +9,23 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# `build.sh test`: the unit tests of the plugins and the SDK, on the host
+# (their logic apart from the ABI), with the same toolchain.
+if [ "${1:-}" = test ]; then
+  shift
+  if [ "${PORTICO_WASM_TOOLCHAIN:-debian}" = debian ]; then
+    for what in --workspace "-p portico-sdk"; do
+      # shellcheck disable=SC2086
+      RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 /usr/bin/cargo -Z sparse-registry \
+        test --locked --lib $what "$@"
+    done
+  else
+    cargo test --locked --lib --workspace "$@"
+    cargo test --locked --lib -p portico-sdk "$@"
+  fi
+  exit
+fi
+
 case "${PORTICO_WASM_TOOLCHAIN:-debian}" in
   debian)
     for f in /usr/bin/rustc /usr/bin/cargo /usr/lib/rustlib/wasm32-wasi; do

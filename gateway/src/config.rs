@@ -182,6 +182,10 @@ pub struct IngressConfig {
     pub accepted_classes: Vec<String>,
     /// Serve Ingresses that name no class when no default IngressClass exists.
     pub watch_without_class: bool,
+    /// A control-plane plugin (from `plugins.load`) that decides which
+    /// Ingresses are served (`portico_admit_ingress`), e.g. the shipped
+    /// `ingress-class`. Unset: the built-in rules (the same decision).
+    pub admission: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -327,6 +331,7 @@ impl Default for IngressConfig {
             controller: "portico.io/ingress-controller".into(),
             accepted_classes: vec!["portico".into()],
             watch_without_class: true,
+            admission: None,
         }
     }
 }
@@ -563,6 +568,13 @@ fn validate(cfg: &Config) -> Result<(), String> {
         );
     }
     validate_plugins(&cfg.plugins)?;
+    if let Some(name) = &cfg.ingress.admission {
+        if !cfg.plugins.load.iter().any(|p| &p.name == name) {
+            return Err(format!(
+                "ingress.admission: {name:?} is not a loaded plugin (add it to plugins.load)"
+            ));
+        }
+    }
     if cfg.proxy.max_request_header_bytes < 1024 {
         return Err("proxy.max_request_header_bytes must be at least 1024".into());
     }

@@ -160,29 +160,35 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let problems = run::check(&cfg);
-            for p in &problems {
-                println!("{p}");
-            }
             if !plugins.is_empty() || !cfg.plugins.load.is_empty() {
                 // Plugins log while they start.
                 portico::telemetry::init_logging(&cfg.log);
+            }
+            // The configured plugins, as `run` would load them (before
+            // translation: an admission plugin takes part in it).
+            let (registry, errs) = portico::plugins::registry::load_all(&cfg.plugins, None);
+            let registry = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry));
+            if let Some(name) = &cfg.ingress.admission {
+                portico::plugins::admission::install(name, registry.clone(), cfg.ingress.clone());
+            }
+            let problems = run::check(&cfg);
+            for p in &problems {
+                println!("{p}");
             }
             let mut plugin_errors = match check_plugins(&plugins, plugin_config.as_bytes()) {
                 Ok(n) => n,
                 Err(e) => return fail(e),
             };
-            // The configured plugins, as `run` would load them.
-            let (registry, errs) = portico::plugins::registry::load_all(&cfg.plugins, None);
+            let registry = registry.load();
             for e in &errs {
                 println!("{e}");
             }
             for p in registry.plugins.values() {
                 println!(
-                    "plugin {} ({}): proxy-wasm ABI {}, started with its configuration",
+                    "plugin {} ({}): {}, started with its configuration",
                     p.name,
                     p.path.display(),
-                    p.info.abi
+                    p.info.describe()
                 );
             }
             plugin_errors += errs.len();
@@ -260,6 +266,14 @@ fn explain_offline(
     port: Option<u16>,
 ) -> Result<serde_json::Value, String> {
     let cfg = load(sources)?;
+    if let Some(name) = &cfg.ingress.admission {
+        let (registry, errs) = portico::plugins::registry::load_all(&cfg.plugins, None);
+        if let Some(e) = errs.first() {
+            return Err(e.clone());
+        }
+        let registry = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry));
+        portico::plugins::admission::install(name, registry, cfg.ingress.clone());
+    }
     let (set, problems) = portico::source::manifests::read_dirs(&cfg.sources.manifests);
     if let Some(p) = problems.first() {
         return Err(p.to_string());
@@ -366,9 +380,9 @@ fn check_plugins(paths: &[PathBuf], config: &[u8]) -> Result<usize, String> {
                 };
                 match vm::Vm::start(&engine, &module, &info, &linker, &start) {
                     Ok(_) => println!(
-                        "plugin {}: proxy-wasm ABI {}, {} callback(s), {} host function(s) imported; started",
+                        "plugin {}: {}, {} callback(s), {} host function(s) imported; started",
                         path.display(),
-                        info.abi,
+                        info.describe(),
                         info.callbacks.len(),
                         info.imports.len()
                     ),

@@ -124,6 +124,9 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         tracing::info!(plugin = %p.name, path = %p.path.display(), abi = ?p.info.abi, fail = ?p.fail, "plugin loaded");
     }
     let registry = Arc::new(arc_swap::ArcSwap::from_pointee(registry));
+    if let Some(name) = &cfg.ingress.admission {
+        crate::plugins::admission::install(name, registry.clone(), cfg.ingress.clone());
+    }
 
     let health = HealthPolicy {
         failure_threshold: cfg.lb.failure_threshold,

@@ -16,16 +16,23 @@ use wasmtime::{ExternType, FuncType, Module, ValType};
 pub enum AbiVersion {
     V0_2_0,
     V0_2_1,
+    /// Only Portico's control-plane ABI (`portico_control_abi_v1`), no
+    /// proxy-wasm contexts.
+    ControlOnly,
 }
 
 impl fmt::Display for AbiVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            AbiVersion::V0_2_0 => "0.2.0",
-            AbiVersion::V0_2_1 => "0.2.1",
+            AbiVersion::V0_2_0 => "proxy-wasm ABI 0.2.0",
+            AbiVersion::V0_2_1 => "proxy-wasm ABI 0.2.1",
+            AbiVersion::ControlOnly => "Portico control ABI v1",
         })
     }
 }
+
+/// The export that marks a control-plane plugin.
+pub const CONTROL_ABI_V1: &str = "portico_control_abi_v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum T {
@@ -75,6 +82,8 @@ const HOST_FUNCTIONS: &[HostFn] = &[
     // Upstream choice: Portico's extension, named after Higress's.
     HostFn(ENV, "proxy_get_upstream_hosts", &[I32, I32], Some(I32)),
     HostFn(ENV, "proxy_set_upstream_override_host", &[I32, I32], Some(I32)),
+    // Portico's control-plane ABI: a hook hands back its JSON answer.
+    HostFn(ENV, "portico_return", &[I32, I32], Some(I32)),
     // gRPC (answered with UNIMPLEMENTED, but linkable).
     HostFn(ENV, "proxy_grpc_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
     HostFn(ENV, "proxy_grpc_stream", &[I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
@@ -183,6 +192,31 @@ pub struct ModuleInfo {
     pub callbacks: BTreeSet<String>,
     /// `env`/`wasi_snapshot_preview1` functions it imports.
     pub imports: BTreeSet<String>,
+    /// Exports `portico_control_abi_v1` (control-plane hooks).
+    pub control: bool,
+    /// The control-plane hooks it exports (`portico_admit_ingress`...).
+    pub hooks: BTreeSet<String>,
+}
+
+impl ModuleInfo {
+    /// The ABIs it speaks, for `portico check` and logs.
+    pub fn describe(&self) -> String {
+        let hooks: Vec<&str> = self
+            .hooks
+            .iter()
+            .filter(|h| *h != "portico_alloc" && *h != "portico_configure")
+            .map(|h| h.trim_start_matches("portico_"))
+            .collect();
+        if !self.control {
+            return self.abi.to_string();
+        }
+        let control = format!("Portico control ABI v1 (hooks: {})", hooks.join(", "));
+        if self.abi == AbiVersion::ControlOnly {
+            control
+        } else {
+            format!("{} and {control}", self.abi)
+        }
+    }
 }
 
 /// Checks a compiled module against the ABI. Every problem is reported,
@@ -193,18 +227,43 @@ pub fn check(module: &Module) -> Result<ModuleInfo, Vec<String>> {
         Some(ExternType::Func(f)) => Some(f),
         _ => None,
     };
+    let control = export_fn(CONTROL_ABI_V1).is_some();
     let abi = if export_fn("proxy_abi_version_0_2_1").is_some() {
         Some(AbiVersion::V0_2_1)
     } else if export_fn("proxy_abi_version_0_2_0").is_some() {
         Some(AbiVersion::V0_2_0)
+    } else if control {
+        Some(AbiVersion::ControlOnly)
     } else {
-        errors.push(
-            "exports neither `proxy_abi_version_0_2_1` nor `proxy_abi_version_0_2_0`: not a \
-             proxy-wasm 0.2.x module"
-                .to_string(),
-        );
+        errors.push(format!(
+            "exports neither `proxy_abi_version_0_2_1` nor `proxy_abi_version_0_2_0` nor \
+             `{CONTROL_ABI_V1}`: not a proxy-wasm 0.2.x or Portico control-plane module"
+        ));
         None
     };
+    let hooks: BTreeSet<String> = module
+        .exports()
+        .filter(|e| e.name().starts_with("portico_") && e.name() != CONTROL_ABI_V1)
+        .filter(|e| matches!(e.ty(), ExternType::Func(_)))
+        .map(|e| e.name().to_string())
+        .collect();
+    let hook_type = FuncTypeShape {
+        params: &[T::I32, T::I32],
+        result: Some(T::I32),
+    };
+    for h in &hooks {
+        if h == "portico_alloc" {
+            continue;
+        }
+        let f = export_fn(h).expect("listed above");
+        if !hook_type.matches(&f) {
+            errors.push(format!(
+                "exports `{h}` as {} but the control ABI defines {}",
+                show_func(&f),
+                show(hook_type.params, hook_type.result)
+            ));
+        }
+    }
     if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
         errors.push("does not export its linear memory as `memory`".into());
     }
@@ -212,13 +271,13 @@ pub fn check(module: &Module) -> Result<ModuleInfo, Vec<String>> {
         params: &[T::I32],
         result: Some(T::I32),
     };
-    let allocator = ["proxy_on_memory_allocate", "malloc"]
+    let allocator = ["proxy_on_memory_allocate", "portico_alloc", "malloc"]
         .into_iter()
         .find(|n| export_fn(n).is_some());
     match allocator {
         None => errors.push(
-            "exports no allocator (`proxy_on_memory_allocate`, or the deprecated `malloc`): \
-             the host cannot hand it data"
+            "exports no allocator (`proxy_on_memory_allocate`, `portico_alloc`, or the \
+             deprecated `malloc`): the host cannot hand it data"
                 .into(),
         ),
         Some(n) => {
@@ -232,7 +291,7 @@ pub fn check(module: &Module) -> Result<ModuleInfo, Vec<String>> {
             }
         }
     }
-    if export_fn("proxy_on_context_create").is_none() {
+    if abi != Some(AbiVersion::ControlOnly) && export_fn("proxy_on_context_create").is_none() {
         errors
             .push("does not export `proxy_on_context_create`: no context could be created".into());
     }
@@ -271,6 +330,8 @@ pub fn check(module: &Module) -> Result<ModuleInfo, Vec<String>> {
             allocator,
             callbacks,
             imports,
+            control,
+            hooks,
         }),
         _ => Err(errors),
     }

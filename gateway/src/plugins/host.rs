@@ -145,6 +145,8 @@ pub struct VmState {
     /// (`proxy_set_upstream_override_host`), taken by the host after the
     /// call.
     pub override_host: Option<std::net::SocketAddr>,
+    /// What a control-plane hook handed back (`portico_return`).
+    pub returned: Option<Vec<u8>>,
     /// `proxy_done` was called.
     pub done: bool,
     pub started: Option<Instant>,
@@ -185,7 +187,7 @@ fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> Result<(), i32> {
 /// Copies `bytes` into memory the plugin allocates, and writes the
 /// pointer and length where it asked.
 fn give(c: &mut C<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> Result<(), i32> {
-    let alloc = ["proxy_on_memory_allocate", "malloc"]
+    let alloc = ["proxy_on_memory_allocate", "portico_alloc", "malloc"]
         .iter()
         .find_map(|n| c.get_export(n).and_then(Extern::into_func))
         .ok_or(status::INTERNAL_FAILURE)?;
@@ -686,6 +688,17 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                     status::OK
                 }
             }
+        },
+    )?;
+    l.func_wrap(
+        E,
+        "portico_return",
+        |mut c: C<'_>, p: i32, n: i32| match read(&mut c, p, n) {
+            Ok(bytes) => {
+                c.data_mut().data.returned = Some(bytes);
+                status::OK
+            }
+            Err(e) => e,
         },
     )?;
     // Not supported (gRPC): linkable, and answered with UNIMPLEMENTED.

@@ -71,7 +71,7 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 /// How long a thread waits before retrying a plugin that failed to start.
 const START_RETRY: Duration = Duration::from_secs(1);
 
-fn linker() -> Result<&'static Linker<HostState<VmState>>, String> {
+pub fn linker() -> Result<&'static Linker<HostState<VmState>>, String> {
     static LINKER: OnceLock<Result<Linker<HostState<VmState>>, String>> = OnceLock::new();
     LINKER
         .get_or_init(|| super::engine().and_then(|e| host::linker(&e)))

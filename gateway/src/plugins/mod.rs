@@ -8,8 +8,10 @@
 //! `reload` swaps changed plugins in.
 
 pub mod abi;
+pub mod admission;
 pub mod cache;
 pub mod callout;
+pub mod control;
 pub mod host;
 pub mod http_filter;
 pub mod instances;

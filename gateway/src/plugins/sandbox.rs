@@ -210,6 +210,15 @@ impl<T: 'static> Sandbox<T> {
         &mut self.store.data_mut().data
     }
 
+    /// Copies `bytes` into the instance's memory at `at`; false when out
+    /// of bounds or the module has no memory.
+    pub fn write_memory(&mut self, at: usize, bytes: &[u8]) -> bool {
+        match self.instance.get_memory(&mut self.store, "memory") {
+            Some(m) => m.write(&mut self.store, at, bytes).is_ok(),
+            None => false,
+        }
+    }
+
     pub fn has_export(&mut self, name: &str) -> bool {
         self.instance.get_func(&mut self.store, name).is_some()
     }

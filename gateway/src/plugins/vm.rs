@@ -63,6 +63,18 @@ impl Vm {
                 .call::<(), ()>("_start", ())
                 .map_err(|e| step("_start", e))?;
         }
+        if info.control {
+            super::control::configure(&mut sandbox, start.plugin_config)?;
+        }
+        if info.abi == super::abi::AbiVersion::ControlOnly {
+            let data = sandbox.data_mut();
+            data.buffers.remove(&buffer::VM_CONFIGURATION);
+            data.buffers.remove(&buffer::PLUGIN_CONFIGURATION);
+            return Ok(Vm {
+                sandbox,
+                info: info.clone(),
+            });
+        }
         sandbox
             .call::<(i32, i32), ()>("proxy_on_context_create", (ROOT_CONTEXT, 0))
             .map_err(|e| step("proxy_on_context_create", e))?;

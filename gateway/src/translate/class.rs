@@ -20,6 +20,12 @@ pub trait IngressAdmission: Send + Sync {
     fn admit(&self, ingress: &Ingress, classes: &[&IngressClass]) -> Admission;
 }
 
+impl<T: IngressAdmission + ?Sized> IngressAdmission for std::sync::Arc<T> {
+    fn admit(&self, ingress: &Ingress, classes: &[&IngressClass]) -> Admission {
+        (**self).admit(ingress, classes)
+    }
+}
+
 /// The built-in selection rules, in the order Kubernetes defines them:
 /// `spec.ingressClassName`, then the legacy annotation, then the default
 /// IngressClass, then (when no default exists) `watch_without_class`.

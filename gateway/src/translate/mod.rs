@@ -40,9 +40,12 @@ impl Settings {
             node_addresses: cfg.node.addresses.clone(),
             node_ports: cfg.l4.node_ports,
             default_policy: cfg.lb.default_policy,
-            admission: Box::new(NativeClassAdmission {
-                config: cfg.ingress.clone(),
-            }),
+            admission: match &cfg.ingress.admission {
+                Some(plugin) => crate::plugins::admission::for_plugin(plugin),
+                None => Box::new(NativeClassAdmission {
+                    config: cfg.ingress.clone(),
+                }),
+            },
             resolved_names: BTreeMap::new(),
             plugins: cfg.plugins.load.iter().map(|p| p.name.clone()).collect(),
         }

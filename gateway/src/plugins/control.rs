@@ -1,0 +1,61 @@
+//! Portico's control-plane plugin ABI, version 1: JSON in, JSON out.
+//!
+//! A module that exports `portico_control_abi_v1` (a function with no
+//! parameters) may export these hooks, each
+//! `(input_ptr: i32, input_len: i32) -> i32`:
+//!
+//! - `portico_configure`: the plugin's configuration (raw bytes), at start;
+//! - `portico_admit_ingress`: whether this gateway serves an Ingress
+//!   (IngressClass selection); see [`admission`](super::admission).
+//!
+//! The host writes the input into memory from the module's allocator
+//! (`portico_alloc(len) -> ptr`, or `proxy_on_memory_allocate`); the input
+//! is the plugin's to free. The hook answers by calling the host function
+//! `env.portico_return(ptr, len)` with its JSON (the host copies it) and
+//! returns 0, or returns non-zero with an error message passed the same
+//! way. Every answer is checked against the hook's schema before use.
+
+use super::host::VmState;
+use super::sandbox::{PluginError, Sandbox};
+
+/// Calls `hook` with `input`; the status and what the plugin returned.
+pub fn call_hook(
+    sandbox: &mut Sandbox<VmState>,
+    hook: &'static str,
+    input: &[u8],
+) -> Result<(i32, Vec<u8>), PluginError> {
+    let alloc = ["portico_alloc", "proxy_on_memory_allocate", "malloc"]
+        .into_iter()
+        .find(|n| sandbox.has_export(n))
+        .ok_or_else(|| PluginError::Setup("exports no allocator".into()))?;
+    let len = i32::try_from(input.len())
+        .map_err(|_| PluginError::Setup("input larger than 2 GiB".into()))?;
+    let ptr = sandbox.call::<i32, i32>(alloc, len.max(1))?;
+    if ptr == 0 || !sandbox.write_memory(ptr as u32 as usize, input) {
+        return Err(PluginError::Setup(format!(
+            "`{alloc}` gave no usable memory for {} bytes",
+            input.len()
+        )));
+    }
+    sandbox.data_mut().returned = None;
+    let status = sandbox.call::<(i32, i32), i32>(hook, (ptr, len))?;
+    let out = sandbox.data_mut().returned.take().unwrap_or_default();
+    Ok((status, out))
+}
+
+/// Hands the plugin its configuration (`portico_configure`), if it takes
+/// one. A non-zero status refuses the configuration, with the plugin's
+/// reason.
+pub fn configure(sandbox: &mut Sandbox<VmState>, config: &[u8]) -> Result<(), String> {
+    if !sandbox.has_export("portico_configure") {
+        return Ok(());
+    }
+    match call_hook(sandbox, "portico_configure", config) {
+        Ok((0, _)) => Ok(()),
+        Ok((_, why)) => Err(format!(
+            "portico_configure refused the configuration: {}",
+            String::from_utf8_lossy(&why)
+        )),
+        Err(e) => Err(format!("portico_configure {e}")),
+    }
+}

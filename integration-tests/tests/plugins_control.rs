@@ -1,0 +1,110 @@
+//! Control-plane plugins (Portico's control ABI v1) end to end: the
+//! shipped `ingress-class` plugin, built from source with the SDK by
+//! `plugins/build.sh`, decides which Ingresses the real binary serves;
+//! a plugin that answers outside the schema is refused.
+
+use portico_integration_tests::*;
+
+fn manifests(echo: &Echo) -> String {
+    let mut m = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: portico}\nspec: {controller: portico.io/ingress-controller}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: other}\nspec: {controller: example.com/other}\n---\n",
+    );
+    m += &yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", echo.http, true);
+    for (name, class) in [
+        ("ours", "portico"),
+        ("theirs", "other"),
+        ("migrating", "nginx"),
+    ] {
+        m += &yaml::ingress(
+            "default",
+            name,
+            &[(&format!("{name}.test"), "/", "Prefix", "web", "http")],
+            "",
+        )
+        .replace("spec:\n", &format!("spec:\n  ingressClassName: {class}\n"));
+    }
+    m
+}
+
+fn admission_config(plugin_file: &str) -> String {
+    format!(
+        "[ingress]\nadmission = \"classes\"\naccepted_classes = [\"portico\", \"nginx\"]\n\
+         [[plugins.load]]\nname = \"classes\"\npath = \"{plugin_file}\"\n"
+    )
+}
+
+#[test]
+fn the_ingress_class_plugin_decides_what_is_served() {
+    let echo = Echo::http("web");
+    let wasm = built_plugins().join("ingress_class.wasm");
+    let g = Gateway::start(
+        &[("m.yaml", &manifests(&echo))],
+        &admission_config(&wasm.display().to_string()),
+    );
+    assert_eq!(http_get(g.http, "ours.test", "/").unwrap().status, 200);
+    assert_eq!(http_get(g.http, "migrating.test", "/").unwrap().status, 200);
+    assert_eq!(http_get(g.http, "theirs.test", "/").unwrap().status, 404);
+
+    // `check` loads the plugin too, and agrees.
+    let dir = TempDir::new("admission-check");
+    dir.write("m.yaml", &manifests(&echo));
+    let cfg = dir.write(
+        "portico.toml",
+        &admission_config(&wasm.display().to_string()),
+    );
+    let out = portico(&[
+        "check",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--manifests",
+        dir.path().to_str().unwrap(),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Portico control ABI v1"), "{text}");
+}
+
+#[test]
+fn an_answer_outside_the_schema_is_refused_and_nothing_is_admitted_by_it() {
+    let echo = Echo::http("web");
+    let dir = TempDir::new("bad-control");
+    // Answers {"admit": "yes"}: not a boolean, no reason.
+    let answer = r#"{"admit": "yes"}"#;
+    let bad = dir.write(
+        "bad.wat",
+        &format!(
+            r#"(module
+                (import "env" "portico_return" (func $ret (param i32 i32) (result i32)))
+                (memory (export "memory") 1)
+                (data (i32.const 16) "{}")
+                (global $next (mut i32) (i32.const 1024))
+                (func (export "portico_control_abi_v1"))
+                (func (export "portico_alloc") (param $n i32) (result i32)
+                    (local $p i32)
+                    (local.set $p (global.get $next))
+                    (global.set $next (i32.add (global.get $next) (local.get $n)))
+                    (local.get $p))
+                (func (export "portico_admit_ingress") (param i32 i32) (result i32)
+                    (drop (call $ret (i32.const 16) (i32.const {})))
+                    (i32.const 0)))"#,
+            answer.replace('"', "\\\""),
+            answer.len()
+        ),
+    );
+    let g = Gateway::start(
+        &[("m.yaml", &manifests(&echo))],
+        &admission_config(&bad.display().to_string()),
+    );
+    assert_eq!(http_get(g.http, "ours.test", "/").unwrap().status, 404);
+    let log = g.log();
+    assert!(log.contains("answer.admit must be true or false"), "{log}");
+    let errors = g
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("portico_plugin_control_errors_total{plugin=\"classes\""))
+        .map(str::to_string);
+    assert!(errors.is_some(), "{}", g.metrics());
+}

@@ -1,0 +1,202 @@
+//! Portico's control-plane plugin ABI, version 1: hooks the gateway calls
+//! while it turns Kubernetes objects into configuration. JSON in, JSON
+//! out; the gateway checks every answer against the hook's schema.
+//!
+//! Implement [`ControlPlugin`] and export it with [`control_plugin!`]:
+//!
+//! ```ignore
+//! use portico_sdk::control::{Admit, AdmitRequest, ControlPlugin};
+//!
+//! #[derive(Default)]
+//! struct OnlyProduction;
+//!
+//! impl ControlPlugin for OnlyProduction {
+//!     fn admit_ingress(&mut self, req: AdmitRequest) -> Result<Admit, String> {
+//!         let ok = req.ingress.namespace.starts_with("prod-");
+//!         Ok(Admit { admit: ok, reason: format!("namespace {}", req.ingress.namespace) })
+//!     }
+//! }
+//!
+//! portico_sdk::control_plugin!(OnlyProduction::default());
+//! ```
+//!
+//! On the wire: the module exports `portico_control_abi_v1()`,
+//! `portico_alloc(len) -> ptr`, and per hook `portico_<hook>(ptr, len) ->
+//! i32`. The gateway writes the input at `ptr` (memory from
+//! `portico_alloc`, the plugin's to free); the hook answers through the
+//! host function `env.portico_return(ptr, len)` and returns 0, or returns
+//! non-zero with an error message passed the same way.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `portico_admit_ingress` input: an Ingress, the cluster's
+/// IngressClasses, and the gateway's `[ingress]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdmitRequest {
+    pub ingress: IngressRef,
+    pub classes: Vec<ClassInfo>,
+    pub settings: AdmissionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRef {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.ingressClassName`.
+    pub ingress_class_name: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassInfo {
+    pub name: String,
+    /// `spec.controller`.
+    pub controller: String,
+    /// Annotated `ingressclass.kubernetes.io/is-default-class: "true"`.
+    pub is_default: bool,
+}
+
+/// The gateway's `[ingress]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionSettings {
+    pub controller: String,
+    pub accepted_classes: Vec<String>,
+    pub watch_without_class: bool,
+}
+
+/// `portico_admit_ingress` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Admit {
+    pub admit: bool,
+    /// Why (shown by `portico explain` and in logs); must not be empty.
+    pub reason: String,
+}
+
+/// A control-plane plugin. Every hook has a default that says it is not
+/// implemented, so a plugin implements only what it is for.
+pub trait ControlPlugin {
+    /// The plugin's configuration from `portico.toml` (`config`), once at
+    /// start. An error refuses it (the plugin does not load).
+    fn configure(&mut self, _config: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether this gateway serves the Ingress.
+    fn admit_ingress(&mut self, _req: AdmitRequest) -> Result<Admit, String> {
+        Err("this plugin does not implement admit_ingress".into())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+extern "C" {
+    fn portico_return(ptr: *const u8, len: usize) -> u32;
+}
+
+/// Hands `bytes` to the host (it copies them).
+pub fn give(bytes: &[u8]) {
+    #[cfg(target_arch = "wasm32")]
+    // SAFETY: the host reads `len` bytes at `ptr` during the call.
+    unsafe {
+        portico_return(bytes.as_ptr(), bytes.len());
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = bytes;
+}
+
+/// `portico_alloc`: memory the host writes an input into.
+pub fn alloc(len: usize) -> *mut u8 {
+    let mut v: Vec<u8> = Vec::with_capacity(len.max(1));
+    let p = v.as_mut_ptr();
+    std::mem::forget(v);
+    p
+}
+
+/// Takes back an input the host wrote at `ptr` (from [`alloc`]).
+///
+/// # Safety
+/// `ptr` must come from [`alloc`] with a capacity of `max(len, 1)`.
+pub unsafe fn take_input(ptr: *mut u8, len: usize) -> Vec<u8> {
+    Vec::from_raw_parts(ptr, len, len.max(1))
+}
+
+/// Runs a typed hook: decode the input, call, encode the answer. Returns
+/// the hook's status (0 ok, 1 bad input, 2 the plugin's error).
+pub fn run_hook<I, O>(input: &[u8], hook: impl FnOnce(I) -> Result<O, String>) -> i32
+where
+    I: for<'de> Deserialize<'de>,
+    O: Serialize,
+{
+    let parsed: I = match serde_json::from_slice(input) {
+        Ok(i) => i,
+        Err(e) => {
+            give(format!("input does not decode: {e}").as_bytes());
+            return 1;
+        }
+    };
+    match hook(parsed).map(|o| serde_json::to_vec(&o)) {
+        Ok(Ok(bytes)) => {
+            give(&bytes);
+            0
+        }
+        Ok(Err(e)) => {
+            give(format!("answer does not encode: {e}").as_bytes());
+            2
+        }
+        Err(e) => {
+            give(e.as_bytes());
+            2
+        }
+    }
+}
+
+/// Exports a [`ControlPlugin`] made by `$make` (evaluated once, at the
+/// first hook) as a control-plane module.
+#[macro_export]
+macro_rules! control_plugin {
+    ($make:expr) => {
+        thread_local! {
+            static PORTICO_PLUGIN: ::std::cell::RefCell<Option<Box<dyn $crate::control::ControlPlugin>>> =
+                ::std::cell::RefCell::new(None);
+        }
+
+        fn __portico_with<R>(f: impl FnOnce(&mut dyn $crate::control::ControlPlugin) -> R) -> R {
+            PORTICO_PLUGIN.with(|p| {
+                let mut p = p.borrow_mut();
+                let plugin = p.get_or_insert_with(|| Box::new($make));
+                f(plugin.as_mut())
+            })
+        }
+
+        #[no_mangle]
+        pub extern "C" fn portico_control_abi_v1() {}
+
+        #[no_mangle]
+        pub extern "C" fn portico_alloc(len: usize) -> *mut u8 {
+            $crate::control::alloc(len)
+        }
+
+        #[no_mangle]
+        pub unsafe extern "C" fn portico_configure(ptr: *mut u8, len: usize) -> i32 {
+            let input = $crate::control::take_input(ptr, len);
+            match __portico_with(|p| p.configure(&input)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    $crate::control::give(e.as_bytes());
+                    2
+                }
+            }
+        }
+
+        #[no_mangle]
+        pub unsafe extern "C" fn portico_admit_ingress(ptr: *mut u8, len: usize) -> i32 {
+            let input = $crate::control::take_input(ptr, len);
+            __portico_with(|p| $crate::control::run_hook(&input, |req| p.admit_ingress(req)))
+        }
+    };
+}
