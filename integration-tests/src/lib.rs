@@ -363,6 +363,19 @@ impl Drop for Gateway {
     }
 }
 
+/// A bump allocator in WebAssembly text, exported as `name`, for
+/// hand-written test plugins (memory from offset 1024 up, never freed).
+pub fn wat_bump_allocator(name: &str) -> String {
+    format!(
+        r#"(global $next (mut i32) (i32.const 1024))
+        (func (export "{name}") (param $n i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $next))
+            (global.set $next (i32.add (global.get $next) (local.get $n)))
+            (local.get $p))"#
+    )
+}
+
 /// Builds the plugin workspace (`plugins/build.sh`: Debian's rustc 1.63
 /// for wasm32-wasi) once per test process; the folder with the `.wasm`
 /// files.

@@ -80,17 +80,13 @@ fn an_answer_outside_the_schema_is_refused_and_nothing_is_admitted_by_it() {
                 (import "env" "portico_return" (func $ret (param i32 i32) (result i32)))
                 (memory (export "memory") 1)
                 (data (i32.const 16) "{}")
-                (global $next (mut i32) (i32.const 1024))
                 (func (export "portico_control_abi_v1"))
-                (func (export "portico_alloc") (param $n i32) (result i32)
-                    (local $p i32)
-                    (local.set $p (global.get $next))
-                    (global.set $next (i32.add (global.get $next) (local.get $n)))
-                    (local.get $p))
+                {}
                 (func (export "portico_admit_ingress") (param i32 i32) (result i32)
                     (drop (call $ret (i32.const 16) (i32.const {})))
                     (i32.const 0)))"#,
             answer.replace('"', "\\\""),
+            wat_bump_allocator("portico_alloc"),
             answer.len()
         ),
     );

@@ -204,16 +204,12 @@ fn hostile(dir: &TempDir, name: &str, abi: &str, body: &str) -> String {
         &format!(
             r#"(module
                 (memory (export "memory") 1)
-                (global $next (mut i32) (i32.const 1024))
                 (func (export "proxy_abi_version_{abi}"))
-                (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-                    (local $p i32)
-                    (local.set $p (global.get $next))
-                    (global.set $next (i32.add (global.get $next) (local.get $n)))
-                    (local.get $p))
+                {}
                 (func (export "proxy_on_context_create") (param i32 i32))
                 (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-                    {body}))"#
+                    {body}))"#,
+            wat_bump_allocator("proxy_on_memory_allocate")
         ),
     )
     .display()
