@@ -47,3 +47,5 @@ case "${PORTICO_WASM_TOOLCHAIN:-debian}" in
     ;;
 esac
 ls "$out"/*.wasm
+# The SDK's template plugin, so it keeps building as the SDK changes.
+PORTICO_WASM_TOOLCHAIN="${PORTICO_WASM_TOOLCHAIN:-debian}" bash ../sdk/template/build.sh --locked "$@"

@@ -396,6 +396,12 @@ pub fn built_plugins() -> PathBuf {
     .clone()
 }
 
+/// The SDK's template plugin, built by `plugins/build.sh` too.
+pub fn built_template() -> PathBuf {
+    built_plugins();
+    workspace_root().join("sdk/template/target/wasm32-wasi/release/portico_plugin.wasm")
+}
+
 /// Runs `portico` with arguments to completion.
 pub fn portico(args: &[&str]) -> Output {
     Command::new(portico_bin())

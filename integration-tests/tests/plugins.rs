@@ -79,3 +79,11 @@ fn bad_modules_are_refused_naming_the_file_and_symbol() {
     }
     assert!(out.contains("and 4 plugin(s): 5 error(s)"), "{out}");
 }
+
+#[test]
+fn the_sdk_template_builds_and_starts() {
+    let wasm = built_template();
+    let (code, out) = check_with(&[&wasm], "hello");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("template plugin configured: greeting \"hello\""), "{out}");
+}
