@@ -85,5 +85,8 @@ fn the_sdk_template_builds_and_starts() {
     let wasm = built_template();
     let (code, out) = check_with(&[&wasm], "hello");
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("template plugin configured: greeting \"hello\""), "{out}");
+    assert!(
+        out.contains("template plugin configured: greeting \"hello\""),
+        "{out}"
+    );
 }

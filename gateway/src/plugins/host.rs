@@ -120,7 +120,7 @@ pub struct VmState {
     /// Buffers by `proxy_buffer_type_t`.
     pub buffers: Slots<Vec<u8>>,
     /// Header maps by `proxy_map_type_t`.
-    pub maps: Slots<Vec<(String, Vec<u8>)>>,
+    pub maps: Slots<super::headers::HeaderSlot>,
     /// Properties by dotted path (`request.path`, `plugin_name`).
     pub properties: HashMap<String, Vec<u8>>,
     pub tick_period_ms: u32,
@@ -417,7 +417,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 .data
                 .maps
                 .get(&id)
-                .map(|m| serialize_map(m).len())
+                .map(|m| m.serialize().len())
                 .unwrap_or(0);
             status_of(write_u32(&mut c, ret, size as u32))
         },
@@ -434,7 +434,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 .data
                 .maps
                 .get(&id)
-                .map(|m| serialize_map(m))
+                .map(|m| m.serialize())
                 .unwrap_or_default();
             status_of(give(&mut c, &bytes, ret_p, ret_n))
         },
@@ -458,7 +458,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
             let d = &mut c.data_mut().data;
-            d.maps.insert(id, pairs);
+            d.maps.insert(id, super::headers::HeaderSlot::Pairs(pairs));
             d.maps_dirty |= 1 << id;
             status::OK
         },
@@ -474,12 +474,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 Ok(k) => k.to_ascii_lowercase(),
                 Err(e) => return e,
             };
-            let value = c
-                .data()
-                .data
-                .maps
-                .get(&id)
-                .and_then(|m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
+            let value = c.data().data.maps.get(&id).and_then(|m| m.get(&key));
             match value {
                 Some(v) => status_of(give(&mut c, &v, ret_p, ret_n)),
                 None => status::NOT_FOUND,
@@ -496,7 +491,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         };
         let d = &mut c.data_mut().data;
         d.maps_dirty |= 1 << id;
-        let map = d.maps.get_or_default(id);
+        let map = d.maps.get_or_default(id).pairs_mut();
         if replace {
             map.retain(|(k, _)| *k != key);
         }
@@ -530,7 +525,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             };
             let d = &mut c.data_mut().data;
             if let Some(m) = d.maps.get_mut(&id) {
-                m.retain(|(k, _)| *k != key);
+                m.pairs_mut().retain(|(k, _)| *k != key);
                 d.maps_dirty |= 1 << id;
             }
             status::OK

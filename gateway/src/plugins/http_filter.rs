@@ -40,7 +40,7 @@ const ACTION_PAUSE: i32 = 1;
 /// The most body a plugin can have buffered for it.
 pub const MAX_BUFFERED_BODY: usize = 16 << 20;
 
-pub type Pairs = Vec<(String, Vec<u8>)>;
+pub use super::headers::{HeaderSlot, Pairs};
 
 /// What the proxy does after a phase.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ pub struct StreamChain {
     /// The request headers as plugins see them (`:method`, `:path`,
     /// `:authority`, `:scheme`, then the rest), kept for the response
     /// phases, where plugins may still read them.
-    request_headers: Pairs,
+    request_headers: HeaderSlot,
     finished: bool,
     /// The endpoint a plugin chose (`proxy_set_upstream_override_host`).
     pub override_host: Option<std::net::SocketAddr>,
@@ -106,7 +106,7 @@ impl StreamChain {
                 })
                 .collect(),
             props: Arc::new(props),
-            request_headers: Vec::new(),
+            request_headers: HeaderSlot::default(),
             finished: false,
             override_host: None,
             close_requested: false,
@@ -212,12 +212,12 @@ impl StreamChain {
 
     /// The request headers as plugins see them; empty until
     /// `set_request_headers`.
-    pub fn request_headers(&self) -> &Pairs {
+    pub fn request_headers(&self) -> &HeaderSlot {
         &self.request_headers
     }
 
-    pub fn set_request_headers(&mut self, pairs: Pairs) {
-        self.request_headers = pairs;
+    pub fn set_request_headers(&mut self, headers: HeaderSlot) {
+        self.request_headers = headers;
     }
 
     /// `proxy_on_request_headers` for filters `from..`, on the headers
@@ -401,7 +401,7 @@ impl StreamChain {
     /// start with `:status`.
     pub fn on_response_headers(
         &mut self,
-        headers: &mut Pairs,
+        headers: &mut HeaderSlot,
         end_of_stream: bool,
         changed: &mut bool,
     ) -> Verdict {
@@ -415,7 +415,11 @@ impl StreamChain {
     }
 
     /// `proxy_on_response_trailers`, in reverse chain order.
-    pub fn on_response_trailers(&mut self, trailers: &mut Pairs, changed: &mut bool) -> Verdict {
+    pub fn on_response_trailers(
+        &mut self,
+        trailers: &mut HeaderSlot,
+        changed: &mut bool,
+    ) -> Verdict {
         self.on_headers_phase(
             RESPONSE_TRAILERS,
             "proxy_on_response_trailers",
@@ -429,7 +433,7 @@ impl StreamChain {
         &mut self,
         map_id: i32,
         export: &'static str,
-        headers: &mut Pairs,
+        headers: &mut HeaderSlot,
         end_of_stream: Option<bool>,
         changed: &mut bool,
     ) -> Verdict {
@@ -598,8 +602,9 @@ fn start_callout(plugin: Arc<Plugin>, instance: u64, c: super::callout::Callout)
             if let Some(h) = parked {
                 d.maps.insert(REQUEST_HEADERS, h);
             }
-            d.maps.insert(CALL_RESPONSE_HEADERS, answer.headers);
-            d.maps.insert(CALL_RESPONSE_TRAILERS, Vec::new());
+            d.maps
+                .insert(CALL_RESPONSE_HEADERS, HeaderSlot::Pairs(answer.headers));
+            d.maps.insert(CALL_RESPONSE_TRAILERS, HeaderSlot::default());
             d.buffers.insert(CALL_RESPONSE_BODY, answer.body);
             d.effective_context = c.context;
             let r = inst.vm.sandbox.call::<(i32, i32, i32, i32, i32), ()>(
@@ -666,39 +671,19 @@ fn wake_paused(inst: &mut Instance) {
     });
 }
 
-/// The request's headers as proxy-wasm pairs: pseudo-headers, then the
-/// rest in order.
-pub fn request_pairs(req: &pingora::http::RequestHeader, host: &str, scheme: &str) -> Pairs {
-    let mut pairs = Vec::with_capacity(req.headers.len() + 4);
-    pairs.push((":authority".to_string(), host.as_bytes().to_vec()));
-    pairs.push((
-        ":path".to_string(),
-        req.uri
-            .path_and_query()
-            .map_or(b"/".to_vec(), |p| p.as_str().as_bytes().to_vec()),
-    ));
-    pairs.push((
-        ":method".to_string(),
-        req.method.as_str().as_bytes().to_vec(),
-    ));
-    pairs.push((":scheme".to_string(), scheme.as_bytes().to_vec()));
-    for (k, v) in req.headers.iter() {
-        pairs.push((k.as_str().to_string(), v.as_bytes().to_vec()));
-    }
-    pairs
+/// The request's headers for plugins (converted to pairs only if a
+/// plugin lists or edits them).
+pub fn request_pairs(
+    req: &pingora::http::RequestHeader,
+    host: &str,
+    scheme: &'static str,
+) -> HeaderSlot {
+    HeaderSlot::request(req, host, scheme)
 }
 
-/// The response's headers as pairs, `:status` first.
-pub fn response_pairs(resp: &pingora::http::ResponseHeader) -> Pairs {
-    let mut pairs = Vec::with_capacity(resp.headers.len() + 1);
-    pairs.push((
-        ":status".to_string(),
-        resp.status.as_str().as_bytes().to_vec(),
-    ));
-    for (k, v) in resp.headers.iter() {
-        pairs.push((k.as_str().to_string(), v.as_bytes().to_vec()));
-    }
-    pairs
+/// The response's headers for plugins, `:status` first.
+pub fn response_pairs(resp: &pingora::http::ResponseHeader) -> HeaderSlot {
+    HeaderSlot::response(resp)
 }
 
 /// Header names and their values in order, grouped by name.
@@ -797,8 +782,12 @@ fn apply_edits(
 /// change the method, path and host.
 pub fn apply_request(
     req: &mut pingora::http::RequestHeader,
-    pairs: &[(String, Vec<u8>)],
+    headers: &HeaderSlot,
 ) -> Result<(), String> {
+    // Never converted means never edited.
+    let Some(pairs) = headers.as_pairs() else {
+        return Ok(());
+    };
     if let Some(m) = pseudo(pairs, ":method") {
         if m != req.method.as_str().as_bytes() {
             let m = http::Method::from_bytes(m).map_err(|_| "a plugin set an invalid :method")?;
@@ -828,8 +817,11 @@ pub fn apply_request(
 /// Writes plugins' edits back into the response header (`:status` too).
 pub fn apply_response(
     resp: &mut pingora::http::ResponseHeader,
-    pairs: &[(String, Vec<u8>)],
+    headers: &HeaderSlot,
 ) -> Result<(), String> {
+    let Some(pairs) = headers.as_pairs() else {
+        return Ok(());
+    };
     if let Some(s) = pseudo(pairs, ":status") {
         let code = std::str::from_utf8(s)
             .ok()
@@ -847,7 +839,10 @@ pub fn apply_response(
 }
 
 /// Trailers edited by plugins.
-pub fn apply_trailers(map: &mut http::HeaderMap, pairs: &[(String, Vec<u8>)]) {
+pub fn apply_trailers(map: &mut http::HeaderMap, headers: &HeaderSlot) {
+    let Some(pairs) = headers.as_pairs() else {
+        return;
+    };
     map.clear();
     for (k, v) in pairs {
         if let (Ok(k), Ok(v)) = (
@@ -859,10 +854,12 @@ pub fn apply_trailers(map: &mut http::HeaderMap, pairs: &[(String, Vec<u8>)]) {
     }
 }
 
-pub fn trailer_pairs(map: &http::HeaderMap) -> Pairs {
-    map.iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect()
+pub fn trailer_pairs(map: &http::HeaderMap) -> HeaderSlot {
+    HeaderSlot::Pairs(
+        map.iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -875,11 +872,12 @@ mod tests {
         req.insert_header("Host", "a.example").unwrap();
         req.insert_header("X-Keep", "1").unwrap();
         req.insert_header("x-drop", "1").unwrap();
-        let mut pairs = request_pairs(&req, "a.example", "http");
+        let mut headers = request_pairs(&req, "a.example", "http");
+        let pairs = headers.pairs_mut();
         pairs.retain(|(k, _)| k != "x-drop");
         pairs.push(("x-new".into(), b"v".to_vec()));
         pairs.iter_mut().find(|(k, _)| k == ":path").unwrap().1 = b"/b".to_vec();
-        apply_request(&mut req, &pairs).unwrap();
+        apply_request(&mut req, &headers).unwrap();
         assert_eq!(req.uri.path(), "/b");
         assert!(req.headers.get("x-drop").is_none());
         assert_eq!(req.headers.get("x-new").unwrap(), "v");
@@ -894,11 +892,11 @@ mod tests {
     #[test]
     fn a_bad_status_is_an_error() {
         let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
-        let mut pairs = response_pairs(&resp);
-        pairs[0].1 = b"abc".to_vec();
-        assert!(apply_response(&mut resp, &pairs).is_err());
-        pairs[0].1 = b"418".to_vec();
-        apply_response(&mut resp, &pairs).unwrap();
+        let mut headers = response_pairs(&resp);
+        headers.pairs_mut()[0].1 = b"abc".to_vec();
+        assert!(apply_response(&mut resp, &headers).is_err());
+        headers.pairs_mut()[0].1 = b"418".to_vec();
+        apply_response(&mut resp, &headers).unwrap();
         assert_eq!(resp.status.as_u16(), 418);
     }
 }

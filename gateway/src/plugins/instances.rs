@@ -39,7 +39,7 @@ pub struct Instance {
     /// Request headers of streams paused in this instance, by context,
     /// with whether a callback (an HTTP call's answer, a tick) changed
     /// them: callbacks may read and edit a paused request's headers.
-    pub parked: HashMap<u32, (super::http_filter::Pairs, bool)>,
+    pub parked: HashMap<u32, (super::headers::HeaderSlot, bool)>,
 }
 
 impl Instance {

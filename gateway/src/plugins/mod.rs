@@ -12,6 +12,7 @@ pub mod admission;
 pub mod cache;
 pub mod callout;
 pub mod control;
+pub mod headers;
 pub mod host;
 pub mod http_filter;
 pub mod instances;

@@ -7,8 +7,6 @@
 
 use std::net::SocketAddr;
 
-use super::host::serialize_map;
-
 /// `proxy_map_type_t` of the request headers: `request.headers` reads it,
 /// so it reflects what earlier plugins changed.
 pub const REQUEST_HEADERS: i32 = 0;
@@ -90,7 +88,7 @@ impl StreamProps {
     pub fn get(
         &self,
         path: &str,
-        request_headers: Option<&Vec<(String, Vec<u8>)>>,
+        request_headers: Option<&super::headers::HeaderSlot>,
     ) -> Option<Vec<u8>> {
         let req = self.request.as_ref();
         let s = |v: &str| Some(v.as_bytes().to_vec());
@@ -107,7 +105,7 @@ impl StreamProps {
             "request.scheme" => req.and_then(|r| s(r.scheme)),
             "request.protocol" => req.and_then(|r| s(r.protocol)),
             "request.id" => req.and_then(|r| s(&r.id)),
-            "request.headers" => request_headers.map(|h| serialize_map(h)),
+            "request.headers" => request_headers.map(|h| h.serialize()),
             "response.code" => self.response_code.map(|c| int(c.into())),
             "connection.requested_server_name" => self.sni.as_deref().and_then(s),
             "connection.tls_version" | "connection.mtls" if !self.tls => None,
@@ -123,6 +121,7 @@ impl StreamProps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::host::serialize_map;
 
     #[test]
     fn envoy_names_and_encodings() {
@@ -160,8 +159,9 @@ mod tests {
         assert_eq!(get("request.headers"), None);
         assert_eq!(get("nope"), None);
         let h = vec![("a".to_string(), b"1".to_vec())];
+        let slot = crate::plugins::headers::HeaderSlot::Pairs(h.clone());
         assert_eq!(
-            p.get("request.headers", Some(&h)).unwrap(),
+            p.get("request.headers", Some(&slot)).unwrap(),
             serialize_map(&h)
         );
     }
