@@ -481,7 +481,25 @@ def table(results):
     return "\n".join(lines)
 
 
-def plugin_table(results, duration):
+def plugin_in_process(portico_bin, quick):
+    """The plugin's own cost per request without the network: the
+    plugin_overhead example next to the binary (same build profile)."""
+    example = os.path.join(os.path.dirname(portico_bin), "examples", "plugin_overhead")
+    if not os.access(example, os.X_OK):
+        log(f"{example} not built; skipping the in-process plugin figure")
+        return {}
+    out = {}
+    for t, (pname, wasm) in PLUGIN_TARGETS.items():
+        r = subprocess.run(["taskset", "-c", PROXY_CORE, example, os.path.join(PLUGIN_DIR, wasm),
+                            "20000" if quick else "200000"], capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"plugin_overhead failed: {r.stderr.strip()[:300]}")
+        out[pname] = json.loads(r.stdout)
+        log(f"plugins in-process {pname}: {out[pname]}")
+    return out
+
+
+def plugin_table(results, duration, in_process):
     """Portico with a plugin against Portico alone, same run, same core."""
     r = results.get("plugins")
     if not r:
@@ -502,7 +520,15 @@ def plugin_table(results, duration):
                      f"{fmt(ratio_median(rows, base, 'rps'), 3)} | {fmt(median([us_per_req(x) for x in base]))} | "
                      f"{fmt(median([us_per_req(x) for x in rows]))} | {fmt(median(costs))} |")
     lines.append("\nPlugin cost per request = the proxy's CPU time per request with the plugin minus without, per round, median "
-                 "(CPU time from /proc; the proxies are pinned to one core).")
+                 "(CPU time from /proc; the proxies are pinned to one core). On this shared 2-core VM the per-request CPU of "
+                 "Portico alone varies by several microseconds between runs, so this difference is noisy.")
+    if in_process:
+        lines.append("\nIn process (`gateway/examples/plugin_overhead.rs`: the same request's proxy-wasm phases through the "
+                     "plugin in a loop, no network, minus the same loop without the plugin; median of 5 rounds):\n")
+        lines.append("| plugin | ns per request |")
+        lines.append("|---|---|")
+        for pname, r in in_process.items():
+            lines.append(f"| {pname} | {r['ns_per_request_median']:.0f} |")
     return "\n".join(lines)
 
 
@@ -564,6 +590,7 @@ def main():
             client(["wrk", "-t1", "-c8", "-d1s", "-H", f"Host: {HOST}", f"http://127.0.0.1:{PORTS[t]['http']}/"], 30)
         for n in range(1, args.rounds + 1):
             bench.round(n, scenarios)
+        in_process = plugin_in_process(args.portico, args.quick) if "plugins" in scenarios else {}
     finally:
         stack.stop()
     elapsed = time.time() - started
@@ -586,7 +613,7 @@ def main():
         "- backend: nginx `return 200` (34-byte body), 1 worker; nginx proxy: 1 worker, upstream keepalive; HAProxy: nbthread 1, http-reuse always",
         "- 'req per proxy CPU-s' = requests/s divided by the proxy's CPU seconds per second of run (from /proc): the efficiency figure when the client side saturates first",
         table(bench.results),
-        plugin_table(bench.results, args.duration),
+        plugin_table(bench.results, args.duration, in_process),
     ]
     if failures:
         report.append("\n## Errors during the run\n\n" + "\n".join(f"- {f}" for f in failures))

@@ -32,10 +32,10 @@ bash plugins/build.sh >/dev/null
 profile=release
 for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
 if [ "$profile" = release ]; then
-  cargo build --release -p portico -p portico-load
+  cargo build --release -p portico -p portico-load --example plugin_overhead
   exec python3 integration-tests/bench/bench.py "$@"
 else
   # Quick mode proves the harness works; a debug build keeps CI short.
-  cargo build -p portico -p portico-load
+  cargo build -p portico -p portico-load --example plugin_overhead
   exec python3 integration-tests/bench/bench.py --portico target/debug/portico --load target/debug/portico-load "$@"
 fi

@@ -6,7 +6,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,32 @@ use wasmtime::{
     WasmResults,
 };
 
-/// Epoch ticks per second: the deadline's resolution.
-const TICKS_PER_SECOND: u64 = 1000;
+/// Epoch ticks per second while plugins are being called: the deadline's
+/// resolution (a deadline fires between its length and one tick later).
+/// Each tick is a timer wake-up, which costs about 20 µs of CPU on a VM,
+/// so the ticker runs this fast only while calls happen.
+const TICKS_PER_SECOND: u64 = 500;
+/// With no call for this many ticks, the ticker idles...
+const IDLE_AFTER_TICKS: u64 = TICKS_PER_SECOND;
+/// ...waking this rarely until the next call unparks it.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+/// Ticks so far, and the tick of the latest call.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static LAST_CALL_TICK: AtomicU64 = AtomicU64::new(0);
+static TICKER_IDLE: AtomicBool = AtomicBool::new(false);
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// Called as a call starts: keeps the ticker at full rate, and wakes it
+/// if it idles (rare: the first call after a quiet second).
+fn note_call() {
+    LAST_CALL_TICK.store(TICKS.load(Ordering::Relaxed), Ordering::Relaxed);
+    if TICKER_IDLE.load(Ordering::Relaxed) && TICKER_IDLE.swap(false, Ordering::Relaxed) {
+        if let Some(t) = TICKER.get() {
+            t.unpark();
+        }
+    }
+}
 
 /// Limits for every call into one plugin.
 #[derive(Debug, Clone, Copy)]
@@ -76,13 +100,22 @@ pub fn start_ticker(engine: &Engine) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         let engine = engine.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || loop {
-                std::thread::sleep(Duration::from_micros(1_000_000 / TICKS_PER_SECOND));
+                if TICKER_IDLE.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(IDLE_TICK);
+                } else {
+                    std::thread::sleep(Duration::from_micros(1_000_000 / TICKS_PER_SECOND));
+                }
+                let now = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
                 engine.increment_epoch();
+                if now.saturating_sub(LAST_CALL_TICK.load(Ordering::Relaxed)) > IDLE_AFTER_TICKS {
+                    TICKER_IDLE.store(true, Ordering::Relaxed);
+                }
             })
             .expect("spawn the Wasm epoch thread");
+        let _ = TICKER.set(handle.thread().clone());
     });
 }
 
@@ -253,6 +286,7 @@ impl<T: 'static> Sandbox<T> {
             .ok_or_else(|| {
                 PluginError::Setup(format!("export `{export}` called with another signature"))
             })?;
+        note_call();
         self.store.set_epoch_deadline(ticks(self.limits.deadline));
         // One call in TIME_SAMPLE is timed: reading the clock twice costs
         // as much as a small call.
