@@ -17,6 +17,8 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     /// The L7 listeners, for explain.
     pub l7_listeners: Vec<(&'static str, std::net::SocketAddr)>,
+    /// The loaded plugins, for explain.
+    pub plugins: crate::plugins::reload::RegistryHandle,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -81,7 +83,22 @@ impl ServeHttp for Admin {
                     }
                 };
                 let snap = self.publisher.current();
-                let v = explain::explain(&snap, &host, &path, port, &self.l7_listeners);
+                let registry = self.plugins.load();
+                let names = |ps: &[std::sync::Arc<crate::plugins::registry::Plugin>]| {
+                    ps.iter().map(|p| p.name.clone()).collect()
+                };
+                let listener_plugins = explain::ListenerPlugins {
+                    http: names(&registry.http),
+                    tcp: names(&registry.tcp),
+                };
+                let v = explain::explain(
+                    &snap,
+                    &host,
+                    &path,
+                    port,
+                    &self.l7_listeners,
+                    &listener_plugins,
+                );
                 reply(
                     200,
                     "application/json",

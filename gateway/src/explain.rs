@@ -32,6 +32,40 @@ fn pool_json(pool: &Pool) -> Value {
 /// The L7 listeners, as (`http` | `https`, address), for explain.
 pub type L7Listeners = [(&'static str, std::net::SocketAddr)];
 
+/// The plugins every request (`plugins.http`) or connection
+/// (`plugins.tcp`) runs, by name.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerPlugins {
+    pub http: Vec<String>,
+    pub tcp: Vec<String>,
+}
+
+/// Which plugins a stream gets, in order, and where each comes from.
+fn plugin_list(
+    listener: &[String],
+    listener_key: &str,
+    route: Option<(&[String], &str)>,
+    service: Option<(&[String], String)>,
+) -> Value {
+    let mut out: Vec<Value> = listener
+        .iter()
+        .map(|n| json!({"name": n, "from": listener_key}))
+        .collect();
+    if let Some((names, ingress)) = route {
+        out.extend(names.iter().map(
+            |n| json!({"name": n, "from": format!("Ingress {ingress} (portico.io/plugins)")}),
+        ));
+    }
+    if let Some((names, svc)) = service {
+        out.extend(
+            names
+                .iter()
+                .map(|n| json!({"name": n, "from": format!("Service {svc} (portico.io/plugins)")})),
+        );
+    }
+    Value::Array(out)
+}
+
 /// Explains a request for `host` + `path` (L7), or a connection to `port`
 /// when an L4 listener has that port. `l7` names the listeners a request
 /// could arrive on (those with `port`, when it is given).
@@ -41,6 +75,7 @@ pub fn explain(
     path: &str,
     port: Option<u16>,
     l7: &L7Listeners,
+    plugins: &ListenerPlugins,
 ) -> Value {
     if let Some(port) = port {
         let l4: Vec<Value> = snap
@@ -48,15 +83,20 @@ pub fn explain(
             .iter()
             .filter(|(k, _)| k.addr.port() == port)
             .map(|(k, backend)| {
+                let pool = snap.pool(backend);
+                let service = pool.map(|p| (p.plugins(), format!("{}/{}", backend.namespace, backend.service)));
+                let tcp = if k.protocol == crate::snapshot::L4Protocol::Tcp { &plugins.tcp[..] } else { &[] };
                 json!({
                     "listener": k.to_string(),
-                    "pool": snap.pool(backend).map(|p| pool_json(p)),
+                    "pool": pool.map(|p| pool_json(p)),
+                    "plugins": plugin_list(tcp, "plugins.tcp", None, service.filter(|_| k.protocol == crate::snapshot::L4Protocol::Tcp)),
                     "why": format!("L4 listener for Service port {backend}"),
                 })
             })
             .collect();
         if !l4.is_empty() {
-            return json!({"generation": snap.generation, "layer": "L4", "listeners": l4, "plugins": []});
+            let first = l4[0]["plugins"].clone();
+            return json!({"generation": snap.generation, "layer": "L4", "listeners": l4, "plugins": first});
         }
     }
     let cert = match snap.certs.find(host) {
@@ -64,6 +104,19 @@ pub fn explain(
         None => json!({"source": "default", "why": snap.certs.fallback_reason(host)}),
     };
     let route = snap.routes.find(host, path);
+    let plugins_json = plugin_list(
+        &plugins.http,
+        "plugins.http",
+        route.map(|(r, _)| (&r.plugins[..], r.ingress.as_str())),
+        route.and_then(|(r, _)| {
+            snap.pool(&r.backend).map(|p| {
+                (
+                    p.plugins(),
+                    format!("{}/{}", r.backend.namespace, r.backend.service),
+                )
+            })
+        }),
+    );
     let (route_json, pool_json_v, why) = match route {
         None => (
             Value::Null,
@@ -99,7 +152,7 @@ pub fn explain(
         "route": route_json,
         "pool": pool_json_v,
         "certificate": cert,
-        "plugins": [],
+        "plugins": plugins_json,
         "why": why,
     })
 }
@@ -189,7 +242,19 @@ pub fn render(v: &Value) -> String {
         ));
         out.push_str(&format!("why:         {}\n", s(&v["why"])));
     }
-    out.push_str("plugins:     none\n");
+    let names: Vec<String> = v["plugins"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| format!("{} ({})", s(&p["name"]), s(&p["from"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        out.push_str("plugins:     none\n");
+    } else {
+        out.push_str(&format!("plugins:     {}\n", names.join(", ")));
+    }
     out
 }
 
@@ -285,7 +350,14 @@ spec:
             ("http", "127.0.0.1:8080".parse().unwrap()),
             ("https", "127.0.0.1:8443".parse().unwrap()),
         ];
-        let v = explain(&snap, "shop.example.com", "/cart/1", None, &l7);
+        let v = explain(
+            &snap,
+            "shop.example.com",
+            "/cart/1",
+            None,
+            &l7,
+            &Default::default(),
+        );
         assert_eq!(v["route"]["ingress"], "shop/shop");
         assert_eq!(v["pool"]["backend"], "shop/web:http");
         assert_eq!(v["pool"]["endpoints"][0]["address"], "10.0.0.1:8080");
@@ -304,12 +376,26 @@ spec:
     #[test]
     fn explains_404_503_and_l4() {
         let snap = snapshot();
-        let v = explain(&snap, "shop.example.com", "/other", None, &[]);
+        let v = explain(
+            &snap,
+            "shop.example.com",
+            "/other",
+            None,
+            &[],
+            &Default::default(),
+        );
         assert!(v["route"].is_null());
         assert!(v["why"].as_str().unwrap().contains("404"));
-        let v = explain(&snap, "empty.example.com", "/", None, &[]);
+        let v = explain(
+            &snap,
+            "empty.example.com",
+            "/",
+            None,
+            &[],
+            &Default::default(),
+        );
         assert!(v["why"].as_str().unwrap().contains("503"), "{v}");
-        let v = explain(&snap, "", "/", Some(8000), &[]);
+        let v = explain(&snap, "", "/", Some(8000), &[], &Default::default());
         assert_eq!(v["layer"], "L4");
         assert_eq!(v["listeners"][0]["listener"], "tcp:127.0.0.1:8000");
     }

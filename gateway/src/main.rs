@@ -289,6 +289,10 @@ fn explain_offline(
         path,
         port,
         &cfg.listen.l7(),
+        &portico::explain::ListenerPlugins {
+            http: cfg.plugins.http.clone(),
+            tcp: cfg.plugins.tcp.clone(),
+        },
     ))
 }
 

@@ -200,6 +200,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
             publisher: publisher.clone(),
             metrics,
             l7_listeners: cfg.listen.l7(),
+            plugins: registry.clone(),
         },
     );
     admin.add_tcp(&cfg.admin.listen.to_string());

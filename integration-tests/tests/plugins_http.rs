@@ -185,6 +185,21 @@ fn route_plugins_come_from_the_ingress_annotation() {
         text.contains("default/plugged") && text.contains("plugin \"auth\" is not loaded"),
         "{text}"
     );
+    // `explain` says which plugins a request gets, and from where.
+    let out = portico(&[
+        "explain",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--manifests",
+        dir.path().to_str().unwrap(),
+        "--host",
+        "plugged.test",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("plugins:     compat (Ingress default/plugged (portico.io/plugins)), auth (Ingress default/plugged"),
+        "{text}"
+    );
     g.write_manifest("m.yaml", &manifests(&echo, Some("compat, auth")));
     let r = http_get(g.http, "plugged.test", "/").unwrap();
     assert_eq!(r.status, 500);

@@ -19,7 +19,7 @@ use wasmtime::{
 /// resolution (a deadline fires between its length and one tick later).
 /// Each tick is a timer wake-up, which costs about 20 µs of CPU on a VM,
 /// so the ticker runs this fast only while calls happen.
-const TICKS_PER_SECOND: u64 = 500;
+const TICKS_PER_SECOND: u64 = 200;
 /// With no call for this many ticks, the ticker idles...
 const IDLE_AFTER_TICKS: u64 = TICKS_PER_SECOND;
 /// ...waking this rarely until the next call unparks it.
