@@ -1,11 +1,11 @@
-//! Load balancing: endpoint pools, policies, passive health and ClientIP
-//! affinity.
+//! Load balancing: endpoint pools, policies and passive health.
 //!
 //! A `Pool` is built once per snapshot from a `BackendSpec`. Per-endpoint
-//! counters, the round-robin cursor and the affinity table live in
-//! `PoolState`, which `PoolRegistry` carries from one snapshot to the next so
-//! that an endpoint change does not forget sticky clients or failing
-//! endpoints. Picking an endpoint takes no lock unless affinity is on.
+//! counters and the round-robin cursor live in `PoolState`, which
+//! `PoolRegistry` carries from one snapshot to the next so that an endpoint
+//! change does not forget failing endpoints. Picking an endpoint takes no
+//! lock. Session affinity (Service ClientIP, cookies) is the
+//! `session-affinity` plugin's, through `PickRequest::preferred`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -222,12 +222,6 @@ pub struct PoolState {
     /// filter (and its allocation) when nothing is cooling down.
     cooldown_horizon: AtomicU64,
     endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointRuntime>>>,
-    affinity: Mutex<HashMap<IpAddr, Sticky>>,
-}
-
-struct Sticky {
-    addr: SocketAddr,
-    last_used: Instant,
 }
 
 pub struct Pool {
@@ -304,6 +298,11 @@ impl Pool {
         &self.endpoints
     }
 
+    /// The Service's ClientIP session affinity, if any.
+    pub fn affinity(&self) -> Option<crate::snapshot::ClientIpAffinity> {
+        self.spec.affinity
+    }
+
     /// Plugins the Service asks for (`portico.io/plugins`).
     pub fn plugins(&self) -> &[String] {
         &self.spec.plugins
@@ -371,10 +370,11 @@ impl Pool {
             metrics::counter!("portico_lb_plugin_choices_total", "result" => outcome).increment(1);
             found
         });
-        let idx = match (chosen, self.spec.affinity, req.client_ip) {
-            (Some(idx), _, _) => idx,
-            (None, Some(aff), Some(ip)) => self.pick_sticky(ip, aff.timeout, candidates, req),
-            _ => self.policy.pick(self, candidates, req),
+        // ClientIP session affinity is the session-affinity plugin's
+        // choice, arriving here as `preferred`.
+        let idx = match chosen {
+            Some(idx) => idx,
+            None => self.policy.pick(self, candidates, req),
         };
         let ep = &self.endpoints[idx];
         ep.runtime.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -382,44 +382,6 @@ impl Pool {
             addr: ep.spec.addr,
             runtime: ep.runtime.clone(),
         })
-    }
-
-    fn pick_sticky(
-        &self,
-        ip: IpAddr,
-        timeout: Duration,
-        candidates: &[usize],
-        req: &PickRequest<'_>,
-    ) -> usize {
-        let now = Instant::now();
-        let mut table = self
-            .state
-            .affinity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(sticky) = table.get_mut(&ip) {
-            if now.duration_since(sticky.last_used) < timeout {
-                if let Some(&idx) = candidates
-                    .iter()
-                    .find(|&&i| self.endpoints[i].spec.addr == sticky.addr)
-                {
-                    sticky.last_used = now;
-                    return idx;
-                }
-            }
-        }
-        let idx = self.policy.pick(self, candidates, req);
-        if table.len() >= 4096 && table.len().is_power_of_two() {
-            table.retain(|_, s| now.duration_since(s.last_used) < timeout);
-        }
-        table.insert(
-            ip,
-            Sticky {
-                addr: self.endpoints[idx].spec.addr,
-                last_used: now,
-            },
-        );
-        idx
     }
 
     /// Records a failed connect; enough in a row put the endpoint in cooldown.
@@ -517,7 +479,6 @@ pub fn clock_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::ClientIpAffinity;
 
     fn spec(policy: PolicyKind, eps: &[(&str, EndpointState)]) -> BackendSpec {
         BackendSpec {
@@ -736,65 +697,6 @@ mod tests {
             (100..450).contains(&owned_by_4),
             "spread: {owned_by_4}/1000"
         );
-    }
-
-    #[test]
-    fn client_ip_affinity_sticks_and_survives_rebuild() {
-        let mut s = spec(
-            PolicyKind::RoundRobin,
-            &[
-                ("10.0.0.1:80", Ready),
-                ("10.0.0.2:80", Ready),
-                ("10.0.0.3:80", Ready),
-            ],
-        );
-        s.affinity = Some(ClientIpAffinity {
-            timeout: Duration::from_secs(60),
-        });
-        let registry = PoolRegistry::default();
-        let p = registry.build([&s], HealthPolicy::default()).remove(0);
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        let r = PickRequest {
-            preferred: None,
-            client_ip: Some(ip),
-            exclude: &[],
-        };
-        let first = p.pick(&r).unwrap().addr;
-        for _ in 0..10 {
-            assert_eq!(p.pick(&r).unwrap().addr, first);
-        }
-        // A new snapshot (another endpoint added) keeps the sticky entry.
-        s.endpoints.push(EndpointSpec {
-            addr: "10.0.0.9:80".parse().unwrap(),
-            state: Ready,
-            target: None,
-        });
-        let p2 = registry.build([&s], HealthPolicy::default()).remove(0);
-        assert_eq!(p2.pick(&r).unwrap().addr, first);
-        // Its endpoint gone: the client moves.
-        s.endpoints.retain(|e| e.addr != first);
-        let p3 = registry.build([&s], HealthPolicy::default()).remove(0);
-        assert_ne!(p3.pick(&r).unwrap().addr, first);
-    }
-
-    #[test]
-    fn affinity_expires_after_timeout() {
-        let mut s = spec(
-            PolicyKind::RoundRobin,
-            &[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready)],
-        );
-        s.affinity = Some(ClientIpAffinity {
-            timeout: Duration::from_millis(0),
-        });
-        let p = pool(s);
-        let r = PickRequest {
-            preferred: None,
-            client_ip: Some("192.0.2.7".parse().unwrap()),
-            exclude: &[],
-        };
-        let a = p.pick(&r).unwrap().addr;
-        let b = p.pick(&r).unwrap().addr;
-        assert_ne!(a, b, "an expired entry falls back to round robin");
     }
 
     #[test]

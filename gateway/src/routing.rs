@@ -34,6 +34,10 @@ pub struct Route {
     pub backend: BackendKey,
     /// Plugins the Ingress asks for (`portico.io/plugins`), in order.
     pub plugins: Vec<String>,
+    /// The Ingress's annotations, for plugins
+    /// (`portico.ingress.annotations.<key>`); shared by its routes.
+    #[serde(skip)]
+    pub annotations: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +229,7 @@ mod tests {
                 port: "80".into(),
             },
             plugins: Vec::new(),
+            annotations: Arc::default(),
         }
     }
 

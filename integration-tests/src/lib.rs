@@ -396,6 +396,19 @@ pub fn built_plugins() -> PathBuf {
     .clone()
 }
 
+/// Config that loads the shipped `session-affinity` plugin for every L7
+/// request and L4 connection (it acts only where a Service or Ingress
+/// asks for affinity).
+pub fn session_affinity_config() -> String {
+    let wasm = built_plugins().join("session_affinity.wasm");
+    format!(
+        "[plugins]\nhttp = [\"affinity\"]\ntcp = [\"affinity-tcp\"]\n\
+         [[plugins.load]]\nname = \"affinity\"\npath = \"{0}\"\n\
+         [[plugins.load]]\nname = \"affinity-tcp\"\npath = \"{0}\"\nconfig = \"tcp\"\n",
+        wasm.display()
+    )
+}
+
 /// The SDK's template plugin, built by `plugins/build.sh` too.
 pub fn built_template() -> PathBuf {
     built_plugins();

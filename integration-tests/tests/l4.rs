@@ -1,5 +1,6 @@
 //! L4 end to end: TCP (with half-close) and UDP forwarding for
-//! LoadBalancer Services, ClientIP affinity (L4 and L7), and listeners that
+//! LoadBalancer Services, ClientIP affinity (L4 and L7, by the shipped
+//! `session-affinity` plugin built from source), and listeners that
 //! follow the manifests.
 
 use std::collections::HashSet;
@@ -142,7 +143,7 @@ fn client_ip_affinity_on_l4_and_l7() {
     m += &slice_for("plain", "plain-a", a.http, "TCP");
     m += &slice_for("plain", "plain-b", b.http, "TCP");
     m += "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: l4}\nspec:\n  rules:\n  - host: sticky.test\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: sticky, port: {name: p}}}}]}\n  - host: plain.test\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: plain, port: {name: p}}}}]}\n";
-    let gw = Gateway::start(&[("aff.yaml", &m)], "");
+    let gw = Gateway::start(&[("aff.yaml", &m)], &session_affinity_config());
     wait_port(sticky_port, Duration::from_secs(5));
 
     let names = |port: u16, host: &str| -> HashSet<String> {

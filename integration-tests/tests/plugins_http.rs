@@ -564,3 +564,58 @@ fn tcp_stream_contexts_see_and_change_both_directions() {
         "{log}"
     );
 }
+
+#[test]
+fn cookie_affinity_from_the_ingress_nginx_annotations() {
+    let one = Echo::http("one");
+    let two = Echo::http("two");
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", one.http, true);
+    m += &yaml::slice("default", "web-2", "web", "http", two.http, true);
+    m += &yaml::ingress(
+        "default",
+        "sticky",
+        &[("sticky.test", "/", "Prefix", "web", "http")],
+        "",
+    )
+    .replace(
+        "metadata: {name: sticky, namespace: default}",
+        "metadata: {name: sticky, namespace: default, annotations: {nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: route, nginx.ingress.kubernetes.io/session-cookie-max-age: '60'}}",
+    );
+    let g = Gateway::start(&[("m.yaml", &m)], &session_affinity_config());
+    let get = |cookie: Option<&str>| {
+        let extra = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+        http_request(
+            g.http,
+            &format!("GET / HTTP/1.1\r\nHost: sticky.test\r\n{extra}Connection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+    let first = get(None);
+    let set = first
+        .header("set-cookie")
+        .expect("a cookie is set")
+        .to_string();
+    assert!(
+        set.starts_with("route=") && set.contains("Max-Age=60"),
+        "{set}"
+    );
+    let name = first.json()["name"].as_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    for _ in 0..6 {
+        let r = get(Some(&cookie));
+        assert_eq!(r.json()["name"], name.as_str());
+        assert_eq!(
+            r.header("set-cookie"),
+            None,
+            "a held cookie is not set again"
+        );
+    }
+    // Without the cookie the Service's round robin spreads; an unknown
+    // cookie value gets a new cookie.
+    let names: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| get(None).json()["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(get(Some("route=0000")).header("set-cookie").is_some());
+}

@@ -139,11 +139,15 @@ async fn handle(
         return failed();
     };
     let _ = client.set_nodelay(true);
+    if let Some(c) = chain.as_mut() {
+        c.props_mut().upstream = Some(pick.addr);
+    }
     let active = metrics::gauge!("portico_l4_connections_active", "listener" => label.to_string());
     active.increment(1.0);
     let activity = AtomicU64::new(clock_ms());
     let idle = idle_watch(&activity, settings.idle_timeout);
-    let (sent, received) = match chain.as_mut() {
+    let splice_ok = chain.as_ref().is_none_or(StreamChain::passthrough);
+    let (sent, received) = match chain.as_mut().filter(|_| !splice_ok) {
         None => {
             let copies = async {
                 tokio::join!(

@@ -37,6 +37,11 @@ const RESPONSE_BODY: i32 = 1;
 /// `proxy_action_t`.
 const ACTION_PAUSE: i32 = 1;
 
+/// The property a TCP plugin sets (to anything) in its new-connection
+/// callback when it needs no data callbacks: if every plugin of a
+/// connection does, the bytes go by splice(2), not through the plugins.
+pub const PASSTHROUGH: &str = "portico.stream.passthrough";
+
 /// The most body a plugin can have buffered for it.
 pub const MAX_BUFFERED_BODY: usize = 16 << 20;
 
@@ -66,6 +71,9 @@ pub(super) struct Filter {
     pub(super) skipped: bool,
     pub(super) request_body: Vec<u8>,
     pub(super) response_body: Vec<u8>,
+    /// The plugin set `portico.stream.passthrough` (TCP): it needs no data
+    /// callbacks for this connection.
+    pub(super) passthrough: bool,
 }
 
 /// One stream's plugin contexts: an HTTP request's (this module) or a
@@ -103,6 +111,7 @@ impl StreamChain {
                     skipped: false,
                     request_body: Vec::new(),
                     response_body: Vec::new(),
+                    passthrough: false,
                 })
                 .collect(),
             props: Arc::new(props),
@@ -138,6 +147,7 @@ impl StreamChain {
                 skipped: false,
                 request_body: Vec::new(),
                 response_body: Vec::new(),
+                passthrough: false,
             });
         }
     }
@@ -158,6 +168,7 @@ impl StreamChain {
         let plugin = filter.plugin.clone();
         let mut chosen = None;
         let mut closed = false;
+        let mut passthrough = false;
         let run = |inst: &mut Instance, ctx: i32| {
             let d = inst.vm.sandbox.data_mut();
             d.effective_context = ctx as u32;
@@ -167,6 +178,7 @@ impl StreamChain {
             d.stream = None;
             chosen = d.override_host.take();
             closed = d.closed.iter().any(|(c, _)| *c == ctx as u32);
+            passthrough = d.properties.remove(PASSTHROUGH).is_some();
             after_call(inst);
             r
         };
@@ -196,6 +208,9 @@ impl StreamChain {
             self.override_host = chosen;
         }
         self.close_requested |= closed;
+        if passthrough {
+            self.filters[i].passthrough = true;
+        }
         match result {
             Ok(t) => Step::Ran(t),
             Err(e) => {

@@ -31,6 +31,10 @@ pub struct StreamProps {
     pub response_code: Option<u16>,
     /// The endpoints the chosen backend offers (`proxy_get_upstream_hosts`).
     pub candidates: Option<Candidates>,
+    /// The Ingress's annotations (HTTP).
+    pub annotations: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    /// The endpoint the stream went to, once connected.
+    pub upstream: Option<SocketAddr>,
 }
 
 /// A backend's endpoints, for the upstream-choice host calls.
@@ -110,10 +114,27 @@ impl StreamProps {
             "connection.requested_server_name" => self.sni.as_deref().and_then(s),
             "connection.tls_version" | "connection.mtls" if !self.tls => None,
             "connection.mtls" => Some(vec![0]),
+            "upstream.address" => self.upstream.map(|a| a.to_string().into_bytes()),
+            "portico.service.session_affinity" => self.candidates.as_ref().map(|c| {
+                let kind = if c.0.affinity().is_some() {
+                    "ClientIP"
+                } else {
+                    "None"
+                };
+                kind.as_bytes().to_vec()
+            }),
+            "portico.service.session_affinity_timeout" => self
+                .candidates
+                .as_ref()
+                .and_then(|c| c.0.affinity())
+                .map(|a| int(a.timeout.as_secs() as i64)),
             "portico.route" => self.route.as_deref().and_then(s),
             "portico.service" => self.service.as_deref().and_then(s),
             "portico.namespace" => self.namespace.as_deref().and_then(s),
-            _ => None,
+            _ => path
+                .strip_prefix("portico.ingress.annotations.")
+                .and_then(|key| self.annotations.as_ref()?.get(key))
+                .map(|v| v.as_bytes().to_vec()),
         }
     }
 }
@@ -143,6 +164,14 @@ mod tests {
             namespace: Some("shop".into()),
             response_code: Some(404),
             candidates: None,
+            annotations: Some(std::sync::Arc::new(
+                [(
+                    "nginx.ingress.kubernetes.io/affinity".to_string(),
+                    "cookie".to_string(),
+                )]
+                .into(),
+            )),
+            upstream: Some("10.1.2.3:8080".parse().unwrap()),
         };
         let get = |n: &str| p.get(n, None);
         assert_eq!(get("source.address").unwrap(), b"10.0.0.7:41000");
@@ -158,6 +187,12 @@ mod tests {
         assert_eq!(get("portico.namespace").unwrap(), b"shop");
         assert_eq!(get("request.headers"), None);
         assert_eq!(get("nope"), None);
+        assert_eq!(
+            get("portico.ingress.annotations.nginx.ingress.kubernetes.io/affinity").unwrap(),
+            b"cookie"
+        );
+        assert_eq!(get("portico.ingress.annotations.other"), None);
+        assert_eq!(get("upstream.address").unwrap(), b"10.1.2.3:8080");
         let h = vec![("a".to_string(), b"1".to_vec())];
         let slot = crate::plugins::headers::HeaderSlot::Pairs(h.clone());
         assert_eq!(

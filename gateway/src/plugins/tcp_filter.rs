@@ -54,6 +54,12 @@ impl StreamChain {
         TcpVerdict::Continue
     }
 
+    /// Whether every plugin asked for no data callbacks (and none failed
+    /// closed): the connection can be spliced.
+    pub fn passthrough(&self) -> bool {
+        self.filters.iter().all(|f| f.passthrough || f.skipped)
+    }
+
     /// Passes `data` (client → upstream when `downstream`) through the
     /// chain; afterwards `data` is what to write on.
     pub fn on_data(

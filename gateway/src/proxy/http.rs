@@ -214,6 +214,7 @@ fn set_route_props(p: &mut StreamProps, route: &Route, snap: &Snapshot) {
     p.candidates = snap
         .pool(&route.backend)
         .map(|pool| crate::plugins::properties::Candidates(pool.clone()));
+    p.annotations = Some(route.annotations.clone());
 }
 
 /// Writes a plugin's local response.
@@ -491,6 +492,9 @@ impl ProxyHttp for HttpProxy {
         let addr = pick.addr;
         ctx.tried.push(addr);
         ctx.pick = Some(pick);
+        if let Some(chain) = ctx.plugins.as_mut() {
+            chain.props_mut().upstream = Some(addr);
+        }
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));

@@ -31,6 +31,18 @@ pub fn add_ingress(
         return;
     };
     let ingress_name = key.to_string();
+    // Plugins read annotations as properties; kubectl's copy of the whole
+    // object is not one a plugin needs.
+    let annotations: std::sync::Arc<std::collections::BTreeMap<String, String>> =
+        std::sync::Arc::new(
+            ing.metadata
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| !k.ends_with("last-applied-configuration"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
     let (plugins, unknown) =
         super::plugins::requested(ing.metadata.annotations.as_ref(), known_plugins);
     problems.extend(unknown.into_iter().map(|m| Problem::error(&here, m)));
@@ -82,6 +94,7 @@ pub fn add_ingress(
                 kind: PathKind::Prefix,
                 backend: bk,
                 plugins: plugins.clone(),
+                annotations: annotations.clone(),
             };
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
@@ -140,6 +153,7 @@ pub fn add_ingress(
                 kind,
                 backend: bk,
                 plugins: plugins.clone(),
+                annotations: annotations.clone(),
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {
                 if kept.ingress != ingress_name {

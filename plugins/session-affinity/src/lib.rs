@@ -1,0 +1,362 @@
+//! `session-affinity`: keeps a client on the endpoint it first got.
+//!
+//! - **ClientIP** (the Service's `spec.sessionAffinity: ClientIP`, with
+//!   `sessionAffinityConfig.clientIP.timeoutSeconds`): HTTP requests and
+//!   TCP connections from one client IP go to the same endpoint until the
+//!   client has been quiet for the timeout. The table lives in shared data
+//!   (`session-affinity/<service>/<ip>`), so every worker sees it.
+//! - **Cookie** (ingress-nginx annotations on the Ingress):
+//!   `nginx.ingress.kubernetes.io/affinity: cookie`, with
+//!   `session-cookie-name` (default `INGRESSCOOKIE`),
+//!   `session-cookie-max-age` (seconds; default: a session cookie),
+//!   `session-cookie-path` (default `/`), `session-cookie-samesite`
+//!   (`None`, `Lax`, `Strict`) and `affinity-mode`: `balanced` (default:
+//!   stick while the endpoint is ready) or `persistent` (stick while it
+//!   serves at all).
+//!
+//! proxy-wasm decides a root's context kind (HTTP or TCP) once, so the
+//! plugin is loaded once per kind: with configuration `tcp` it serves L4
+//! connections (`plugins.tcp`), otherwise HTTP requests.
+//!
+//! A client's first HTTP request goes where the Service's policy sends it;
+//! the plugin records that endpoint (`upstream.address`, at the response)
+//! and chooses it afterwards (`upstream::choose`). A new TCP connection
+//! is not connected yet when the plugin runs, so for TCP the plugin picks
+//! among the ready endpoints itself and pins at once; it then asks for no
+//! data callbacks (`portico.stream.passthrough`), so the bytes are still
+//! spliced. An endpoint that is gone, or not eligible, is replaced.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use portico_sdk::proxy_wasm::hostcalls;
+use portico_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use portico_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
+use portico_sdk::upstream::{self, HostState, UpstreamHost};
+
+portico_sdk::proxy_wasm::main! {{
+    portico_sdk::proxy_wasm::set_log_level(LogLevel::Info);
+    portico_sdk::proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { tcp: false }) });
+}}
+
+const ANNOTATION: &str = "nginx.ingress.kubernetes.io/";
+
+/// Cookie affinity settings, from the Ingress's annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSettings {
+    pub name: String,
+    pub max_age: Option<u64>,
+    pub path: String,
+    pub same_site: Option<String>,
+    pub persistent: bool,
+}
+
+impl CookieSettings {
+    /// `None` unless `affinity: cookie`. `get` reads one annotation (the
+    /// part after `nginx.ingress.kubernetes.io/`).
+    pub fn from(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        if get("affinity").as_deref() != Some("cookie") {
+            return None;
+        }
+        let same_site = get("session-cookie-samesite").and_then(|v| {
+            ["None", "Lax", "Strict"]
+                .iter()
+                .find(|s| s.eq_ignore_ascii_case(v.trim()))
+                .map(|s| s.to_string())
+        });
+        Some(CookieSettings {
+            name: get("session-cookie-name")
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+                .unwrap_or_else(|| "INGRESSCOOKIE".into()),
+            max_age: get("session-cookie-max-age").and_then(|v| v.trim().parse().ok()),
+            path: get("session-cookie-path")
+                .filter(|p| p.starts_with('/') && !p.contains(';'))
+                .unwrap_or_else(|| "/".into()),
+            same_site,
+            persistent: get("affinity-mode").as_deref() == Some("persistent"),
+        })
+    }
+
+    /// The `Set-Cookie` value for `endpoint`.
+    pub fn set_cookie(&self, endpoint: &str) -> String {
+        let mut c = format!("{}={}; Path={}; HttpOnly", self.name, token(endpoint), self.path);
+        if let Some(age) = self.max_age {
+            c.push_str(&format!("; Max-Age={age}"));
+        }
+        if let Some(s) = &self.same_site {
+            c.push_str(&format!("; SameSite={s}"));
+            if s == "None" {
+                c.push_str("; Secure");
+            }
+        }
+        c
+    }
+}
+
+/// An endpoint's cookie value: FNV-1a of its address, so the address is
+/// not disclosed.
+pub fn token(endpoint: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in endpoint.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// Whether the pinned endpoint may take this stream.
+pub fn eligible(hosts: &[UpstreamHost], address: &str, persistent: bool) -> bool {
+    hosts.iter().any(|h| {
+        h.address == address && (h.state == HostState::Ready || (persistent && h.state != HostState::CoolingDown))
+    })
+}
+
+fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+fn text(path: Vec<&str>) -> Option<String> {
+    hostcalls::get_property(path)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// ClientIP affinity of the stream's Service: (table key, timeout).
+fn client_ip_key() -> Option<(String, u64)> {
+    if text(vec!["portico", "service", "session_affinity"]).as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let timeout = hostcalls::get_property(vec!["portico", "service", "session_affinity_timeout"])
+        .ok()
+        .flatten()
+        .filter(|b| b.len() == 8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b);
+            i64::from_le_bytes(a).max(1) as u64
+        })
+        .unwrap_or(10_800);
+    let service = text(vec!["portico", "service"])?;
+    let ip = portico_sdk::properties::source_ip()?;
+    Some((format!("session-affinity/{service}/{ip}"), timeout))
+}
+
+/// The endpoint pinned under `key`, if not expired.
+fn pinned(key: &str) -> Option<String> {
+    let (value, _) = hostcalls::get_shared_data(key).ok()?;
+    let value = String::from_utf8(value?).ok()?;
+    let (addr, expires) = value.split_once(' ')?;
+    (expires.parse::<u64>().ok()? > now_secs()).then(|| addr.to_string())
+}
+
+fn pin(key: &str, addr: &str, timeout: u64) {
+    let value = format!("{addr} {}", now_secs() + timeout);
+    // Last writer wins: two first requests racing both land somewhere valid.
+    let _ = hostcalls::set_shared_data(key, Some(value.as_bytes()), None);
+}
+
+struct Root {
+    tcp: bool,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        match String::from_utf8_lossy(&config).trim() {
+            "" | "http" => self.tcp = false,
+            "tcp" => self.tcp = true,
+            other => {
+                log::error!("session-affinity: configuration must be \"http\" or \"tcp\", not {other:?}");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::default()))
+    }
+
+    fn create_stream_context(&self, _id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(Tcp::default()))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(if self.tcp {
+            ContextType::StreamContext
+        } else {
+            ContextType::HttpContext
+        })
+    }
+}
+
+#[derive(Default)]
+struct Http {
+    client_ip: Option<(String, u64)>,
+    cookie: Option<CookieSettings>,
+    /// The cookie named an eligible endpoint (no new cookie needed).
+    cookie_held: bool,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let annotation = |key: &str| text(vec!["portico", "ingress", "annotations", &format!("{ANNOTATION}{key}")]);
+        self.cookie = CookieSettings::from(annotation);
+        self.client_ip = client_ip_key();
+        if self.cookie.is_none() && self.client_ip.is_none() {
+            return Action::Continue;
+        }
+        let hosts = upstream::hosts().unwrap_or_default();
+        if let Some(c) = &self.cookie {
+            let wanted = self
+                .get_http_request_header("cookie")
+                .and_then(|h| cookie_value(&h, &c.name).map(str::to_string));
+            if let Some(t) = wanted {
+                if let Some(h) = hosts.iter().find(|h| token(&h.address) == t) {
+                    if eligible(&hosts, &h.address, c.persistent) && upstream::choose(&h.address).is_ok() {
+                        self.cookie_held = true;
+                    }
+                }
+            }
+            return Action::Continue;
+        }
+        if let Some((key, _)) = &self.client_ip {
+            if let Some(addr) = pinned(key) {
+                if eligible(&hosts, &addr, false) {
+                    let _ = upstream::choose(&addr);
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        // (No let-else: the MSRV is 1.63.)
+        let addr = match text(vec!["upstream", "address"]) {
+            Some(a) => a,
+            None => return Action::Continue,
+        };
+        if let Some(c) = &self.cookie {
+            if !self.cookie_held {
+                self.add_http_response_header("set-cookie", &c.set_cookie(&addr));
+            }
+        } else if let Some((key, timeout)) = &self.client_ip {
+            pin(key, &addr, *timeout);
+        }
+        Action::Continue
+    }
+}
+
+#[derive(Default)]
+struct Tcp;
+
+impl Context for Tcp {}
+
+/// A pseudo-random index below `n` (the first choice of a new client is
+/// spread; it needs no cryptographic randomness).
+fn spread(n: usize) -> usize {
+    let nanos = hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = nanos ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x % n.max(1) as u64) as usize
+}
+
+impl StreamContext for Tcp {
+    fn on_new_connection(&mut self) -> Action {
+        // This plugin never needs the bytes: let the gateway splice them.
+        let _ = hostcalls::set_property(vec!["portico", "stream", "passthrough"], Some(b"1"));
+        let (key, timeout) = match client_ip_key() {
+            Some(k) => k,
+            None => return Action::Continue,
+        };
+        let hosts = upstream::hosts().unwrap_or_default();
+        let addr = match pinned(&key).filter(|a| eligible(&hosts, a, false)) {
+            Some(a) => a,
+            None => {
+                // The connection is not connected yet, so the plugin picks
+                // (among ready endpoints) and pins at once.
+                let ready: Vec<&UpstreamHost> = hosts.iter().filter(|h| h.state == HostState::Ready).collect();
+                match ready.get(spread(ready.len())) {
+                    Some(h) => h.address.clone(),
+                    None => return Action::Continue,
+                }
+            }
+        };
+        if upstream::choose(&addr).is_ok() {
+            pin(&key, &addr, timeout);
+        }
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Option<CookieSettings> {
+        let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        CookieSettings::from(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn cookie_settings_from_the_ingress_nginx_annotations() {
+        assert_eq!(settings(&[]), None);
+        assert_eq!(settings(&[("affinity", "none")]), None);
+        let d = settings(&[("affinity", "cookie")]).unwrap();
+        assert_eq!((d.name.as_str(), d.path.as_str(), d.max_age, d.persistent), ("INGRESSCOOKIE", "/", None, false));
+        let c = settings(&[
+            ("affinity", "cookie"),
+            ("session-cookie-name", "route"),
+            ("session-cookie-max-age", "3600"),
+            ("session-cookie-path", "/app"),
+            ("session-cookie-samesite", "none"),
+            ("affinity-mode", "persistent"),
+        ])
+        .unwrap();
+        let header = c.set_cookie("10.0.0.1:80");
+        assert!(header.starts_with(&format!("route={}; Path=/app; HttpOnly", token("10.0.0.1:80"))), "{header}");
+        assert!(header.contains("; Max-Age=3600; SameSite=None; Secure"), "{header}");
+        assert!(c.persistent);
+        // Values that would break the header are refused.
+        let bad = settings(&[("affinity", "cookie"), ("session-cookie-name", "a;b"), ("session-cookie-path", "/x; Domain=evil")]).unwrap();
+        assert_eq!((bad.name.as_str(), bad.path.as_str()), ("INGRESSCOOKIE", "/"));
+    }
+
+    #[test]
+    fn cookies_and_eligibility() {
+        assert_eq!(cookie_value("a=1; route=abc; b=2", "route"), Some("abc"));
+        assert_eq!(cookie_value("a=1", "route"), None);
+        assert_ne!(token("10.0.0.1:80"), token("10.0.0.2:80"));
+        let hosts = vec![
+            UpstreamHost { address: "10.0.0.1:80".into(), state: HostState::Ready },
+            UpstreamHost { address: "10.0.0.2:80".into(), state: HostState::Serving },
+        ];
+        assert!(eligible(&hosts, "10.0.0.1:80", false));
+        assert!(!eligible(&hosts, "10.0.0.2:80", false));
+        assert!(eligible(&hosts, "10.0.0.2:80", true));
+        assert!(!eligible(&hosts, "10.0.0.9:80", true));
+    }
+}
