@@ -469,15 +469,19 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
     assert_eq!(ok, Some(2.0), "{}", g.metrics());
 }
 
-#[test]
-fn a_plugin_chooses_the_endpoint_with_the_upstream_choice_extension() {
-    let one = Echo::http("one");
-    let two = Echo::http("two");
+/// Service `web` with one endpoint on each echo backend (one slice each:
+/// two endpoints on 127.0.0.1 in one slice would need two ports).
+fn two_endpoints(one: &Echo, two: &Echo) -> String {
     let mut m = yaml::service("default", "web", "", &[("http", 80)]);
-    // One slice, two endpoints on 127.0.0.1 is impossible (one port per
-    // slice), so two slices.
     m += &yaml::slice("default", "web-1", "web", "http", one.http, true);
     m += &yaml::slice("default", "web-2", "web", "http", two.http, true);
+    m
+}
+
+#[test]
+fn a_plugin_chooses_the_endpoint_with_the_upstream_choice_extension() {
+    let (one, two) = (Echo::http("one"), Echo::http("two"));
+    let mut m = two_endpoints(&one, &two);
     m += &yaml::ingress(
         "default",
         "plain",
@@ -567,11 +571,8 @@ fn tcp_stream_contexts_see_and_change_both_directions() {
 
 #[test]
 fn cookie_affinity_from_the_ingress_nginx_annotations() {
-    let one = Echo::http("one");
-    let two = Echo::http("two");
-    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
-    m += &yaml::slice("default", "web-1", "web", "http", one.http, true);
-    m += &yaml::slice("default", "web-2", "web", "http", two.http, true);
+    let (one, two) = (Echo::http("one"), Echo::http("two"));
+    let mut m = two_endpoints(&one, &two);
     m += &yaml::ingress(
         "default",
         "sticky",
