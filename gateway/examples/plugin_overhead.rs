@@ -3,7 +3,11 @@
 //! response headers, a one-chunk body, end of stream, log) through a
 //! plugin chain in a loop and prints nanoseconds per request.
 //!
-//!     cargo run --release -p portico --example plugin_overhead -- plugin.wasm [iterations]
+//!     cargo run --release -p portico --example plugin_overhead -- plugin.wasm [iterations] [--sticky]
+//!
+//! With `--sticky` the request is one that the `session-affinity` plugin
+//! acts on: its Ingress asks for cookie affinity, the backend has two
+//! endpoints, and the request carries the cookie of one of them.
 //!
 //! The benchmark harness (`integration-tests/bench/bench.py`, scenario
 //! `plugins`) runs it next to the end-to-end measurement, which is
@@ -15,9 +19,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use portico::config::{FailPolicy, PluginConfig};
+use portico::lb::{HealthPolicy, PolicyKind, Pool};
 use portico::plugins::http_filter::{request_pairs, response_pairs, StreamChain};
-use portico::plugins::properties::{RequestProps, StreamProps};
+use portico::plugins::properties::{Candidates, RequestProps, StreamProps};
 use portico::plugins::{host, registry};
+use portico::snapshot::{BackendKey, BackendSpec, EndpointSpec, EndpointState};
+use std::collections::BTreeMap;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -27,6 +34,7 @@ fn main() {
     let iterations: u32 = args
         .next()
         .map_or(200_000, |n| n.parse().expect("a number"));
+    let sticky = args.next().as_deref() == Some("--sticky");
     let engine = portico::plugins::engine().expect("engine");
     let linker = host::linker(&engine).expect("linker");
     let plugin = registry::load_one(
@@ -47,6 +55,47 @@ fn main() {
     // What wrk sends and what nginx answers in the end-to-end scenario.
     let mut req = RequestHeader::build("GET", b"/", None).unwrap();
     req.insert_header("Host", "bench.portico.test").unwrap();
+    // The session-affinity case: two endpoints, cookie affinity asked for
+    // by the Ingress, and the client's cookie naming the second endpoint.
+    let pool = Arc::new(Pool::new(
+        BackendSpec {
+            key: BackendKey {
+                namespace: "bench".into(),
+                service: "backend".into(),
+                port: "http".into(),
+            },
+            endpoints: ["10.0.0.1:80", "10.0.0.2:80"]
+                .iter()
+                .map(|a| EndpointSpec {
+                    addr: a.parse().unwrap(),
+                    state: EndpointState::Ready,
+                    target: None,
+                })
+                .collect(),
+            policy: PolicyKind::RoundRobin,
+            affinity: None,
+            plugins: Vec::new(),
+        },
+        Arc::default(),
+        HealthPolicy::default(),
+    ));
+    let annotations: Arc<BTreeMap<String, String>> = Arc::new(
+        [(
+            "nginx.ingress.kubernetes.io/affinity".to_string(),
+            "cookie".to_string(),
+        )]
+        .into(),
+    );
+    if sticky {
+        // FNV-1a of "10.0.0.2:80", as the plugin computes it.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in "10.0.0.2:80".bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        req.insert_header("Cookie", format!("INGRESSCOOKIE={h:016x}"))
+            .unwrap();
+    }
     let mut resp = ResponseHeader::build(200, None).unwrap();
     for (k, v) in [
         ("Server", "nginx/1.22.1"),
@@ -61,6 +110,7 @@ fn main() {
     let body = Bytes::from_static(b"hello from the benchmark backend\n");
 
     let request = |plugins: Vec<Arc<registry::Plugin>>| {
+        let with_plugin = !plugins.is_empty();
         let mut chain = StreamChain::new(
             plugins,
             StreamProps {
@@ -73,18 +123,28 @@ fn main() {
                     protocol: "HTTP/1.1",
                     id: String::new(),
                 }),
+                candidates: sticky.then(|| Candidates(pool.clone())),
+                annotations: sticky.then(|| annotations.clone()),
+                upstream: Some("10.0.0.2:80".parse().unwrap()),
                 ..StreamProps::default()
             },
         );
         chain.set_request_headers(request_pairs(&req, "bench.portico.test", "http"));
         let mut changed = false;
-        let _ = chain.on_request_headers(0, true, &mut changed);
+        let v = chain.on_request_headers(0, true, &mut changed);
+        if sticky && with_plugin && !matches!(v, portico::plugins::http_filter::Verdict::Continue) {
+            panic!("{v:?}");
+        }
         let mut headers = response_pairs(&resp);
         let _ = chain.on_response_headers(&mut headers, false, &mut changed);
         let mut chunk = Some(body.clone());
         let _ = chain.on_response_body(&mut chunk, false);
         let mut end = None;
         let _ = chain.on_response_body(&mut end, true);
+        if sticky && with_plugin {
+            // The plugin did act: it chose the cookie's endpoint.
+            assert_eq!(chain.override_host, Some("10.0.0.2:80".parse().unwrap()));
+        }
         chain.finish();
     };
 

@@ -489,9 +489,13 @@ def plugin_in_process(portico_bin, quick):
         log(f"{example} not built; skipping the in-process plugin figure")
         return {}
     out = {}
-    for t, (pname, wasm) in PLUGIN_TARGETS.items():
+    # (label, module, extra arguments): the no-op filter, and session-affinity
+    # on a request it acts on (cookie affinity, two endpoints, the cookie set).
+    cases = [(pname, wasm, []) for pname, wasm in PLUGIN_TARGETS.values()]
+    cases.append(("session-affinity (cookie held)", "session_affinity.wasm", ["--sticky"]))
+    for pname, wasm, extra in cases:
         r = subprocess.run(["taskset", "-c", PROXY_CORE, example, os.path.join(PLUGIN_DIR, wasm),
-                            "20000" if quick else "200000"], capture_output=True, text=True, timeout=600)
+                            "20000" if quick else "200000"] + extra, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise RuntimeError(f"plugin_overhead failed: {r.stderr.strip()[:300]}")
         out[pname] = json.loads(r.stdout)

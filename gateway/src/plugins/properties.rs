@@ -128,6 +128,13 @@ impl StreamProps {
                 .as_ref()
                 .and_then(|c| c.0.affinity())
                 .map(|a| int(a.timeout.as_secs() as i64)),
+            "portico.ingress.annotations" => self.annotations.as_ref().map(|a| {
+                let pairs: Vec<(String, Vec<u8>)> = a
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                    .collect();
+                super::host::serialize_map(&pairs)
+            }),
             "portico.route" => self.route.as_deref().and_then(s),
             "portico.service" => self.service.as_deref().and_then(s),
             "portico.namespace" => self.namespace.as_deref().and_then(s),

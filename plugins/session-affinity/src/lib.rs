@@ -217,11 +217,23 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        let annotation = |key: &str| text(vec!["portico", "ingress", "annotations", &format!("{ANNOTATION}{key}")]);
-        self.cookie = CookieSettings::from(annotation);
-        self.client_ip = client_ip_key();
-        if self.cookie.is_none() && self.client_ip.is_none() {
-            return Action::Continue;
+        // All of the Ingress's annotations in one host call.
+        let annotations = hostcalls::get_property(vec!["portico", "ingress", "annotations"])
+            .ok()
+            .flatten()
+            .and_then(|b| portico_sdk::pairs::decode(&b))
+            .unwrap_or_default();
+        self.cookie = CookieSettings::from(|key: &str| {
+            annotations
+                .iter()
+                .find(|(k, _)| k.len() == ANNOTATION.len() + key.len() && k.starts_with(ANNOTATION) && k.ends_with(key))
+                .map(|(_, v)| v.clone())
+        });
+        if self.cookie.is_none() {
+            self.client_ip = client_ip_key();
+            if self.client_ip.is_none() {
+                return Action::Continue;
+            }
         }
         let hosts = upstream::hosts().unwrap_or_default();
         if let Some(c) = &self.cookie {
@@ -248,6 +260,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        if self.cookie_held || (self.cookie.is_none() && self.client_ip.is_none()) {
+            return Action::Continue;
+        }
         // (No let-else: the MSRV is 1.63.)
         let addr = match text(vec!["upstream", "address"]) {
             Some(a) => a,
