@@ -283,6 +283,10 @@ pub struct KubernetesConfig {
     /// Addresses handed to LoadBalancer Services without `spec.loadBalancerIP`.
     /// Empty: they get the edge node's addresses.
     pub load_balancer_pool: Vec<IpAddr>,
+    /// A control-plane plugin (from `plugins.load`) that decides the
+    /// LoadBalancer Services' addresses (`portico_service_load_balancer`),
+    /// e.g. the shipped `cloud-lb`; replaces `load_balancer_pool`.
+    pub load_balancer_plugin: Option<String>,
     /// Write status only while holding the Lease (several replicas). Off:
     /// this process always writes.
     pub leader_election: bool,
@@ -382,6 +386,7 @@ impl Default for KubernetesConfig {
             node_name: None,
             publish_addresses: Vec::new(),
             load_balancer_pool: Vec::new(),
+            load_balancer_plugin: None,
             leader_election: true,
             lease_name: "portico-leader".into(),
             lease_namespace: None,
@@ -568,6 +573,13 @@ fn validate(cfg: &Config) -> Result<(), String> {
         );
     }
     validate_plugins(&cfg.plugins)?;
+    if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
+        if !cfg.plugins.load.iter().any(|p| &p.name == name) {
+            return Err(format!(
+                "kubernetes.load_balancer_plugin: {name:?} is not a loaded plugin (add it to plugins.load)"
+            ));
+        }
+    }
     if let Some(name) = &cfg.ingress.admission {
         if !cfg.plugins.load.iter().any(|p| &p.name == name) {
             return Err(format!(

@@ -127,6 +127,9 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     if let Some(name) = &cfg.ingress.admission {
         crate::plugins::admission::install(name, registry.clone(), cfg.ingress.clone());
     }
+    if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
+        crate::plugins::lb_addresses::install(name, registry.clone());
+    }
 
     let health = HealthPolicy {
         failure_threshold: cfg.lb.failure_threshold,

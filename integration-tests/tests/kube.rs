@@ -705,3 +705,62 @@ fn namespace_restriction_watches_and_serves_one_namespace() {
         }
     }
 }
+
+/// The shipped `cloud-lb` plugin (built from source) decides
+/// LoadBalancer addresses: internal-LB annotations get the internal pool,
+/// others the default pool, and an exhausted pool is reported. Against
+/// the API-server double.
+#[test]
+fn the_cloud_lb_plugin_allocates_load_balancer_addresses() {
+    let api = ApiServer::start();
+    let svc = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: lb{annotations}}}\nspec:\n  type: LoadBalancer\n  ports: [{{name: p, port: 80}}]\n---\n"
+        )
+    };
+    api.apply(
+        &(svc("public", "")
+            + &svc(
+                "private",
+                ", annotations: {service.beta.kubernetes.io/aws-load-balancer-internal: 'true'}",
+            )),
+    )
+    .unwrap();
+    let wasm = built_plugins().join("cloud_lb.wasm");
+    let gw = Gateway::spawn_kube(
+        &api,
+        "gw",
+        &format!(
+            "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}\n[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
+             config = '{{\"pools\": {{\"default\": [\"127.0.0.5\"], \"internal\": [\"127.0.0.6\"]}}}}'\n",
+            wasm.display()
+        ),
+    );
+    gw.wait_ready();
+    let status = |name: &str| {
+        api.get("v1", "Service", "lb", name).and_then(|s| {
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    wait_for(10, "public pool address", || {
+        status("public").as_deref() == Some("127.0.0.5")
+    });
+    wait_for(10, "internal pool address", || {
+        status("private").as_deref() == Some("127.0.0.6")
+    });
+    // The default pool is used up: a third Service gets nothing, and the
+    // plugin's reason is logged.
+    api.apply(&svc("third", "")).unwrap();
+    wait_for(10, "the exhausted pool reported", || {
+        gw.log()
+            .contains("the default address pool has no free address")
+    });
+    assert_eq!(status("third"), None);
+    assert_eq!(
+        status("public").as_deref(),
+        Some("127.0.0.5"),
+        "addresses do not move"
+    );
+}

@@ -78,6 +78,53 @@ pub struct Admit {
     pub reason: String,
 }
 
+/// `portico_service_load_balancer` input: every LoadBalancer Service the
+/// gateway implements, oldest first, and the edge node's addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerRequest {
+    pub services: Vec<LoadBalancerService>,
+    pub node_addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerService {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.loadBalancerIP`.
+    #[serde(rename = "loadBalancerIP")]
+    pub load_balancer_ip: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The addresses in its status now.
+    #[serde(default)]
+    pub current: Vec<String>,
+}
+
+/// `portico_service_load_balancer` answer. A Service left out keeps its
+/// status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LoadBalancerAnswer {
+    pub services: Vec<LoadBalancerAssignment>,
+    pub problems: Vec<LoadBalancerProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadBalancerAssignment {
+    pub namespace: String,
+    pub name: String,
+    /// IPs or DNS names, at most 16.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadBalancerProblem {
+    pub namespace: String,
+    pub name: String,
+    pub message: String,
+}
+
 /// A control-plane plugin. Every hook has a default that says it is not
 /// implemented, so a plugin implements only what it is for.
 pub trait ControlPlugin {
@@ -90,6 +137,14 @@ pub trait ControlPlugin {
     /// Whether this gateway serves the Ingress.
     fn admit_ingress(&mut self, _req: AdmitRequest) -> Result<Admit, String> {
         Err("this plugin does not implement admit_ingress".into())
+    }
+
+    /// The addresses of the LoadBalancer Services.
+    fn service_load_balancer(
+        &mut self,
+        _req: LoadBalancerRequest,
+    ) -> Result<LoadBalancerAnswer, String> {
+        Err("this plugin does not implement service_load_balancer".into())
     }
 }
 
@@ -197,6 +252,14 @@ macro_rules! control_plugin {
         pub unsafe extern "C" fn portico_admit_ingress(ptr: *mut u8, len: usize) -> i32 {
             let input = $crate::control::take_input(ptr, len);
             __portico_with(|p| $crate::control::run_hook(&input, |req| p.admit_ingress(req)))
+        }
+
+        #[no_mangle]
+        pub unsafe extern "C" fn portico_service_load_balancer(ptr: *mut u8, len: usize) -> i32 {
+            let input = $crate::control::take_input(ptr, len);
+            __portico_with(|p| {
+                $crate::control::run_hook(&input, |req| p.service_load_balancer(req))
+            })
         }
     };
 }

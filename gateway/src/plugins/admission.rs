@@ -13,14 +13,13 @@
 //! not loaded leaves the Ingress unserved, with the reason logged and
 //! counted (`portico_plugin_control_errors_total`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::{json, Value};
 
-use super::control::call_hook;
+use super::control::ControlClient;
 use super::reload::RegistryHandle;
-use super::vm::Vm;
 use crate::config::IngressConfig;
 use crate::translate::class::{Admission, IngressAdmission, DEFAULT_CLASS_ANNOTATION};
 
@@ -28,22 +27,20 @@ pub const HOOK: &str = "portico_admit_ingress";
 
 /// Asks the named plugin of the current registry.
 pub struct WasmAdmission {
-    pub plugin: String,
-    pub registry: RegistryHandle,
+    client: ControlClient,
     pub settings: IngressConfig,
-    /// One instance, started on first use and replaced after a failure or
-    /// a reload (control calls are few; they share it).
-    instance: Mutex<Option<(u64, Vm)>>,
 }
 
 impl WasmAdmission {
     pub fn new(plugin: String, registry: RegistryHandle, settings: IngressConfig) -> Self {
         WasmAdmission {
-            plugin,
-            registry,
+            client: ControlClient::new(plugin, registry),
             settings,
-            instance: Mutex::new(None),
         }
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.client.plugin
     }
 
     fn input(&self, ingress: &Ingress, classes: &[&IngressClass]) -> Value {
@@ -71,31 +68,7 @@ impl WasmAdmission {
     }
 
     fn ask(&self, input: &[u8]) -> Result<Vec<u8>, String> {
-        let registry = self.registry.load();
-        let plugin = registry
-            .get(&self.plugin)
-            .ok_or_else(|| format!("plugin {:?} is not loaded", self.plugin))?;
-        if !plugin.info.hooks.contains(HOOK) {
-            return Err(format!("plugin {:?} does not export {HOOK}", self.plugin));
-        }
-        let mut slot = self.instance.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().map(|(g, _)| *g) != Some(plugin.generation) {
-            let vm = plugin.start(super::instances::linker()?)?;
-            *slot = Some((plugin.generation, vm));
-        }
-        let (_, vm) = slot.as_mut().expect("set above");
-        let result = call_hook(&mut vm.sandbox, HOOK, input);
-        if vm.sandbox.is_poisoned() {
-            *slot = None;
-        }
-        match result {
-            Ok((0, out)) => Ok(out),
-            Ok((status, why)) => Err(format!(
-                "{HOOK} failed (status {status}): {}",
-                String::from_utf8_lossy(&why)
-            )),
-            Err(e) => Err(format!("{HOOK} {e}")),
-        }
+        self.client.ask(HOOK, input)
     }
 }
 
@@ -131,15 +104,14 @@ impl IngressAdmission for WasmAdmission {
             Ok((true, reason)) => Admission::Admit(reason),
             Ok((false, reason)) => Admission::Ignore(reason),
             Err(e) => {
-                metrics::counter!("portico_plugin_control_errors_total", "plugin" => self.plugin.clone(), "hook" => HOOK)
-                    .increment(1);
+                self.client.count_error(HOOK);
                 let who = format!(
                     "{}/{}",
                     ingress.metadata.namespace.as_deref().unwrap_or("default"),
                     ingress.metadata.name.as_deref().unwrap_or("")
                 );
-                tracing::error!(plugin = %self.plugin, ingress = %who, error = %e, "admission plugin gave no usable answer; Ingress not served");
-                Admission::Ignore(format!("admission plugin {}: {e}", self.plugin))
+                tracing::error!(plugin = %self.plugin(), ingress = %who, error = %e, "admission plugin gave no usable answer; Ingress not served");
+                Admission::Ignore(format!("admission plugin {}: {e}", self.plugin()))
             }
         }
     }
@@ -162,7 +134,7 @@ pub fn install(plugin: &str, registry: RegistryHandle, settings: IngressConfig) 
 /// says why.
 pub fn for_plugin(plugin: &str) -> Box<dyn IngressAdmission> {
     match INSTALLED.get() {
-        Some(a) if a.plugin == plugin => Box::new(a.clone()),
+        Some(a) if a.plugin() == plugin => Box::new(a.clone()),
         _ => Box::new(NotLoaded(plugin.to_string())),
     }
 }

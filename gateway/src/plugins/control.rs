@@ -6,7 +6,9 @@
 //!
 //! - `portico_configure`: the plugin's configuration (raw bytes), at start;
 //! - `portico_admit_ingress`: whether this gateway serves an Ingress
-//!   (IngressClass selection); see [`admission`](super::admission).
+//!   (IngressClass selection); see [`admission`](super::admission);
+//! - `portico_service_load_balancer`: the addresses of the LoadBalancer
+//!   Services; see [`lb_addresses`](super::lb_addresses).
 //!
 //! The host writes the input into memory from the module's allocator
 //! (`portico_alloc(len) -> ptr`, or `proxy_on_memory_allocate`); the input
@@ -15,8 +17,68 @@
 //! returns 0, or returns non-zero with an error message passed the same
 //! way. Every answer is checked against the hook's schema before use.
 
+use std::sync::Mutex;
+
 use super::host::VmState;
+use super::reload::RegistryHandle;
 use super::sandbox::{PluginError, Sandbox};
+use super::vm::Vm;
+
+/// Calls one control plugin of the current registry by name. Control
+/// calls are few (once per object per change), so they share one
+/// instance, started on first use and replaced after a failure or a
+/// reload.
+pub struct ControlClient {
+    pub plugin: String,
+    registry: RegistryHandle,
+    instance: Mutex<Option<(u64, Vm)>>,
+}
+
+impl ControlClient {
+    pub fn new(plugin: String, registry: RegistryHandle) -> Self {
+        ControlClient {
+            plugin,
+            registry,
+            instance: Mutex::new(None),
+        }
+    }
+
+    /// Calls `hook` with `input`; what the plugin returned when it
+    /// succeeded, or why not.
+    pub fn ask(&self, hook: &'static str, input: &[u8]) -> Result<Vec<u8>, String> {
+        let registry = self.registry.load();
+        let plugin = registry
+            .get(&self.plugin)
+            .ok_or_else(|| format!("plugin {:?} is not loaded", self.plugin))?;
+        if !plugin.info.hooks.contains(hook) {
+            return Err(format!("plugin {:?} does not export {hook}", self.plugin));
+        }
+        let mut slot = self.instance.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().map(|(g, _)| *g) != Some(plugin.generation) {
+            let vm = plugin.start(super::instances::linker()?)?;
+            *slot = Some((plugin.generation, vm));
+        }
+        let (_, vm) = slot.as_mut().expect("set above");
+        let result = call_hook(&mut vm.sandbox, hook, input);
+        if vm.sandbox.is_poisoned() {
+            *slot = None;
+        }
+        match result {
+            Ok((0, out)) => Ok(out),
+            Ok((status, why)) => Err(format!(
+                "{hook} failed (status {status}): {}",
+                String::from_utf8_lossy(&why)
+            )),
+            Err(e) => Err(format!("{hook} {e}")),
+        }
+    }
+
+    /// Counts a failed call or an answer that did not fit its schema.
+    pub fn count_error(&self, hook: &'static str) {
+        metrics::counter!("portico_plugin_control_errors_total", "plugin" => self.plugin.clone(), "hook" => hook)
+            .increment(1);
+    }
+}
 
 /// Calls `hook` with `input`; the status and what the plugin returned.
 pub fn call_hook(

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod host;
 pub mod http_filter;
 pub mod instances;
+pub mod lb_addresses;
 pub mod properties;
 pub mod registry;
 pub mod reload;

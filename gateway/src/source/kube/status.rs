@@ -21,6 +21,7 @@ use super::events::EventReporter;
 use super::leader::Elector;
 use super::Shared;
 use crate::config::Config;
+use crate::plugins::lb_addresses::{LbService, WasmLbAddresses};
 use crate::publish::Publisher;
 use crate::store::{ObjectKey, Store};
 use crate::translate::class::Admission;
@@ -60,6 +61,8 @@ pub struct StatusPlan {
     pub services: BTreeMap<ObjectKey, Vec<LbAddress>>,
     /// Services that want a pool address when none is free.
     pub pool_exhausted: Vec<ObjectKey>,
+    /// What a load-balancer plugin reported about a Service.
+    pub allocation_problems: Vec<(ObjectKey, String)>,
 }
 
 fn current(
@@ -109,7 +112,13 @@ fn is_ours(svc: &Service) -> bool {
 
 /// Pure: what status every served Ingress and every LoadBalancer Service
 /// should have, minus what they already have.
-pub fn plan(store: &Store, settings: &Settings, publish: &[String], pool: &[IpAddr]) -> StatusPlan {
+pub fn plan(
+    store: &Store,
+    settings: &Settings,
+    publish: &[String],
+    pool: &[IpAddr],
+    lb_plugin: Option<&WasmLbAddresses>,
+) -> StatusPlan {
     let mut out = StatusPlan::default();
     let node: Vec<LbAddress> = settings
         .node_addresses
@@ -143,9 +152,13 @@ pub fn plan(store: &Store, settings: &Settings, publish: &[String], pool: &[IpAd
         }
     }
 
+    let services = crate::translate::oldest_first(&store.services, |s| &s.metadata);
+    if let Some(alloc) = lb_plugin {
+        plan_with_plugin(alloc, &services, &settings.node_addresses, &mut out);
+        return out;
+    }
     // Pool addresses already in use stay with their Service (oldest first
     // on a clash), so an address never moves while its Service exists.
-    let services = crate::translate::oldest_first(&store.services, |s| &s.metadata);
     let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
     let mut assigned: HashMap<&ObjectKey, Vec<LbAddress>> = HashMap::new();
     for (key, s) in &services {
@@ -217,6 +230,85 @@ pub fn plan(store: &Store, settings: &Settings, publish: &[String], pool: &[IpAd
     out
 }
 
+fn lb_status(s: &Service) -> Vec<LbAddress> {
+    current(
+        s.status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref()),
+    )
+}
+
+/// LoadBalancer status from a plugin (`kubernetes.load_balancer_plugin`):
+/// it sees every Service we implement and decides their addresses; other
+/// LoadBalancer Services are left alone, and Services that stopped being
+/// LoadBalancers are cleared as without a plugin.
+fn plan_with_plugin(
+    alloc: &WasmLbAddresses,
+    services: &[(&ObjectKey, &crate::store::Stored<Service>)],
+    node_ips: &[IpAddr],
+    out: &mut StatusPlan,
+) {
+    let ours: Vec<LbService> = services
+        .iter()
+        .filter(|(_, s)| is_ours(&s.object))
+        .map(|(k, s)| LbService {
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+            load_balancer_ip: s
+                .object
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.load_balancer_ip.clone()),
+            annotations: s.object.metadata.annotations.clone().unwrap_or_default(),
+            current: lb_status(&s.object)
+                .iter()
+                .map(|a| match a {
+                    LbAddress::Ip(ip) => ip.to_string(),
+                    LbAddress::Hostname(h) => h.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    let answer = if ours.is_empty() {
+        Ok(Default::default())
+    } else {
+        alloc.allocate(&ours, node_ips)
+    };
+    for (key, s) in services {
+        let have = lb_status(&s.object);
+        let want: Vec<LbAddress> = if is_ours(&s.object) {
+            let Ok(answer) = &answer else {
+                continue;
+            };
+            match answer
+                .addresses
+                .get(&(key.namespace.clone(), key.name.clone()))
+            {
+                Some(a) => a.iter().map(|a| LbAddress::parse(a)).collect(),
+                None => continue,
+            }
+        } else if s.object.spec.as_ref().and_then(|sp| sp.type_.as_deref()) == Some("LoadBalancer")
+        {
+            continue;
+        } else {
+            Vec::new()
+        };
+        let mut want = want;
+        want.sort();
+        if have != want {
+            out.services.insert((*key).clone(), want);
+        }
+    }
+    if let Ok(answer) = answer {
+        out.allocation_problems = answer
+            .problems
+            .into_iter()
+            .map(|(ns, name, m)| (ObjectKey::new(&ns, &name), m))
+            .collect();
+    }
+}
+
 /// Runs the election and, while leading, status and Events.
 pub struct Writer {
     client: Client,
@@ -226,6 +318,8 @@ pub struct Writer {
     events: Option<EventReporter>,
     publish: Vec<String>,
     pool: Vec<IpAddr>,
+    /// `kubernetes.load_balancer_plugin`, which replaces `pool`.
+    lb_plugin: Option<Arc<WasmLbAddresses>>,
     retry: Duration,
     /// What we last wrote and when, so a write whose watch event has not
     /// come back yet is not repeated on every publish.
@@ -284,6 +378,10 @@ impl Writer {
             elector,
             publish: k.publish_addresses.clone(),
             pool: k.load_balancer_pool.clone(),
+            lb_plugin: k
+                .load_balancer_plugin
+                .as_ref()
+                .and_then(|_| crate::plugins::lb_addresses::installed()),
             retry: duration / 3,
             written: HashMap::new(),
             exhausted_logged: BTreeSet::new(),
@@ -330,6 +428,7 @@ impl Writer {
                 &inner.settings,
                 &self.publish,
                 &self.pool,
+                self.lb_plugin.as_deref(),
             );
             let events = self
                 .events
@@ -338,6 +437,11 @@ impl Writer {
                 .unwrap_or_default();
             (plan, events)
         };
+        for (key, message) in &plan.allocation_problems {
+            if self.exhausted_logged.insert(key.clone()) {
+                tracing::error!(service = %key, plugin = ?self.lb_plugin.as_ref().map(|p| p.plugin().to_string()), "{message}");
+            }
+        }
         for key in &plan.pool_exhausted {
             if self.exhausted_logged.insert(key.clone()) {
                 tracing::error!(service = %key, pool = ?self.pool, "kubernetes.load_balancer_pool has no free address for this LoadBalancer Service");
@@ -430,7 +534,7 @@ mod tests {
             "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: other, namespace: ns}\nspec: {ingressClassName: traefik}\n",
             "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: done, namespace: ns}\nspec: {ingressClassName: portico}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.1}]}}\n",
         ]);
-        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[]);
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[], None);
         assert_eq!(
             p.ingresses,
             BTreeMap::from([(ObjectKey::new("ns", "a"), ips(&["192.0.2.1"]))])
@@ -440,6 +544,7 @@ mod tests {
             &settings(&["192.0.2.1"]),
             &["lb.example.com".into()],
             &[],
+            None,
         );
         assert_eq!(p.ingresses.len(), 2);
         assert_eq!(
@@ -465,7 +570,7 @@ mod tests {
             ),
         ]);
         let pool: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap()];
-        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &pool);
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &pool, None);
         assert_eq!(
             p.services[&ObjectKey::new("ns", "pinned")],
             ips(&["198.51.100.9"])
@@ -478,7 +583,7 @@ mod tests {
         assert!(!p.services.contains_key(&ObjectKey::new("ns", "foreign")));
         assert_eq!(p.pool_exhausted, vec![ObjectKey::new("ns", "new")]);
         // Without a pool: the node addresses.
-        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[]);
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[], None);
         assert_eq!(
             p.services[&ObjectKey::new("ns", "new")],
             ips(&["192.0.2.1"])
@@ -498,7 +603,7 @@ mod tests {
             "198.51.100.2".parse().unwrap(),
             "198.51.100.3".parse().unwrap(),
         ];
-        let p = plan(&s, &settings(&[]), &[], &pool);
+        let p = plan(&s, &settings(&[]), &[], &pool, None);
         // `new` keeps .2 although `old` is older; `old` gets the next free one.
         assert!(!p.services.contains_key(&ObjectKey::new("ns", "new")));
         assert_eq!(
@@ -510,7 +615,7 @@ mod tests {
     #[test]
     fn status_of_a_service_no_longer_load_balancer_is_cleared() {
         let s = store(&["kind: Service\napiVersion: v1\nmetadata: {name: was, namespace: ns}\nspec: {type: ClusterIP, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.2}]}}\n"]);
-        let p = plan(&s, &settings(&[]), &[], &[]);
+        let p = plan(&s, &settings(&[]), &[], &[], None);
         assert_eq!(p.services[&ObjectKey::new("ns", "was")], vec![]);
     }
 }

@@ -1,0 +1,246 @@
+//! `cloud-lb`: addresses for LoadBalancer Services on bare metal.
+//!
+//! Configuration (JSON, the `config` of its `[[plugins.load]]` entry):
+//!
+//! ```json
+//! {"pools": {"default": ["198.51.100.10", "198.51.100.11"],
+//!            "internal": ["10.0.0.10"]}}
+//! ```
+//!
+//! For each Service, oldest first:
+//!
+//! 1. `spec.loadBalancerIP`, when set, is the address (it is the user's);
+//! 2. otherwise the pool is `internal` when the Service asks for an
+//!    internal load balancer the way a cloud would have it, else
+//!    `default`:
+//!    - AWS: `service.beta.kubernetes.io/aws-load-balancer-internal: "true"`
+//!      or `service.beta.kubernetes.io/aws-load-balancer-scheme: internal`;
+//!    - Azure: `service.beta.kubernetes.io/azure-load-balancer-internal: "true"`;
+//!    - GCP: `networking.gke.io/load-balancer-type: Internal` (or the older
+//!      `cloud.google.com/load-balancer-type: Internal`);
+//!    - Alibaba: `service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type: intranet`;
+//! 3. an address the Service already has from that pool stays with it, so
+//!    addresses never move while their Service exists;
+//! 4. otherwise the first free address of the pool; a pool with no free
+//!    address is reported (the Service keeps its status);
+//! 5. with no pools configured at all, the edge node's addresses.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use portico_sdk::control::{
+    ControlPlugin, LoadBalancerAnswer, LoadBalancerAssignment, LoadBalancerProblem,
+    LoadBalancerRequest, LoadBalancerService,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub pools: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Default)]
+pub struct CloudLb {
+    pub config: Config,
+}
+
+/// Whether the Service asks for an internal load balancer, in any of the
+/// clouds' spellings.
+pub fn wants_internal(annotations: &BTreeMap<String, String>) -> bool {
+    let is = |k: &str, v: &str| {
+        annotations
+            .get(k)
+            .map_or(false, |x| x.trim().eq_ignore_ascii_case(v))
+    };
+    is("service.beta.kubernetes.io/aws-load-balancer-internal", "true")
+        || is("service.beta.kubernetes.io/aws-load-balancer-scheme", "internal")
+        || is("service.beta.kubernetes.io/azure-load-balancer-internal", "true")
+        || is("networking.gke.io/load-balancer-type", "internal")
+        || is("cloud.google.com/load-balancer-type", "internal")
+        || is(
+            "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type",
+            "intranet",
+        )
+}
+
+fn pool_of(s: &LoadBalancerService) -> &'static str {
+    if wants_internal(&s.annotations) {
+        "internal"
+    } else {
+        "default"
+    }
+}
+
+/// The decision, apart from the ABI (tested on the host).
+pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswer {
+    let mut out = LoadBalancerAnswer::default();
+    let assign = |out: &mut LoadBalancerAnswer, s: &LoadBalancerService, addresses: Vec<String>| {
+        out.services.push(LoadBalancerAssignment {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            addresses,
+        })
+    };
+    if config.pools.values().all(Vec::is_empty) {
+        for s in &req.services {
+            let a = match &s.load_balancer_ip {
+                Some(ip) => vec![ip.clone()],
+                None => req.node_addresses.clone(),
+            };
+            assign(&mut out, s, a);
+        }
+        return out;
+    }
+    // Addresses are taken by loadBalancerIP first, then by what Services
+    // already hold (oldest first), then handed out.
+    let mut taken: BTreeSet<String> = req
+        .services
+        .iter()
+        .filter_map(|s| s.load_balancer_ip.clone())
+        .collect();
+    let mut kept: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, s) in req.services.iter().enumerate() {
+        if s.load_balancer_ip.is_some() {
+            continue;
+        }
+        let pool = config.pools.get(pool_of(s)).map(Vec::as_slice).unwrap_or_default();
+        if let Some(a) = s
+            .current
+            .iter()
+            .find(|a| pool.contains(a) && !taken.contains(*a))
+        {
+            taken.insert(a.clone());
+            kept.insert(i, a.clone());
+        }
+    }
+    for (i, s) in req.services.iter().enumerate() {
+        if let Some(ip) = &s.load_balancer_ip {
+            assign(&mut out, s, vec![ip.clone()]);
+            continue;
+        }
+        if let Some(a) = kept.get(&i) {
+            assign(&mut out, s, vec![a.clone()]);
+            continue;
+        }
+        let name = pool_of(s);
+        let pool = config.pools.get(name).map(Vec::as_slice).unwrap_or_default();
+        match pool.iter().find(|a| !taken.contains(*a)) {
+            Some(a) => {
+                taken.insert(a.clone());
+                assign(&mut out, s, vec![a.clone()]);
+            }
+            None => out.problems.push(LoadBalancerProblem {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                message: format!("the {name} address pool has no free address ({} in it)", pool.len()),
+            }),
+        }
+    }
+    out
+}
+
+impl ControlPlugin for CloudLb {
+    fn configure(&mut self, config: &[u8]) -> Result<(), String> {
+        if config.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let c: Config =
+            serde_json::from_slice(config).map_err(|e| format!("cloud-lb configuration: {e}"))?;
+        for (name, addrs) in &c.pools {
+            if let Some(bad) = addrs.iter().find(|a| a.parse::<std::net::IpAddr>().is_err()) {
+                return Err(format!("cloud-lb configuration: pools.{name}: {bad:?} is not an IP address"));
+            }
+        }
+        self.config = c;
+        Ok(())
+    }
+
+    fn service_load_balancer(&mut self, req: LoadBalancerRequest) -> Result<LoadBalancerAnswer, String> {
+        Ok(allocate(&self.config, &req))
+    }
+}
+
+portico_sdk::control_plugin!(CloudLb::default());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, lb_ip: Option<&str>, ann: &[(&str, &str)], current: &[&str]) -> LoadBalancerService {
+        LoadBalancerService {
+            namespace: "ns".into(),
+            name: name.into(),
+            load_balancer_ip: lb_ip.map(Into::into),
+            annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            current: current.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn config(default: &[&str], internal: &[&str]) -> Config {
+        let mut pools = BTreeMap::new();
+        pools.insert("default".to_string(), default.iter().map(|a| a.to_string()).collect());
+        pools.insert("internal".to_string(), internal.iter().map(|a| a.to_string()).collect());
+        Config { pools }
+    }
+
+    fn got(a: &LoadBalancerAnswer, name: &str) -> Option<Vec<String>> {
+        a.services.iter().find(|s| s.name == name).map(|s| s.addresses.clone())
+    }
+
+    #[test]
+    fn pools_internal_annotations_and_stable_addresses() {
+        let c = config(&["198.51.100.1", "198.51.100.2"], &["10.0.0.1"]);
+        let req = LoadBalancerRequest {
+            services: vec![
+                svc("old", None, &[], &["198.51.100.2"]),
+                svc("pinned", Some("203.0.113.5"), &[], &[]),
+                svc("aws", None, &[("service.beta.kubernetes.io/aws-load-balancer-internal", "true")], &[]),
+                svc("new", None, &[], &[]),
+                svc("gke", None, &[("networking.gke.io/load-balancer-type", "Internal")], &[]),
+                svc("late", None, &[], &[]),
+            ],
+            node_addresses: vec!["192.0.2.1".into()],
+        };
+        let a = allocate(&c, &req);
+        assert_eq!(got(&a, "old").unwrap(), ["198.51.100.2"], "kept");
+        assert_eq!(got(&a, "pinned").unwrap(), ["203.0.113.5"]);
+        assert_eq!(got(&a, "aws").unwrap(), ["10.0.0.1"]);
+        assert_eq!(got(&a, "new").unwrap(), ["198.51.100.1"]);
+        // Both pools are used up now.
+        assert_eq!(got(&a, "gke"), None);
+        assert_eq!(got(&a, "late"), None);
+        assert_eq!(a.problems.len(), 2);
+        assert!(a.problems[0].message.contains("internal address pool has no free address"));
+    }
+
+    #[test]
+    fn every_cloud_spelling_of_internal() {
+        for (k, v) in [
+            ("service.beta.kubernetes.io/aws-load-balancer-scheme", "internal"),
+            ("service.beta.kubernetes.io/azure-load-balancer-internal", "true"),
+            ("cloud.google.com/load-balancer-type", "Internal"),
+            ("service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type", "intranet"),
+        ] {
+            assert!(wants_internal(&[(k.to_string(), v.to_string())].into()), "{k}");
+        }
+        assert!(!wants_internal(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn without_pools_the_node_addresses() {
+        let req = LoadBalancerRequest {
+            services: vec![svc("a", None, &[], &[])],
+            node_addresses: vec!["192.0.2.1".into()],
+        };
+        assert_eq!(got(&allocate(&Config::default(), &req), "a").unwrap(), ["192.0.2.1"]);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        let mut p = CloudLb::default();
+        assert!(p.configure(br#"{"pools": {"default": ["nope"]}}"#).unwrap_err().contains("not an IP"));
+        assert!(p.configure(br#"{"pool": {}}"#).is_err());
+        assert!(p.configure(b"").is_ok());
+    }
+}
