@@ -381,6 +381,7 @@ fn check_plugins(paths: &[PathBuf], config: &[u8]) -> Result<usize, String> {
                     vm_config: b"",
                     plugin_config: config,
                     limits: Limits::default(),
+                    queue_notifier: None,
                 };
                 match vm::Vm::start(&engine, &module, &info, &linker, &start) {
                     Ok(_) => println!(

@@ -135,6 +135,20 @@ fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
         .unwrap();
     assert!(ticks >= 3, "{ticks} ticks in 300 ms at 20 ms");
 
+    // Shared queues: a request enqueues, the registering root context is
+    // told (proxy_on_queue_ready), dequeues and keeps the item.
+    let r = http_get(g.http, "app.test", "/enqueue/hello-queue").unwrap();
+    assert_eq!(r.status, 202);
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = http_get(g.http, "app.test", "/queue-last").unwrap().text();
+        if last == "hello-queue" {
+            break;
+        }
+        assert!(Instant::now() < end, "queue never delivered: {last:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // The plugin's own metric, and the host's.
     let requests = metric(
         &g,

@@ -147,6 +147,10 @@ pub struct VmState {
     pub override_host: Option<std::net::SocketAddr>,
     /// What a control-plane hook handed back (`portico_return`).
     pub returned: Option<Vec<u8>>,
+    /// How to tell this instance that a queue it registered has data
+    /// (`proxy_on_queue_ready`); none for instances that cannot be told
+    /// (checks, control calls).
+    pub queue_notifier: Option<QueueNotifier>,
     /// `proxy_done` was called.
     pub done: bool,
     pub started: Option<Instant>,
@@ -259,6 +263,18 @@ type SharedData = HashMap<String, (Vec<u8>, u32)>;
 static SHARED: Mutex<Option<SharedData>> = Mutex::new(None);
 /// Process-wide shared queues: id - 1 → (name, items).
 static QUEUES: Mutex<Vec<(String, VecDeque<Vec<u8>>)>> = Mutex::new(Vec::new());
+/// Calls `proxy_on_queue_ready(queue id)` on the instance that holds it.
+#[derive(Clone)]
+pub struct QueueNotifier(pub std::sync::Arc<dyn Fn(u32) + Send + Sync>);
+
+impl std::fmt::Debug for QueueNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueNotifier")
+    }
+}
+/// Queue id → the instance that registered it last (as in Envoy, the
+/// registering VM is told).
+static QUEUE_OWNERS: Mutex<Vec<(u32, QueueNotifier)>> = Mutex::new(Vec::new());
 /// Process-wide plugin metrics: id - 1 → (plugin, name, type, value).
 static METRICS: Mutex<Vec<(String, String, i32, i64)>> = Mutex::new(Vec::new());
 
@@ -771,6 +787,11 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                     }
                 }
             };
+            if let Some(n) = c.data().data.queue_notifier.clone() {
+                let mut owners = QUEUE_OWNERS.lock().unwrap_or_else(|e| e.into_inner());
+                owners.retain(|(q, _)| *q != id as u32);
+                owners.push((id as u32, n));
+            }
             status_of(write_u32(&mut c, ret, id as u32))
         },
     )?;
@@ -802,14 +823,30 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 Ok(v) => v,
                 Err(e) => return e,
             };
-            let mut q = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
-            match q.get_mut((id as u32 as usize).wrapping_sub(1)) {
-                Some((_, items)) => {
-                    items.push_back(value);
-                    status::OK
+            let pushed = {
+                let mut q = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
+                match q.get_mut((id as u32 as usize).wrapping_sub(1)) {
+                    Some((_, items)) => {
+                        items.push_back(value);
+                        true
+                    }
+                    None => false,
                 }
-                None => status::NOT_FOUND,
+            };
+            if !pushed {
+                return status::NOT_FOUND;
             }
+            // Told outside the queue lock: the owner dequeues under it.
+            let owner = QUEUE_OWNERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(q, _)| *q == id as u32)
+                .map(|(_, n)| n.clone());
+            if let Some(notify) = owner {
+                (notify.0)(id as u32);
+            }
+            status::OK
         },
     )?;
     l.func_wrap(

@@ -98,7 +98,8 @@ pub fn with_instance<R>(
                     return Err(PluginError::Setup("did not start on this worker".into()));
                 }
             }
-            let started = linker().and_then(|l| plugin.start(l));
+            let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+            let started = linker().and_then(|l| plugin.start_with(l, queue_notifier(plugin, id)));
             match started {
                 Ok(vm) => {
                     w.failed_start.remove(&gen);
@@ -116,7 +117,7 @@ pub fn with_instance<R>(
                         Instance {
                             plugin: plugin.clone(),
                             vm,
-                            id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+                            id,
                             next_context: ROOT_CONTEXT + 1,
                             active: 0,
                             ticking: false,
@@ -179,6 +180,38 @@ pub fn release(plugin: &Arc<Plugin>, instance: u64) {
             w.instances.remove(&gen);
         }
     });
+}
+
+/// How instance `id` of `plugin` (on this thread) is told that a queue it
+/// registered has data: a task on this worker's own runtime calls
+/// `proxy_on_queue_ready`, wherever the enqueue happened.
+fn queue_notifier(plugin: &Arc<Plugin>, id: u64) -> Option<super::host::QueueNotifier> {
+    if !plugin.exports.queue_ready {
+        return None;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    // Weak: a queue's owner outlives a reload; the old version must not.
+    let plugin = Arc::downgrade(plugin);
+    Some(super::host::QueueNotifier(Arc::new(move |queue: u32| {
+        let Some(plugin) = plugin.upgrade() else {
+            return;
+        };
+        handle.spawn(async move {
+            let failed = with_existing(&plugin, id, |i| {
+                i.vm.sandbox.data_mut().effective_context = ROOT_CONTEXT as u32;
+                let r = i
+                    .vm
+                    .sandbox
+                    .call::<(i32, i32), ()>("proxy_on_queue_ready", (ROOT_CONTEXT, queue as i32));
+                after_root_call(i);
+                r.err()
+            })
+            .flatten();
+            if let Some(e) = failed {
+                failure_log(&plugin.name, "proxy_on_queue_ready", &e);
+            }
+        });
+    })))
 }
 
 /// Calls `proxy_on_tick` on this thread's instance every tick period, for

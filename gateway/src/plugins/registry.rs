@@ -87,6 +87,15 @@ impl Exports {
 impl Plugin {
     /// Starts one instance (per worker thread, and once at load).
     pub fn start(&self, linker: &Linker<HostState<VmState>>) -> Result<Vm, String> {
+        self.start_with(linker, None)
+    }
+
+    /// Starts one instance that can be told about queues it registers.
+    pub fn start_with(
+        &self,
+        linker: &Linker<HostState<VmState>>,
+        queue_notifier: Option<super::host::QueueNotifier>,
+    ) -> Result<Vm, String> {
         Vm::start(
             self.module.engine(),
             &self.module,
@@ -97,6 +106,7 @@ impl Plugin {
                 vm_config: b"",
                 plugin_config: &self.config,
                 limits: self.limits,
+                queue_notifier,
             },
         )
     }

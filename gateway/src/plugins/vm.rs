@@ -22,6 +22,9 @@ pub struct Start<'a> {
     pub vm_config: &'a [u8],
     pub plugin_config: &'a [u8],
     pub limits: Limits,
+    /// Set before start, so queues registered in `proxy_on_vm_start` can
+    /// be told about.
+    pub queue_notifier: Option<super::host::QueueNotifier>,
 }
 
 impl Vm {
@@ -36,6 +39,7 @@ impl Vm {
         let mut state = VmState {
             plugin: start.name.to_string(),
             root_id: start.name.to_string(),
+            queue_notifier: start.queue_notifier.clone(),
             ..VmState::default()
         };
         state
@@ -151,6 +155,7 @@ mod tests {
                 vm_config: b"",
                 plugin_config: config.as_bytes(),
                 limits: Limits::default(),
+                queue_notifier: None,
             },
         )
     }

@@ -24,7 +24,11 @@
 //!   in the upstream SDK, so imported directly here) and sends the request
 //!   to the last ready one in address order
 //!   (`proxy_set_upstream_override_host`); `x-compat-candidates` says how
-//!   many there were.
+//!   many there were;
+//! - `/enqueue/<text>`: puts `<text>` on the shared queue `compat.queue`,
+//!   which the root context registered at start; its `on_queue_ready`
+//!   takes it off and keeps it in shared data; `/queue-last` answers with
+//!   the last text taken.
 
 use std::time::Duration;
 
@@ -122,7 +126,14 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_vm_start(&mut self, _size: usize) -> bool {
         self.set_tick_period(Duration::from_millis(20));
+        let _ = hostcalls::register_shared_queue("compat.queue");
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = hostcalls::dequeue_shared_queue(queue_id) {
+            let _ = hostcalls::set_shared_data("compat.queue.last", Some(&item), None);
+        }
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -190,6 +201,24 @@ impl HttpContext for Filter {
         let path = self.get_http_request_header(":path").unwrap_or_default();
         if path == "/blocked" {
             self.send_http_response(403, vec![("x-blocked-by", "compat")], Some(b"blocked\n"));
+            return Action::Pause;
+        }
+        if let Some(text) = path.strip_prefix("/enqueue/") {
+            let queued = hostcalls::resolve_shared_queue("", "compat.queue")
+                .ok()
+                .flatten()
+                .map(|q| hostcalls::enqueue_shared_queue(q, Some(text.as_bytes())).is_ok())
+                .unwrap_or(false);
+            let status = if queued { 202 } else { 500 };
+            self.send_http_response(status, vec![], None);
+            return Action::Pause;
+        }
+        if path == "/queue-last" {
+            let last = hostcalls::get_shared_data("compat.queue.last")
+                .ok()
+                .and_then(|(v, _)| v)
+                .unwrap_or_default();
+            self.send_http_response(200, vec![], Some(&last));
             return Action::Pause;
         }
         if path == "/ticks" {
