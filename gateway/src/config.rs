@@ -186,6 +186,10 @@ pub struct IngressConfig {
     /// Ingresses are served (`portico_admit_ingress`), e.g. the shipped
     /// `ingress-class`. Unset: the built-in rules (the same decision).
     pub admission: Option<String>,
+    /// A control-plane plugin (from `plugins.load`) that turns Ingress
+    /// annotations into typed route policy (`portico_ingress_policy`),
+    /// e.g. the shipped `ingress-nginx`.
+    pub policy_plugin: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -336,6 +340,7 @@ impl Default for IngressConfig {
             accepted_classes: vec!["portico".into()],
             watch_without_class: true,
             admission: None,
+            policy_plugin: None,
         }
     }
 }
@@ -580,11 +585,16 @@ fn validate(cfg: &Config) -> Result<(), String> {
             ));
         }
     }
-    if let Some(name) = &cfg.ingress.admission {
-        if !cfg.plugins.load.iter().any(|p| &p.name == name) {
-            return Err(format!(
-                "ingress.admission: {name:?} is not a loaded plugin (add it to plugins.load)"
-            ));
+    for (key, name) in [
+        ("ingress.admission", &cfg.ingress.admission),
+        ("ingress.policy_plugin", &cfg.ingress.policy_plugin),
+    ] {
+        if let Some(name) = name {
+            if !cfg.plugins.load.iter().any(|p| &p.name == name) {
+                return Err(format!(
+                    "{key}: {name:?} is not a loaded plugin (add it to plugins.load)"
+                ));
+            }
         }
     }
     if cfg.proxy.max_request_header_bytes < 1024 {

@@ -168,9 +168,7 @@ fn main() -> ExitCode {
             // translation: an admission plugin takes part in it).
             let (registry, errs) = portico::plugins::registry::load_all(&cfg.plugins, None);
             let registry = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry));
-            if let Some(name) = &cfg.ingress.admission {
-                portico::plugins::admission::install(name, registry.clone(), cfg.ingress.clone());
-            }
+            portico::plugins::install_control(&cfg, &registry);
             let problems = run::check(&cfg);
             for p in &problems {
                 println!("{p}");
@@ -266,13 +264,13 @@ fn explain_offline(
     port: Option<u16>,
 ) -> Result<serde_json::Value, String> {
     let cfg = load(sources)?;
-    if let Some(name) = &cfg.ingress.admission {
+    if cfg.ingress.admission.is_some() || cfg.ingress.policy_plugin.is_some() {
         let (registry, errs) = portico::plugins::registry::load_all(&cfg.plugins, None);
         if let Some(e) = errs.first() {
             return Err(e.clone());
         }
         let registry = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry));
-        portico::plugins::admission::install(name, registry, cfg.ingress.clone());
+        portico::plugins::install_control(&cfg, &registry);
     }
     let (set, problems) = portico::source::manifests::read_dirs(&cfg.sources.manifests);
     if let Some(p) = problems.first() {

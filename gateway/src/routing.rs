@@ -38,6 +38,9 @@ pub struct Route {
     /// (`portico.ingress.annotations.<key>`); shared by its routes.
     #[serde(skip)]
     pub annotations: Arc<std::collections::BTreeMap<String, String>>,
+    /// Typed policy from the policy plugin (`ingress.policy_plugin`).
+    #[serde(skip)]
+    pub policy: Option<Arc<crate::plugins::ingress_policy::CheckedPolicy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +233,7 @@ mod tests {
             },
             plugins: Vec::new(),
             annotations: Arc::default(),
+            policy: None,
         }
     }
 

@@ -124,12 +124,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         tracing::info!(plugin = %p.name, path = %p.path.display(), abi = ?p.info.abi, fail = ?p.fail, "plugin loaded");
     }
     let registry = Arc::new(arc_swap::ArcSwap::from_pointee(registry));
-    if let Some(name) = &cfg.ingress.admission {
-        crate::plugins::admission::install(name, registry.clone(), cfg.ingress.clone());
-    }
-    if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
-        crate::plugins::lb_addresses::install(name, registry.clone());
-    }
+    crate::plugins::install_control(&cfg, &registry);
 
     let health = HealthPolicy {
         failure_threshold: cfg.lb.failure_threshold,

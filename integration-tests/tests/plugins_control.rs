@@ -104,3 +104,102 @@ fn an_answer_outside_the_schema_is_refused_and_nothing_is_admitted_by_it() {
         .map(str::to_string);
     assert!(errors.is_some(), "{}", g.metrics());
 }
+
+/// An Ingress with ingress-nginx annotations.
+fn nginx_ingress(name: &str, path: &str, annotations: &[(&str, &str)]) -> String {
+    let ann: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("nginx.ingress.kubernetes.io/{k}: '{v}'"))
+        .collect();
+    yaml::ingress(
+        "default",
+        name,
+        &[(&format!("{name}.test"), path, "Prefix", "web", "http")],
+        "",
+    )
+    .replace(
+        &format!("metadata: {{name: {name}, namespace: default}}"),
+        &format!(
+            "metadata: {{name: {name}, namespace: default, annotations: {{{}}}}}",
+            ann.join(", ")
+        ),
+    )
+}
+
+#[test]
+fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
+    let echo = Echo::http("web");
+    let mut m = yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", echo.http, true);
+    m += &nginx_ingress("secure", "/", &[("force-ssl-redirect", "true")]);
+    m += &nginx_ingress("root", "/", &[("app-root", "/app")]);
+    m += &nginx_ingress("limited", "/", &[("proxy-body-size", "10")]);
+    m += &nginx_ingress("denied", "/", &[("whitelist-source-range", "10.0.0.0/8")]);
+    m += &nginx_ingress(
+        "rewrite",
+        "/api",
+        &[
+            ("rewrite-target", "/v2"),
+            ("upstream-vhost", "internal.svc"),
+        ],
+    );
+    m += &nginx_ingress(
+        "snippet",
+        "/",
+        &[("configuration-snippet", "more_set_headers x;")],
+    );
+    let wasm = built_plugins().join("ingress_nginx.wasm");
+    let config = format!(
+        "[ingress]\npolicy_plugin = \"nginx\"\n[[plugins.load]]\nname = \"nginx\"\npath = \"{}\"\n",
+        wasm.display()
+    );
+    let g = Gateway::start(&[("m.yaml", &m)], &config);
+
+    let r = http_get(g.http, "secure.test", "/x?y=1").unwrap();
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://secure.test/x?y=1"));
+
+    let r = http_get(g.http, "root.test", "/").unwrap();
+    assert_eq!((r.status, r.header("location")), (302, Some("/app")));
+    assert_eq!(http_get(g.http, "root.test", "/other").unwrap().status, 200);
+
+    let post = |host: &str, body: &str| {
+        http_request(
+            g.http,
+            &format!(
+                "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    assert_eq!(post("limited.test", "0123456789abcdef").status, 413);
+    assert_eq!(post("limited.test", "short").status, 200);
+
+    // 127.0.0.1 is not in 10.0.0.0/8.
+    assert_eq!(http_get(g.http, "denied.test", "/").unwrap().status, 403);
+
+    let r = http_get(g.http, "rewrite.test", "/api/users?x=1").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path"], "/v2/users?x=1");
+    assert_eq!(r.json()["host"], "internal.svc");
+
+    // The snippet is refused (reported), the rest of that Ingress served.
+    assert_eq!(http_get(g.http, "snippet.test", "/").unwrap().status, 200);
+    let dir = TempDir::new("nginx-check");
+    dir.write("m.yaml", &m);
+    let cfg = dir.write("portico.toml", &config);
+    let out = portico(&[
+        "check",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--manifests",
+        dir.path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("default/snippet") && text.contains("configuration-snippet refused"),
+        "{text}"
+    );
+}

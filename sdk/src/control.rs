@@ -125,6 +125,76 @@ pub struct LoadBalancerProblem {
     pub message: String,
 }
 
+/// `portico_ingress_policy` input: one Ingress.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngressPolicyRequest {
+    pub ingress: PolicyIngress,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyIngress {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The Ingress has a `tls` section.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// `portico_ingress_policy` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngressPolicyAnswer {
+    pub policy: RoutePolicy,
+    pub problems: Vec<PolicyProblem>,
+}
+
+/// What the gateway does for the Ingress's routes. Unset fields change
+/// nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutePolicy {
+    /// Plain-HTTP requests get 308 to https.
+    pub ssl_redirect: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// `/` gets 302 to this path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_root: Option<String>,
+    /// Replaces the matched path prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite_target: Option<String>,
+    /// The Host header sent upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    /// Larger request bodies get 413.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_size_limit: Option<u64>,
+    /// Only these client CIDRs are served.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_source_ranges: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    pub url: String,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyProblem {
+    /// `warning` or `error`.
+    pub severity: String,
+    pub message: String,
+}
+
 /// A control-plane plugin. Every hook has a default that says it is not
 /// implemented, so a plugin implements only what it is for.
 pub trait ControlPlugin {
@@ -137,6 +207,11 @@ pub trait ControlPlugin {
     /// Whether this gateway serves the Ingress.
     fn admit_ingress(&mut self, _req: AdmitRequest) -> Result<Admit, String> {
         Err("this plugin does not implement admit_ingress".into())
+    }
+
+    /// Typed route policy from an Ingress's annotations.
+    fn ingress_policy(&mut self, _req: IngressPolicyRequest) -> Result<IngressPolicyAnswer, String> {
+        Err("this plugin does not implement ingress_policy".into())
     }
 
     /// The addresses of the LoadBalancer Services.
@@ -252,6 +327,12 @@ macro_rules! control_plugin {
         pub unsafe extern "C" fn portico_admit_ingress(ptr: *mut u8, len: usize) -> i32 {
             let input = $crate::control::take_input(ptr, len);
             __portico_with(|p| $crate::control::run_hook(&input, |req| p.admit_ingress(req)))
+        }
+
+        #[no_mangle]
+        pub unsafe extern "C" fn portico_ingress_policy(ptr: *mut u8, len: usize) -> i32 {
+            let input = $crate::control::take_input(ptr, len);
+            __portico_with(|p| $crate::control::run_hook(&input, |req| p.ingress_policy(req)))
         }
 
         #[no_mangle]

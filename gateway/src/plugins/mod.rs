@@ -15,6 +15,7 @@ pub mod control;
 pub mod headers;
 pub mod host;
 pub mod http_filter;
+pub mod ingress_policy;
 pub mod instances;
 pub mod lb_addresses;
 pub mod properties;
@@ -28,6 +29,21 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, Module};
+
+/// Makes the control-plane plugins the config names (`ingress.admission`,
+/// `ingress.policy_plugin`, `kubernetes.load_balancer_plugin`) this
+/// process's, reading `registry`.
+pub fn install_control(cfg: &crate::config::Config, registry: &reload::RegistryHandle) {
+    if let Some(name) = &cfg.ingress.admission {
+        admission::install(name, registry.clone(), cfg.ingress.clone());
+    }
+    if let Some(name) = &cfg.ingress.policy_plugin {
+        ingress_policy::install(name, registry.clone());
+    }
+    if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
+        lb_addresses::install(name, registry.clone());
+    }
+}
 
 /// The process's one engine (cheap to clone): epoch interruption on, so a
 /// per-call deadline can stop a plugin that loops, and one epoch ticker

@@ -272,7 +272,109 @@ fn body_too_large(plugin: &str, status: u32) -> LocalResponse {
     }
 }
 
+/// A redirect with an empty body.
+async fn redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header("location", location)?;
+    resp.insert_header("content-length", "0")?;
+    resp.insert_header("server", "portico")?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
 impl HttpProxy {
+    /// Applies a route's typed policy (from the policy plugin). Returns
+    /// whether the request was answered here.
+    async fn apply_policy(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        checked: &crate::plugins::ingress_policy::CheckedPolicy,
+    ) -> Result<bool> {
+        let policy = &checked.policy;
+        if !checked.allows(client_ip(session)) {
+            ctx.local_reason = Some("policy-denied");
+            respond(
+                session,
+                403,
+                format!("client address not allowed (Ingress {})\n", route.ingress),
+            )
+            .await?;
+            return Ok(true);
+        }
+        let path_and_query = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        if policy.ssl_redirect && !ctx.tls {
+            ctx.local_reason = Some("policy-redirect");
+            let host = ctx
+                .host
+                .rsplit_once(':')
+                .map_or(ctx.host.as_str(), |(h, p)| {
+                    if p.bytes().all(|b| b.is_ascii_digit()) {
+                        h
+                    } else {
+                        ctx.host.as_str()
+                    }
+                });
+            redirect(session, 308, &format!("https://{host}{path_and_query}")).await?;
+            return Ok(true);
+        }
+        if let Some(r) = &policy.redirect {
+            ctx.local_reason = Some("policy-redirect");
+            redirect(session, r.code, &r.url).await?;
+            return Ok(true);
+        }
+        if let Some(root) = &policy.app_root {
+            if session.req_header().uri.path() == "/" {
+                ctx.local_reason = Some("policy-redirect");
+                redirect(session, 302, root).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(limit) = policy.body_size_limit {
+            let length = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if length.is_some_and(|n| n > limit) {
+                ctx.local_reason = Some("policy-body-size");
+                respond(
+                    session,
+                    413,
+                    format!("request body larger than {limit} bytes\n"),
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        if let Some(target) = &policy.rewrite_target {
+            // The matched prefix is replaced; the rest and the query stay.
+            let path = session.req_header().uri.path().to_string();
+            let prefix = route.path.trim_end_matches('/');
+            let rest = path.strip_prefix(prefix).unwrap_or("");
+            let mut new = format!("{}{}", target.trim_end_matches('/'), rest);
+            if !new.starts_with('/') {
+                new.insert(0, '/');
+            }
+            if let Some(q) = session.req_header().uri.query() {
+                new = format!("{new}?{q}");
+            }
+            match http::Uri::try_from(new.as_str()) {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    respond(session, 500, "rewrite produced an invalid path\n".into()).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Runs `proxy_on_request_headers` from filter `from` on, waiting out
     /// pauses. Returns whether the request was answered (plugin response
     /// or fail-closed failure).
@@ -414,6 +516,11 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+        if let Some(policy) = route.policy.clone() {
+            if self.apply_policy(session, ctx, route, &policy).await? {
+                return Ok(true);
+            }
+        }
         if let Some(chain) = ctx.plugins.as_mut() {
             set_route_props(chain.props_mut(), route, &snap);
         }
@@ -497,9 +604,21 @@ impl ProxyHttp for HttpProxy {
         }
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
-        o.connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));
-        o.read_timeout = Some(Duration::from_millis(self.cfg.read_timeout_ms));
-        o.write_timeout = Some(Duration::from_millis(self.cfg.write_timeout_ms));
+        // A route's policy (e.g. proxy-*-timeout annotations) wins.
+        let policy = ctx.route.as_ref().and_then(|r| r.policy.as_ref());
+        let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
+        o.connection_timeout = Some(ms(
+            policy.and_then(|p| p.policy.connect_timeout_ms),
+            self.cfg.connect_timeout_ms,
+        ));
+        o.read_timeout = Some(ms(
+            policy.and_then(|p| p.policy.read_timeout_ms),
+            self.cfg.read_timeout_ms,
+        ));
+        o.write_timeout = Some(ms(
+            policy.and_then(|p| p.policy.write_timeout_ms),
+            self.cfg.write_timeout_ms,
+        ));
         o.idle_timeout = Some(Duration::from_millis(self.cfg.upstream_idle_timeout_ms));
         Ok(Box::new(peer))
     }
@@ -582,6 +701,14 @@ impl ProxyHttp for HttpProxy {
         // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
         if upstream.headers.get(http::header::HOST).is_none() {
             upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
+        }
+        if let Some(vhost) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.policy.as_ref())
+            .and_then(|p| p.policy.upstream_host.as_deref())
+        {
+            upstream.insert_header(http::header::HOST, vhost)?;
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ pub fn add_ingress(
     key: &ObjectKey,
     ing: &Ingress,
     store: &Store,
-    known_plugins: &std::collections::BTreeSet<String>,
+    settings: &super::Settings,
     backends: &mut Backends<'_>,
     out: &mut SnapshotSpec,
 ) {
@@ -43,8 +43,41 @@ pub fn add_ingress(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         );
+    let known_plugins = &settings.plugins;
     let (plugins, unknown) =
         super::plugins::requested(ing.metadata.annotations.as_ref(), known_plugins);
+    // Typed policy from the policy plugin; an Ingress it cannot describe
+    // is not served (serving it without its policy could open what the
+    // annotations close).
+    let policy = match &settings.policy {
+        None => None,
+        Some(Err(e)) => {
+            problems.push(Problem::error(&here, format!("{e}; not served")));
+            return;
+        }
+        Some(Ok(p)) => {
+            let tls = spec.tls.as_ref().is_some_and(|t| !t.is_empty());
+            match p.policy(&key.namespace, &key.name, &annotations, tls) {
+                Ok((policy, notes)) => {
+                    for (error, m) in notes {
+                        problems.push(if error {
+                            Problem::error(&here, m)
+                        } else {
+                            Problem::warning(&here, m)
+                        });
+                    }
+                    (policy != Default::default()).then(|| std::sync::Arc::new(policy))
+                }
+                Err(e) => {
+                    problems.push(Problem::error(
+                        &here,
+                        format!("policy plugin: {e}; not served"),
+                    ));
+                    return;
+                }
+            }
+        }
+    };
     problems.extend(unknown.into_iter().map(|m| Problem::error(&here, m)));
 
     let mut resolve = |b: &IngressBackend, what: &str, problems: &mut Vec<Problem>| {
@@ -95,6 +128,7 @@ pub fn add_ingress(
                 backend: bk,
                 plugins: plugins.clone(),
                 annotations: annotations.clone(),
+                policy: policy.clone(),
             };
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
@@ -154,6 +188,7 @@ pub fn add_ingress(
                 backend: bk,
                 plugins: plugins.clone(),
                 annotations: annotations.clone(),
+                policy: policy.clone(),
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {
                 if kept.ingress != ingress_name {

@@ -32,6 +32,10 @@ pub struct Settings {
     /// Names of the configured plugins, so an annotation naming another
     /// is reported.
     pub plugins: std::collections::BTreeSet<String>,
+    /// `ingress.policy_plugin`, when set: `Err` names it when this process
+    /// did not load it (then Ingresses are not served rather than served
+    /// without their policy).
+    pub policy: Option<Result<std::sync::Arc<crate::plugins::ingress_policy::WasmPolicy>, String>>,
 }
 
 impl Settings {
@@ -48,6 +52,10 @@ impl Settings {
             },
             resolved_names: BTreeMap::new(),
             plugins: cfg.plugins.load.iter().map(|p| p.name.clone()).collect(),
+            policy: cfg.ingress.policy_plugin.as_ref().map(|name| {
+                crate::plugins::ingress_policy::installed()
+                    .ok_or_else(|| format!("policy plugin {name} is not loaded"))
+            }),
         }
     }
 }
@@ -64,14 +72,9 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
     // Older Ingresses win conflicts (as ingress-nginx does).
     for (key, ing) in oldest_first(&store.ingresses, |i| &i.metadata) {
         match settings.admission.admit(&ing.object, &classes) {
-            Admission::Admit(_) => ingress::add_ingress(
-                key,
-                &ing.object,
-                store,
-                &settings.plugins,
-                &mut backends,
-                &mut out,
-            ),
+            Admission::Admit(_) => {
+                ingress::add_ingress(key, &ing.object, store, settings, &mut backends, &mut out)
+            }
             Admission::Ignore(why) => tracing::debug!(ingress = %key, %why, "not ours"),
         }
     }

@@ -1,0 +1,238 @@
+//! Typed route policy from a control-plane plugin
+//! (`portico_ingress_policy`, control ABI v1), when `ingress.policy_plugin`
+//! names one: the plugin reads an Ingress's annotations (for instance
+//! ingress-nginx's) and answers with typed values. Nothing is templated
+//! into configuration text; the data plane applies the typed fields.
+//!
+//! Input: `{"ingress": {"namespace", "name", "annotations", "tls": bool}}`.
+//! Answer: `{"policy": RoutePolicy, "problems": [{"severity": "warning" |
+//! "error", "message"}]}`, checked field by field (unknown fields are
+//! refused).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::control::ControlClient;
+use super::reload::RegistryHandle;
+
+pub const HOOK: &str = "portico_ingress_policy";
+
+/// What the data plane does for the routes of one Ingress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RoutePolicy {
+    /// Plain-HTTP requests are redirected (308) to https.
+    pub ssl_redirect: bool,
+    /// Every request is redirected here.
+    pub redirect: Option<Redirect>,
+    /// `/` is redirected (302) here.
+    pub app_root: Option<String>,
+    /// The matched path prefix is replaced by this before proxying.
+    pub rewrite_target: Option<String>,
+    /// The Host header sent upstream.
+    pub upstream_host: Option<String>,
+    /// Larger request bodies (by Content-Length) get 413.
+    pub body_size_limit: Option<u64>,
+    /// Only clients in these CIDRs are served (403 otherwise).
+    pub allow_source_ranges: Vec<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    pub url: String,
+    pub code: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    policy: RoutePolicy,
+    #[serde(default)]
+    problems: Vec<ProblemOut>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProblemOut {
+    severity: String,
+    message: String,
+}
+
+/// A policy the data plane can apply, with the allowlist parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckedPolicy {
+    pub policy: RoutePolicy,
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl CheckedPolicy {
+    /// Whether `ip` may be served.
+    pub fn allows(&self, ip: Option<std::net::IpAddr>) -> bool {
+        self.allow.is_empty() || ip.is_some_and(|ip| self.allow.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 2048 && !s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// Checks an answer: the schema, then each value (redirect codes, URLs
+/// and headers without control characters, paths that start with `/`,
+/// CIDRs that parse, limits that are sane).
+pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>), String> {
+    let a: Answer = serde_json::from_slice(bytes)
+        .map_err(|e| format!("answer does not fit the schema: {e}"))?;
+    let p = &a.policy;
+    if let Some(r) = &p.redirect {
+        if ![301, 302, 303, 307, 308].contains(&r.code) {
+            return Err(format!("policy.redirect.code {} is not a redirect", r.code));
+        }
+        if !header_safe(&r.url) {
+            return Err("policy.redirect.url is empty or has control characters".into());
+        }
+    }
+    for (what, v) in [
+        ("appRoot", &p.app_root),
+        ("rewriteTarget", &p.rewrite_target),
+    ] {
+        if let Some(v) = v {
+            if !v.starts_with('/') || !header_safe(v) {
+                return Err(format!("policy.{what} must be a path starting with /"));
+            }
+        }
+    }
+    if let Some(h) = &p.upstream_host {
+        if !header_safe(h) || h.contains(' ') {
+            return Err("policy.upstreamHost is not a host name".into());
+        }
+    }
+    for (what, v) in [
+        ("connectTimeoutMs", p.connect_timeout_ms),
+        ("readTimeoutMs", p.read_timeout_ms),
+        ("writeTimeoutMs", p.write_timeout_ms),
+    ] {
+        if v.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
+            return Err(format!("policy.{what} must be 1..=3600000"));
+        }
+    }
+    let mut allow = Vec::new();
+    for r in &p.allow_source_ranges {
+        let net = r
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("policy.allowSourceRanges: {r:?} is not a CIDR"))?;
+        allow.push(net);
+    }
+    let problems = a
+        .problems
+        .into_iter()
+        .map(|p| match p.severity.as_str() {
+            "error" => Ok((true, p.message)),
+            "warning" => Ok((false, p.message)),
+            other => Err(format!(
+                "problems[].severity {other:?} is not warning or error"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        CheckedPolicy {
+            policy: a.policy,
+            allow,
+        },
+        problems,
+    ))
+}
+
+pub struct WasmPolicy {
+    client: ControlClient,
+}
+
+static INSTALLED: OnceLock<Arc<WasmPolicy>> = OnceLock::new();
+
+pub fn install(plugin: &str, registry: RegistryHandle) {
+    let _ = INSTALLED.set(Arc::new(WasmPolicy {
+        client: ControlClient::new(plugin.to_string(), registry),
+    }));
+}
+
+pub fn installed() -> Option<Arc<WasmPolicy>> {
+    INSTALLED.get().cloned()
+}
+
+impl WasmPolicy {
+    /// The policy for an Ingress, and the plugin's problems with it
+    /// (error?, message). `Err` when the call fails or the answer does
+    /// not fit (counted).
+    pub fn policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &BTreeMap<String, String>,
+        tls: bool,
+    ) -> Result<(CheckedPolicy, Vec<(bool, String)>), String> {
+        let input = json!({"ingress": {
+            "namespace": namespace, "name": name, "annotations": annotations, "tls": tls,
+        }})
+        .to_string();
+        let r = self
+            .client
+            .ask(HOOK, input.as_bytes())
+            .and_then(|out| parse_answer(&out));
+        if r.is_err() {
+            self.client.count_error(HOOK);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_checked_field_by_field() {
+        let (p, problems) = parse_answer(
+            br#"{"policy": {"sslRedirect": true, "appRoot": "/app", "allowSourceRanges": ["10.0.0.0/8", "192.0.2.7"],
+                 "bodySizeLimit": 1024, "redirect": {"url": "https://x.example/", "code": 308}},
+                 "problems": [{"severity": "error", "message": "snippet refused"}]}"#,
+        )
+        .unwrap();
+        assert!(p.policy.ssl_redirect);
+        assert!(p.allows(Some("10.1.2.3".parse().unwrap())));
+        assert!(p.allows(Some("192.0.2.7".parse().unwrap())));
+        assert!(!p.allows(Some("192.0.2.8".parse().unwrap())));
+        assert!(!p.allows(None));
+        assert_eq!(problems, vec![(true, "snippet refused".to_string())]);
+        for (bad, why) in [
+            (&br#"{"policy": {"sslredirect": true}}"#[..], "schema"),
+            (
+                br#"{"policy": {"redirect": {"url": "https://x/", "code": 200}}}"#,
+                "not a redirect",
+            ),
+            (br#"{"policy": {"appRoot": "app"}}"#, "starting with /"),
+            (
+                br#"{"policy": {"rewriteTarget": "/a\r\nx: y"}}"#,
+                "starting with /",
+            ),
+            (
+                br#"{"policy": {"allowSourceRanges": ["nope"]}}"#,
+                "not a CIDR",
+            ),
+            (br#"{"policy": {"readTimeoutMs": 0}}"#, "1..=3600000"),
+            (
+                br#"{"policy": {}, "problems": [{"severity": "fatal", "message": "x"}]}"#,
+                "severity",
+            ),
+        ] {
+            let err = parse_answer(bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! `ingress-nginx`: the `nginx.ingress.kubernetes.io/*` annotations of an
+//! Ingress, parsed into typed route policy (`portico_ingress_policy`).
+//! Values are checked and typed; nothing is ever pasted into
+//! configuration text, which is how ingress-nginx's snippet annotations
+//! became remote-code-execution bugs. Snippets are refused outright.
+//!
+//! Translated today:
+//! `ssl-redirect`, `force-ssl-redirect`, `permanent-redirect` (+
+//! `permanent-redirect-code`), `temporal-redirect`, `app-root`,
+//! `rewrite-target`, `upstream-vhost`, `proxy-body-size`,
+//! `whitelist-source-range` / `allowlist-source-range`,
+//! `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout`.
+//! The affinity annotations are the `session-affinity` plugin's. Every
+//! other `nginx.ingress.kubernetes.io/*` annotation gets a warning naming
+//! it as not supported, so nothing is silently ignored.
+
+use std::collections::BTreeMap;
+
+use portico_sdk::control::{
+    ControlPlugin, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
+    RoutePolicy,
+};
+
+pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// Handled by another plugin (session-affinity), not warned about.
+const ELSEWHERE: &[&str] = &[
+    "affinity",
+    "affinity-mode",
+    "session-cookie-name",
+    "session-cookie-max-age",
+    "session-cookie-path",
+    "session-cookie-samesite",
+];
+
+const SNIPPETS: &[&str] = &[
+    "configuration-snippet",
+    "server-snippet",
+    "auth-snippet",
+    "stream-snippet",
+    "modsecurity-snippet",
+];
+
+/// `8m`, `512k`, `1g`, `100` (bytes); `0` means no limit.
+pub fn parse_size(v: &str) -> Option<Option<u64>> {
+    let v = v.trim().to_ascii_lowercase();
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        _ => (&v[..], 1),
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    Some(if n == 0 { None } else { n.checked_mul(mult) })
+}
+
+fn is_cidr(s: &str) -> bool {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, b)) => (ip, Some(b)),
+        None => (s, None),
+    };
+    let addr = match ip.parse::<std::net::IpAddr>() {
+        Ok(a) => a,
+        Err(_) => return false,
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    bits.map_or(true, |b| b.parse::<u8>().map_or(false, |b| b <= max))
+}
+
+/// The decision, apart from the ABI (tested on the host).
+pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPolicyAnswer {
+    let mut out = IngressPolicyAnswer::default();
+    let mut problem = |severity: &str, message: String| {
+        out.problems.push(PolicyProblem {
+            severity: severity.into(),
+            message,
+        })
+    };
+    let mut p = RoutePolicy::default();
+    let get = |k: &str| annotations.get(&format!("{PREFIX}{k}")).map(|v| v.trim().to_string());
+    let flag = |k: &str, what: &mut dyn FnMut(&str, String)| match get(k).as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            what("warning", format!("annotation {PREFIX}{k}: {other:?} is not true or false; ignored"));
+            None
+        }
+    };
+    // ingress-nginx redirects to https by default when the Ingress has TLS.
+    let ssl = flag("ssl-redirect", &mut problem).unwrap_or(tls);
+    let force = flag("force-ssl-redirect", &mut problem).unwrap_or(false);
+    p.ssl_redirect = ssl && tls || force;
+    let url_ok = |u: &str| (u.starts_with("https://") || u.starts_with("http://")) && !u.bytes().any(|b| b < 0x21 || b == 0x7f);
+    if let Some(url) = get("permanent-redirect") {
+        let code = get("permanent-redirect-code").and_then(|c| c.parse().ok()).unwrap_or(301);
+        if !url_ok(&url) {
+            problem("error", format!("annotation {PREFIX}permanent-redirect: {url:?} is not an http(s) URL; ignored"));
+        } else if ![301, 302, 303, 307, 308].contains(&code) {
+            problem("error", format!("annotation {PREFIX}permanent-redirect-code: {code} is not a redirect code; ignored"));
+        } else {
+            p.redirect = Some(Redirect { url, code });
+        }
+    } else if let Some(url) = get("temporal-redirect") {
+        if url_ok(&url) {
+            p.redirect = Some(Redirect { url, code: 302 });
+        } else {
+            problem("error", format!("annotation {PREFIX}temporal-redirect: {url:?} is not an http(s) URL; ignored"));
+        }
+    }
+    let path_ok = |v: &str| v.starts_with('/') && !v.bytes().any(|b| b < 0x21 || b == 0x7f);
+    for (key, slot) in [("app-root", &mut p.app_root), ("rewrite-target", &mut p.rewrite_target)] {
+        if let Some(v) = get(key) {
+            if v.contains('$') {
+                problem("error", format!("annotation {PREFIX}{key}: capture groups ({v:?}) are not supported; ignored"));
+            } else if path_ok(&v) {
+                *slot = Some(v);
+            } else {
+                problem("error", format!("annotation {PREFIX}{key}: {v:?} is not a path; ignored"));
+            }
+        }
+    }
+    if let Some(v) = get("upstream-vhost") {
+        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
+            p.upstream_host = Some(v);
+        } else {
+            problem("error", format!("annotation {PREFIX}upstream-vhost: {v:?} is not a host name; ignored"));
+        }
+    }
+    if let Some(v) = get("proxy-body-size") {
+        match parse_size(&v) {
+            Some(limit) => p.body_size_limit = limit,
+            None => problem("error", format!("annotation {PREFIX}proxy-body-size: {v:?} is not a size (like 8m); ignored")),
+        }
+    }
+    for key in ["whitelist-source-range", "allowlist-source-range"] {
+        if let Some(v) = get(key) {
+            for r in v.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                if is_cidr(r) {
+                    p.allow_source_ranges.push(r.to_string());
+                } else {
+                    problem("error", format!("annotation {PREFIX}{key}: {r:?} is not a CIDR; ignored"));
+                }
+            }
+        }
+    }
+    for (key, slot) in [
+        ("proxy-connect-timeout", &mut p.connect_timeout_ms),
+        ("proxy-read-timeout", &mut p.read_timeout_ms),
+        ("proxy-send-timeout", &mut p.write_timeout_ms),
+    ] {
+        if let Some(v) = get(key) {
+            match v.trim_end_matches('s').parse::<u64>() {
+                Ok(s) if (1..=3600).contains(&s) => *slot = Some(s * 1000),
+                _ => problem("warning", format!("annotation {PREFIX}{key}: {v:?} is not 1..3600 seconds; ignored")),
+            }
+        }
+    }
+    let handled = [
+        "ssl-redirect", "force-ssl-redirect", "permanent-redirect", "permanent-redirect-code",
+        "temporal-redirect", "app-root", "rewrite-target", "upstream-vhost", "proxy-body-size",
+        "whitelist-source-range", "allowlist-source-range", "proxy-connect-timeout",
+        "proxy-read-timeout", "proxy-send-timeout",
+    ];
+    for key in annotations.keys().filter_map(|k| k.strip_prefix(PREFIX)) {
+        if SNIPPETS.contains(&key) {
+            problem("error", format!(
+                "annotation {PREFIX}{key} refused: snippets paste raw configuration into the proxy, \
+                 which is how ingress-nginx got remote code execution (CVE-2021-25742, CVE-2025-1974); \
+                 use typed annotations or a plugin"
+            ));
+        } else if !handled.contains(&key) && !ELSEWHERE.contains(&key) {
+            problem("warning", format!("annotation {PREFIX}{key} is not supported by Portico; ignored"));
+        }
+    }
+    out.policy = p;
+    out
+}
+
+#[derive(Default)]
+pub struct IngressNginx;
+
+impl ControlPlugin for IngressNginx {
+    fn ingress_policy(&mut self, req: IngressPolicyRequest) -> Result<IngressPolicyAnswer, String> {
+        Ok(translate(&req.ingress.annotations, req.ingress.tls))
+    }
+}
+
+portico_sdk::control_plugin!(IngressNginx);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string())).collect()
+    }
+
+    #[test]
+    fn typed_values_from_annotations() {
+        let a = translate(
+            &ann(&[
+                ("app-root", "/app"),
+                ("rewrite-target", "/v2"),
+                ("proxy-body-size", "1k"),
+                ("whitelist-source-range", "10.0.0.0/8, 192.0.2.7"),
+                ("proxy-read-timeout", "30"),
+                ("upstream-vhost", "internal.svc"),
+            ]),
+            false,
+        );
+        let p = &a.policy;
+        assert_eq!(p.app_root.as_deref(), Some("/app"));
+        assert_eq!(p.rewrite_target.as_deref(), Some("/v2"));
+        assert_eq!(p.body_size_limit, Some(1024));
+        assert_eq!(p.allow_source_ranges, vec!["10.0.0.0/8", "192.0.2.7"]);
+        assert_eq!(p.read_timeout_ms, Some(30_000));
+        assert_eq!(p.upstream_host.as_deref(), Some("internal.svc"));
+        assert!(!p.ssl_redirect);
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+    }
+
+    #[test]
+    fn ssl_redirect_defaults_follow_tls() {
+        assert!(translate(&ann(&[]), true).policy.ssl_redirect);
+        assert!(!translate(&ann(&[("ssl-redirect", "false")]), true).policy.ssl_redirect);
+        assert!(translate(&ann(&[("force-ssl-redirect", "true")]), false).policy.ssl_redirect);
+        let r = translate(&ann(&[("permanent-redirect", "https://new.example/"), ("permanent-redirect-code", "308")]), false);
+        assert_eq!(r.policy.redirect, Some(Redirect { url: "https://new.example/".into(), code: 308 }));
+    }
+
+    #[test]
+    fn snippets_and_bad_values_are_refused_by_name() {
+        let a = translate(
+            &ann(&[
+                ("configuration-snippet", "more_set_headers \"x: y\";"),
+                ("proxy-body-size", "lots"),
+                ("rewrite-target", "/$2"),
+                ("whitelist-source-range", "10.0.0.0/99"),
+                ("enable-cors", "true"),
+                ("affinity", "cookie"),
+            ]),
+            false,
+        );
+        let text: Vec<String> = a.problems.iter().map(|p| format!("{} {}", p.severity, p.message)).collect();
+        assert!(text.iter().any(|t| t.starts_with("error") && t.contains("configuration-snippet refused")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("proxy-body-size") && t.contains("not a size")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("capture groups")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("10.0.0.0/99")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("warning") && t.contains("enable-cors is not supported")), "{text:?}");
+        assert!(!text.iter().any(|t| t.contains("affinity")), "{text:?}");
+        assert_eq!(a.policy, RoutePolicy::default());
+        assert_eq!(parse_size("0"), Some(None));
+        assert_eq!(parse_size("8m"), Some(Some(8 << 20)));
+    }
+}
