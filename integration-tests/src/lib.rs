@@ -415,6 +415,17 @@ pub fn built_template() -> PathBuf {
     workspace_root().join("sdk/template/target/wasm32-wasi/release/portico_plugin.wasm")
 }
 
+/// `portico check --config CONFIG --manifests DIR`.
+pub fn portico_check(config: &Path, manifests: &Path) -> Output {
+    portico(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--manifests",
+        manifests.to_str().unwrap(),
+    ])
+}
+
 /// Runs `portico` with arguments to completion.
 pub fn portico(args: &[&str]) -> Output {
     Command::new(portico_bin())

@@ -54,13 +54,7 @@ fn the_ingress_class_plugin_decides_what_is_served() {
         "portico.toml",
         &admission_config(&wasm.display().to_string()),
     );
-    let out = portico(&[
-        "check",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--manifests",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = portico_check(&cfg, dir.path());
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -189,13 +183,7 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     let dir = TempDir::new("nginx-check");
     dir.write("m.yaml", &m);
     let cfg = dir.write("portico.toml", &config);
-    let out = portico(&[
-        "check",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--manifests",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = portico_check(&cfg, dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(

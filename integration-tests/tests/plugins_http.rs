@@ -186,13 +186,7 @@ fn route_plugins_come_from_the_ingress_annotation() {
     let dir = TempDir::new("plugins-missing");
     dir.write("m.yaml", &manifests(&echo2, Some("compat, auth")));
     let cfg = dir.write("portico.toml", &config);
-    let out = portico(&[
-        "check",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--manifests",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = portico_check(&cfg, dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
