@@ -138,6 +138,14 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
         ],
     );
     m += &nginx_ingress(
+        "cors",
+        "/",
+        &[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://app.example"),
+        ],
+    );
+    m += &nginx_ingress(
         "snippet",
         "/",
         &[("configuration-snippet", "more_set_headers x;")],
@@ -177,6 +185,35 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["path"], "/v2/users?x=1");
     assert_eq!(r.json()["host"], "internal.svc");
+
+    // CORS: the preflight is answered here; allowed origins get the
+    // headers on the real response, others do not.
+    let with_origin = |method: &str, origin: &str| {
+        http_request(
+            g.http,
+            &format!("{method} / HTTP/1.1\r\nHost: cors.test\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+    let r = with_origin("OPTIONS", "https://app.example");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("POST")));
+    let r = with_origin("GET", "https://app.example");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let r = with_origin("GET", "https://evil.example");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
 
     // The snippet is refused (reported), the rest of that Ingress served.
     assert_eq!(http_get(g.http, "snippet.test", "/").unwrap().status, 200);

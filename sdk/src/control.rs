@@ -179,6 +179,21 @@ pub struct RoutePolicy {
     pub read_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_timeout_ms: Option<u64>,
+    /// Cross-origin requests allowed (preflights answered by the gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins, or `*`.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub allow_credentials: bool,
+    pub expose_headers: String,
+    pub max_age_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

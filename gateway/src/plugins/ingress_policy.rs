@@ -41,6 +41,40 @@ pub struct RoutePolicy {
     pub connect_timeout_ms: Option<u64>,
     pub read_timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
+    /// Cross-origin requests are allowed from these origins.
+    pub cors: Option<Cors>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins (`https://a.example`), or `*` for any.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub allow_credentials: bool,
+    #[serde(default)]
+    pub expose_headers: String,
+    pub max_age_seconds: u64,
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` for a request from `origin`, if
+    /// allowed.
+    pub fn allow(&self, origin: &str) -> Option<String> {
+        if self.allow_origins.iter().any(|o| o == origin) {
+            Some(origin.to_string())
+        } else if self.allow_origins.iter().any(|o| o == "*") {
+            // With credentials the origin must be echoed, not `*`.
+            Some(if self.allow_credentials {
+                origin.to_string()
+            } else {
+                "*".to_string()
+            })
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -120,6 +154,19 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
     ] {
         if v.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
             return Err(format!("policy.{what} must be 1..=3600000"));
+        }
+    }
+    if let Some(c) = &p.cors {
+        let values =
+            c.allow_origins
+                .iter()
+                .chain([&c.allow_methods, &c.allow_headers, &c.expose_headers]);
+        if c.allow_origins.is_empty()
+            || values
+                .clone()
+                .any(|v| v.bytes().any(|b| b < 0x20 || b == 0x7f))
+        {
+            return Err("policy.cors has no origins or a value with control characters".into());
         }
     }
     let mut allow = Vec::new();

@@ -94,6 +94,9 @@ pub struct RequestCtx {
     plugin_response: Option<LocalResponse>,
     /// Replacing the upstream's response body: the body still to send.
     replace_body: Option<Bytes>,
+    /// `Access-Control-Allow-Origin` to add to the response (route CORS
+    /// policy, request from an allowed origin).
+    cors_origin: Option<String>,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -272,6 +275,28 @@ fn body_too_large(plugin: &str, status: u32) -> LocalResponse {
     }
 }
 
+/// The CORS headers every allowed response carries.
+fn cors_headers(
+    resp: &mut ResponseHeader,
+    cors: &crate::plugins::ingress_policy::Cors,
+    origin: &str,
+) -> Result<()> {
+    resp.insert_header("access-control-allow-origin", origin)?;
+    if cors.allow_credentials {
+        resp.insert_header("access-control-allow-credentials", "true")?;
+    }
+    if !cors.expose_headers.is_empty() {
+        resp.insert_header(
+            "access-control-expose-headers",
+            cors.expose_headers.as_str(),
+        )?;
+    }
+    if origin != "*" {
+        resp.append_header("vary", "Origin")?;
+    }
+    Ok(())
+}
+
 /// A redirect with an empty body.
 async fn redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
     let mut resp = ResponseHeader::build(code, Some(3))?;
@@ -350,6 +375,35 @@ impl HttpProxy {
                 )
                 .await?;
                 return Ok(true);
+            }
+        }
+        if let Some(cors) = &policy.cors {
+            let origin = session
+                .req_header()
+                .headers
+                .get(http::header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|o| cors.allow(o));
+            if let Some(origin) = origin {
+                if session.req_header().method == http::Method::OPTIONS {
+                    // A preflight: answered here, as ingress-nginx does.
+                    ctx.local_reason = Some("policy-cors");
+                    let mut resp = ResponseHeader::build(204, Some(8))?;
+                    cors_headers(&mut resp, cors, &origin)?;
+                    resp.insert_header(
+                        "access-control-allow-methods",
+                        cors.allow_methods.as_str(),
+                    )?;
+                    resp.insert_header(
+                        "access-control-allow-headers",
+                        cors.allow_headers.as_str(),
+                    )?;
+                    resp.insert_header("access-control-max-age", cors.max_age_seconds.to_string())?;
+                    resp.insert_header("content-length", "0")?;
+                    session.write_response_header(Box::new(resp), true).await?;
+                    return Ok(true);
+                }
+                ctx.cors_origin = Some(origin);
             }
         }
         if let Some(target) = &policy.rewrite_target {
@@ -448,6 +502,7 @@ impl ProxyHttp for HttpProxy {
             plugins: None,
             plugin_response: None,
             replace_body: None,
+            cors_origin: None,
         }
     }
 
@@ -746,6 +801,15 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let (Some(origin), Some(cors)) = (
+            ctx.cors_origin.as_deref(),
+            ctx.route
+                .as_ref()
+                .and_then(|r| r.policy.as_ref())
+                .and_then(|p| p.policy.cors.as_ref()),
+        ) {
+            cors_headers(resp, cors, origin)?;
+        }
         let Some(chain) = ctx.plugins.as_mut() else {
             return Ok(());
         };

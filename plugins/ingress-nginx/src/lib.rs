@@ -9,7 +9,10 @@
 //! `permanent-redirect-code`), `temporal-redirect`, `app-root`,
 //! `rewrite-target`, `upstream-vhost`, `proxy-body-size`,
 //! `whitelist-source-range` / `allowlist-source-range`,
-//! `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout`.
+//! `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout`,
+//! `enable-cors` with `cors-allow-origin`, `cors-allow-methods`,
+//! `cors-allow-headers`, `cors-allow-credentials`, `cors-expose-headers`,
+//! `cors-max-age` (ingress-nginx's defaults when unset).
 //! The affinity annotations are the `session-affinity` plugin's. Every
 //! other `nginx.ingress.kubernetes.io/*` annotation gets a warning naming
 //! it as not supported, so nothing is silently ignored.
@@ -17,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use portico_sdk::control::{
-    ControlPlugin, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
+    ControlPlugin, Cors, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
     RoutePolicy,
 };
 
@@ -156,7 +159,30 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
             }
         }
     }
+    if flag("enable-cors", &mut problem) == Some(true) {
+        let safe = |v: &str| !v.bytes().any(|b| b < 0x20 || b == 0x7f);
+        let origins: Vec<String> = get("cors-allow-origin")
+            .unwrap_or_else(|| "*".into())
+            .split(',')
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty() && safe(o))
+            .collect();
+        let text = |k: &str, default: &str| get(k).filter(|v| safe(v)).unwrap_or_else(|| default.to_string());
+        p.cors = Some(Cors {
+            allow_origins: if origins.is_empty() { vec!["*".into()] } else { origins },
+            allow_methods: text("cors-allow-methods", "GET, PUT, POST, DELETE, PATCH, OPTIONS"),
+            allow_headers: text(
+                "cors-allow-headers",
+                "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization",
+            ),
+            allow_credentials: get("cors-allow-credentials").as_deref() != Some("false"),
+            expose_headers: text("cors-expose-headers", ""),
+            max_age_seconds: get("cors-max-age").and_then(|v| v.parse().ok()).unwrap_or(1_728_000),
+        });
+    }
     let handled = [
+        "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
+        "cors-allow-credentials", "cors-expose-headers", "cors-max-age",
         "ssl-redirect", "force-ssl-redirect", "permanent-redirect", "permanent-redirect-code",
         "temporal-redirect", "app-root", "rewrite-target", "upstream-vhost", "proxy-body-size",
         "whitelist-source-range", "allowlist-source-range", "proxy-connect-timeout",
@@ -221,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn cors_with_ingress_nginx_defaults() {
+        let c = translate(&ann(&[("enable-cors", "true")]), false).policy.cors.unwrap();
+        assert_eq!(c.allow_origins, vec!["*"]);
+        assert!(c.allow_credentials);
+        assert_eq!(c.max_age_seconds, 1_728_000);
+        let c = translate(
+            &ann(&[("enable-cors", "true"), ("cors-allow-origin", "https://a.example, https://b.example"), ("cors-allow-credentials", "false")]),
+            false,
+        )
+        .policy
+        .cors
+        .unwrap();
+        assert_eq!(c.allow_origins, vec!["https://a.example", "https://b.example"]);
+        assert!(!c.allow_credentials);
+        assert!(translate(&ann(&[("enable-cors", "false")]), false).policy.cors.is_none());
+    }
+
+    #[test]
     fn ssl_redirect_defaults_follow_tls() {
         assert!(translate(&ann(&[]), true).policy.ssl_redirect);
         assert!(!translate(&ann(&[("ssl-redirect", "false")]), true).policy.ssl_redirect);
@@ -237,7 +281,7 @@ mod tests {
                 ("proxy-body-size", "lots"),
                 ("rewrite-target", "/$2"),
                 ("whitelist-source-range", "10.0.0.0/99"),
-                ("enable-cors", "true"),
+                ("enable-canary-thing", "true"),
                 ("affinity", "cookie"),
             ]),
             false,
@@ -247,7 +291,7 @@ mod tests {
         assert!(text.iter().any(|t| t.contains("proxy-body-size") && t.contains("not a size")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("capture groups")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("10.0.0.0/99")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("warning") && t.contains("enable-cors is not supported")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("warning") && t.contains("enable-canary-thing is not supported")), "{text:?}");
         assert!(!text.iter().any(|t| t.contains("affinity")), "{text:?}");
         assert_eq!(a.policy, RoutePolicy::default());
         assert_eq!(parse_size("0"), Some(None));
