@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every crate of the wasm32 workspace (plugins/Cargo.toml) to
-# plugins/target/wasm32-wasi/release/*.wasm.
+# plugins/target/wasm32-wasi/release/*.wasm, and copies the shipped ones
+# (session-affinity, ingress-class, ingress-nginx, cloud-lb) to plugins/dist/.
 #
 # Toolchain: Debian's rustc 1.63 + libstd-rust-dev-wasm32 (apt; the MSRV,
 # and what this machine has), or with PORTICO_WASM_TOOLCHAIN=stable a
@@ -47,5 +48,11 @@ case "${PORTICO_WASM_TOOLCHAIN:-debian}" in
     ;;
 esac
 ls "$out"/*.wasm
+# The shipped plugins, where conf/portico.toml and the image look for them
+# whichever toolchain built them.
+mkdir -p dist
+for p in session_affinity ingress_class ingress_nginx cloud_lb; do
+  cp "$out/$p.wasm" dist/
+done
 # The SDK's template plugin, so it keeps building as the SDK changes.
 PORTICO_WASM_TOOLCHAIN="${PORTICO_WASM_TOOLCHAIN:-debian}" bash ../sdk/template/build.sh --locked "$@"

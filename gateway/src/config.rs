@@ -174,7 +174,8 @@ pub struct SourcesConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressConfig {
-    /// `spec.controller` of the IngressClasses this gateway serves.
+    /// `spec.controller` of the IngressClasses this gateway serves. This
+    /// and the next two keys are handed to the admission plugin.
     pub controller: String,
     /// Class names accepted from the legacy `kubernetes.io/ingress.class`
     /// annotation and from `spec.ingressClassName` without an IngressClass
@@ -184,7 +185,8 @@ pub struct IngressConfig {
     pub watch_without_class: bool,
     /// A control-plane plugin (from `plugins.load`) that decides which
     /// Ingresses are served (`portico_admit_ingress`), e.g. the shipped
-    /// `ingress-class`. Unset: the built-in rules (the same decision).
+    /// `ingress-class`. Unset: every Ingress is served (a warning says so
+    /// when reading a cluster).
     pub admission: Option<String>,
     /// A control-plane plugin (from `plugins.load`) that turns Ingress
     /// annotations into typed route policy (`portico_ingress_policy`),
@@ -284,12 +286,14 @@ pub struct KubernetesConfig {
     /// Addresses written to `status.loadBalancer.ingress` of served Ingresses
     /// (IPs or hostnames). Empty: the edge node's addresses.
     pub publish_addresses: Vec<String>,
-    /// Addresses handed to LoadBalancer Services without `spec.loadBalancerIP`.
-    /// Empty: they get the edge node's addresses.
-    pub load_balancer_pool: Vec<IpAddr>,
+    /// Removed: address pools are the `cloud-lb` plugin's. Still parsed so
+    /// that an old config gets an error saying where they went.
+    #[serde(skip_serializing)]
+    pub load_balancer_pool: Option<Vec<IpAddr>>,
     /// A control-plane plugin (from `plugins.load`) that decides the
     /// LoadBalancer Services' addresses (`portico_service_load_balancer`),
-    /// e.g. the shipped `cloud-lb`; replaces `load_balancer_pool`.
+    /// e.g. the shipped `cloud-lb`. Unset: a Service gets its
+    /// `spec.loadBalancerIP`, else the edge node's addresses.
     pub load_balancer_plugin: Option<String>,
     /// Write status only while holding the Lease (several replicas). Off:
     /// this process always writes.
@@ -390,7 +394,7 @@ impl Default for KubernetesConfig {
             namespace: None,
             node_name: None,
             publish_addresses: Vec::new(),
-            load_balancer_pool: Vec::new(),
+            load_balancer_pool: None,
             load_balancer_plugin: None,
             leader_election: true,
             lease_name: "portico-leader".into(),
@@ -503,7 +507,6 @@ pub fn load_with_env(
                 .with_list_parse_key("ingress.accepted_classes")
                 .with_list_parse_key("demo.echo")
                 .with_list_parse_key("kubernetes.publish_addresses")
-                .with_list_parse_key("kubernetes.load_balancer_pool")
                 .with_list_parse_key("plugins.http")
                 .with_list_parse_key("plugins.tcp")
                 .try_parsing(true)
@@ -576,6 +579,12 @@ fn validate(cfg: &Config) -> Result<(), String> {
         return Err(
             "kubernetes.namespace must not be empty (leave it unset for all namespaces)".into(),
         );
+    }
+    if cfg.kubernetes.load_balancer_pool.is_some() {
+        return Err("kubernetes.load_balancer_pool was removed: address pools are the cloud-lb plugin's. \
+             Load plugins/dist/cloud_lb.wasm in plugins.load with \
+             config = '{\"pools\": {\"default\": [...]}}' and set kubernetes.load_balancer_plugin to its name"
+            .into());
     }
     validate_plugins(&cfg.plugins)?;
     if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
@@ -666,6 +675,49 @@ mod tests {
         let (cfg, _) = load_with_env(None, env(&[])).unwrap();
         assert_eq!(cfg.admin.listen, "127.0.0.1:9901".parse().unwrap());
         assert!(!cfg.sources.manifests.is_empty());
+    }
+
+    #[test]
+    fn embedded_default_loads_the_shipped_plugins() {
+        let (cfg, _) = load_with_env(None, env(&[])).unwrap();
+        let names: Vec<&str> = cfg.plugins.load.iter().map(|p| p.name.as_str()).collect();
+        for want in [
+            "session-affinity",
+            "ingress-class",
+            "ingress-nginx",
+            "cloud-lb",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        assert!(cfg.plugins.load.iter().all(|p| p
+            .path
+            .parent()
+            .unwrap()
+            .ends_with("plugins/dist")));
+        assert_eq!(cfg.ingress.admission.as_deref(), Some("ingress-class"));
+        assert_eq!(cfg.ingress.policy_plugin.as_deref(), Some("ingress-nginx"));
+        assert_eq!(
+            cfg.kubernetes.load_balancer_plugin.as_deref(),
+            Some("cloud-lb")
+        );
+    }
+
+    #[test]
+    fn the_removed_load_balancer_pool_says_where_pools_went() {
+        let dir = std::env::temp_dir().join(format!("portico-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("old.toml");
+        std::fs::write(
+            &file,
+            "[kubernetes]\nload_balancer_pool = [\"192.0.2.1\"]\n",
+        )
+        .unwrap();
+        let err = load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            err.contains("kubernetes.load_balancer_pool was removed"),
+            "{err}"
+        );
+        assert!(err.contains("cloud-lb"), "{err}");
     }
 
     #[test]

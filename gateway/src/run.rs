@@ -81,6 +81,13 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
             server = %kc.cluster_url,
             "Kubernetes source enabled; sources.manifests is not read"
         );
+        if cfg.ingress.admission.is_none() {
+            tracing::warn!(
+                "ingress.admission is unset: every Ingress in the cluster is served and its \
+                 status written, whatever its class; load the ingress-class plugin to serve \
+                 only this controller's IngressClasses"
+            );
+        }
         Some(kc)
     } else {
         None

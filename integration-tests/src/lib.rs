@@ -22,10 +22,12 @@ pub fn workspace_root() -> PathBuf {
 /// The `portico` binary: `$PORTICO_BIN`, else `target/debug/portico`,
 /// built once per test run with `cargo build --workspace --bins` (the
 /// same feature set as `cargo test --workspace`, so no rebuild) so that
-/// `cargo test --workspace` alone is enough.
+/// `cargo test --workspace` alone is enough. The shipped plugins are built
+/// first too: the embedded default config (`conf/portico.toml`) loads them.
 pub fn portico_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        built_plugins();
         if let Ok(p) = std::env::var("PORTICO_BIN") {
             return PathBuf::from(p);
         }

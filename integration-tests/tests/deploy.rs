@@ -172,7 +172,14 @@ fn configmap_holds_a_valid_portico_toml() {
         .unwrap();
     let cm: ConfigMap = parse(&file, &doc);
     let dir = TempDir::new("deploy");
-    let cfg = dir.write("portico.toml", &cm.data.unwrap()["portico.toml"]);
+    // The image carries plugins/dist/ as /usr/lib/portico/plugins.
+    let toml = cm.data.unwrap()["portico.toml"].replace(
+        "/usr/lib/portico/plugins/",
+        &format!("{}/", workspace_root().join("plugins/dist").display()),
+    );
+    assert!(toml.contains("plugins/dist/ingress_class.wasm"), "{toml}");
+    portico_integration_tests::built_plugins();
+    let cfg = dir.write("portico.toml", &toml);
     let manifests = dir.path().join("m");
     std::fs::create_dir_all(&manifests).unwrap();
     let out = portico(&[

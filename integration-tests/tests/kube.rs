@@ -325,6 +325,16 @@ fn rotated_certificate_is_served_without_restart() {
     );
 }
 
+/// `[kubernetes]` keys (and the plugin entry after them) that take
+/// LoadBalancer addresses from a one-address pool of the shipped `cloud-lb`.
+fn cloud_lb(address: &str) -> String {
+    format!(
+        "load_balancer_plugin = \"lb\"\n[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
+         config = '{{\"pools\": {{\"default\": [\"{address}\"]}}}}'\n",
+        built_plugins().join("cloud_lb.wasm").display()
+    )
+}
+
 fn tcp_hello(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -354,7 +364,7 @@ fn service_switched_to_load_balancer_opens_listeners_and_gets_status() {
     );
     api.apply(&(svc("") + &slice)).unwrap();
     // The pool address is on loopback so the test needs no real network.
-    let gw = Gateway::spawn_kube(&api, "gw", "load_balancer_pool = [\"127.0.0.3\"]\n");
+    let gw = Gateway::spawn_kube(&api, "gw", &cloud_lb("127.0.0.3"));
     gw.wait_ready();
     let lb: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
     assert!(tcp_hello(lb).is_err(), "a ClusterIP Service got a listener");
@@ -578,7 +588,8 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
         "gw",
         &format!(
             "node_name = \"edge-1\"\nlease_namespace = \"portico-system\"\nlease_duration_seconds = 3\n\
-             load_balancer_pool = [\"127.0.0.4\"]\n{NO_NODE_PORTS}"
+             {}{NO_NODE_PORTS}",
+            cloud_lb("127.0.0.4")
         ),
         false,
     );

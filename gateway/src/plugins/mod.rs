@@ -69,7 +69,16 @@ pub fn load(
     cache: Option<&Path>,
 ) -> Result<(Module, abi::ModuleInfo), Vec<String>> {
     let at = |msg: String| format!("plugin {}: {msg}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| vec![at(format!("cannot read: {e}"))])?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound
+            && path.parent().is_some_and(|d| d.ends_with("plugins/dist"))
+        {
+            " (the shipped plugins are built into plugins/dist/ by plugins/build.sh)"
+        } else {
+            ""
+        };
+        vec![at(format!("cannot read: {e}{hint}"))]
+    })?;
     // `.wat` files are WebAssembly text (tests, hand-written plugins);
     // anything else must be a binary module.
     let text = path.extension().is_some_and(|e| e == "wat");

@@ -18,7 +18,7 @@ use crate::lb::PolicyKind;
 use crate::problems::Problem;
 use crate::snapshot::SnapshotSpec;
 use crate::store::Store;
-use class::{Admission, IngressAdmission, NativeClassAdmission};
+use class::{Admission, AdmitAll, IngressAdmission};
 
 /// The settings translation depends on.
 pub struct Settings {
@@ -46,9 +46,7 @@ impl Settings {
             default_policy: cfg.lb.default_policy,
             admission: match &cfg.ingress.admission {
                 Some(plugin) => crate::plugins::admission::for_plugin(plugin),
-                None => Box::new(NativeClassAdmission {
-                    config: cfg.ingress.clone(),
-                }),
+                None => Box::new(AdmitAll),
             },
             resolved_names: BTreeMap::new(),
             plugins: cfg.plugins.load.iter().map(|p| p.name.clone()).collect(),

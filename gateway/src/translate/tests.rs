@@ -474,8 +474,30 @@ spec:
   defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}
 "
     );
-    let spec = translate(&store_of(&yaml), &settings());
-    assert!(spec.routes.find("any", "/").is_none());
+    // The decision is the admission plugin's (`ingress-class`, tested in
+    // its crate); this checks that translation obeys it.
+    struct NotOther;
+    impl crate::translate::class::IngressAdmission for NotOther {
+        fn admit(
+            &self,
+            ing: &k8s_openapi::api::networking::v1::Ingress,
+            _: &[&k8s_openapi::api::networking::v1::IngressClass],
+        ) -> crate::translate::class::Admission {
+            match ing
+                .spec
+                .as_ref()
+                .and_then(|s| s.ingress_class_name.as_deref())
+            {
+                Some("other") => crate::translate::class::Admission::Ignore("other".into()),
+                _ => crate::translate::class::Admission::Admit("ours".into()),
+            }
+        }
+    }
+    let store = store_of(&yaml);
+    let mut s = settings();
+    assert!(translate(&store, &s).routes.find("any", "/").is_some());
+    s.admission = Box::new(NotOther);
+    assert!(translate(&store, &s).routes.find("any", "/").is_none());
 }
 
 /// An endpoint-only refresh gives exactly what a full translation gives.

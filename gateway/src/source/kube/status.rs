@@ -59,8 +59,6 @@ impl LbAddress {
 pub struct StatusPlan {
     pub ingresses: BTreeMap<ObjectKey, Vec<LbAddress>>,
     pub services: BTreeMap<ObjectKey, Vec<LbAddress>>,
-    /// Services that want a pool address when none is free.
-    pub pool_exhausted: Vec<ObjectKey>,
     /// What a load-balancer plugin reported about a Service.
     pub allocation_problems: Vec<(ObjectKey, String)>,
 }
@@ -116,7 +114,6 @@ pub fn plan(
     store: &Store,
     settings: &Settings,
     publish: &[String],
-    pool: &[IpAddr],
     lb_plugin: Option<&WasmLbAddresses>,
 ) -> StatusPlan {
     let mut out = StatusPlan::default();
@@ -157,73 +154,31 @@ pub fn plan(
         plan_with_plugin(alloc, &services, &settings.node_addresses, &mut out);
         return out;
     }
-    // Pool addresses already in use stay with their Service (oldest first
-    // on a clash), so an address never moves while its Service exists.
-    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
-    let mut assigned: HashMap<&ObjectKey, Vec<LbAddress>> = HashMap::new();
+    // No allocation plugin (`kubernetes.load_balancer_plugin`, e.g. the
+    // shipped `cloud-lb`): a Service gets the address it asks for, else
+    // the edge node's own, which is where its listeners bind.
     for (key, s) in &services {
-        if !is_ours(&s.object) {
-            continue;
-        }
-        let spec = s.object.spec.as_ref();
-        if let Some(ip) = spec
-            .and_then(|sp| sp.load_balancer_ip.as_deref())
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-        {
-            taken.insert(ip);
-            assigned.insert(key, vec![LbAddress::Ip(ip)]);
-            continue;
-        }
-        if pool.is_empty() {
-            continue;
-        }
-        let kept: Vec<LbAddress> = current(
-            s.object
-                .status
+        let want: Vec<LbAddress> = if is_ours(&s.object) {
+            match s
+                .object
+                .spec
                 .as_ref()
-                .and_then(|st| st.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref()),
-        )
-        .into_iter()
-        .filter(|a| matches!(a, LbAddress::Ip(ip) if pool.contains(ip) && !taken.contains(ip)))
-        .take(1)
-        .collect();
-        if let Some(LbAddress::Ip(ip)) = kept.first() {
-            taken.insert(*ip);
-            assigned.insert(key, kept);
-        }
-    }
-    for (key, s) in &services {
-        let ours = is_ours(&s.object);
-        let want: Vec<LbAddress> = if !ours {
-            let other_lb =
-                s.object.spec.as_ref().and_then(|sp| sp.type_.as_deref()) == Some("LoadBalancer");
-            if other_lb {
-                // Another implementation's Service: not ours to touch.
-                continue;
+                .and_then(|sp| sp.load_balancer_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+            {
+                Some(ip) => vec![LbAddress::Ip(ip)],
+                None => node.clone(),
             }
-            Vec::new()
-        } else if let Some(a) = assigned.get(key) {
-            a.clone()
-        } else if pool.is_empty() {
-            node.clone()
-        } else if let Some(ip) = pool.iter().find(|ip| !taken.contains(ip)) {
-            taken.insert(*ip);
-            vec![LbAddress::Ip(*ip)]
-        } else {
-            out.pool_exhausted.push((*key).clone());
+        } else if s.object.spec.as_ref().and_then(|sp| sp.type_.as_deref()) == Some("LoadBalancer")
+        {
+            // Another implementation's Service: not ours to touch.
             continue;
+        } else {
+            Vec::new()
         };
-        let have = current(
-            s.object
-                .status
-                .as_ref()
-                .and_then(|st| st.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref()),
-        );
         let mut want = want;
         want.sort();
-        if have != want {
+        if lb_status(&s.object) != want {
             out.services.insert((*key).clone(), want);
         }
     }
@@ -317,14 +272,13 @@ pub struct Writer {
     elector: Option<Elector>,
     events: Option<EventReporter>,
     publish: Vec<String>,
-    pool: Vec<IpAddr>,
-    /// `kubernetes.load_balancer_plugin`, which replaces `pool`.
+    /// `kubernetes.load_balancer_plugin`.
     lb_plugin: Option<Arc<WasmLbAddresses>>,
     retry: Duration,
     /// What we last wrote and when, so a write whose watch event has not
     /// come back yet is not repeated on every publish.
     written: HashMap<(bool, ObjectKey), (Vec<LbAddress>, Instant)>,
-    exhausted_logged: BTreeSet<ObjectKey>,
+    problems_logged: BTreeSet<ObjectKey>,
 }
 
 pub fn identity(cfg: &Config) -> String {
@@ -377,14 +331,13 @@ impl Writer {
             publisher,
             elector,
             publish: k.publish_addresses.clone(),
-            pool: k.load_balancer_pool.clone(),
             lb_plugin: k
                 .load_balancer_plugin
                 .as_ref()
                 .and_then(|_| crate::plugins::lb_addresses::installed()),
             retry: duration / 3,
             written: HashMap::new(),
-            exhausted_logged: BTreeSet::new(),
+            problems_logged: BTreeSet::new(),
         }
     }
 
@@ -427,7 +380,6 @@ impl Writer {
                 &inner.cluster.store,
                 &inner.settings,
                 &self.publish,
-                &self.pool,
                 self.lb_plugin.as_deref(),
             );
             let events = self
@@ -438,13 +390,8 @@ impl Writer {
             (plan, events)
         };
         for (key, message) in &plan.allocation_problems {
-            if self.exhausted_logged.insert(key.clone()) {
+            if self.problems_logged.insert(key.clone()) {
                 tracing::error!(service = %key, plugin = ?self.lb_plugin.as_ref().map(|p| p.plugin().to_string()), "{message}");
-            }
-        }
-        for key in &plan.pool_exhausted {
-            if self.exhausted_logged.insert(key.clone()) {
-                tracing::error!(service = %key, pool = ?self.pool, "kubernetes.load_balancer_pool has no free address for this LoadBalancer Service");
             }
         }
         for (key, want) in &plan.ingresses {
@@ -534,19 +481,22 @@ mod tests {
             "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: other, namespace: ns}\nspec: {ingressClassName: traefik}\n",
             "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: done, namespace: ns}\nspec: {ingressClassName: portico}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.1}]}}\n",
         ]);
-        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[], None);
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], None);
+        // Without an admission plugin every Ingress is served.
         assert_eq!(
             p.ingresses,
-            BTreeMap::from([(ObjectKey::new("ns", "a"), ips(&["192.0.2.1"]))])
+            BTreeMap::from([
+                (ObjectKey::new("ns", "a"), ips(&["192.0.2.1"])),
+                (ObjectKey::new("ns", "other"), ips(&["192.0.2.1"])),
+            ])
         );
         let p = plan(
             &s,
             &settings(&["192.0.2.1"]),
             &["lb.example.com".into()],
-            &[],
             None,
         );
-        assert_eq!(p.ingresses.len(), 2);
+        assert_eq!(p.ingresses.len(), 3);
         assert_eq!(
             p.ingresses[&ObjectKey::new("ns", "done")],
             vec![LbAddress::Hostname("lb.example.com".into())]
@@ -554,68 +504,38 @@ mod tests {
     }
 
     #[test]
-    fn load_balancer_addresses_from_spec_pool_or_node() {
+    fn without_a_plugin_load_balancers_get_their_own_ip_or_the_node_addresses() {
         let s = store(&[
             &lb(
                 "pinned",
                 "2024-01-01T00:00:00Z",
                 ", loadBalancerIP: 198.51.100.9",
             ),
-            &lb("old", "2024-01-02T00:00:00Z", ""),
-            &lb("new", "2024-01-03T00:00:00Z", ""),
+            &lb("plain", "2024-01-02T00:00:00Z", ""),
+            &format!(
+                "{}status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.1}}]}}}}\n",
+                lb("done", "2024-01-03T00:00:00Z", "")
+            ),
             &lb(
                 "foreign",
                 "2024-01-04T00:00:00Z",
                 ", loadBalancerClass: example.com/other",
             ),
         ]);
-        let pool: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap()];
-        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &pool, None);
+        let p = plan(&s, &settings(&["192.0.2.1"]), &[], None);
         assert_eq!(
-            p.services[&ObjectKey::new("ns", "pinned")],
-            ips(&["198.51.100.9"])
-        );
-        assert_eq!(
-            p.services[&ObjectKey::new("ns", "old")],
-            ips(&["198.51.100.1"])
-        );
-        assert!(!p.services.contains_key(&ObjectKey::new("ns", "new")));
-        assert!(!p.services.contains_key(&ObjectKey::new("ns", "foreign")));
-        assert_eq!(p.pool_exhausted, vec![ObjectKey::new("ns", "new")]);
-        // Without a pool: the node addresses.
-        let p = plan(&s, &settings(&["192.0.2.1"]), &[], &[], None);
-        assert_eq!(
-            p.services[&ObjectKey::new("ns", "new")],
-            ips(&["192.0.2.1"])
-        );
-    }
-
-    #[test]
-    fn a_pool_address_in_use_stays_with_its_service() {
-        let s = store(&[
-            &lb("old", "2024-01-02T00:00:00Z", ""),
-            &format!(
-                "{}status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.2}}]}}}}\n",
-                lb("new", "2024-01-03T00:00:00Z", "")
-            ),
-        ]);
-        let pool: Vec<IpAddr> = vec![
-            "198.51.100.2".parse().unwrap(),
-            "198.51.100.3".parse().unwrap(),
-        ];
-        let p = plan(&s, &settings(&[]), &[], &pool, None);
-        // `new` keeps .2 although `old` is older; `old` gets the next free one.
-        assert!(!p.services.contains_key(&ObjectKey::new("ns", "new")));
-        assert_eq!(
-            p.services[&ObjectKey::new("ns", "old")],
-            ips(&["198.51.100.3"])
+            p.services,
+            BTreeMap::from([
+                (ObjectKey::new("ns", "pinned"), ips(&["198.51.100.9"])),
+                (ObjectKey::new("ns", "plain"), ips(&["192.0.2.1"])),
+            ])
         );
     }
 
     #[test]
     fn status_of_a_service_no_longer_load_balancer_is_cleared() {
         let s = store(&["kind: Service\napiVersion: v1\nmetadata: {name: was, namespace: ns}\nspec: {type: ClusterIP, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.2}]}}\n"]);
-        let p = plan(&s, &settings(&[]), &[], &[], None);
+        let p = plan(&s, &settings(&[]), &[], None);
         assert_eq!(p.services[&ObjectKey::new("ns", "was")], vec![]);
     }
 }
