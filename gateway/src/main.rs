@@ -102,6 +102,12 @@ enum Command {
         tcp: Vec<SocketAddr>,
         #[arg(long, value_name = "ADDR")]
         udp: Vec<SocketAddr>,
+        /// HTTP/1.1 over TLS (a self-signed certificate).
+        #[arg(long, value_name = "ADDR")]
+        https: Vec<SocketAddr>,
+        /// HTTP/2 in clear with prior knowledge (h2c), gRPC trailers included.
+        #[arg(long, value_name = "ADDR")]
+        h2c: Vec<SocketAddr>,
     },
 }
 
@@ -235,9 +241,16 @@ fn main() -> ExitCode {
             http,
             tcp,
             udp,
+            https,
+            h2c,
         } => {
-            if http.is_empty() && tcp.is_empty() && udp.is_empty() {
-                return fail("echo needs at least one --http, --tcp or --udp address");
+            if [&http, &tcp, &udp, &https, &h2c]
+                .iter()
+                .all(|l| l.is_empty())
+            {
+                return fail(
+                    "echo needs at least one --http, --https, --h2c, --tcp or --udp address",
+                );
             }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -248,6 +261,8 @@ fn main() -> ExitCode {
                 http,
                 tcp,
                 udp,
+                https,
+                h2c,
             };
             match rt.block_on(portico::demo::echo::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,

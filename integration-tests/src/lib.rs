@@ -154,6 +154,16 @@ impl Echo {
         }
     }
 
+    /// HTTP/1.1 over TLS (self-signed) on `http`'s port.
+    pub fn https(name: &str) -> Echo {
+        Self::start(name, &["--https"])
+    }
+
+    /// HTTP/2 in clear with prior knowledge (h2c) on `http`'s port.
+    pub fn h2c(name: &str) -> Echo {
+        Self::start(name, &["--h2c"])
+    }
+
     /// TCP echo (`<name>\n`, then echo) and UDP echo on one port number.
     pub fn tcp(name: &str) -> Echo {
         Self::start(name, &["--tcp", "--udp"])

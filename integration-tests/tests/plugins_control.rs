@@ -99,6 +99,14 @@ fn an_answer_outside_the_schema_is_refused_and_nothing_is_admitted_by_it() {
     assert!(errors.is_some(), "{}", g.metrics());
 }
 
+/// Loads the shipped `ingress-nginx` as the policy plugin.
+fn nginx_config() -> String {
+    format!(
+        "[ingress]\npolicy_plugin = \"nginx\"\n[[plugins.load]]\nname = \"nginx\"\npath = \"{}\"\n",
+        built_plugins().join("ingress_nginx.wasm").display()
+    )
+}
+
 /// An Ingress with ingress-nginx annotations.
 fn nginx_ingress(name: &str, path: &str, annotations: &[(&str, &str)]) -> String {
     let ann: Vec<String> = annotations
@@ -150,12 +158,7 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
         "/",
         &[("configuration-snippet", "more_set_headers x;")],
     );
-    let wasm = built_plugins().join("ingress_nginx.wasm");
-    let config = format!(
-        "[ingress]\npolicy_plugin = \"nginx\"\n[[plugins.load]]\nname = \"nginx\"\npath = \"{}\"\n",
-        wasm.display()
-    );
-    let g = Gateway::start(&[("m.yaml", &m)], &config);
+    let g = Gateway::start(&[("m.yaml", &m)], &nginx_config());
 
     let r = http_get(g.http, "secure.test", "/x?y=1").unwrap();
     assert_eq!(r.status, 308);
@@ -227,4 +230,65 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
         text.contains("default/snippet") && text.contains("configuration-snippet refused"),
         "{text}"
     );
+}
+
+/// `backend-protocol`: HTTPS to a TLS-only endpoint (self-signed, not
+/// verified, as ingress-nginx), GRPC as h2c with the gRPC trailer passed
+/// back to an HTTP/2 client.
+#[test]
+fn backend_protocol_https_and_grpc_reach_their_endpoints() {
+    let tls = Echo::https("tls-pod");
+    let h2 = Echo::h2c("h2-pod");
+    let mut m = String::new();
+    for (svc, echo) in [("tls", &tls), ("h2", &h2)] {
+        m += &yaml::service("default", svc, "", &[("http", 80)]);
+        m += &yaml::slice("default", &format!("{svc}-1"), svc, "http", echo.http, true);
+    }
+    let to = |ing: &str, svc: &str, protocol: Option<&str>| {
+        let ann: Vec<(&str, &str)> = protocol
+            .map(|p| ("backend-protocol", p))
+            .into_iter()
+            .collect();
+        nginx_ingress(ing, "/", &ann)
+            .replace("service: {name: web,", &format!("service: {{name: {svc},"))
+    };
+    m += &to("secure", "tls", Some("HTTPS"));
+    m += &to("plain", "tls", None);
+    m += &to("grpc", "h2", Some("GRPC"));
+    let g = Gateway::start(&[("m.yaml", &m)], &nginx_config());
+
+    let r = http_get(g.http, "secure.test", "/over-tls").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["name"], "tls-pod");
+    assert_eq!(r.json()["path"], "/over-tls");
+    // Without the annotation the same endpoint gets clear text and fails.
+    assert_eq!(http_get(g.http, "plain.test", "/").unwrap().status, 502);
+
+    // An HTTP/1.1 client: the upstream leg is HTTP/2.
+    let r = http_get(g.http, "grpc.test", "/pkg.Svc/Call").unwrap();
+    // (The answer is chunked: h2 carries no length.)
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"proto\":\"h2\""), "{}", r.text());
+    assert!(
+        r.text().contains("\"path\":\"/pkg.Svc/Call\""),
+        "{}",
+        r.text()
+    );
+    // A gRPC-shaped call over h2c: the trailer comes back.
+    let (out, err) = curl(&[
+        "-s",
+        "--http2-prior-knowledge",
+        "-D",
+        "-",
+        "-H",
+        "content-type: application/grpc",
+        "--data-binary",
+        "abc",
+        "-H",
+        "Host: grpc.test",
+        &format!("http://127.0.0.1:{}/pkg.Svc/Call", g.http),
+    ]);
+    assert!(out.starts_with("HTTP/2 200"), "{out}{err}");
+    assert!(out.contains("\"body_bytes\":3"), "{out}");
+    assert!(out.contains("grpc-status: 0"), "{out}");
 }

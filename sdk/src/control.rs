@@ -182,6 +182,25 @@ pub struct RoutePolicy {
     /// Cross-origin requests allowed (preflights answered by the gateway).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// How the gateway talks to the endpoints; unset: HTTP/1.1 in clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
+}
+
+/// The protocol spoken to a route's endpoints. Upstream TLS is encrypted,
+/// not authenticated: endpoints are pod addresses with no name a
+/// certificate could carry (ingress-nginx does the same by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum BackendProtocol {
+    /// HTTP/1.1 in clear.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 in clear (h2c with prior knowledge), e.g. gRPC.
+    Grpc,
+    /// HTTP/2 over TLS, e.g. gRPC.
+    Grpcs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -5,6 +5,10 @@
 //! that status, `/delay/MS` waits first, `/bytes/N` sends N bytes. WebSocket
 //! upgrades echo frames back. TCP: sends `<name>\n`, then echoes until the
 //! client half-closes. UDP: answers each datagram with `<name>:` + payload.
+//! HTTPS: the same HTTP/1.1 answers over TLS (a self-signed certificate).
+//! h2c: HTTP/2 with prior knowledge, answering `{"name", "proto": "h2",
+//! "path", "content_type", "body_bytes"}` and, for gRPC requests, the
+//! trailer `grpc-status: 0`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,6 +24,8 @@ pub struct EchoConfig {
     pub http: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub h2c: Vec<SocketAddr>,
 }
 
 fn bind_err(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -41,6 +47,25 @@ pub async fn serve(cfg: EchoConfig) -> io::Result<()> {
             .map_err(|e| bind_err(*addr, e))?;
         tasks.push(tokio::spawn(accept_loop(l, cfg.name.clone(), Mode::Tcp)));
     }
+    if !cfg.https.is_empty() {
+        let acceptor = tls_acceptor().map_err(io::Error::other)?;
+        for addr in &cfg.https {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| bind_err(*addr, e))?;
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                cfg.name.clone(),
+                Mode::Https(acceptor.clone()),
+            )));
+        }
+    }
+    for addr in &cfg.h2c {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_err(*addr, e))?;
+        tasks.push(tokio::spawn(accept_loop(l, cfg.name.clone(), Mode::H2c)));
+    }
     for addr in &cfg.udp {
         let s = UdpSocket::bind(addr)
             .await
@@ -53,10 +78,29 @@ pub async fn serve(cfg: EchoConfig) -> io::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Mode {
     Http,
+    Https(tokio_rustls::TlsAcceptor),
+    H2c,
     Tcp,
+}
+
+/// A self-signed certificate for `echo.test`: backends behind
+/// `backend-protocol: HTTPS` are not verified (they are pod IPs).
+fn tls_acceptor() -> Result<tokio_rustls::TlsAcceptor, String> {
+    let key = rcgen::generate_simple_self_signed(vec!["echo.test".to_string()])
+        .map_err(|e| format!("echo certificate: {e}"))?;
+    let cert = key.cert.der().clone();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], private)
+        .map_err(|e| format!("echo certificate: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 async fn accept_loop(listener: TcpListener, name: String, mode: Mode) {
@@ -67,9 +111,15 @@ async fn accept_loop(listener: TcpListener, name: String, mode: Mode) {
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
+        let mode = mode.clone();
         tokio::spawn(async move {
             let _ = match mode {
                 Mode::Http => http_conn(stream, peer, &name).await,
+                Mode::Https(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => http_conn(tls, peer, &name).await,
+                    Err(e) => Err(e),
+                },
+                Mode::H2c => h2c_conn(stream, &name).await,
                 Mode::Tcp => tcp_echo(stream, &name).await,
             };
         });
@@ -237,7 +287,11 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn http_conn(stream: TcpStream, peer: SocketAddr, name: &str) -> io::Result<()> {
+async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    name: &str,
+) -> io::Result<()> {
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
@@ -317,6 +371,65 @@ async fn http_conn(stream: TcpStream, peer: SocketAddr, name: &str) -> io::Resul
         }
     }
     conn.stream.shutdown().await
+}
+
+/// HTTP/2 with prior knowledge: one JSON answer per stream.
+async fn h2c_conn(stream: TcpStream, name: &str) -> io::Result<()> {
+    let mut conn = h2::server::handshake(stream)
+        .await
+        .map_err(io::Error::other)?;
+    while let Some(next) = conn.accept().await {
+        let (req, mut respond) = next.map_err(io::Error::other)?;
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let (parts, mut body) = req.into_parts();
+            let mut body_bytes = 0;
+            while let Some(Ok(chunk)) = body.data().await {
+                body_bytes += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            let content_type = parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let grpc = content_type.starts_with("application/grpc");
+            let mut answer = serde_json::to_vec(&serde_json::json!({
+                "name": name,
+                "proto": "h2",
+                "method": parts.method.as_str(),
+                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                "content_type": content_type,
+                "body_bytes": body_bytes,
+            }))
+            .unwrap_or_default();
+            answer.push(b'\n');
+            let head = http::Response::builder()
+                .status(200)
+                .header(
+                    "content-type",
+                    if grpc {
+                        "application/grpc"
+                    } else {
+                        "application/json"
+                    },
+                )
+                .header("x-echo-name", name.as_str())
+                .body(())
+                .unwrap_or_default();
+            let Ok(mut send) = respond.send_response(head, false) else {
+                return;
+            };
+            let _ = send.send_data(answer.into(), !grpc);
+            if grpc {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = send.send_trailers(trailers);
+            }
+        });
+    }
+    Ok(())
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
@@ -412,7 +525,11 @@ pub fn encode_frame(frame: &Frame, mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
-async fn websocket_echo(mut stream: TcpStream, mut buf: Vec<u8>, name: &str) -> io::Result<()> {
+async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut buf: Vec<u8>,
+    name: &str,
+) -> io::Result<()> {
     let mut chunk = [0u8; 8192];
     loop {
         while let Some((frame, used)) = decode_frame(&buf) {

@@ -30,6 +30,8 @@ impl BackgroundService for EchoService {
                 http: vec![*addr],
                 tcp: vec![],
                 udp: vec![],
+                https: vec![],
+                h2c: vec![],
             }));
         }
         loop {

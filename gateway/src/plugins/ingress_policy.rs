@@ -43,6 +43,22 @@ pub struct RoutePolicy {
     pub write_timeout_ms: Option<u64>,
     /// Cross-origin requests are allowed from these origins.
     pub cors: Option<Cors>,
+    /// The protocol spoken to the endpoints; unset: HTTP/1.1 in clear.
+    pub backend_protocol: Option<BackendProtocol>,
+}
+
+/// How the data plane talks to a route's endpoints. Upstream TLS does not
+/// verify the endpoint's certificate: endpoints are pod IPs, which no
+/// certificate names (ingress-nginx's default, `proxy-ssl-verify: off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum BackendProtocol {
+    Http,
+    Https,
+    /// HTTP/2 in clear, with prior knowledge (h2c).
+    Grpc,
+    /// HTTP/2 over TLS.
+    Grpcs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

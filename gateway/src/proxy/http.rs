@@ -141,6 +141,42 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<()>
     Ok(())
 }
 
+/// The peer for one endpoint, speaking the route's backend protocol.
+fn upstream_peer_for(
+    addr: std::net::SocketAddr,
+    backend: &crate::snapshot::BackendKey,
+    protocol: Option<crate::plugins::ingress_policy::BackendProtocol>,
+    upstream_host: Option<&str>,
+) -> HttpPeer {
+    use crate::plugins::ingress_policy::BackendProtocol as P;
+    use pingora::protocols::ALPN;
+    let protocol = protocol.unwrap_or(P::Http);
+    let tls = matches!(protocol, P::Https | P::Grpcs);
+    // The SNI sent: the upstream vhost, else the Service's cluster name
+    // (what an in-cluster certificate names). The certificate itself is
+    // not verified: the endpoint is a pod IP.
+    let sni = if tls {
+        upstream_host
+            .map(|h| h.split(':').next().unwrap_or(h).to_string())
+            .unwrap_or_else(|| format!("{}.{}.svc", backend.service, backend.namespace))
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(addr, tls, sni);
+    let o = &mut peer.options;
+    if tls {
+        o.verify_cert = false;
+        o.verify_hostname = false;
+    }
+    o.alpn = match protocol {
+        P::Http | P::Https => ALPN::H1,
+        // Plaintext with a minimum of HTTP/2: Pingora speaks h2c with
+        // prior knowledge.
+        P::Grpc | P::Grpcs => ALPN::H2,
+    };
+    peer
+}
+
 fn scheme(tls: bool) -> &'static str {
     if tls {
         "https"
@@ -657,10 +693,15 @@ impl ProxyHttp for HttpProxy {
         if let Some(chain) = ctx.plugins.as_mut() {
             chain.props_mut().upstream = Some(addr);
         }
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let o = &mut peer.options;
         // A route's policy (e.g. proxy-*-timeout annotations) wins.
         let policy = ctx.route.as_ref().and_then(|r| r.policy.as_ref());
+        let mut peer = upstream_peer_for(
+            addr,
+            pool.key(),
+            policy.and_then(|p| p.policy.backend_protocol),
+            policy.and_then(|p| p.policy.upstream_host.as_deref()),
+        );
+        let o = &mut peer.options;
         let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
         o.connection_timeout = Some(ms(
             policy.and_then(|p| p.policy.connect_timeout_ms),

@@ -12,7 +12,8 @@
 //! `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout`,
 //! `enable-cors` with `cors-allow-origin`, `cors-allow-methods`,
 //! `cors-allow-headers`, `cors-allow-credentials`, `cors-expose-headers`,
-//! `cors-max-age` (ingress-nginx's defaults when unset).
+//! `cors-max-age` (ingress-nginx's defaults when unset), `backend-protocol`
+//! (`HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `AUTO_HTTP`).
 //! The affinity annotations are the `session-affinity` plugin's. Every
 //! other `nginx.ingress.kubernetes.io/*` annotation gets a warning naming
 //! it as not supported, so nothing is silently ignored.
@@ -20,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use portico_sdk::control::{
-    ControlPlugin, Cors, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
+    BackendProtocol, ControlPlugin, Cors, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
     RoutePolicy,
 };
 
@@ -180,7 +181,24 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
             max_age_seconds: get("cors-max-age").and_then(|v| v.parse().ok()).unwrap_or(1_728_000),
         });
     }
+    if let Some(v) = get("backend-protocol") {
+        p.backend_protocol = match v.to_ascii_uppercase().as_str() {
+            "HTTP" | "AUTO_HTTP" => Some(BackendProtocol::Http),
+            "HTTPS" => Some(BackendProtocol::Https),
+            "GRPC" | "H2C" => Some(BackendProtocol::Grpc),
+            "GRPCS" => Some(BackendProtocol::Grpcs),
+            _ => {
+                // Serving a FastCGI or unknown backend as HTTP would send it
+                // requests it cannot read: refuse instead.
+                problem("error", format!(
+                    "annotation {PREFIX}backend-protocol: {v:?} is not supported (HTTP, HTTPS, GRPC, GRPCS, AUTO_HTTP); ignored"
+                ));
+                None
+            }
+        };
+    }
     let handled = [
+        "backend-protocol",
         "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
         "cors-allow-credentials", "cors-expose-headers", "cors-max-age",
         "ssl-redirect", "force-ssl-redirect", "permanent-redirect", "permanent-redirect-code",
@@ -262,6 +280,23 @@ mod tests {
         assert_eq!(c.allow_origins, vec!["https://a.example", "https://b.example"]);
         assert!(!c.allow_credentials);
         assert!(translate(&ann(&[("enable-cors", "false")]), false).policy.cors.is_none());
+    }
+
+    #[test]
+    fn backend_protocols() {
+        for (v, want) in [
+            ("HTTPS", BackendProtocol::Https),
+            ("grpc", BackendProtocol::Grpc),
+            ("GRPCS", BackendProtocol::Grpcs),
+            ("AUTO_HTTP", BackendProtocol::Http),
+        ] {
+            let a = translate(&ann(&[("backend-protocol", v)]), false);
+            assert_eq!(a.policy.backend_protocol, Some(want), "{v}");
+            assert!(a.problems.is_empty(), "{:?}", a.problems);
+        }
+        let a = translate(&ann(&[("backend-protocol", "FCGI")]), false);
+        assert_eq!(a.policy.backend_protocol, None);
+        assert!(a.problems[0].message.contains("FCGI"), "{:?}", a.problems);
     }
 
     #[test]
