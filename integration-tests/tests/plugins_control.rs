@@ -222,7 +222,7 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     assert_eq!(http_get(g.http, "snippet.test", "/").unwrap().status, 200);
     let dir = TempDir::new("nginx-check");
     dir.write("m.yaml", &m);
-    let cfg = dir.write("portico.toml", &config);
+    let cfg = dir.write("portico.toml", &nginx_config());
     let out = portico_check(&cfg, dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
