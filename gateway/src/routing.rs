@@ -41,6 +41,29 @@ pub struct Route {
     /// Typed policy from the policy plugin (`ingress.policy_plugin`).
     #[serde(skip)]
     pub policy: Option<Arc<crate::plugins::ingress_policy::CheckedPolicy>>,
+    /// A canary Ingress's share of this host and path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryRoute>,
+}
+
+/// The other backend of a route, from a canary Ingress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanaryRoute {
+    /// `namespace/name` of the canary Ingress.
+    pub ingress: String,
+    pub backend: BackendKey,
+    pub rule: crate::plugins::ingress_policy::Canary,
+}
+
+impl Route {
+    /// The backend this request goes to: the canary's when its rule says
+    /// so, else the route's own.
+    pub fn backend_for(&self, headers: &http::HeaderMap) -> (&BackendKey, bool) {
+        match &self.canary {
+            Some(c) if c.rule.wants(headers, |total| fastrand::u32(0..total)) => (&c.backend, true),
+            _ => (&self.backend, false),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +119,26 @@ impl VirtualHost {
         Ok(())
     }
 
+    /// Gives the route of exactly this path a canary. `false` when no
+    /// Ingress routes this path (or it already has a canary).
+    pub fn attach_canary(&mut self, kind: PathKind, path: &str, canary: CanaryRoute) -> bool {
+        let norm = match kind {
+            PathKind::Exact => path.to_string(),
+            PathKind::Prefix => path.trim_end_matches('/').to_string(),
+        };
+        let Some(rule) = self
+            .rules
+            .iter_mut()
+            .find(|r| r.kind == kind && r.path == norm && r.route.canary.is_none())
+        else {
+            return false;
+        };
+        let mut route = (*rule.route).clone();
+        route.canary = Some(canary);
+        rule.route = Arc::new(route);
+        true
+    }
+
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.rules
             .iter()
@@ -140,6 +183,25 @@ impl RouteTable {
                 None => self.exact.entry(h.to_ascii_lowercase()).or_default(),
             },
         }
+    }
+
+    /// Gives the route of exactly this host and path a canary (see
+    /// [`VirtualHost::attach_canary`]); never creates a host.
+    pub fn attach_canary(
+        &mut self,
+        host: Option<&str>,
+        kind: PathKind,
+        path: &str,
+        canary: CanaryRoute,
+    ) -> bool {
+        let vh = match host {
+            None | Some("") => Some(&mut self.any_host),
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.get_mut(&suffix.to_ascii_lowercase()),
+                None => self.exact.get_mut(&h.to_ascii_lowercase()),
+            },
+        };
+        vh.is_some_and(|vh| vh.attach_canary(kind, path, canary))
     }
 
     /// Sets the defaultBackend unless one is set; returns the one kept.
@@ -234,6 +296,7 @@ mod tests {
             plugins: Vec::new(),
             annotations: Arc::default(),
             policy: None,
+            canary: None,
         }
     }
 
@@ -246,6 +309,37 @@ mod tests {
     }
 
     use PathKind::{Exact, Prefix};
+
+    #[test]
+    fn a_canary_attaches_to_exactly_its_host_and_path_once() {
+        let mut t = RouteTable::default();
+        t.host_mut(Some("a.test"))
+            .add(Prefix, "/api/", route("main"))
+            .unwrap();
+        let canary = |w| CanaryRoute {
+            ingress: "default/canary".into(),
+            backend: route("v2").backend,
+            rule: crate::plugins::ingress_policy::Canary {
+                header: None,
+                header_value: None,
+                cookie: None,
+                weight: w,
+                weight_total: 100,
+            },
+        };
+        // Not another path, kind or host; no host is created for it.
+        assert!(!t.attach_canary(Some("a.test"), Prefix, "/", canary(100)));
+        assert!(!t.attach_canary(Some("a.test"), Exact, "/api", canary(100)));
+        assert!(!t.attach_canary(Some("b.test"), Prefix, "/api", canary(100)));
+        assert!(t.find("b.test", "/api").is_none());
+        // The same path, trailing slash or not; then only once.
+        assert!(t.attach_canary(Some("A.test"), Prefix, "/api", canary(100)));
+        assert!(!t.attach_canary(Some("a.test"), Prefix, "/api", canary(0)));
+        let (r, _) = t.find("a.test", "/api/x").unwrap();
+        let headers = http::HeaderMap::new();
+        assert_eq!(r.backend_for(&headers), (&route("v2").backend, true));
+        assert_eq!(r.backend, route("main").backend);
+    }
 
     /// Every row of the path-matching examples table in the Kubernetes
     /// Ingress documentation, plus the precedence rows.

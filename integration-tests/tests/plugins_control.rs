@@ -232,6 +232,16 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     );
 }
 
+/// A Service with one ready endpoint for each echo.
+fn services(list: &[(&str, &Echo)]) -> String {
+    let mut m = String::new();
+    for (svc, echo) in list {
+        m += &yaml::service("default", svc, "", &[("http", 80)]);
+        m += &yaml::slice("default", &format!("{svc}-1"), svc, "http", echo.http, true);
+    }
+    m
+}
+
 /// `backend-protocol`: HTTPS to a TLS-only endpoint (self-signed, not
 /// verified, as ingress-nginx), GRPC as h2c with the gRPC trailer passed
 /// back to an HTTP/2 client.
@@ -239,11 +249,7 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
 fn backend_protocol_https_and_grpc_reach_their_endpoints() {
     let tls = Echo::https("tls-pod");
     let h2 = Echo::h2c("h2-pod");
-    let mut m = String::new();
-    for (svc, echo) in [("tls", &tls), ("h2", &h2)] {
-        m += &yaml::service("default", svc, "", &[("http", 80)]);
-        m += &yaml::slice("default", &format!("{svc}-1"), svc, "http", echo.http, true);
-    }
+    let mut m = services(&[("tls", &tls), ("h2", &h2)]);
     let to = |ing: &str, svc: &str, protocol: Option<&str>| {
         let ann: Vec<(&str, &str)> = protocol
             .map(|p| ("backend-protocol", p))
@@ -291,4 +297,75 @@ fn backend_protocol_https_and_grpc_reach_their_endpoints() {
     assert!(out.starts_with("HTTP/2 200"), "{out}{err}");
     assert!(out.contains("\"body_bytes\":3"), "{out}");
     assert!(out.contains("grpc-status: 0"), "{out}");
+}
+
+/// ingress-nginx canaries: a second Ingress for the same host and path
+/// takes requests by header, by cookie, then by weight; a canary with no
+/// main Ingress is reported and not served.
+#[test]
+fn canary_ingresses_take_their_share_of_the_main_route() {
+    let stable = Echo::http("stable");
+    let next = Echo::http("next");
+    let mut m = services(&[("stable", &stable), ("next", &next)]);
+    let to = |ing: &str, host: &str, svc: &str, ann: &[(&str, &str)]| {
+        nginx_ingress(ing, "/", ann)
+            .replace("service: {name: web,", &format!("service: {{name: {svc},"))
+            .replace(&format!("\"{ing}.test\""), &format!("\"{host}\""))
+    };
+    // The canary sorts first: it is attached whatever the order.
+    m += &to(
+        "a-canary",
+        "shop.test",
+        "next",
+        &[
+            ("canary", "true"),
+            ("canary-weight", "50"),
+            ("canary-by-header", "X-Canary"),
+            ("canary-by-cookie", "use_canary"),
+        ],
+    );
+    m += &to("main", "shop.test", "stable", &[]);
+    m += &to(
+        "orphan",
+        "orphan.test",
+        "next",
+        &[("canary", "true"), ("canary-weight", "100")],
+    );
+    let g = Gateway::start(&[("m.yaml", &m)], &nginx_config());
+
+    let name = |extra: &str| {
+        let r = http_request(
+            g.http,
+            &format!("GET / HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n"),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["name"].as_str().unwrap().to_string()
+    };
+    for _ in 0..10 {
+        assert_eq!(name("X-Canary: always\r\n"), "next");
+        assert_eq!(
+            name("X-Canary: never\r\nCookie: use_canary=always\r\n"),
+            "stable"
+        );
+        assert_eq!(name("Cookie: a=b; use_canary=always\r\n"), "next");
+        assert_eq!(name("Cookie: use_canary=never\r\n"), "stable");
+    }
+    // 50%: out of 200 requests each side gets well over 50 (the chance of
+    // fewer is below 1e-12).
+    let to_next = (0..200).filter(|_| name("") == "next").count();
+    assert!(
+        (50..=150).contains(&to_next),
+        "{to_next} of 200 went to the canary"
+    );
+    assert!(g
+        .metrics()
+        .contains("portico_canary_requests_total{ingress=\"default/a-canary\"}"));
+
+    assert_eq!(http_get(g.http, "orphan.test", "/").unwrap().status, 404);
+    let cfg = g.config_json().to_string();
+    assert!(
+        cfg.contains("canary for orphan.test /, but no other Ingress routes that host and path"),
+        "{cfg}"
+    );
 }

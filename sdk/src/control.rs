@@ -185,6 +185,27 @@ pub struct RoutePolicy {
     /// How the gateway talks to the endpoints; unset: HTTP/1.1 in clear.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<BackendProtocol>,
+    /// This Ingress is a canary: its paths take a share of the same host
+    /// and path routed by another Ingress instead of routing on their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// When a request goes to a canary Ingress's backend, in this order: the
+/// header (`always`/`never`, or equal to `header_value`), the cookie
+/// (`always`/`never`), then `weight` out of `weight_total` at random.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    pub weight: u32,
+    /// At least 1; the host checks `weight <= weight_total`.
+    pub weight_total: u32,
 }
 
 /// The protocol spoken to a route's endpoints. Upstream TLS is encrypted,

@@ -45,6 +45,72 @@ pub struct RoutePolicy {
     pub cors: Option<Cors>,
     /// The protocol spoken to the endpoints; unset: HTTP/1.1 in clear.
     pub backend_protocol: Option<BackendProtocol>,
+    /// This Ingress is a canary: its paths do not route on their own but
+    /// take a share of the same host and path of another Ingress.
+    pub canary: Option<Canary>,
+}
+
+/// When a request goes to the canary backend, in this order: the header
+/// (`always`/`never`, or equal to `header_value`), the cookie
+/// (`always`/`never`), then `weight` out of `weight_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Canary {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub header_value: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub weight: u32,
+    #[serde(default = "hundred")]
+    pub weight_total: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+impl Canary {
+    /// Whether this request goes to the canary; `roll` is a uniform draw in
+    /// `0..weight_total` (random in the data plane, fixed in tests).
+    pub fn wants(&self, headers: &http::HeaderMap, roll: impl FnOnce(u32) -> u32) -> bool {
+        if let Some(value) = self
+            .header
+            .as_deref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+        {
+            match &self.header_value {
+                Some(want) if value == want => return true,
+                Some(_) => {}
+                None if value == "always" => return true,
+                None if value == "never" => return false,
+                None => {}
+            }
+        }
+        if let Some(name) = &self.cookie {
+            match cookie(headers, name) {
+                Some("always") => return true,
+                Some("never") => return false,
+                _ => {}
+            }
+        }
+        self.weight > 0 && roll(self.weight_total) < self.weight
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// How the data plane talks to a route's endpoints. Upstream TLS does not
@@ -185,6 +251,33 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
             return Err("policy.cors has no origins or a value with control characters".into());
         }
     }
+    if let Some(c) = &p.canary {
+        if c.weight_total == 0 || c.weight_total > 1_000_000 || c.weight > c.weight_total {
+            return Err(format!(
+                "policy.canary: weight {} of weightTotal {} (need 0 <= weight <= weightTotal <= 1000000, weightTotal >= 1)",
+                c.weight, c.weight_total
+            ));
+        }
+        if let Some(h) = &c.header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!("policy.canary.header {h:?} is not a header name"));
+            }
+        }
+        if c.header_value.is_some() && c.header.is_none() {
+            return Err("policy.canary.headerValue needs policy.canary.header".into());
+        }
+        if let Some(name) = &c.cookie {
+            if name.is_empty()
+                || name
+                    .bytes()
+                    .any(|b| b <= 0x20 || b >= 0x7f || b"=;,".contains(&b))
+            {
+                return Err(format!(
+                    "policy.canary.cookie {name:?} is not a cookie name"
+                ));
+            }
+        }
+    }
     let mut allow = Vec::new();
     for r in &p.allow_source_ranges {
         let net = r
@@ -293,9 +386,65 @@ mod tests {
                 br#"{"policy": {}, "problems": [{"severity": "fatal", "message": "x"}]}"#,
                 "severity",
             ),
+            (br#"{"policy": {"canary": {"weight": 101}}}"#, "weightTotal"),
+            (
+                br#"{"policy": {"canary": {"header": "bad header"}}}"#,
+                "not a header name",
+            ),
+            (
+                br#"{"policy": {"canary": {"headerValue": "x"}}}"#,
+                "needs policy.canary.header",
+            ),
+            (
+                br#"{"policy": {"canary": {"cookie": "a;b"}}}"#,
+                "not a cookie name",
+            ),
         ] {
             let err = parse_answer(bad).unwrap_err();
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn canary_decision_order() {
+        let c = Canary {
+            header: Some("x-canary".into()),
+            header_value: None,
+            cookie: Some("canary".into()),
+            weight: 10,
+            weight_total: 100,
+        };
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            m
+        };
+        let low = |_| 0;
+        let high = |total| total - 1;
+        assert!(c.wants(&h(&[]), low), "weight: 0 < 10");
+        assert!(!c.wants(&h(&[]), high), "weight: 99 >= 10");
+        assert!(c.wants(&h(&[("x-canary", "always")]), high));
+        assert!(!c.wants(&h(&[("x-canary", "never")]), low));
+        // The header wins over the cookie; the cookie over the weight.
+        assert!(!c.wants(
+            &h(&[("x-canary", "never"), ("cookie", "canary=always")]),
+            low
+        ));
+        assert!(c.wants(&h(&[("cookie", "a=1; canary=always")]), high));
+        assert!(!c.wants(&h(&[("cookie", "canary=never")]), low));
+        // Other header values fall through to the next rule.
+        assert!(c.wants(&h(&[("x-canary", "maybe")]), low));
+        let exact = Canary {
+            header_value: Some("v2".into()),
+            weight: 0,
+            ..c
+        };
+        assert!(exact.wants(&h(&[("x-canary", "v2")]), high));
+        assert!(!exact.wants(&h(&[("x-canary", "always")]), low));
     }
 }

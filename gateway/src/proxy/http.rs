@@ -607,6 +607,16 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+        // A canary Ingress may take this request (decided once, before
+        // the Service's plugins and the pool).
+        let (backend, canary) = route.backend_for(&req.headers);
+        let backend = backend.clone();
+        if canary {
+            if let Some(c) = &route.canary {
+                metrics::counter!("portico_canary_requests_total", "ingress" => c.ingress.clone())
+                    .increment(1);
+            }
+        }
         if let Some(policy) = route.policy.clone() {
             if self.apply_policy(session, ctx, route, &policy).await? {
                 return Ok(true);
@@ -616,10 +626,7 @@ impl ProxyHttp for HttpProxy {
             set_route_props(chain.props_mut(), route, &snap);
         }
         // The Ingress's plugins, then the Service's.
-        let service_plugins = snap
-            .pool(&route.backend)
-            .map(|p| p.plugins())
-            .unwrap_or_default();
+        let service_plugins = snap.pool(&backend).map(|p| p.plugins()).unwrap_or_default();
         if !route.plugins.is_empty() || !service_plugins.is_empty() {
             let mut wanted = Vec::with_capacity(route.plugins.len() + service_plugins.len());
             for name in route.plugins.iter().chain(service_plugins) {
@@ -654,12 +661,12 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
         }
-        let pool = snap.pool(&route.backend).cloned();
+        let pool = snap.pool(&backend).cloned();
         match pool {
             Some(p) if !p.is_empty() => ctx.pool = Some(p),
             _ => {
                 ctx.local_reason = Some("no-endpoints");
-                let body = format!("no available endpoints for service {}\n", route.backend);
+                let body = format!("no available endpoints for service {backend}\n");
                 respond(session, 503, body).await?;
                 return Ok(true);
             }

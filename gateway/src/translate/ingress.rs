@@ -5,12 +5,25 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
 use super::backend::{Backends, PortRef};
 use crate::problems::Problem;
-use crate::routing::{PathKind, Route};
+use crate::routing::{CanaryRoute, PathKind, Route};
 use crate::snapshot::SnapshotSpec;
 use crate::store::{ObjectKey, Store};
 use crate::tls;
 
-/// Adds one admitted Ingress to the table. Problems name the Ingress.
+/// A path of a canary Ingress, to be given to the route of another
+/// Ingress once every Ingress is in the table.
+pub struct PendingCanary {
+    /// Where problems are reported: the canary Ingress.
+    pub here: String,
+    pub what: String,
+    pub host: Option<String>,
+    pub kind: PathKind,
+    pub path: String,
+    pub canary: CanaryRoute,
+}
+
+/// Adds one admitted Ingress to the table. Problems name the Ingress. A
+/// canary Ingress adds no route; its paths come back to be attached.
 pub fn add_ingress(
     key: &ObjectKey,
     ing: &Ingress,
@@ -18,7 +31,8 @@ pub fn add_ingress(
     settings: &super::Settings,
     backends: &mut Backends<'_>,
     out: &mut SnapshotSpec,
-) {
+) -> Vec<PendingCanary> {
+    let mut pending = Vec::new();
     let SnapshotSpec {
         routes,
         certs,
@@ -28,7 +42,7 @@ pub fn add_ingress(
     let here = Store::locate(&store.ingresses, "Ingress", key);
     let Some(spec) = ing.spec.as_ref() else {
         problems.push(Problem::warning(&here, "has no spec; nothing to serve"));
-        return;
+        return pending;
     };
     let ingress_name = key.to_string();
     // Plugins read annotations as properties; kubectl's copy of the whole
@@ -53,7 +67,7 @@ pub fn add_ingress(
         None => None,
         Some(Err(e)) => {
             problems.push(Problem::error(&here, format!("{e}; not served")));
-            return;
+            return pending;
         }
         Some(Ok(p)) => {
             let tls = spec.tls.as_ref().is_some_and(|t| !t.is_empty());
@@ -73,12 +87,13 @@ pub fn add_ingress(
                         &here,
                         format!("policy plugin: {e}; not served"),
                     ));
-                    return;
+                    return pending;
                 }
             }
         }
     };
     problems.extend(unknown.into_iter().map(|m| Problem::error(&here, m)));
+    let canary = policy.as_ref().and_then(|p| p.policy.canary.clone());
 
     let mut resolve = |b: &IngressBackend, what: &str, problems: &mut Vec<Problem>| {
         let Some(svc) = b.service.as_ref() else {
@@ -118,7 +133,12 @@ pub fn add_ingress(
         Some(bk)
     };
 
-    if let Some(db) = spec.default_backend.as_ref() {
+    if let (Some(_), Some(_)) = (&canary, spec.default_backend.as_ref()) {
+        problems.push(Problem::warning(
+            &here,
+            "defaultBackend of a canary Ingress is ignored (only its rules take a share)",
+        ));
+    } else if let Some(db) = spec.default_backend.as_ref() {
         if let Some(bk) = resolve(db, "defaultBackend", problems) {
             let route = Route {
                 ingress: ingress_name.clone(),
@@ -129,6 +149,7 @@ pub fn add_ingress(
                 plugins: plugins.clone(),
                 annotations: annotations.clone(),
                 policy: policy.clone(),
+                canary: None,
             };
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
@@ -180,6 +201,21 @@ pub fn add_ingress(
             let Some(bk) = resolve(&p.backend, &what, problems) else {
                 continue;
             };
+            if let Some(rule) = &canary {
+                pending.push(PendingCanary {
+                    here: here.clone(),
+                    what,
+                    host: host.map(str::to_string),
+                    kind,
+                    path: path.to_string(),
+                    canary: CanaryRoute {
+                        ingress: ingress_name.clone(),
+                        backend: bk,
+                        rule: rule.clone(),
+                    },
+                });
+                continue;
+            }
             let route = Route {
                 ingress: ingress_name.clone(),
                 host: host.unwrap_or("*").to_string(),
@@ -189,6 +225,7 @@ pub fn add_ingress(
                 plugins: plugins.clone(),
                 annotations: annotations.clone(),
                 policy: policy.clone(),
+                canary: None,
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {
                 if kept.ingress != ingress_name {
@@ -268,6 +305,7 @@ pub fn add_ingress(
             }
         }
     }
+    pending
 }
 
 /// Event reason for an Ingress whose TLS Secret cannot be served.

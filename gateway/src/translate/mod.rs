@@ -68,12 +68,35 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         .map(|c| c.object.as_ref())
         .collect();
     // Older Ingresses win conflicts (as ingress-nginx does).
+    let mut canaries = Vec::new();
     for (key, ing) in oldest_first(&store.ingresses, |i| &i.metadata) {
         match settings.admission.admit(&ing.object, &classes) {
-            Admission::Admit(_) => {
-                ingress::add_ingress(key, &ing.object, store, settings, &mut backends, &mut out)
-            }
+            Admission::Admit(_) => canaries.extend(ingress::add_ingress(
+                key,
+                &ing.object,
+                store,
+                settings,
+                &mut backends,
+                &mut out,
+            )),
             Admission::Ignore(why) => tracing::debug!(ingress = %key, %why, "not ours"),
+        }
+    }
+    // Canaries after every main Ingress, whatever their age; the oldest
+    // canary of a path wins.
+    for c in canaries {
+        let host = c.host.as_deref();
+        if !out.routes.attach_canary(host, c.kind, &c.path, c.canary) {
+            out.problems.push(crate::problems::Problem::warning(
+                &c.here,
+                format!(
+                    "{}: canary for {} {}, but no other Ingress routes that host and path \
+                     (or another canary took it); not served",
+                    c.what,
+                    host.unwrap_or("*"),
+                    c.path
+                ),
+            ));
         }
     }
 

@@ -13,7 +13,9 @@
 //! `enable-cors` with `cors-allow-origin`, `cors-allow-methods`,
 //! `cors-allow-headers`, `cors-allow-credentials`, `cors-expose-headers`,
 //! `cors-max-age` (ingress-nginx's defaults when unset), `backend-protocol`
-//! (`HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `AUTO_HTTP`).
+//! (`HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `AUTO_HTTP`), `canary` with
+//! `canary-weight`, `canary-weight-total`, `canary-by-header`,
+//! `canary-by-header-value`, `canary-by-cookie`.
 //! The affinity annotations are the `session-affinity` plugin's. Every
 //! other `nginx.ingress.kubernetes.io/*` annotation gets a warning naming
 //! it as not supported, so nothing is silently ignored.
@@ -21,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use portico_sdk::control::{
-    BackendProtocol, ControlPlugin, Cors, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
+    BackendProtocol, Canary, ControlPlugin, Cors, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
     RoutePolicy,
 };
 
@@ -197,7 +199,40 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
             }
         };
     }
+    if flag("canary", &mut problem) == Some(true) {
+        let number = |k: &str, default: u32, what: &mut dyn FnMut(&str, String)| match get(k) {
+            None => default,
+            Some(v) => v.parse::<u32>().unwrap_or_else(|_| {
+                what("error", format!("annotation {PREFIX}{k}: {v:?} is not a whole number; {default} used"));
+                default
+            }),
+        };
+        let total = number("canary-weight-total", 100, &mut problem).max(1);
+        let mut weight = number("canary-weight", 0, &mut problem);
+        if weight > total {
+            problem("warning", format!("annotation {PREFIX}canary-weight: {weight} is more than the total {total}; every request goes to the canary"));
+            weight = total;
+        }
+        let header = get("canary-by-header").filter(|h| {
+            let ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !ok {
+                problem("error", format!("annotation {PREFIX}canary-by-header: {h:?} is not a header name; ignored"));
+            }
+            ok
+        });
+        let header_value = if header.is_some() { get("canary-by-header-value").filter(|v| !v.is_empty() && !v.bytes().any(|b| b < 0x20 || b == 0x7f)) } else { None };
+        let cookie = get("canary-by-cookie").filter(|c| {
+            let ok = !c.is_empty() && !c.bytes().any(|b| b <= 0x20 || b >= 0x7f || b"=;,".contains(&b));
+            if !ok {
+                problem("error", format!("annotation {PREFIX}canary-by-cookie: {c:?} is not a cookie name; ignored"));
+            }
+            ok
+        });
+        p.canary = Some(Canary { header, header_value, cookie, weight, weight_total: total });
+    }
     let handled = [
+        "canary", "canary-weight", "canary-weight-total", "canary-by-header",
+        "canary-by-header-value", "canary-by-cookie",
         "backend-protocol",
         "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
         "cors-allow-credentials", "cors-expose-headers", "cors-max-age",
@@ -280,6 +315,36 @@ mod tests {
         assert_eq!(c.allow_origins, vec!["https://a.example", "https://b.example"]);
         assert!(!c.allow_credentials);
         assert!(translate(&ann(&[("enable-cors", "false")]), false).policy.cors.is_none());
+    }
+
+    #[test]
+    fn canary_annotations() {
+        let a = translate(
+            &ann(&[
+                ("canary", "true"),
+                ("canary-weight", "20"),
+                ("canary-by-header", "X-Canary"),
+                ("canary-by-cookie", "use_canary"),
+            ]),
+            false,
+        );
+        assert_eq!(
+            a.policy.canary,
+            Some(Canary {
+                header: Some("X-Canary".into()),
+                header_value: None,
+                cookie: Some("use_canary".into()),
+                weight: 20,
+                weight_total: 100,
+            })
+        );
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        // Not a canary without `canary: "true"`.
+        assert_eq!(translate(&ann(&[("canary-weight", "20")]), false).policy.canary, None);
+        let a = translate(&ann(&[("canary", "true"), ("canary-weight", "lots"), ("canary-by-header", "a b")]), false);
+        let c = a.policy.canary.unwrap();
+        assert_eq!((c.weight, c.header), (0, None));
+        assert_eq!(a.problems.len(), 2, "{:?}", a.problems);
     }
 
     #[test]
