@@ -369,3 +369,46 @@ fn canary_ingresses_take_their_share_of_the_main_route() {
         "{cfg}"
     );
 }
+
+/// ingress-nginx `limit-rps` (burst of 5 × the rate) and
+/// `limit-connections` per client: over them, 503; `limit-whitelist`
+/// clients are never limited.
+#[test]
+fn rate_and_connection_limits_per_client() {
+    let echo = Echo::http("web");
+    let mut m = services(&[("web", &echo)]);
+    m += &nginx_ingress("rps", "/", &[("limit-rps", "2")]);
+    m += &nginx_ingress(
+        "exempt",
+        "/",
+        &[("limit-rps", "1"), ("limit-whitelist", "127.0.0.0/8")],
+    );
+    m += &nginx_ingress("conns", "/", &[("limit-connections", "1")]);
+    let g = Gateway::start(&[("m.yaml", &m)], &nginx_config());
+
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| http_get(g.http, "rps.test", "/").unwrap().status)
+        .collect();
+    assert!(statuses[..10].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(g
+        .metrics()
+        .contains("portico_rate_limited_total{ingress=\"default/rps\",limit=\"rate\"}"));
+    for _ in 0..30 {
+        assert_eq!(http_get(g.http, "exempt.test", "/").unwrap().status, 200);
+    }
+
+    // One request in flight holds the only slot.
+    let port = g.http;
+    let slow = std::thread::spawn(move || http_get(port, "conns.test", "/delay/1500").unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = http_get(g.http, "conns.test", "/").unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("connections limit"), "{}", r.text());
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(http_get(g.http, "conns.test", "/").unwrap().status, 200);
+}

@@ -189,6 +189,26 @@ pub struct RoutePolicy {
     /// and path routed by another Ingress instead of routing on their own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// Per-client limits; over them a request gets 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Per client IP and Ingress: a token bucket refilled at `rps` (or `rpm`)
+/// holding `burst_multiplier` times the rate, and at most `connections`
+/// requests in flight. Clients in `exempt` (CIDRs) are not limited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    pub burst_multiplier: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exempt: Vec<String>,
 }
 
 /// When a request goes to a canary Ingress's backend, in this order: the

@@ -48,6 +48,39 @@ pub struct RoutePolicy {
     /// This Ingress is a canary: its paths do not route on their own but
     /// take a share of the same host and path of another Ingress.
     pub canary: Option<Canary>,
+    /// Per-client limits; over them a request gets 503.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Per client IP and Ingress: a token bucket of `rps` (or `rpm`) with a
+/// burst of `burst_multiplier` times the rate, and at most `connections`
+/// requests in flight. Clients in `exempt` are not limited.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    #[serde(default)]
+    pub rps: Option<u32>,
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    #[serde(default = "five")]
+    pub burst_multiplier: u32,
+    #[serde(default)]
+    pub connections: Option<u32>,
+    #[serde(default)]
+    pub exempt: Vec<String>,
+}
+
+fn five() -> u32 {
+    5
+}
+
+impl RateLimit {
+    /// The refill rate; `rps` wins over `rpm` as in ingress-nginx.
+    pub fn per_second(&self) -> Option<f64> {
+        self.rps
+            .map(f64::from)
+            .or(self.rpm.map(|m| f64::from(m) / 60.0))
+    }
 }
 
 /// When a request goes to the canary backend, in this order: the header
@@ -186,6 +219,8 @@ struct ProblemOut {
 pub struct CheckedPolicy {
     pub policy: RoutePolicy,
     pub allow: Vec<ipnet::IpNet>,
+    /// `rate_limit.exempt`, parsed.
+    pub limit_exempt: Vec<ipnet::IpNet>,
 }
 
 impl CheckedPolicy {
@@ -193,6 +228,13 @@ impl CheckedPolicy {
     pub fn allows(&self, ip: Option<std::net::IpAddr>) -> bool {
         self.allow.is_empty() || ip.is_some_and(|ip| self.allow.iter().any(|n| n.contains(&ip)))
     }
+}
+
+/// A CIDR, or one address.
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
 }
 
 fn header_safe(s: &str) -> bool {
@@ -278,12 +320,29 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
             }
         }
     }
+    let mut limit_exempt = Vec::new();
+    if let Some(l) = &p.rate_limit {
+        let in_range = |v: Option<u32>| v.is_none_or(|v| (1..=1_000_000).contains(&v));
+        if l.rps.is_none() && l.rpm.is_none() && l.connections.is_none() {
+            return Err("policy.rateLimit sets none of rps, rpm, connections".into());
+        }
+        if !in_range(l.rps) || !in_range(l.rpm) || !in_range(l.connections) {
+            return Err("policy.rateLimit: rps, rpm and connections must be 1..=1000000".into());
+        }
+        if !(1..=1000).contains(&l.burst_multiplier) {
+            return Err("policy.rateLimit.burstMultiplier must be 1..=1000".into());
+        }
+        for r in &l.exempt {
+            limit_exempt.push(
+                parse_net(r)
+                    .ok_or_else(|| format!("policy.rateLimit.exempt: {r:?} is not a CIDR"))?,
+            );
+        }
+    }
     let mut allow = Vec::new();
     for r in &p.allow_source_ranges {
-        let net = r
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| format!("policy.allowSourceRanges: {r:?} is not a CIDR"))?;
+        let net =
+            parse_net(r).ok_or_else(|| format!("policy.allowSourceRanges: {r:?} is not a CIDR"))?;
         allow.push(net);
     }
     let problems = a
@@ -301,6 +360,7 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
         CheckedPolicy {
             policy: a.policy,
             allow,
+            limit_exempt,
         },
         problems,
     ))
@@ -398,6 +458,12 @@ mod tests {
             (
                 br#"{"policy": {"canary": {"cookie": "a;b"}}}"#,
                 "not a cookie name",
+            ),
+            (br#"{"policy": {"rateLimit": {}}}"#, "sets none"),
+            (br#"{"policy": {"rateLimit": {"rps": 0}}}"#, "1..=1000000"),
+            (
+                br#"{"policy": {"rateLimit": {"rps": 1, "exempt": ["x"]}}}"#,
+                "not a CIDR",
             ),
         ] {
             let err = parse_answer(bad).unwrap_err();

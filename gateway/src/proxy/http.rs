@@ -33,6 +33,8 @@ pub struct HttpProxy {
     plugins: RegistryHandle,
     cfg: ProxyConfig,
     access_log: bool,
+    /// Per-client limits of routes (`rateLimit` policy); outlives snapshots.
+    limiter: Arc<super::limits::Limiter>,
 }
 
 impl HttpProxy {
@@ -47,6 +49,7 @@ impl HttpProxy {
             plugins,
             cfg,
             access_log,
+            limiter: Arc::default(),
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct RequestCtx {
     /// `Access-Control-Allow-Origin` to add to the response (route CORS
     /// policy, request from an allowed origin).
     cors_origin: Option<String>,
+    /// The request's concurrency slot under a route's `rateLimit`.
+    limit_slot: Option<super::limits::Slot>,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -363,6 +368,33 @@ impl HttpProxy {
             .await?;
             return Ok(true);
         }
+        if let (Some(limit), Some(ip)) = (&policy.rate_limit, client_ip(session)) {
+            if !checked.limit_exempt.iter().any(|n| n.contains(&ip)) {
+                match self
+                    .limiter
+                    .admit(&route.ingress, ip, limit, Instant::now())
+                {
+                    Ok(slot) => ctx.limit_slot = slot,
+                    Err(why) => {
+                        metrics::counter!("portico_rate_limited_total", "ingress" => route.ingress.clone(), "limit" => why.as_str())
+                            .increment(1);
+                        ctx.local_reason = Some("policy-rate-limit");
+                        // 503, as ingress-nginx answers by default.
+                        respond(
+                            session,
+                            503,
+                            format!(
+                                "too many requests from this client (Ingress {}, {} limit)\n",
+                                route.ingress,
+                                why.as_str()
+                            ),
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
         let path_and_query = session
             .req_header()
             .uri
@@ -539,6 +571,7 @@ impl ProxyHttp for HttpProxy {
             plugin_response: None,
             replace_body: None,
             cors_origin: None,
+            limit_slot: None,
         }
     }
 

@@ -1,3 +1,4 @@
 //! The L7 data plane.
 
 pub mod http;
+pub mod limits;

@@ -15,7 +15,9 @@
 //! `cors-max-age` (ingress-nginx's defaults when unset), `backend-protocol`
 //! (`HTTP`, `HTTPS`, `GRPC`, `GRPCS`, `AUTO_HTTP`), `canary` with
 //! `canary-weight`, `canary-weight-total`, `canary-by-header`,
-//! `canary-by-header-value`, `canary-by-cookie`.
+//! `canary-by-header-value`, `canary-by-cookie`, `limit-rps`, `limit-rpm`,
+//! `limit-connections`, `limit-burst-multiplier`,
+//! `limit-whitelist`/`limit-allowlist`.
 //! The affinity annotations are the `session-affinity` plugin's. Every
 //! other `nginx.ingress.kubernetes.io/*` annotation gets a warning naming
 //! it as not supported, so nothing is silently ignored.
@@ -23,7 +25,7 @@
 use std::collections::BTreeMap;
 
 use portico_sdk::control::{
-    BackendProtocol, Canary, ControlPlugin, Cors, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
+    BackendProtocol, Canary, ControlPlugin, Cors, RateLimit, IngressPolicyAnswer, IngressPolicyRequest, PolicyProblem, Redirect,
     RoutePolicy,
 };
 
@@ -230,7 +232,39 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
         });
         p.canary = Some(Canary { header, header_value, cookie, weight, weight_total: total });
     }
+    {
+        let mut count = |k: &str| match get(k) {
+            None => None,
+            Some(v) => match v.parse::<u32>() {
+                Ok(0) => None,
+                Ok(n) if n <= 1_000_000 => Some(n),
+                _ => {
+                    problem("error", format!("annotation {PREFIX}{k}: {v:?} is not a number 0..1000000; ignored"));
+                    None
+                }
+            },
+        };
+        let rps = count("limit-rps");
+        let rpm = count("limit-rpm");
+        let connections = count("limit-connections");
+        let burst = count("limit-burst-multiplier").unwrap_or(5).min(1000);
+        if rps.is_some() || rpm.is_some() || connections.is_some() {
+            let mut exempt = Vec::new();
+            for key in ["limit-whitelist", "limit-allowlist"] {
+                for r in get(key).unwrap_or_default().split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    if is_cidr(r) {
+                        exempt.push(r.to_string());
+                    } else {
+                        problem("error", format!("annotation {PREFIX}{key}: {r:?} is not a CIDR; ignored"));
+                    }
+                }
+            }
+            p.rate_limit = Some(RateLimit { rps, rpm, burst_multiplier: burst, connections, exempt });
+        }
+    }
     let handled = [
+        "limit-rps", "limit-rpm", "limit-connections", "limit-burst-multiplier",
+        "limit-whitelist", "limit-allowlist",
         "canary", "canary-weight", "canary-weight-total", "canary-by-header",
         "canary-by-header-value", "canary-by-cookie",
         "backend-protocol",
@@ -315,6 +349,27 @@ mod tests {
         assert_eq!(c.allow_origins, vec!["https://a.example", "https://b.example"]);
         assert!(!c.allow_credentials);
         assert!(translate(&ann(&[("enable-cors", "false")]), false).policy.cors.is_none());
+    }
+
+    #[test]
+    fn rate_limits() {
+        let a = translate(
+            &ann(&[("limit-rps", "5"), ("limit-connections", "2"), ("limit-whitelist", "10.0.0.0/8, nope")]),
+            false,
+        );
+        assert_eq!(
+            a.policy.rate_limit,
+            Some(RateLimit {
+                rps: Some(5),
+                rpm: None,
+                burst_multiplier: 5,
+                connections: Some(2),
+                exempt: vec!["10.0.0.0/8".into()],
+            })
+        );
+        assert!(a.problems[0].message.contains("nope"), "{:?}", a.problems);
+        assert_eq!(translate(&ann(&[("limit-rps", "0")]), false).policy.rate_limit, None);
+        assert_eq!(translate(&ann(&[("limit-whitelist", "10.0.0.0/8")]), false).policy.rate_limit, None);
     }
 
     #[test]
