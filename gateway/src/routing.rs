@@ -6,7 +6,10 @@
 //! `defaultBackend`. Paths: the longest matching path wins; at equal length
 //! `Exact` beats `Prefix`. `Prefix` matches element-wise (`/foo` matches
 //! `/foo/bar`, not `/foobar`) and ignores a trailing slash.
-//! `ImplementationSpecific` is treated as `Prefix`.
+//! `ImplementationSpecific` is treated as `Prefix`. `Regex` paths (an
+//! Ingress whose policy asks for them, ingress-nginx `use-regex`) match
+//! case-insensitively from the start of the path, ordered by length with
+//! the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +22,33 @@ use crate::snapshot::BackendKey;
 pub enum PathKind {
     Exact,
     Prefix,
+    Regex,
 }
+
+/// A compiled `Regex` path: `(?i)^` + the path as written.
+#[derive(Debug, Clone)]
+pub struct PathRegex(pub Arc<regex::Regex>);
+
+impl PathRegex {
+    /// Compiles a path; the size limit keeps a hostile pattern from
+    /// costing the gateway memory or time.
+    pub fn new(path: &str) -> Result<PathRegex, String> {
+        regex::RegexBuilder::new(&format!("^{path}"))
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map(|r| PathRegex(Arc::new(r)))
+            .map_err(|e| format!("not a regular expression: {e}"))
+    }
+}
+
+impl PartialEq for PathRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for PathRegex {}
 
 /// Where a matched request goes and which object said so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +73,9 @@ pub struct Route {
     /// A canary Ingress's share of this host and path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryRoute>,
+    /// The compiled path of a `Regex` route.
+    #[serde(skip)]
+    pub path_regex: Option<PathRegex>,
 }
 
 /// The other backend of a route, from a canary Ingress.
@@ -83,6 +115,11 @@ impl PathRule {
                     || (path.starts_with(&self.path)
                         && matches!(path.as_bytes().get(self.path.len()), None | Some(b'/')))
             }
+            PathKind::Regex => self
+                .route
+                .path_regex
+                .as_ref()
+                .is_some_and(|r| r.0.is_match(path)),
         }
     }
 }
@@ -98,7 +135,7 @@ impl VirtualHost {
     /// wins, as translation orders them). Returns the route kept.
     pub fn add(&mut self, kind: PathKind, path: &str, route: Route) -> Result<(), Arc<Route>> {
         let norm = match kind {
-            PathKind::Exact => path.to_string(),
+            PathKind::Exact | PathKind::Regex => path.to_string(),
             PathKind::Prefix => path.trim_end_matches('/').to_string(),
         };
         if let Some(existing) = self.rules.iter().find(|r| r.kind == kind && r.path == norm) {
@@ -109,12 +146,14 @@ impl VirtualHost {
             kind,
             route: Arc::new(route),
         });
-        // Longest first; at equal length Exact before Prefix.
+        // Exact paths first (one matches only the path itself, so for
+        // Prefix paths this is the Ingress rule "longest wins, Exact at a
+        // tie", and it keeps nginx's order for Regex paths); then longest
+        // first.
         self.rules.sort_by(|a, b| {
-            b.path
-                .len()
-                .cmp(&a.path.len())
-                .then_with(|| (a.kind == PathKind::Prefix).cmp(&(b.kind == PathKind::Prefix)))
+            (a.kind != PathKind::Exact)
+                .cmp(&(b.kind != PathKind::Exact))
+                .then_with(|| b.path.len().cmp(&a.path.len()))
         });
         Ok(())
     }
@@ -123,7 +162,7 @@ impl VirtualHost {
     /// Ingress routes this path (or it already has a canary).
     pub fn attach_canary(&mut self, kind: PathKind, path: &str, canary: CanaryRoute) -> bool {
         let norm = match kind {
-            PathKind::Exact => path.to_string(),
+            PathKind::Exact | PathKind::Regex => path.to_string(),
             PathKind::Prefix => path.trim_end_matches('/').to_string(),
         };
         let Some(rule) = self
@@ -297,6 +336,7 @@ mod tests {
             annotations: Arc::default(),
             policy: None,
             canary: None,
+            path_regex: None,
         }
     }
 
@@ -308,7 +348,32 @@ mod tests {
         vh
     }
 
-    use PathKind::{Exact, Prefix};
+    use PathKind::{Exact, Prefix, Regex};
+
+    #[test]
+    fn regex_paths_match_from_the_start_case_insensitively_by_length() {
+        let mut vh = VirtualHost::default();
+        for (kind, p) in [
+            (Regex, "/api/v[0-9]+"),
+            (Prefix, "/api"),
+            (Exact, "/api/v1"),
+        ] {
+            let mut r = route(&format!("{kind:?}{p}"));
+            if kind == Regex {
+                r.path_regex = Some(PathRegex::new(p).unwrap());
+            }
+            vh.add(kind, p, r).unwrap();
+        }
+        let found = |path: &str| vh.find(path).map(|r| r.ingress.clone());
+        assert_eq!(found("/api/v1").as_deref(), Some("default/Exact/api/v1"));
+        assert_eq!(
+            found("/API/V2/x").as_deref(),
+            Some("default/Regex/api/v[0-9]+")
+        );
+        assert_eq!(found("/api/vx").as_deref(), Some("default/Prefix/api"));
+        assert_eq!(found("/x/api/v2"), None);
+        assert!(PathRegex::new("/(unclosed").is_err());
+    }
 
     #[test]
     fn a_canary_attaches_to_exactly_its_host_and_path_once() {

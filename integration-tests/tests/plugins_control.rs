@@ -137,14 +137,17 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     m += &nginx_ingress("root", "/", &[("app-root", "/app")]);
     m += &nginx_ingress("limited", "/", &[("proxy-body-size", "10")]);
     m += &nginx_ingress("denied", "/", &[("whitelist-source-range", "10.0.0.0/8")]);
+    // ingress-nginx's rewrite: the path is a regex and the whole path is
+    // replaced, with capture groups.
     m += &nginx_ingress(
         "rewrite",
-        "/api",
+        "/API(/|$)(.*)",
         &[
-            ("rewrite-target", "/v2"),
+            ("rewrite-target", "/v2/$2"),
             ("upstream-vhost", "internal.svc"),
         ],
     );
+    m += &nginx_ingress("regex", "/items/[0-9]+$", &[("use-regex", "true")]);
     m += &nginx_ingress(
         "cors",
         "/",
@@ -187,6 +190,25 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     let r = http_get(g.http, "rewrite.test", "/api/users?x=1").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["path"], "/v2/users?x=1");
+    let r = http_get(g.http, "rewrite.test", "/api").unwrap();
+    assert_eq!(r.json()["path"], "/v2/");
+    assert_eq!(
+        http_get(g.http, "rewrite.test", "/apix").unwrap().status,
+        404
+    );
+    // use-regex: matched from the start, case-insensitively.
+    assert_eq!(
+        http_get(g.http, "regex.test", "/Items/42").unwrap().status,
+        200
+    );
+    assert_eq!(
+        http_get(g.http, "regex.test", "/items/4x").unwrap().status,
+        404
+    );
+    assert_eq!(
+        http_get(g.http, "regex.test", "/x/items/4").unwrap().status,
+        404
+    );
     assert_eq!(r.json()["host"], "internal.svc");
 
     // CORS: the preflight is answered here; allowed origins get the

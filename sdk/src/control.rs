@@ -192,6 +192,12 @@ pub struct RoutePolicy {
     /// Per-client limits; over them a request gets 503.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The Ingress's Prefix and ImplementationSpecific paths are regular
+    /// expressions (matched case-insensitively from the start of the
+    /// path); `rewrite_target` then replaces the whole path and may use
+    /// `$1`... (`${1}` before a letter or digit).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub regex_paths: bool,
 }
 
 /// Per client IP and Ingress: a token bucket refilled at `rps` (or `rpm`)

@@ -50,6 +50,10 @@ pub struct RoutePolicy {
     pub canary: Option<Canary>,
     /// Per-client limits; over them a request gets 503.
     pub rate_limit: Option<RateLimit>,
+    /// The Ingress's Prefix and ImplementationSpecific paths are regular
+    /// expressions, matched case-insensitively from the start of the path;
+    /// `rewrite_target` then replaces the whole path and may use `$1`...
+    pub regex_paths: bool,
 }
 
 /// Per client IP and Ingress: a token bucket of `rps` (or `rpm`) with a
@@ -255,6 +259,11 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
         if !header_safe(&r.url) {
             return Err("policy.redirect.url is empty or has control characters".into());
         }
+    }
+    if p.rewrite_target.as_deref().is_some_and(|t| t.contains('$')) && !p.regex_paths {
+        return Err(
+            "policy.rewriteTarget uses capture groups ($n) without policy.regexPaths".into(),
+        );
     }
     for (what, v) in [
         ("appRoot", &p.app_root),

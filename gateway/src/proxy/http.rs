@@ -475,11 +475,23 @@ impl HttpProxy {
             }
         }
         if let Some(target) = &policy.rewrite_target {
-            // The matched prefix is replaced; the rest and the query stay.
             let path = session.req_header().uri.path().to_string();
-            let prefix = route.path.trim_end_matches('/');
-            let rest = path.strip_prefix(prefix).unwrap_or("");
-            let mut new = format!("{}{}", target.trim_end_matches('/'), rest);
+            let mut new = match route.path_regex.as_ref().and_then(|r| r.0.captures(&path)) {
+                // A regex route: the whole path becomes the target, with
+                // `$n` filled from the match (nginx's `rewrite`).
+                Some(caps) => {
+                    let mut out = String::new();
+                    caps.expand(target, &mut out);
+                    out
+                }
+                // The matched prefix is replaced; the rest stays.
+                None => {
+                    let prefix = route.path.trim_end_matches('/');
+                    let rest = path.strip_prefix(prefix).unwrap_or("");
+                    format!("{}{}", target.trim_end_matches('/'), rest)
+                }
+            };
+            // The query stays in both cases.
             if !new.starts_with('/') {
                 new.insert(0, '/');
             }

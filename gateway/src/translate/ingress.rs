@@ -94,6 +94,7 @@ pub fn add_ingress(
     };
     problems.extend(unknown.into_iter().map(|m| Problem::error(&here, m)));
     let canary = policy.as_ref().and_then(|p| p.policy.canary.clone());
+    let regex_paths = policy.as_ref().is_some_and(|p| p.policy.regex_paths);
 
     let mut resolve = |b: &IngressBackend, what: &str, problems: &mut Vec<Problem>| {
         let Some(svc) = b.service.as_ref() else {
@@ -150,6 +151,7 @@ pub fn add_ingress(
                 annotations: annotations.clone(),
                 policy: policy.clone(),
                 canary: None,
+                path_regex: None,
             };
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
@@ -198,6 +200,21 @@ pub fn add_ingress(
                 ));
                 continue;
             }
+            // Regex paths (ingress-nginx `use-regex`, or a rewrite with
+            // capture groups): Prefix and ImplementationSpecific paths.
+            let (kind, path_regex) = match (kind, regex_paths) {
+                (PathKind::Prefix, true) => match crate::routing::PathRegex::new(path) {
+                    Ok(r) => (PathKind::Regex, Some(r)),
+                    Err(e) => {
+                        problems.push(Problem::error(
+                            &here,
+                            format!("{what}.path {path:?}: {e}; path skipped"),
+                        ));
+                        continue;
+                    }
+                },
+                (kind, _) => (kind, None),
+            };
             let Some(bk) = resolve(&p.backend, &what, problems) else {
                 continue;
             };
@@ -226,6 +243,7 @@ pub fn add_ingress(
                 annotations: annotations.clone(),
                 policy: policy.clone(),
                 canary: None,
+                path_regex,
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {
                 if kept.ingress != ingress_name {

@@ -7,7 +7,7 @@
 //! Translated today:
 //! `ssl-redirect`, `force-ssl-redirect`, `permanent-redirect` (+
 //! `permanent-redirect-code`), `temporal-redirect`, `app-root`,
-//! `rewrite-target`, `upstream-vhost`, `proxy-body-size`,
+//! `rewrite-target` (with capture groups), `use-regex`, `upstream-vhost`, `proxy-body-size`,
 //! `whitelist-source-range` / `allowlist-source-range`,
 //! `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout`,
 //! `enable-cors` with `cors-allow-origin`, `cors-allow-methods`,
@@ -117,9 +117,13 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
         }
     }
     let path_ok = |v: &str| v.starts_with('/') && !v.bytes().any(|b| b < 0x21 || b == 0x7f);
+    // ingress-nginx matches paths as regular expressions with use-regex,
+    // and whenever rewrite-target is set (nginx's `rewrite` replaces the
+    // whole path, filling `$n` from the match).
+    let use_regex = flag("use-regex", &mut problem).unwrap_or(false);
     for (key, slot) in [("app-root", &mut p.app_root), ("rewrite-target", &mut p.rewrite_target)] {
         if let Some(v) = get(key) {
-            if v.contains('$') {
+            if key == "app-root" && v.contains('$') {
                 problem("error", format!("annotation {PREFIX}{key}: capture groups ({v:?}) are not supported; ignored"));
             } else if path_ok(&v) {
                 *slot = Some(v);
@@ -128,6 +132,7 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
             }
         }
     }
+    p.regex_paths = use_regex || p.rewrite_target.is_some();
     if let Some(v) = get("upstream-vhost") {
         if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
             p.upstream_host = Some(v);
@@ -264,7 +269,7 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
     }
     let handled = [
         "limit-rps", "limit-rpm", "limit-connections", "limit-burst-multiplier",
-        "limit-whitelist", "limit-allowlist",
+        "limit-whitelist", "limit-allowlist", "use-regex",
         "canary", "canary-weight", "canary-weight-total", "canary-by-header",
         "canary-by-header-value", "canary-by-cookie",
         "backend-protocol",
@@ -325,6 +330,7 @@ mod tests {
         let p = &a.policy;
         assert_eq!(p.app_root.as_deref(), Some("/app"));
         assert_eq!(p.rewrite_target.as_deref(), Some("/v2"));
+        assert!(p.regex_paths, "rewrite-target implies regex paths");
         assert_eq!(p.body_size_limit, Some(1024));
         assert_eq!(p.allow_source_ranges, vec!["10.0.0.0/8", "192.0.2.7"]);
         assert_eq!(p.read_timeout_ms, Some(30_000));
@@ -434,7 +440,7 @@ mod tests {
             &ann(&[
                 ("configuration-snippet", "more_set_headers \"x: y\";"),
                 ("proxy-body-size", "lots"),
-                ("rewrite-target", "/$2"),
+                ("rewrite-target", "v2"),
                 ("whitelist-source-range", "10.0.0.0/99"),
                 ("enable-canary-thing", "true"),
                 ("affinity", "cookie"),
@@ -444,7 +450,7 @@ mod tests {
         let text: Vec<String> = a.problems.iter().map(|p| format!("{} {}", p.severity, p.message)).collect();
         assert!(text.iter().any(|t| t.starts_with("error") && t.contains("configuration-snippet refused")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("proxy-body-size") && t.contains("not a size")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("capture groups")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("rewrite-target") && t.contains("not a path")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("10.0.0.0/99")), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with("warning") && t.contains("enable-canary-thing is not supported")), "{text:?}");
         assert!(!text.iter().any(|t| t.contains("affinity")), "{text:?}");
