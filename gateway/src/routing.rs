@@ -76,6 +76,10 @@ pub struct Route {
     /// The compiled path of a `Regex` route.
     #[serde(skip)]
     pub path_regex: Option<PathRegex>,
+    /// Serves when `backend` has no endpoints, and answers the policy's
+    /// custom HTTP errors (ingress-nginx `default-backend`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<BackendKey>,
 }
 
 /// The other backend of a route, from a canary Ingress.
@@ -337,6 +341,7 @@ mod tests {
             policy: None,
             canary: None,
             path_regex: None,
+            fallback: None,
         }
     }
 

@@ -427,3 +427,59 @@ fn rate_and_connection_limits_per_client() {
     assert_eq!(slow.join().unwrap().status, 200);
     assert_eq!(http_get(g.http, "conns.test", "/").unwrap().status, 200);
 }
+
+/// ingress-nginx `default-backend` (serves when the route's Service has no
+/// endpoints) and `custom-http-errors` (upstream errors answered by the
+/// default backend, which gets `X-Code` and friends).
+#[test]
+fn default_backend_and_custom_http_errors() {
+    let web = Echo::http("web");
+    let errors = Echo::http("errors");
+    let mut m = services(&[("web", &web), ("errors", &errors)]);
+    m += &yaml::service("default", "nopods", "", &[("http", 80)]);
+    m += &nginx_ingress(
+        "custom",
+        "/",
+        &[
+            ("default-backend", "errors"),
+            ("custom-http-errors", "404,503"),
+        ],
+    );
+    m += &nginx_ingress("empty", "/", &[("default-backend", "errors")])
+        .replace("service: {name: web,", "service: {name: nopods,");
+    let g = Gateway::start(&[("m.yaml", &m)], &nginx_config());
+
+    // Not listed: the upstream's own answer.
+    let r = http_get(g.http, "custom.test", "/status/500").unwrap();
+    assert_eq!((r.status, r.json()["name"].as_str()), (500, Some("web")));
+    // Listed: the default backend answers the same request.
+    let r = http_request(
+        g.http,
+        "GET /status/404?q=1 HTTP/1.1\r\nHost: custom.test\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["name"], "errors", "{v}");
+    let h = &v["headers"];
+    assert_eq!(h["x-code"], "404", "{v}");
+    assert_eq!(h["x-original-uri"], "/status/404?q=1", "{v}");
+    assert_eq!(h["x-format"], "application/json", "{v}");
+    assert_eq!(
+        (
+            &h["x-namespace"],
+            &h["x-ingress-name"],
+            &h["x-service-name"]
+        ),
+        (&"default".into(), &"custom".into(), &"web".into()),
+        "{v}"
+    );
+    assert_eq!(r.header("x-request-id"), h["x-request-id"].as_str());
+    assert!(g
+        .metrics()
+        .contains("portico_custom_errors_total{ingress=\"default/custom\"}"));
+
+    // No endpoints behind the route: the default backend serves.
+    let r = http_get(g.http, "empty.test", "/x").unwrap();
+    assert_eq!((r.status, r.json()["name"].as_str()), (200, Some("errors")));
+}

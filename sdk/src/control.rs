@@ -198,6 +198,17 @@ pub struct RoutePolicy {
     /// `$1`... (`${1}` before a letter or digit).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub regex_paths: bool,
+    /// A Service of the Ingress's namespace (its first port) that serves
+    /// when the route's Service has no endpoints, and answers
+    /// `custom_http_errors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    /// Upstream answers with these codes (400..=599) are replaced by the
+    /// default backend's answer to the same request, which gets `X-Code`,
+    /// `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`,
+    /// `X-Service-Name`, `X-Service-Port` and `X-Request-ID`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub custom_http_errors: Vec<u16>,
 }
 
 /// Per client IP and Ingress: a token bucket refilled at `rps` (or `rpm`)

@@ -54,6 +54,13 @@ pub struct RoutePolicy {
     /// expressions, matched case-insensitively from the start of the path;
     /// `rewrite_target` then replaces the whole path and may use `$1`...
     pub regex_paths: bool,
+    /// A Service of the Ingress's namespace (its first port) that serves
+    /// when the route's Service has no endpoints, and answers
+    /// `custom_http_errors`.
+    pub default_backend: Option<String>,
+    /// Upstream answers with these codes are replaced by the default
+    /// backend's answer to the same request (with `X-Code` and friends).
+    pub custom_http_errors: Vec<u16>,
 }
 
 /// Per client IP and Ingress: a token bucket of `rps` (or `rpm`) with a
@@ -329,6 +336,28 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
             }
         }
     }
+    if let Some(svc) = &p.default_backend {
+        let dns_label = !svc.is_empty()
+            && svc.len() <= 63
+            && svc
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !dns_label {
+            return Err(format!(
+                "policy.defaultBackend {svc:?} is not a Service name"
+            ));
+        }
+    }
+    if let Some(code) = p
+        .custom_http_errors
+        .iter()
+        .find(|c| !(400..=599).contains(*c))
+    {
+        return Err(format!("policy.customHttpErrors: {code} is not 400..=599"));
+    }
+    if !p.custom_http_errors.is_empty() && p.default_backend.is_none() {
+        return Err("policy.customHttpErrors needs policy.defaultBackend".into());
+    }
     let mut limit_exempt = Vec::new();
     if let Some(l) = &p.rate_limit {
         let in_range = |v: Option<u32>| v.is_none_or(|v| (1..=1_000_000).contains(&v));
@@ -469,6 +498,18 @@ mod tests {
                 "not a cookie name",
             ),
             (br#"{"policy": {"rateLimit": {}}}"#, "sets none"),
+            (
+                br#"{"policy": {"defaultBackend": "Bad_Name"}}"#,
+                "not a Service name",
+            ),
+            (
+                br#"{"policy": {"defaultBackend": "errors", "customHttpErrors": [302]}}"#,
+                "400..=599",
+            ),
+            (
+                br#"{"policy": {"customHttpErrors": [404]}}"#,
+                "needs policy.defaultBackend",
+            ),
             (br#"{"policy": {"rateLimit": {"rps": 0}}}"#, "1..=1000000"),
             (
                 br#"{"policy": {"rateLimit": {"rps": 1, "exempt": ["x"]}}}"#,

@@ -348,6 +348,85 @@ async fn redirect(session: &mut Session, code: u16, location: &str) -> Result<()
 }
 
 impl HttpProxy {
+    /// The default backend's answer in place of an upstream error the
+    /// route's policy lists (ingress-nginx `custom-http-errors`), asked
+    /// with the headers ingress-nginx sends its error backends. `None`
+    /// keeps the upstream's answer, also when the default backend fails.
+    async fn custom_error(
+        &self,
+        session: &Session,
+        status: u16,
+        ctx: &RequestCtx,
+    ) -> Option<LocalResponse> {
+        let route = ctx.route.as_ref()?;
+        let policy = &route.policy.as_ref()?.policy;
+        if !policy.custom_http_errors.contains(&status) {
+            return None;
+        }
+        let fallback = route.fallback.as_ref()?;
+        let snap = self.snapshot.load();
+        let addr = snap
+            .pool(fallback)?
+            .pick(&PickRequest {
+                preferred: None,
+                client_ip: None,
+                exclude: &[],
+            })?
+            .addr;
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (namespace, name) = route.ingress.split_once('/').unwrap_or(("", ""));
+        let served = ctx.pool.as_ref().map(|p| p.key().clone());
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            (":method".into(), b"GET".to_vec()),
+            (":path".into(), uri.as_bytes().to_vec()),
+            (":authority".into(), ctx.host.as_bytes().to_vec()),
+            ("x-code".into(), status.to_string().into_bytes()),
+            ("x-original-uri".into(), uri.as_bytes().to_vec()),
+            ("x-namespace".into(), namespace.as_bytes().to_vec()),
+            ("x-ingress-name".into(), name.as_bytes().to_vec()),
+            ("x-request-id".into(), ctx.request_id.as_bytes().to_vec()),
+        ];
+        if let Some(format) = req.headers.get(http::header::ACCEPT) {
+            headers.push(("x-format".into(), format.as_bytes().to_vec()));
+        }
+        if let Some(k) = served {
+            headers.push(("x-service-name".into(), k.service.into_bytes()));
+            headers.push(("x-service-port".into(), k.port.into_bytes()));
+        }
+        let call = crate::plugins::callout::Callout {
+            token: 0,
+            context: 0,
+            upstream: fallback.to_string(),
+            headers,
+            body: Vec::new(),
+            timeout: Duration::from_millis(self.cfg.read_timeout_ms.min(10_000)),
+        };
+        match crate::plugins::callout::perform(addr, &call).await {
+            Ok(answer) => {
+                metrics::counter!("portico_custom_errors_total", "ingress" => route.ingress.clone())
+                    .increment(1);
+                let code = answer
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == ":status")
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(u32::from(status));
+                Some(LocalResponse {
+                    context: 0,
+                    status: code,
+                    details: "custom-http-errors".into(),
+                    headers: answer.headers,
+                    body: answer.body,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.ingress, backend = %fallback, error = %e, "default backend did not answer a custom HTTP error; the upstream's answer is sent");
+                None
+            }
+        }
+    }
+
     /// Applies a route's typed policy (from the policy plugin). Returns
     /// whether the request was answered here.
     async fn apply_policy(
@@ -706,7 +785,13 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
         }
-        let pool = snap.pool(&backend).cloned();
+        // The route's default backend stands in for a Service with no
+        // endpoints (ingress-nginx `default-backend`).
+        let pool = snap
+            .pool(&backend)
+            .filter(|p| !p.is_empty())
+            .or_else(|| route.fallback.as_ref().and_then(|f| snap.pool(f)))
+            .cloned();
         match pool {
             Some(p) if !p.is_empty() => ctx.pool = Some(p),
             _ => {
@@ -894,6 +979,15 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(local) = self.custom_error(session, resp.status.as_u16(), ctx).await {
+            let mut replacement = local_header(&local)?;
+            replacement.insert_header("content-length", local.body.len().to_string())?;
+            replacement.insert_header("x-request-id", ctx.request_id.as_str())?;
+            *resp = replacement;
+            ctx.replace_body = Some(Bytes::from(local.body));
+            ctx.local_reason = Some("custom-error");
+            return Ok(());
+        }
         if let (Some(origin), Some(cors)) = (
             ctx.cors_origin.as_deref(),
             ctx.route
@@ -944,9 +1038,9 @@ impl ProxyHttp for HttpProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if ctx.local_reason == Some("plugin") {
-            // The headers were replaced: send the plugin's body once, and
-            // none of the upstream's.
+        if matches!(ctx.local_reason, Some("plugin" | "custom-error")) {
+            // The headers were replaced: send the replacement body once,
+            // and none of the upstream's.
             *body = ctx.replace_body.take();
             return Ok(None);
         }

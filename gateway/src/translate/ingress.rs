@@ -95,6 +95,34 @@ pub fn add_ingress(
     problems.extend(unknown.into_iter().map(|m| Problem::error(&here, m)));
     let canary = policy.as_ref().and_then(|p| p.policy.canary.clone());
     let regex_paths = policy.as_ref().is_some_and(|p| p.policy.regex_paths);
+    // The policy's default backend: a Service of this namespace, first port.
+    let fallback = policy
+        .as_ref()
+        .and_then(|p| p.policy.default_backend.as_deref())
+        .and_then(|svc| {
+            let port = store
+                .services
+                .get(&ObjectKey::new(key.namespace.clone(), svc.to_string()))
+                .and_then(|s| s.object.spec.as_ref())
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|ports| ports.first())
+                .map(|p| p.port);
+            let Some(port) = port else {
+                problems.push(Problem::warning(
+                    &here,
+                    format!(
+                        "default backend Service {}/{svc} does not exist or has no port; not used",
+                        key.namespace
+                    ),
+                ));
+                return None;
+            };
+            Some(
+                backends
+                    .resolve(&key.namespace, svc, &PortRef::Number(port))
+                    .0,
+            )
+        });
 
     let mut resolve = |b: &IngressBackend, what: &str, problems: &mut Vec<Problem>| {
         let Some(svc) = b.service.as_ref() else {
@@ -152,6 +180,7 @@ pub fn add_ingress(
                 policy: policy.clone(),
                 canary: None,
                 path_regex: None,
+                fallback: fallback.clone(),
             };
             if let Err(kept) = routes.set_default_backend(route) {
                 problems.push(Problem::warning(
@@ -244,6 +273,7 @@ pub fn add_ingress(
                 policy: policy.clone(),
                 canary: None,
                 path_regex,
+                fallback: fallback.clone(),
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {
                 if kept.ingress != ingress_name {

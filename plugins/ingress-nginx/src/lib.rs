@@ -17,7 +17,8 @@
 //! `canary-weight`, `canary-weight-total`, `canary-by-header`,
 //! `canary-by-header-value`, `canary-by-cookie`, `limit-rps`, `limit-rpm`,
 //! `limit-connections`, `limit-burst-multiplier`,
-//! `limit-whitelist`/`limit-allowlist`.
+//! `limit-whitelist`/`limit-allowlist`, `default-backend`,
+//! `custom-http-errors` (with `default-backend`).
 //! The affinity annotations are the `session-affinity` plugin's. Every
 //! other `nginx.ingress.kubernetes.io/*` annotation gets a warning naming
 //! it as not supported, so nothing is silently ignored.
@@ -267,7 +268,30 @@ pub fn translate(annotations: &BTreeMap<String, String>, tls: bool) -> IngressPo
             p.rate_limit = Some(RateLimit { rps, rpm, burst_multiplier: burst, connections, exempt });
         }
     }
+    if let Some(svc) = get("default-backend") {
+        let ok = !svc.is_empty() && svc.len() <= 63 && svc.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            p.default_backend = Some(svc);
+        } else {
+            problem("error", format!("annotation {PREFIX}default-backend: {svc:?} is not a Service name; ignored"));
+        }
+    }
+    if let Some(v) = get("custom-http-errors") {
+        for c in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            match c.parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => p.custom_http_errors.push(code),
+                _ => problem("error", format!("annotation {PREFIX}custom-http-errors: {c:?} is not a code 400..599; ignored")),
+            }
+        }
+        if !p.custom_http_errors.is_empty() && p.default_backend.is_none() {
+            // ingress-nginx falls back to its global default backend;
+            // Portico has none, so the errors pass through unchanged.
+            problem("warning", format!("annotation {PREFIX}custom-http-errors needs {PREFIX}default-backend in Portico; ignored"));
+            p.custom_http_errors.clear();
+        }
+    }
     let handled = [
+        "default-backend", "custom-http-errors",
         "limit-rps", "limit-rpm", "limit-connections", "limit-burst-multiplier",
         "limit-whitelist", "limit-allowlist", "use-regex",
         "canary", "canary-weight", "canary-weight-total", "canary-by-header",
@@ -355,6 +379,17 @@ mod tests {
         assert_eq!(c.allow_origins, vec!["https://a.example", "https://b.example"]);
         assert!(!c.allow_credentials);
         assert!(translate(&ann(&[("enable-cors", "false")]), false).policy.cors.is_none());
+    }
+
+    #[test]
+    fn custom_errors_need_a_default_backend() {
+        let a = translate(&ann(&[("default-backend", "errors"), ("custom-http-errors", "404, 503,200")]), false);
+        assert_eq!(a.policy.default_backend.as_deref(), Some("errors"));
+        assert_eq!(a.policy.custom_http_errors, vec![404, 503]);
+        assert!(a.problems[0].message.contains("\"200\""), "{:?}", a.problems);
+        let a = translate(&ann(&[("custom-http-errors", "404")]), false);
+        assert!(a.policy.custom_http_errors.is_empty());
+        assert!(a.problems[0].message.contains("needs"), "{:?}", a.problems);
     }
 
     #[test]
