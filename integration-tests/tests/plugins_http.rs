@@ -88,6 +88,10 @@ fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
             .starts_with("127.0.0.1:"),
         "{h}"
     );
+    assert!(
+        h.get("x-compat-sni").is_none(),
+        "no SNI over clear text: {h}"
+    );
     let first: u64 = h["x-compat-count"].as_str().unwrap().parse().unwrap();
     let r = http_get(g.http, "app.test", "/hello").unwrap();
     let second: u64 = r.json()["headers"]["x-compat-count"]
@@ -96,6 +100,15 @@ fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
         .parse()
         .unwrap();
     assert_eq!(second, first + 1, "shared data counts across requests");
+    // Over TLS the plugin reads the client's SNI.
+    let (out, err) = curl(&[
+        "-k",
+        "--resolve",
+        &format!("app.test:{}:127.0.0.1", g.https),
+        &format!("https://app.test:{}/sni", g.https),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert_eq!(v["headers"]["x-compat-sni"], "app.test", "{v}");
 
     // A local response never reaches the backend.
     let r = http_get(g.http, "app.test", "/blocked").unwrap();

@@ -273,6 +273,11 @@ impl HttpContext for Filter {
         self.add_http_request_header("x-compat-route", &route);
         let method = text(self.get_property(vec!["request", "method"]));
         self.add_http_request_header("x-compat-method", &method);
+        // The TLS client's SNI; none over clear text.
+        let sni = text(self.get_property(vec!["connection", "requested_server_name"]));
+        if !sni.is_empty() {
+            self.add_http_request_header("x-compat-sni", &sni);
+        }
         Action::Continue
     }
 
