@@ -136,7 +136,7 @@ fn main() {
             panic!("{v:?}");
         }
         let mut headers = response_pairs(&resp);
-        let _ = chain.on_response_headers(&mut headers, false, &mut changed);
+        let _ = chain.on_response_headers(&mut headers, false, &mut changed, None);
         let mut chunk = Some(body.clone());
         let _ = chain.on_response_body(&mut chunk, false);
         let mut end = None;

@@ -474,6 +474,14 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
     assert!(bytes > 10, "{bytes}");
 
     // The plugin answers from the call's callback instead.
+    // From the response headers: the response waits for the answer.
+    let r = get("/late-callout", "default/auth:http");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-late-callout-status"), Some("200"));
+    assert_eq!(r.header("x-late-callout-name"), Some("auth"));
+    assert_eq!(r.header("x-compat"), Some("1"));
+    assert_eq!(r.json()["name"], "web");
+
     let r = get("/callout-deny", "default/auth:http");
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.header("x-denied-by"), Some("callout"));
@@ -487,7 +495,8 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
         &g,
         "portico_plugin_callouts_total{plugin=\"compat\",result=\"ok\"}",
     );
-    assert_eq!(ok, Some(2.0), "{}", g.metrics());
+    // /callout, /late-callout and /callout-deny.
+    assert_eq!(ok, Some(3.0), "{}", g.metrics());
 }
 
 /// Service `web` with one endpoint on each echo backend (one slice each:

@@ -287,15 +287,50 @@ impl StreamChain {
         timeout: std::time::Duration,
         changed: &mut bool,
     ) -> Verdict {
+        let mut headers = std::mem::take(&mut self.request_headers);
+        let v = self
+            .wait_parked(i, REQUEST_HEADERS, &mut headers, timeout, changed)
+            .await;
+        self.request_headers = headers;
+        v
+    }
+
+    /// Waits, after filter `i` paused the response headers, until it
+    /// resumes them (or answers, or fails, or the time is up); callbacks
+    /// meanwhile may edit `headers`.
+    pub async fn resumed_response(
+        &mut self,
+        i: usize,
+        timeout: std::time::Duration,
+        headers: &mut HeaderSlot,
+        changed: &mut bool,
+    ) -> Verdict {
+        self.wait_parked(i, RESPONSE_HEADERS, headers, timeout, changed)
+            .await
+    }
+
+    async fn wait_parked(
+        &mut self,
+        i: usize,
+        map_id: i32,
+        headers: &mut HeaderSlot,
+        timeout: std::time::Duration,
+        changed: &mut bool,
+    ) -> Verdict {
         let (plugin, instance, ctx) = {
             let f = &self.filters[i];
             (f.plugin.clone(), f.instance, f.context as u32)
         };
-        let headers = std::mem::take(&mut self.request_headers);
-        let mut parked = Some(headers);
+        let mut parked = Some(std::mem::take(headers));
         instances::with_existing(&plugin, instance, |inst| {
-            inst.parked
-                .insert(ctx, (parked.take().unwrap_or_default(), false));
+            inst.parked.insert(
+                ctx,
+                instances::Parked {
+                    map_id,
+                    headers: parked.take().unwrap_or_default(),
+                    edited: false,
+                },
+            );
         });
         let (tx, rx) = oneshot::channel();
         PAUSED.with(|p| p.borrow_mut().insert((instance, ctx), tx));
@@ -303,11 +338,11 @@ impl StreamChain {
         let back =
             instances::with_existing(&plugin, instance, |inst| inst.parked.remove(&ctx)).flatten();
         match (back, parked) {
-            (Some((headers, edited)), _) => {
-                self.request_headers = headers;
-                *changed |= edited;
+            (Some(p), _) => {
+                *headers = p.headers;
+                *changed |= p.edited;
             }
-            (None, Some(headers)) => self.request_headers = headers,
+            (None, Some(h)) => *headers = h,
             // The instance went away with the headers: nothing to edit.
             (None, None) => {}
         }
@@ -324,7 +359,7 @@ impl StreamChain {
             }
             Err(_) => {
                 PAUSED.with(|p| p.borrow_mut().remove(&(f.instance, f.context as u32)));
-                tracing::warn!(plugin = %f.plugin.name, "plugin paused a request and did not resume it in time");
+                tracing::warn!(plugin = %f.plugin.name, "plugin paused a stream and did not resume it in time");
                 Verdict::Fail(f.plugin.name.clone())
             }
         }
@@ -414,11 +449,15 @@ impl StreamChain {
 
     /// `proxy_on_response_headers`, in reverse chain order. `headers`
     /// start with `:status`.
+    /// `proxy_on_response_headers`, in reverse chain order from filter
+    /// `from` (all: `None`). `Pause(i)`: filter `i` waits (an HTTP call);
+    /// see [`StreamChain::resumed_response`], then go on from `i - 1`.
     pub fn on_response_headers(
         &mut self,
         headers: &mut HeaderSlot,
         end_of_stream: bool,
         changed: &mut bool,
+        from: Option<usize>,
     ) -> Verdict {
         self.on_headers_phase(
             RESPONSE_HEADERS,
@@ -426,6 +465,7 @@ impl StreamChain {
             headers,
             Some(end_of_stream),
             changed,
+            from,
         )
     }
 
@@ -441,6 +481,7 @@ impl StreamChain {
             trailers,
             None,
             changed,
+            None,
         )
     }
 
@@ -451,8 +492,10 @@ impl StreamChain {
         headers: &mut HeaderSlot,
         end_of_stream: Option<bool>,
         changed: &mut bool,
+        from: Option<usize>,
     ) -> Verdict {
-        for i in (0..self.filters.len()).rev() {
+        let end = from.map_or(self.filters.len(), |f| (f + 1).min(self.filters.len()));
+        for i in (0..end).rev() {
             let f = &self.filters[i];
             let wanted = match map_id {
                 RESPONSE_HEADERS => f.plugin.exports.response_headers,
@@ -490,8 +533,11 @@ impl StreamChain {
                 Step::Skipped => {}
                 Step::Failed(p) => return Verdict::Fail(p),
                 Step::Ran((_, Some(local))) => return Verdict::Respond(local),
-                // Response headers cannot wait here: nothing but an HTTP
-                // callout could resume them, and those are not wired yet.
+                // Response headers may wait (for an HTTP call); trailers
+                // cannot, as nothing is left to hold them back.
+                Step::Ran((ACTION_PAUSE, None)) if map_id == RESPONSE_HEADERS => {
+                    return Verdict::Pause(i)
+                }
                 Step::Ran(_) => {}
             }
         }
@@ -610,12 +656,15 @@ fn start_callout(plugin: Arc<Plugin>, instance: u64, c: super::callout::Callout)
         }
         let answer = answer.unwrap_or_default();
         let delivered = instances::with_existing(&plugin, instance, |inst| {
-            let parked = inst.parked.get_mut(&c.context).map(|(h, _)| std::mem::take(h));
+            let parked = inst
+                .parked
+                .get_mut(&c.context)
+                .map(|p| (p.map_id, std::mem::take(&mut p.headers)));
             let d = inst.vm.sandbox.data_mut();
             let (n_headers, body_len) = (answer.headers.len() as i32, answer.body.len() as i32);
             d.maps_dirty = 0;
-            if let Some(h) = parked {
-                d.maps.insert(REQUEST_HEADERS, h);
+            if let Some((map_id, h)) = parked {
+                d.maps.insert(map_id, h);
             }
             d.maps
                 .insert(CALL_RESPONSE_HEADERS, HeaderSlot::Pairs(answer.headers));
@@ -630,10 +679,10 @@ fn start_callout(plugin: Arc<Plugin>, instance: u64, c: super::callout::Callout)
             d.maps.remove(&CALL_RESPONSE_HEADERS);
             d.maps.remove(&CALL_RESPONSE_TRAILERS);
             d.buffers.remove(&CALL_RESPONSE_BODY);
-            let edited = d.maps_dirty & (1 << REQUEST_HEADERS) != 0;
-            if let Some(h) = d.maps.remove(&REQUEST_HEADERS) {
-                if let Some(slot) = inst.parked.get_mut(&c.context) {
-                    *slot = (h, slot.1 || edited);
+            if let Some(p) = inst.parked.get_mut(&c.context) {
+                p.edited |= d.maps_dirty & (1 << p.map_id) != 0;
+                if let Some(h) = d.maps.remove(&p.map_id) {
+                    p.headers = h;
                 }
             }
             if let Err(e) = &r {

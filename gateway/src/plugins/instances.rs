@@ -36,10 +36,20 @@ pub struct Instance {
     /// Stream contexts alive in it.
     active: usize,
     ticking: bool,
-    /// Request headers of streams paused in this instance, by context,
-    /// with whether a callback (an HTTP call's answer, a tick) changed
-    /// them: callbacks may read and edit a paused request's headers.
-    pub parked: HashMap<u32, (super::headers::HeaderSlot, bool)>,
+    /// The header map a paused stream waits in (request or response
+    /// headers), by context: callbacks (an HTTP call's answer, a tick) may
+    /// read and edit it.
+    pub parked: HashMap<u32, Parked>,
+}
+
+/// A paused stream's header map, held by its instance.
+#[derive(Default)]
+pub struct Parked {
+    /// `REQUEST_HEADERS` or `RESPONSE_HEADERS`.
+    pub map_id: i32,
+    pub headers: super::headers::HeaderSlot,
+    /// Whether a callback changed it.
+    pub edited: bool,
 }
 
 impl Instance {

@@ -1004,7 +1004,24 @@ impl ProxyHttp for HttpProxy {
         let mut pairs = http_filter::response_pairs(resp);
         let mut changed = false;
         let end_of_stream = session.req_header().method == http::Method::HEAD;
-        let local = match chain.on_response_headers(&mut pairs, end_of_stream, &mut changed) {
+        // A filter that pauses (for an HTTP call) holds the response back
+        // until it resumes; then the filters before it run.
+        let mut from = None;
+        let verdict = loop {
+            match chain.on_response_headers(&mut pairs, end_of_stream, &mut changed, from) {
+                Verdict::Pause(i) => {
+                    match chain
+                        .resumed_response(i, PAUSE_TIMEOUT, &mut pairs, &mut changed)
+                        .await
+                    {
+                        Verdict::Continue if i > 0 => from = Some(i - 1),
+                        other => break other,
+                    }
+                }
+                other => break other,
+            }
+        };
+        let local = match verdict {
             Verdict::Continue | Verdict::Pause(_) => {
                 if changed {
                     if let Err(e) = http_filter::apply_response(resp, &pairs) {

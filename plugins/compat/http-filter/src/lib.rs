@@ -19,6 +19,9 @@
 //!   named by the `x-callout-upstream` header (`GET /called`); the answer's
 //!   status, `x-echo-name` and body size become request headers
 //!   (`x-callout-*`). With `/callout-deny` the plugin answers 401 instead;
+//! - `/late-callout...`: the same call made from the response headers,
+//!   which wait for it; the answer's status and `x-echo-name` become
+//!   response headers (`x-late-callout-*`);
 //! - `/pick-last...`: the plugin lists the backend's endpoints with
 //!   Portico's upstream-choice extension (`proxy_get_upstream_hosts`, not
 //!   in the upstream SDK, so imported directly here) and sends the request
@@ -159,6 +162,8 @@ impl RootContext for Root {
             upper_request: false,
             upper_response: false,
             deny_after_call: false,
+            late_upstream: None,
+            late_call: false,
         }))
     }
 
@@ -173,11 +178,22 @@ struct Filter {
     upper_request: bool,
     upper_response: bool,
     deny_after_call: bool,
+    /// `/late-callout`: the upstream to call from the response headers.
+    late_upstream: Option<String>,
+    /// The pending call is the response headers' one.
+    late_call: bool,
 }
 
 impl Context for Filter {
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if self.late_call {
+            let name = self.get_http_call_response_header("x-echo-name").unwrap_or_default();
+            self.set_http_response_header("x-late-callout-status", Some(&status));
+            self.set_http_response_header("x-late-callout-name", Some(&name));
+            self.resume_http_response();
+            return;
+        }
         if self.deny_after_call {
             self.send_http_response(401, vec![("x-denied-by", "callout")], Some(b"denied\n"));
             return;
@@ -225,6 +241,9 @@ impl HttpContext for Filter {
             let body = format!("{}\n", read_counter("compat.ticks"));
             self.send_http_response(200, vec![("content-type", "text/plain")], Some(body.as_bytes()));
             return Action::Pause;
+        }
+        if path.starts_with("/late-callout") {
+            self.late_upstream = self.get_http_request_header("x-callout-upstream");
         }
         if path.starts_with("/callout") {
             self.deny_after_call = path.starts_with("/callout-deny");
@@ -308,6 +327,19 @@ impl HttpContext for Filter {
         self.set_http_response_header("x-compat-status", Some(&code.to_string()));
         if self.upper_response {
             self.set_http_response_header("content-length", None);
+        }
+        if let Some(upstream) = self.late_upstream.take() {
+            let call = self.dispatch_http_call(
+                &upstream,
+                vec![(":method", "GET"), (":path", "/called-late"), (":authority", "callout.test")],
+                None,
+                vec![],
+                Duration::from_secs(5),
+            );
+            if call.is_ok() {
+                self.late_call = true;
+                return Action::Pause;
+            }
         }
         Action::Continue
     }
