@@ -130,10 +130,17 @@ pub fn explain(
                     "host matched {how:?} rule {:?}, path {:?} ({:?}) of Ingress {}",
                     r.host, r.path, r.kind, r.ingress
                 ),
-                _ => format!("route of Ingress {} found, but {} has no ready or serving endpoint: 503", r.ingress, r.backend),
+                _ => match &r.fallback {
+                    Some(f) => format!("route of Ingress {} found, but {} has no ready or serving endpoint: its default backend {f} serves", r.ingress, r.backend),
+                    None => format!("route of Ingress {} found, but {} has no ready or serving endpoint: 503", r.ingress, r.backend),
+                },
             };
             (
-                json!({"ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "host_match": how}),
+                json!({
+                    "ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "host_match": how,
+                    "canary": r.canary.as_ref().map(|c| json!({"ingress": c.ingress, "backend": c.backend.to_string(), "rule": c.rule})),
+                    "default_backend": r.fallback.as_ref().map(|f| f.to_string()),
+                }),
                 pool.map(|p| pool_json(p)).unwrap_or(Value::Null),
                 why,
             )
@@ -235,6 +242,34 @@ pub fn render(v: &Value) -> String {
             ));
         }
         render_pool(&mut out, &v["pool"]);
+        let c = &r["canary"];
+        if !c.is_null() {
+            let rule = &c["rule"];
+            let mut how = Vec::new();
+            if !rule["header"].is_null() {
+                how.push(format!("header {}", s(&rule["header"])));
+            }
+            if !rule["cookie"].is_null() {
+                how.push(format!("cookie {}", s(&rule["cookie"])));
+            }
+            how.push(format!(
+                "weight {}/{}",
+                s(&rule["weight"]),
+                s(&rule["weightTotal"])
+            ));
+            out.push_str(&format!(
+                "canary:      Ingress {} to {} ({})\n",
+                s(&c["ingress"]),
+                s(&c["backend"]),
+                how.join(", ")
+            ));
+        }
+        if !r["default_backend"].is_null() {
+            out.push_str(&format!(
+                "default:     {} (no endpoints, custom errors)\n",
+                s(&r["default_backend"])
+            ));
+        }
         out.push_str(&format!(
             "certificate: {} ({})\n",
             s(&v["certificate"]["source"]),

@@ -247,6 +247,18 @@ fn the_ingress_nginx_plugin_turns_annotations_into_typed_policy() {
     );
 }
 
+/// `portico explain` asked of the running gateway.
+fn explain(g: &Gateway, host: &str) -> String {
+    let out = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", g.admin),
+        "--host",
+        host,
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A Service with one ready endpoint for each echo.
 fn services(list: &[(&str, &Echo)]) -> String {
     let mut m = String::new();
@@ -377,6 +389,11 @@ fn canary_ingresses_take_their_share_of_the_main_route() {
         .metrics()
         .contains("portico_canary_requests_total{ingress=\"default/a-canary\"}"));
 
+    let text = explain(&g, "shop.test");
+    assert!(
+        text.contains("canary:      Ingress default/a-canary to default/next:http (header X-Canary, cookie use_canary, weight 50/100)"),
+        "{text}"
+    );
     assert_eq!(http_get(g.http, "orphan.test", "/").unwrap().status, 404);
     let cfg = g.config_json().to_string();
     assert!(
@@ -482,4 +499,9 @@ fn default_backend_and_custom_http_errors() {
     // No endpoints behind the route: the default backend serves.
     let r = http_get(g.http, "empty.test", "/x").unwrap();
     assert_eq!((r.status, r.json()["name"].as_str()), (200, Some("errors")));
+    let text = explain(&g, "empty.test");
+    assert!(
+        text.contains("has no ready or serving endpoint: its default backend default/errors:"),
+        "{text}"
+    );
 }
