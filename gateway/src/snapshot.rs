@@ -26,6 +26,18 @@ pub struct BackendKey {
     pub port: String,
 }
 
+impl BackendKey {
+    /// Whether `name` is this key as displayed (`ns/svc:port`), without
+    /// building the string (checked on the request path).
+    pub fn is_named(&self, name: &str) -> bool {
+        name.strip_prefix(self.namespace.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| r.strip_prefix(self.service.as_str()))
+            .and_then(|r| r.strip_prefix(':'))
+            == Some(self.port.as_str())
+    }
+}
+
 impl fmt::Display for BackendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
@@ -147,5 +159,29 @@ impl Snapshot {
 
     pub fn pool(&self, key: &BackendKey) -> Option<&Arc<Pool>> {
         self.pools.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKey;
+
+    #[test]
+    fn is_named_matches_exactly_the_displayed_name() {
+        let k = BackendKey {
+            namespace: "shop".into(),
+            service: "web".into(),
+            port: "http".into(),
+        };
+        assert!(k.is_named(&k.to_string()));
+        for other in [
+            "shop/web:https",
+            "shop/web",
+            "shop/we:http",
+            "shopx/web:http",
+            "",
+        ] {
+            assert!(!k.is_named(other), "{other}");
+        }
     }
 }

@@ -248,15 +248,25 @@ pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
     .ok_or_else(|| format!("upstream {name:?} has no available endpoint"))
 }
 
-fn set_route_props(p: &mut StreamProps, route: &Route, snap: &Snapshot) {
-    if p.route.as_deref() == Some(route.ingress.as_str()) {
+/// The route's properties for plugins; `backend` is the one this request
+/// goes to (a canary's, when it takes the request), so `portico.service`
+/// and the upstream-choice candidates are those of the pool used.
+fn set_route_props(
+    p: &mut StreamProps,
+    route: &Route,
+    backend: &crate::snapshot::BackendKey,
+    snap: &Snapshot,
+) {
+    if p.route.as_deref() == Some(route.ingress.as_str())
+        && p.service.as_deref().is_some_and(|s| backend.is_named(s))
+    {
         return;
     }
     p.route = Some(route.ingress.clone());
-    p.service = Some(route.backend.to_string());
+    p.service = Some(backend.to_string());
     p.namespace = route.ingress.split('/').next().map(str::to_string);
     p.candidates = snap
-        .pool(&route.backend)
+        .pool(backend)
         .map(|pool| crate::plugins::properties::Candidates(pool.clone()));
     p.annotations = Some(route.annotations.clone());
 }
@@ -709,7 +719,7 @@ impl ProxyHttp for HttpProxy {
             let mut props = stream_props(session, ctx, &host);
             let path = session.req_header().uri.path_and_query();
             if let Some((route, _)) = snap.routes.find(&host, path.map_or("/", |p| p.as_str())) {
-                set_route_props(&mut props, route, &snap);
+                set_route_props(&mut props, route, &route.backend, &snap);
             }
             ctx.plugins = Some(StreamChain::new(registry.http.clone(), props));
             ctx.host.clone_from(&host);
@@ -734,7 +744,6 @@ impl ProxyHttp for HttpProxy {
         // A canary Ingress may take this request (decided once, before
         // the Service's plugins and the pool).
         let (backend, canary) = route.backend_for(&req.headers);
-        let backend = backend.clone();
         if canary {
             if let Some(c) = &route.canary {
                 metrics::counter!("portico_canary_requests_total", "ingress" => c.ingress.clone())
@@ -747,10 +756,10 @@ impl ProxyHttp for HttpProxy {
             }
         }
         if let Some(chain) = ctx.plugins.as_mut() {
-            set_route_props(chain.props_mut(), route, &snap);
+            set_route_props(chain.props_mut(), route, backend, &snap);
         }
         // The Ingress's plugins, then the Service's.
-        let service_plugins = snap.pool(&backend).map(|p| p.plugins()).unwrap_or_default();
+        let service_plugins = snap.pool(backend).map(|p| p.plugins()).unwrap_or_default();
         if !route.plugins.is_empty() || !service_plugins.is_empty() {
             let mut wanted = Vec::with_capacity(route.plugins.len() + service_plugins.len());
             for name in route.plugins.iter().chain(service_plugins) {
@@ -776,7 +785,7 @@ impl ProxyHttp for HttpProxy {
                 }
                 None => {
                     let mut props = stream_props(session, ctx, &ctx.host.clone());
-                    set_route_props(&mut props, route, &snap);
+                    set_route_props(&mut props, route, backend, &snap);
                     ctx.plugins = Some(StreamChain::new(wanted, props));
                     0
                 }
@@ -788,7 +797,7 @@ impl ProxyHttp for HttpProxy {
         // The route's default backend stands in for a Service with no
         // endpoints (ingress-nginx `default-backend`).
         let pool = snap
-            .pool(&backend)
+            .pool(backend)
             .filter(|p| !p.is_empty())
             .or_else(|| route.fallback.as_ref().and_then(|f| snap.pool(f)))
             .cloned();

@@ -17,8 +17,6 @@ const SHARDS: usize = 16;
 /// Entries per shard before idle ones are dropped.
 const SHARD_CAP: usize = 4096;
 
-type Key = (Arc<str>, IpAddr);
-
 #[derive(Debug)]
 struct Entry {
     tokens: f64,
@@ -26,9 +24,28 @@ struct Entry {
     in_flight: u32,
 }
 
+/// Clients of one shard, by Ingress then address: looking up an Ingress
+/// by `&str` needs no allocation on the request path.
+#[derive(Default)]
+struct Shard {
+    by_ingress: HashMap<Arc<str>, HashMap<IpAddr, Entry>>,
+    len: usize,
+}
+
+impl Shard {
+    /// Drops the entries `keep` refuses.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        for clients in self.by_ingress.values_mut() {
+            clients.retain(|_, e| keep(e));
+        }
+        self.by_ingress.retain(|_, clients| !clients.is_empty());
+        self.len = self.by_ingress.values().map(HashMap::len).sum();
+    }
+}
+
 #[derive(Default)]
 pub struct Limiter {
-    shards: [Mutex<HashMap<Key, Entry>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
 }
 
 /// Why a request was refused.
@@ -51,28 +68,31 @@ impl Refused {
 /// back when dropped.
 pub struct Slot {
     limiter: Arc<Limiter>,
-    key: Key,
+    ingress: Arc<str>,
+    ip: IpAddr,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut shard = self
-            .limiter
-            .shard(&self.key)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = shard.get_mut(&self.key) {
+        let mut shard = self.limiter.shard(self.ip);
+        if let Some(e) = shard
+            .by_ingress
+            .get_mut(&*self.ingress)
+            .and_then(|c| c.get_mut(&self.ip))
+        {
             e.in_flight = e.in_flight.saturating_sub(1);
         }
     }
 }
 
 impl Limiter {
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Entry>> {
+    fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, Shard> {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        ip.hash(&mut h);
+        self.shards[(h.finish() as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits one request of `ingress` from `ip` under `limit`, or says
@@ -84,21 +104,38 @@ impl Limiter {
         limit: &RateLimit,
         now: Instant,
     ) -> Result<Option<Slot>, Refused> {
-        let key: Key = (Arc::from(ingress), ip);
         let per_second = limit.per_second();
         let capacity = per_second.map(|r| (r * f64::from(limit.burst_multiplier)).max(1.0));
-        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
-        if shard.len() >= SHARD_CAP && !shard.contains_key(&key) {
-            shard.retain(|_, e| {
-                e.in_flight > 0 || now.saturating_duration_since(e.last).as_secs() < 60
-            });
-            if shard.len() >= SHARD_CAP {
-                // Still full of recent clients: forget their rate budgets
-                // (they start afresh) rather than grow without bound.
-                shard.retain(|_, e| e.in_flight > 0);
+        let mut shard = self.shard(ip);
+        let known = shard
+            .by_ingress
+            .get(ingress)
+            .is_some_and(|c| c.contains_key(&ip));
+        if !known {
+            if shard.len >= SHARD_CAP {
+                shard.retain(|e| {
+                    e.in_flight > 0 || now.saturating_duration_since(e.last).as_secs() < 60
+                });
+                if shard.len >= SHARD_CAP {
+                    // Still full of recent clients: forget their rate
+                    // budgets (they start afresh) rather than grow.
+                    shard.retain(|e| e.in_flight > 0);
+                }
+            }
+            shard.len += 1;
+            if !shard.by_ingress.contains_key(ingress) {
+                shard.by_ingress.insert(Arc::from(ingress), HashMap::new());
             }
         }
-        let e = shard.entry(key.clone()).or_insert(Entry {
+        // The shared name, for a slot to find its entry again.
+        let name = limit
+            .connections
+            .and_then(|_| shard.by_ingress.get_key_value(ingress))
+            .map(|(k, _)| k.clone());
+        let Some(clients) = shard.by_ingress.get_mut(ingress) else {
+            return Ok(None);
+        };
+        let e = clients.entry(ip).or_insert(Entry {
             tokens: capacity.unwrap_or(0.0),
             last: now,
             in_flight: 0,
@@ -120,14 +157,15 @@ impl Limiter {
             e.tokens -= 1.0;
         }
         e.last = now;
-        if limit.connections.is_none() {
+        let Some(ingress) = name else {
             return Ok(None);
-        }
+        };
         e.in_flight += 1;
         drop(shard);
         Ok(Some(Slot {
             limiter: self.clone(),
-            key,
+            ingress,
+            ip,
         }))
     }
 
@@ -135,7 +173,7 @@ impl Limiter {
     fn entries(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len)
             .sum()
     }
 }
