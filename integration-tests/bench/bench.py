@@ -66,6 +66,15 @@ def need(tool, package):
         sys.exit(f"bench: {tool} not found (apt-get install {package}); run.sh installs everything")
 
 
+def port_free(port):
+    """Refuses to start when something already listens on a port the
+    harness needs: a leftover proxy from an earlier run would answer in
+    place of the one measured, silently."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            sys.exit(f"bench: 127.0.0.1:{port} is already in use (a leftover proxy or backend?); stop it first")
+
+
 def wait_port(port, timeout=15.0):
     end = time.time() + timeout
     while time.time() < end:
@@ -573,6 +582,9 @@ def main():
         sys.exit("bench: needs at least 2 cores (proxy on core 0, client and backend on core 1)")
     scenarios = args.scenarios.split(",")
 
+    for ports in PORTS.values():
+        for port in set(ports.values()):
+            port_free(port)
     work = tempfile.mkdtemp(prefix="portico-bench-")
     stack = Stack(work, args.portico)
     bench = Bench(stack, args.duration)

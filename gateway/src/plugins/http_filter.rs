@@ -80,7 +80,9 @@ pub(super) struct Filter {
 /// TCP connection's (`tcp_filter`).
 pub struct StreamChain {
     pub(super) filters: Vec<Filter>,
-    props: Arc<StreamProps>,
+    /// Moved into the instance for each call and back (`None` only
+    /// during a call): no reference-count traffic per call.
+    props: Option<Arc<StreamProps>>,
     /// The request headers as plugins see them (`:method`, `:path`,
     /// `:authority`, `:scheme`, then the rest), kept for the response
     /// phases, where plugins may still read them.
@@ -114,7 +116,7 @@ impl StreamChain {
                     passthrough: false,
                 })
                 .collect(),
-            props: Arc::new(props),
+            props: Some(Arc::new(props)),
             request_headers: HeaderSlot::default(),
             finished: false,
             override_host: None,
@@ -131,7 +133,7 @@ impl StreamChain {
     }
 
     pub fn props_mut(&mut self) -> &mut StreamProps {
-        Arc::make_mut(&mut self.props)
+        Arc::make_mut(self.props.get_or_insert_with(Default::default))
     }
 
     /// Adds plugins (a route's, once it is known) to the end of the chain.
@@ -160,30 +162,40 @@ impl StreamChain {
         during: &'static str,
         f: impl FnOnce(&mut Instance, i32) -> Result<T, PluginError>,
     ) -> Step<T> {
-        let filter = &mut self.filters[i];
+        let StreamChain {
+            filters,
+            props,
+            override_host,
+            close_requested,
+            ..
+        } = self;
+        let filter = &mut filters[i];
         if filter.skipped {
             return Step::Skipped;
         }
-        let props = self.props.clone();
-        let plugin = filter.plugin.clone();
-        let mut chosen = None;
-        let mut closed = false;
+        let plugin = &filter.plugin;
         let mut passthrough = false;
         let run = |inst: &mut Instance, ctx: i32| {
             let d = inst.vm.sandbox.data_mut();
             d.effective_context = ctx as u32;
-            d.stream = Some(props);
+            std::mem::swap(&mut d.stream, props);
             let r = f(inst, ctx);
             let d = inst.vm.sandbox.data_mut();
-            d.stream = None;
-            chosen = d.override_host.take();
-            closed = d.closed.iter().any(|(c, _)| *c == ctx as u32);
-            passthrough = d.properties.remove(PASSTHROUGH).is_some();
+            std::mem::swap(&mut d.stream, props);
+            if let Some(chosen) = d.override_host.take() {
+                *override_host = Some(chosen);
+            }
+            if !d.closed.is_empty() {
+                *close_requested |= d.closed.iter().any(|(c, _)| *c == ctx as u32);
+            }
+            // Hashing the name on every call would cost more than a small
+            // call: most plugins set no property at all.
+            passthrough = !d.properties.is_empty() && d.properties.remove(PASSTHROUGH).is_some();
             after_call(inst);
             r
         };
         let result = if filter.instance == 0 {
-            instances::with_instance(&plugin, |inst| {
+            instances::with_instance(plugin, |inst| {
                 let ctx = inst.new_context();
                 let created = inst
                     .vm
@@ -191,35 +203,31 @@ impl StreamChain {
                     .call::<(i32, i32), ()>("proxy_on_context_create", (ctx, ROOT_CONTEXT));
                 (inst.id, ctx, created.and_then(|_| run(inst, ctx)))
             })
-            .and_then(|(id, ctx, r)| {
+            .map(|(id, ctx, r)| {
                 filter.instance = id;
                 filter.context = ctx;
                 r
             })
+            .and_then(|r| r)
         } else {
-            instances::with_existing(&plugin, filter.instance, |inst| run(inst, filter.context))
+            instances::with_existing(plugin, filter.instance, |inst| run(inst, filter.context))
                 .unwrap_or_else(|| {
                     Err(PluginError::Setup(
                         "the plugin instance holding this request was replaced".into(),
                     ))
                 })
         };
-        if chosen.is_some() {
-            self.override_host = chosen;
-        }
-        self.close_requested |= closed;
         if passthrough {
-            self.filters[i].passthrough = true;
+            filter.passthrough = true;
         }
         match result {
             Ok(t) => Step::Ran(t),
             Err(e) => {
-                instances::failure_log(&plugin.name, during, &e);
-                let filter = &mut self.filters[i];
+                instances::failure_log(&filter.plugin.name, during, &e);
                 filter.skipped = true;
-                match plugin.fail {
+                match filter.plugin.fail {
                     FailPolicy::Open => Step::Skipped,
-                    FailPolicy::Closed => Step::Failed(plugin.name.clone()),
+                    FailPolicy::Closed => Step::Failed(filter.plugin.name.clone()),
                 }
             }
         }

@@ -64,13 +64,27 @@ impl Instance {
     }
 }
 
+/// This thread's instances. A handful of plugins at most, looked up
+/// several times per request: a scan of a short vector beats hashing.
 #[derive(Default)]
 struct Worker {
-    /// By plugin generation.
-    instances: HashMap<u64, Instance>,
-    /// Generations whose start failed, and when to try again: a plugin
-    /// that cannot start must not be retried on every request.
-    failed_start: HashMap<u64, Instant>,
+    /// One per plugin generation.
+    instances: Vec<Instance>,
+    /// Generations whose start failed, and when: a plugin that cannot
+    /// start must not be retried on every request.
+    failed_start: Vec<(u64, Instant)>,
+}
+
+impl Worker {
+    fn get_mut(&mut self, generation: u64) -> Option<&mut Instance> {
+        self.instances
+            .iter_mut()
+            .find(|i| i.plugin.generation == generation)
+    }
+
+    fn remove(&mut self, generation: u64) {
+        self.instances.retain(|i| i.plugin.generation != generation);
+    }
 }
 
 thread_local! {
@@ -98,12 +112,12 @@ pub fn with_instance<R>(
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         let gen = plugin.generation;
-        let fresh = match w.instances.get(&gen) {
+        let fresh = match w.get_mut(gen) {
             Some(i) => i.vm.sandbox.is_poisoned(),
             None => true,
         };
         if fresh {
-            if let Some(t) = w.failed_start.get(&gen) {
+            if let Some((_, t)) = w.failed_start.iter().find(|(g, _)| *g == gen) {
                 if t.elapsed() < START_RETRY {
                     return Err(PluginError::Setup("did not start on this worker".into()));
                 }
@@ -112,18 +126,19 @@ pub fn with_instance<R>(
             let started = linker().and_then(|l| plugin.start_with(l, queue_notifier(plugin, id)));
             match started {
                 Ok(vm) => {
-                    w.failed_start.remove(&gen);
-                    // Versions of this plugin a reload replaced go once idle.
-                    w.instances.retain(|g, i| {
-                        *g == gen
-                            || i.plugin.name != plugin.name
-                            || i.active > 0
-                            || !i.plugin.superseded.load(Ordering::Relaxed)
+                    w.failed_start.retain(|(g, _)| *g != gen);
+                    // Versions of this plugin a reload replaced go once
+                    // idle; the instance this replaces (if any) goes now,
+                    // with its streams, which then see their context lost.
+                    w.instances.retain(|i| {
+                        i.plugin.generation != gen
+                            && (i.plugin.name != plugin.name
+                                || i.active > 0
+                                || !i.plugin.superseded.load(Ordering::Relaxed))
                     });
                     metrics::counter!("portico_plugin_instances_started_total", "plugin" => plugin.name.clone())
                         .increment(1);
-                    w.instances.insert(
-                        gen,
+                    w.instances.push(
                         Instance {
                             plugin: plugin.clone(),
                             vm,
@@ -134,17 +149,16 @@ pub fn with_instance<R>(
                             parked: HashMap::new(),
                         },
                     );
-                    // The instance this replaces (if any) is dropped here
-                    // with its streams, which then see their context lost.
                 }
                 Err(e) => {
-                    w.failed_start.insert(gen, Instant::now());
-                    w.instances.remove(&gen);
+                    w.failed_start.retain(|(g, _)| *g != gen);
+                    w.failed_start.push((gen, Instant::now()));
+                    w.remove(gen);
                     return Err(PluginError::Setup(e));
                 }
             }
         }
-        let inst = w.instances.get_mut(&gen).expect("inserted above");
+        let inst = w.get_mut(gen).expect("inserted above");
         let r = f(inst);
         let tick = !inst.ticking && inst.vm.sandbox.data().tick_period_ms > 0 && plugin.exports.tick;
         if tick {
@@ -164,7 +178,7 @@ pub fn with_existing<R>(
 ) -> Option<R> {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
-        let inst = w.instances.get_mut(&plugin.generation)?;
+        let inst = w.get_mut(plugin.generation)?;
         if inst.id != instance || inst.vm.sandbox.is_poisoned() {
             return None;
         }
@@ -179,7 +193,7 @@ pub fn release(plugin: &Arc<Plugin>, instance: u64) {
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         let gen = plugin.generation;
-        let Some(inst) = w.instances.get_mut(&gen) else {
+        let Some(inst) = w.get_mut(gen) else {
             return;
         };
         if inst.id != instance {
@@ -187,7 +201,7 @@ pub fn release(plugin: &Arc<Plugin>, instance: u64) {
         }
         inst.active = inst.active.saturating_sub(1);
         if inst.active == 0 && superseded {
-            w.instances.remove(&gen);
+            w.remove(gen);
         }
     });
 }
