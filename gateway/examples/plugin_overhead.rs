@@ -1,7 +1,8 @@
 //! What one plugin costs a request, without the network: runs the
 //! proxy-wasm HTTP phases of a typical keep-alive request (headers in,
-//! response headers, a one-chunk body, end of stream, log) through a
-//! plugin chain in a loop and prints nanoseconds per request.
+//! response headers, a body with a length, log) through a plugin chain in
+//! a loop, with the work the proxy adds when a plugin applies (properties,
+//! header maps moved in and out), and prints nanoseconds per request.
 //!
 //!     cargo run --release -p portico --example plugin_overhead -- plugin.wasm [iterations] [--sticky]
 //!
@@ -20,7 +21,8 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use portico::config::{FailPolicy, PluginConfig};
 use portico::lb::{HealthPolicy, PolicyKind, Pool};
-use portico::plugins::http_filter::{request_pairs, response_pairs, StreamChain};
+use portico::plugins::headers::HeaderSlot;
+use portico::plugins::http_filter::StreamChain;
 use portico::plugins::properties::{Candidates, RequestProps, StreamProps};
 use portico::plugins::{host, registry};
 use portico::snapshot::{BackendKey, BackendSpec, EndpointSpec, EndpointState};
@@ -109,58 +111,71 @@ fn main() {
     }
     let body = Bytes::from_static(b"hello from the benchmark backend\n");
 
-    let request = |plugins: Vec<Arc<registry::Plugin>>| {
-        let with_plugin = !plugins.is_empty();
+    let source: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let upstream: std::net::SocketAddr = "10.0.0.2:80".parse().unwrap();
+    // What the proxy does for a request when a plugin applies (the
+    // properties, the headers moved into each phase and back, every
+    // callback), and nothing when none does, as in `proxy::http`.
+    let request = |plugins: Vec<Arc<registry::Plugin>>,
+                   req: &mut RequestHeader,
+                   resp: &mut ResponseHeader| {
+        if plugins.is_empty() {
+            return;
+        }
         let mut chain = StreamChain::new(
             plugins,
             StreamProps {
-                source: Some("127.0.0.1:40000".parse().unwrap()),
+                source: Some(source),
                 request: Some(RequestProps {
-                    path: "/".into(),
+                    uri: req.uri.clone(),
                     host: "bench.portico.test".into(),
-                    method: "GET".into(),
+                    method: req.method.clone(),
                     scheme: "http",
                     protocol: "HTTP/1.1",
                     id: String::new(),
                 }),
                 candidates: sticky.then(|| Candidates(pool.clone())),
                 annotations: sticky.then(|| annotations.clone()),
-                upstream: Some("10.0.0.2:80".parse().unwrap()),
+                upstream: Some(upstream),
                 ..StreamProps::default()
             },
         );
-        chain.set_request_headers(request_pairs(&req, "bench.portico.test", "http"));
         let mut changed = false;
-        let v = chain.on_request_headers(0, true, &mut changed);
-        if sticky && with_plugin && !matches!(v, portico::plugins::http_filter::Verdict::Continue) {
+        let mut headers = HeaderSlot::take_request(req, "http");
+        let v = chain.on_request_headers(&mut headers, 0, true, &mut changed);
+        let _ = headers.restore_request(req);
+        if sticky && !matches!(v, portico::plugins::http_filter::Verdict::Continue) {
             panic!("{v:?}");
         }
-        let mut headers = response_pairs(&resp);
-        let _ = chain.on_response_headers(&mut headers, false, &mut changed, None);
+        let mut request = HeaderSlot::take_request(req, "http");
+        let mut headers = HeaderSlot::take_response(resp);
+        let _ = chain.on_response_headers(&mut request, &mut headers, false, &mut changed, None);
+        let _ = request.restore_request(req);
+        let _ = headers.restore_response(resp);
+        // A body with a length arrives whole, marked as the end.
         let mut chunk = Some(body.clone());
-        let _ = chain.on_response_body(&mut chunk, false);
-        let mut end = None;
-        let _ = chain.on_response_body(&mut end, true);
-        if sticky && with_plugin {
+        let _ = chain.on_response_body(&mut chunk, true);
+        if sticky {
             // The plugin did act: it chose the cookie's endpoint.
-            assert_eq!(chain.override_host, Some("10.0.0.2:80".parse().unwrap()));
+            assert_eq!(chain.override_host, Some(upstream));
         }
-        chain.finish();
+        let mut request = HeaderSlot::take_request(req, "http");
+        chain.finish(Some(&mut request));
+        let _ = request.restore_request(req);
     };
-
     for _ in 0..10_000 {
-        request(vec![plugin.clone()]);
+        request(vec![plugin.clone()], &mut req, &mut resp);
     }
     let mut rounds = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..iterations {
-            request(vec![plugin.clone()]);
+            request(vec![plugin.clone()], &mut req, &mut resp);
         }
         let with = t.elapsed();
         let t = Instant::now();
         for _ in 0..iterations {
-            request(Vec::new());
+            request(Vec::new(), &mut req, &mut resp);
         }
         let without = t.elapsed();
         rounds.push((with.as_nanos() as f64 - without.as_nanos() as f64) / iterations as f64);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{splice, L4Settings};
 use crate::lb::{clock_ms, Pick, PickRequest};
 use crate::plugins::http_filter::StreamChain;
-use crate::plugins::properties::{Candidates, StreamProps};
+use crate::plugins::properties::{Candidates, RouteProps, StreamProps};
 use crate::plugins::reload::RegistryHandle;
 use crate::plugins::tcp_filter::TcpVerdict;
 use crate::shutdown::InFlight;
@@ -175,7 +175,7 @@ async fn handle(
         }
     };
     if let Some(mut c) = chain {
-        c.finish();
+        c.finish(None);
     }
     active.decrement(1.0);
     metrics::counter!("portico_l4_bytes_received_total", "listener" => label.to_string())
@@ -217,9 +217,7 @@ fn plugin_chain(
     let props = StreamProps {
         source: Some(peer),
         destination: client.local_addr().ok(),
-        route: backend.map(|b| format!("{}/{}", b.namespace, b.service)),
-        service: backend.map(ToString::to_string),
-        namespace: backend.map(|b| b.namespace.clone()),
+        route: backend.map(|b| RouteProps::Service(b.clone())),
         candidates: pool.map(|p| Candidates(p.clone())),
         ..StreamProps::default()
     };

@@ -118,7 +118,7 @@ pub struct VmState {
     pub plugin: String,
     pub root_id: String,
     /// Buffers by `proxy_buffer_type_t`.
-    pub buffers: Slots<Vec<u8>>,
+    pub buffers: Slots<super::body::BodySlot>,
     /// Header maps by `proxy_map_type_t`.
     pub maps: Slots<super::headers::HeaderSlot>,
     /// Properties by dotted path (`request.path`, `plugin_name`).
@@ -218,19 +218,7 @@ fn status_of(r: Result<(), i32>) -> i32 {
 /// Header maps on the wire (spec, "Serialization"): a count, the key and
 /// value lengths, then each key and value followed by a NUL.
 pub fn serialize_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
+    super::headers::serialize(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
 }
 
 pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
@@ -378,7 +366,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 return status::BAD_ARGUMENT;
             }
             let end = start.saturating_add(max).min(buf.len());
-            let slice = buf[start..end].to_vec();
+            let slice = buf.as_slice()[start..end].to_vec();
             status_of(give(&mut c, &slice, ret_p, ret_n))
         },
     )?;
@@ -396,6 +384,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             let Some(buf) = c.data_mut().data.buffers.get_mut(&id) else {
                 return status::NOT_FOUND;
             };
+            let buf = buf.to_mut();
             let start = (start as u32 as usize).min(buf.len());
             let end = start.saturating_add(size as u32 as usize).min(buf.len());
             buf.splice(start..end, value);
@@ -410,7 +399,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             if !(0..=8).contains(&id) {
                 return status::BAD_ARGUMENT;
             }
-            let Some(len) = c.data().data.buffers.get(&id).map(Vec::len) else {
+            let Some(len) = c.data().data.buffers.get(&id).map(|b| b.len()) else {
                 return status::NOT_FOUND;
             };
             status_of(
@@ -474,7 +463,9 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
             let d = &mut c.data_mut().data;
-            d.maps.insert(id, super::headers::HeaderSlot::Pairs(pairs));
+            // Into the slot, not replacing it: a proxy map it holds must
+            // go back to the proxy, which applies the difference.
+            *d.maps.get_or_default(id).pairs_mut() = pairs;
             d.maps_dirty |= 1 << id;
             status::OK
         },

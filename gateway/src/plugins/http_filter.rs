@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::body::BodySlot;
 use super::host::{LocalResponse, VmState};
 use super::instances::{self, Instance};
 use super::properties::{StreamProps, REQUEST_HEADERS};
@@ -83,10 +84,6 @@ pub struct StreamChain {
     /// Moved into the instance for each call and back (`None` only
     /// during a call): no reference-count traffic per call.
     props: Option<Arc<StreamProps>>,
-    /// The request headers as plugins see them (`:method`, `:path`,
-    /// `:authority`, `:scheme`, then the rest), kept for the response
-    /// phases, where plugins may still read them.
-    request_headers: HeaderSlot,
     finished: bool,
     /// The endpoint a plugin chose (`proxy_set_upstream_override_host`).
     pub override_host: Option<std::net::SocketAddr>,
@@ -117,7 +114,6 @@ impl StreamChain {
                 })
                 .collect(),
             props: Some(Arc::new(props)),
-            request_headers: HeaderSlot::default(),
             finished: false,
             override_host: None,
             close_requested: false,
@@ -233,21 +229,12 @@ impl StreamChain {
         }
     }
 
-    /// The request headers as plugins see them; empty until
-    /// `set_request_headers`.
-    pub fn request_headers(&self) -> &HeaderSlot {
-        &self.request_headers
-    }
-
-    pub fn set_request_headers(&mut self, headers: HeaderSlot) {
-        self.request_headers = headers;
-    }
-
-    /// `proxy_on_request_headers` for filters `from..`, on the headers
-    /// given by `set_request_headers` (pseudo-headers first); `changed` is
-    /// set when a plugin edited them.
+    /// `proxy_on_request_headers` for filters `from..`, on `headers` (the
+    /// request's: `:method`, `:path`, `:authority`, `:scheme`, then the
+    /// rest); `changed` is set when a plugin edited them.
     pub fn on_request_headers(
         &mut self,
+        headers: &mut HeaderSlot,
         from: usize,
         end_of_stream: bool,
         changed: &mut bool,
@@ -256,7 +243,7 @@ impl StreamChain {
             if !self.filters[i].plugin.exports.request_headers {
                 continue;
             }
-            let mut map = std::mem::take(&mut self.request_headers);
+            let mut map = std::mem::take(headers);
             let n = map.len() as i32;
             let step = self.call(i, "proxy_on_request_headers", |inst, ctx| {
                 let d = inst.vm.sandbox.data_mut();
@@ -273,7 +260,7 @@ impl StreamChain {
                 }
                 r.map(|action| (action, d.local_response.take()))
             });
-            self.request_headers = map;
+            *headers = map;
             match step {
                 Step::Skipped => {}
                 Step::Failed(p) => return Verdict::Fail(p),
@@ -287,20 +274,17 @@ impl StreamChain {
 
     /// Waits until the plugin at `i` resumes the paused stream (or answers
     /// it), or `timeout` passes.
-    /// `changed` is set when a callback edited the request headers
+    /// `changed` is set when a callback edited the request `headers`
     /// meanwhile.
     pub async fn resumed(
         &mut self,
         i: usize,
         timeout: std::time::Duration,
+        headers: &mut HeaderSlot,
         changed: &mut bool,
     ) -> Verdict {
-        let mut headers = std::mem::take(&mut self.request_headers);
-        let v = self
-            .wait_parked(i, REQUEST_HEADERS, &mut headers, timeout, changed)
-            .await;
-        self.request_headers = headers;
-        v
+        self.wait_parked(i, REQUEST_HEADERS, headers, timeout, changed)
+            .await
     }
 
     /// Waits, after filter `i` paused the response headers, until it
@@ -413,16 +397,23 @@ impl StreamChain {
             } else {
                 &mut f.response_body
             };
-            if let Some(chunk) = body.take() {
-                held.extend_from_slice(&chunk);
-            }
-            if held.is_empty() && !end_of_stream {
+            // A chunk goes to the plugin as it is (shared), unless the
+            // plugin has earlier data held for it.
+            let mut data = match body.take() {
+                Some(chunk) if held.is_empty() => BodySlot::Shared(chunk),
+                chunk => {
+                    if let Some(chunk) = chunk {
+                        held.extend_from_slice(&chunk);
+                    }
+                    BodySlot::Owned(std::mem::take(held))
+                }
+            };
+            if data.is_empty() && !end_of_stream {
                 continue;
             }
-            if held.len() > MAX_BUFFERED_BODY {
+            if data.len() > MAX_BUFFERED_BODY {
                 return Verdict::TooLarge(f.plugin.name.clone());
             }
-            let mut data = std::mem::take(held);
             let len = data.len() as i32;
             let step = self.call(i, during, |inst, ctx| {
                 let d = inst.vm.sandbox.data_mut();
@@ -442,9 +433,9 @@ impl StreamChain {
                 Step::Ran((ACTION_PAUSE, None)) if !end_of_stream => {
                     let f = &mut self.filters[i];
                     if buffer == REQUEST_BODY {
-                        f.request_body = data;
+                        f.request_body = data.into_vec();
                     } else {
-                        f.response_body = data;
+                        f.response_body = data.into_vec();
                     }
                     // Nothing goes further until this plugin lets it.
                     return Verdict::Continue;
@@ -460,48 +451,51 @@ impl StreamChain {
     /// `proxy_on_response_headers`, in reverse chain order from filter
     /// `from` (all: `None`). `Pause(i)`: filter `i` waits (an HTTP call);
     /// see [`StreamChain::resumed_response`], then go on from `i - 1`.
+    /// Plugins read the `request` headers too (edits to them are lost).
     pub fn on_response_headers(
         &mut self,
+        request: &mut HeaderSlot,
         headers: &mut HeaderSlot,
         end_of_stream: bool,
         changed: &mut bool,
         from: Option<usize>,
     ) -> Verdict {
-        self.on_headers_phase(
-            RESPONSE_HEADERS,
-            "proxy_on_response_headers",
-            headers,
-            Some(end_of_stream),
-            changed,
-            from,
-        )
+        let phase = HeadersPhase {
+            map_id: RESPONSE_HEADERS,
+            export: "proxy_on_response_headers",
+            end_of_stream: Some(end_of_stream),
+        };
+        self.on_headers_phase(phase, request, headers, changed, from)
     }
 
     /// `proxy_on_response_trailers`, in reverse chain order.
     pub fn on_response_trailers(
         &mut self,
+        request: &mut HeaderSlot,
         trailers: &mut HeaderSlot,
         changed: &mut bool,
     ) -> Verdict {
-        self.on_headers_phase(
-            RESPONSE_TRAILERS,
-            "proxy_on_response_trailers",
-            trailers,
-            None,
-            changed,
-            None,
-        )
+        let phase = HeadersPhase {
+            map_id: RESPONSE_TRAILERS,
+            export: "proxy_on_response_trailers",
+            end_of_stream: None,
+        };
+        self.on_headers_phase(phase, request, trailers, changed, None)
     }
 
     fn on_headers_phase(
         &mut self,
-        map_id: i32,
-        export: &'static str,
+        phase: HeadersPhase,
+        request_headers: &mut HeaderSlot,
         headers: &mut HeaderSlot,
-        end_of_stream: Option<bool>,
         changed: &mut bool,
         from: Option<usize>,
     ) -> Verdict {
+        let HeadersPhase {
+            map_id,
+            export,
+            end_of_stream,
+        } = phase;
         let end = from.map_or(self.filters.len(), |f| (f + 1).min(self.filters.len()));
         for i in (0..end).rev() {
             let f = &self.filters[i];
@@ -513,7 +507,7 @@ impl StreamChain {
                 continue;
             }
             let mut map = std::mem::take(headers);
-            let mut request = std::mem::take(&mut self.request_headers);
+            let mut request = std::mem::take(request_headers);
             let n = map.len() as i32;
             let step = self.call(i, export, |inst, ctx| {
                 let d = inst.vm.sandbox.data_mut();
@@ -536,7 +530,7 @@ impl StreamChain {
                 r.map(|action| (action, d.local_response.take()))
             });
             *headers = map;
-            self.request_headers = request;
+            *request_headers = request;
             match step {
                 Step::Skipped => {}
                 Step::Failed(p) => return Verdict::Fail(p),
@@ -553,12 +547,14 @@ impl StreamChain {
     }
 
     /// The request is over: `proxy_on_done`, `proxy_on_log`,
-    /// `proxy_on_delete` for every context, then the contexts are freed.
-    pub fn finish(&mut self) {
+    /// `proxy_on_delete` for every context (reading the `request` headers,
+    /// if still at hand), then the contexts are freed.
+    pub fn finish(&mut self, request: Option<&mut HeaderSlot>) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let mut request = std::mem::take(&mut self.request_headers);
+        let mut none = HeaderSlot::default();
+        let request = request.unwrap_or(&mut none);
         for i in 0..self.filters.len() {
             let f = &self.filters[i];
             if f.instance == 0 {
@@ -572,7 +568,7 @@ impl StreamChain {
                         .sandbox
                         .data_mut()
                         .maps
-                        .insert(REQUEST_HEADERS, std::mem::take(&mut request));
+                        .insert(REQUEST_HEADERS, std::mem::take(request));
                     let mut r = Ok(());
                     if ex.done {
                         r = r.and_then(|_| {
@@ -589,7 +585,7 @@ impl StreamChain {
                         r = r.and_then(|_| inst.vm.sandbox.call::<i32, ()>("proxy_on_delete", ctx));
                     }
                     let d = inst.vm.sandbox.data_mut();
-                    request = d.maps.remove(&REQUEST_HEADERS).unwrap_or_default();
+                    *request = d.maps.remove(&REQUEST_HEADERS).unwrap_or_default();
                     d.maps.clear();
                     d.buffers.clear();
                     d.local_response = None;
@@ -603,14 +599,22 @@ impl StreamChain {
 
 impl Drop for StreamChain {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(None);
     }
 }
 
 /// An empty chunk is no chunk: writing one after the end of a body is an
 /// error in the proxy.
-fn non_empty(data: Vec<u8>) -> Option<Bytes> {
-    (!data.is_empty()).then(|| Bytes::from(data))
+fn non_empty(data: BodySlot) -> Option<Bytes> {
+    (!data.is_empty()).then(|| data.into_bytes())
+}
+
+/// A response headers or trailers phase: the map it passes, the export
+/// it calls, and (headers only) whether the stream ends with them.
+struct HeadersPhase {
+    map_id: i32,
+    export: &'static str,
+    end_of_stream: Option<bool>,
 }
 
 /// What a paused stream is told.
@@ -677,7 +681,7 @@ fn start_callout(plugin: Arc<Plugin>, instance: u64, c: super::callout::Callout)
             d.maps
                 .insert(CALL_RESPONSE_HEADERS, HeaderSlot::Pairs(answer.headers));
             d.maps.insert(CALL_RESPONSE_TRAILERS, HeaderSlot::default());
-            d.buffers.insert(CALL_RESPONSE_BODY, answer.body);
+            d.buffers.insert(CALL_RESPONSE_BODY, answer.body.into());
             d.effective_context = c.context;
             let r = inst.vm.sandbox.call::<(i32, i32, i32, i32, i32), ()>(
                 "proxy_on_http_call_response",
@@ -741,21 +745,6 @@ fn wake_paused(inst: &mut Instance) {
             }
         }
     });
-}
-
-/// The request's headers for plugins (converted to pairs only if a
-/// plugin lists or edits them).
-pub fn request_pairs(
-    req: &pingora::http::RequestHeader,
-    host: &str,
-    scheme: &'static str,
-) -> HeaderSlot {
-    HeaderSlot::request(req, host, scheme)
-}
-
-/// The response's headers for plugins, `:status` first.
-pub fn response_pairs(resp: &pingora::http::ResponseHeader) -> HeaderSlot {
-    HeaderSlot::response(resp)
 }
 
 /// Header names and their values in order, grouped by name.
@@ -854,12 +843,8 @@ fn apply_edits(
 /// change the method, path and host.
 pub fn apply_request(
     req: &mut pingora::http::RequestHeader,
-    headers: &HeaderSlot,
+    pairs: &[(String, Vec<u8>)],
 ) -> Result<(), String> {
-    // Never converted means never edited.
-    let Some(pairs) = headers.as_pairs() else {
-        return Ok(());
-    };
     if let Some(m) = pseudo(pairs, ":method") {
         if m != req.method.as_str().as_bytes() {
             let m = http::Method::from_bytes(m).map_err(|_| "a plugin set an invalid :method")?;
@@ -889,11 +874,8 @@ pub fn apply_request(
 /// Writes plugins' edits back into the response header (`:status` too).
 pub fn apply_response(
     resp: &mut pingora::http::ResponseHeader,
-    headers: &HeaderSlot,
+    pairs: &[(String, Vec<u8>)],
 ) -> Result<(), String> {
-    let Some(pairs) = headers.as_pairs() else {
-        return Ok(());
-    };
     if let Some(s) = pseudo(pairs, ":status") {
         let code = std::str::from_utf8(s)
             .ok()
@@ -944,12 +926,12 @@ mod tests {
         req.insert_header("Host", "a.example").unwrap();
         req.insert_header("X-Keep", "1").unwrap();
         req.insert_header("x-drop", "1").unwrap();
-        let mut headers = request_pairs(&req, "a.example", "http");
+        let mut headers = HeaderSlot::request(&req, "http");
         let pairs = headers.pairs_mut();
         pairs.retain(|(k, _)| k != "x-drop");
         pairs.push(("x-new".into(), b"v".to_vec()));
         pairs.iter_mut().find(|(k, _)| k == ":path").unwrap().1 = b"/b".to_vec();
-        apply_request(&mut req, &headers).unwrap();
+        apply_request(&mut req, headers.as_pairs().unwrap()).unwrap();
         assert_eq!(req.uri.path(), "/b");
         assert!(req.headers.get("x-drop").is_none());
         assert_eq!(req.headers.get("x-new").unwrap(), "v");
@@ -964,11 +946,11 @@ mod tests {
     #[test]
     fn a_bad_status_is_an_error() {
         let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
-        let mut headers = response_pairs(&resp);
+        let mut headers = HeaderSlot::response(&resp);
         headers.pairs_mut()[0].1 = b"abc".to_vec();
-        assert!(apply_response(&mut resp, &headers).is_err());
+        assert!(apply_response(&mut resp, headers.as_pairs().unwrap()).is_err());
         headers.pairs_mut()[0].1 = b"418".to_vec();
-        apply_response(&mut resp, &headers).unwrap();
+        apply_response(&mut resp, headers.as_pairs().unwrap()).unwrap();
         assert_eq!(resp.status.as_u16(), 418);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod abi;
 pub mod admission;
+pub mod body;
 pub mod cache;
 pub mod callout;
 pub mod control;

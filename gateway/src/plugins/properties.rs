@@ -22,11 +22,9 @@ pub struct StreamProps {
     /// SNI the client sent, if TLS.
     pub sni: Option<String>,
     pub tls: bool,
-    /// `namespace/name` of the Ingress (HTTP) or Service (TCP).
-    pub route: Option<String>,
-    /// `namespace/name:port` of the backend.
-    pub service: Option<String>,
-    pub namespace: Option<String>,
+    /// Where the stream goes: `portico.route`, `portico.service` and
+    /// `portico.namespace` are read from it when asked for.
+    pub route: Option<RouteProps>,
     /// Set once the response headers are known.
     pub response_code: Option<u16>,
     /// The endpoints the chosen backend offers (`proxy_get_upstream_hosts`).
@@ -73,14 +71,71 @@ impl Candidates {
     }
 }
 
+/// What a stream is routed to. Held by reference (no strings are built
+/// per request): most plugins never ask.
+#[derive(Debug, Clone)]
+pub enum RouteProps {
+    /// An Ingress route; `canary`: the request goes to its canary's
+    /// backend.
+    Ingress {
+        route: std::sync::Arc<crate::routing::Route>,
+        canary: bool,
+    },
+    /// A Service's L4 listener.
+    Service(crate::snapshot::BackendKey),
+}
+
+impl RouteProps {
+    /// `namespace/name` of the Ingress (HTTP) or Service (TCP).
+    fn name(&self) -> String {
+        match self {
+            RouteProps::Ingress { route, .. } => route.ingress.clone(),
+            RouteProps::Service(b) => format!("{}/{}", b.namespace, b.service),
+        }
+    }
+
+    /// `namespace/name:port` of the backend used.
+    fn service(&self) -> String {
+        match self {
+            RouteProps::Ingress { route, canary } => match (&route.canary, canary) {
+                (Some(c), true) => c.backend.to_string(),
+                _ => route.backend.to_string(),
+            },
+            RouteProps::Service(b) => b.to_string(),
+        }
+    }
+
+    fn namespace(&self) -> &str {
+        match self {
+            RouteProps::Ingress { route, .. } => {
+                route.ingress.split('/').next().unwrap_or_default()
+            }
+            RouteProps::Service(b) => &b.namespace,
+        }
+    }
+
+    /// Whether this is already `route` (same route, same choice).
+    pub fn is(&self, route: &std::sync::Arc<crate::routing::Route>, canary: bool) -> bool {
+        matches!(self, RouteProps::Ingress { route: r, canary: c }
+            if std::sync::Arc::ptr_eq(r, route) && *c == canary)
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct RequestProps {
-    pub path: String,
+    /// The request as it arrived (shared, not copied).
+    pub uri: http::Uri,
     pub host: String,
-    pub method: String,
+    pub method: http::Method,
     pub scheme: &'static str,
     pub protocol: &'static str,
     pub id: String,
+}
+
+impl RequestProps {
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
 }
 
 fn int(v: i64) -> Vec<u8> {
@@ -101,11 +156,11 @@ impl StreamProps {
             "source.port" => self.source.map(|a| int(a.port().into())),
             "destination.address" => self.destination.map(|a| a.to_string().into_bytes()),
             "destination.port" => self.destination.map(|a| int(a.port().into())),
-            "request.path" => req.and_then(|r| s(&r.path)),
-            "request.url_path" => req.and_then(|r| s(r.path.split('?').next().unwrap_or(""))),
-            "request.query" => req.and_then(|r| s(r.path.split_once('?').map_or("", |(_, q)| q))),
+            "request.path" => req.and_then(|r| s(r.path())),
+            "request.url_path" => req.and_then(|r| s(r.uri.path())),
+            "request.query" => req.and_then(|r| s(r.uri.query().unwrap_or(""))),
             "request.host" => req.and_then(|r| s(&r.host)),
-            "request.method" => req.and_then(|r| s(&r.method)),
+            "request.method" => req.and_then(|r| s(r.method.as_str())),
             "request.scheme" => req.and_then(|r| s(r.scheme)),
             "request.protocol" => req.and_then(|r| s(r.protocol)),
             "request.id" => req.and_then(|r| s(&r.id)),
@@ -135,9 +190,9 @@ impl StreamProps {
                     .collect();
                 super::host::serialize_map(&pairs)
             }),
-            "portico.route" => self.route.as_deref().and_then(s),
-            "portico.service" => self.service.as_deref().and_then(s),
-            "portico.namespace" => self.namespace.as_deref().and_then(s),
+            "portico.route" => self.route.as_ref().map(|r| r.name().into_bytes()),
+            "portico.service" => self.route.as_ref().map(|r| r.service().into_bytes()),
+            "portico.namespace" => self.route.as_ref().and_then(|r| s(r.namespace())),
             _ => path
                 .strip_prefix("portico.ingress.annotations.")
                 .and_then(|key| self.annotations.as_ref()?.get(key))
@@ -157,18 +212,20 @@ mod tests {
             source: Some("10.0.0.7:41000".parse().unwrap()),
             destination: Some("127.0.0.1:8080".parse().unwrap()),
             request: Some(RequestProps {
-                path: "/a/b?x=1".into(),
+                uri: "/a/b?x=1".parse().unwrap(),
                 host: "shop.example.com".into(),
-                method: "POST".into(),
+                method: http::Method::POST,
                 scheme: "https",
                 protocol: "HTTP/1.1",
                 id: "abc".into(),
             }),
             sni: Some("shop.example.com".into()),
             tls: true,
-            route: Some("shop/web".into()),
-            service: Some("shop/web:80".into()),
-            namespace: Some("shop".into()),
+            route: Some(RouteProps::Service(crate::snapshot::BackendKey {
+                namespace: "shop".into(),
+                service: "web".into(),
+                port: "80".into(),
+            })),
             response_code: Some(404),
             candidates: None,
             annotations: Some(std::sync::Arc::new(
@@ -192,6 +249,9 @@ mod tests {
             b"shop.example.com"
         );
         assert_eq!(get("portico.namespace").unwrap(), b"shop");
+        assert_eq!(get("portico.route").unwrap(), b"shop/web");
+        assert_eq!(get("portico.service").unwrap(), b"shop/web:80");
+        assert_eq!(get("request.path").unwrap(), b"/a/b?x=1");
         assert_eq!(get("request.headers"), None);
         assert_eq!(get("nope"), None);
         assert_eq!(

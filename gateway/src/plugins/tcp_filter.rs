@@ -5,6 +5,7 @@
 //! held and is called again with everything so far; what it leaves in the
 //! buffer is what goes on, so it may change lengths freely.
 
+use super::body::BodySlot;
 use super::http_filter::{Step, StreamChain};
 
 /// `proxy_buffer_type_t`.
@@ -101,7 +102,7 @@ impl StreamChain {
                     .sandbox
                     .data_mut()
                     .buffers
-                    .insert(buffer, std::mem::take(&mut chunk));
+                    .insert(buffer, std::mem::take(&mut chunk).into());
                 let r = inst
                     .vm
                     .sandbox
@@ -112,6 +113,7 @@ impl StreamChain {
                     .data_mut()
                     .buffers
                     .remove(&buffer)
+                    .map(BodySlot::into_vec)
                     .unwrap_or_default();
                 r
             });

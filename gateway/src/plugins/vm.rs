@@ -44,10 +44,11 @@ impl Vm {
         };
         state
             .buffers
-            .insert(buffer::VM_CONFIGURATION, start.vm_config.to_vec());
-        state
-            .buffers
-            .insert(buffer::PLUGIN_CONFIGURATION, start.plugin_config.to_vec());
+            .insert(buffer::VM_CONFIGURATION, start.vm_config.to_vec().into());
+        state.buffers.insert(
+            buffer::PLUGIN_CONFIGURATION,
+            start.plugin_config.to_vec().into(),
+        );
         let mut sandbox = Sandbox::new(start.name, engine, module, linker, start.limits, state)
             .map_err(|e| format!("instantiation {e}"))?;
         let step = |what: &str, e: super::sandbox::PluginError| format!("{what} {e}");

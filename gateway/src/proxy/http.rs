@@ -20,9 +20,10 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::config::ProxyConfig;
 use crate::lb::{Pick, PickRequest, Pool};
+use crate::plugins::headers::HeaderSlot;
 use crate::plugins::host::LocalResponse;
 use crate::plugins::http_filter::{self, StreamChain, Verdict};
-use crate::plugins::properties::{RequestProps, StreamProps};
+use crate::plugins::properties::{RequestProps, RouteProps, StreamProps};
 use crate::plugins::reload::RegistryHandle;
 use crate::routing::Route;
 use crate::shutdown::InFlight;
@@ -91,6 +92,8 @@ pub struct RequestCtx {
     local_reason: Option<&'static str>,
     /// The request's plugin contexts, when any plugin applies.
     plugins: Option<StreamChain>,
+    /// A plugin edited the request headers (so it is routed again).
+    request_edited: bool,
     /// An answer decided in a phase that cannot write it (a request body
     /// or response plugin): written by `fail_to_proxy`, or replacing the
     /// upstream's body.
@@ -198,12 +201,9 @@ fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps 
         source: session.client_addr().and_then(|a| a.as_inet()).copied(),
         destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
         request: Some(RequestProps {
-            path: req
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            uri: req.uri.clone(),
             host: host.to_string(),
-            method: req.method.as_str().to_string(),
+            method: req.method.clone(),
             scheme: scheme(ctx.tls),
             protocol: match req.version {
                 http::Version::HTTP_2 => "HTTP/2",
@@ -248,26 +248,24 @@ pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
     .ok_or_else(|| format!("upstream {name:?} has no available endpoint"))
 }
 
-/// The route's properties for plugins; `backend` is the one this request
-/// goes to (a canary's, when it takes the request), so `portico.service`
-/// and the upstream-choice candidates are those of the pool used.
+/// The route's properties for plugins: `canary` says whether the request
+/// goes to the canary's backend, whose `pool` then gives the candidates
+/// of upstream choice. References only: nothing is formatted unless a
+/// plugin asks.
 fn set_route_props(
     p: &mut StreamProps,
-    route: &Route,
-    backend: &crate::snapshot::BackendKey,
-    snap: &Snapshot,
+    route: &Arc<Route>,
+    canary: bool,
+    pool: Option<&Arc<crate::lb::Pool>>,
 ) {
-    if p.route.as_deref() == Some(route.ingress.as_str())
-        && p.service.as_deref().is_some_and(|s| backend.is_named(s))
-    {
+    if p.route.as_ref().is_some_and(|r| r.is(route, canary)) {
         return;
     }
-    p.route = Some(route.ingress.clone());
-    p.service = Some(backend.to_string());
-    p.namespace = route.ingress.split('/').next().map(str::to_string);
-    p.candidates = snap
-        .pool(backend)
-        .map(|pool| crate::plugins::properties::Candidates(pool.clone()));
+    p.route = Some(RouteProps::Ingress {
+        route: route.clone(),
+        canary,
+    });
+    p.candidates = pool.map(|pool| crate::plugins::properties::Candidates(pool.clone()));
     p.annotations = Some(route.annotations.clone());
 }
 
@@ -607,33 +605,31 @@ impl HttpProxy {
         ctx: &mut RequestCtx,
         mut from: usize,
     ) -> Result<bool> {
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(false);
+        };
         let end_of_stream = session.is_body_empty();
         let mut changed = false;
+        // The request's own map, moved (not copied) into the phase.
+        let mut headers = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
         let verdict = loop {
-            let Some(chain) = ctx.plugins.as_mut() else {
-                return Ok(false);
-            };
-            if chain.request_headers().is_empty() {
-                chain.set_request_headers(http_filter::request_pairs(
-                    session.req_header(),
-                    &ctx.host,
-                    scheme(ctx.tls),
-                ));
-            }
-            match chain.on_request_headers(from, end_of_stream, &mut changed) {
-                Verdict::Pause(i) => match chain.resumed(i, PAUSE_TIMEOUT, &mut changed).await {
-                    Verdict::Continue => from = i + 1,
-                    other => break other,
-                },
+            match chain.on_request_headers(&mut headers, from, end_of_stream, &mut changed) {
+                Verdict::Pause(i) => {
+                    match chain
+                        .resumed(i, PAUSE_TIMEOUT, &mut headers, &mut changed)
+                        .await
+                    {
+                        Verdict::Continue => from = i + 1,
+                        other => break other,
+                    }
+                }
                 other => break other,
             }
         };
-        if changed {
-            let pairs = ctx.plugins.as_ref().map(|c| c.request_headers());
-            let applied = pairs.map_or(Ok(()), |p| {
-                http_filter::apply_request(session.req_header_mut(), p)
-            });
-            if let Err(e) = applied {
+        let edits = headers.restore_request(session.req_header_mut());
+        ctx.request_edited |= changed;
+        if let Some(pairs) = edits.filter(|_| changed) {
+            if let Err(e) = http_filter::apply_request(session.req_header_mut(), &pairs) {
                 tracing::warn!(error = %e, "plugin edit to the request headers refused");
                 ctx.local_reason = Some("plugin");
                 respond(session, 500, format!("{e}\n")).await?;
@@ -669,6 +665,7 @@ impl ProxyHttp for HttpProxy {
             tls: false,
             local_reason: None,
             plugins: None,
+            request_edited: false,
             plugin_response: None,
             replace_body: None,
             cors_origin: None,
@@ -715,24 +712,36 @@ impl ProxyHttp for HttpProxy {
         // take (`portico.route`); what they change (host, path) is routed
         // again.
         let registry = self.plugins.load();
+        // The route found for the listener plugins, still right if they
+        // left the request as it was.
+        let mut routed = None;
         if !registry.http.is_empty() {
             let mut props = stream_props(session, ctx, &host);
             let path = session.req_header().uri.path_and_query();
-            if let Some((route, _)) = snap.routes.find(&host, path.map_or("/", |p| p.as_str())) {
-                set_route_props(&mut props, route, &route.backend, &snap);
+            let first = snap
+                .routes
+                .find(&host, path.map_or("/", |p| p.as_str()))
+                .map(|(r, _)| r.clone());
+            if let Some(route) = &first {
+                set_route_props(&mut props, route, false, snap.pool(&route.backend));
             }
             ctx.plugins = Some(StreamChain::new(registry.http.clone(), props));
             ctx.host.clone_from(&host);
             if self.run_request_headers(session, ctx, 0).await? {
                 return Ok(true);
             }
-            if let Some(h) = request_host(session.req_header()) {
-                host = h;
+            if ctx.request_edited {
+                if let Some(h) = request_host(session.req_header()) {
+                    host = h;
+                }
+            } else {
+                routed = Some(first);
             }
         }
         let req = session.req_header();
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Some((route, _)) = snap.routes.find(&host, path) else {
+        let route = routed.unwrap_or_else(|| snap.routes.find(&host, path).map(|(r, _)| r.clone()));
+        let Some(route) = route else {
             ctx.local_reason = Some("no-route");
             let body = format!("no route for host {host} path {}\n", req.uri.path());
             ctx.host = host;
@@ -741,9 +750,11 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+        let route = &route;
         // A canary Ingress may take this request (decided once, before
         // the Service's plugins and the pool).
         let (backend, canary) = route.backend_for(&req.headers);
+        let backend_pool = snap.pool(backend);
         if canary {
             if let Some(c) = &route.canary {
                 metrics::counter!("portico_canary_requests_total", "ingress" => c.ingress.clone())
@@ -756,10 +767,10 @@ impl ProxyHttp for HttpProxy {
             }
         }
         if let Some(chain) = ctx.plugins.as_mut() {
-            set_route_props(chain.props_mut(), route, backend, &snap);
+            set_route_props(chain.props_mut(), route, canary, backend_pool);
         }
         // The Ingress's plugins, then the Service's.
-        let service_plugins = snap.pool(backend).map(|p| p.plugins()).unwrap_or_default();
+        let service_plugins = backend_pool.map(|p| p.plugins()).unwrap_or_default();
         if !route.plugins.is_empty() || !service_plugins.is_empty() {
             let mut wanted = Vec::with_capacity(route.plugins.len() + service_plugins.len());
             for name in route.plugins.iter().chain(service_plugins) {
@@ -784,8 +795,8 @@ impl ProxyHttp for HttpProxy {
                     from
                 }
                 None => {
-                    let mut props = stream_props(session, ctx, &ctx.host.clone());
-                    set_route_props(&mut props, route, backend, &snap);
+                    let mut props = stream_props(session, ctx, &ctx.host);
+                    set_route_props(&mut props, route, canary, backend_pool);
                     ctx.plugins = Some(StreamChain::new(wanted, props));
                     0
                 }
@@ -796,8 +807,7 @@ impl ProxyHttp for HttpProxy {
         }
         // The route's default backend stands in for a Service with no
         // endpoints (ingress-nginx `default-backend`).
-        let pool = snap
-            .pool(backend)
+        let pool = backend_pool
             .filter(|p| !p.is_empty())
             .or_else(|| route.fallback.as_ref().and_then(|f| snap.pool(f)))
             .cloned();
@@ -1010,17 +1020,25 @@ impl ProxyHttp for HttpProxy {
             return Ok(());
         };
         chain.props_mut().response_code = Some(resp.status.as_u16());
-        let mut pairs = http_filter::response_pairs(resp);
-        let mut changed = false;
         let end_of_stream = session.req_header().method == http::Method::HEAD;
+        // Both maps are moved (not copied) into the phase and back.
+        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        let mut headers = HeaderSlot::take_response(resp);
+        let mut changed = false;
         // A filter that pauses (for an HTTP call) holds the response back
         // until it resumes; then the filters before it run.
         let mut from = None;
         let verdict = loop {
-            match chain.on_response_headers(&mut pairs, end_of_stream, &mut changed, from) {
+            match chain.on_response_headers(
+                &mut request,
+                &mut headers,
+                end_of_stream,
+                &mut changed,
+                from,
+            ) {
                 Verdict::Pause(i) => {
                     match chain
-                        .resumed_response(i, PAUSE_TIMEOUT, &mut pairs, &mut changed)
+                        .resumed_response(i, PAUSE_TIMEOUT, &mut headers, &mut changed)
                         .await
                     {
                         Verdict::Continue if i > 0 => from = Some(i - 1),
@@ -1030,19 +1048,20 @@ impl ProxyHttp for HttpProxy {
                 other => break other,
             }
         };
+        // Edits to the request's headers this late change nothing.
+        let _ = request.restore_request(session.req_header_mut());
+        let edits = headers.restore_response(resp).filter(|_| changed);
         let local = match verdict {
-            Verdict::Continue | Verdict::Pause(_) => {
-                if changed {
-                    if let Err(e) = http_filter::apply_response(resp, &pairs) {
+            Verdict::Continue | Verdict::Pause(_) => match edits {
+                None => return Ok(()),
+                Some(pairs) => match http_filter::apply_response(resp, &pairs) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
                         tracing::warn!(error = %e, "plugin edit to the response headers refused");
                         plugin_failed("response-headers")
-                    } else {
-                        return Ok(());
                     }
-                } else {
-                    return Ok(());
-                }
-            }
+                },
+            },
             Verdict::Respond(local) => local,
             Verdict::Fail(p) => plugin_failed(&p),
             Verdict::TooLarge(p) => body_too_large(&p, 502),
@@ -1090,7 +1109,7 @@ impl ProxyHttp for HttpProxy {
 
     async fn response_trailer_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Bytes>> {
@@ -1099,7 +1118,10 @@ impl ProxyHttp for HttpProxy {
         };
         let mut pairs = http_filter::trailer_pairs(trailers);
         let mut changed = false;
-        if let Verdict::Fail(p) = chain.on_response_trailers(&mut pairs, &mut changed) {
+        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        let verdict = chain.on_response_trailers(&mut request, &mut pairs, &mut changed);
+        let _ = request.restore_request(session.req_header_mut());
+        if let Verdict::Fail(p) = verdict {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 format!("plugin {p} failed in the response trailers"),
@@ -1236,7 +1258,9 @@ impl ProxyHttp for HttpProxy {
         }
         ctx.pick = None;
         if let Some(mut chain) = ctx.plugins.take() {
-            chain.finish();
+            let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+            chain.finish(Some(&mut request));
+            let _ = request.restore_request(session.req_header_mut());
         }
     }
 }
