@@ -34,7 +34,12 @@ static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
 /// Called as a call starts: keeps the ticker at full rate, and wakes it
 /// if it idles (rare: the first call after a quiet second).
 fn note_call() {
-    LAST_CALL_TICK.store(TICKS.load(Ordering::Relaxed), Ordering::Relaxed);
+    // Written once per tick, not per call: every worker calls this, and
+    // a store on every call would bounce the line between their cores.
+    let now = TICKS.load(Ordering::Relaxed);
+    if LAST_CALL_TICK.load(Ordering::Relaxed) != now {
+        LAST_CALL_TICK.store(now, Ordering::Relaxed);
+    }
     if TICKER_IDLE.load(Ordering::Relaxed) && TICKER_IDLE.swap(false, Ordering::Relaxed) {
         if let Some(t) = TICKER.get() {
             t.unpark();
@@ -172,7 +177,8 @@ pub struct Sandbox<T: 'static> {
     pub name: String,
     store: Store<HostState<T>>,
     instance: Instance,
-    limits: Limits,
+    /// The per-call deadline in epoch ticks.
+    deadline_ticks: u64,
     oom: Arc<AtomicBool>,
     poisoned: bool,
     /// Typed exports by name, looked up once: a request makes several
@@ -228,7 +234,7 @@ impl<T: 'static> Sandbox<T> {
             name: name.to_string(),
             store,
             instance,
-            limits,
+            deadline_ticks: ticks(limits.deadline),
             oom,
             poisoned: false,
             funcs: Vec::new(),
@@ -301,7 +307,7 @@ impl<T: 'static> Sandbox<T> {
                 PluginError::Setup(format!("export `{export}` called with another signature"))
             })?;
         note_call();
-        self.store.set_epoch_deadline(ticks(self.limits.deadline));
+        self.store.set_epoch_deadline(self.deadline_ticks);
         self.calls = self.calls.wrapping_add(1);
         let started = (self.calls % TIME_SAMPLE == 0).then(Instant::now);
         let result = f
