@@ -775,3 +775,133 @@ fn the_cloud_lb_plugin_allocates_load_balancer_addresses() {
         "addresses do not move"
     );
 }
+
+/// A stand-in for an external load-balancer API (a cloud's, or an IPAM):
+/// answers every POST with `address` for each Service asked about, or
+/// with `status` and no body when not 200, and keeps the bodies it got.
+struct FakeLbApi {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    status: Arc<Mutex<u16>>,
+}
+
+impl FakeLbApi {
+    fn start(address: &'static str) -> FakeLbApi {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(200));
+        let (b, st) = (bodies.clone(), status.clone());
+        // Detached: it ends with the test process.
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                let body = loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break Some(body.to_string());
+                        }
+                    }
+                };
+                let Some(body) = body else { continue };
+                let req: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let answer = serde_json::json!({"services": req["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| serde_json::json!({"namespace": s["namespace"], "name": s["name"], "addresses": [address]}))
+                    .collect::<Vec<_>>()});
+                b.lock().unwrap().push(req);
+                let code = *st.lock().unwrap();
+                let out = if code == 200 {
+                    answer.to_string()
+                } else {
+                    "unavailable".into()
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
+                    out.len()
+                );
+            }
+        });
+        FakeLbApi {
+            addr,
+            bodies,
+            status,
+        }
+    }
+}
+
+#[test]
+fn cloud_lb_takes_addresses_from_an_external_load_balancer_api() {
+    let api = ApiServer::start();
+    let lb_api = FakeLbApi::start("127.0.0.6");
+    let port = free_port();
+    let svc = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: l4{annotations}}}\nspec:\n  type: LoadBalancer\n  ports:\n  - {{name: t, port: {port}, targetPort: 9000, protocol: TCP}}\n---\n"
+        )
+    };
+    api.apply(&svc(
+        "ext",
+        ", annotations: {service.beta.kubernetes.io/aws-load-balancer-internal: \"true\"}",
+    ))
+    .unwrap();
+    let cfg = format!(
+        "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
+         config = '{{\"api\": {{\"url\": \"http://{}/v1/allocate\", \"headers\": {{\"x-token\": \"t\"}}, \"timeoutMs\": 2000}}}}'\n",
+        built_plugins().join("cloud_lb.wasm").display(),
+        lb_api.addr
+    );
+    let gw = Gateway::spawn_kube(&api, "gw", &cfg);
+    gw.wait_ready();
+    wait_for(15, "the status the API gave", || {
+        api.get("v1", "Service", "l4", "ext")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.6")
+    });
+    let asked = lb_api.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(asked["services"][0]["name"], "ext");
+    // The plugin tells the API which pool the annotations ask for.
+    assert_eq!(asked["services"][0]["pool"], "internal");
+    assert_eq!(asked["nodeAddresses"][0], "127.0.0.1");
+
+    // The API fails: a new Service gets no status, the first keeps its
+    // own, and the log says why.
+    *lb_api.status.lock().unwrap() = 503;
+    api.apply(&svc("late", "")).unwrap();
+    wait_for(15, "the failed call to be logged", || {
+        gw.log().contains("answered 503")
+    });
+    let late = api.get("v1", "Service", "l4", "late").unwrap();
+    assert!(
+        late["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{late}"
+    );
+    assert_eq!(
+        api.get("v1", "Service", "l4", "ext").unwrap()["status"]["loadBalancer"]["ingress"][0]
+            ["ip"],
+        "127.0.0.6"
+    );
+    // It answers again: the new Service gets its address.
+    *lb_api.status.lock().unwrap() = 200;
+    wait_for(20, "the late Service's status", || {
+        api.get("v1", "Service", "l4", "late")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.6")
+    });
+}

@@ -80,14 +80,14 @@ pub struct Admit {
 
 /// `portico_service_load_balancer` input: every LoadBalancer Service the
 /// gateway implements, oldest first, and the edge node's addresses.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerRequest {
     pub services: Vec<LoadBalancerService>,
     pub node_addresses: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerService {
     pub namespace: String,
@@ -104,13 +104,15 @@ pub struct LoadBalancerService {
 
 /// `portico_service_load_balancer` answer. A Service left out keeps its
 /// status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadBalancerAnswer {
+    #[serde(default)]
     pub services: Vec<LoadBalancerAssignment>,
+    #[serde(default)]
     pub problems: Vec<LoadBalancerProblem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadBalancerAssignment {
     pub namespace: String,
     pub name: String,
@@ -118,7 +120,7 @@ pub struct LoadBalancerAssignment {
     pub addresses: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadBalancerProblem {
     pub namespace: String,
     pub name: String,
@@ -318,6 +320,104 @@ pub trait ControlPlugin {
 #[cfg(target_arch = "wasm32")]
 extern "C" {
     fn portico_return(ptr: *const u8, len: usize) -> u32;
+    fn portico_http_call(
+        ptr: *const u8,
+        len: usize,
+        ret_ptr: *mut *mut u8,
+        ret_len: *mut usize,
+    ) -> u32;
+}
+
+/// An HTTP/1.1 request for [`http_call`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequest {
+    /// `GET` when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    /// `http://host[:port]/path` (plain HTTP only).
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    /// At most 10 000; 2 000 when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The answer to an [`HttpRequest`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HttpResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Deserialize)]
+struct HttpAnswer {
+    status: Option<u16>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+    error: Option<String>,
+}
+
+/// Makes an HTTP request and waits for the answer. Only hooks the gateway
+/// lets wait may call it: `service_load_balancer` (the gateway asks it
+/// from a blocking task). Elsewhere, and outside Portico, it is an error.
+///
+/// ```ignore
+/// let answer = portico_sdk::control::http_call(&HttpRequest {
+///     method: "POST".into(),
+///     url: "http://ipam.example:8080/allocate".into(),
+///     body: serde_json::to_string(&req).unwrap(),
+///     ..HttpRequest::default()
+/// })?;
+/// if answer.status != 200 { return Err(format!("IPAM answered {}", answer.status)); }
+/// ```
+pub fn http_call(req: &HttpRequest) -> Result<HttpResponse, String> {
+    let input = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    let raw = http_call_raw(&input)?;
+    let a: HttpAnswer = serde_json::from_slice(&raw)
+        .map_err(|e| format!("portico_http_call answer does not decode: {e}"))?;
+    if let Some(e) = a.error {
+        return Err(e);
+    }
+    Ok(HttpResponse {
+        status: a.status.unwrap_or(0),
+        headers: a.headers,
+        body: a.body,
+    })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn http_call_raw(input: &[u8]) -> Result<Vec<u8>, String> {
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut len: usize = 0;
+    // SAFETY: the host reads `input` during the call and writes the
+    // answer into memory it got from `portico_alloc`, which is ours.
+    let status = unsafe { portico_http_call(input.as_ptr(), input.len(), &mut ptr, &mut len) };
+    if status != 0 {
+        return Err(format!(
+            "portico_http_call is not available to this hook (status {status})"
+        ));
+    }
+    if ptr.is_null() {
+        return Err("portico_http_call gave no answer".into());
+    }
+    // SAFETY: allocated by `alloc` with a capacity of `max(len, 1)`.
+    Ok(unsafe { take_input(ptr, len) })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn http_call_raw(_input: &[u8]) -> Result<Vec<u8>, String> {
+    Err("portico_http_call is only available inside Portico".into())
 }
 
 /// Hands `bytes` to the host (it copies them).

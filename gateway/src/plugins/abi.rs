@@ -84,6 +84,8 @@ const HOST_FUNCTIONS: &[HostFn] = &[
     HostFn(ENV, "proxy_set_upstream_override_host", &[I32, I32], Some(I32)),
     // Portico's control-plane ABI: a hook hands back its JSON answer.
     HostFn(ENV, "portico_return", &[I32, I32], Some(I32)),
+    // ...and may wait for an HTTP answer (allowed instances only).
+    HostFn(ENV, "portico_http_call", &[I32, I32, I32, I32], Some(I32)),
     // gRPC (answered with UNIMPLEMENTED, but linkable).
     HostFn(ENV, "proxy_grpc_call", &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),
     HostFn(ENV, "proxy_grpc_stream", &[I32, I32, I32, I32, I32, I32, I32, I32, I32], Some(I32)),

@@ -16,6 +16,10 @@
 //! `env.portico_return(ptr, len)` with its JSON (the host copies it) and
 //! returns 0, or returns non-zero with an error message passed the same
 //! way. Every answer is checked against the hook's schema before use.
+//!
+//! A hook its caller allows to wait (the LoadBalancer allocator) may also
+//! make HTTP requests with `env.portico_http_call(req_ptr, req_len,
+//! ret_ptr, ret_len)`; see [`control_http`](super::control_http).
 
 use std::sync::Mutex;
 
@@ -32,6 +36,9 @@ pub struct ControlClient {
     pub plugin: String,
     registry: RegistryHandle,
     instance: Mutex<Option<(u64, Vm)>>,
+    /// The plugin may wait for HTTP answers (`portico_http_call`): only
+    /// for hooks called off the translation path.
+    blocking_calls: bool,
 }
 
 impl ControlClient {
@@ -40,7 +47,15 @@ impl ControlClient {
             plugin,
             registry,
             instance: Mutex::new(None),
+            blocking_calls: false,
         }
+    }
+
+    /// Lets the plugin call `portico_http_call`; its caller must not mind
+    /// waiting (up to `control_http::MAX_TIMEOUT` per request).
+    pub fn allow_blocking_calls(mut self) -> Self {
+        self.blocking_calls = true;
+        self
     }
 
     /// Calls `hook` with `input`; what the plugin returned when it
@@ -55,7 +70,11 @@ impl ControlClient {
         }
         let mut slot = self.instance.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().map(|(g, _)| *g) != Some(plugin.generation) {
-            let vm = plugin.start(super::instances::linker()?)?;
+            let mut vm = plugin.start(super::instances::linker()?)?;
+            if self.blocking_calls {
+                let ticks = vm.sandbox.deadline_ticks();
+                vm.sandbox.data_mut().blocking_calls = Some(ticks);
+            }
             *slot = Some((plugin.generation, vm));
         }
         let (_, vm) = slot.as_mut().expect("set above");

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use wasmtime::{Caller, Engine, Extern, Linker};
+use wasmtime::{AsContextMut, Caller, Engine, Extern, Linker};
 
 use super::sandbox::HostState;
 
@@ -147,6 +147,10 @@ pub struct VmState {
     pub override_host: Option<std::net::SocketAddr>,
     /// What a control-plane hook handed back (`portico_return`).
     pub returned: Option<Vec<u8>>,
+    /// Set (to the per-call deadline in epoch ticks, restarted after the
+    /// wait) on control instances allowed to block in
+    /// `portico_http_call`.
+    pub blocking_calls: Option<u64>,
     /// How to tell this instance that a queue it registered has data
     /// (`proxy_on_queue_ready`); none for instances that cannot be told
     /// (checks, control calls).
@@ -701,6 +705,36 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
                 status::OK
             }
             Err(e) => e,
+        },
+    )?;
+    l.func_wrap(
+        E,
+        "portico_http_call",
+        |mut c: C<'_>, p: i32, n: i32, ret_p: i32, ret_n: i32| {
+            let Some(deadline) = c.data().data.blocking_calls else {
+                tracing::warn!(plugin = %c.data().data.plugin, "portico_http_call is for control-plane hooks that may wait; data-plane plugins use proxy_http_call");
+                return status::UNIMPLEMENTED;
+            };
+            let bytes = match read(&mut c, p, n) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let answer = match serde_json::from_slice::<super::control_http::Request>(&bytes) {
+                Ok(req) => {
+                    let answer = super::control_http::perform(&req);
+                    metrics::counter!("portico_plugin_callouts_total", "plugin" => c.data().data.plugin.clone(), "result" => if answer.error.is_none() { "ok" } else { "error" })
+                        .increment(1);
+                    answer
+                }
+                Err(e) => super::control_http::Response {
+                    error: Some(format!("portico_http_call request: {e}")),
+                    ..Default::default()
+                },
+            };
+            // The wait is not the plugin's running time.
+            c.as_context_mut().set_epoch_deadline(deadline);
+            let json = serde_json::to_vec(&answer).unwrap_or_default();
+            status_of(give(&mut c, &json, ret_p, ret_n))
         },
     )?;
     // Not supported (gRPC): linkable, and answered with UNIMPLEMENTED.

@@ -54,7 +54,9 @@ static INSTALLED: OnceLock<Arc<WasmLbAddresses>> = OnceLock::new();
 /// Makes the named plugin this process's LoadBalancer address allocator.
 pub fn install(plugin: &str, registry: RegistryHandle) {
     let _ = INSTALLED.set(Arc::new(WasmLbAddresses {
-        client: ControlClient::new(plugin.to_string(), registry),
+        // Called from a blocking task, so the allocator may ask an
+        // external load-balancer API.
+        client: ControlClient::new(plugin.to_string(), registry).allow_blocking_calls(),
     }));
 }
 

@@ -13,6 +13,7 @@ pub mod body;
 pub mod cache;
 pub mod callout;
 pub mod control;
+pub mod control_http;
 pub mod headers;
 pub mod host;
 pub mod http_filter;

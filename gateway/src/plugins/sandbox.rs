@@ -245,6 +245,11 @@ impl<T: 'static> Sandbox<T> {
         })
     }
 
+    /// The per-call deadline, in epoch ticks.
+    pub fn deadline_ticks(&self) -> u64 {
+        self.deadline_ticks
+    }
+
     /// Whether a call failed: the instance must be replaced.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned

@@ -24,11 +24,28 @@
 //! 4. otherwise the first free address of the pool; a pool with no free
 //!    address is reported (the Service keeps its status);
 //! 5. with no pools configured at all, the edge node's addresses.
+//!
+//! With `api`, an external load-balancer API (a cloud's, or an IPAM)
+//! decides instead of the pools:
+//!
+//! ```json
+//! {"api": {"url": "http://ipam.example:8080/v1/allocate",
+//!          "headers": {"authorization": "Bearer ..."}, "timeoutMs": 3000}}
+//! ```
+//!
+//! Each time statuses are reconciled, the plugin POSTs the whole request
+//! as JSON (every Service with its `namespace`, `name`, `loadBalancerIP`,
+//! `annotations`, `current` addresses and the `pool` it would get here:
+//! `default` or `internal`; and `nodeAddresses`), and the API answers
+//! with a 2xx and `{"services": [{"namespace", "name", "addresses"}],
+//! "problems": [{"namespace", "name", "message"}]}`, which the gateway
+//! checks like any answer. Any other answer, or none within the timeout,
+//! is an error: statuses stay as they are and the error is logged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use portico_sdk::control::{
-    ControlPlugin, LoadBalancerAnswer, LoadBalancerAssignment, LoadBalancerProblem,
+    ControlPlugin, HttpRequest, LoadBalancerAnswer, LoadBalancerAssignment, LoadBalancerProblem,
     LoadBalancerRequest, LoadBalancerService,
 };
 use serde::Deserialize;
@@ -38,6 +55,61 @@ use serde::Deserialize;
 pub struct Config {
     #[serde(default)]
     pub pools: BTreeMap<String, Vec<String>>,
+    /// An external API that allocates instead of the pools.
+    #[serde(default)]
+    pub api: Option<Api>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Api {
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+/// The body POSTed to the API: the request, each Service with its pool.
+pub fn api_request(req: &LoadBalancerRequest) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = req
+        .services
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["pool"] = pool_of(s).into();
+            v
+        })
+        .collect();
+    serde_json::json!({"services": services, "nodeAddresses": req.node_addresses})
+}
+
+/// The API's answer, checked for status and shape (the gateway checks
+/// the addresses).
+pub fn api_answer(api: &Api, status: u16, body: &str) -> Result<LoadBalancerAnswer, String> {
+    if !(200..300).contains(&status) {
+        let excerpt: String = body.chars().take(200).collect();
+        return Err(format!(
+            "load-balancer API {} answered {status}: {excerpt}",
+            api.url
+        ));
+    }
+    serde_json::from_str(body)
+        .map_err(|e| format!("load-balancer API {}: answer does not decode: {e}", api.url))
+}
+
+fn ask_api(api: &Api, req: &LoadBalancerRequest) -> Result<LoadBalancerAnswer, String> {
+    let mut headers = api.headers.clone();
+    headers.insert("content-type".into(), "application/json".into());
+    let answer = portico_sdk::control::http_call(&HttpRequest {
+        method: "POST".into(),
+        url: api.url.clone(),
+        headers,
+        body: api_request(req).to_string(),
+        timeout_ms: api.timeout_ms,
+    })
+    .map_err(|e| format!("load-balancer API {}: {e}", api.url))?;
+    api_answer(api, answer.status, &answer.body)
 }
 
 #[derive(Default)]
@@ -152,12 +224,26 @@ impl ControlPlugin for CloudLb {
                 return Err(format!("cloud-lb configuration: pools.{name}: {bad:?} is not an IP address"));
             }
         }
+        if let Some(api) = &c.api {
+            if !api.url.starts_with("http://") {
+                return Err(format!(
+                    "cloud-lb configuration: api.url {:?}: only http:// is supported",
+                    api.url
+                ));
+            }
+            if api.timeout_ms > 10_000 {
+                return Err("cloud-lb configuration: api.timeoutMs is at most 10000".into());
+            }
+        }
         self.config = c;
         Ok(())
     }
 
     fn service_load_balancer(&mut self, req: LoadBalancerRequest) -> Result<LoadBalancerAnswer, String> {
-        Ok(allocate(&self.config, &req))
+        match &self.config.api {
+            Some(api) => ask_api(api, &req),
+            None => Ok(allocate(&self.config, &req)),
+        }
     }
 }
 
@@ -181,7 +267,7 @@ mod tests {
         let mut pools = BTreeMap::new();
         pools.insert("default".to_string(), default.iter().map(|a| a.to_string()).collect());
         pools.insert("internal".to_string(), internal.iter().map(|a| a.to_string()).collect());
-        Config { pools }
+        Config { pools, api: None }
     }
 
     fn got(a: &LoadBalancerAnswer, name: &str) -> Option<Vec<String>> {
@@ -237,7 +323,50 @@ mod tests {
     }
 
     #[test]
+    fn the_api_gets_each_service_with_its_pool_and_its_answer_is_checked() {
+        let req = LoadBalancerRequest {
+            services: vec![
+                svc("a", None, &[], &["198.51.100.9"]),
+                svc("b", None, &[("networking.gke.io/load-balancer-type", "Internal")], &[]),
+            ],
+            node_addresses: vec!["192.0.2.1".into()],
+        };
+        let body = api_request(&req);
+        assert_eq!(body["services"][0]["name"], "a");
+        assert_eq!(body["services"][0]["pool"], "default");
+        assert_eq!(body["services"][0]["current"][0], "198.51.100.9");
+        assert_eq!(body["services"][1]["pool"], "internal");
+        assert_eq!(body["nodeAddresses"][0], "192.0.2.1");
+        let api = Api {
+            url: "http://ipam.test/".into(),
+            headers: BTreeMap::new(),
+            timeout_ms: 0,
+        };
+        let a = api_answer(
+            &api,
+            200,
+            r#"{"services": [{"namespace": "ns", "name": "a", "addresses": ["203.0.113.1"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(got(&a, "a").unwrap(), ["203.0.113.1"]);
+        assert!(api_answer(&api, 503, "busy").unwrap_err().contains("answered 503: busy"));
+        assert!(api_answer(&api, 200, "nope").unwrap_err().contains("does not decode"));
+        // Outside Portico there is no HTTP call to make.
+        assert!(ask_api(&api, &req).unwrap_err().contains("only available inside Portico"));
+    }
+
+    #[test]
     fn bad_configuration_is_refused() {
+        assert!(CloudLb::default()
+            .configure(br#"{"api": {"url": "https://x.test/"}}"#)
+            .unwrap_err()
+            .contains("only http://"));
+        assert!(CloudLb::default()
+            .configure(br#"{"api": {"url": "http://x.test/", "timeoutMs": 60000}}"#)
+            .is_err());
+        assert!(CloudLb::default()
+            .configure(br#"{"api": {"url": "http://x.test/", "timeoutMs": 3000}}"#)
+            .is_ok());
         let mut p = CloudLb::default();
         assert!(p.configure(br#"{"pools": {"default": ["nope"]}}"#).unwrap_err().contains("not an IP"));
         assert!(p.configure(br#"{"pool": {}}"#).is_err());

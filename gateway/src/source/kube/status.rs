@@ -21,7 +21,7 @@ use super::events::EventReporter;
 use super::leader::Elector;
 use super::Shared;
 use crate::config::Config;
-use crate::plugins::lb_addresses::{LbService, WasmLbAddresses};
+use crate::plugins::lb_addresses::{LbAnswer, LbService, WasmLbAddresses};
 use crate::publish::Publisher;
 use crate::store::{ObjectKey, Store};
 use crate::translate::class::Admission;
@@ -110,11 +110,14 @@ fn is_ours(svc: &Service) -> bool {
 
 /// Pure: what status every served Ingress and every LoadBalancer Service
 /// should have, minus what they already have.
+/// `lb_answer`: the allocation plugin's answer for [`lb_services`], when
+/// a plugin allocates (asked beforehand: it may wait for an external
+/// API, and planning runs under the store's lock).
 pub fn plan(
     store: &Store,
     settings: &Settings,
     publish: &[String],
-    lb_plugin: Option<&WasmLbAddresses>,
+    lb_answer: Option<&Result<LbAnswer, String>>,
 ) -> StatusPlan {
     let mut out = StatusPlan::default();
     let node: Vec<LbAddress> = settings
@@ -150,8 +153,8 @@ pub fn plan(
     }
 
     let services = crate::translate::oldest_first(&store.services, |s| &s.metadata);
-    if let Some(alloc) = lb_plugin {
-        plan_with_plugin(alloc, &services, &settings.node_addresses, &mut out);
+    if let Some(answer) = lb_answer {
+        plan_with_plugin(answer, &services, &mut out);
         return out;
     }
     // No allocation plugin (`kubernetes.load_balancer_plugin`, e.g. the
@@ -199,37 +202,10 @@ fn lb_status(s: &Service) -> Vec<LbAddress> {
 /// LoadBalancer Services are left alone, and Services that stopped being
 /// LoadBalancers are cleared as without a plugin.
 fn plan_with_plugin(
-    alloc: &WasmLbAddresses,
+    answer: &Result<LbAnswer, String>,
     services: &[(&ObjectKey, &crate::store::Stored<Service>)],
-    node_ips: &[IpAddr],
     out: &mut StatusPlan,
 ) {
-    let ours: Vec<LbService> = services
-        .iter()
-        .filter(|(_, s)| is_ours(&s.object))
-        .map(|(k, s)| LbService {
-            namespace: k.namespace.clone(),
-            name: k.name.clone(),
-            load_balancer_ip: s
-                .object
-                .spec
-                .as_ref()
-                .and_then(|sp| sp.load_balancer_ip.clone()),
-            annotations: s.object.metadata.annotations.clone().unwrap_or_default(),
-            current: lb_status(&s.object)
-                .iter()
-                .map(|a| match a {
-                    LbAddress::Ip(ip) => ip.to_string(),
-                    LbAddress::Hostname(h) => h.clone(),
-                })
-                .collect(),
-        })
-        .collect();
-    let answer = if ours.is_empty() {
-        Ok(Default::default())
-    } else {
-        alloc.allocate(&ours, node_ips)
-    };
     for (key, s) in services {
         let have = lb_status(&s.object);
         let want: Vec<LbAddress> = if is_ours(&s.object) {
@@ -258,10 +234,36 @@ fn plan_with_plugin(
     if let Ok(answer) = answer {
         out.allocation_problems = answer
             .problems
-            .into_iter()
-            .map(|(ns, name, m)| (ObjectKey::new(&ns, &name), m))
+            .iter()
+            .map(|(ns, name, m)| (ObjectKey::new(ns, name), m.clone()))
             .collect();
     }
+}
+
+/// What the allocation plugin is asked about: every LoadBalancer Service
+/// this gateway implements, oldest first.
+pub fn lb_services(store: &Store) -> Vec<LbService> {
+    crate::translate::oldest_first(&store.services, |s| &s.metadata)
+        .into_iter()
+        .filter(|(_, s)| is_ours(&s.object))
+        .map(|(k, s)| LbService {
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+            load_balancer_ip: s
+                .object
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.load_balancer_ip.clone()),
+            annotations: s.object.metadata.annotations.clone().unwrap_or_default(),
+            current: lb_status(&s.object)
+                .iter()
+                .map(|a| match a {
+                    LbAddress::Ip(ip) => ip.to_string(),
+                    LbAddress::Hostname(h) => h.clone(),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Runs the election and, while leading, status and Events.
@@ -374,13 +376,35 @@ impl Writer {
         if !self.publisher.is_ready() {
             return;
         }
+        // The allocation plugin is asked outside the lock and off the
+        // runtime: it may wait for an external load-balancer API.
+        let lb_answer = match &self.lb_plugin {
+            None => None,
+            Some(alloc) => {
+                let (asked, node) = {
+                    let inner = self.shared.lock();
+                    (
+                        lb_services(&inner.cluster.store),
+                        inner.settings.node_addresses.clone(),
+                    )
+                };
+                if asked.is_empty() {
+                    Some(Ok(LbAnswer::default()))
+                } else {
+                    let alloc = alloc.clone();
+                    let answer =
+                        tokio::task::spawn_blocking(move || alloc.allocate(&asked, &node)).await;
+                    Some(answer.unwrap_or_else(|e| Err(format!("allocation task: {e}"))))
+                }
+            }
+        };
         let (plan, events) = {
             let inner = self.shared.lock();
             let plan = plan(
                 &inner.cluster.store,
                 &inner.settings,
                 &self.publish,
-                self.lb_plugin.as_deref(),
+                lb_answer.as_ref(),
             );
             let events = self
                 .events
