@@ -132,6 +132,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     }
     let registry = Arc::new(arc_swap::ArcSwap::from_pointee(registry));
     crate::plugins::install_control(&cfg, &registry);
+    crate::plugins::main_vm::spawn(registry.clone())?;
 
     let health = HealthPolicy {
         failure_threshold: cfg.lb.failure_threshold,

@@ -179,6 +179,28 @@ fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
 }
 
 #[test]
+fn timers_tick_from_the_start_before_any_request() {
+    let echo = Echo::http("web");
+    let mut config = String::from("[plugins]\nhttp = [\"compat\"]\n");
+    config += &plugin_config("compat", &wasm("compat_http_filter.wasm"), "green", "");
+    let g = Gateway::start(&[("m.yaml", &manifests(&echo, None))], &config);
+    // No request has reached a worker yet, so only the plugin's
+    // main-thread instance can have ticked (every 20 ms); the request
+    // below starts a worker's instance, whose own ticks start at 0.
+    std::thread::sleep(Duration::from_millis(600));
+    let ticks: u64 = http_get(g.http, "app.test", "/ticks")
+        .unwrap()
+        .text()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        ticks >= 10,
+        "{ticks} ticks in the 600 ms before the first request, at 20 ms"
+    );
+}
+
+#[test]
 fn route_plugins_come_from_the_ingress_annotation() {
     let echo = Echo::http("web");
     let config = plugin_config("compat", &wasm("compat_http_filter.wasm"), "route", "");

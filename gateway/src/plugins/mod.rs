@@ -20,6 +20,7 @@ pub mod http_filter;
 pub mod ingress_policy;
 pub mod instances;
 pub mod lb_addresses;
+pub mod main_vm;
 pub mod properties;
 pub mod registry;
 pub mod reload;
