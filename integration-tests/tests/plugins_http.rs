@@ -56,6 +56,16 @@ fn post(port: u16, host: &str, path: &str, body: &str) -> Response {
     .unwrap()
 }
 
+/// The compat plugin's timer ticks so far (shared data, all instances).
+fn ticks(g: &Gateway) -> u64 {
+    http_get(g.http, "app.test", "/ticks")
+        .unwrap()
+        .text()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn metric(g: &Gateway, prefix: &str) -> Option<f64> {
     g.metrics()
         .lines()
@@ -140,12 +150,7 @@ fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
 
     // Timers: on_tick counts in shared data; /ticks reads it.
     std::thread::sleep(Duration::from_millis(300));
-    let ticks: u64 = http_get(g.http, "app.test", "/ticks")
-        .unwrap()
-        .text()
-        .trim()
-        .parse()
-        .unwrap();
+    let ticks = ticks(&g);
     assert!(ticks >= 3, "{ticks} ticks in 300 ms at 20 ms");
 
     // Shared queues: a request enqueues, the registering root context is
@@ -188,12 +193,7 @@ fn timers_tick_from_the_start_before_any_request() {
     // main-thread instance can have ticked (every 20 ms); the request
     // below starts a worker's instance, whose own ticks start at 0.
     std::thread::sleep(Duration::from_millis(600));
-    let ticks: u64 = http_get(g.http, "app.test", "/ticks")
-        .unwrap()
-        .text()
-        .trim()
-        .parse()
-        .unwrap();
+    let ticks = ticks(&g);
     assert!(
         ticks >= 10,
         "{ticks} ticks in the 600 ms before the first request, at 20 ms"
