@@ -186,6 +186,17 @@ pub fn with_existing<R>(
     })
 }
 
+/// Drops this thread's instances of plugin versions a reload replaced or
+/// removed, once no stream uses them (a thread that serves no streams,
+/// like the plugin main thread, has no stream end to do it).
+pub fn drop_superseded() {
+    WORKER.with(|w| {
+        w.borrow_mut()
+            .instances
+            .retain(|i| i.active > 0 || !i.plugin.superseded.load(Ordering::Relaxed))
+    });
+}
+
 /// A stream's context ended: forget it, and drop a superseded instance
 /// once nothing uses it.
 pub fn release(plugin: &Arc<Plugin>, instance: u64) {

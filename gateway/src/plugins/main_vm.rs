@@ -2,8 +2,8 @@
 //! queues, as Envoy has one: a root context that starts with the gateway,
 //! so `proxy_on_tick` and `proxy_on_queue_ready` run from the start, not
 //! only once some worker has served a request with the plugin. It serves
-//! no streams. A reloaded plugin's new version gets one too; the old one
-//! goes when the new one starts (see `instances`).
+//! no streams. A reloaded plugin's new version gets one too; the old
+//! one, or a removed plugin's, goes at the next check.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ pub fn spawn(registry: RegistryHandle) -> Result<(), String> {
                 // Generations started, or that failed to (logged once).
                 let mut done: HashSet<u64> = HashSet::new();
                 loop {
+                    // A removed plugin's instance (and its timer) goes.
+                    instances::drop_superseded();
                     let current = registry.load_full();
                     for p in current.plugins.values().filter(|p| wants_main_instance(p)) {
                         if done.insert(p.generation) {
