@@ -70,14 +70,25 @@ fn split_url(url: &str) -> Result<(&str, u16, &str), String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+    // A bracketed IPv6 address has colons of its own: the port, if any,
+    // follows the `]`.
+    let host_end = if authority.starts_with('[') {
+        authority
+            .find(']')
+            .map(|i| i + 1)
+            .ok_or_else(|| format!("url {url:?}: unclosed [ in the host"))?
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    let (host, port) = match &authority[host_end..] {
+        "" => (&authority[..host_end], 80),
+        rest => {
+            let p = rest.strip_prefix(':').unwrap_or(rest);
             let port = p
                 .parse::<u16>()
                 .map_err(|_| format!("url {url:?}: bad port {p:?}"))?;
-            (h, port)
+            (&authority[..host_end], port)
         }
-        _ => (authority, 80),
     };
     if host.is_empty() {
         return Err(format!("url {url:?} has no host"));
@@ -190,6 +201,8 @@ mod tests {
             ("127.0.0.1", 9000, "/")
         );
         assert_eq!(split_url("http://[::1]:81/p").unwrap(), ("[::1]", 81, "/p"));
+        assert_eq!(split_url("http://[::1]/p").unwrap(), ("[::1]", 80, "/p"));
+        assert!(split_url("http://[::1/p").unwrap_err().contains("unclosed"));
         assert!(split_url("https://a.test/")
             .unwrap_err()
             .contains("only http://"));

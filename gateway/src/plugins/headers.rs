@@ -172,6 +172,8 @@ impl HeaderSlot {
         let (original, edits) = match self {
             HeaderSlot::Lazy(o) => (o, None),
             HeaderSlot::Edited { pairs, original } => (original, Some(pairs)),
+            // Not the proxy's header: it was lost with an instance that
+            // failed while holding it paused, and the request fails.
             HeaderSlot::Pairs(p) => return Some(p),
         };
         if let Proxied::Request { header, .. } = *original {

@@ -99,7 +99,7 @@ pub(super) enum Step<T> {
 }
 
 impl StreamChain {
-    pub fn new(plugins: Vec<Arc<Plugin>>, props: StreamProps) -> Self {
+    pub fn new(plugins: impl IntoIterator<Item = Arc<Plugin>>, props: StreamProps) -> Self {
         StreamChain {
             filters: plugins
                 .into_iter()
@@ -272,33 +272,23 @@ impl StreamChain {
         Verdict::Continue
     }
 
-    /// Waits until the plugin at `i` resumes the paused stream (or answers
-    /// it), or `timeout` passes.
-    /// `changed` is set when a callback edited the request `headers`
-    /// meanwhile.
+    /// Waits, after filter `i` paused the request or response headers
+    /// (`which`), until it resumes them (or answers, or fails, or
+    /// `timeout` passes); callbacks meanwhile (an HTTP call's answer, a
+    /// tick) may edit `headers`, and `changed` is then set.
     pub async fn resumed(
         &mut self,
         i: usize,
+        which: Paused,
         timeout: std::time::Duration,
         headers: &mut HeaderSlot,
         changed: &mut bool,
     ) -> Verdict {
-        self.wait_parked(i, REQUEST_HEADERS, headers, timeout, changed)
-            .await
-    }
-
-    /// Waits, after filter `i` paused the response headers, until it
-    /// resumes them (or answers, or fails, or the time is up); callbacks
-    /// meanwhile may edit `headers`.
-    pub async fn resumed_response(
-        &mut self,
-        i: usize,
-        timeout: std::time::Duration,
-        headers: &mut HeaderSlot,
-        changed: &mut bool,
-    ) -> Verdict {
-        self.wait_parked(i, RESPONSE_HEADERS, headers, timeout, changed)
-            .await
+        let map_id = match which {
+            Paused::Request => REQUEST_HEADERS,
+            Paused::Response => RESPONSE_HEADERS,
+        };
+        self.wait_parked(i, map_id, headers, timeout, changed).await
     }
 
     async fn wait_parked(
@@ -450,7 +440,7 @@ impl StreamChain {
     /// start with `:status`.
     /// `proxy_on_response_headers`, in reverse chain order from filter
     /// `from` (all: `None`). `Pause(i)`: filter `i` waits (an HTTP call);
-    /// see [`StreamChain::resumed_response`], then go on from `i - 1`.
+    /// see [`StreamChain::resumed`], then go on from `i - 1`.
     /// Plugins read the `request` headers too (edits to them are lost).
     pub fn on_response_headers(
         &mut self,
@@ -615,6 +605,13 @@ struct HeadersPhase {
     map_id: i32,
     export: &'static str,
     end_of_stream: Option<bool>,
+}
+
+/// Which headers a paused stream waits with.
+#[derive(Debug, Clone, Copy)]
+pub enum Paused {
+    Request,
+    Response,
 }
 
 /// What a paused stream is told.

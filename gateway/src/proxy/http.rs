@@ -22,7 +22,7 @@ use crate::config::ProxyConfig;
 use crate::lb::{Pick, PickRequest, Pool};
 use crate::plugins::headers::HeaderSlot;
 use crate::plugins::host::LocalResponse;
-use crate::plugins::http_filter::{self, StreamChain, Verdict};
+use crate::plugins::http_filter::{self, Paused, StreamChain, Verdict};
 use crate::plugins::properties::{RequestProps, RouteProps, StreamProps};
 use crate::plugins::reload::RegistryHandle;
 use crate::routing::Route;
@@ -616,7 +616,13 @@ impl HttpProxy {
             match chain.on_request_headers(&mut headers, from, end_of_stream, &mut changed) {
                 Verdict::Pause(i) => {
                     match chain
-                        .resumed(i, PAUSE_TIMEOUT, &mut headers, &mut changed)
+                        .resumed(
+                            i,
+                            Paused::Request,
+                            PAUSE_TIMEOUT,
+                            &mut headers,
+                            &mut changed,
+                        )
                         .await
                     {
                         Verdict::Continue => from = i + 1,
@@ -725,7 +731,7 @@ impl ProxyHttp for HttpProxy {
             if let Some(route) = &first {
                 set_route_props(&mut props, route, false, snap.pool(&route.backend));
             }
-            ctx.plugins = Some(StreamChain::new(registry.http.clone(), props));
+            ctx.plugins = Some(StreamChain::new(registry.http.iter().cloned(), props));
             ctx.host.clone_from(&host);
             if self.run_request_headers(session, ctx, 0).await? {
                 return Ok(true);
@@ -1038,7 +1044,13 @@ impl ProxyHttp for HttpProxy {
             ) {
                 Verdict::Pause(i) => {
                     match chain
-                        .resumed_response(i, PAUSE_TIMEOUT, &mut headers, &mut changed)
+                        .resumed(
+                            i,
+                            Paused::Response,
+                            PAUSE_TIMEOUT,
+                            &mut headers,
+                            &mut changed,
+                        )
                         .await
                     {
                         Verdict::Continue if i > 0 => from = Some(i - 1),
