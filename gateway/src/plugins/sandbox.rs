@@ -250,6 +250,11 @@ impl<T: 'static> Sandbox<T> {
         self.deadline_ticks
     }
 
+    /// Changes the per-call deadline for the calls that follow.
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.deadline_ticks = ticks(deadline);
+    }
+
     /// Whether a call failed: the instance must be replaced.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned

@@ -51,6 +51,11 @@ impl Vm {
         );
         let mut sandbox = Sandbox::new(start.name, engine, module, linker, start.limits, state)
             .map_err(|e| format!("instantiation {e}"))?;
+        // Starting runs once per thread and version, and a plugin may build
+        // its tables then: its calls get a longer deadline than a request's,
+        // so a loaded machine that delays the thread a few milliseconds does
+        // not fail the start. A plugin that loops is still stopped.
+        sandbox.set_deadline(start.limits.deadline.max(START_DEADLINE));
         let step = |what: &str, e: super::sandbox::PluginError| format!("{what} {e}");
         // WASI reactors initialise in `_initialize` (then `main`, if any);
         // commands in `_start`.
@@ -72,6 +77,7 @@ impl Vm {
             super::control::configure(&mut sandbox, start.plugin_config)?;
         }
         if info.abi == super::abi::AbiVersion::ControlOnly {
+            sandbox.set_deadline(start.limits.deadline);
             let data = sandbox.data_mut();
             data.buffers.remove(&buffer::VM_CONFIGURATION);
             data.buffers.remove(&buffer::PLUGIN_CONFIGURATION);
@@ -105,6 +111,7 @@ impl Vm {
                 ));
             }
         }
+        sandbox.set_deadline(start.limits.deadline);
         // The configuration buffers are readable only during those calls.
         let data = sandbox.data_mut();
         data.buffers.remove(&buffer::VM_CONFIGURATION);
@@ -115,6 +122,10 @@ impl Vm {
         })
     }
 }
+
+/// The shortest deadline of each call that starts an instance
+/// (`_initialize`, `proxy_on_vm_start`, `proxy_on_configure`...).
+pub const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -142,8 +153,12 @@ mod tests {
             (i32.ne (i32.load8_u (i32.load (i32.const 0))) (i32.const 0x72))))"#;
 
     fn start(config: &str) -> Result<Vm, String> {
+        start_module(CONFIGURABLE, config)
+    }
+
+    fn start_module(wat: &str, config: &str) -> Result<Vm, String> {
         let engine = crate::plugins::engine().unwrap();
-        let module = Module::new(&engine, CONFIGURABLE).unwrap();
+        let module = Module::new(&engine, wat).unwrap();
         let info = crate::plugins::abi::check(&module).unwrap();
         let linker = crate::plugins::host::linker(&engine).unwrap();
         Vm::start(
@@ -169,5 +184,28 @@ mod tests {
         assert!(vm.sandbox.data().buffers.is_empty());
         let err = start("reject me").err().expect("refused");
         assert!(err.contains("proxy_on_configure returned false"), "{err}");
+    }
+
+    #[test]
+    fn starting_gets_a_longer_deadline_but_a_loop_is_still_stopped() {
+        let vm = start("accept me").expect("starts");
+        // Back to the per-call deadline once started.
+        let mut per_call = vm.sandbox;
+        let expected = per_call.deadline_ticks();
+        per_call.set_deadline(Limits::default().deadline);
+        assert_eq!(per_call.deadline_ticks(), expected);
+        let spin = CONFIGURABLE.replace(
+            r#"(func (export "proxy_on_context_create") (param i32 i32))"#,
+            r#"(func (export "proxy_on_context_create") (param i32 i32) (loop br 0))"#,
+        );
+        let started = std::time::Instant::now();
+        let err = start_module(&spin, "x").err().expect("stopped");
+        assert!(err.contains("ran past its deadline"), "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= START_DEADLINE,
+            "stopped after {took:?}, before the start deadline"
+        );
+        assert!(took < START_DEADLINE * 5, "{took:?}");
     }
 }
