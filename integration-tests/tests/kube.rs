@@ -785,8 +785,39 @@ struct FakeLbApi {
     status: Arc<Mutex<u16>>,
 }
 
+/// A certificate (PEM, its own CA) for 127.0.0.1, and a server
+/// configuration that presents it.
+fn lb_api_tls() -> (String, Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = self_signed(&["127.0.0.1"]);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    (cert, Arc::new(config))
+}
+
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
 impl FakeLbApi {
     fn start(address: &'static str) -> FakeLbApi {
+        Self::serve(address, None)
+    }
+
+    /// The same API over HTTPS with a certificate from `tls`.
+    fn start_tls(address: &'static str, tls: Arc<rustls::ServerConfig>) -> FakeLbApi {
+        Self::serve(address, Some(tls))
+    }
+
+    fn serve(address: &'static str, tls: Option<Arc<rustls::ServerConfig>>) -> FakeLbApi {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -795,8 +826,15 @@ impl FakeLbApi {
         // Detached: it ends with the test process.
         std::thread::spawn(move || {
             for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
+                let Ok(s) = s else { continue };
                 s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut s: Box<dyn Conn> = match &tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                        Box::new(rustls::StreamOwned::new(conn, s))
+                    }
+                    None => Box::new(s),
+                };
                 let mut got = Vec::new();
                 let mut buf = [0u8; 8192];
                 let body = loop {
@@ -836,6 +874,7 @@ impl FakeLbApi {
                     "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
                     out.len()
                 );
+                let _ = s.flush();
             }
         });
         FakeLbApi {
@@ -904,4 +943,68 @@ fn cloud_lb_takes_addresses_from_an_external_load_balancer_api() {
         api.get("v1", "Service", "l4", "late")
             .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.6")
     });
+}
+
+#[test]
+fn cloud_lb_verifies_an_https_load_balancer_api_against_its_ca() {
+    let api = ApiServer::start();
+    let (ca, tls) = lb_api_tls();
+    let lb_api = FakeLbApi::start_tls("127.0.0.7", tls);
+    let port = free_port();
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: l4}}\nspec:\n  type: LoadBalancer\n  ports:\n  - {{name: t, port: {port}, targetPort: 9000, protocol: TCP}}\n---\n"
+        )
+    };
+    api.apply(&svc("secure")).unwrap();
+    // The CA goes into the plugin's JSON configuration as a string.
+    let plugin_config = |ca: &str| {
+        serde_json::json!({"api": {"url": format!("https://{}/v1/allocate", lb_api.addr), "caPem": ca}})
+            .to_string()
+    };
+    let cfg = |ca: &str| {
+        format!(
+            "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\nconfig = '{}'\n",
+            built_plugins().join("cloud_lb.wasm").display(),
+            plugin_config(ca)
+        )
+    };
+    // Another CA than the one that signed the API's certificate: the
+    // handshake fails, the Service gets no address, the log says why.
+    let (other_ca, _) = lb_api_tls();
+    // (One identity for both gateways: the second takes the status lease
+    // over at once.)
+    let gw = Gateway::spawn_kube(&api, "gw", &cfg(&other_ca));
+    gw.wait_ready();
+    wait_for(15, "the refused certificate to be logged", || {
+        gw.log().contains("TLS handshake with")
+    });
+    assert!(
+        gw.log().contains("invalid peer certificate"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        lb_api.bodies.lock().unwrap().is_empty(),
+        "the request was sent"
+    );
+    let s = api.get("v1", "Service", "l4", "secure").unwrap();
+    assert!(
+        s["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{s}"
+    );
+    drop(gw);
+    // The right CA: the API is asked and its address published.
+    let gw = Gateway::spawn_kube(&api, "gw", &cfg(&ca));
+    gw.wait_ready();
+    wait_for(15, "the status the HTTPS API gave", || {
+        api.get("v1", "Service", "l4", "secure")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.7")
+    });
+    assert_eq!(
+        lb_api.bodies.lock().unwrap().last().unwrap()["services"][0]["name"],
+        "secure"
+    );
 }

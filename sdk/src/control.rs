@@ -335,13 +335,18 @@ pub struct HttpRequest {
     /// `GET` when empty.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub method: String,
-    /// `http://host[:port]/path` (plain HTTP only).
+    /// `http://host[:port]/path` or `https://...`.
     pub url: String,
     pub headers: BTreeMap<String, String>,
     pub body: String,
     /// At most 10 000; 2 000 when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub timeout_ms: u64,
+    /// For `https://`: the CA certificates (PEM) to trust instead of the
+    /// gateway host's system roots. The server's certificate and name are
+    /// always verified.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ca_pem: String,
 }
 
 fn is_zero(n: &u64) -> bool {

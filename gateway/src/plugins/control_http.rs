@@ -7,16 +7,26 @@
 //! instances the host allows (see `ControlClient::allow_blocking_calls`)
 //! may make it; data-plane plugins have `proxy_http_call` instead.
 //!
-//! Request (JSON): `{"method", "url": "http://host[:port]/path",
-//! "headers": {name: value}, "body": "...", "timeoutMs": 2000}`.
+//! Request (JSON): `{"method", "url": "http[s]://host[:port]/path",
+//! "headers": {name: value}, "body": "...", "timeoutMs": 2000,
+//! "caPem": "-----BEGIN CERTIFICATE-----..."}`.
 //! Answer (JSON): `{"status", "headers": {name: value}, "body": "..."}`,
 //! or `{"error": "why"}` when there is no answer (bad URL, connect
-//! failure, timeout).
+//! failure, timeout, a certificate that does not verify).
+//!
+//! `https://` verifies the server's certificate and name (rustls) against
+//! the system's trusted roots, or only against `caPem` when given (an
+//! in-house IPAM with a private CA). There is no way to skip
+//! verification: an allocator's answer decides which addresses the
+//! cluster announces.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +48,10 @@ pub struct Request {
     pub body: String,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// For `https://`: trust only these CA certificates (PEM), not the
+    /// system's.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
 }
 
 fn get() -> String {
@@ -61,11 +75,28 @@ pub struct Response {
     pub error: Option<String>,
 }
 
-/// `http://host[:port]/path` split into (host, port, path).
-fn split_url(url: &str) -> Result<(&str, u16, &str), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("url {url:?}: only http:// is supported (put a TLS-terminating proxy in front of an https API)")
-    })?;
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+struct Target<'a> {
+    tls: bool,
+    /// As written (an IPv6 address keeps its brackets).
+    host: &'a str,
+    port: u16,
+    path: &'a str,
+}
+
+/// `http[s]://host[:port]/path` split up.
+fn split_url(url: &str) -> Result<Target<'_>, String> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+                "url {url:?}: only http:// and https:// are supported"
+            ))
+        }
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -81,7 +112,7 @@ fn split_url(url: &str) -> Result<(&str, u16, &str), String> {
         authority.find(':').unwrap_or(authority.len())
     };
     let (host, port) = match &authority[host_end..] {
-        "" => (&authority[..host_end], 80),
+        "" => (&authority[..host_end], default_port),
         rest => {
             let p = rest.strip_prefix(':').unwrap_or(rest);
             let port = p
@@ -93,7 +124,102 @@ fn split_url(url: &str) -> Result<(&str, u16, &str), String> {
     if host.is_empty() {
         return Err(format!("url {url:?} has no host"));
     }
-    Ok((host, port, path))
+    Ok(Target {
+        tls,
+        host,
+        port,
+        path,
+    })
+}
+
+/// The system's trusted CA certificates, read once.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "reading the system's trusted CA certificates");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (_, ignored) = roots.add_parsable_certificates(found.certs);
+            if ignored > 0 {
+                tracing::debug!(ignored, "system CA certificates that do not parse");
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// The roots a request trusts: its own `caPem`, or the system's.
+fn roots(ca_pem: Option<&str>) -> Result<Arc<rustls::RootCertStore>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(pem) = ca_pem else {
+        return Ok(system_roots());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("caPem: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("caPem: a certificate is not usable as a CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("caPem holds no PEM certificate".into());
+    }
+    Ok(Arc::new(roots))
+}
+
+fn tls_client(host: &str, ca_pem: Option<&str>) -> Result<rustls::ClientConnection, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("TLS: {host:?} is not a valid server name: {e}"))?;
+    rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| format!("TLS: {e}"))
+}
+
+/// A connection, with or without TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
 }
 
 /// Performs the request; every failure is an answer with `error`.
@@ -110,8 +236,13 @@ pub fn perform(req: &Request) -> Response {
 fn try_perform(req: &Request) -> Result<Response, String> {
     let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let (host, port, path) = split_url(&req.url)?;
-    let authority = if port == 80 {
+    let Target {
+        tls,
+        host,
+        port,
+        path,
+    } = split_url(&req.url)?;
+    let authority = if port == if tls { 443 } else { 80 } {
         host.to_string()
     } else {
         format!("{host}:{port}")
@@ -135,6 +266,11 @@ fn try_perform(req: &Request) -> Result<Response, String> {
         timeout,
     })?;
     let host_name = host.trim_start_matches('[').trim_end_matches(']');
+    // Checked before connecting: a bad `caPem` is the request's fault.
+    let tls = match tls {
+        true => Some(tls_client(host_name, req.ca_pem.as_deref())?),
+        false => None,
+    };
     let addr = (host_name, port)
         .to_socket_addrs()
         .map_err(|e| format!("resolve {host}: {e}"))?
@@ -146,18 +282,35 @@ fn try_perform(req: &Request) -> Result<Response, String> {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| format!("no answer from {addr} within {timeout:?} ({what})"))
     };
-    let mut s = TcpStream::connect_timeout(&addr, left("connect")?)
+    let socket = TcpStream::connect_timeout(&addr, left("connect")?)
         .map_err(|e| format!("connect to {addr}: {e}"))?;
-    s.set_write_timeout(Some(left("write")?))
+    let mut s = match tls {
+        Some(c) => Conn::Tls(Box::new(rustls::StreamOwned::new(c, socket))),
+        None => Conn::Plain(socket),
+    };
+    // The handshake happens in the first write, so its failures (an
+    // untrusted certificate, a name mismatch) are reported here.
+    s.socket()
+        .set_write_timeout(Some(left("write")?))
         .and_then(|_| s.write_all(&wire))
-        .map_err(|e| format!("write to {addr}: {e}"))?;
+        .and_then(|_| s.flush())
+        .map_err(|e| match &s {
+            Conn::Tls(t) if t.conn.is_handshaking() => {
+                format!("TLS handshake with {addr} ({host_name}): {e}")
+            }
+            _ => format!("write to {addr}: {e}"),
+        })?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 << 10];
     loop {
-        s.set_read_timeout(Some(left("read")?))
+        s.socket()
+            .set_read_timeout(Some(left("read")?))
             .map_err(|e| format!("read from {addr}: {e}"))?;
         match s.read(&mut buf) {
             Ok(0) => break,
+            // A TLS server that closes without `close_notify`: the answer
+            // is checked for completeness (its length) below anyway.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Ok(n) => raw.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e)
@@ -195,17 +348,26 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(split_url("http://a.test/x").unwrap(), ("a.test", 80, "/x"));
+        let t = |url| split_url(url).map(|t| (t.tls, t.host, t.port, t.path));
+        assert_eq!(t("http://a.test/x").unwrap(), (false, "a.test", 80, "/x"));
         assert_eq!(
-            split_url("http://127.0.0.1:9000").unwrap(),
-            ("127.0.0.1", 9000, "/")
+            t("http://127.0.0.1:9000").unwrap(),
+            (false, "127.0.0.1", 9000, "/")
         );
-        assert_eq!(split_url("http://[::1]:81/p").unwrap(), ("[::1]", 81, "/p"));
-        assert_eq!(split_url("http://[::1]/p").unwrap(), ("[::1]", 80, "/p"));
+        assert_eq!(t("http://[::1]:81/p").unwrap(), (false, "[::1]", 81, "/p"));
+        assert_eq!(t("http://[::1]/p").unwrap(), (false, "[::1]", 80, "/p"));
+        assert_eq!(
+            t("https://a.test/v1").unwrap(),
+            (true, "a.test", 443, "/v1")
+        );
+        assert_eq!(
+            t("https://a.test:8443").unwrap(),
+            (true, "a.test", 8443, "/")
+        );
         assert!(split_url("http://[::1/p").unwrap_err().contains("unclosed"));
-        assert!(split_url("https://a.test/")
+        assert!(split_url("ftp://a.test/")
             .unwrap_err()
-            .contains("only http://"));
+            .contains("only http:// and https://"));
         assert!(split_url("http://a.test:x/")
             .unwrap_err()
             .contains("bad port"));
@@ -235,6 +397,7 @@ mod tests {
             headers: [("X-Token".to_string(), "t".to_string())].into(),
             body: "{\"a\":1}".into(),
             timeout_ms: 3000,
+            ca_pem: None,
         });
         let seen = server.join().unwrap();
         assert!(seen.starts_with("POST /allocate HTTP/1.1\r\n"), "{seen}");
@@ -255,6 +418,7 @@ mod tests {
                 headers: BTreeMap::new(),
                 body: String::new(),
                 timeout_ms: 300,
+                ca_pem: None,
             })
         };
         let addr = l.local_addr().unwrap();
@@ -267,5 +431,121 @@ mod tests {
             get(addr).error.unwrap().contains("connect"),
             "connection refused"
         );
+    }
+
+    /// A CA, and a server certificate it signed for `names`.
+    fn ca_and_leaf(names: &[&str]) -> (String, rustls::ServerConfig) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "control_http test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        (ca_cert.pem(), config)
+    }
+
+    /// An HTTPS server on 127.0.0.1 answering one connection with
+    /// `answer` (if the handshake succeeds); returns what it read.
+    fn tls_server(
+        config: rustls::ServerConfig,
+        answer: &'static [u8],
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    // The client refused the handshake.
+                    _ => return String::new(),
+                }
+            }
+            s.write_all(answer).unwrap();
+            s.conn.send_close_notify();
+            let _ = s.flush();
+            String::from_utf8(got).unwrap()
+        });
+        (addr, server)
+    }
+
+    fn get_tls(url: String, ca_pem: Option<String>) -> Response {
+        perform(&Request {
+            method: "GET".into(),
+            url,
+            headers: BTreeMap::new(),
+            body: String::new(),
+            timeout_ms: 3000,
+            ca_pem,
+        })
+    }
+
+    #[test]
+    fn https_verifies_the_server_against_the_given_ca() {
+        let (ca, config) = ca_and_leaf(&["127.0.0.1"]);
+        let (addr, server) = tls_server(
+            config,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+        );
+        let r = get_tls(format!("https://{addr}/v1/allocate"), Some(ca));
+        assert_eq!(r.error, None);
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.body, "ok");
+        let seen = server.join().unwrap();
+        assert!(seen.starts_with("GET /v1/allocate HTTP/1.1\r\n"), "{seen}");
+    }
+
+    #[test]
+    fn https_refuses_an_untrusted_or_misnamed_certificate() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        // Signed by a CA the system does not trust, and no caPem given.
+        let (_, config) = ca_and_leaf(&["127.0.0.1"]);
+        let (addr, server) = tls_server(config, ok);
+        let e = get_tls(format!("https://{addr}/"), None).error.unwrap();
+        assert!(
+            e.contains("TLS handshake with") && e.contains("UnknownIssuer"),
+            "{e}"
+        );
+        assert_eq!(server.join().unwrap(), "", "the request was sent");
+        // Trusted CA, but the certificate names another host.
+        let (ca, config) = ca_and_leaf(&["ipam.example"]);
+        let (addr, server) = tls_server(config, ok);
+        let e = get_tls(format!("https://{addr}/"), Some(ca)).error.unwrap();
+        assert!(
+            e.contains("TLS handshake with") && e.contains("not valid for name"),
+            "{e}"
+        );
+        assert_eq!(server.join().unwrap(), "", "the request was sent");
+    }
+
+    #[test]
+    fn a_bad_ca_pem_is_named() {
+        let e = get_tls("https://127.0.0.1:1/".into(), Some("not a PEM".into()))
+            .error
+            .unwrap();
+        assert!(e.contains("caPem holds no PEM certificate"), "{e}");
     }
 }

@@ -29,9 +29,13 @@
 //! decides instead of the pools:
 //!
 //! ```json
-//! {"api": {"url": "http://ipam.example:8080/v1/allocate",
-//!          "headers": {"authorization": "Bearer ..."}, "timeoutMs": 3000}}
+//! {"api": {"url": "https://ipam.example:8443/v1/allocate",
+//!          "headers": {"authorization": "Bearer ..."}, "timeoutMs": 3000,
+//!          "caPem": "-----BEGIN CERTIFICATE-----\n..."}}
 //! ```
+//!
+//! `https://` URLs are verified against the gateway host's trusted CAs,
+//! or only against `caPem` when it is set; `http://` works too.
 //!
 //! Each time statuses are reconciled, the plugin POSTs the whole request
 //! as JSON (every Service with its `namespace`, `name`, `loadBalancerIP`,
@@ -68,6 +72,9 @@ pub struct Api {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeout_ms: u64,
+    /// CA certificates (PEM) an `https://` API's certificate must chain to.
+    #[serde(default)]
+    pub ca_pem: String,
 }
 
 /// The body POSTed to the API: the request, each Service with its pool.
@@ -107,6 +114,7 @@ fn ask_api(api: &Api, req: &LoadBalancerRequest) -> Result<LoadBalancerAnswer, S
         headers,
         body: api_request(req).to_string(),
         timeout_ms: api.timeout_ms,
+        ca_pem: api.ca_pem.clone(),
     })
     .map_err(|e| format!("load-balancer API {}: {e}", api.url))?;
     api_answer(api, answer.status, &answer.body)
@@ -225,11 +233,14 @@ impl ControlPlugin for CloudLb {
             }
         }
         if let Some(api) = &c.api {
-            if !api.url.starts_with("http://") {
+            if !api.url.starts_with("http://") && !api.url.starts_with("https://") {
                 return Err(format!(
-                    "cloud-lb configuration: api.url {:?}: only http:// is supported",
+                    "cloud-lb configuration: api.url {:?}: must start with http:// or https://",
                     api.url
                 ));
+            }
+            if !api.ca_pem.is_empty() && !api.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err("cloud-lb configuration: api.caPem holds no PEM certificate".into());
             }
             if api.timeout_ms > 10_000 {
                 return Err("cloud-lb configuration: api.timeoutMs is at most 10000".into());
@@ -341,6 +352,7 @@ mod tests {
             url: "http://ipam.test/".into(),
             headers: BTreeMap::new(),
             timeout_ms: 0,
+            ca_pem: String::new(),
         };
         let a = api_answer(
             &api,
@@ -358,9 +370,16 @@ mod tests {
     #[test]
     fn bad_configuration_is_refused() {
         assert!(CloudLb::default()
-            .configure(br#"{"api": {"url": "https://x.test/"}}"#)
+            .configure(br#"{"api": {"url": "ftp://x.test/"}}"#)
             .unwrap_err()
-            .contains("only http://"));
+            .contains("must start with http:// or https://"));
+        assert!(CloudLb::default()
+            .configure(br#"{"api": {"url": "https://x.test/", "caPem": "nope"}}"#)
+            .unwrap_err()
+            .contains("api.caPem holds no PEM certificate"));
+        assert!(CloudLb::default()
+            .configure(br#"{"api": {"url": "https://x.test/"}}"#)
+            .is_ok());
         assert!(CloudLb::default()
             .configure(br#"{"api": {"url": "http://x.test/", "timeoutMs": 60000}}"#)
             .is_err());
