@@ -519,6 +519,26 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
     );
     // /callout, /late-callout and /callout-deny.
     assert_eq!(ok, Some(3.0), "{}", g.metrics());
+
+    // Calls reuse kept-alive connections to the backend (per worker
+    // thread: with 7 calls, some thread makes at least two).
+    for _ in 0..4 {
+        assert_eq!(get("/callout", "default/auth:http").status, 200);
+    }
+    let connections = |reused: &str| {
+        metric(
+            &g,
+            &format!("portico_callout_connections_total{{reused=\"{reused}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (new, reused) = (connections("false"), connections("true"));
+    assert_eq!(new + reused, 7.0, "{}", g.metrics());
+    assert!(
+        reused >= 1.0,
+        "no call reused a connection: {}",
+        g.metrics()
+    );
 }
 
 /// Service `web` with one endpoint on each echo backend (one slice each:

@@ -5,13 +5,19 @@
 //! Service port's name, or its number when unnamed, as `/config` shows
 //! it) of a Service that an Ingress or L4 listener uses, so a plugin
 //! reaches only what the gateway already routes to, balanced like any
-//! request. The request is
-//! HTTP/1.1 with `Connection: close`; the answer is read whole (at most
+//! request. The request is HTTP/1.1; the answer is read whole (at most
 //! `MAX_RESPONSE` bytes) within the plugin's timeout.
+//!
+//! Connections are kept alive and reused, per worker thread and endpoint:
+//! a plugin that calls an auth service on every request would otherwise
+//! open a connection per request and leave one socket in TIME_WAIT per
+//! call, which runs out of ports for one destination at a few hundred
+//! calls per second.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,8 +71,9 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> 
         .map(|(_, v)| v.as_slice())
 }
 
-/// The request on the wire.
-pub fn encode(c: &Callout) -> Result<Vec<u8>, String> {
+/// The request on the wire; `close` asks the server to close the
+/// connection after answering.
+pub fn encode(c: &Callout, close: bool) -> Result<Vec<u8>, String> {
     let method = header(&c.headers, ":method").unwrap_or(b"GET");
     let path = header(&c.headers, ":path").ok_or("the call has no :path header")?;
     let authority = header(&c.headers, ":authority").unwrap_or(c.upstream.as_bytes());
@@ -100,99 +107,281 @@ pub fn encode(c: &Callout) -> Result<Vec<u8>, String> {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("content-length: {}\r\n", c.body.len()).as_bytes());
-    out.extend_from_slice(b"connection: close\r\n\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&c.body);
     Ok(out)
 }
 
-/// Parses a whole HTTP/1.1 response (read until the server closed).
-pub fn decode(raw: &[u8]) -> Result<CalloutResponse, String> {
+/// How an answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// When the server closes the connection.
+    Close,
+    /// No body (1xx, 204, 304).
+    Empty,
+}
+
+/// An answer's status line and headers.
+struct Head {
+    /// Bytes up to the body.
+    len: usize,
+    headers: Vec<(String, Vec<u8>)>,
+    framing: Framing,
+    /// The server keeps the connection open after this answer.
+    keep_alive: bool,
+}
+
+/// The head of an answer, once all of it has arrived (`None` before).
+fn parse_head(raw: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut resp = httparse::Response::new(&mut headers);
-    let head = match resp.parse(raw) {
+    let len = match resp.parse(raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err("the answer ended inside its headers".into()),
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("the answer is not HTTP/1.1: {e}")),
     };
     let status = resp.code.unwrap_or(0);
-    let mut out = CalloutResponse::default();
-    out.headers
-        .push((":status".into(), status.to_string().into_bytes()));
+    let mut out = vec![(":status".to_string(), status.to_string().into_bytes())];
     let mut chunked = false;
     let mut length = None;
+    let mut keep_alive = resp.version == Some(1);
     for h in resp.headers.iter() {
         let name = h.name.to_ascii_lowercase();
-        if name == "transfer-encoding" {
-            chunked = String::from_utf8_lossy(h.value)
-                .to_ascii_lowercase()
-                .contains("chunked");
+        let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+        match name.as_str() {
+            "transfer-encoding" => chunked = value.contains("chunked"),
+            "content-length" => length = value.trim().parse::<usize>().ok(),
+            "connection" if value.contains("close") => keep_alive = false,
+            "connection" if value.contains("keep-alive") => keep_alive = true,
+            _ => {}
         }
-        if name == "content-length" {
-            length = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
-        }
-        out.headers.push((name, h.value.to_vec()));
+        out.push((name, h.value.to_vec()));
     }
-    let rest = &raw[head..];
-    out.body = if chunked {
-        dechunk(rest)?
-    } else {
-        match length {
-            Some(n) if n <= rest.len() => rest[..n].to_vec(),
-            Some(_) => return Err("the answer ended inside its body".into()),
-            None => rest.to_vec(),
-        }
+    let framing = match (status, chunked, length) {
+        (100..=199 | 204 | 304, _, _) => Framing::Empty,
+        (_, true, _) => Framing::Chunked,
+        (_, false, Some(n)) => Framing::Length(n),
+        (_, false, None) => Framing::Close,
     };
-    Ok(out)
+    Ok(Some(Head {
+        len,
+        headers: out,
+        framing,
+        keep_alive: keep_alive && framing != Framing::Close,
+    }))
 }
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+/// The body, if all of it is in `rest`: (body, bytes it took).
+fn body(framing: Framing, rest: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    Ok(match framing {
+        Framing::Empty => Some((Vec::new(), 0)),
+        Framing::Length(n) => (rest.len() >= n).then(|| (rest[..n].to_vec(), n)),
+        Framing::Chunked => dechunk(rest)?,
+        // Complete only at the end of the stream.
+        Framing::Close => None,
+    })
+}
+
+/// Parses a whole HTTP/1.1 response (read until the server closed).
+pub fn decode(raw: &[u8]) -> Result<CalloutResponse, String> {
+    let head = parse_head(raw)?.ok_or("the answer ended inside its headers")?;
+    let rest = &raw[head.len..];
+    let body = match head.framing {
+        Framing::Close => rest.to_vec(),
+        framing => match body(framing, rest)? {
+            Some((body, _)) => body,
+            None if framing == Framing::Chunked => {
+                return Err("the answer ended inside a chunk".into())
+            }
+            None => return Err("the answer ended inside its body".into()),
+        },
+    };
+    Ok(CalloutResponse {
+        headers: head.headers,
+        body,
+    })
+}
+
+/// A chunked body, if all of it is in `all`: (body, bytes it took,
+/// trailers included).
+fn dechunk(all: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let mut rest = all;
     let mut body = Vec::new();
+    let line = |rest: &[u8]| rest.windows(2).position(|w| w == b"\r\n");
     loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunked body")?;
+        let Some(line_end) = line(rest) else {
+            return Ok(None);
+        };
         let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| "bad chunk size")?;
         rest = &rest[line_end + 2..];
         if size == 0 {
-            return Ok(body);
+            // Trailer lines (ignored), then an empty line.
+            loop {
+                let Some(end) = line(rest) else {
+                    return Ok(None);
+                };
+                rest = &rest[end + 2..];
+                if end == 0 {
+                    return Ok(Some((body, all.len() - rest.len())));
+                }
+            }
         }
         if rest.len() < size + 2 {
-            return Err("the answer ended inside a chunk".into());
+            return Ok(None);
         }
         body.extend_from_slice(&rest[..size]);
         rest = &rest[size + 2..];
     }
 }
 
-/// Performs the call.
+/// Idle kept-alive connections of this thread: (endpoint, connection,
+/// idle since). Per thread because each worker is its own runtime, and a
+/// connection belongs to the runtime that opened it.
+struct Idle(Vec<(SocketAddr, TcpStream, Instant)>);
+
+thread_local! {
+    static IDLE: RefCell<Idle> = const { RefCell::new(Idle(Vec::new())) };
+}
+
+/// At most this many idle connections per thread (all endpoints)...
+const MAX_IDLE: usize = 32;
+/// ...each kept this long: shorter than the keep-alive timeouts of
+/// common servers, so one rarely closes a connection just as it is
+/// reused (and a closed one is noticed before use, see `take_idle`).
+const IDLE_FOR: Duration = Duration::from_secs(4);
+
+/// An idle connection to `addr` that is still open, if any.
+fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
+    IDLE.with(|idle| {
+        let idle = &mut idle.borrow_mut().0;
+        idle.retain(|(_, _, since)| since.elapsed() < IDLE_FOR);
+        while let Some(i) = idle.iter().rposition(|(a, _, _)| *a == addr) {
+            let (_, s, _) = idle.swap_remove(i);
+            // Closed by the server (end of stream), or it sent something
+            // unasked: not reusable.
+            let open = matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open {
+                return Some(s);
+            }
+        }
+        None
+    })
+}
+
+fn put_idle(addr: SocketAddr, s: TcpStream) {
+    IDLE.with(|idle| {
+        let idle = &mut idle.borrow_mut().0;
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push((addr, s, Instant::now()));
+    });
+}
+
+/// Why one attempt failed, and whether the request may go again on a new
+/// connection: only from a reused connection that was closed before any
+/// of the answer came, with a request that is safe to repeat (or was
+/// never written).
+struct Failed {
+    error: String,
+    retry: bool,
+}
+
+/// Performs the call, on a kept-alive connection when there is one.
 pub async fn perform(addr: SocketAddr, c: &Callout) -> Result<CalloutResponse, String> {
-    let request = encode(c)?;
+    let request = encode(c, false)?;
+    let method = header(&c.headers, ":method").unwrap_or(b"GET");
+    let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE");
     let work = async {
-        let mut s = TcpStream::connect(addr)
+        if let Some(s) = take_idle(addr) {
+            match exchange(addr, s, &request, idempotent).await {
+                Err(f) if f.retry => {}
+                done => {
+                    count_connection(true);
+                    return done.map_err(|f| f.error);
+                }
+            }
+        }
+        let s = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
-        s.write_all(&request)
+        count_connection(false);
+        exchange(addr, s, &request, idempotent)
             .await
-            .map_err(|e| format!("write to {addr}: {e}"))?;
-        let mut raw = Vec::new();
-        let mut limited = (&mut s).take(MAX_RESPONSE as u64 + 1);
-        limited
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("read from {addr}: {e}"))?;
-        if raw.len() > MAX_RESPONSE {
-            return Err(format!("the answer is larger than {MAX_RESPONSE} bytes"));
-        }
-        decode(&raw)
+            .map_err(|f| f.error)
     };
     match tokio::time::timeout(c.timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer from {addr} within {:?}", c.timeout)),
+    }
+}
+
+fn count_connection(reused: bool) {
+    let reused = if reused { "true" } else { "false" };
+    metrics::counter!("portico_callout_connections_total", "reused" => reused).increment(1);
+}
+
+/// One request and its answer on `s`, which goes back to the idle
+/// connections if the answer leaves it usable.
+async fn exchange(
+    addr: SocketAddr,
+    mut s: TcpStream,
+    request: &[u8],
+    idempotent: bool,
+) -> Result<CalloutResponse, Failed> {
+    let fail = |error: String, retry: bool| Failed { error, retry };
+    if let Err(e) = s.write_all(request).await {
+        return Err(fail(format!("write to {addr}: {e}"), true));
+    }
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut head: Option<Head> = None;
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let retry = raw.is_empty() && idempotent;
+                return Err(fail(format!("read from {addr}: {e}"), retry));
+            }
+        };
+        if n == 0 {
+            if raw.is_empty() {
+                return Err(fail(
+                    format!("{addr} closed the connection without answering"),
+                    idempotent,
+                ));
+            }
+            // The answer ends with the stream (or was cut short).
+            return decode(&raw).map_err(|e| fail(e, false));
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.len() > MAX_RESPONSE {
+            return Err(fail(
+                format!("the answer is larger than {MAX_RESPONSE} bytes"),
+                false,
+            ));
+        }
+        if head.is_none() {
+            head = parse_head(&raw).map_err(|e| fail(e, false))?;
+        }
+        let Some(h) = &head else { continue };
+        let rest = &raw[h.len..];
+        if let Some((body, used)) = body(h.framing, rest).map_err(|e| fail(e, false))? {
+            // Bytes past the answer would be read as the next one's.
+            let reusable = h.keep_alive && used == rest.len();
+            let headers = head.take().map(|h| h.headers).unwrap_or_default();
+            if reusable {
+                put_idle(addr, s);
+            }
+            return Ok(CalloutResponse { headers, body });
+        }
     }
 }
 
@@ -216,14 +405,15 @@ mod tests {
 
     #[test]
     fn requests_are_framed_by_the_host() {
-        let wire = encode(&call(&[
+        let c = call(&[
             (":method", "POST"),
             (":path", "/check"),
             (":authority", "auth"),
             ("x-a", "1"),
             ("content-length", "999"),
-        ]))
-        .unwrap();
+            ("connection", "upgrade"),
+        ]);
+        let wire = encode(&c, false).unwrap();
         let text = String::from_utf8(wire).unwrap();
         assert!(
             text.starts_with("POST /check HTTP/1.1\r\nhost: auth\r\n"),
@@ -232,8 +422,14 @@ mod tests {
         assert!(text.contains("x-a: 1\r\n"));
         assert!(text.contains("content-length: 2\r\n") && !text.contains("999"));
         assert!(text.ends_with("\r\n\r\nhi"));
-        assert!(encode(&call(&[(":method", "GET")])).is_err(), "no :path");
-        assert!(encode(&call(&[(":path", "/a\r\nx: y")])).is_err());
+        assert!(!text.contains("connection"), "{text}");
+        let once = String::from_utf8(encode(&c, true).unwrap()).unwrap();
+        assert!(once.ends_with("connection: close\r\n\r\nhi"), "{once}");
+        assert!(
+            encode(&call(&[(":method", "GET")]), false).is_err(),
+            "no :path"
+        );
+        assert!(encode(&call(&[(":path", "/a\r\nx: y")]), false).is_err());
     }
 
     #[test]
@@ -247,6 +443,178 @@ mod tests {
             .unwrap();
         assert_eq!(r.body, b"abcde");
         assert!(decode(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
+        assert!(decode(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab").is_err());
         assert!(decode(b"garbage").is_err());
+        // No length: the body is whatever came before the end.
+        let r = decode(b"HTTP/1.1 200 OK\r\n\r\nall of it").unwrap();
+        assert_eq!(r.body, b"all of it");
+        let r = decode(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        assert!(r.body.is_empty());
+    }
+
+    #[test]
+    fn an_answer_is_complete_when_its_framing_says_so() {
+        let ka = |raw: &[u8]| {
+            let h = parse_head(raw).unwrap().unwrap();
+            (
+                h.framing,
+                h.keep_alive,
+                body(h.framing, &raw[h.len..]).unwrap(),
+            )
+        };
+        let (f, keep, b) = ka(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(
+            (f, keep, b),
+            (Framing::Length(2), true, Some((b"ok".to_vec(), 2)))
+        );
+        let (_, _, b) = ka(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok");
+        assert_eq!(b, None, "more to come");
+        // Chunked with a trailer: all of it is taken.
+        let raw =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n";
+        let (f, keep, b) = ka(raw);
+        assert_eq!((f, keep), (Framing::Chunked, true));
+        let (body, used) = b.unwrap();
+        let head = parse_head(raw).unwrap().unwrap().len;
+        assert_eq!((body.as_slice(), used), (&b"ok"[..], raw.len() - head));
+        assert_eq!(
+            ka(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n").2,
+            None
+        );
+        // Not kept: asked to close, HTTP/1.0, or a body that ends with the stream.
+        assert!(!ka(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").1);
+        assert!(!ka(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").1);
+        assert!(ka(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").1);
+        let (f, keep, b) = ka(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+        assert_eq!((f, keep, b), (Framing::Close, false, None));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: y").unwrap().is_none());
+    }
+
+    /// A server on 127.0.0.1 that answers every request on a connection
+    /// with `answer`, closing after `per_connection` answers (with
+    /// `unanswered`, once the next request has arrived); counts the
+    /// connections it accepted.
+    fn server_with(
+        answer: &'static [u8],
+        per_connection: usize,
+        unanswered: bool,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let reads = per_connection.saturating_add(unanswered.into());
+                    for i in 0..reads {
+                        // Each request ends with its 2-byte body ("hi").
+                        while !got.windows(6).any(|w| w == b"\r\n\r\nhi") {
+                            match s.read(&mut buf) {
+                                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                                _ => return,
+                            }
+                        }
+                        got.clear();
+                        if i == per_connection || s.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn server(
+        answer: &'static [u8],
+        per_connection: usize,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        server_with(answer, per_connection, false)
+    }
+
+    fn run_calls(addr: SocketAddr, n: usize, method: &str) -> Vec<Result<CalloutResponse, String>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = call(&[
+            (":method", method),
+            (":path", "/check"),
+            (":authority", "auth"),
+        ]);
+        rt.block_on(async {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(perform(addr, &c).await);
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn calls_reuse_a_kept_alive_connection() {
+        let (addr, accepted) = server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes",
+            usize::MAX,
+        );
+        for r in run_calls(addr, 5, "POST") {
+            assert_eq!(r.unwrap().body, b"yes");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Chunked answers end where their last chunk says, too.
+        let (addr, accepted) = server(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nyes\r\n0\r\n\r\n",
+            usize::MAX,
+        );
+        for r in run_calls(addr, 3, "GET") {
+            assert_eq!(r.unwrap().body, b"yes");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_connection_the_server_closes_is_not_reused() {
+        // Says so.
+        let (addr, accepted) = server(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nyes",
+            1,
+        );
+        for r in run_calls(addr, 3, "POST") {
+            assert_eq!(r.unwrap().body, b"yes");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Does not say so, and closes after each answer: noticed before
+        // the connection is used again, or (if the close arrives just
+        // after that check) the GET goes again on a new connection.
+        let (addr, accepted) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes", 1);
+        for r in run_calls(addr, 3, "GET") {
+            assert_eq!(r.unwrap().body, b"yes");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_kept_connection_closed_under_a_request_retries_it_only_if_safe() {
+        // The server takes the second request, then closes without an
+        // answer (as when its keep-alive timeout fires just then).
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes";
+        let (addr, accepted) = server_with(ok, 1, true);
+        for r in run_calls(addr, 2, "GET") {
+            assert_eq!(r.unwrap().body, b"yes");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A POST might have been acted on: it is not sent twice.
+        let (addr, accepted) = server_with(ok, 1, true);
+        let r = run_calls(addr, 2, "POST");
+        assert_eq!(r[0].as_ref().unwrap().body, b"yes");
+        let e = r[1].as_ref().unwrap_err();
+        assert!(e.contains("closed the connection without answering"), "{e}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -257,14 +257,18 @@ fn try_perform(req: &Request) -> Result<Response, String> {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone().into_bytes())),
     );
-    let wire = encode(&Callout {
-        token: 0,
-        context: 0,
-        upstream: req.url.clone(),
-        headers,
-        body: req.body.clone().into_bytes(),
-        timeout,
-    })?;
+    // One request per connection: a blocking call has no pool to return to.
+    let wire = encode(
+        &Callout {
+            token: 0,
+            context: 0,
+            upstream: req.url.clone(),
+            headers,
+            body: req.body.clone().into_bytes(),
+            timeout,
+        },
+        true,
+    )?;
     let host_name = host.trim_start_matches('[').trim_end_matches(']');
     // Checked before connecting: a bad `caPem` is the request's fault.
     let tls = match tls {
