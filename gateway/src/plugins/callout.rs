@@ -136,8 +136,25 @@ struct Head {
     keep_alive: bool,
 }
 
-/// The head of an answer, once all of it has arrived (`None` before).
-fn parse_head(raw: &[u8]) -> Result<Option<Head>, String> {
+/// The head of the final answer, once all of it has arrived (`None`
+/// before); interim `1xx` answers before it are skipped. The answer to a
+/// HEAD request has no body, whatever its headers say.
+fn parse_head(raw: &[u8], head_request: bool) -> Result<Option<Head>, String> {
+    let mut skipped = 0;
+    loop {
+        let Some(mut head) = parse_one_head(&raw[skipped..], head_request)? else {
+            return Ok(None);
+        };
+        let interim = head.headers[0].1.first() == Some(&b'1') && head.headers[0].1 != b"101";
+        if !interim {
+            head.len += skipped;
+            return Ok(Some(head));
+        }
+        skipped += head.len;
+    }
+}
+
+fn parse_one_head(raw: &[u8], head_request: bool) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(raw) {
@@ -163,6 +180,7 @@ fn parse_head(raw: &[u8]) -> Result<Option<Head>, String> {
         out.push((name, h.value.to_vec()));
     }
     let framing = match (status, chunked, length) {
+        _ if head_request => Framing::Empty,
         (100..=199 | 204 | 304, _, _) => Framing::Empty,
         (_, true, _) => Framing::Chunked,
         (_, false, Some(n)) => Framing::Length(n),
@@ -187,9 +205,10 @@ fn body(framing: Framing, rest: &[u8]) -> Result<Option<(Vec<u8>, usize)>, Strin
     })
 }
 
-/// Parses a whole HTTP/1.1 response (read until the server closed).
-pub fn decode(raw: &[u8]) -> Result<CalloutResponse, String> {
-    let head = parse_head(raw)?.ok_or("the answer ended inside its headers")?;
+/// Parses a whole HTTP/1.1 response (read until the server closed) to a
+/// request (`head_request`: a HEAD).
+pub fn decode(raw: &[u8], head_request: bool) -> Result<CalloutResponse, String> {
+    let head = parse_head(raw, head_request)?.ok_or("the answer ended inside its headers")?;
     let rest = &raw[head.len..];
     let body = match head.framing {
         Framing::Close => rest.to_vec(),
@@ -299,9 +318,10 @@ pub async fn perform(addr: SocketAddr, c: &Callout) -> Result<CalloutResponse, S
     let request = encode(c, false)?;
     let method = header(&c.headers, ":method").unwrap_or(b"GET");
     let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE");
+    let head_request = method == b"HEAD";
     let work = async {
         if let Some(s) = take_idle(addr) {
-            match exchange(addr, s, &request, idempotent).await {
+            match exchange(addr, s, &request, idempotent, head_request).await {
                 Err(f) if f.retry => {}
                 done => {
                     count_connection(true);
@@ -313,7 +333,7 @@ pub async fn perform(addr: SocketAddr, c: &Callout) -> Result<CalloutResponse, S
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
         count_connection(false);
-        exchange(addr, s, &request, idempotent)
+        exchange(addr, s, &request, idempotent, head_request)
             .await
             .map_err(|f| f.error)
     };
@@ -335,6 +355,7 @@ async fn exchange(
     mut s: TcpStream,
     request: &[u8],
     idempotent: bool,
+    head_request: bool,
 ) -> Result<CalloutResponse, Failed> {
     let fail = |error: String, retry: bool| Failed { error, retry };
     if let Err(e) = s.write_all(request).await {
@@ -359,7 +380,7 @@ async fn exchange(
                 ));
             }
             // The answer ends with the stream (or was cut short).
-            return decode(&raw).map_err(|e| fail(e, false));
+            return decode(&raw, head_request).map_err(|e| fail(e, false));
         }
         raw.extend_from_slice(&buf[..n]);
         if raw.len() > MAX_RESPONSE {
@@ -369,7 +390,7 @@ async fn exchange(
             ));
         }
         if head.is_none() {
-            head = parse_head(&raw).map_err(|e| fail(e, false))?;
+            head = parse_head(&raw, head_request).map_err(|e| fail(e, false))?;
         }
         let Some(h) = &head else { continue };
         let rest = &raw[h.len..];
@@ -434,28 +455,46 @@ mod tests {
 
     #[test]
     fn answers_with_length_or_chunks() {
-        let r =
-            decode(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-Y: z\r\n\r\nabcdef").unwrap();
+        let r = decode(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-Y: z\r\n\r\nabcdef",
+            false,
+        )
+        .unwrap();
         assert_eq!(r.headers[0], (":status".to_string(), b"201".to_vec()));
         assert!(r.headers.contains(&("x-y".to_string(), b"z".to_vec())));
         assert_eq!(r.body, b"abc");
-        let r = decode(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        let r = decode(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", false)
             .unwrap();
         assert_eq!(r.body, b"abcde");
-        assert!(decode(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
-        assert!(decode(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab").is_err());
-        assert!(decode(b"garbage").is_err());
+        assert!(decode(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", false).is_err());
+        assert!(decode(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+            false
+        )
+        .is_err());
+        assert!(decode(b"garbage", false).is_err());
         // No length: the body is whatever came before the end.
-        let r = decode(b"HTTP/1.1 200 OK\r\n\r\nall of it").unwrap();
+        let r = decode(b"HTTP/1.1 200 OK\r\n\r\nall of it", false).unwrap();
         assert_eq!(r.body, b"all of it");
-        let r = decode(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        let r = decode(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
         assert!(r.body.is_empty());
+        // A HEAD's answer has a length but no body.
+        let r = decode(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap();
+        assert!(r.body.is_empty());
+        // Interim answers are skipped.
+        let r = decode(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.headers[0].1, b"200");
+        assert_eq!(r.body, b"ok");
     }
 
     #[test]
     fn an_answer_is_complete_when_its_framing_says_so() {
         let ka = |raw: &[u8]| {
-            let h = parse_head(raw).unwrap().unwrap();
+            let h = parse_head(raw, false).unwrap().unwrap();
             (
                 h.framing,
                 h.keep_alive,
@@ -475,7 +514,7 @@ mod tests {
         let (f, keep, b) = ka(raw);
         assert_eq!((f, keep), (Framing::Chunked, true));
         let (body, used) = b.unwrap();
-        let head = parse_head(raw).unwrap().unwrap().len;
+        let head = parse_head(raw, false).unwrap().unwrap().len;
         assert_eq!((body.as_slice(), used), (&b"ok"[..], raw.len() - head));
         assert_eq!(
             ka(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n").2,
@@ -487,7 +526,9 @@ mod tests {
         assert!(ka(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").1);
         let (f, keep, b) = ka(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
         assert_eq!((f, keep, b), (Framing::Close, false, None));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: y").unwrap().is_none());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: y", false)
+            .unwrap()
+            .is_none());
     }
 
     /// A server on 127.0.0.1 that answers every request on a connection

@@ -331,7 +331,7 @@ fn try_perform(req: &Request) -> Result<Response, String> {
             return Err(format!("the answer is larger than {MAX_RESPONSE} bytes"));
         }
     }
-    let answer = decode(&raw)?;
+    let answer = decode(&raw, req.method.eq_ignore_ascii_case("HEAD"))?;
     let mut out = Response::default();
     for (k, v) in answer.headers {
         let v = String::from_utf8_lossy(&v).into_owned();
