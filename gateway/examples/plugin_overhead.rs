@@ -54,6 +54,7 @@ fn main() {
             fail: FailPolicy::Closed,
             deadline_ms: 5,
             memory_mib: 64,
+            applies_to: None,
         },
         None,
     )
@@ -82,6 +83,8 @@ fn main() {
             policy: PolicyKind::RoundRobin,
             affinity: None,
             plugins: Vec::new(),
+            scoped_http: Vec::new(),
+            scoped_tcp: Vec::new(),
         },
         Arc::default(),
         HealthPolicy::default(),

@@ -91,6 +91,39 @@ pub struct PluginConfig {
     /// Linear memory one instance may grow to.
     #[serde(default = "default_plugin_memory_mib")]
     pub memory_mib: u64,
+    /// For a listener plugin (named in `plugins.http` or `plugins.tcp`):
+    /// the routes and Services it runs on. Unset: every request or
+    /// connection of the listeners. Decided when the snapshot is built, so
+    /// a plugin costs nothing where it has nothing to do.
+    #[serde(default)]
+    pub applies_to: Option<PluginScope>,
+}
+
+/// Where a scoped listener plugin runs: on a route whose Ingress, or whose
+/// Service, matches any of these (an L4 connection: its Service). A scoped
+/// plugin runs after routing, before the plugins the Ingress and the
+/// Service ask for (`portico.io/plugins`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginScope {
+    /// The Ingress has one of these annotations (any value).
+    #[serde(default)]
+    pub ingress_annotations: Vec<String>,
+    /// The Service has one of these annotations (any value).
+    #[serde(default)]
+    pub service_annotations: Vec<String>,
+    /// The Service's `spec.sessionAffinity` is one of these (`ClientIP`).
+    #[serde(default)]
+    pub service_session_affinity: Vec<String>,
+}
+
+impl PluginScope {
+    /// Whether the scope names nothing (the plugin would run nowhere).
+    pub fn is_empty(&self) -> bool {
+        self.ingress_annotations.is_empty()
+            && self.service_annotations.is_empty()
+            && self.service_session_affinity.is_empty()
+    }
 }
 
 fn default_plugin_deadline_ms() -> u64 {
@@ -635,6 +668,34 @@ fn validate_plugins(p: &PluginsConfig) -> Result<(), String> {
         if !(1..=4096).contains(&plugin.memory_mib) {
             return Err(format!("{at}: memory_mib must be 1..=4096"));
         }
+        if let Some(scope) = &plugin.applies_to {
+            if scope.is_empty() {
+                return Err(format!(
+                    "{at}: applies_to names no annotation and no session affinity, so the plugin would run nowhere; remove applies_to to run it on every request"
+                ));
+            }
+            let listed = p.http.contains(&plugin.name) || p.tcp.contains(&plugin.name);
+            if !listed {
+                return Err(format!(
+                    "{at}: applies_to scopes a listener plugin, but {:?} is in neither plugins.http nor plugins.tcp",
+                    plugin.name
+                ));
+            }
+            if scope
+                .ingress_annotations
+                .iter()
+                .chain(&scope.service_annotations)
+                .any(|a| a.is_empty())
+            {
+                return Err(format!("{at}: applies_to: an annotation name is empty"));
+            }
+            if !scope.ingress_annotations.is_empty() && !p.http.contains(&plugin.name) {
+                return Err(format!(
+                    "{at}: applies_to.ingress_annotations scopes HTTP routes, but {:?} is not in plugins.http (L4 connections have no Ingress)",
+                    plugin.name
+                ));
+            }
+        }
     }
     for (key, name) in p
         .http
@@ -700,6 +761,76 @@ mod tests {
             cfg.kubernetes.load_balancer_plugin.as_deref(),
             Some("cloud-lb")
         );
+    }
+
+    #[test]
+    fn the_shipped_affinity_plugins_are_scoped() {
+        let (cfg, _) = load_with_env(None, env(&[])).unwrap();
+        let scope = |n: &str| {
+            cfg.plugins
+                .load
+                .iter()
+                .find(|p| p.name == n)
+                .and_then(|p| p.applies_to.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            scope("session-affinity").service_session_affinity,
+            ["ClientIP"]
+        );
+        assert_eq!(
+            scope("session-affinity").ingress_annotations,
+            ["nginx.ingress.kubernetes.io/affinity"]
+        );
+        assert_eq!(
+            scope("session-affinity-tcp").service_session_affinity,
+            ["ClientIP"]
+        );
+    }
+
+    #[test]
+    fn applies_to_errors_name_the_plugin_and_what_is_wrong() {
+        let base = |scope: &str, lists: &str| {
+            toml_plugins(&format!(
+                "{lists}\n[[load]]\nname = \"p\"\npath = \"p.wasm\"\napplies_to = {scope}\n"
+            ))
+        };
+        let ok = base(
+            "{ service_session_affinity = [\"ClientIP\"] }",
+            "tcp = [\"p\"]",
+        );
+        assert_eq!(validate_plugins(&ok), Ok(()));
+        for (scope, lists, want) in [
+            ("{}", "http = [\"p\"]", "would run nowhere"),
+            (
+                "{ service_annotations = [\"a\"] }",
+                "",
+                "in neither plugins.http nor plugins.tcp",
+            ),
+            (
+                "{ ingress_annotations = [\"\"] }",
+                "http = [\"p\"]",
+                "annotation name is empty",
+            ),
+            (
+                "{ ingress_annotations = [\"a\"] }",
+                "tcp = [\"p\"]",
+                "not in plugins.http",
+            ),
+        ] {
+            let err = validate_plugins(&base(scope, lists)).unwrap_err();
+            assert!(err.contains("plugins.load[0] (\"p\")"), "{err}");
+            assert!(err.contains(want), "{scope}: {err}");
+        }
+    }
+
+    fn toml_plugins(text: &str) -> PluginsConfig {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
     }
 
     #[test]

@@ -33,35 +33,46 @@ fn pool_json(pool: &Pool) -> Value {
 pub type L7Listeners = [(&'static str, std::net::SocketAddr)];
 
 /// The plugins every request (`plugins.http`) or connection
-/// (`plugins.tcp`) runs, by name.
+/// (`plugins.tcp`) runs, by name: without the scoped ones (`applies_to`),
+/// which the snapshot's routes and Services name where they apply.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerPlugins {
     pub http: Vec<String>,
     pub tcp: Vec<String>,
 }
 
-/// Which plugins a stream gets, in order, and where each comes from.
-fn plugin_list(
-    listener: &[String],
-    listener_key: &str,
-    route: Option<(&[String], &str)>,
-    service: Option<(&[String], String)>,
-) -> Value {
-    let mut out: Vec<Value> = listener
-        .iter()
-        .map(|n| json!({"name": n, "from": listener_key}))
-        .collect();
-    if let Some((names, ingress)) = route {
-        out.extend(names.iter().map(
-            |n| json!({"name": n, "from": format!("Ingress {ingress} (portico.io/plugins)")}),
-        ));
-    }
-    if let Some((names, svc)) = service {
-        out.extend(
+impl ListenerPlugins {
+    pub fn from_config(cfg: &crate::config::PluginsConfig) -> Self {
+        let unscoped = |names: &[String]| {
             names
                 .iter()
-                .map(|n| json!({"name": n, "from": format!("Service {svc} (portico.io/plugins)")})),
-        );
+                .filter(|n| {
+                    !cfg.load
+                        .iter()
+                        .any(|p| &p.name == *n && p.applies_to.is_some())
+                })
+                .cloned()
+                .collect()
+        };
+        ListenerPlugins {
+            http: unscoped(&cfg.http),
+            tcp: unscoped(&cfg.tcp),
+        }
+    }
+}
+
+/// Which plugins a stream gets, in order, and where each comes from:
+/// groups of (names, source), a name listed once.
+fn plugin_list(groups: &[(&[String], String)]) -> Value {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for (names, from) in groups {
+        for n in names.iter() {
+            if !seen.contains(&n.as_str()) {
+                seen.push(n);
+                out.push(json!({"name": n, "from": from}));
+            }
+        }
     }
     Value::Array(out)
 }
@@ -84,12 +95,25 @@ pub fn explain(
             .filter(|(k, _)| k.addr.port() == port)
             .map(|(k, backend)| {
                 let pool = snap.pool(backend);
-                let service = pool.map(|p| (p.plugins(), format!("{}/{}", backend.namespace, backend.service)));
-                let tcp = if k.protocol == crate::snapshot::L4Protocol::Tcp { &plugins.tcp[..] } else { &[] };
+                let svc = format!("{}/{}", backend.namespace, backend.service);
+                let groups = match (k.protocol, pool) {
+                    (crate::snapshot::L4Protocol::Tcp, Some(p)) => vec![
+                        (&plugins.tcp[..], "plugins.tcp".to_string()),
+                        (
+                            p.scoped_tcp(),
+                            format!("plugins.tcp, applies_to matches Service {svc}"),
+                        ),
+                        (p.plugins(), format!("Service {svc} (portico.io/plugins)")),
+                    ],
+                    (crate::snapshot::L4Protocol::Tcp, None) => {
+                        vec![(&plugins.tcp[..], "plugins.tcp".to_string())]
+                    }
+                    _ => Vec::new(),
+                };
                 json!({
                     "listener": k.to_string(),
                     "pool": pool.map(|p| pool_json(p)),
-                    "plugins": plugin_list(tcp, "plugins.tcp", None, service.filter(|_| k.protocol == crate::snapshot::L4Protocol::Tcp)),
+                    "plugins": plugin_list(&groups),
                     "why": format!("L4 listener for Service port {backend}"),
                 })
             })
@@ -104,19 +128,29 @@ pub fn explain(
         None => json!({"source": "default", "why": snap.certs.fallback_reason(host)}),
     };
     let route = snap.routes.find(host, path);
-    let plugins_json = plugin_list(
-        &plugins.http,
-        "plugins.http",
-        route.map(|(r, _)| (&r.plugins[..], r.ingress.as_str())),
-        route.and_then(|(r, _)| {
-            snap.pool(&r.backend).map(|p| {
-                (
-                    p.plugins(),
-                    format!("{}/{}", r.backend.namespace, r.backend.service),
-                )
-            })
-        }),
-    );
+    let mut groups = vec![(&plugins.http[..], "plugins.http".to_string())];
+    if let Some((r, _)) = route {
+        let svc = format!("{}/{}", r.backend.namespace, r.backend.service);
+        let pool = snap.pool(&r.backend);
+        groups.push((
+            &r.scoped_plugins[..],
+            format!("plugins.http, applies_to matches Ingress {}", r.ingress),
+        ));
+        if let Some(p) = pool {
+            groups.push((
+                p.scoped_http(),
+                format!("plugins.http, applies_to matches Service {svc}"),
+            ));
+        }
+        groups.push((
+            &r.plugins[..],
+            format!("Ingress {} (portico.io/plugins)", r.ingress),
+        ));
+        if let Some(p) = pool {
+            groups.push((p.plugins(), format!("Service {svc} (portico.io/plugins)")));
+        }
+    }
+    let plugins_json = plugin_list(&groups);
     let (route_json, pool_json_v, why) = match route {
         None => (
             Value::Null,

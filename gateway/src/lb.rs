@@ -308,6 +308,16 @@ impl Pool {
         &self.spec.plugins
     }
 
+    /// Scoped HTTP listener plugins whose `applies_to` the Service matches.
+    pub fn scoped_http(&self) -> &[String] {
+        &self.spec.scoped_http
+    }
+
+    /// Scoped TCP listener plugins whose `applies_to` the Service matches.
+    pub fn scoped_tcp(&self) -> &[String] {
+        &self.spec.scoped_tcp
+    }
+
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
     }
@@ -498,6 +508,8 @@ mod tests {
             policy,
             affinity: None,
             plugins: Vec::new(),
+            scoped_http: Vec::new(),
+            scoped_tcp: Vec::new(),
         }
     }
 

@@ -302,10 +302,7 @@ fn explain_offline(
         path,
         port,
         &cfg.listen.l7(),
-        &portico::explain::ListenerPlugins {
-            http: cfg.plugins.http.clone(),
-            tcp: cfg.plugins.tcp.clone(),
-        },
+        &portico::explain::ListenerPlugins::from_config(&cfg.plugins),
     ))
 }
 

@@ -63,6 +63,10 @@ pub struct Route {
     pub backend: BackendKey,
     /// Plugins the Ingress asks for (`portico.io/plugins`), in order.
     pub plugins: Vec<String>,
+    /// Scoped listener plugins (`applies_to`) whose scope the Ingress
+    /// matches, in listener order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scoped_plugins: Vec<String>,
     /// The Ingress's annotations, for plugins
     /// (`portico.ingress.annotations.<key>`); shared by its routes.
     #[serde(skip)]
@@ -337,6 +341,7 @@ mod tests {
                 port: "80".into(),
             },
             plugins: Vec::new(),
+            scoped_plugins: Vec::new(),
             annotations: Arc::default(),
             policy: None,
             canary: None,

@@ -88,6 +88,12 @@ pub struct BackendSpec {
     pub affinity: Option<ClientIpAffinity>,
     /// Plugins the Service asks for (`portico.io/plugins`), in order.
     pub plugins: Vec<String>,
+    /// Scoped listener plugins (`applies_to`) whose scope the Service
+    /// matches: HTTP ones for routes to it, TCP ones for its L4 listeners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scoped_http: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scoped_tcp: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -45,6 +45,11 @@ PORTS = {
     "nginx": {"http": 19110, "h2c": 19111, "https": 19153, "tcp": 19310},
     "haproxy": {"http": 19120, "h2c": 19120, "https": 19163, "tcp": 19320},
     "direct": {"http": BACKEND_HTTP, "h2c": 19081, "https": 19082, "tcp": BACKEND_IPERF},
+    # Portico as a user runs it: the shipped conf/portico.toml (no --config),
+    # its plugins and log level, and the same manifests.
+    "portico-default": {"http": 19140, "h2c": 19140, "https": 19183, "tcp": 19340, "admin": 19903},
+    # The floor: a bare Pingora proxy (pingora-floor), no L4.
+    "pingora": {"http": 19150, "h2c": 19150, "https": 19193},
     # The same Portico with one plugin on every request (plugin scenario).
     "portico-noop": {"http": 19130, "https": 19173, "tcp": 19330, "admin": 19902},
 }
@@ -54,7 +59,13 @@ PLUGIN_TARGETS = {
 }
 PLUGIN_DIR = os.path.join(ROOT, "plugins", "target", "wasm32-wasi", "release")
 HOST = "bench.portico.test"
-TARGETS = ["portico", "nginx", "haproxy", "direct"]
+TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy", "direct"]
+# Column headers of the report.
+NAMES = {"portico": "Portico (minimal)", "portico-default": "Portico (default config)", "pingora": "bare Pingora",
+         "nginx": "nginx", "haproxy": "HAProxy", "direct": "direct"}
+# Ratios of the report: (numerator, denominator).
+RATIOS = [("portico", "nginx"), ("portico-default", "nginx"), ("portico", "pingora"),
+          ("portico-default", "portico"), ("pingora", "nginx"), ("portico", "haproxy")]
 
 
 def log(msg):
@@ -192,7 +203,7 @@ http {{
         wait_port(BACKEND_HTTP)
         wait_port(BACKEND_IPERF)
 
-    def start_portico(self, name="portico", plugin=None):
+    def start_portico(self, name="portico", plugin=None, default_config=False):
         p = PORTS[name]
         mdir = os.path.join(self.work, f"manifests-{name}")
         os.makedirs(mdir, exist_ok=True)
@@ -248,12 +259,20 @@ endpoints: [{{addresses: [127.0.0.1]}}]
                 pname, wasm = plugin
                 f.write(f'[plugins]\nhttp = ["{pname}"]\nreload = false\n[[plugins.load]]\n'
                         f'name = "{pname}"\npath = "{os.path.join(PLUGIN_DIR, wasm)}"\n')
-        self.spawn(name, [self.portico_bin, "run", "--config", conf, "--manifests", mdir,
+        config_args = [] if default_config else ["--config", conf]
+        self.spawn(name, [self.portico_bin, "run", *config_args, "--manifests", mdir,
                                "--http", f"127.0.0.1:{p['http']}", "--https", f"127.0.0.1:{p['https']}",
                                "--admin", f"127.0.0.1:{p['admin']}", "--node-address", "127.0.0.1"],
                    PROXY_CORE)
         wait_port(p["http"])
         wait_port(p["tcp"])
+
+    def start_pingora(self, crt, key):
+        p = PORTS["pingora"]
+        self.spawn("pingora", [self.floor_bin, "--http", f"127.0.0.1:{p['http']}", "--https", f"127.0.0.1:{p['https']}",
+                               "--cert", crt, "--key", key, "--upstream", f"127.0.0.1:{BACKEND_HTTP}"], PROXY_CORE)
+        wait_port(p["http"])
+        wait_port(p["https"])
 
     def start_nginx(self, crt, key):
         p = PORTS["nginx"]
@@ -419,7 +438,7 @@ class Bench:
             for t in ["portico"] + list(PLUGIN_TARGETS):
                 self.measure("plugins", t, lambda: self.h1(t))
         if "h1" in scenarios:
-            for t in ["nginx", "portico", "haproxy", "direct"]:
+            for t in ["nginx", "portico", "pingora", "portico-default", "haproxy", "direct"]:
                 self.measure("h1", t, lambda: self.h1(t))
         if "h1_fixed" in scenarios:
             nginx_max = self.results["h1"]["nginx"][-1]["rps"]
@@ -429,6 +448,8 @@ class Bench:
                          ("tcp_throughput", self.tcp_throughput)]:
             if name in scenarios:
                 for t in TARGETS:
+                    if name == "tcp_throughput" and "tcp" not in PORTS[t]:
+                        continue
                     self.measure(name, t, lambda: fn(t))
 
 
@@ -478,14 +499,15 @@ def table(results):
             continue
         r = results[scenario]
         lines.append(f"\n### {TITLES[scenario]}\n")
-        lines.append("| metric | Portico | nginx | HAProxy | direct | Portico/nginx | Portico/HAProxy | Portico/direct |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        heads = [NAMES[t] for t in TARGETS] + [f"{NAMES[a]} / {NAMES[b]}" for a, b in RATIOS]
+        lines.append("| metric | " + " | ".join(heads) + " |")
+        lines.append("|---" * (len(heads) + 1) + "|")
         for key, label in metrics:
             meds = [median([x.get(key) for x in r.get(t, [])]) for t in TARGETS]
             if all(m is None for m in meds):
                 continue
-            ratios = [ratio_median(r.get("portico", []), r.get(t, []), key) for t in ["nginx", "haproxy", "direct"]]
-            lines.append(f"| {label} | " + " | ".join(fmt(m) for m in meds) + " | "
+            ratios = [ratio_median(r.get(a, []), r.get(b, []), key) for a, b in RATIOS]
+            lines.append(f"| {label} | " + " | ".join(fmt(m) if m is not None else "-" for m in meds) + " | "
                          + " | ".join(fmt(x, 2) if x is not None else "-" for x in ratios) + " |")
     return "\n".join(lines)
 
@@ -564,6 +586,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per scenario run")
     ap.add_argument("--portico", default=os.path.join(ROOT, "target", "release", "portico"))
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "portico-load"))
+    ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "pingora-floor"),
+                    help="the bare Pingora proxy (integration-tests/bench/pingora-floor)")
     ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins")
     ap.add_argument("--out", help="write the Markdown report here (default: RESULTS.md unless --quick)")
     args = ap.parse_args()
@@ -573,7 +597,7 @@ def main():
     for tool, pkg in [("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client"),
                       ("iperf3", "iperf3"), ("taskset", "util-linux"), ("openssl", "openssl")]:
         need(tool, pkg)
-    for b in [args.portico, args.load]:
+    for b in [args.portico, args.load, args.floor]:
         if not os.access(b, os.X_OK):
             sys.exit(f"bench: {b} not found; build it first (run.sh does: cargo build --release -p portico -p portico-load)")
     if not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
@@ -587,12 +611,15 @@ def main():
             port_free(port)
     work = tempfile.mkdtemp(prefix="portico-bench-")
     stack = Stack(work, args.portico)
+    stack.floor_bin = args.floor
     bench = Bench(stack, args.duration)
     started = time.time()
     try:
         crt, key = stack.cert()
         stack.start_backend(crt, key)
         stack.start_portico()
+        stack.start_portico("portico-default", default_config=True)
+        stack.start_pingora(crt, key)
         if "plugins" in scenarios:
             for t, plugin in PLUGIN_TARGETS.items():
                 wasm = os.path.join(PLUGIN_DIR, plugin[1])

@@ -34,10 +34,11 @@ for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
 # --bins as well: naming an example alone builds only that example, and
 # the binaries measured would be whatever an earlier build left.
 if [ "$profile" = release ]; then
-  cargo build --release -p portico -p portico-load --bins --example plugin_overhead
+  cargo build --release -p portico -p portico-load -p pingora-floor --bins --example plugin_overhead
   exec python3 integration-tests/bench/bench.py "$@"
 else
   # Quick mode proves the harness works; a debug build keeps CI short.
-  cargo build -p portico -p portico-load --bins --example plugin_overhead
-  exec python3 integration-tests/bench/bench.py --portico target/debug/portico --load target/debug/portico-load "$@"
+  cargo build -p portico -p portico-load -p pingora-floor --bins --example plugin_overhead
+  exec python3 integration-tests/bench/bench.py --portico target/debug/portico --load target/debug/portico-load \
+    --floor target/debug/pingora-floor "$@"
 fi

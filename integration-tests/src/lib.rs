@@ -413,10 +413,14 @@ pub fn built_plugins() -> PathBuf {
 /// asks for affinity).
 pub fn session_affinity_config() -> String {
     let wasm = built_plugins().join("session_affinity.wasm");
+    // Scoped as in conf/portico.toml: the plugin runs only on routes and
+    // Services that ask for affinity.
     format!(
         "[plugins]\nhttp = [\"affinity\"]\ntcp = [\"affinity-tcp\"]\n\
          [[plugins.load]]\nname = \"affinity\"\npath = \"{0}\"\n\
-         [[plugins.load]]\nname = \"affinity-tcp\"\npath = \"{0}\"\nconfig = \"tcp\"\n",
+         applies_to = {{ ingress_annotations = [\"nginx.ingress.kubernetes.io/affinity\"], service_session_affinity = [\"ClientIP\"] }}\n\
+         [[plugins.load]]\nname = \"affinity-tcp\"\npath = \"{0}\"\nconfig = \"tcp\"\n\
+         applies_to = {{ service_session_affinity = [\"ClientIP\"] }}\n",
         wasm.display()
     )
 }

@@ -641,11 +641,10 @@ fn tcp_stream_contexts_see_and_change_both_directions() {
     );
 }
 
-#[test]
-fn cookie_affinity_from_the_ingress_nginx_annotations() {
-    let (one, two) = (Echo::http("one"), Echo::http("two"));
-    let mut m = two_endpoints(&one, &two);
-    m += &yaml::ingress(
+/// Ingress `default/sticky` for `sticky.test` to Service `web`, with
+/// these annotations (YAML flow mapping entries).
+fn sticky_ingress(annotations: &str) -> String {
+    yaml::ingress(
         "default",
         "sticky",
         &[("sticky.test", "/", "Prefix", "web", "http")],
@@ -653,7 +652,85 @@ fn cookie_affinity_from_the_ingress_nginx_annotations() {
     )
     .replace(
         "metadata: {name: sticky, namespace: default}",
-        "metadata: {name: sticky, namespace: default, annotations: {nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: route, nginx.ingress.kubernetes.io/session-cookie-max-age: '60'}}",
+        &format!("metadata: {{name: sticky, namespace: default, annotations: {{{annotations}}}}}"),
+    )
+}
+
+/// A scoped listener plugin (`applies_to`) is attached at translation to
+/// the routes that match, and never called on the others.
+#[test]
+fn a_scoped_plugin_runs_only_on_the_routes_it_applies_to() {
+    let (one, two) = (Echo::http("one"), Echo::http("two"));
+    let mut m = two_endpoints(&one, &two);
+    m += &yaml::ingress(
+        "default",
+        "plain",
+        &[("plain.test", "/", "Prefix", "web", "http")],
+        "",
+    );
+    m += &sticky_ingress("nginx.ingress.kubernetes.io/affinity: cookie");
+    let g = Gateway::start(&[("m.yaml", &m)], &session_affinity_config());
+    let calls = |g: &Gateway| -> u64 {
+        g.metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("portico_plugin_calls_total{") && l.contains("plugin=\"affinity\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    // Starting the plugin (its test start at load, each instance's
+    // start) calls it too: count only what requests add.
+    let at_start = calls(&g);
+    for _ in 0..40 {
+        let r = http_request(
+            g.http,
+            "GET / HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("set-cookie"), None);
+    }
+    assert_eq!(
+        calls(&g),
+        at_start,
+        "the plugin was called on a route it does not apply to"
+    );
+    for _ in 0..40 {
+        let r = http_request(
+            g.http,
+            "GET / HTTP/1.1\r\nHost: sticky.test\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert!(
+            r.header("set-cookie").is_some(),
+            "the sticky route gets its cookie"
+        );
+    }
+    assert!(
+        calls(&g) > at_start,
+        "the plugin runs on the route it applies to"
+    );
+    // explain says where each plugin comes from.
+    let explain = |host: &str| -> serde_json::Value {
+        let r = http_get(g.admin, "admin", &format!("/explain?host={host}&path=/")).unwrap();
+        serde_json::from_slice(&r.body).unwrap()
+    };
+    assert_eq!(explain("plain.test")["plugins"], serde_json::json!([]));
+    let sticky = explain("sticky.test")["plugins"].clone();
+    assert_eq!(sticky[0]["name"], "affinity", "{sticky}");
+    assert_eq!(
+        sticky[0]["from"], "plugins.http, applies_to matches Ingress default/sticky",
+        "{sticky}"
+    );
+}
+
+#[test]
+fn cookie_affinity_from_the_ingress_nginx_annotations() {
+    let (one, two) = (Echo::http("one"), Echo::http("two"));
+    let mut m = two_endpoints(&one, &two);
+    m += &sticky_ingress(
+        "nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: route, nginx.ingress.kubernetes.io/session-cookie-max-age: '60'",
     );
     let g = Gateway::start(&[("m.yaml", &m)], &session_affinity_config());
     let get = |cookie: Option<&str>| {

@@ -201,10 +201,14 @@ fn plugin_chain(
     let backend = snap.l4.get(&key);
     let pool = backend.and_then(|b| snap.pool(b));
     let service_plugins = pool.map(|p| p.plugins()).unwrap_or_default();
-    if registry.tcp.is_empty() && service_plugins.is_empty() {
+    let scoped = pool.map(|p| p.scoped_tcp()).unwrap_or_default();
+    if registry.tcp.is_empty() && service_plugins.is_empty() && scoped.is_empty() {
         return Ok(None);
     }
     let mut wanted = registry.tcp.clone();
+    // Scoped listener plugins follow the listener's: like them, one that
+    // a reload removed is skipped.
+    wanted.extend(scoped.iter().filter_map(|n| registry.get(n).cloned()));
     for name in service_plugins {
         match registry.get(name) {
             Some(p) => wanted.push(p.clone()),

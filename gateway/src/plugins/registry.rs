@@ -128,9 +128,9 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug, Default)]
 pub struct Registry {
     pub plugins: BTreeMap<String, Arc<Plugin>>,
-    /// `plugins.http`, resolved.
+    /// `plugins.http` without the scoped plugins (`applies_to`), resolved.
     pub http: Vec<Arc<Plugin>>,
-    /// `plugins.tcp`, resolved.
+    /// `plugins.tcp` without the scoped plugins (`applies_to`), resolved.
     pub tcp: Vec<Arc<Plugin>>,
 }
 
@@ -224,9 +224,17 @@ pub fn load_all(cfg: &PluginsConfig, previous: Option<&Registry>) -> (Registry, 
             }
         }
     }
+    // Scoped plugins (`applies_to`) are not listener-wide: translation
+    // attaches them to the routes and Services they match.
+    let scoped = |name: &String| {
+        cfg.load
+            .iter()
+            .any(|p| &p.name == name && p.applies_to.is_some())
+    };
     let resolve = |names: &[String]| -> Vec<Arc<Plugin>> {
         names
             .iter()
+            .filter(|n| !scoped(n))
             .filter_map(|n| reg.plugins.get(n).cloned())
             .collect()
     };

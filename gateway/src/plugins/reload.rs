@@ -71,10 +71,29 @@ impl PluginReloader {
         true
     }
 
+    /// `applies_to` is decided by translation from the configuration it
+    /// started with; a reload keeps those scopes (and says so) so the
+    /// listener chains and the snapshot's routes never disagree.
+    fn keep_scopes(&self, mut next: PluginsConfig) -> PluginsConfig {
+        for p in &mut next.load {
+            let started = self
+                .config
+                .load
+                .iter()
+                .find(|o| o.name == p.name)
+                .and_then(|o| o.applies_to.clone());
+            if p.applies_to != started {
+                tracing::warn!(plugin = %p.name, "plugins.load applies_to changed; it takes effect at the next restart");
+                p.applies_to = started;
+            }
+        }
+        next
+    }
+
     fn read_config(&self) -> Option<PluginsConfig> {
         let file = self.config_file.as_ref()?;
         match crate::config::load(Some(file)) {
-            Ok((cfg, _)) => Some(cfg.plugins),
+            Ok((cfg, _)) => Some(self.keep_scopes(cfg.plugins)),
             Err(e) => {
                 tracing::error!(error = %e, "config file changed but does not load; plugins unchanged");
                 None

@@ -775,10 +775,37 @@ impl ProxyHttp for HttpProxy {
         if let Some(chain) = ctx.plugins.as_mut() {
             set_route_props(chain.props_mut(), route, canary, backend_pool);
         }
-        // The Ingress's plugins, then the Service's.
+        // The scoped listener plugins the route or its Service matched at
+        // translation, then the Ingress's plugins, then the Service's.
         let service_plugins = backend_pool.map(|p| p.plugins()).unwrap_or_default();
-        if !route.plugins.is_empty() || !service_plugins.is_empty() {
-            let mut wanted = Vec::with_capacity(route.plugins.len() + service_plugins.len());
+        let service_scoped = backend_pool.map(|p| p.scoped_http()).unwrap_or_default();
+        if !route.plugins.is_empty()
+            || !service_plugins.is_empty()
+            || !route.scoped_plugins.is_empty()
+            || !service_scoped.is_empty()
+        {
+            let mut wanted = Vec::with_capacity(
+                route.scoped_plugins.len()
+                    + service_scoped.len()
+                    + route.plugins.len()
+                    + service_plugins.len(),
+            );
+            // Like the listener's own, a scoped plugin that a reload
+            // removed is skipped; each runs once even when both the
+            // Ingress and the Service match it.
+            for (i, name) in route
+                .scoped_plugins
+                .iter()
+                .chain(service_scoped)
+                .enumerate()
+            {
+                if i >= route.scoped_plugins.len() && route.scoped_plugins.contains(name) {
+                    continue;
+                }
+                if let Some(p) = registry.get(name) {
+                    wanted.push(p.clone());
+                }
+            }
             for name in route.plugins.iter().chain(service_plugins) {
                 match registry.get(name) {
                     Some(p) => wanted.push(p.clone()),

@@ -63,6 +63,7 @@ pub struct Backends<'a> {
     default_policy: PolicyKind,
     resolved_names: &'a BTreeMap<String, Vec<IpAddr>>,
     known_plugins: &'a BTreeSet<String>,
+    scoped: &'a super::plugins::ScopedPlugins,
     pub built: BTreeMap<BackendKey, BackendSpec>,
     /// Problems found while building backends, by the Service they are
     /// about, so an endpoint-only refresh can replace exactly those.
@@ -106,6 +107,7 @@ impl<'a> Backends<'a> {
             default_policy: settings.default_policy,
             resolved_names: &settings.resolved_names,
             known_plugins: &settings.plugins,
+            scoped: &settings.scoped,
             built: BTreeMap::new(),
             problems: BTreeMap::new(),
         }
@@ -123,6 +125,7 @@ impl<'a> Backends<'a> {
             default_policy: settings.default_policy,
             resolved_names: &settings.resolved_names,
             known_plugins: &settings.plugins,
+            scoped: &settings.scoped,
             built: BTreeMap::new(),
             problems: BTreeMap::new(),
         }
@@ -234,6 +237,7 @@ impl<'a> Backends<'a> {
         for m in unknown {
             self.warn(svc_key, &location, m);
         }
+        let (scoped_http, scoped_tcp) = self.scoped.for_service(svc);
         let affinity = spec
             .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
             .map(|s| {
@@ -257,6 +261,8 @@ impl<'a> Backends<'a> {
                 policy,
                 affinity,
                 plugins,
+                scoped_http,
+                scoped_tcp,
             },
         );
         key
@@ -391,5 +397,7 @@ fn empty(key: &BackendKey, policy: PolicyKind) -> BackendSpec {
         policy,
         affinity: None,
         plugins: Vec::new(),
+        scoped_http: Vec::new(),
+        scoped_tcp: Vec::new(),
     }
 }

@@ -60,6 +60,9 @@ pub fn add_ingress(
     let known_plugins = &settings.plugins;
     let (plugins, unknown) =
         super::plugins::requested(ing.metadata.annotations.as_ref(), known_plugins);
+    let scoped_plugins = settings
+        .scoped
+        .for_ingress(ing.metadata.annotations.as_ref());
     // Typed policy from the policy plugin; an Ingress it cannot describe
     // is not served (serving it without its policy could open what the
     // annotations close).
@@ -176,6 +179,7 @@ pub fn add_ingress(
                 kind: PathKind::Prefix,
                 backend: bk,
                 plugins: plugins.clone(),
+                scoped_plugins: scoped_plugins.clone(),
                 annotations: annotations.clone(),
                 policy: policy.clone(),
                 canary: None,
@@ -269,6 +273,7 @@ pub fn add_ingress(
                 kind,
                 backend: bk,
                 plugins: plugins.clone(),
+                scoped_plugins: scoped_plugins.clone(),
                 annotations: annotations.clone(),
                 policy: policy.clone(),
                 canary: None,

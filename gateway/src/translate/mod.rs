@@ -32,6 +32,8 @@ pub struct Settings {
     /// Names of the configured plugins, so an annotation naming another
     /// is reported.
     pub plugins: std::collections::BTreeSet<String>,
+    /// The scoped listener plugins (`applies_to`), in listener order.
+    pub scoped: plugins::ScopedPlugins,
     /// `ingress.policy_plugin`, when set: `Err` names it when this process
     /// did not load it (then Ingresses are not served rather than served
     /// without their policy).
@@ -50,6 +52,7 @@ impl Settings {
             },
             resolved_names: BTreeMap::new(),
             plugins: cfg.plugins.load.iter().map(|p| p.name.clone()).collect(),
+            scoped: plugins::ScopedPlugins::from_config(&cfg.plugins),
             policy: cfg.ingress.policy_plugin.as_ref().map(|name| {
                 crate::plugins::ingress_policy::installed()
                     .ok_or_else(|| format!("policy plugin {name} is not loaded"))

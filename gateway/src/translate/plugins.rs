@@ -1,7 +1,75 @@
-//! `portico.io/plugins`: the plugins an Ingress (for its routes) or a
-//! Service (for every route and L4 listener using it) asks for.
+//! Which plugins run where, beside the listener-wide ones:
+//! `portico.io/plugins`, the plugins an Ingress (for its routes) or a
+//! Service (for every route and L4 listener using it) asks for; and the
+//! scoped listener plugins (`applies_to`), matched here once per snapshot
+//! so the data plane never calls a plugin that has nothing to do.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::config::{PluginScope, PluginsConfig};
+
+/// The listener plugins that have an `applies_to`, in listener order.
+#[derive(Debug, Clone, Default)]
+pub struct ScopedPlugins {
+    pub http: Vec<(String, PluginScope)>,
+    pub tcp: Vec<(String, PluginScope)>,
+}
+
+impl ScopedPlugins {
+    pub fn from_config(cfg: &PluginsConfig) -> Self {
+        let scoped = |names: &[String]| -> Vec<(String, PluginScope)> {
+            names
+                .iter()
+                .filter_map(|n| {
+                    let scope = cfg.load.iter().find(|p| &p.name == n)?.applies_to.clone()?;
+                    Some((n.clone(), scope))
+                })
+                .collect()
+        };
+        ScopedPlugins {
+            http: scoped(&cfg.http),
+            tcp: scoped(&cfg.tcp),
+        }
+    }
+
+    /// The HTTP plugins an Ingress's routes get for the Ingress itself.
+    pub fn for_ingress(&self, annotations: Option<&BTreeMap<String, String>>) -> Vec<String> {
+        self.http
+            .iter()
+            .filter(|(_, s)| matches_annotations(&s.ingress_annotations, annotations))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The HTTP plugins (for routes to it) and TCP plugins (for its L4
+    /// listeners) a Service gets.
+    pub fn for_service(&self, svc: &Service) -> (Vec<String>, Vec<String>) {
+        let matching = |list: &[(String, PluginScope)]| -> Vec<String> {
+            list.iter()
+                .filter(|(_, s)| service_matches(s, svc))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        (matching(&self.http), matching(&self.tcp))
+    }
+}
+
+fn matches_annotations(keys: &[String], annotations: Option<&BTreeMap<String, String>>) -> bool {
+    annotations.is_some_and(|a| keys.iter().any(|k| a.contains_key(k)))
+}
+
+fn service_matches(scope: &PluginScope, svc: &Service) -> bool {
+    let affinity = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.session_affinity.as_deref());
+    matches_annotations(
+        &scope.service_annotations,
+        svc.metadata.annotations.as_ref(),
+    ) || affinity.is_some_and(|a| scope.service_session_affinity.iter().any(|v| v == a))
+}
 
 /// The annotation.
 pub const PLUGINS_ANNOTATION: &str = "portico.io/plugins";
@@ -40,6 +108,65 @@ pub fn requested(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scope(ingress: &[&str], service: &[&str], affinity: &[&str]) -> PluginScope {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        PluginScope {
+            ingress_annotations: v(ingress),
+            service_annotations: v(service),
+            service_session_affinity: v(affinity),
+        }
+    }
+
+    fn service(annotations: &[(&str, &str)], affinity: Option<&str>) -> Service {
+        let mut svc = Service::default();
+        if !annotations.is_empty() {
+            svc.metadata.annotations = Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+        }
+        svc.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
+            session_affinity: affinity.map(str::to_string),
+            ..Default::default()
+        });
+        svc
+    }
+
+    #[test]
+    fn scoped_plugins_match_by_annotation_and_affinity_in_listener_order() {
+        let scoped = ScopedPlugins {
+            http: vec![
+                (
+                    "affinity".into(),
+                    scope(&["x/affinity"], &[], &["ClientIP"]),
+                ),
+                ("audit".into(), scope(&[], &["x/audit"], &[])),
+            ],
+            tcp: vec![("affinity-tcp".into(), scope(&[], &[], &["ClientIP"]))],
+        };
+        let ann: BTreeMap<String, String> =
+            [("x/affinity".to_string(), "cookie".to_string())].into();
+        assert_eq!(scoped.for_ingress(Some(&ann)), vec!["affinity"]);
+        assert!(scoped.for_ingress(None).is_empty());
+        let other: BTreeMap<String, String> = [("x/other".to_string(), String::new())].into();
+        assert!(scoped.for_ingress(Some(&other)).is_empty());
+
+        let plain = service(&[], None);
+        assert_eq!(scoped.for_service(&plain), (vec![], vec![]));
+        let none = service(&[], Some("None"));
+        assert_eq!(scoped.for_service(&none), (vec![], vec![]));
+        let sticky = service(&[("x/audit", "on")], Some("ClientIP"));
+        assert_eq!(
+            scoped.for_service(&sticky),
+            (
+                vec!["affinity".to_string(), "audit".to_string()],
+                vec!["affinity-tcp".to_string()]
+            )
+        );
+    }
 
     #[test]
     fn names_in_order_without_repeats_and_unknown_ones_reported() {
