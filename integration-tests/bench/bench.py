@@ -558,7 +558,7 @@ def plugin_table(results, duration, in_process):
                  "(CPU time from /proc; the proxies are pinned to one core). On this shared 2-core VM the per-request CPU of "
                  "Portico alone varies by several microseconds between runs, so this difference is noisy.")
     if in_process:
-        lines.append("\nIn process (`gateway/examples/plugin_overhead.rs`: the same request's proxy-wasm phases through the "
+        lines.append("\nIn process (`gateway/wasm/examples/plugin_overhead.rs`: the same request's proxy-wasm phases through the "
                      "plugin in a loop, no network, minus the same loop without the plugin; median of 5 rounds):\n")
         lines.append("| plugin | ns per request |")
         lines.append("|---|---|")

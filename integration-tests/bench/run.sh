@@ -31,14 +31,17 @@ done
 bash plugins/build.sh >/dev/null
 profile=release
 for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
-# --bins as well: naming an example alone builds only that example, and
-# the binaries measured would be whatever an earlier build left.
+# The binaries, then the example apart: naming an example alone builds
+# only that example, and the binaries measured would be whatever an
+# earlier build left.
 if [ "$profile" = release ]; then
-  cargo build --release -p portico -p portico-load -p pingora-floor --bins --example plugin_overhead
+  cargo build --release -p portico -p portico-load -p pingora-floor --bins
+  cargo build --release -p portico-wasm --example plugin_overhead
   exec python3 integration-tests/bench/bench.py "$@"
 else
   # Quick mode proves the harness works; a debug build keeps CI short.
-  cargo build -p portico -p portico-load -p pingora-floor --bins --example plugin_overhead
+  cargo build -p portico -p portico-load -p pingora-floor --bins
+  cargo build -p portico-wasm --example plugin_overhead
   exec python3 integration-tests/bench/bench.py --portico target/debug/portico --load target/debug/portico-load \
     --floor target/debug/pingora-floor "$@"
 fi

@@ -1,0 +1,303 @@
+//! TCP forwarding: accept, pick an endpoint (retrying failed connects on
+//! others), then splice both ways with half-close and an idle timeout.
+//! Connections with plugins (proxy-wasm stream contexts) are relayed
+//! through user-space buffers instead, so the plugins see the bytes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{splice, L4Settings};
+use crate::shutdown::InFlight;
+use portico_model::lb::{clock_ms, Pick, PickRequest};
+use portico_model::snapshot::{L4ListenerKey, Snapshot};
+use portico_wasm::http_filter::StreamChain;
+use portico_wasm::properties::{Candidates, RouteProps, StreamProps};
+use portico_wasm::reload::RegistryHandle;
+use portico_wasm::tcp_filter::TcpVerdict;
+
+pub async fn serve(
+    key: L4ListenerKey,
+    listener: TcpListener,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    plugins: RegistryHandle,
+    settings: L4Settings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let label = key.to_string();
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, peer)) => {
+                    let snapshot = snapshot.clone();
+                    let plugins = plugins.clone();
+                    let label = label.clone();
+                    tokio::spawn(async move {
+                        handle(key, &label, stream, peer, snapshot, &plugins, settings).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep the listener.
+                    tracing::warn!(listener = %label, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    tracing::info!(listener = %label, "listener closed; open connections drain");
+}
+
+async fn connect(
+    key: L4ListenerKey,
+    label: &str,
+    peer: SocketAddr,
+    snapshot: &ArcSwap<Snapshot>,
+    settings: L4Settings,
+    preferred: Option<SocketAddr>,
+) -> Option<(TcpStream, Pick, String)> {
+    let snap = snapshot.load_full();
+    let Some(backend) = snap.l4.get(&key) else {
+        tracing::debug!(listener = %label, "listener no longer configured");
+        return None;
+    };
+    let pool = snap.pool(backend)?;
+    let mut tried = Vec::new();
+    for _ in 0..=settings.connect_retries {
+        let Some(pick) = pool.pick(&PickRequest {
+            preferred,
+            client_ip: Some(peer.ip()),
+            exclude: &tried,
+        }) else {
+            break;
+        };
+        tried.push(pick.addr);
+        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(pick.addr)).await {
+            Ok(Ok(s)) => {
+                pool.report_success(pick.addr);
+                let _ = s.set_nodelay(true);
+                return Some((s, pick, backend.to_string()));
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("portico_upstream_connect_errors_total", "backend" => backend.to_string())
+                    .increment(1);
+                tracing::debug!(listener = %label, endpoint = %pick.addr, error = %e, "connect failed");
+                pool.report_failure(pick.addr);
+            }
+            Err(_) => {
+                metrics::counter!("portico_upstream_connect_errors_total", "backend" => backend.to_string())
+                    .increment(1);
+                tracing::debug!(listener = %label, endpoint = %pick.addr, "connect timed out");
+                pool.report_failure(pick.addr);
+            }
+        }
+    }
+    tracing::warn!(listener = %label, backend = %backend, client = %peer, tried = tried.len(),
+        "no endpoint accepted the connection; closing it");
+    None
+}
+
+async fn handle(
+    key: L4ListenerKey,
+    label: &str,
+    client: TcpStream,
+    peer: SocketAddr,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    plugins: &RegistryHandle,
+    settings: L4Settings,
+) {
+    let _in_flight = InFlight::start();
+    metrics::counter!("portico_l4_connections_total", "listener" => label.to_string()).increment(1);
+    let failed = || {
+        metrics::counter!("portico_l4_connections_failed_total", "listener" => label.to_string())
+            .increment(1);
+    };
+    let mut chain = match plugin_chain(key, label, &client, peer, &snapshot, plugins) {
+        Ok(c) => c,
+        Err(()) => return failed(),
+    };
+    if let Some(c) = chain.as_mut() {
+        match c.on_new_connection() {
+            TcpVerdict::Continue => {}
+            verdict => {
+                tracing::debug!(listener = %label, client = %peer, ?verdict, "a plugin closed the connection");
+                return failed();
+            }
+        }
+    }
+    let preferred = chain.as_ref().and_then(|c| c.override_host);
+    let Some((upstream, pick, _backend)) =
+        connect(key, label, peer, &snapshot, settings, preferred).await
+    else {
+        return failed();
+    };
+    let _ = client.set_nodelay(true);
+    if let Some(c) = chain.as_mut() {
+        c.props_mut().upstream = Some(pick.addr);
+    }
+    let active = metrics::gauge!("portico_l4_connections_active", "listener" => label.to_string());
+    active.increment(1.0);
+    let activity = AtomicU64::new(clock_ms());
+    let idle = idle_watch(&activity, settings.idle_timeout);
+    let splice_ok = chain.as_ref().is_none_or(StreamChain::passthrough);
+    let (sent, received) = match chain.as_mut().filter(|_| !splice_ok) {
+        None => {
+            let copies = async {
+                tokio::join!(
+                    splice::forward(&client, &upstream, &activity),
+                    splice::forward(&upstream, &client, &activity)
+                )
+            };
+            tokio::select! {
+                (up, down) = copies => (up.unwrap_or(0), down.unwrap_or(0)),
+                _ = idle => {
+                    tracing::debug!(listener = %label, client = %peer, endpoint = %pick.addr, "idle timeout");
+                    (0, 0)
+                }
+            }
+        }
+        Some(c) => {
+            let mut counts = (0, 0);
+            tokio::select! {
+                _ = relay_with_plugins(client, upstream, c, &activity, &mut counts) => {}
+                _ = idle => {
+                    tracing::debug!(listener = %label, client = %peer, endpoint = %pick.addr, "idle timeout");
+                }
+            }
+            counts
+        }
+    };
+    if let Some(mut c) = chain {
+        c.finish(None);
+    }
+    active.decrement(1.0);
+    metrics::counter!("portico_l4_bytes_received_total", "listener" => label.to_string())
+        .increment(sent);
+    metrics::counter!("portico_l4_bytes_sent_total", "listener" => label.to_string())
+        .increment(received);
+    drop(pick);
+}
+
+/// The listener's and the Service's plugins for a new connection, or
+/// `Err` when the Service asks for one that is not loaded (the connection
+/// is refused rather than served without it).
+fn plugin_chain(
+    key: L4ListenerKey,
+    label: &str,
+    client: &TcpStream,
+    peer: SocketAddr,
+    snapshot: &ArcSwap<Snapshot>,
+    plugins: &RegistryHandle,
+) -> Result<Option<StreamChain>, ()> {
+    let registry = plugins.load();
+    let snap = snapshot.load();
+    let backend = snap.l4.get(&key);
+    let pool = backend.and_then(|b| snap.pool(b));
+    let service_plugins = pool.map(|p| p.plugins()).unwrap_or_default();
+    let scoped = pool.map(|p| p.scoped_tcp()).unwrap_or_default();
+    if registry.tcp.is_empty() && service_plugins.is_empty() && scoped.is_empty() {
+        return Ok(None);
+    }
+    let mut wanted = registry.tcp.clone();
+    // Scoped listener plugins follow the listener's: like them, one that
+    // a reload removed is skipped.
+    wanted.extend(scoped.iter().filter_map(|n| registry.get(n).cloned()));
+    for name in service_plugins {
+        match registry.get(name) {
+            Some(p) => wanted.push(p.clone()),
+            None => {
+                tracing::warn!(listener = %label, plugin = %name, "Service asks for a plugin that is not loaded; connection refused");
+                return Err(());
+            }
+        }
+    }
+    let props = StreamProps {
+        source: Some(peer),
+        destination: client.local_addr().ok(),
+        route: backend.map(|b| RouteProps::Service(b.clone())),
+        candidates: pool.map(|p| Candidates(p.clone())),
+        ..StreamProps::default()
+    };
+    let mut chain = StreamChain::new(Vec::new(), props);
+    chain.extend(wanted);
+    Ok(Some(chain))
+}
+
+/// Relays both ways through the plugins until both sides are done, a
+/// plugin closes the connection, or an error.
+async fn relay_with_plugins(
+    client: TcpStream,
+    upstream: TcpStream,
+    chain: &mut StreamChain,
+    activity: &AtomicU64,
+    counts: &mut (u64, u64),
+) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let mut from_client = vec![0u8; RELAY_BUFFER];
+    let mut from_upstream = vec![0u8; RELAY_BUFFER];
+    let (mut client_done, mut upstream_done) = (false, false);
+    while !(client_done && upstream_done) {
+        let downstream = tokio::select! {
+            r = client_read.read(&mut from_client), if !client_done => (true, r.unwrap_or(0)),
+            r = upstream_read.read(&mut from_upstream), if !upstream_done => (false, r.unwrap_or(0)),
+        };
+        let (is_client, n) = downstream;
+        activity.store(clock_ms(), Ordering::Relaxed);
+        let end = n == 0;
+        let mut data = if is_client {
+            from_client[..n].to_vec()
+        } else {
+            from_upstream[..n].to_vec()
+        };
+        if chain.on_data(is_client, &mut data, end) != TcpVerdict::Continue {
+            return;
+        }
+        let out = if is_client {
+            &mut upstream_write
+        } else {
+            &mut client_write
+        };
+        if !data.is_empty() {
+            if out.write_all(&data).await.is_err() {
+                return;
+            }
+            if is_client {
+                counts.0 += data.len() as u64;
+            } else {
+                counts.1 += data.len() as u64;
+            }
+        }
+        if end {
+            // Half-close: the EOF travels on.
+            let _ = out.shutdown().await;
+            chain.on_close(is_client);
+            if is_client {
+                client_done = true;
+            } else {
+                upstream_done = true;
+            }
+        }
+    }
+}
+
+/// Bytes read per side per plugin call.
+const RELAY_BUFFER: usize = 16 << 10;
+
+async fn idle_watch(activity: &AtomicU64, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let since = clock_ms().saturating_sub(activity.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis((idle_ms - since).max(10))).await;
+    }
+}

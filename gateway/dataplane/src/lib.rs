@@ -1,0 +1,14 @@
+//! The data plane: what touches traffic. L7 on Pingora (`proxy`), L4 TCP
+//! and UDP listeners that come and go with the snapshot (`l4`), the
+//! certificate for each TLS handshake (`tls_accept`), and draining on
+//! shutdown (`shutdown`). It reads the published snapshot per connection
+//! or request and calls the plugin host beside it.
+//!
+//! Must not: read Kubernetes objects or configuration files, or decide
+//! what objects mean (translation does, once per snapshot).
+
+pub mod config;
+pub mod l4;
+pub mod proxy;
+pub mod shutdown;
+pub mod tls_accept;

@@ -1,0 +1,1372 @@
+//! The L7 proxy: Pingora `ProxyHttp` phases over the current snapshot.
+//!
+//! `request_filter` routes (or answers 404/431/503 itself), `upstream_peer`
+//! picks an endpoint, `fail_to_connect` feeds passive health and retries on
+//! another endpoint, `upstream_request_filter` adds forwarding headers,
+//! `logging` records metrics and the access log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::upstreams::peer::Peer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::config::ProxyConfig;
+use crate::shutdown::InFlight;
+use portico_model::lb::{Pick, PickRequest, Pool};
+use portico_model::route_metrics::{code_class, CODE_CLASSES, LISTENERS};
+use portico_model::routing::Route;
+use portico_model::snapshot::Snapshot;
+use portico_wasm::headers::HeaderSlot;
+use portico_wasm::host::LocalResponse;
+use portico_wasm::http_filter::{self, Paused, StreamChain, Verdict};
+use portico_wasm::properties::{RequestProps, RouteProps, StreamProps};
+use portico_wasm::reload::RegistryHandle;
+
+pub struct HttpProxy {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    plugins: RegistryHandle,
+    cfg: ProxyConfig,
+    access_log: bool,
+    /// Per-client limits of routes (`rateLimit` policy); outlives snapshots.
+    limiter: Arc<super::limits::Limiter>,
+}
+
+impl HttpProxy {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        plugins: RegistryHandle,
+        cfg: ProxyConfig,
+        access_log: bool,
+    ) -> Self {
+        HttpProxy {
+            snapshot,
+            plugins,
+            cfg,
+            access_log,
+            limiter: Arc::default(),
+        }
+    }
+}
+
+/// The SNI a TLS client sent, recorded at the handshake (see
+/// `SniRecorder`) so plugins can read `connection.requested_server_name`.
+#[derive(Debug)]
+pub struct Sni(pub String);
+
+/// Keeps the SNI of each TLS connection in its digest.
+pub struct SniRecorder;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for SniRecorder {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        tls.server_name()
+            .map(|n| Arc::new(Sni(n.to_string())) as Arc<dyn std::any::Any + Send + Sync>)
+    }
+}
+
+/// The listener-wide request metrics, resolved once (per-route ones live
+/// with the route).
+struct ListenerMetrics {
+    active: metrics::Gauge,
+    bytes_received: [metrics::Counter; 2],
+    bytes_sent: [metrics::Counter; 2],
+}
+
+fn listener_metrics() -> &'static ListenerMetrics {
+    static M: std::sync::OnceLock<ListenerMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| ListenerMetrics {
+        active: metrics::gauge!("portico_http_requests_active"),
+        bytes_received: LISTENERS
+            .map(|l| metrics::counter!("portico_http_bytes_received_total", "listener" => l)),
+        bytes_sent: LISTENERS
+            .map(|l| metrics::counter!("portico_http_bytes_sent_total", "listener" => l)),
+    })
+}
+
+/// How long a plugin may hold a paused request before it fails.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    in_flight: Option<InFlight>,
+    route: Option<Arc<Route>>,
+    pool: Option<Arc<Pool>>,
+    tried: Vec<SocketAddr>,
+    pick: Option<Pick>,
+    request_id: String,
+    host: String,
+    tls: bool,
+    /// Set when the gateway answered itself (404, 503...).
+    local_reason: Option<&'static str>,
+    /// The request's plugin contexts, when any plugin applies.
+    plugins: Option<StreamChain>,
+    /// A plugin edited the request headers (so it is routed again).
+    request_edited: bool,
+    /// An answer decided in a phase that cannot write it (a request body
+    /// or response plugin): written by `fail_to_proxy`, or replacing the
+    /// upstream's body.
+    plugin_response: Option<LocalResponse>,
+    /// Replacing the upstream's response body: the body still to send.
+    replace_body: Option<Bytes>,
+    /// `Access-Control-Allow-Origin` to add to the response (route CORS
+    /// policy, request from an allowed origin).
+    cors_origin: Option<String>,
+    /// The request's concurrency slot under a route's `rateLimit`.
+    limit_slot: Option<super::limits::Slot>,
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn request_host(req: &RequestHeader) -> Option<String> {
+    if let Some(h) = req.uri.authority() {
+        return Some(h.as_str().to_string());
+    }
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// A random 128-bit id in hex, for `X-Request-Id`.
+fn new_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+async fn respond(session: &mut Session, status: u16, body: String) -> Result<()> {
+    let body = Bytes::from(body);
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("server", "portico")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// The peer for one endpoint, speaking the route's backend protocol.
+fn upstream_peer_for(
+    addr: std::net::SocketAddr,
+    backend: &portico_model::snapshot::BackendKey,
+    protocol: Option<portico_model::policy::BackendProtocol>,
+    upstream_host: Option<&str>,
+) -> HttpPeer {
+    use pingora::protocols::ALPN;
+    use portico_model::policy::BackendProtocol as P;
+    let protocol = protocol.unwrap_or(P::Http);
+    let tls = matches!(protocol, P::Https | P::Grpcs);
+    // The SNI sent: the upstream vhost, else the Service's cluster name
+    // (what an in-cluster certificate names). The certificate itself is
+    // not verified: the endpoint is a pod IP.
+    let sni = if tls {
+        upstream_host
+            .map(|h| h.split(':').next().unwrap_or(h).to_string())
+            .unwrap_or_else(|| format!("{}.{}.svc", backend.service, backend.namespace))
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(addr, tls, sni);
+    let o = &mut peer.options;
+    if tls {
+        o.verify_cert = false;
+        o.verify_hostname = false;
+    }
+    o.alpn = match protocol {
+        P::Http | P::Https => ALPN::H1,
+        // Plaintext with a minimum of HTTP/2: Pingora speaks h2c with
+        // prior knowledge.
+        P::Grpc | P::Grpcs => ALPN::H2,
+    };
+    peer
+}
+
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// What plugins can read about this request (`proxy_get_property`).
+fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps {
+    let req = session.req_header();
+    let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
+    StreamProps {
+        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
+        request: Some(RequestProps {
+            uri: req.uri.clone(),
+            host: host.to_string(),
+            method: req.method.clone(),
+            scheme: scheme(ctx.tls),
+            protocol: match req.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            id: ctx.request_id.clone(),
+        }),
+        sni: ssl
+            .and_then(|d| d.extension.get::<Sni>())
+            .map(|s| s.0.clone()),
+        tls: ssl.is_some(),
+        ..StreamProps::default()
+    }
+}
+
+/// An endpoint of the backend named `namespace/service:port` (as
+/// `/config` shows it), for plugin HTTP calls.
+pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
+    let parsed = name.split_once('/').and_then(|(ns, rest)| {
+        let (svc, port) = rest.rsplit_once(':')?;
+        Some(portico_model::snapshot::BackendKey {
+            namespace: ns.to_string(),
+            service: svc.to_string(),
+            port: port.to_string(),
+        })
+    });
+    let key = parsed.ok_or_else(|| {
+        format!("upstream {name:?} is not a backend name (namespace/service:port)")
+    })?;
+    let pool = snap
+        .pool(&key)
+        .ok_or_else(|| {
+            format!("upstream {name:?}: no such backend (callable are the Services an Ingress or L4 listener uses)")
+        })?;
+    pool.pick(&PickRequest {
+        preferred: None,
+        client_ip: None,
+        exclude: &[],
+    })
+    .map(|p| p.addr)
+    .ok_or_else(|| format!("upstream {name:?} has no available endpoint"))
+}
+
+/// The route's properties for plugins: `canary` says whether the request
+/// goes to the canary's backend, whose `pool` then gives the candidates
+/// of upstream choice. References only: nothing is formatted unless a
+/// plugin asks.
+fn set_route_props(
+    p: &mut StreamProps,
+    route: &Arc<Route>,
+    canary: bool,
+    pool: Option<&Arc<portico_model::lb::Pool>>,
+) {
+    if p.route.as_ref().is_some_and(|r| r.is(route, canary)) {
+        return;
+    }
+    p.route = Some(RouteProps::Ingress {
+        route: route.clone(),
+        canary,
+    });
+    p.candidates = pool.map(|pool| portico_wasm::properties::Candidates(pool.clone()));
+    p.annotations = Some(route.annotations.clone());
+}
+
+/// Writes a plugin's local response.
+async fn respond_local(session: &mut Session, local: LocalResponse) -> Result<()> {
+    let mut resp = local_header(&local)?;
+    let body = Bytes::from(local.body);
+    resp.insert_header("content-length", body.len().to_string())?;
+    let empty = body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn local_header(local: &LocalResponse) -> Result<ResponseHeader> {
+    let status = u16::try_from(local.status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .unwrap_or(500);
+    let mut resp = ResponseHeader::build(status, Some(local.headers.len() + 2))?;
+    for (k, v) in &local.headers {
+        if k.starts_with(':') || k == "content-length" || k == "transfer-encoding" {
+            continue;
+        }
+        resp.append_header(k.clone(), v.as_slice())?;
+    }
+    if resp.headers.get("server").is_none() {
+        resp.insert_header("server", "portico")?;
+    }
+    Ok(resp)
+}
+
+fn plugin_failed(plugin: &str) -> LocalResponse {
+    LocalResponse {
+        context: 0,
+        status: 500,
+        details: format!("plugin {plugin} failed"),
+        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+        body: format!("plugin {plugin} failed\n").into_bytes(),
+    }
+}
+
+fn body_too_large(plugin: &str, status: u32) -> LocalResponse {
+    LocalResponse {
+        context: 0,
+        status,
+        details: format!("body too large to buffer for plugin {plugin}"),
+        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+        body: format!(
+            "body larger than {} bytes cannot be buffered for plugin {plugin}\n",
+            http_filter::MAX_BUFFERED_BODY
+        )
+        .into_bytes(),
+    }
+}
+
+/// The CORS headers every allowed response carries.
+fn cors_headers(
+    resp: &mut ResponseHeader,
+    cors: &portico_model::policy::Cors,
+    origin: &str,
+) -> Result<()> {
+    resp.insert_header("access-control-allow-origin", origin)?;
+    if cors.allow_credentials {
+        resp.insert_header("access-control-allow-credentials", "true")?;
+    }
+    if !cors.expose_headers.is_empty() {
+        resp.insert_header(
+            "access-control-expose-headers",
+            cors.expose_headers.as_str(),
+        )?;
+    }
+    if origin != "*" {
+        resp.append_header("vary", "Origin")?;
+    }
+    Ok(())
+}
+
+/// A redirect with an empty body.
+async fn redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header("location", location)?;
+    resp.insert_header("content-length", "0")?;
+    resp.insert_header("server", "portico")?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
+impl HttpProxy {
+    /// The default backend's answer in place of an upstream error the
+    /// route's policy lists (ingress-nginx `custom-http-errors`), asked
+    /// with the headers ingress-nginx sends its error backends. `None`
+    /// keeps the upstream's answer, also when the default backend fails.
+    async fn custom_error(
+        &self,
+        session: &Session,
+        status: u16,
+        ctx: &RequestCtx,
+    ) -> Option<LocalResponse> {
+        let route = ctx.route.as_ref()?;
+        let policy = &route.policy.as_ref()?.policy;
+        if !policy.custom_http_errors.contains(&status) {
+            return None;
+        }
+        let fallback = route.fallback.as_ref()?;
+        let snap = self.snapshot.load();
+        let addr = snap
+            .pool(fallback)?
+            .pick(&PickRequest {
+                preferred: None,
+                client_ip: None,
+                exclude: &[],
+            })?
+            .addr;
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (namespace, name) = route.ingress.split_once('/').unwrap_or(("", ""));
+        let served = ctx.pool.as_ref().map(|p| p.key().clone());
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            (":method".into(), b"GET".to_vec()),
+            (":path".into(), uri.as_bytes().to_vec()),
+            (":authority".into(), ctx.host.as_bytes().to_vec()),
+            ("x-code".into(), status.to_string().into_bytes()),
+            ("x-original-uri".into(), uri.as_bytes().to_vec()),
+            ("x-namespace".into(), namespace.as_bytes().to_vec()),
+            ("x-ingress-name".into(), name.as_bytes().to_vec()),
+            ("x-request-id".into(), ctx.request_id.as_bytes().to_vec()),
+        ];
+        if let Some(format) = req.headers.get(http::header::ACCEPT) {
+            headers.push(("x-format".into(), format.as_bytes().to_vec()));
+        }
+        if let Some(k) = served {
+            headers.push(("x-service-name".into(), k.service.into_bytes()));
+            headers.push(("x-service-port".into(), k.port.into_bytes()));
+        }
+        let call = portico_wasm::callout::Callout {
+            token: 0,
+            context: 0,
+            upstream: fallback.to_string(),
+            headers,
+            body: Vec::new(),
+            timeout: Duration::from_millis(self.cfg.read_timeout_ms.min(10_000)),
+        };
+        match portico_wasm::callout::perform(addr, &call).await {
+            Ok(answer) => {
+                metrics::counter!("portico_custom_errors_total", "ingress" => route.ingress.clone())
+                    .increment(1);
+                let code = answer
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == ":status")
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(u32::from(status));
+                Some(LocalResponse {
+                    context: 0,
+                    status: code,
+                    details: "custom-http-errors".into(),
+                    headers: answer.headers,
+                    body: answer.body,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.ingress, backend = %fallback, error = %e, "default backend did not answer a custom HTTP error; the upstream's answer is sent");
+                None
+            }
+        }
+    }
+
+    /// Applies a route's typed policy (from the policy plugin). Returns
+    /// whether the request was answered here.
+    async fn apply_policy(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        checked: &portico_model::policy::CheckedPolicy,
+    ) -> Result<bool> {
+        let policy = &checked.policy;
+        if !checked.allows(client_ip(session)) {
+            ctx.local_reason = Some("policy-denied");
+            respond(
+                session,
+                403,
+                format!("client address not allowed (Ingress {})\n", route.ingress),
+            )
+            .await?;
+            return Ok(true);
+        }
+        if let (Some(limit), Some(ip)) = (&policy.rate_limit, client_ip(session)) {
+            if !checked.limit_exempt.iter().any(|n| n.contains(&ip)) {
+                match self
+                    .limiter
+                    .admit(&route.ingress, ip, limit, Instant::now())
+                {
+                    Ok(slot) => ctx.limit_slot = slot,
+                    Err(why) => {
+                        metrics::counter!("portico_rate_limited_total", "ingress" => route.ingress.clone(), "limit" => why.as_str())
+                            .increment(1);
+                        ctx.local_reason = Some("policy-rate-limit");
+                        // 503, as ingress-nginx answers by default.
+                        respond(
+                            session,
+                            503,
+                            format!(
+                                "too many requests from this client (Ingress {}, {} limit)\n",
+                                route.ingress,
+                                why.as_str()
+                            ),
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        let path_and_query = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        if policy.ssl_redirect && !ctx.tls {
+            ctx.local_reason = Some("policy-redirect");
+            let host = ctx
+                .host
+                .rsplit_once(':')
+                .map_or(ctx.host.as_str(), |(h, p)| {
+                    if p.bytes().all(|b| b.is_ascii_digit()) {
+                        h
+                    } else {
+                        ctx.host.as_str()
+                    }
+                });
+            redirect(session, 308, &format!("https://{host}{path_and_query}")).await?;
+            return Ok(true);
+        }
+        if let Some(r) = &policy.redirect {
+            ctx.local_reason = Some("policy-redirect");
+            redirect(session, r.code, &r.url).await?;
+            return Ok(true);
+        }
+        if let Some(root) = &policy.app_root {
+            if session.req_header().uri.path() == "/" {
+                ctx.local_reason = Some("policy-redirect");
+                redirect(session, 302, root).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(limit) = policy.body_size_limit {
+            let length = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if length.is_some_and(|n| n > limit) {
+                ctx.local_reason = Some("policy-body-size");
+                respond(
+                    session,
+                    413,
+                    format!("request body larger than {limit} bytes\n"),
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        if let Some(cors) = &policy.cors {
+            let origin = session
+                .req_header()
+                .headers
+                .get(http::header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|o| cors.allow(o));
+            if let Some(origin) = origin {
+                if session.req_header().method == http::Method::OPTIONS {
+                    // A preflight: answered here, as ingress-nginx does.
+                    ctx.local_reason = Some("policy-cors");
+                    let mut resp = ResponseHeader::build(204, Some(8))?;
+                    cors_headers(&mut resp, cors, &origin)?;
+                    resp.insert_header(
+                        "access-control-allow-methods",
+                        cors.allow_methods.as_str(),
+                    )?;
+                    resp.insert_header(
+                        "access-control-allow-headers",
+                        cors.allow_headers.as_str(),
+                    )?;
+                    resp.insert_header("access-control-max-age", cors.max_age_seconds.to_string())?;
+                    resp.insert_header("content-length", "0")?;
+                    session.write_response_header(Box::new(resp), true).await?;
+                    return Ok(true);
+                }
+                ctx.cors_origin = Some(origin);
+            }
+        }
+        if let Some(target) = &policy.rewrite_target {
+            let path = session.req_header().uri.path().to_string();
+            let mut new = match route.path_regex.as_ref().and_then(|r| r.0.captures(&path)) {
+                // A regex route: the whole path becomes the target, with
+                // `$n` filled from the match (nginx's `rewrite`).
+                Some(caps) => {
+                    let mut out = String::new();
+                    caps.expand(target, &mut out);
+                    out
+                }
+                // The matched prefix is replaced; the rest stays.
+                None => {
+                    let prefix = route.path.trim_end_matches('/');
+                    let rest = path.strip_prefix(prefix).unwrap_or("");
+                    format!("{}{}", target.trim_end_matches('/'), rest)
+                }
+            };
+            // The query stays in both cases.
+            if !new.starts_with('/') {
+                new.insert(0, '/');
+            }
+            if let Some(q) = session.req_header().uri.query() {
+                new = format!("{new}?{q}");
+            }
+            match http::Uri::try_from(new.as_str()) {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    respond(session, 500, "rewrite produced an invalid path\n".into()).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs `proxy_on_request_headers` from filter `from` on, waiting out
+    /// pauses. Returns whether the request was answered (plugin response
+    /// or fail-closed failure).
+    async fn run_request_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut from: usize,
+    ) -> Result<bool> {
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(false);
+        };
+        let end_of_stream = session.is_body_empty();
+        let mut changed = false;
+        // The request's own map, moved (not copied) into the phase.
+        let mut headers = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        let verdict = loop {
+            match chain.on_request_headers(&mut headers, from, end_of_stream, &mut changed) {
+                Verdict::Pause(i) => {
+                    match chain
+                        .resumed(
+                            i,
+                            Paused::Request,
+                            PAUSE_TIMEOUT,
+                            &mut headers,
+                            &mut changed,
+                        )
+                        .await
+                    {
+                        Verdict::Continue => from = i + 1,
+                        other => break other,
+                    }
+                }
+                other => break other,
+            }
+        };
+        let edits = headers.restore_request(session.req_header_mut());
+        ctx.request_edited |= changed;
+        if let Some(pairs) = edits.filter(|_| changed) {
+            if let Err(e) = http_filter::apply_request(session.req_header_mut(), &pairs) {
+                tracing::warn!(error = %e, "plugin edit to the request headers refused");
+                ctx.local_reason = Some("plugin");
+                respond(session, 500, format!("{e}\n")).await?;
+                return Ok(true);
+            }
+        }
+        let local = match verdict {
+            Verdict::Continue | Verdict::Pause(_) => return Ok(false),
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 413),
+        };
+        ctx.local_reason = Some("plugin");
+        respond_local(session, local).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for HttpProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            in_flight: None,
+            route: None,
+            pool: None,
+            tried: Vec::new(),
+            pick: None,
+            request_id: String::new(),
+            host: String::new(),
+            tls: false,
+            local_reason: None,
+            plugins: None,
+            request_edited: false,
+            plugin_response: None,
+            replace_body: None,
+            cors_origin: None,
+            limit_slot: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.in_flight = Some(InFlight::start());
+        listener_metrics().active.increment(1.0);
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        session.set_keepalive(Some(self.cfg.downstream_keepalive_timeout_ms / 1000));
+
+        let req = session.req_header();
+        ctx.request_id = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+
+        if header_bytes(req) > self.cfg.max_request_header_bytes {
+            ctx.local_reason = Some("headers-too-large");
+            respond(
+                session,
+                431,
+                format!(
+                    "request header fields too large (limit {} bytes)\n",
+                    self.cfg.max_request_header_bytes
+                ),
+            )
+            .await?;
+            return Ok(true);
+        }
+        let Some(mut host) = request_host(req) else {
+            ctx.local_reason = Some("no-host");
+            respond(session, 400, "missing Host header\n".into()).await?;
+            return Ok(true);
+        };
+        let snap = self.snapshot.load();
+        // Listener plugins run first and see the route the request would
+        // take (`portico.route`); what they change (host, path) is routed
+        // again.
+        let registry = self.plugins.load();
+        // The route found for the listener plugins, still right if they
+        // left the request as it was.
+        let mut routed = None;
+        if !registry.http.is_empty() {
+            let mut props = stream_props(session, ctx, &host);
+            let path = session.req_header().uri.path_and_query();
+            let first = snap
+                .routes
+                .find(&host, path.map_or("/", |p| p.as_str()))
+                .map(|(r, _)| r.clone());
+            if let Some(route) = &first {
+                set_route_props(&mut props, route, false, snap.pool(&route.backend));
+            }
+            ctx.plugins = Some(StreamChain::new(registry.http.iter().cloned(), props));
+            ctx.host.clone_from(&host);
+            if self.run_request_headers(session, ctx, 0).await? {
+                return Ok(true);
+            }
+            if ctx.request_edited {
+                if let Some(h) = request_host(session.req_header()) {
+                    host = h;
+                }
+            } else {
+                routed = Some(first);
+            }
+        }
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let route = routed.unwrap_or_else(|| snap.routes.find(&host, path).map(|(r, _)| r.clone()));
+        let Some(route) = route else {
+            ctx.local_reason = Some("no-route");
+            let body = format!("no route for host {host} path {}\n", req.uri.path());
+            ctx.host = host;
+            respond(session, 404, body).await?;
+            return Ok(true);
+        };
+        ctx.host = host;
+        ctx.route = Some(route.clone());
+        let route = &route;
+        // A canary Ingress may take this request (decided once, before
+        // the Service's plugins and the pool).
+        let (backend, canary) = route.backend_for(&req.headers);
+        let backend_pool = snap.pool(backend);
+        if canary {
+            if let Some(c) = &route.canary {
+                metrics::counter!("portico_canary_requests_total", "ingress" => c.ingress.clone())
+                    .increment(1);
+            }
+        }
+        if let Some(policy) = route.policy.clone() {
+            if self.apply_policy(session, ctx, route, &policy).await? {
+                return Ok(true);
+            }
+        }
+        if let Some(chain) = ctx.plugins.as_mut() {
+            set_route_props(chain.props_mut(), route, canary, backend_pool);
+        }
+        // The scoped listener plugins the route or its Service matched at
+        // translation, then the Ingress's plugins, then the Service's.
+        let service_plugins = backend_pool.map(|p| p.plugins()).unwrap_or_default();
+        let service_scoped = backend_pool.map(|p| p.scoped_http()).unwrap_or_default();
+        if !route.plugins.is_empty()
+            || !service_plugins.is_empty()
+            || !route.scoped_plugins.is_empty()
+            || !service_scoped.is_empty()
+        {
+            let mut wanted = Vec::with_capacity(
+                route.scoped_plugins.len()
+                    + service_scoped.len()
+                    + route.plugins.len()
+                    + service_plugins.len(),
+            );
+            // Like the listener's own, a scoped plugin that a reload
+            // removed is skipped; each runs once even when both the
+            // Ingress and the Service match it.
+            for (i, name) in route
+                .scoped_plugins
+                .iter()
+                .chain(service_scoped)
+                .enumerate()
+            {
+                if i >= route.scoped_plugins.len() && route.scoped_plugins.contains(name) {
+                    continue;
+                }
+                if let Some(p) = registry.get(name) {
+                    wanted.push(p.clone());
+                }
+            }
+            for name in route.plugins.iter().chain(service_plugins) {
+                match registry.get(name) {
+                    Some(p) => wanted.push(p.clone()),
+                    None => {
+                        // Fail closed: a route that asks for a plugin
+                        // (auth, say) is never served without it.
+                        ctx.local_reason = Some("plugin-missing");
+                        tracing::warn!(route = %route.ingress, plugin = %name, "route asks for a plugin that is not loaded");
+                        let body =
+                            format!("plugin {name} is not loaded (route {})\n", route.ingress);
+                        respond(session, 500, body).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            let from = match ctx.plugins.as_mut() {
+                Some(chain) => {
+                    let from = chain.len();
+                    chain.extend(wanted);
+                    from
+                }
+                None => {
+                    let mut props = stream_props(session, ctx, &ctx.host);
+                    set_route_props(&mut props, route, canary, backend_pool);
+                    ctx.plugins = Some(StreamChain::new(wanted, props));
+                    0
+                }
+            };
+            if self.run_request_headers(session, ctx, from).await? {
+                return Ok(true);
+            }
+        }
+        // The route's default backend stands in for a Service with no
+        // endpoints (ingress-nginx `default-backend`).
+        let pool = backend_pool
+            .filter(|p| !p.is_empty())
+            .or_else(|| route.fallback.as_ref().and_then(|f| snap.pool(f)))
+            .cloned();
+        match pool {
+            Some(p) if !p.is_empty() => ctx.pool = Some(p),
+            _ => {
+                ctx.local_reason = Some("no-endpoints");
+                let body = format!("no available endpoints for service {backend}\n");
+                respond(session, 503, body).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool chosen"))?;
+        let req = PickRequest {
+            preferred: ctx.plugins.as_ref().and_then(|c| c.override_host),
+            client_ip: client_ip(session),
+            exclude: &ctx.tried,
+        };
+        let Some(pick) = pool.pick(&req) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("no endpoint of {} left to try", pool.key()),
+            ));
+        };
+        let addr = pick.addr;
+        ctx.tried.push(addr);
+        ctx.pick = Some(pick);
+        if let Some(chain) = ctx.plugins.as_mut() {
+            chain.props_mut().upstream = Some(addr);
+        }
+        // A route's policy (e.g. proxy-*-timeout annotations) wins.
+        let policy = ctx.route.as_ref().and_then(|r| r.policy.as_ref());
+        let mut peer = upstream_peer_for(
+            addr,
+            pool.key(),
+            policy.and_then(|p| p.policy.backend_protocol),
+            policy.and_then(|p| p.policy.upstream_host.as_deref()),
+        );
+        let o = &mut peer.options;
+        let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
+        o.connection_timeout = Some(ms(
+            policy.and_then(|p| p.policy.connect_timeout_ms),
+            self.cfg.connect_timeout_ms,
+        ));
+        o.read_timeout = Some(ms(
+            policy.and_then(|p| p.policy.read_timeout_ms),
+            self.cfg.read_timeout_ms,
+        ));
+        o.write_timeout = Some(ms(
+            policy.and_then(|p| p.policy.write_timeout_ms),
+            self.cfg.write_timeout_ms,
+        ));
+        o.idle_timeout = Some(Duration::from_millis(self.cfg.upstream_idle_timeout_ms));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let backend = ctx
+            .pool
+            .as_ref()
+            .map(|p| p.key().to_string())
+            .unwrap_or_default();
+        metrics::counter!("portico_upstream_connect_errors_total", "backend" => backend.clone())
+            .increment(1);
+        if let (Some(pool), Some(addr)) = (ctx.pool.as_ref(), ctx.pick.as_ref().map(|p| p.addr)) {
+            pool.report_failure(addr);
+        }
+        let more = ctx
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.endpoints().len() > ctx.tried.len());
+        if more && ctx.tried.len() <= self.cfg.connect_retries {
+            tracing::debug!(endpoint = %peer.address(), error = %e, "connect failed; retrying another endpoint");
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(pool), Some(pick)) = (ctx.pool.as_ref(), ctx.pick.as_ref()) {
+            pool.report_success(pick.addr);
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let xff = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
+            _ => client,
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        // ingress-nginx sends these too; backends migrating from it read them.
+        if let Some(port) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
+        {
+            upstream.insert_header("x-forwarded-port", port.to_string())?;
+        }
+        if let Some(ip) = client_ip(session) {
+            upstream.insert_header("x-real-ip", ip.to_string())?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
+        if upstream.headers.get(http::header::HOST).is_none() {
+            upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
+        }
+        if let Some(vhost) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.policy.as_ref())
+            .and_then(|p| p.policy.upstream_host.as_deref())
+        {
+            upstream.insert_header(http::header::HOST, vhost)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(());
+        };
+        let local = match chain.on_request_body(body, end_of_stream) {
+            Verdict::Continue | Verdict::Pause(_) => return Ok(()),
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 413),
+        };
+        // The request may already be on its way upstream: stop it, and
+        // let fail_to_proxy write the answer.
+        let status = local.status as u16;
+        ctx.plugin_response = Some(local);
+        Err(Error::explain(
+            ErrorType::HTTPStatus(status),
+            "a plugin answered the request from its body",
+        ))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(local) = self.custom_error(session, resp.status.as_u16(), ctx).await {
+            let mut replacement = local_header(&local)?;
+            replacement.insert_header("content-length", local.body.len().to_string())?;
+            replacement.insert_header("x-request-id", ctx.request_id.as_str())?;
+            *resp = replacement;
+            ctx.replace_body = Some(Bytes::from(local.body));
+            ctx.local_reason = Some("custom-error");
+            return Ok(());
+        }
+        if let (Some(origin), Some(cors)) = (
+            ctx.cors_origin.as_deref(),
+            ctx.route
+                .as_ref()
+                .and_then(|r| r.policy.as_ref())
+                .and_then(|p| p.policy.cors.as_ref()),
+        ) {
+            cors_headers(resp, cors, origin)?;
+        }
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(());
+        };
+        chain.props_mut().response_code = Some(resp.status.as_u16());
+        let end_of_stream = session.req_header().method == http::Method::HEAD;
+        // Both maps are moved (not copied) into the phase and back.
+        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        let mut headers = HeaderSlot::take_response(resp);
+        let mut changed = false;
+        // A filter that pauses (for an HTTP call) holds the response back
+        // until it resumes; then the filters before it run.
+        let mut from = None;
+        let verdict = loop {
+            match chain.on_response_headers(
+                &mut request,
+                &mut headers,
+                end_of_stream,
+                &mut changed,
+                from,
+            ) {
+                Verdict::Pause(i) => {
+                    match chain
+                        .resumed(
+                            i,
+                            Paused::Response,
+                            PAUSE_TIMEOUT,
+                            &mut headers,
+                            &mut changed,
+                        )
+                        .await
+                    {
+                        Verdict::Continue if i > 0 => from = Some(i - 1),
+                        other => break other,
+                    }
+                }
+                other => break other,
+            }
+        };
+        // Edits to the request's headers this late change nothing.
+        let _ = request.restore_request(session.req_header_mut());
+        let edits = headers.restore_response(resp).filter(|_| changed);
+        let local = match verdict {
+            Verdict::Continue | Verdict::Pause(_) => match edits {
+                None => return Ok(()),
+                Some(pairs) => match http_filter::apply_response(resp, &pairs) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plugin edit to the response headers refused");
+                        plugin_failed("response-headers")
+                    }
+                },
+            },
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 502),
+        };
+        // Replace the upstream's response with the plugin's.
+        let mut replacement = local_header(&local)?;
+        replacement.insert_header("content-length", local.body.len().to_string())?;
+        replacement.insert_header("x-request-id", ctx.request_id.as_str())?;
+        *resp = replacement;
+        ctx.replace_body = Some(Bytes::from(local.body));
+        ctx.local_reason = Some("plugin");
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if matches!(ctx.local_reason, Some("plugin" | "custom-error")) {
+            // The headers were replaced: send the replacement body once,
+            // and none of the upstream's.
+            *body = ctx.replace_body.take();
+            return Ok(None);
+        }
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(None);
+        };
+        match chain.on_response_body(body, end_of_stream) {
+            Verdict::Continue | Verdict::Pause(_) | Verdict::Respond(_) => Ok(None),
+            // The headers are gone: the only way left to fail is to cut
+            // the response short, which the client sees as an error.
+            Verdict::Fail(p) => Err(Error::explain(
+                ErrorType::InternalError,
+                format!("plugin {p} failed in the response body"),
+            )),
+            Verdict::TooLarge(p) => Err(Error::explain(
+                ErrorType::InternalError,
+                format!("response body too large to buffer for plugin {p}"),
+            )),
+        }
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        let Some(chain) = ctx.plugins.as_mut() else {
+            return Ok(None);
+        };
+        let mut pairs = http_filter::trailer_pairs(trailers);
+        let mut changed = false;
+        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        let verdict = chain.on_response_trailers(&mut request, &mut pairs, &mut changed);
+        let _ = request.restore_request(session.req_header_mut());
+        if let Verdict::Fail(p) = verdict {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                format!("plugin {p} failed in the response trailers"),
+            ));
+        }
+        if changed {
+            http_filter::apply_trailers(trailers, &pairs);
+        }
+        Ok(None)
+    }
+
+    /// Error answers with a short body naming the backend, so an operator
+    /// reading a 502 or 504 knows which Service to look at.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use pingora::ErrorSource;
+        let backend = ctx
+            .route
+            .as_ref()
+            .map(|r| r.backend.to_string())
+            .unwrap_or_else(|| "-".into());
+        let (code, what) = match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, "no endpoint available"),
+            // Every endpoint tried refused or timed out: the service is down,
+            // not misbehaving.
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => (503, "all endpoints tried are down"),
+            ErrorType::ReadTimedout => (504, "the upstream did not answer in time"),
+            ErrorType::WriteTimedout => (504, "writing to the upstream timed out"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "the upstream failed"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "")
+                    }
+                    _ => (400, "bad request"),
+                },
+                _ => (500, "internal error"),
+            },
+        };
+        if let Some(local) = ctx.plugin_response.take() {
+            ctx.local_reason = Some("plugin");
+            let code = local.status as u16;
+            if session.response_written().is_none() {
+                if let Err(err) = respond_local(session, local).await {
+                    tracing::debug!(error = %err, "could not send the plugin's response");
+                }
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        if code > 0 && session.response_written().is_none() {
+            let body = if code == 400 {
+                "bad request\n".to_string()
+            } else {
+                let tried = ctx.tried.len();
+                format!("{what} (service {backend}, endpoints tried: {tried})\n")
+            };
+            if let Err(err) = respond(session, code, body).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.in_flight.is_some() {
+            listener_metrics().active.decrement(1.0);
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let class = code_class(status);
+        let listener = LISTENERS[usize::from(ctx.tls)];
+        let elapsed = ctx.start.elapsed();
+        match &ctx.route {
+            Some(r) => {
+                r.metrics.requests(&r.ingress, ctx.tls, class).increment(1);
+                r.metrics
+                    .duration(&r.ingress, ctx.tls)
+                    .record(elapsed.as_secs_f64());
+            }
+            // Answered before routing (404, 400...): rare, labelled by why.
+            None => {
+                let reason = ctx.local_reason.unwrap_or("none");
+                metrics::counter!("portico_http_requests_total",
+                    "listener" => listener, "route" => reason, "code_class" => CODE_CLASSES[class])
+                .increment(1);
+                metrics::histogram!("portico_http_request_duration_seconds",
+                    "listener" => listener, "route" => reason)
+                .record(elapsed.as_secs_f64());
+            }
+        }
+        let bytes_in = session.body_bytes_read() as u64;
+        let bytes_out = session.body_bytes_sent() as u64;
+        let m = listener_metrics();
+        m.bytes_received[usize::from(ctx.tls)].increment(bytes_in);
+        m.bytes_sent[usize::from(ctx.tls)].increment(bytes_out);
+        if self.access_log {
+            let req = session.req_header();
+            let line = serde_json::json!({
+                "ts": humantime_now(),
+                "request_id": ctx.request_id,
+                "client": client_ip(session).map(|i| i.to_string()),
+                "listener": listener,
+                "method": req.method.as_str(),
+                "host": ctx.host,
+                "path": req.uri.path(),
+                "version": format!("{:?}", req.version),
+                "status": status,
+                "route": ctx.route.as_ref().map_or(ctx.local_reason.unwrap_or("none"), |r| r.ingress.as_str()),
+                "backend": ctx.route.as_ref().map(|r| r.backend.to_string()),
+                "endpoint": ctx.tried.last().map(|a| a.to_string()),
+                "attempts": ctx.tried.len(),
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "error": e.map(|e| e.to_string()),
+            });
+            println!("{line}");
+        }
+        ctx.pick = None;
+        if let Some(mut chain) = ctx.plugins.take() {
+            let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+            chain.finish(Some(&mut request));
+            let _ = request.restore_request(session.req_header_mut());
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, without a date crate.
+fn humantime_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_format() {
+        let t = humantime_now();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+
+    #[test]
+    fn host_from_authority_or_header() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.insert_header("host", "a.example.com:8080").unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("a.example.com:8080"));
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.set_uri(http::Uri::from_static("https://b.example.com/x"));
+        assert_eq!(request_host(&req).as_deref(), Some("b.example.com"));
+    }
+}

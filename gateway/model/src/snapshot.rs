@@ -1,0 +1,193 @@
+//! The snapshot: everything the data plane needs, immutable once built.
+//!
+//! Translation builds a `Snapshot`; `publish::Publisher` swaps it in
+//! atomically. Requests and connections load the current one when they
+//! start and keep it to the end, so a swap never changes a request midway.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::certs::CertStore;
+use crate::lb::{PolicyKind, Pool};
+use crate::problems::Problem;
+use crate::routing::RouteTable;
+
+/// A Service port as an upstream: `namespace/name:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct BackendKey {
+    pub namespace: String,
+    pub service: String,
+    /// The Service port's name, or its number when it has no name.
+    pub port: String,
+}
+
+impl BackendKey {
+    /// Whether `name` is this key as displayed (`ns/svc:port`), without
+    /// building the string (checked on the request path).
+    pub fn is_named(&self, name: &str) -> bool {
+        name.strip_prefix(self.namespace.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| r.strip_prefix(self.service.as_str()))
+            .and_then(|r| r.strip_prefix(':'))
+            == Some(self.port.as_str())
+    }
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
+    }
+}
+
+/// Lifecycle of an endpoint, from EndpointSlice conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointState {
+    /// `ready`: takes new traffic.
+    Ready,
+    /// `serving && terminating`: used only when no endpoint is ready.
+    ServingTerminating,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointSpec {
+    pub addr: SocketAddr,
+    pub state: EndpointState,
+    /// `targetRef` name (usually the pod), for explain and logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// `sessionAffinity: ClientIP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClientIpAffinity {
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+/// What translation says about an upstream; runtime state is added at publish.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendSpec {
+    pub key: BackendKey,
+    pub endpoints: Vec<EndpointSpec>,
+    pub policy: PolicyKind,
+    pub affinity: Option<ClientIpAffinity>,
+    /// Plugins the Service asks for (`portico.io/plugins`), in order.
+    pub plugins: Vec<String>,
+    /// Scoped listener plugins (`applies_to`) whose scope the Service
+    /// matches: HTTP ones for routes to it, TCP ones for its L4 listeners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scoped_http: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scoped_tcp: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for L4Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            L4Protocol::Tcp => "tcp",
+            L4Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Identity of an L4 listener: protocol and bind address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct L4ListenerKey {
+    pub protocol: L4Protocol,
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for L4ListenerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.protocol, self.addr)
+    }
+}
+
+/// Translation output before runtime state is attached: pure data, easy to
+/// compare in tests.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotSpec {
+    pub routes: RouteTable,
+    pub backends: BTreeMap<BackendKey, BackendSpec>,
+    /// L4 listener → the backend it forwards to.
+    pub l4: BTreeMap<L4ListenerKey, BackendKey>,
+    pub certs: CertStore,
+    /// Every problem, sorted.
+    pub problems: Vec<Problem>,
+    /// The subset of `problems` found while building each Service's
+    /// backends, so an endpoint-only refresh can replace just those.
+    pub backend_problems: BTreeMap<crate::store::ObjectKey, Vec<Problem>>,
+}
+
+/// The published, immutable view the data plane reads.
+pub struct Snapshot {
+    pub generation: u64,
+    pub routes: RouteTable,
+    pub pools: BTreeMap<BackendKey, Arc<Pool>>,
+    pub l4: BTreeMap<L4ListenerKey, BackendKey>,
+    pub certs: CertStore,
+    pub problems: Vec<Problem>,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Snapshot {
+            generation: 0,
+            routes: RouteTable::default(),
+            pools: BTreeMap::new(),
+            l4: BTreeMap::new(),
+            certs: CertStore::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn pool(&self, key: &BackendKey) -> Option<&Arc<Pool>> {
+        self.pools.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKey;
+
+    #[test]
+    fn is_named_matches_exactly_the_displayed_name() {
+        let k = BackendKey {
+            namespace: "shop".into(),
+            service: "web".into(),
+            port: "http".into(),
+        };
+        assert!(k.is_named(&k.to_string()));
+        for other in [
+            "shop/web:https",
+            "shop/web",
+            "shop/we:http",
+            "shopx/web:http",
+            "",
+        ] {
+            assert!(!k.is_named(other), "{other}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! `portico run`: load, check, publish the first snapshot, then serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::background_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::settings::{kube_settings, translate_settings};
+use crate::{demo, telemetry};
+use portico_dataplane::l4::{L4Manager, L4Settings};
+use portico_dataplane::proxy::http::HttpProxy;
+use portico_dataplane::shutdown::DrainingSignalWatch;
+use portico_dataplane::tls_accept::SniResolver;
+use portico_model::certs as tls;
+use portico_model::lb::HealthPolicy;
+use portico_model::problems::Problem;
+use portico_model::publish::Publisher;
+use portico_sources::kube as kube_source;
+use portico_sources::manifests;
+use portico_sources::pipeline::ManifestPipeline;
+
+/// Problems that stop `run` before it serves: the config and the manifest
+/// files themselves. Problems between objects (a missing Service, a
+/// certificate that does not cover its host) are served with their
+/// documented fallback and reported in logs, metrics and `/config`.
+pub fn load_problems(cfg: &Config) -> (manifests::ManifestSet, Vec<Problem>) {
+    let (set, mut problems) = manifests::read_dirs(&cfg.sources.manifests);
+    for f in set.values() {
+        problems.extend(f.problems.iter().filter(|p| p.is_error()).cloned());
+    }
+    let (_, dup) = manifests::build_store(&set);
+    problems.extend(dup);
+    (set, problems)
+}
+
+fn default_certificate(cfg: &Config) -> Result<tls::Certificate, String> {
+    match (&cfg.tls.default_certificate, &cfg.tls.default_key) {
+        (Some(c), Some(k)) => {
+            let crt = std::fs::read(c)
+                .map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))?;
+            let key =
+                std::fs::read(k).map_err(|e| format!("{}: tls.default_key: {e}", k.display()))?;
+            tls::parse_pem(&crt, &key, &c.display().to_string())
+                .map_err(|e| format!("{}: tls.default_certificate: {e}", c.display()))
+        }
+        _ => tls::generate_default(),
+    }
+}
+
+/// Fails early, with the config key, when a listener address is taken.
+fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
+    for (addr, key) in addrs {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
+    telemetry::init_logging(&cfg.log);
+    let metrics = telemetry::init_metrics()?;
+    telemetry::describe_metrics();
+
+    // The Kubernetes source replaces the manifest folders; its credentials
+    // are checked before anything listens, so a bad kubeconfig fails here.
+    let kube_config = if cfg.kubernetes.wanted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let kc = rt.block_on(kube_source::client::config(&cfg.kubernetes))?;
+        tracing::info!(
+            credentials = %kube_source::client::describe_origin(&cfg.kubernetes),
+            server = %kc.cluster_url,
+            "Kubernetes source enabled; sources.manifests is not read"
+        );
+        if cfg.ingress.admission.is_none() {
+            tracing::warn!(
+                "ingress.admission is unset: every Ingress in the cluster is served and its \
+                 status written, whatever its class; load the ingress-class plugin to serve \
+                 only this controller's IngressClasses"
+            );
+        }
+        Some(kc)
+    } else {
+        None
+    };
+
+    // Taken before reading: a file written during the read counts as changed.
+    let loaded_at = std::time::SystemTime::now();
+    let (set, problems) = if kube_config.is_some() {
+        Default::default()
+    } else {
+        load_problems(&cfg)
+    };
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return Err(format!(
+            "{} problem(s) in the manifests; not serving",
+            problems.len()
+        ));
+    }
+    let mut binds: Vec<(SocketAddr, &str)> = vec![(cfg.admin.listen, "admin.listen")];
+    binds.extend(cfg.listen.http.iter().map(|a| (*a, "listen.http")));
+    binds.extend(cfg.listen.https.iter().map(|a| (*a, "listen.https")));
+    check_bindable(&binds)?;
+    let default_cert = default_certificate(&cfg)?;
+
+    // Plugins load before anything listens: one that does not compile,
+    // check or start stops `run` with the reason.
+    let (registry, plugin_errors) = portico_wasm::registry::load_all(&cfg.plugins, None);
+    if !plugin_errors.is_empty() {
+        for e in &plugin_errors {
+            eprintln!("{e}");
+        }
+        return Err(format!(
+            "{} plugin(s) failed to load; not serving",
+            plugin_errors.len()
+        ));
+    }
+    for p in registry.plugins.values() {
+        tracing::info!(plugin = %p.name, path = %p.path.display(), abi = ?p.info.abi, fail = ?p.fail, "plugin loaded");
+    }
+    let registry = Arc::new(arc_swap::ArcSwap::from_pointee(registry));
+    portico_wasm::install_control(
+        &cfg.ingress,
+        cfg.kubernetes.load_balancer_plugin.as_deref(),
+        &registry,
+    );
+    portico_wasm::main_vm::spawn(registry.clone())?;
+
+    let health = HealthPolicy {
+        failure_threshold: cfg.lb.failure_threshold,
+        cooldown: Duration::from_millis(cfg.lb.cooldown_ms),
+    };
+    let publisher = Arc::new(Publisher::new(health));
+    let snapshots = publisher.handle();
+    portico_wasm::callout::set_resolver(Arc::new(move |name: &str| {
+        portico_dataplane::proxy::http::pick_backend(&snapshots.load(), name)
+    }));
+    let pipeline = ManifestPipeline::new(
+        cfg.sources.manifests.clone(),
+        cfg.dns.clone(),
+        translate_settings(&cfg),
+        publisher.clone(),
+        set,
+        loaded_at,
+    );
+    if kube_config.is_none() {
+        pipeline.apply();
+    }
+
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let conf = ServerConf {
+        threads,
+        // Plugin instances are per worker thread and a request's phases
+        // must run where its contexts live: one single-threaded runtime
+        // per worker (also Pingora's faster mode).
+        work_stealing: false,
+        grace_period_seconds: Some(cfg.shutdown.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let proxy = HttpProxy::new(
+        publisher.handle(),
+        registry.clone(),
+        cfg.proxy.clone(),
+        cfg.log.access_log,
+    );
+    let mut l7 =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
+    if let Some(app) = l7.app_logic_mut() {
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2c = cfg.listen.h2c;
+        app.server_options = Some(opts);
+    }
+    for addr in &cfg.listen.http {
+        l7.add_tcp(&addr.to_string());
+    }
+    for addr in &cfg.listen.https {
+        let mut tls_settings =
+            TlsSettings::with_callbacks(Box::new(portico_dataplane::proxy::http::SniRecorder))
+                .map_err(|e| e.to_string())?;
+        tls_settings.set_cert_resolver(Arc::new(SniResolver::new(
+            publisher.handle(),
+            default_cert.clone(),
+        )));
+        tls_settings.enable_h2();
+        l7.add_tls_with_settings(&addr.to_string(), None, tls_settings);
+    }
+    server.add_service(l7);
+
+    let mut admin = Service::new(
+        "portico-admin".to_string(),
+        Admin {
+            publisher: publisher.clone(),
+            metrics,
+            l7_listeners: cfg.listen.l7(),
+            plugins: registry.clone(),
+        },
+    );
+    admin.add_tcp(&cfg.admin.listen.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "l4",
+        L4Manager::new(
+            publisher.handle(),
+            registry.clone(),
+            publisher.subscribe(),
+            L4Settings::from(&cfg.l4),
+        ),
+    ));
+    match kube_config {
+        Some(kc) => server.add_service(background_service(
+            "kubernetes",
+            kube_source::KubeSource::new(
+                kube_settings(&cfg),
+                translate_settings(&cfg),
+                kc,
+                publisher.clone(),
+            ),
+        )),
+        None => server.add_service(background_service("manifests", pipeline)),
+    };
+    if cfg.plugins.reload && !cfg.plugins.load.is_empty() {
+        server.add_service(background_service(
+            "plugin-reload",
+            portico_wasm::reload::PluginReloader {
+                registry: registry.clone(),
+                config: cfg.plugins.clone(),
+                config_file: config_file.clone().map(|f| {
+                    let read: portico_wasm::reload::ReadPluginsConfig =
+                        Arc::new(|f| crate::config::load(Some(f)).map(|(c, _)| c.plugins));
+                    (f, read)
+                }),
+            },
+        ));
+    }
+    if !cfg.demo.echo.is_empty() {
+        server.add_service(background_service(
+            "demo-echo",
+            demo::EchoService::new(cfg.demo.echo.clone()),
+        ));
+    }
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        http = ?cfg.listen.http,
+        https = ?cfg.listen.https,
+        admin = %cfg.admin.listen,
+        manifests = ?cfg.sources.manifests.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "portico serving"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingSignalWatch {
+            grace: Duration::from_secs(cfg.shutdown.grace_period_seconds),
+            on_exit: || {},
+        }),
+    });
+    Ok(())
+}
+
+/// `portico check`: every problem in config, manifests and translation.
+pub fn check(cfg: &Config) -> Vec<Problem> {
+    let (set, mut problems) = manifests::read_dirs(&cfg.sources.manifests);
+    for f in set.values() {
+        problems.extend(f.problems.iter().cloned());
+    }
+    let (store, dup) = manifests::build_store(&set);
+    problems.extend(dup);
+    let spec = portico_translate::translate(&store, &translate_settings(cfg));
+    problems.extend(spec.problems);
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+/// Manifest folders: the config's, plus any given on the command line.
+pub fn with_manifest_dirs(mut cfg: Config, extra: &[PathBuf]) -> Config {
+    if !extra.is_empty() {
+        cfg.sources.manifests = extra.to_vec();
+    }
+    cfg
+}

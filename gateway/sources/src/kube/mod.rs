@@ -1,0 +1,366 @@
+//! The Kubernetes source: watches the API into the store, translates and
+//! publishes; the leader also writes status and Events back.
+//!
+//! Data flows one way: watchers (`watch`) → `Update`s → `ClusterState` (the
+//! store) → the same pure translation as the manifests source → publish.
+//! Nothing downstream of the store knows the objects came from an API.
+
+pub mod client;
+pub mod events;
+pub mod leader;
+pub mod node;
+pub mod state;
+pub mod status;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use crate::config::{DnsConfig, KubernetesConfig};
+use portico_model::control::LoadBalancerAddresses;
+use portico_model::problems::Problem;
+use portico_model::publish::Publisher;
+use portico_model::snapshot::SnapshotSpec;
+use portico_model::store::{AnyObject, ObjectKey};
+use portico_translate::Settings;
+use state::{ClusterState, Effect, Kind, Update};
+use watch::{Lenient, Malformed, Report};
+
+/// Everything the source, the status writer and the event reporter share.
+pub struct Shared {
+    inner: Mutex<Inner>,
+}
+
+pub struct Inner {
+    pub cluster: ClusterState,
+    pub settings: Settings,
+    pub spec: SnapshotSpec,
+    logged: Vec<Problem>,
+    /// Objects the API sent that could not be decoded, by kind and key.
+    malformed: BTreeMap<(&'static str, ObjectKey), Malformed>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the Kubernetes source needs from the process configuration.
+pub struct KubeSettings {
+    pub kubernetes: KubernetesConfig,
+    pub dns: DnsConfig,
+    /// `node.addresses`: when set, the Node's own addresses are not read.
+    pub node_addresses: Vec<std::net::IpAddr>,
+    /// `kubernetes.load_balancer_plugin`, when one is configured.
+    pub load_balancer: Option<Arc<dyn LoadBalancerAddresses>>,
+}
+
+pub struct KubeSource {
+    cfg: KubeSettings,
+    client_config: kube::Config,
+    publisher: Arc<Publisher>,
+    shared: Arc<Shared>,
+}
+
+impl KubeSource {
+    pub fn new(
+        cfg: KubeSettings,
+        settings: Settings,
+        client_config: kube::Config,
+        publisher: Arc<Publisher>,
+    ) -> Self {
+        KubeSource {
+            cfg,
+            client_config,
+            publisher,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    cluster: ClusterState::default(),
+                    settings,
+                    spec: SnapshotSpec::default(),
+                    logged: Vec::new(),
+                    malformed: BTreeMap::new(),
+                }),
+            }),
+        }
+    }
+
+    fn scope(&self) -> String {
+        match &self.cfg.kubernetes.namespace {
+            Some(ns) => format!("in namespace {ns}"),
+            None => "in all namespaces".into(),
+        }
+    }
+
+    fn api<K>(&self, client: &Client) -> Api<Lenient<K>>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match &self.cfg.kubernetes.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+
+    fn spawn_watchers(&self, client: &Client, tx: &mpsc::UnboundedSender<Report>) {
+        let scope = self.scope();
+        let wc = watcher::Config::default;
+        tokio::spawn(watch::run::<Service>(
+            self.api(client),
+            wc(),
+            scope.clone(),
+            Kind::Service,
+            |o| AnyObject::Service(Arc::new(o)),
+            tx.clone(),
+        ));
+        tokio::spawn(watch::run::<EndpointSlice>(
+            self.api(client),
+            wc(),
+            scope.clone(),
+            Kind::EndpointSlice,
+            |o| AnyObject::EndpointSlice(Arc::new(o)),
+            tx.clone(),
+        ));
+        tokio::spawn(watch::run::<Ingress>(
+            self.api(client),
+            wc(),
+            scope.clone(),
+            Kind::Ingress,
+            |o| AnyObject::Ingress(Arc::new(o)),
+            tx.clone(),
+        ));
+        tokio::spawn(watch::run::<IngressClass>(
+            Api::all(client.clone()),
+            wc(),
+            "(cluster-scoped)".into(),
+            Kind::IngressClass,
+            |o| AnyObject::IngressClass(Arc::new(o)),
+            tx.clone(),
+        ));
+        // Only TLS Secrets: the others are none of our business, and a
+        // cluster's Secrets can be large.
+        tokio::spawn(watch::run::<Secret>(
+            self.api(client),
+            wc().fields("type=kubernetes.io/tls"),
+            scope,
+            Kind::Secret,
+            |o| AnyObject::Secret(Arc::new(o)),
+            tx.clone(),
+        ));
+    }
+
+    /// Applies a batch of reports; publishes when the store is complete.
+    fn apply(
+        &self,
+        reports: Vec<Report>,
+        node_addresses: Option<Vec<IpAddr>>,
+        resolved: &crate::dns::Resolved,
+    ) -> Option<std::collections::BTreeSet<String>> {
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        let was_synced = inner.cluster.synced();
+        let mut effect = Effect::Nothing;
+        if *resolved != inner.settings.resolved_names {
+            inner.settings.resolved_names = resolved.clone();
+            effect = Effect::Full;
+        }
+        if let Some(addrs) = node_addresses {
+            if addrs != inner.settings.node_addresses {
+                tracing::info!(addresses = ?addrs, "edge node addresses");
+                inner.settings.node_addresses = addrs;
+                effect = Effect::Full;
+            }
+        }
+        for r in reports {
+            match r {
+                Report::Update(u) => {
+                    forget_malformed(&mut inner.malformed, &u);
+                    effect.merge(inner.cluster.apply(u));
+                }
+                Report::Malformed(m) => {
+                    let key = ObjectKey::new(
+                        m.meta.namespace.clone().unwrap_or_default(),
+                        m.meta.name.clone().unwrap_or_default(),
+                    );
+                    inner.malformed.insert((m.kind, key), m);
+                    effect.merge(Effect::Full);
+                }
+            }
+        }
+        // Only a Service change can change the names, and every Service
+        // change is a full one: endpoint-only batches skip the scan.
+        let names = matches!(effect, Effect::Full)
+            .then(|| portico_translate::backend::external_names(&inner.cluster.store));
+        if !inner.cluster.synced() {
+            return names;
+        }
+        let started = std::time::Instant::now();
+        let rebuilt = match effect {
+            Effect::Nothing if was_synced => return names,
+            Effect::Endpoints(services) if was_synced => {
+                let Inner {
+                    spec,
+                    cluster,
+                    settings,
+                    ..
+                } = inner;
+                Some(portico_translate::refresh_endpoints(
+                    spec,
+                    &cluster.store,
+                    settings,
+                    &services,
+                ))
+            }
+            _ => {
+                inner.spec = portico_translate::translate(&inner.cluster.store, &inner.settings);
+                None
+            }
+        };
+        metrics::histogram!("portico_translate_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let mut problems = inner.spec.problems.clone();
+        problems.extend(inner.malformed.values().map(malformed_problem));
+        problems.sort();
+        problems.dedup();
+        inner.logged = portico_model::problems::log_new(&problems, &inner.logged);
+        let mut spec = inner.spec.clone();
+        spec.problems = problems;
+        match rebuilt {
+            Some(keys) => self.publisher.publish_incremental(spec, &keys),
+            None => self.publisher.publish(spec),
+        };
+        if !was_synced {
+            self.publisher.mark_ready();
+        }
+        names
+    }
+}
+
+/// A good version of a once-malformed object (or its deletion) ends the
+/// problem.
+fn forget_malformed(malformed: &mut BTreeMap<(&'static str, ObjectKey), Malformed>, u: &Update) {
+    if malformed.is_empty() {
+        return;
+    }
+    match u {
+        Update::Apply(o) | Update::Delete(o) => {
+            malformed.remove(&(o.kind(), o.key()));
+        }
+        // A relist re-reports the malformed objects that are still there.
+        Update::Reset(kind, _) => malformed.retain(|(k, _), _| *k != kind.name()),
+    }
+}
+
+pub fn malformed_problem(m: &Malformed) -> Problem {
+    let ns = m.meta.namespace.as_deref().unwrap_or_default();
+    let name = m.meta.name.as_deref().unwrap_or("<unnamed>");
+    let location = if ns.is_empty() {
+        format!("{} {name}", m.kind)
+    } else {
+        format!("{} {ns}/{name}", m.kind)
+    };
+    Problem::error(
+        location,
+        format!(
+            "cannot be read as {} {}: {}; skipped (its last good version, if any, stays)",
+            m.api_version, m.kind, m.error
+        ),
+    )
+    .with_reason(events::REASON_MALFORMED)
+}
+
+#[async_trait]
+impl BackgroundService for KubeSource {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = match client::client(self.client_config.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        tracing::info!(
+            server = %self.client_config.cluster_url,
+            scope = %self.scope(),
+            "Kubernetes source: listing and watching Services, EndpointSlices, Ingresses, \
+             IngressClasses and TLS Secrets"
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+        self.spawn_watchers(&client, &tx);
+        let (node_tx, mut node_rx) = tokio::sync::watch::channel::<Option<Vec<IpAddr>>>(None);
+        let node_name = self
+            .cfg
+            .kubernetes
+            .node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty());
+        match node_name {
+            Some(name) if self.cfg.node_addresses.is_empty() => {
+                tokio::spawn(node::run(client.clone(), name, node_tx.clone()));
+            }
+            Some(_) => {
+                tracing::info!("node.addresses is set; the Node's own addresses are not read")
+            }
+            None if self.cfg.node_addresses.is_empty() => tracing::warn!(
+                "no node name (kubernetes.node_name or NODE_NAME) and no node.addresses: \
+                 NodePort listeners and default status addresses are unavailable"
+            ),
+            None => {}
+        }
+        let writer = status::Writer::new(
+            client.clone(),
+            &self.cfg.kubernetes,
+            self.cfg.load_balancer.clone(),
+            self.shared.clone(),
+            self.publisher.clone(),
+        );
+        let mut writer_shutdown = shutdown.clone();
+        tokio::spawn(async move { writer.run(&mut writer_shutdown).await });
+
+        let (names_tx, mut resolved_rx) = crate::dns::spawn(&self.cfg.dns);
+        let debounce = Duration::from_millis(self.cfg.kubernetes.debounce_ms);
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => match r { Some(r) => Some(r), None => break },
+                // Never closed: `node_tx` lives as long as this loop.
+                _ = node_rx.changed() => None,
+                // Never closed while `names_tx` lives.
+                _ = resolved_rx.changed() => None,
+                _ = shutdown.changed() => break,
+            };
+            // A burst (a rollout, a relist) is applied as one publish.
+            if !debounce.is_zero() {
+                tokio::time::sleep(debounce).await;
+            }
+            let mut batch: Vec<Report> = first.into_iter().collect();
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+            }
+            let node = node_rx.borrow_and_update().clone();
+            let resolved = resolved_rx.borrow_and_update().clone();
+            let Some(names) = self.apply(batch, node, &resolved) else {
+                continue;
+            };
+            names_tx.send_if_modified(|cur| {
+                let changed = *cur != names;
+                *cur = names;
+                changed
+            });
+        }
+        drop(node_tx);
+    }
+}

@@ -1,0 +1,337 @@
+//! The cluster state as the watchers report it, and what each change means
+//! for translation: nothing, an endpoints-only refresh, or a full pass.
+//!
+//! Pure: the watchers turn API events into `Update`s, this module folds them
+//! into the store; the source decides how to translate from the `Effect`.
+
+use std::collections::BTreeSet;
+
+use portico_model::store::{AnyObject, ObjectKey, Store};
+use portico_translate::backend::SERVICE_NAME_LABEL;
+
+/// The kinds watched into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Ingress,
+    IngressClass,
+    Secret,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Ingress,
+        Kind::IngressClass,
+        Kind::Secret,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Secret => "Secret",
+        }
+    }
+
+    pub fn of(obj: &AnyObject) -> Kind {
+        match obj {
+            AnyObject::Service(_) => Kind::Service,
+            AnyObject::EndpointSlice(_) => Kind::EndpointSlice,
+            AnyObject::Ingress(_) => Kind::Ingress,
+            AnyObject::IngressClass(_) => Kind::IngressClass,
+            AnyObject::Secret(_) => Kind::Secret,
+        }
+    }
+}
+
+/// One change reported by a watcher.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A full (re)list of one kind: replaces every object of that kind.
+    Reset(Kind, Vec<AnyObject>),
+    Apply(AnyObject),
+    Delete(AnyObject),
+}
+
+/// What a batch of updates asks translation to do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Effect {
+    #[default]
+    Nothing,
+    /// Only the EndpointSlices of these Services changed.
+    Endpoints(BTreeSet<ObjectKey>),
+    Full,
+}
+
+impl Effect {
+    pub fn merge(&mut self, other: Effect) {
+        *self = match (std::mem::take(self), other) {
+            (Effect::Full, _) | (_, Effect::Full) => Effect::Full,
+            (Effect::Nothing, e) | (e, Effect::Nothing) => e,
+            (Effect::Endpoints(mut a), Effect::Endpoints(b)) => {
+                a.extend(b);
+                Effect::Endpoints(a)
+            }
+        };
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub store: Store,
+    synced: BTreeSet<Kind>,
+}
+
+impl ClusterState {
+    /// True once every kind has been listed at least once.
+    pub fn synced(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    pub fn apply(&mut self, update: Update) -> Effect {
+        match update {
+            Update::Reset(kind, objects) => {
+                self.synced.insert(kind);
+                self.clear(kind);
+                for o in objects {
+                    self.store.insert(o, None);
+                }
+                Effect::Full
+            }
+            Update::Apply(obj) => {
+                let effect = self.effect_of_apply(&obj);
+                self.store.insert(obj, None);
+                effect
+            }
+            Update::Delete(obj) => {
+                let key = obj.key();
+                let existed = self.remove(Kind::of(&obj), &key);
+                match (existed, &obj) {
+                    (false, _) => Effect::Nothing,
+                    (true, AnyObject::EndpointSlice(s)) => endpoints_of(&key, s),
+                    (true, _) => Effect::Full,
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self, kind: Kind) {
+        let s = &mut self.store;
+        match kind {
+            Kind::Service => s.services.clear(),
+            Kind::EndpointSlice => s.endpoint_slices.clear(),
+            Kind::Ingress => s.ingresses.clear(),
+            Kind::IngressClass => s.ingress_classes.clear(),
+            Kind::Secret => s.secrets.clear(),
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, key: &ObjectKey) -> bool {
+        let s = &mut self.store;
+        match kind {
+            Kind::Service => s.services.remove(key).is_some(),
+            Kind::EndpointSlice => s.endpoint_slices.remove(key).is_some(),
+            Kind::Ingress => s.ingresses.remove(key).is_some(),
+            Kind::IngressClass => s.ingress_classes.remove(key).is_some(),
+            Kind::Secret => s.secrets.remove(key).is_some(),
+        }
+    }
+
+    /// Status-only updates (our own status writes come back this way) and
+    /// resyncs of unchanged objects cost nothing; EndpointSlice changes
+    /// cost their Services only.
+    fn effect_of_apply(&self, obj: &AnyObject) -> Effect {
+        let key = obj.key();
+        let s = &self.store;
+        match obj {
+            AnyObject::EndpointSlice(new) => {
+                let mut e = endpoints_of(&key, new);
+                if let Some(old) = s.endpoint_slices.get(&key) {
+                    if old.object.endpoints == new.endpoints
+                        && old.object.ports == new.ports
+                        && old.object.address_type == new.address_type
+                        && old.object.metadata.labels == new.metadata.labels
+                    {
+                        return Effect::Nothing;
+                    }
+                    e.merge(endpoints_of(&key, &old.object));
+                }
+                e
+            }
+            AnyObject::Ingress(new) => match s.ingresses.get(&key) {
+                Some(old)
+                    if old.object.spec == new.spec
+                        && old.object.metadata.annotations == new.metadata.annotations
+                        && old.object.metadata.creation_timestamp
+                            == new.metadata.creation_timestamp =>
+                {
+                    Effect::Nothing
+                }
+                _ => Effect::Full,
+            },
+            AnyObject::Secret(new) => match s.secrets.get(&key) {
+                Some(old)
+                    if old.object.data == new.data
+                        && old.object.string_data == new.string_data
+                        && old.object.type_ == new.type_ =>
+                {
+                    Effect::Nothing
+                }
+                _ => Effect::Full,
+            },
+            AnyObject::Service(new) => match s.services.get(&key) {
+                Some(old)
+                    if old.object.spec == new.spec
+                        && old.object.status == new.status
+                        && old.object.metadata.annotations == new.metadata.annotations =>
+                {
+                    Effect::Nothing
+                }
+                _ => Effect::Full,
+            },
+            AnyObject::IngressClass(new) => match s.ingress_classes.get(&key) {
+                Some(old)
+                    if old.object.spec == new.spec
+                        && old.object.metadata.annotations == new.metadata.annotations =>
+                {
+                    Effect::Nothing
+                }
+                _ => Effect::Full,
+            },
+        }
+    }
+}
+
+/// The Service an EndpointSlice belongs to; a slice without the label is
+/// read by nothing.
+fn endpoints_of(key: &ObjectKey, slice: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Effect {
+    match slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+    {
+        Some(svc) => Effect::Endpoints(BTreeSet::from([ObjectKey::new(
+            key.namespace.clone(),
+            svc.clone(),
+        )])),
+        None => Effect::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn obj(yaml: &str) -> AnyObject {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "Service" => AnyObject::Service(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "EndpointSlice" => {
+                AnyObject::EndpointSlice(Arc::new(serde_yaml::from_value(v).unwrap()))
+            }
+            "Ingress" => AnyObject::Ingress(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "Secret" => AnyObject::Secret(Arc::new(serde_yaml::from_value(v).unwrap())),
+            k => panic!("{k}"),
+        }
+    }
+
+    fn slice(name: &str, svc: &str, ip: &str) -> AnyObject {
+        obj(&format!(
+            "kind: EndpointSlice\napiVersion: discovery.k8s.io/v1\nmetadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{ip}\"]}}]\n"
+        ))
+    }
+
+    fn synced() -> ClusterState {
+        let mut st = ClusterState::default();
+        for k in Kind::ALL {
+            st.apply(Update::Reset(k, vec![]));
+        }
+        st
+    }
+
+    fn services(names: &[&str]) -> Effect {
+        Effect::Endpoints(names.iter().map(|n| ObjectKey::new("ns", *n)).collect())
+    }
+
+    #[test]
+    fn synced_only_after_every_kind_listed() {
+        let mut st = ClusterState::default();
+        for k in &Kind::ALL[..4] {
+            st.apply(Update::Reset(*k, vec![]));
+            assert!(!st.synced());
+        }
+        st.apply(Update::Reset(Kind::Secret, vec![]));
+        assert!(st.synced());
+    }
+
+    #[test]
+    fn slice_changes_touch_only_their_services() {
+        let mut st = synced();
+        assert_eq!(
+            st.apply(Update::Apply(slice("a-1", "a", "10.0.0.1"))),
+            services(&["a"])
+        );
+        // Same content again (a resync): nothing to do.
+        assert_eq!(
+            st.apply(Update::Apply(slice("a-1", "a", "10.0.0.1"))),
+            Effect::Nothing
+        );
+        // Moved to another Service: both are refreshed.
+        assert_eq!(
+            st.apply(Update::Apply(slice("a-1", "b", "10.0.0.1"))),
+            services(&["a", "b"])
+        );
+        assert_eq!(
+            st.apply(Update::Delete(slice("a-1", "b", "10.0.0.1"))),
+            services(&["b"])
+        );
+        assert!(st.store.endpoint_slices.is_empty());
+        // Deleting what is not there changes nothing.
+        assert_eq!(
+            st.apply(Update::Delete(slice("a-1", "b", "10.0.0.1"))),
+            Effect::Nothing
+        );
+    }
+
+    #[test]
+    fn ingress_status_only_update_is_free_but_spec_change_is_not() {
+        let mut st = synced();
+        let ing = "kind: Ingress\napiVersion: networking.k8s.io/v1\nmetadata: {name: i, namespace: ns}\nspec: {defaultBackend: {service: {name: a, port: {number: 80}}}}\n";
+        assert_eq!(st.apply(Update::Apply(obj(ing))), Effect::Full);
+        let with_status =
+            format!("{ing}status: {{loadBalancer: {{ingress: [{{ip: \"192.0.2.1\"}}]}}}}\n");
+        assert_eq!(st.apply(Update::Apply(obj(&with_status))), Effect::Nothing);
+        let changed = ing.replace("number: 80", "number: 81");
+        assert_eq!(st.apply(Update::Apply(obj(&changed))), Effect::Full);
+    }
+
+    #[test]
+    fn effects_merge_with_full_winning() {
+        let mut e = Effect::Nothing;
+        e.merge(services(&["a"]));
+        e.merge(services(&["b"]));
+        assert_eq!(e, services(&["a", "b"]));
+        e.merge(Effect::Full);
+        e.merge(services(&["c"]));
+        assert_eq!(e, Effect::Full);
+    }
+
+    #[test]
+    fn reset_replaces_the_kind() {
+        let mut st = synced();
+        st.apply(Update::Apply(slice("a-1", "a", "10.0.0.1")));
+        st.apply(Update::Reset(
+            Kind::EndpointSlice,
+            vec![slice("b-1", "b", "10.0.0.2")],
+        ));
+        let keys: Vec<_> = st.store.endpoint_slices.keys().cloned().collect();
+        assert_eq!(keys, vec![ObjectKey::new("ns", "b-1")]);
+    }
+}
