@@ -86,7 +86,12 @@ def port_free(port):
             sys.exit(f"bench: 127.0.0.1:{port} is already in use (a leftover proxy or backend?); stop it first")
 
 
+# Set by --callgrind: proxies run under valgrind, which starts them slowly.
+WAIT_SCALE = 1
+
+
 def wait_port(port, timeout=15.0):
+    timeout *= WAIT_SCALE
     end = time.time() + timeout
     while time.time() < end:
         try:
@@ -141,8 +146,13 @@ class Stack:
         self.work = work
         self.portico_bin = portico_bin
         self.procs = {}
+        # --callgrind: these targets run under valgrind's callgrind.
+        self.callgrind = set()
 
     def spawn(self, name, cmd, core, **kw):
+        if name in self.callgrind:
+            cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--dump-instr=no",
+                   f"--callgrind-out-file={self.work}/callgrind.{name}.%p"] + cmd
         full = ["taskset", "-c", core] + cmd
         log_file = open(os.path.join(self.work, f"{name}.log"), "w")
         p = subprocess.Popen(full, stdout=log_file, stderr=subprocess.STDOUT, **kw)
@@ -151,6 +161,14 @@ class Stack:
 
     def pids(self, name):
         return children_pids(self.procs[name].pid)
+
+    def stop_one(self, name):
+        p = self.procs.pop(name)
+        p.send_signal(signal.SIGINT if name.startswith("portico") else signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
     def stop(self):
         for name, p in self.procs.items():
@@ -278,8 +296,12 @@ endpoints: [{{addresses: [127.0.0.1]}}]
         p = PORTS["nginx"]
         conf = os.path.join(self.work, "proxy-nginx.conf")
         with open(conf, "w") as f:
+            # Under callgrind, one process (the worker's dump is lost when
+            # the master stops it).
+            single = "master_process off;" if "nginx" in self.callgrind else ""
             f.write(f"""
 worker_processes 1;
+{single}
 daemon off;
 pid {self.work}/nginx.pid;
 error_log {self.work}/nginx-error.log;
@@ -578,8 +600,61 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+CALLGRIND_TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy"]
+
+
+def callgrind_run(stack, requests, crt, key):
+    """Instructions per request of each target in CALLGRIND_TARGETS, each
+    started alone under callgrind twice: once serving `requests` HTTP/1.1
+    keep-alive requests over 8 connections (h2load --h1), once twice as
+    many, both after the same warm-up; the difference of the two runs'
+    totals over `requests` is the cost of a request, without start-up and
+    shutdown. Instruction counts do not depend on the machine's load, so
+    these figures compare builds across runs where timings cannot."""
+    starts = {"portico": lambda: stack.start_portico(),
+              "portico-default": lambda: stack.start_portico("portico-default", default_config=True),
+              "pingora": lambda: stack.start_pingora(crt, key),
+              "nginx": lambda: stack.start_nginx(crt, key), "haproxy": lambda: stack.start_haproxy()}
+    out = {}
+    for t in CALLGRIND_TARGETS:
+        totals = []
+        for n in (requests, 2 * requests):
+            for f in os.listdir(stack.work):
+                if f.startswith(f"callgrind.{t}."):
+                    os.remove(os.path.join(stack.work, f))
+            starts[t]()
+            url = f"http://127.0.0.1:{PORTS[t]['http']}/"
+            load = ["h2load", "--h1", "-c8", "-t1", url]
+            client(load + ["-n", "200"], 600)
+            res = parse_h2load(client(load + ["-n", str(n)], 1200))
+            if res.get("failed"):
+                raise RuntimeError(f"callgrind {t}: {res['failed']} requests failed")
+            stack.stop_one(t)
+            total = 0
+            for f in os.listdir(stack.work):
+                if f.startswith(f"callgrind.{t}."):
+                    with open(os.path.join(stack.work, f)) as fh:
+                        for line in fh:
+                            if line.startswith("totals:") or line.startswith("summary:"):
+                                total += int(line.split()[1])
+                                break
+            totals.append(total)
+        out[t] = (totals[1] - totals[0]) / requests
+        log(f"callgrind {t:10} {out[t]:,.0f} instructions per request")
+    return out
+
+
+def callgrind_table(per_req):
+    base = per_req.get("nginx")
+    lines = ["\n### Instructions per HTTP/1.1 keep-alive request (callgrind)\n",
+             "| target | instructions per request | x nginx |", "|---|---|---|"]
+    for t, ir in per_req.items():
+        lines.append(f"| {NAMES[t]} | {ir:,.0f} | {fmt(ir / base, 2) if base else '-'} |")
+    return "\n".join(lines)
+
+
 def main():
-    global LOAD_BIN
+    global LOAD_BIN, WAIT_SCALE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s per scenario: proves the harness works")
     ap.add_argument("--rounds", type=int, default=3)
@@ -590,6 +665,9 @@ def main():
                     help="the bare Pingora proxy (integration-tests/bench/pingora-floor)")
     ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins")
     ap.add_argument("--out", help="write the Markdown report here (default: RESULTS.md unless --quick)")
+    ap.add_argument("--callgrind", type=int, metavar="N",
+                    help="instead of timing: count instructions per request under callgrind over N requests "
+                         f"({', '.join(CALLGRIND_TARGETS)}; stable across runs on a noisy machine)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 1
@@ -612,6 +690,21 @@ def main():
     work = tempfile.mkdtemp(prefix="portico-bench-")
     stack = Stack(work, args.portico)
     stack.floor_bin = args.floor
+    if args.callgrind:
+        need("valgrind", "valgrind")
+        stack.callgrind = set(CALLGRIND_TARGETS)
+        WAIT_SCALE = 20
+        try:
+            crt, key = stack.cert()
+            stack.start_backend(crt, key)
+            text = callgrind_table(callgrind_run(stack, args.callgrind, crt, key))
+        finally:
+            stack.stop()
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        return
     bench = Bench(stack, args.duration)
     started = time.time()
     try:

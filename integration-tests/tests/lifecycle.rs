@@ -402,3 +402,58 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     );
     assert!(gw.log().contains("drained; exiting"));
 }
+
+/// `portico run --manifests DIR` with the embedded default config serves
+/// the user's manifests: the quickstart's demo echo servers (which only
+/// the demo manifests point at) do not start and take no ports.
+#[test]
+fn the_default_config_with_other_manifests_starts_no_demo_servers() {
+    let backend = Echo::http("mine");
+    let dir = TempDir::new("default-cfg");
+    dir.write(
+        "app.yaml",
+        &(web(&[("web-1", backend.http)])
+            + &yaml::ingress(
+                "default",
+                "web",
+                &[("mine.test", "/", "Prefix", "web", "http")],
+                "",
+            )),
+    );
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let mut child = std::process::Command::new(portico_bin())
+        .args(["run", "--manifests", dir.path().to_str().unwrap()])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--https", &format!("127.0.0.1:{https}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .env("PORTICO_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        match http_get(admin, "admin", "/readyz") {
+            Ok(r) if r.status == 200 => break true,
+            _ if Instant::now() > end => break false,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let served = ready && http_get(http, "mine.test", "/").is_ok_and(|r| r.status == 200);
+    let demo_ports: Vec<bool> = [18081, 18082]
+        .iter()
+        .map(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ready,
+        "portico did not become ready with the embedded config"
+    );
+    assert!(served, "the user's Ingress is served");
+    assert_eq!(
+        demo_ports,
+        [false, false],
+        "demo echo servers took their ports"
+    );
+}

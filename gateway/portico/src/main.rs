@@ -112,7 +112,12 @@ enum Command {
 }
 
 fn load(sources: &Sources) -> Result<Config, String> {
-    let (cfg, _) = config::load(sources.config.as_deref())?;
+    let (mut cfg, origin) = config::load(sources.config.as_deref())?;
+    // The embedded default's echo servers serve its demo manifests: with
+    // other manifests they would only take ports nobody asked for.
+    if matches!(origin, config::ConfigOrigin::Embedded) && !sources.manifests.is_empty() {
+        cfg.demo.echo.clear();
+    }
     Ok(run::with_manifest_dirs(cfg, &sources.manifests))
 }
 

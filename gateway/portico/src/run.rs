@@ -226,6 +226,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
             L4Settings::from(&cfg.l4),
         ),
     ));
+    let kube_mode = kube_config.is_some();
     match kube_config {
         Some(kc) => server.add_service(background_service(
             "kubernetes",
@@ -252,7 +253,11 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
             },
         ));
     }
-    if !cfg.demo.echo.is_empty() {
+    // Quickstart only: the demo manifests point at these; a cluster's
+    // objects never do.
+    if !cfg.demo.echo.is_empty() && kube_mode {
+        tracing::info!("demo.echo is not started with the Kubernetes source");
+    } else if !cfg.demo.echo.is_empty() {
         server.add_service(background_service(
             "demo-echo",
             demo::EchoService::new(cfg.demo.echo.clone()),
