@@ -31,17 +31,16 @@ done
 bash plugins/build.sh >/dev/null
 profile=release
 for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
-# The binaries, then the example apart: naming an example alone builds
-# only that example, and the binaries measured would be whatever an
-# earlier build left.
+# One cargo invocation over the whole workspace: features then unify as in
+# `cargo test --workspace`, so nothing is compiled twice. --bins as well:
+# naming an example alone builds only that example, and the binaries
+# measured would be whatever an earlier build left.
 if [ "$profile" = release ]; then
-  cargo build --release -p portico -p portico-load -p pingora-floor --bins
-  cargo build --release -p portico-wasm --example plugin_overhead
+  cargo build --release --workspace --bins --example plugin_overhead
   exec python3 integration-tests/bench/bench.py "$@"
 else
   # Quick mode proves the harness works; a debug build keeps CI short.
-  cargo build -p portico -p portico-load -p pingora-floor --bins
-  cargo build -p portico-wasm --example plugin_overhead
+  cargo build --workspace --bins --example plugin_overhead
   exec python3 integration-tests/bench/bench.py --portico target/debug/portico --load target/debug/portico-load \
     --floor target/debug/pingora-floor "$@"
 fi

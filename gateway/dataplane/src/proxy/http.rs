@@ -977,19 +977,28 @@ impl ProxyHttp for HttpProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client = client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let xff = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
-            _ => client,
+        // The client's address is formatted once, for both headers that
+        // carry it; the other values need no formatting at all.
+        let client = client_ip(session).map(|ip| ip.to_string());
+        let xff = match (
+            upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .filter(|prev| !prev.is_empty()),
+            client.as_deref(),
+        ) {
+            (Some(prev), Some(c)) => http::HeaderValue::try_from(format!("{prev}, {c}")),
+            (Some(prev), None) => http::HeaderValue::try_from(prev),
+            (None, c) => http::HeaderValue::try_from(c.unwrap_or_default()),
         };
+        let xff =
+            xff.map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-for"))?;
         upstream.insert_header("x-forwarded-for", xff)?;
-        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header(
+            "x-forwarded-proto",
+            http::HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        )?;
         upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
         // ingress-nginx sends these too; backends migrating from it read them.
         if let Some(port) = session
@@ -997,10 +1006,10 @@ impl ProxyHttp for HttpProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.port())
         {
-            upstream.insert_header("x-forwarded-port", port.to_string())?;
+            upstream.insert_header("x-forwarded-port", http::HeaderValue::from(port))?;
         }
-        if let Some(ip) = client_ip(session) {
-            upstream.insert_header("x-real-ip", ip.to_string())?;
+        if let Some(ip) = client {
+            upstream.insert_header("x-real-ip", ip)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
