@@ -75,6 +75,22 @@ impl pingora::listeners::TlsAccept for SniRecorder {
     }
 }
 
+/// A client that closes its connection (or stops reading) mid-request:
+/// not the gateway's error and nothing an operator can act on, yet
+/// Pingora logs it at ERROR, many lines a second when a load balancer or
+/// a load generator drops connections.
+fn client_went_away(e: &Error) -> bool {
+    *e.esource() == pingora::ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+        )
+}
+
 /// The listener-wide request metrics, resolved once (per-route ones live
 /// with the route).
 struct ListenerMetrics {
@@ -677,6 +693,14 @@ impl HttpProxy {
 #[async_trait]
 impl ProxyHttp for HttpProxy {
     type CTX = RequestCtx;
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        let gone = client_went_away(e);
+        if gone {
+            tracing::debug!(error = %e, "client went away mid-request");
+        }
+        gone
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -1361,6 +1385,22 @@ fn humantime_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_client_going_away_is_kept_out_of_the_error_log() {
+        assert!(client_went_away(&Error::new_down(
+            ErrorType::ConnectionClosed
+        )));
+        assert!(client_went_away(&Error::new_down(ErrorType::WriteError)));
+        assert!(
+            !client_went_away(&Error::new_up(ErrorType::ConnectionClosed)),
+            "an upstream that closes is logged"
+        );
+        assert!(
+            !client_went_away(&Error::new_down(ErrorType::InvalidHTTPHeader)),
+            "a malformed request is logged"
+        );
+    }
 
     #[test]
     fn timestamp_format() {
