@@ -160,6 +160,17 @@ fn http1_routing_forwarded_headers_and_error_statuses() {
     let m = gw.metrics();
     assert!(m.contains("portico_http_requests_total{listener=\"http\",route=\"default/routes\",code_class=\"2xx\"}"), "{m}");
     assert!(m.contains("code_class=\"5xx\""), "{m}");
+    // Per-route handles (resolved once per route) and the listener-wide
+    // ones, and the requests answered before routing, by reason.
+    assert!(
+        m.contains("portico_http_request_duration_seconds_count{listener=\"http\",route=\"default/routes\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portico_http_bytes_sent_total{listener=\"http\"}"),
+        "{m}"
+    );
+    assert!(m.contains("route=\"no-route\",code_class=\"4xx\""), "{m}");
     assert!(
         m.contains("portico_upstream_connect_errors_total{backend=\"default/dead:http\"}"),
         "{m}"
