@@ -72,6 +72,11 @@ enum Command {
         /// `proxy_on_configure` must accept it).
         #[arg(long = "plugin-config", value_name = "TEXT", default_value = "")]
         plugin_config: String,
+        /// The root id each `--plugin` is started with (`plugin_root_id`,
+        /// as `root_id` in `[[plugins.load]]`); default: its file name
+        /// without `.wasm`.
+        #[arg(long = "plugin-root-id", value_name = "ID")]
+        plugin_root_id: Option<String>,
     },
     /// Show which route, backend, endpoints and certificate a request gets.
     Explain {
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
             sources,
             plugins,
             plugin_config,
+            plugin_root_id,
         } => {
             let cfg = match load(&sources) {
                 Ok(c) => c,
@@ -188,7 +194,11 @@ fn main() -> ExitCode {
             for p in &problems {
                 println!("{p}");
             }
-            let mut plugin_errors = match check_plugins(&plugins, plugin_config.as_bytes()) {
+            let mut plugin_errors = match check_plugins(
+                &plugins,
+                plugin_config.as_bytes(),
+                plugin_root_id.as_deref(),
+            ) {
                 Ok(n) => n,
                 Err(e) => return fail(e),
             };
@@ -383,7 +393,7 @@ fn explain_online(
 
 /// Compiles and checks each plugin module; prints one line per problem, or
 /// what a good module is. Returns the number of errors.
-fn check_plugins(paths: &[PathBuf], config: &[u8]) -> Result<usize, String> {
+fn check_plugins(paths: &[PathBuf], config: &[u8], root_id: Option<&str>) -> Result<usize, String> {
     use portico_wasm::{host, sandbox::Limits, vm};
     if paths.is_empty() {
         return Ok(0);
@@ -400,6 +410,7 @@ fn check_plugins(paths: &[PathBuf], config: &[u8]) -> Result<usize, String> {
                     .unwrap_or_default();
                 let start = vm::Start {
                     name: &name,
+                    root_id: root_id.unwrap_or(&name),
                     vm_config: b"",
                     plugin_config: config,
                     limits: Limits::default(),

@@ -51,6 +51,7 @@ fn main() {
             name: "bench".into(),
             path: path.into(),
             config: String::new(),
+            root_id: None,
             fail: FailPolicy::Closed,
             deadline_ms: 5,
             memory_mib: 64,

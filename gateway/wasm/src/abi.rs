@@ -48,7 +48,11 @@ struct HostFn(&'static str, &'static str, &'static [T], Option<T>);
 use T::{I32, I64};
 
 const ENV: &str = "env";
-const WASI: &str = "wasi_snapshot_preview1";
+
+/// The module names WASI functions are imported under: preview 1, and the
+/// older `wasi_unstable` (snapshot 0) that the AssemblyScript SDK and older
+/// toolchains emit. Envoy's host registers every WASI function under both.
+pub const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
 
 #[rustfmt::skip]
 const HOST_FUNCTIONS: &[HostFn] = &[
@@ -108,24 +112,76 @@ const HOST_FUNCTIONS: &[HostFn] = &[
     HostFn(ENV, "proxy_get_property", &[I32, I32, I32, I32], Some(I32)),
     HostFn(ENV, "proxy_set_property", &[I32, I32, I32, I32], Some(I32)),
     HostFn(ENV, "proxy_call_foreign_function", &[I32, I32, I32, I32, I32, I32], Some(I32)),
-    // The WASI functions the spec lists.
-    HostFn(WASI, "fd_write", &[I32, I32, I32, I32], Some(I32)),
-    HostFn(WASI, "clock_time_get", &[I32, I64, I32], Some(I32)),
-    HostFn(WASI, "random_get", &[I32, I32], Some(I32)),
-    HostFn(WASI, "environ_sizes_get", &[I32, I32], Some(I32)),
-    HostFn(WASI, "environ_get", &[I32, I32], Some(I32)),
-    HostFn(WASI, "args_sizes_get", &[I32, I32], Some(I32)),
-    HostFn(WASI, "args_get", &[I32, I32], Some(I32)),
-    HostFn(WASI, "proc_exit", &[I32], None),
+];
+
+/// The WASI preview 1 functions, with their preview 1 signatures (snapshot
+/// 0 has the same ones for these). The set is the one Envoy's host
+/// registers: the spec lists only a few, but wasi-libc's start-up and stdio
+/// (C++ SDK), Go's runtime (TinyGo SDK) and AssemblyScript's `abort` reach
+/// for the others. The module name in each entry is filled in per module.
+#[rustfmt::skip]
+const WASI_FUNCTIONS: &[HostFn] = &[
+    HostFn("", "args_get", &[I32, I32], Some(I32)),
+    HostFn("", "args_sizes_get", &[I32, I32], Some(I32)),
+    HostFn("", "environ_get", &[I32, I32], Some(I32)),
+    HostFn("", "environ_sizes_get", &[I32, I32], Some(I32)),
+    HostFn("", "clock_res_get", &[I32, I32], Some(I32)),
+    HostFn("", "clock_time_get", &[I32, I64, I32], Some(I32)),
+    HostFn("", "fd_advise", &[I32, I64, I64, I32], Some(I32)),
+    HostFn("", "fd_allocate", &[I32, I64, I64], Some(I32)),
+    HostFn("", "fd_close", &[I32], Some(I32)),
+    HostFn("", "fd_datasync", &[I32], Some(I32)),
+    HostFn("", "fd_fdstat_get", &[I32, I32], Some(I32)),
+    HostFn("", "fd_fdstat_set_flags", &[I32, I32], Some(I32)),
+    HostFn("", "fd_fdstat_set_rights", &[I32, I64, I64], Some(I32)),
+    HostFn("", "fd_filestat_get", &[I32, I32], Some(I32)),
+    HostFn("", "fd_filestat_set_size", &[I32, I64], Some(I32)),
+    HostFn("", "fd_filestat_set_times", &[I32, I64, I64, I32], Some(I32)),
+    HostFn("", "fd_pread", &[I32, I32, I32, I64, I32], Some(I32)),
+    HostFn("", "fd_prestat_get", &[I32, I32], Some(I32)),
+    HostFn("", "fd_prestat_dir_name", &[I32, I32, I32], Some(I32)),
+    HostFn("", "fd_pwrite", &[I32, I32, I32, I64, I32], Some(I32)),
+    HostFn("", "fd_read", &[I32, I32, I32, I32], Some(I32)),
+    HostFn("", "fd_readdir", &[I32, I32, I32, I64, I32], Some(I32)),
+    HostFn("", "fd_renumber", &[I32, I32], Some(I32)),
+    HostFn("", "fd_seek", &[I32, I64, I32, I32], Some(I32)),
+    HostFn("", "fd_sync", &[I32], Some(I32)),
+    HostFn("", "fd_tell", &[I32, I32], Some(I32)),
+    HostFn("", "fd_write", &[I32, I32, I32, I32], Some(I32)),
+    HostFn("", "path_create_directory", &[I32, I32, I32], Some(I32)),
+    HostFn("", "path_filestat_get", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "path_filestat_set_times", &[I32, I32, I32, I32, I64, I64, I32], Some(I32)),
+    HostFn("", "path_link", &[I32, I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32], Some(I32)),
+    HostFn("", "path_readlink", &[I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "path_remove_directory", &[I32, I32, I32], Some(I32)),
+    HostFn("", "path_rename", &[I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "path_symlink", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "path_unlink_file", &[I32, I32, I32], Some(I32)),
+    HostFn("", "poll_oneoff", &[I32, I32, I32, I32], Some(I32)),
+    HostFn("", "proc_exit", &[I32], None),
+    HostFn("", "random_get", &[I32, I32], Some(I32)),
+    HostFn("", "sched_yield", &[], Some(I32)),
+    HostFn("", "sock_accept", &[I32, I32, I32], Some(I32)),
+    HostFn("", "sock_recv", &[I32, I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "sock_send", &[I32, I32, I32, I32, I32], Some(I32)),
+    HostFn("", "sock_shutdown", &[I32, I32], Some(I32)),
 ];
 
 fn spec_of(module: &str, name: &str) -> Option<&'static HostFn> {
+    if WASI_MODULES.contains(&module) {
+        return WASI_FUNCTIONS.iter().find(|f| f.1 == name);
+    }
     HOST_FUNCTIONS.iter().find(|f| f.0 == module && f.1 == name)
 }
 
 /// `(module, name)` of every function the host must provide.
 pub fn host_function_names() -> impl Iterator<Item = (&'static str, &'static str)> {
-    HOST_FUNCTIONS.iter().map(|f| (f.0, f.1))
+    HOST_FUNCTIONS.iter().map(|f| (f.0, f.1)).chain(
+        WASI_MODULES
+            .iter()
+            .flat_map(|m| WASI_FUNCTIONS.iter().map(move |f| (*m, f.1))),
+    )
 }
 
 /// Whether `f` has the signature the spec gives `module.name`.
@@ -308,12 +364,17 @@ pub fn check(module: &Module) -> Result<ModuleInfo, Vec<String>> {
         };
         match spec_of(imp.module(), imp.name()) {
             None => errors.push(format!(
-                "imports unknown function `{what}`: not part of proxy-wasm 0.2.1 or the WASI \
-                 functions it lists"
+                "imports unknown function `{what}`: not part of proxy-wasm 0.2.1 or WASI \
+                 preview 1 (`wasi_snapshot_preview1`, `wasi_unstable`)"
             )),
             Some(spec) if !matches(spec, &f) => errors.push(format!(
-                "imports `{what}` as {} but proxy-wasm 0.2.1 defines {}",
+                "imports `{what}` as {} but {} defines {}",
                 show_func(&f),
+                if WASI_MODULES.contains(&imp.module()) {
+                    "WASI preview 1"
+                } else {
+                    "proxy-wasm 0.2.1"
+                },
                 show(spec.2, spec.3)
             )),
             Some(_) => {
@@ -426,8 +487,38 @@ mod tests {
     #[test]
     fn table_has_no_duplicates() {
         let mut seen = BTreeSet::new();
-        for f in HOST_FUNCTIONS {
-            assert!(seen.insert((f.0, f.1)), "{}.{} twice", f.0, f.1);
+        for f in host_function_names() {
+            assert!(seen.insert(f), "{}.{} twice", f.0, f.1);
         }
+        assert_eq!(seen.len(), HOST_FUNCTIONS.len() + 2 * WASI_FUNCTIONS.len());
+    }
+
+    #[test]
+    fn wasi_is_accepted_under_both_module_names_with_its_signatures() {
+        let wat = GOOD.replace(
+            r#"(import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#,
+            r#"(import "wasi_unstable" "proc_exit" (func (param i32)))
+               (import "wasi_unstable" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "fd_close" (func (param i32) (result i32)))
+               (import "wasi_snapshot_preview1" "fd_seek" (func (param i32 i64 i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "fd_fdstat_get" (func (param i32 i32) (result i32)))"#,
+        );
+        let info = check(&module(&wat)).unwrap();
+        assert!(info.imports.contains("wasi_unstable.proc_exit"));
+        assert!(info.imports.contains("wasi_snapshot_preview1.fd_seek"));
+        let wrong = GOOD.replace(
+            r#"(import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#,
+            r#"(import "wasi_unstable" "fd_seek" (func (param i32 i32 i32 i32) (result i32)))
+               (import "wasi_snapshot_preview2" "fd_close" (func (param i32) (result i32)))"#,
+        );
+        let errors = check(&module(&wrong)).unwrap_err().join("\n");
+        assert!(
+            errors.contains("imports `wasi_unstable.fd_seek` as (i32, i32, i32, i32) -> i32"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("unknown function `wasi_snapshot_preview2.fd_close`"),
+            "{errors}"
+        );
     }
 }

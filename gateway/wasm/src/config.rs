@@ -53,6 +53,12 @@ pub struct PluginConfig {
     /// Handed to the plugin as its configuration (`proxy_on_configure`).
     #[serde(default)]
     pub config: String,
+    /// The root id the plugin sees (`plugin_root_id`): SDKs pick the root
+    /// context registered under it (the C++ and AssemblyScript SDKs'
+    /// `RegisterContextFactory`/`registerRootContext`), as Envoy's
+    /// `root_id`. Unset: the plugin's name.
+    #[serde(default)]
+    pub root_id: Option<String>,
     /// What a request gets when the plugin fails (trap, deadline, memory):
     /// `closed` answers 500, `open` skips the plugin.
     #[serde(default)]

@@ -43,8 +43,12 @@ mod errno {
     pub const BADF: i32 = 8;
     pub const FAULT: i32 = 21;
     pub const INVAL: i32 = 28;
+    pub const NOSYS: i32 = 52;
     pub const NOTSUP: i32 = 58;
 }
+
+/// WASI `rights::fd_write`.
+const RIGHT_FD_WRITE: u64 = 1 << 6;
 
 /// An HTTP response a plugin asked to send instead of proxying.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +306,6 @@ fn now_nanos() -> u64 {
 
 fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
     const E: &str = "env";
-    const W: &str = "wasi_snapshot_preview1";
 
     // Context lifecycle.
     l.func_wrap(E, "proxy_done", |mut c: C<'_>| {
@@ -921,6 +924,11 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             status_of(write_u32(&mut c, ret, id as u32))
         },
     )?;
+    // Envoy's semantics per metric type (kind 0 counter, 1 gauge, 2
+    // histogram): recording a counter adds to it (SDK counters rely on
+    // that), recording a gauge sets it, recording a histogram adds a
+    // sample; incrementing takes a positive step for a counter, any step
+    // for a gauge, and is refused for a histogram.
     fn update(id: i32, f: impl FnOnce(i32, i64) -> Option<i64>) -> i32 {
         let mut m = METRICS.lock().unwrap_or_else(|e| e.into_inner());
         let Some((plugin, name, kind, value)) = m.get_mut((id as u32 as usize).wrapping_sub(1))
@@ -931,19 +939,28 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             None => status::BAD_ARGUMENT,
             Some(v) => {
                 *value = v;
-                metrics::gauge!("portico_plugin_metric", "plugin" => plugin.clone(), "name" => name.clone())
-                    .set(v as f64);
+                if *kind == 2 {
+                    metrics::histogram!("portico_plugin_histogram", "plugin" => plugin.clone(), "name" => name.clone())
+                        .record(v as f64);
+                } else {
+                    metrics::gauge!("portico_plugin_metric", "plugin" => plugin.clone(), "name" => name.clone())
+                        .set(v as f64);
+                }
                 status::OK
             }
         }
     }
     l.func_wrap(E, "proxy_record_metric", |_: C<'_>, id: i32, v: i64| {
-        update(id, |_, _| Some(v))
+        update(id, |kind, cur| match kind {
+            0 => (v >= 0).then(|| cur.saturating_add(v)),
+            _ => Some(v),
+        })
     })?;
     l.func_wrap(E, "proxy_increment_metric", |_: C<'_>, id: i32, d: i64| {
-        // Counters only go up.
-        update(id, |kind, cur| {
-            (kind != 0 || d >= 0).then(|| cur.saturating_add(d))
+        update(id, |kind, cur| match kind {
+            0 => (d > 0).then(|| cur.saturating_add(d)),
+            1 => Some(cur.saturating_add(d)),
+            _ => None,
         })
     })?;
     l.func_wrap(E, "proxy_get_metric", |mut c: C<'_>, id: i32, ret: i32| {
@@ -1002,9 +1019,23 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         |_: C<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| status::NOT_FOUND,
     )?;
 
-    // WASI, as the spec lists it.
+    for module in super::abi::WASI_MODULES {
+        link_wasi(l, module)?;
+    }
+    Ok(())
+}
+
+/// WASI preview 1 under one module name. Plugins are sandboxed: no files,
+/// sockets, environment or arguments. Standard output and error are the
+/// plugin's log (info and error) and behave as a terminal (so C stdio
+/// flushes per line); the rest answers as Envoy's host does: success for
+/// what is harmless on stdio, `ENOTSUP`/`ENOSYS`/`EBADF` otherwise, and an
+/// empty set of preopened directories, which wasi-libc's start-up needs to
+/// see as `EBADF` on descriptor 3.
+fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmtime::Result<()> {
+    let stdio_out = |fd: i32| fd == 1 || fd == 2;
     l.func_wrap(
-        W,
+        module,
         "fd_write",
         |mut c: C<'_>, fd: i32, iovs: i32, n: i32, ret: i32| -> i32 {
             let level = match fd {
@@ -1033,7 +1064,7 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         },
     )?;
     l.func_wrap(
-        W,
+        module,
         "clock_time_get",
         |mut c: C<'_>, id: i32, _precision: i64, ret: i32| -> i32 {
             let ns = match id {
@@ -1050,22 +1081,26 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    l.func_wrap(W, "random_get", |mut c: C<'_>, p: i32, n: i32| -> i32 {
-        if n as u32 > 1 << 16 {
-            return errno::INVAL;
-        }
-        let mut buf = vec![0u8; n as u32 as usize];
-        if getrandom::getrandom(&mut buf).is_err() {
-            return errno::NOTSUP;
-        }
-        match write(&mut c, p, &buf) {
-            Ok(()) => errno::SUCCESS,
-            Err(_) => errno::FAULT,
-        }
-    })?;
+    l.func_wrap(
+        module,
+        "random_get",
+        |mut c: C<'_>, p: i32, n: i32| -> i32 {
+            if n as u32 > 1 << 16 {
+                return errno::INVAL;
+            }
+            let mut buf = vec![0u8; n as u32 as usize];
+            if getrandom::getrandom(&mut buf).is_err() {
+                return errno::NOTSUP;
+            }
+            match write(&mut c, p, &buf) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
     // No environment and no arguments: a plugin sees nothing of the host's.
     for name in ["environ_sizes_get", "args_sizes_get"] {
-        l.func_wrap(W, name, |mut c: C<'_>, a: i32, b: i32| -> i32 {
+        l.func_wrap(module, name, |mut c: C<'_>, a: i32, b: i32| -> i32 {
             match write_u32(&mut c, a, 0).and_then(|_| write_u32(&mut c, b, 0)) {
                 Ok(()) => errno::SUCCESS,
                 Err(_) => errno::FAULT,
@@ -1073,12 +1108,12 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         })?;
     }
     for name in ["environ_get", "args_get"] {
-        l.func_wrap(W, name, |_: C<'_>, _: i32, _: i32| -> i32 {
+        l.func_wrap(module, name, |_: C<'_>, _: i32, _: i32| -> i32 {
             errno::SUCCESS
         })?;
     }
     l.func_wrap(
-        W,
+        module,
         "proc_exit",
         |_: C<'_>, code: i32| -> wasmtime::Result<()> {
             Err(wasmtime::Error::msg(format!(
@@ -1086,6 +1121,166 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             )))
         },
     )?;
+    l.func_wrap(
+        module,
+        "clock_res_get",
+        |mut c: C<'_>, id: i32, ret: i32| -> i32 {
+            if !(0..=1).contains(&id) {
+                return errno::NOTSUP;
+            }
+            match write(&mut c, ret, &1u64.to_le_bytes()) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
+    l.func_wrap(
+        module,
+        "fd_fdstat_get",
+        move |mut c: C<'_>, fd: i32, ret: i32| -> i32 {
+            if !stdio_out(fd) {
+                return errno::BADF;
+            }
+            // fdstat: filetype u8 (character device), flags u16, then
+            // rights base and inheriting (u64 each): write only.
+            let mut stat = [0u8; 24];
+            stat[0] = 2;
+            stat[8..16].copy_from_slice(&RIGHT_FD_WRITE.to_le_bytes());
+            match write(&mut c, ret, &stat) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
+    l.func_wrap(
+        module,
+        "fd_filestat_get",
+        move |mut c: C<'_>, fd: i32, ret: i32| -> i32 {
+            if !stdio_out(fd) {
+                return errno::BADF;
+            }
+            // filestat (64 bytes): all zero but the filetype at offset 16.
+            let mut stat = [0u8; 64];
+            stat[16] = 2;
+            match write(&mut c, ret, &stat) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
+    l.func_wrap(
+        module,
+        "fd_seek",
+        move |mut c: C<'_>, fd: i32, _off: i64, _whence: i32, ret: i32| -> i32 {
+            if !(0..=2).contains(&fd) {
+                return errno::BADF;
+            }
+            match write(&mut c, ret, &0u64.to_le_bytes()) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
+    l.func_wrap(
+        module,
+        "fd_tell",
+        move |mut c: C<'_>, fd: i32, ret: i32| -> i32 {
+            if !stdio_out(fd) {
+                return errno::BADF;
+            }
+            match write(&mut c, ret, &0u64.to_le_bytes()) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
+    l.func_wrap(module, "fd_close", |_: C<'_>, fd: i32| -> i32 {
+        if (0..=2).contains(&fd) {
+            errno::SUCCESS
+        } else {
+            errno::BADF
+        }
+    })?;
+    for name in ["fd_datasync", "fd_sync"] {
+        l.func_wrap(module, name, move |_: C<'_>, fd: i32| -> i32 {
+            if stdio_out(fd) {
+                errno::SUCCESS
+            } else {
+                errno::BADF
+            }
+        })?;
+    }
+    l.func_wrap(
+        module,
+        "fd_advise",
+        |_: C<'_>, _: i32, _: i64, _: i64, _: i32| -> i32 { errno::SUCCESS },
+    )?;
+    l.func_wrap(
+        module,
+        "poll_oneoff",
+        |mut c: C<'_>, _in: i32, _out: i32, _n: i32, ret: i32| -> i32 {
+            // Nothing to wait for; Go's runtime needs success here.
+            match write_u32(&mut c, ret, 0) {
+                Ok(()) => errno::SUCCESS,
+                Err(_) => errno::FAULT,
+            }
+        },
+    )?;
+    l.func_wrap(module, "sched_yield", |_: C<'_>| -> i32 { errno::SUCCESS })?;
+    // No preopened directories.
+    l.func_wrap(
+        module,
+        "fd_prestat_get",
+        |_: C<'_>, _: i32, _: i32| -> i32 { errno::BADF },
+    )?;
+    l.func_wrap(
+        module,
+        "fd_prestat_dir_name",
+        |_: C<'_>, _: i32, _: i32, _: i32| -> i32 { errno::BADF },
+    )?;
+    // Everything else: no file system, no sockets, nothing to read.
+    for name in [
+        "fd_allocate",
+        "fd_fdstat_set_rights",
+        "fd_filestat_set_size",
+        "fd_filestat_set_times",
+        "fd_readdir",
+        "fd_renumber",
+        "path_create_directory",
+        "path_filestat_get",
+        "path_filestat_set_times",
+        "path_link",
+        "path_open",
+        "path_readlink",
+        "path_remove_directory",
+        "path_rename",
+        "path_symlink",
+        "path_unlink_file",
+        "sock_accept",
+        "sock_recv",
+        "sock_send",
+        "sock_shutdown",
+    ] {
+        link_errno(l, module, name, errno::NOTSUP)?;
+    }
+    for name in ["fd_read", "fd_pread", "fd_pwrite", "fd_fdstat_set_flags"] {
+        link_errno(l, module, name, errno::NOSYS)?;
+    }
+    Ok(())
+}
+
+/// A WASI function that always answers `code`, typed from the ABI table.
+fn link_errno(
+    l: &mut Linker<HostState<VmState>>,
+    module: &'static str,
+    name: &'static str,
+    code: i32,
+) -> wasmtime::Result<()> {
+    let ty = super::abi::func_type(l.engine(), module, name).expect("in the ABI table");
+    l.func_new(module, name, ty, move |_, _, results| {
+        results[0] = wasmtime::Val::I32(code);
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -1137,6 +1332,151 @@ mod tests {
                 "{module}.{name} is linked with the wrong signature"
             );
         }
+    }
+
+    #[test]
+    fn wasi_answers_as_envoys_host_under_both_module_names() {
+        let engine = crate::engine().unwrap();
+        let l = linker(&engine).unwrap();
+        let wat = r#"(module
+            (import "wasi_unstable" "fd_fdstat_get" (func $fdstat (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+            (import "wasi_unstable" "fd_close" (func $close (param i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_seek" (func $seek (param i32 i64 i32 i32) (result i32)))
+            (import "wasi_unstable" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+            (import "wasi_unstable" "path_open"
+                (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+            (import "wasi_unstable" "clock_res_get" (func $res (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+            (memory (export "memory") 1)
+            (func (export "fdstat") (param i32) (result i32) (call $fdstat (local.get 0) (i32.const 64)))
+            (func (export "prestat") (param i32) (result i32) (call $prestat (local.get 0) (i32.const 128)))
+            (func (export "close") (param i32) (result i32) (call $close (local.get 0)))
+            (func (export "seek") (param i32) (result i32)
+                (call $seek (local.get 0) (i64.const 5) (i32.const 0) (i32.const 256)))
+            (func (export "read") (result i32)
+                (call $read (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+            (func (export "open") (result i32)
+                (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                    (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 0)))
+            (func (export "res") (param i32) (result i32) (call $res (local.get 0) (i32.const 512)))
+            (func (export "yield") (result i32) (call $yield)))"#;
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let mut store = wasmtime::Store::new(&engine, super::super::sandbox::test_state());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = l.instantiate(&mut store, &module).unwrap();
+        let mut call1 = |name: &str, arg: i32| {
+            instance
+                .get_typed_func::<i32, i32>(&mut store, name)
+                .unwrap()
+                .call(&mut store, arg)
+                .unwrap()
+        };
+        assert_eq!(call1("fdstat", 1), errno::SUCCESS);
+        assert_eq!(call1("fdstat", 0), errno::BADF, "stdin is not writable");
+        assert_eq!(call1("prestat", 3), errno::BADF, "no preopened directory");
+        assert_eq!(call1("close", 2), errno::SUCCESS);
+        assert_eq!(call1("close", 7), errno::BADF);
+        assert_eq!(call1("seek", 1), errno::SUCCESS);
+        assert_eq!(call1("seek", 9), errno::BADF);
+        assert_eq!(call1("res", 1), errno::SUCCESS);
+        assert_eq!(call1("res", 9), errno::NOTSUP);
+        let mut call0 = |name: &str| {
+            instance
+                .get_typed_func::<(), i32>(&mut store, name)
+                .unwrap()
+                .call(&mut store, ())
+                .unwrap()
+        };
+        assert_eq!(call0("read"), errno::NOSYS);
+        assert_eq!(call0("open"), errno::NOTSUP);
+        assert_eq!(call0("yield"), errno::SUCCESS);
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        let data = memory.data(&store);
+        assert_eq!(
+            data[64], 2,
+            "stdout is a character device (line-buffered stdio)"
+        );
+        assert_eq!(
+            u64::from_le_bytes(data[72..80].try_into().unwrap()),
+            RIGHT_FD_WRITE
+        );
+        assert_eq!(u64::from_le_bytes(data[512..520].try_into().unwrap()), 1);
+    }
+
+    #[test]
+    fn metrics_follow_envoys_semantics_per_type() {
+        let engine = crate::engine().unwrap();
+        let l = linker(&engine).unwrap();
+        let wat = r#"(module
+            (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_record_metric" (func $record (param i32 i64) (result i32)))
+            (import "env" "proxy_increment_metric" (func $incr (param i32 i64) (result i32)))
+            (import "env" "proxy_get_metric" (func $get (param i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 0) "envoy_semantics_metric")
+            (func (export "define") (param i32) (result i32)
+                (drop (call $define (local.get 0) (i32.const 0) (i32.const 22) (i32.const 64)))
+                (i32.load (i32.const 64)))
+            (func (export "record") (param i32 i64) (result i32) (call $record (local.get 0) (local.get 1)))
+            (func (export "incr") (param i32 i64) (result i32) (call $incr (local.get 0) (local.get 1)))
+            (func (export "get") (param i32) (result i64)
+                (drop (call $get (local.get 0) (i32.const 128)))
+                (i64.load (i32.const 128))))"#;
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let mut store = wasmtime::Store::new(&engine, super::super::sandbox::test_state());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = l.instantiate(&mut store, &module).unwrap();
+        let define = instance
+            .get_typed_func::<i32, i32>(&mut store, "define")
+            .unwrap();
+        let record = instance
+            .get_typed_func::<(i32, i64), i32>(&mut store, "record")
+            .unwrap();
+        let incr = instance
+            .get_typed_func::<(i32, i64), i32>(&mut store, "incr")
+            .unwrap();
+        let get = instance
+            .get_typed_func::<i32, i64>(&mut store, "get")
+            .unwrap();
+        let (counter, gauge, histogram) = (
+            define.call(&mut store, 0).unwrap(),
+            define.call(&mut store, 1).unwrap(),
+            define.call(&mut store, 2).unwrap(),
+        );
+        // The C++ SDK's Counter::increment(1) twice records 1 twice.
+        assert_eq!(record.call(&mut store, (counter, 1)).unwrap(), status::OK);
+        assert_eq!(record.call(&mut store, (counter, 1)).unwrap(), status::OK);
+        assert_eq!(get.call(&mut store, counter).unwrap(), 2);
+        assert_eq!(incr.call(&mut store, (counter, 3)).unwrap(), status::OK);
+        assert_eq!(get.call(&mut store, counter).unwrap(), 5);
+        assert_eq!(
+            incr.call(&mut store, (counter, 0)).unwrap(),
+            status::BAD_ARGUMENT
+        );
+        assert_eq!(
+            incr.call(&mut store, (counter, -1)).unwrap(),
+            status::BAD_ARGUMENT
+        );
+        assert_eq!(get.call(&mut store, counter).unwrap(), 5);
+        // A gauge is set by a record and moves both ways by an increment.
+        assert_eq!(record.call(&mut store, (gauge, 7)).unwrap(), status::OK);
+        assert_eq!(record.call(&mut store, (gauge, 4)).unwrap(), status::OK);
+        assert_eq!(incr.call(&mut store, (gauge, -3)).unwrap(), status::OK);
+        assert_eq!(get.call(&mut store, gauge).unwrap(), 1);
+        // A histogram takes samples; it has no increment.
+        assert_eq!(
+            record.call(&mut store, (histogram, 250)).unwrap(),
+            status::OK
+        );
+        assert_eq!(
+            incr.call(&mut store, (histogram, 1)).unwrap(),
+            status::BAD_ARGUMENT
+        );
+        assert_eq!(
+            record.call(&mut store, (999_999, 1)).unwrap(),
+            status::NOT_FOUND
+        );
     }
 
     #[test]

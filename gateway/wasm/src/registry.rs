@@ -21,6 +21,8 @@ use crate::config::{FailPolicy, PluginConfig, PluginsConfig};
 /// `generation`, and instances of the old one finish what they started.
 pub struct Plugin {
     pub name: String,
+    /// `plugin_root_id`: the configured root id, else the name.
+    pub root_id: String,
     pub path: PathBuf,
     pub module: Module,
     pub info: ModuleInfo,
@@ -103,6 +105,7 @@ impl Plugin {
             linker,
             &Start {
                 name: &self.name,
+                root_id: &self.root_id,
                 vm_config: b"",
                 plugin_config: &self.config,
                 limits: self.limits,
@@ -157,6 +160,7 @@ pub fn load_one(
         .map_err(|errs| format!("plugin {:?}: {}", cfg.name, errs.join("; ")))?;
     let plugin = Plugin {
         name: cfg.name.clone(),
+        root_id: cfg.root_id.clone().unwrap_or_else(|| cfg.name.clone()),
         path: cfg.path.clone(),
         exports: Exports::of(&info),
         module,

@@ -19,6 +19,8 @@ pub struct Vm {
 /// What to start a plugin with.
 pub struct Start<'a> {
     pub name: &'a str,
+    /// What `plugin_root_id` reads.
+    pub root_id: &'a str,
     pub vm_config: &'a [u8],
     pub plugin_config: &'a [u8],
     pub limits: Limits,
@@ -38,7 +40,7 @@ impl Vm {
     ) -> Result<Vm, String> {
         let mut state = VmState {
             plugin: start.name.to_string(),
-            root_id: start.name.to_string(),
+            root_id: start.root_id.to_string(),
             queue_notifier: start.queue_notifier.clone(),
             ..VmState::default()
         };
@@ -157,6 +159,10 @@ mod tests {
     }
 
     fn start_module(wat: &str, config: &str) -> Result<Vm, String> {
+        start_as(wat, config, "t")
+    }
+
+    fn start_as(wat: &str, config: &str, root_id: &str) -> Result<Vm, String> {
         let engine = crate::engine().unwrap();
         let module = Module::new(&engine, wat).unwrap();
         let info = crate::abi::check(&module).unwrap();
@@ -168,12 +174,47 @@ mod tests {
             &linker,
             &Start {
                 name: "t",
+                root_id,
                 vm_config: b"",
                 plugin_config: config.as_bytes(),
                 limits: Limits::default(),
                 queue_notifier: None,
             },
         )
+    }
+
+    /// Accepts its configuration only when `plugin_root_id` reads
+    /// "edge_root", as an SDK that looks its root context up by id.
+    const ROOT_ID_CHECK: &str = r#"(module
+        (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 16) "plugin_root_id")
+        (data (i32.const 48) "edge_root")
+        (global $next (mut i32) (i32.const 1024))
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $next))
+            (global.set $next (i32.add (global.get $next) (local.get $n)))
+            (local.get $p))
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (if (call $prop (i32.const 16) (i32.const 14) (i32.const 0) (i32.const 4))
+                (then (return (i32.const 0))))
+            (if (i32.ne (i32.load (i32.const 4)) (i32.const 9)) (then (return (i32.const 0))))
+            ;; compare the 9 bytes with "edge_root" (8 + 1)
+            (i32.and
+                (i64.eq (i64.load (i32.load (i32.const 0))) (i64.load (i32.const 48)))
+                (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 0)) (i32.const 8)))
+                        (i32.load8_u (i32.const 56))))))"#;
+
+    #[test]
+    fn the_configured_root_id_is_what_the_plugin_reads() {
+        assert!(start_as(ROOT_ID_CHECK, "", "edge_root").is_ok());
+        let err = start_as(ROOT_ID_CHECK, "", "t")
+            .err()
+            .expect("other root id");
+        assert!(err.contains("rejected its configuration"), "{err}");
     }
 
     #[test]
