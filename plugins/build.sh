@@ -54,5 +54,7 @@ mkdir -p dist
 for p in session_affinity ingress_class ingress_nginx cloud_lb; do
   cp "$out/$p.wasm" dist/
 done
+# The compatibility filter on the AssemblyScript SDK (npm, pinned).
+bash compat/assemblyscript/build.sh
 # The SDK's template plugin, so it keeps building as the SDK changes.
 PORTICO_WASM_TOOLCHAIN="${PORTICO_WASM_TOOLCHAIN:-debian}" bash ../sdk/template/build.sh --locked "$@"

@@ -425,6 +425,13 @@ pub fn session_affinity_config() -> String {
     )
 }
 
+/// The compatibility filter on the AssemblyScript SDK, built by
+/// `plugins/build.sh` too.
+pub fn built_assemblyscript_plugin() -> PathBuf {
+    built_plugins();
+    workspace_root().join("plugins/target/assemblyscript/compat_as.wasm")
+}
+
 /// The SDK's template plugin, built by `plugins/build.sh` too.
 pub fn built_template() -> PathBuf {
     built_plugins();

@@ -74,6 +74,67 @@ fn metric(g: &Gateway, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A filter built with a second SDK (AssemblyScript's
+/// `@solo-io/proxy-runtime`): it imports WASI as `wasi_unstable`, exports
+/// `malloc` and ABI 0.2.0, finds its root context by root id, and counts
+/// with `proxy_record_metric` on a counter, all as it does under Envoy.
+#[test]
+fn an_assemblyscript_sdk_filter_runs_unchanged() {
+    let echo = Echo::http("web");
+    let file = built_assemblyscript_plugin().display().to_string();
+    let mut config = String::from("[plugins]\nhttp = [\"as\"]\n");
+    config += &plugin_config("as", &file, "green", "root_id = \"compat_as\"");
+    let g = Gateway::start(&[("m.yaml", &manifests(&echo, None))], &config);
+
+    // Headers both ways and its configuration.
+    let r = http_get(g.http, "app.test", "/hello").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-as-status"), Some("200"));
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-as-config"], "green", "{seen}");
+    assert_eq!(seen["headers"]["x-as-method"], "GET", "{seen}");
+
+    // A local response, with its own header (not the echo's JSON).
+    let r = http_get(g.http, "app.test", "/as-local").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "assemblyscript says hi\n");
+    assert_eq!(r.header("x-as"), Some("local"));
+
+    // Its counter went up by one per request (the SDK records each step).
+    for _ in 0..3 {
+        assert_eq!(http_get(g.http, "app.test", "/x").unwrap().status, 200);
+    }
+    let count = metric(
+        &g,
+        "portico_plugin_metric{plugin=\"as\",name=\"as_requests\"}",
+    );
+    assert_eq!(count, Some(5.0), "{}", g.metrics());
+    assert!(g.log().contains("compat-as answered 200"), "{}", g.log());
+}
+
+/// The SDK looks its root context up by `plugin_root_id`: under the id it
+/// registered the filter starts; under another it aborts at start, as in
+/// Envoy, and `portico check` says which step failed.
+#[test]
+fn a_plugin_starts_only_under_the_root_id_it_registered() {
+    let file = built_assemblyscript_plugin();
+    let check = |root_id: &str| {
+        let out = std::process::Command::new(portico_bin())
+            .args(["check", "--plugin"])
+            .arg(&file)
+            .args(["--plugin-root-id", root_id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let good = check("compat_as");
+    assert!(good.contains("proxy-wasm ABI 0.2.0"), "{good}");
+    assert!(good.contains("; started"), "{good}");
+    let bad = check("someone_else");
+    assert!(bad.contains("does not start"), "{bad}");
+    assert!(bad.contains("proxy_on_context_create"), "{bad}");
+}
+
 #[test]
 fn an_upstream_sdk_filter_sees_and_changes_requests_and_responses() {
     let echo = Echo::http("web");
