@@ -94,11 +94,17 @@ fn an_assemblyscript_sdk_filter_runs_unchanged() {
     assert_eq!(seen["headers"]["x-as-config"], "green", "{seen}");
     assert_eq!(seen["headers"]["x-as-method"], "GET", "{seen}");
 
-    // A local response, with its own header (not the echo's JSON).
+    // A local response, with its own header (not the echo's JSON). As in
+    // Envoy, the reply goes through the filter's response phase too.
     let r = http_get(g.http, "app.test", "/as-local").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "assemblyscript says hi\n");
     assert_eq!(r.header("x-as"), Some("local"));
+    assert_eq!(
+        r.header("x-as-status"),
+        Some("200"),
+        "response phase on a local reply"
+    );
 
     // Its counter went up by one per request (the SDK records each step).
     for _ in 0..3 {

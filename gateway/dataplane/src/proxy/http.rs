@@ -350,10 +350,9 @@ fn set_route_props(
     p.annotations = Some(route.annotations.clone());
 }
 
-/// Writes a plugin's local response.
-async fn respond_local(session: &mut Session, local: LocalResponse) -> Result<()> {
-    let mut resp = local_header(&local)?;
-    let body = Bytes::from(local.body);
+/// Writes a local response: `resp` with `body`.
+async fn write_local(session: &mut Session, mut resp: ResponseHeader, body: Vec<u8>) -> Result<()> {
+    let body = Bytes::from(body);
     resp.insert_header("content-length", body.len().to_string())?;
     let empty = body.is_empty();
     session.write_response_header(Box::new(resp), empty).await?;
@@ -677,6 +676,97 @@ impl HttpProxy {
         Ok(false)
     }
 
+    /// Writes a local response. One a plugin sent (`context` set) goes
+    /// through the plugins' response-headers phase first, as Envoy encodes
+    /// a local reply through the filter chain, so a filter sees (and may
+    /// edit) its own reply. The gateway's own answers (a plugin failed)
+    /// do not.
+    async fn respond_local(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        local: LocalResponse,
+    ) -> Result<()> {
+        let mut resp = local_header(&local)?;
+        let mut body = local.body;
+        if local.context != 0 {
+            if let Some(other) = self.run_response_headers(session, ctx, &mut resp).await {
+                // A plugin answered again, or failed, while the reply went
+                // through the chain: that answer goes out as it is.
+                resp = local_header(&other)?;
+                body = other.body;
+            }
+        }
+        write_local(session, resp, body).await
+    }
+
+    /// The plugins' response-headers phase on `resp`, whether it came
+    /// from the upstream or is a plugin's local reply (Envoy runs the
+    /// encoder callbacks on local replies too). Their header edits are
+    /// applied to `resp`; a plugin that answers or fails gives the
+    /// response that replaces it.
+    async fn run_response_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHeader,
+    ) -> Option<LocalResponse> {
+        let chain = ctx.plugins.as_mut()?;
+        chain.props_mut().response_code = Some(resp.status.as_u16());
+        let end_of_stream = session.req_header().method == http::Method::HEAD;
+        // Both maps are moved (not copied) into the phase and back.
+        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        let mut headers = HeaderSlot::take_response(resp);
+        let mut changed = false;
+        // A filter that pauses (for an HTTP call) holds the response back
+        // until it resumes; then the filters before it run.
+        let mut from = None;
+        let verdict = loop {
+            match chain.on_response_headers(
+                &mut request,
+                &mut headers,
+                end_of_stream,
+                &mut changed,
+                from,
+            ) {
+                Verdict::Pause(i) => {
+                    match chain
+                        .resumed(
+                            i,
+                            Paused::Response,
+                            PAUSE_TIMEOUT,
+                            &mut headers,
+                            &mut changed,
+                        )
+                        .await
+                    {
+                        Verdict::Continue if i > 0 => from = Some(i - 1),
+                        other => break other,
+                    }
+                }
+                other => break other,
+            }
+        };
+        // Edits to the request's headers this late change nothing.
+        let _ = request.restore_request(session.req_header_mut());
+        let edits = headers.restore_response(resp).filter(|_| changed);
+        Some(match verdict {
+            Verdict::Continue | Verdict::Pause(_) => match edits {
+                None => return None,
+                Some(pairs) => match http_filter::apply_response(resp, &pairs) {
+                    Ok(()) => return None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plugin edit to the response headers refused");
+                        plugin_failed("response-headers")
+                    }
+                },
+            },
+            Verdict::Respond(local) => local,
+            Verdict::Fail(p) => plugin_failed(&p),
+            Verdict::TooLarge(p) => body_too_large(&p, 502),
+        })
+    }
+
     /// Runs `proxy_on_request_headers` from filter `from` on, waiting out
     /// pauses. Returns whether the request was answered (plugin response
     /// or fail-closed failure).
@@ -730,7 +820,7 @@ impl HttpProxy {
             Verdict::TooLarge(p) => body_too_large(&p, 413),
         };
         ctx.local_reason = Some("plugin");
-        respond_local(session, local).await?;
+        self.respond_local(session, ctx, local).await?;
         Ok(true)
     }
 }
@@ -1155,61 +1245,8 @@ impl ProxyHttp for HttpProxy {
         ) {
             cors_headers(resp, cors, origin)?;
         }
-        let Some(chain) = ctx.plugins.as_mut() else {
+        let Some(local) = self.run_response_headers(session, ctx, resp).await else {
             return Ok(());
-        };
-        chain.props_mut().response_code = Some(resp.status.as_u16());
-        let end_of_stream = session.req_header().method == http::Method::HEAD;
-        // Both maps are moved (not copied) into the phase and back.
-        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
-        let mut headers = HeaderSlot::take_response(resp);
-        let mut changed = false;
-        // A filter that pauses (for an HTTP call) holds the response back
-        // until it resumes; then the filters before it run.
-        let mut from = None;
-        let verdict = loop {
-            match chain.on_response_headers(
-                &mut request,
-                &mut headers,
-                end_of_stream,
-                &mut changed,
-                from,
-            ) {
-                Verdict::Pause(i) => {
-                    match chain
-                        .resumed(
-                            i,
-                            Paused::Response,
-                            PAUSE_TIMEOUT,
-                            &mut headers,
-                            &mut changed,
-                        )
-                        .await
-                    {
-                        Verdict::Continue if i > 0 => from = Some(i - 1),
-                        other => break other,
-                    }
-                }
-                other => break other,
-            }
-        };
-        // Edits to the request's headers this late change nothing.
-        let _ = request.restore_request(session.req_header_mut());
-        let edits = headers.restore_response(resp).filter(|_| changed);
-        let local = match verdict {
-            Verdict::Continue | Verdict::Pause(_) => match edits {
-                None => return Ok(()),
-                Some(pairs) => match http_filter::apply_response(resp, &pairs) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "plugin edit to the response headers refused");
-                        plugin_failed("response-headers")
-                    }
-                },
-            },
-            Verdict::Respond(local) => local,
-            Verdict::Fail(p) => plugin_failed(&p),
-            Verdict::TooLarge(p) => body_too_large(&p, 502),
         };
         // Replace the upstream's response with the plugin's.
         let mut replacement = local_header(&local)?;
@@ -1317,7 +1354,7 @@ impl ProxyHttp for HttpProxy {
             ctx.local_reason = Some("plugin");
             let code = local.status as u16;
             if session.response_written().is_none() {
-                if let Err(err) = respond_local(session, local).await {
+                if let Err(err) = self.respond_local(session, ctx, local).await {
                     tracing::debug!(error = %err, "could not send the plugin's response");
                 }
             }
