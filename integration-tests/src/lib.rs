@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod dns;
+pub mod kube_apiserver;
 pub mod netns;
 
 use std::io::{Read, Write};
@@ -229,6 +230,24 @@ impl Gateway {
             kubeconfig.display()
         );
         Self::spawn_in(dir, &[], &config, node_address)
+    }
+
+    /// Starts `portico run` against a real kube-apiserver with `kubeconfig`
+    /// (see [`kube_apiserver`]), watching only `namespace` and keeping its
+    /// Lease there, so tests sharing the server do not meet.
+    pub fn spawn_kube_real(
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        extra_config: &str,
+    ) -> Gateway {
+        let dir = TempDir::new("gwr");
+        let config = format!(
+            "[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nidentity = \"{identity}\"\n\
+             namespace = \"{namespace}\"\nlease_namespace = \"{namespace}\"\n{extra_config}",
+            kubeconfig.display()
+        );
+        Self::spawn_in(dir, &[], &config, true)
     }
 
     fn spawn_in(
