@@ -64,7 +64,12 @@ fn binaries() -> (PathBuf, PathBuf, PathBuf) {
     for name in ["kube-apiserver", "kubectl"] {
         let sum = sums
             .lines()
-            .find(|l| l.split_whitespace().nth(1).map(|f| f.trim_start_matches('*')) == Some(name))
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .map(|f| f.trim_start_matches('*'))
+                    == Some(name)
+            })
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or_else(|| panic!("{name} is not in {}/SHA256SUMS", shared.display()))
             .to_string();
@@ -87,7 +92,10 @@ fn binaries() -> (PathBuf, PathBuf, PathBuf) {
                 .status()
                 .expect("run xz");
             assert!(status.success(), "unpacking {} failed", xz.display());
-            let got = Command::new("sha256sum").arg(&tmp).output().expect("sha256sum");
+            let got = Command::new("sha256sum")
+                .arg(&tmp)
+                .output()
+                .expect("sha256sum");
             let got = String::from_utf8_lossy(&got.stdout);
             assert!(
                 got.starts_with(&sum),
@@ -98,7 +106,11 @@ fn binaries() -> (PathBuf, PathBuf, PathBuf) {
         }
         out.push(bin);
     }
-    (out[0].clone(), out[1].clone(), PathBuf::from("/usr/bin/etcd"))
+    (
+        out[0].clone(),
+        out[1].clone(),
+        PathBuf::from("/usr/bin/etcd"),
+    )
 }
 
 /// Runs `cmd` under a shell guard that kills it once this test process
@@ -184,6 +196,12 @@ impl KubeApiServer {
         let server_key = dir.write("server.key", &pki.server.1);
         let sa_key = dir.write("sa.key", &pki.service_account.0);
         let sa_pub = dir.write("sa.pub", &pki.service_account.1);
+        // Every request at Metadata level, once (when answered): tests read
+        // who did what, as the double's request log told them.
+        let audit_policy = dir.write(
+            "audit-policy.yaml",
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        );
         let (client_port, peer_port, port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -219,6 +237,8 @@ impl KubeApiServer {
                 format!("--service-account-key-file={}", s(&sa_pub)),
                 format!("--service-account-signing-key-file={}", s(&sa_key)),
                 format!("--cert-dir={}", s(&dir.path().join("certs"))),
+                format!("--audit-policy-file={}", s(&audit_policy)),
+                format!("--audit-log-path={}", s(&dir.path().join("audit.log"))),
             ],
             &dir.path().join("kube-apiserver.log"),
         );
@@ -338,7 +358,13 @@ impl KubeApiServer {
 
     /// Replaces an object's status through the status subresource, as the
     /// controller that owns it would.
-    pub fn set_status(&self, resource: &str, ns: &str, name: &str, status: &Value) -> Result<(), String> {
+    pub fn set_status(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        status: &Value,
+    ) -> Result<(), String> {
         let patch = serde_json::json!({ "status": status }).to_string();
         self.kubectl(
             &[
@@ -386,6 +412,19 @@ impl KubeApiServer {
             .unwrap_or_else(|e| panic!("token for {ns}/{name}: {e}"))
             .trim()
             .to_string()
+    }
+}
+
+impl KubeApiServer {
+    /// The audit log's entries for requests by `username` (e.g.
+    /// `system:serviceaccount:NS:NAME`), oldest first.
+    pub fn audit(&self, username: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user"]["username"] == username)
+            .collect()
     }
 }
 

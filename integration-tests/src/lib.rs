@@ -234,12 +234,14 @@ impl Gateway {
 
     /// Starts `portico run` against a real kube-apiserver with `kubeconfig`
     /// (see [`kube_apiserver`]), watching only `namespace` and keeping its
-    /// Lease there, so tests sharing the server do not meet.
+    /// Lease there, so tests sharing the server do not meet. `node_address`
+    /// false leaves the edge node's addresses to its Node object.
     pub fn spawn_kube_real(
         kubeconfig: &Path,
         namespace: &str,
         identity: &str,
         extra_config: &str,
+        node_address: bool,
     ) -> Gateway {
         let dir = TempDir::new("gwr");
         let config = format!(
@@ -247,7 +249,7 @@ impl Gateway {
              namespace = \"{namespace}\"\nlease_namespace = \"{namespace}\"\n{extra_config}",
             kubeconfig.display()
         );
-        Self::spawn_in(dir, &[], &config, true)
+        Self::spawn_in(dir, &[], &config, node_address)
     }
 
     fn spawn_in(
