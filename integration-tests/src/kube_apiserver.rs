@@ -206,7 +206,7 @@ impl KubeApiServer {
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let s = |p: &Path| p.display().to_string();
-        spawn_guarded(
+        let mut etcd_guard = spawn_guarded(
             &[
                 s(&etcd),
                 "--name=portico-test".into(),
@@ -256,7 +256,8 @@ impl KubeApiServer {
         server.admin_kubeconfig = admin;
         let end = Instant::now() + Duration::from_secs(90);
         loop {
-            let exited = guard.try_wait().ok().flatten().is_some();
+            let exited = guard.try_wait().ok().flatten().is_some()
+                || etcd_guard.try_wait().ok().flatten().is_some();
             if server
                 .kubectl(&["get", "--raw", "/readyz"], None)
                 .is_ok_and(|o| o.trim() == "ok")
@@ -265,7 +266,7 @@ impl KubeApiServer {
             }
             assert!(
                 Instant::now() < end && !exited,
-                "kube-apiserver exited or is not ready after 90 s; its log:\n{}\netcd's log:\n{}",
+                "kube-apiserver or etcd exited, or not ready after 90 s; the API server's log:\n{}\netcd's log:\n{}",
                 tail(&server.dir.path().join("kube-apiserver.log")),
                 tail(&server.dir.path().join("etcd.log")),
             );
