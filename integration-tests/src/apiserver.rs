@@ -1,7 +1,10 @@
 //! A Kubernetes API-server **double** for end-to-end tests.
 //!
-//! A real kube-apiserver cannot be installed on the test machines, so this
-//! serves the HTTP shapes kube-rs uses, over plain HTTP on 127.0.0.1:
+//! The Kubernetes end-to-end tests run against a real kube-apiserver
+//! ([`crate::kube_apiserver`]); this double stays for what only a double can
+//! do: outages, a forced `410 Gone`, injected 403s, objects a real server
+//! refuses, and the scale benchmark's figures. It serves the HTTP shapes
+//! kube-rs uses, over plain HTTP on 127.0.0.1:
 //!
 //! - list (`GET` collection) with `metadata.resourceVersion`, `limit` /
 //!   `continue` paging, `fieldSelector` (`a.b=value`) and `labelSelector`

@@ -208,9 +208,9 @@ impl Gateway {
         Self::spawn_in(TempDir::new("gw"), files, extra_config, true)
     }
 
-    /// Starts `portico run` fed by the API-server double (not a real
-    /// kube-apiserver: see [`apiserver`]) with the bearer token `token`, so
-    /// the double's request log tells processes apart.
+    /// Starts `portico run` fed by the API-server double (kept for fault
+    /// injection; see [`apiserver`]) with the bearer token `token`, so the
+    /// double's request log tells processes apart.
     pub fn spawn_kube(api: &apiserver::ApiServer, token: &str, extra_config: &str) -> Gateway {
         Self::spawn_kube_with(api, token, extra_config, true)
     }

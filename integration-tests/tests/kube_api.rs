@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portico_integration_tests::apiserver::Rule;
@@ -382,4 +383,666 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
             }
         }
     }
+}
+
+#[test]
+fn endpoints_scale_up_and_down_under_load_with_zero_failures() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let api = shared();
+    let ns = api.namespace("scale");
+    let net = Netns::new();
+    let addrs: Vec<String> = (2..=4)
+        .map(|h| if h == 2 { net.addr(2) } else { net.add_host(h) })
+        .collect();
+    let _backends: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| net.echo_http(&format!("pod-{i}"), a, BACKEND_PORT))
+        .collect();
+    let slice = |addrs: &[String]| yaml::slice_at(&ns, "web-1", "web", "http", BACKEND_PORT, addrs);
+    api.apply(
+        &(yaml::service(&ns, "web", "", &[("http", 80)])
+            + &slice(&addrs[..1])
+            + &yaml::ingress(
+                &ns,
+                "web",
+                &[("scale.test", "/", "Prefix", "web", "http")],
+                "",
+            )),
+    )
+    .unwrap();
+    let dir = TempDir::new("kapi");
+    let gw = Gateway::spawn_kube_real(
+        &api.kubeconfig(dir.path(), "admin"),
+        &ns,
+        "gw",
+        NO_NODE_PORTS,
+        true,
+    );
+    gw.wait_ready();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, failures) = (stop.clone(), seen.clone(), failures.clone());
+            let port = gw.http;
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 20_000 {
+                    n += 1;
+                    match http_get(port, "scale.test", "/") {
+                        Ok(r) if r.status == 200 => seen
+                            .lock()
+                            .unwrap()
+                            .push(r.json()["name"].as_str().unwrap().into()),
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status)),
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let names_since = |from: usize| -> BTreeSet<String> {
+        seen.lock().unwrap()[from..].iter().cloned().collect()
+    };
+
+    std::thread::sleep(Duration::from_millis(300));
+    // Up: all three pods answer.
+    let mark = seen.lock().unwrap().len();
+    api.apply(&slice(&addrs)).unwrap();
+    wait_for(10, "all three pods answering", || {
+        names_since(mark).len() == 3
+    });
+    // Down to one: after a moment only pod-2 answers.
+    api.apply(&slice(&addrs[2..])).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let mark = seen.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = names_since(mark);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = seen.lock().unwrap().len();
+    let failures = failures.lock().unwrap();
+    assert!(total > 100, "only {total} requests made");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(after, BTreeSet::from(["pod-2".to_string()]));
+}
+
+/// An HTTPS request to `host` through the gateway, verified against `ca`;
+/// the backend's name, or curl's error.
+fn https_name(gw: &Gateway, host: &str, ca: &std::path::Path) -> Result<String, String> {
+    let (out, err) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("{host}:{}:127.0.0.1", gw.https),
+        &format!("https://{host}:{}/", gw.https),
+    ]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(String::from))
+        .ok_or(err)
+}
+
+fn events_with_reason(api: &KubeApiServer, ns: &str, reason: &str) -> Vec<serde_json::Value> {
+    api.list("events.events.k8s.io", ns)
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+/// A Secret rotated through the API is served without a restart; one whose
+/// key does not match its certificate (the API server accepts it: it checks
+/// only that both keys are there) is reported, and the host falls back.
+#[test]
+fn rotated_certificate_is_served_without_restart() {
+    let (api, ns, net, _web) = setup("rot");
+    let (crt1, key1) = self_signed(&["rot.test"]);
+    api.apply(
+        &(shop(&ns, "rot.test", &net, true) + &yaml::tls_secret(&ns, "web-tls", &crt1, &key1)),
+    )
+    .unwrap();
+    let dir = TempDir::new("kapi");
+    let gw = Gateway::spawn_kube_real(
+        &api.kubeconfig(dir.path(), "admin"),
+        &ns,
+        "gw",
+        NO_NODE_PORTS,
+        true,
+    );
+    gw.wait_ready();
+    let ca1 = gw.dir.write("ca1.pem", &crt1);
+    assert_eq!(https_name(&gw, "rot.test", &ca1), Ok("web-1".into()));
+
+    let (crt2, key2) = self_signed(&["rot.test"]);
+    let ca2 = gw.dir.write("ca2.pem", &crt2);
+    let pid = gw.pid();
+    api.apply(&yaml::tls_secret(&ns, "web-tls", &crt2, &key2))
+        .unwrap();
+    wait_for(10, "the new certificate", || {
+        https_name(&gw, "rot.test", &ca2).is_ok()
+    });
+    assert!(
+        https_name(&gw, "rot.test", &ca1).is_err(),
+        "old certificate still served"
+    );
+    assert_eq!(gw.pid(), pid);
+
+    let (crt3, _) = self_signed(&["rot.test"]);
+    api.apply(&yaml::tls_secret(&ns, "web-tls", &crt3, &key2))
+        .unwrap();
+    wait_for(10, "a TLSSecretInvalid Event", || {
+        !events_with_reason(api, &ns, "TLSSecretInvalid").is_empty()
+    });
+    let ev = &events_with_reason(api, &ns, "TLSSecretInvalid")[0];
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["regarding"]["kind"], "Ingress");
+    assert_eq!(ev["regarding"]["name"], "web");
+    assert!(
+        ev["note"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{ns}/web-tls")),
+        "{ev}"
+    );
+    assert!(
+        https_name(&gw, "rot.test", &ca2).is_err(),
+        "a mismatched key pair was served"
+    );
+    let out = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", gw.admin),
+        "--host",
+        "rot.test",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["certificate"]["source"], "default", "{v}");
+}
+
+/// Users that wrote a status subresource, from the audit log.
+fn status_writers(api: &KubeApiServer, users: &[&str]) -> BTreeSet<String> {
+    users
+        .iter()
+        .filter(|u| {
+            api.audit(u).iter().any(|e| {
+                e["objectRef"]["subresource"] == "status"
+                    && (e["verb"] == "patch" || e["verb"] == "update")
+                    && e["responseStatus"]["code"] == 200
+            })
+        })
+        .map(|u| u.to_string())
+        .collect()
+}
+
+/// Two processes on a real Lease, each with its own ServiceAccount so the
+/// audit log tells their writes apart: only the leader writes status; when
+/// it is killed, the other takes over once the Lease expires.
+#[test]
+fn leader_failover_between_two_processes_only_the_leader_writes() {
+    let (api, ns, net, _web) = setup("lead");
+    let (sa, token_a, _) = install_rbac(api, &ns, |r| r);
+    // A second account with the same roles.
+    let sa_b = format!("{sa}-b");
+    api.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa_b}, namespace: {ns}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {sa_b}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {sa}}}\n\
+         subjects: [{{kind: ServiceAccount, name: {sa_b}, namespace: {ns}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa_b}, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: portico-leader-election}}\n\
+         subjects: [{{kind: ServiceAccount, name: {sa_b}, namespace: {ns}}}]\n"
+    ))
+    .unwrap();
+    let token_b = api.token(&ns, &sa_b);
+    let (user_a, user_b) = (
+        format!("system:serviceaccount:{ns}:{sa}"),
+        format!("system:serviceaccount:{ns}:{sa_b}"),
+    );
+    let users = [user_a.as_str(), user_b.as_str()];
+    api.apply(&shop(&ns, "lead.test", &net, false)).unwrap();
+    let dir = TempDir::new("kapi");
+    let cfg = format!("lease_duration_seconds = 3\n{NO_NODE_PORTS}");
+    let spawn = |name: &str, token: &str| {
+        let kubeconfig = api.token_kubeconfig(dir.path(), name, token);
+        Gateway::spawn_kube_real(&kubeconfig, &ns, name, &cfg, true)
+    };
+    let mut a = Some(spawn("gw-a", &token_a));
+    a.as_ref().unwrap().wait_ready();
+    wait_for(15, "gw-a to write status", || {
+        ingress_status_ips(api, &ns, "web") == ["127.0.0.1"]
+    });
+    let b = spawn("gw-b", &token_b);
+    b.wait_ready();
+    assert!(routes_to(a.as_ref().unwrap(), "lead.test", "web-1"));
+    assert!(routes_to(&b, "lead.test", "web-1"));
+    api.apply(&yaml::ingress(
+        &ns,
+        "late",
+        &[("late.test", "/", "Prefix", "web", "http")],
+        "",
+    ))
+    .unwrap();
+    wait_for(10, "status of the new Ingress", || {
+        ingress_status_ips(api, &ns, "late") == ["127.0.0.1"]
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        status_writers(api, &users),
+        BTreeSet::from([user_a.clone()])
+    );
+    let holder = |api: &KubeApiServer| {
+        api.get("leases.coordination.k8s.io", &ns, "portico-leader")
+            .map(|l| l["spec"]["holderIdentity"].clone())
+    };
+    assert_eq!(holder(api), Some("gw-a".into()));
+    assert!(b.metrics().contains("portico_kubernetes_leader 0"));
+
+    // The leader dies without releasing (SIGKILL): gw-b takes over once the
+    // Lease expires and writes what changed meanwhile.
+    a.take();
+    api.apply(&yaml::ingress(
+        &ns,
+        "after",
+        &[("after.test", "/", "Prefix", "web", "http")],
+        "",
+    ))
+    .unwrap();
+    wait_for(20, "gw-b to publish the status", || {
+        ingress_status_ips(api, &ns, "after") == ["127.0.0.1"]
+    });
+    assert!(status_writers(api, &users).contains(&user_b));
+    assert_eq!(holder(api), Some("gw-b".into()));
+    assert!(b.metrics().contains("portico_kubernetes_leader 1"));
+}
+
+/// With `namespace` set, namespaced kinds are listed and watched in that
+/// namespace only (the audit log says so), and another namespace's
+/// Ingress is not served.
+#[test]
+fn namespace_restriction_watches_and_serves_one_namespace() {
+    let (api, ns, net, _web) = setup("inns");
+    let other = api.namespace("outns");
+    api.apply(&(shop(&ns, "in.test", &net, false) + &shop(&other, "out.test", &net, false)))
+        .unwrap();
+    let (_, token, _) = install_rbac(api, &ns, |r| r);
+    let dir = TempDir::new("kapi");
+    let kubeconfig = api.token_kubeconfig(dir.path(), "portico", &token);
+    let gw = Gateway::spawn_kube_real(&kubeconfig, &ns, "gw", NO_NODE_PORTS, true);
+    gw.wait_ready();
+    assert!(routes_to(&gw, "in.test", "web-1"));
+    assert_eq!(http_get(gw.http, "out.test", "/").unwrap().status, 404);
+    let user = format!("system:serviceaccount:{ns}:portico-{ns}");
+    let reads: Vec<serde_json::Value> = api
+        .audit(&user)
+        .into_iter()
+        .filter(|e| e["verb"] == "list" || e["verb"] == "watch")
+        .collect();
+    for kind in ["services", "secrets", "endpointslices", "ingresses"] {
+        let of_kind: Vec<&serde_json::Value> = reads
+            .iter()
+            .filter(|e| e["objectRef"]["resource"] == kind)
+            .collect();
+        assert!(!of_kind.is_empty(), "{kind} never listed");
+        for e in of_kind {
+            assert_eq!(e["objectRef"]["namespace"], ns.as_str(), "{e}");
+        }
+    }
+}
+
+#[test]
+fn external_name_backend_resolves_and_follows_dns_changes() {
+    use portico_integration_tests::dns::DnsServer;
+    let api = shared();
+    let ns = api.namespace("extname");
+    let net = Netns::new();
+    let second = net.add_host(3);
+    let _a = net.echo_http("ext-a", &net.addr(2), BACKEND_PORT);
+    let _b = net.echo_http("ext-b", &second, BACKEND_PORT);
+    let dns = DnsServer::start();
+    let name = "backend.portico.test";
+    dns.set(name, &[net.addr(2)], 1);
+    api.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: {ns}}}\nspec:\n  type: ExternalName\n  externalName: {name}\n  ports: [{{name: http, port: {BACKEND_PORT}}}]\n---\n{}",
+        yaml::ingress(&ns, "ext", &[("ext.test", "/", "Prefix", "ext", "http")], "")
+    ))
+    .unwrap();
+    let dir = TempDir::new("kapi");
+    let gw = Gateway::spawn_kube_real(
+        &api.kubeconfig(dir.path(), "admin"),
+        &ns,
+        "gw",
+        &format!(
+            "{NO_NODE_PORTS}[dns]\nservers = [\"127.0.0.1:{}\"]\nmin_ttl_seconds = 1\n",
+            dns.port()
+        ),
+        true,
+    );
+    gw.wait_ready();
+    wait_for(10, "ext.test routed to the resolved address", || {
+        routes_to(&gw, "ext.test", "ext-a")
+    });
+    dns.set(name, std::slice::from_ref(&second), 1);
+    wait_for(10, "ext.test following the DNS change", || {
+        routes_to(&gw, "ext.test", "ext-b")
+    });
+    dns.remove(name);
+    wait_for(10, "the resolve failure to be logged", || {
+        gw.log().contains("cannot resolve ExternalName")
+    });
+    for _ in 0..5 {
+        assert!(routes_to(&gw, "ext.test", "ext-b"));
+    }
+}
+
+/// The shipped `cloud-lb` plugin (built from source) decides
+/// LoadBalancer addresses: internal-LB annotations get the internal pool,
+/// others the default pool, and an exhausted pool is reported..
+#[test]
+fn the_cloud_lb_plugin_allocates_load_balancer_addresses() {
+    let api = shared();
+    let ns = api.namespace("cloudlb");
+    let dir = TempDir::new("kapi");
+    let kc = api.kubeconfig(dir.path(), "admin");
+    let svc = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}{annotations}}}\nspec:\n  type: LoadBalancer\n  ports: [{{name: p, port: 80}}]\n---\n"
+        )
+    };
+    api.apply(
+        &(svc("public", "")
+            + &svc(
+                "private",
+                ", annotations: {service.beta.kubernetes.io/aws-load-balancer-internal: 'true'}",
+            )),
+    )
+    .unwrap();
+    let wasm = built_plugins().join("cloud_lb.wasm");
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw", &format!(
+            "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}\n[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
+             config = '{{\"pools\": {{\"default\": [\"127.0.0.5\"], \"internal\": [\"127.0.0.6\"]}}}}'\n",
+            wasm.display()
+        ),
+        true,
+    );
+    gw.wait_ready();
+    let status = |name: &str| {
+        api.get("services", &ns, name).and_then(|s| {
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    wait_for(10, "public pool address", || {
+        status("public").as_deref() == Some("127.0.0.5")
+    });
+    wait_for(10, "internal pool address", || {
+        status("private").as_deref() == Some("127.0.0.6")
+    });
+    // The default pool is used up: a third Service gets nothing, and the
+    // plugin's reason is logged.
+    api.apply(&svc("third", "")).unwrap();
+    wait_for(10, "the exhausted pool reported", || {
+        gw.log()
+            .contains("the default address pool has no free address")
+    });
+    assert_eq!(status("third"), None);
+    assert_eq!(
+        status("public").as_deref(),
+        Some("127.0.0.5"),
+        "addresses do not move"
+    );
+}
+
+/// A stand-in for an external load-balancer API (a cloud's, or an IPAM):
+/// answers every POST with `address` for each Service asked about, or
+/// with `status` and no body when not 200, and keeps the bodies it got.
+struct FakeLbApi {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    status: Arc<Mutex<u16>>,
+}
+
+/// A certificate (PEM, its own CA) for 127.0.0.1, and a server
+/// configuration that presents it.
+fn lb_api_tls() -> (String, Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = self_signed(&["127.0.0.1"]);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    (cert, Arc::new(config))
+}
+
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+impl FakeLbApi {
+    fn start(address: &'static str) -> FakeLbApi {
+        Self::serve(address, None)
+    }
+
+    /// The same API over HTTPS with a certificate from `tls`.
+    fn start_tls(address: &'static str, tls: Arc<rustls::ServerConfig>) -> FakeLbApi {
+        Self::serve(address, Some(tls))
+    }
+
+    fn serve(address: &'static str, tls: Option<Arc<rustls::ServerConfig>>) -> FakeLbApi {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(200));
+        let (b, st) = (bodies.clone(), status.clone());
+        // Detached: it ends with the test process.
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut s: Box<dyn Conn> = match &tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                        Box::new(rustls::StreamOwned::new(conn, s))
+                    }
+                    None => Box::new(s),
+                };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                let body = loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break Some(body.to_string());
+                        }
+                    }
+                };
+                let Some(body) = body else { continue };
+                let req: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let answer = serde_json::json!({"services": req["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| serde_json::json!({"namespace": s["namespace"], "name": s["name"], "addresses": [address]}))
+                    .collect::<Vec<_>>()});
+                b.lock().unwrap().push(req);
+                let code = *st.lock().unwrap();
+                let out = if code == 200 {
+                    answer.to_string()
+                } else {
+                    "unavailable".into()
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
+                    out.len()
+                );
+                let _ = s.flush();
+            }
+        });
+        FakeLbApi {
+            addr,
+            bodies,
+            status,
+        }
+    }
+}
+
+#[test]
+fn cloud_lb_takes_addresses_from_an_external_load_balancer_api() {
+    let api = shared();
+    let ns = api.namespace("cloudlb");
+    let dir = TempDir::new("kapi");
+    let kc = api.kubeconfig(dir.path(), "admin");
+    let lb_api = FakeLbApi::start("127.0.0.6");
+    let port = free_port();
+    let svc = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}{annotations}}}\nspec:\n  type: LoadBalancer\n  ports:\n  - {{name: t, port: {port}, targetPort: 9000, protocol: TCP}}\n---\n"
+        )
+    };
+    api.apply(&svc(
+        "ext",
+        ", annotations: {service.beta.kubernetes.io/aws-load-balancer-internal: \"true\"}",
+    ))
+    .unwrap();
+    let cfg = format!(
+        "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
+         config = '{{\"api\": {{\"url\": \"http://{}/v1/allocate\", \"headers\": {{\"x-token\": \"t\"}}, \"timeoutMs\": 2000}}}}'\n",
+        built_plugins().join("cloud_lb.wasm").display(),
+        lb_api.addr
+    );
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw", &cfg, true);
+    gw.wait_ready();
+    wait_for(15, "the status the API gave", || {
+        api.get("services", &ns, "ext")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.6")
+    });
+    let asked = lb_api.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(asked["services"][0]["name"], "ext");
+    // The plugin tells the API which pool the annotations ask for.
+    assert_eq!(asked["services"][0]["pool"], "internal");
+    assert_eq!(asked["nodeAddresses"][0], "127.0.0.1");
+
+    // The API fails: a new Service gets no status, the first keeps its
+    // own, and the log says why.
+    *lb_api.status.lock().unwrap() = 503;
+    api.apply(&svc("late", "")).unwrap();
+    wait_for(15, "the failed call to be logged", || {
+        gw.log().contains("answered 503")
+    });
+    let late = api.get("services", &ns, "late").unwrap();
+    assert!(
+        late["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{late}"
+    );
+    assert_eq!(
+        api.get("services", &ns, "ext").unwrap()["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "127.0.0.6"
+    );
+    // It answers again: the new Service gets its address.
+    *lb_api.status.lock().unwrap() = 200;
+    wait_for(20, "the late Service's status", || {
+        api.get("services", &ns, "late")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.6")
+    });
+}
+
+#[test]
+fn cloud_lb_verifies_an_https_load_balancer_api_against_its_ca() {
+    let api = shared();
+    let ns = api.namespace("cloudlb");
+    let dir = TempDir::new("kapi");
+    let kc = api.kubeconfig(dir.path(), "admin");
+    let (ca, tls) = lb_api_tls();
+    let lb_api = FakeLbApi::start_tls("127.0.0.7", tls);
+    let port = free_port();
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  type: LoadBalancer\n  ports:\n  - {{name: t, port: {port}, targetPort: 9000, protocol: TCP}}\n---\n"
+        )
+    };
+    api.apply(&svc("secure")).unwrap();
+    // The CA goes into the plugin's JSON configuration as a string.
+    let plugin_config = |ca: &str| {
+        serde_json::json!({"api": {"url": format!("https://{}/v1/allocate", lb_api.addr), "caPem": ca}})
+            .to_string()
+    };
+    let cfg = |ca: &str| {
+        format!(
+            "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\nconfig = '{}'\n",
+            built_plugins().join("cloud_lb.wasm").display(),
+            plugin_config(ca)
+        )
+    };
+    // Another CA than the one that signed the API's certificate: the
+    // handshake fails, the Service gets no address, the log says why.
+    let (other_ca, _) = lb_api_tls();
+    // (One identity for both gateways: the second takes the status lease
+    // over at once.)
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw", &cfg(&other_ca), true);
+    gw.wait_ready();
+    wait_for(15, "the refused certificate to be logged", || {
+        gw.log().contains("TLS handshake with")
+    });
+    assert!(
+        gw.log().contains("invalid peer certificate"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        lb_api.bodies.lock().unwrap().is_empty(),
+        "the request was sent"
+    );
+    let s = api.get("services", &ns, "secure").unwrap();
+    assert!(
+        s["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{s}"
+    );
+    drop(gw);
+    // The right CA: the API is asked and its address published.
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw", &cfg(&ca), true);
+    gw.wait_ready();
+    wait_for(15, "the status the HTTPS API gave", || {
+        api.get("services", &ns, "secure")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.7")
+    });
+    assert_eq!(
+        lb_api.bodies.lock().unwrap().last().unwrap()["services"][0]["name"],
+        "secure"
+    );
 }
