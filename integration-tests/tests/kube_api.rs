@@ -1046,3 +1046,35 @@ fn cloud_lb_verifies_an_https_load_balancer_api_against_its_ca() {
         "secure"
     );
 }
+
+/// The shipped `deploy/` as a user applies it, validated and defaulted by
+/// the real server without being stored (`--dry-run=server`): every object
+/// is accepted, the DaemonSet's `lifecycle.preStop.sleep` included (a 1.30+
+/// field, hence the oldest supported version in README).
+#[test]
+fn deploy_manifests_pass_a_server_side_dry_run() {
+    let api = shared();
+    // A dry run stores nothing, not even deploy/'s Namespace, so the
+    // namespaced objects need it to exist already (as on a second apply).
+    let _ = api.kubectl(&["create", "namespace", "portico-system"], None);
+    let deploy = workspace_root().join("deploy");
+    let out = api
+        .kubectl(
+            &["apply", "--dry-run=server", "-k", deploy.to_str().unwrap()],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("kubectl apply --dry-run=server -k deploy/ refused: {e}"));
+    for object in [
+        "namespace/portico-system",
+        "serviceaccount/portico",
+        "clusterrole.rbac.authorization.k8s.io/portico",
+        "clusterrolebinding.rbac.authorization.k8s.io/portico",
+        "role.rbac.authorization.k8s.io/portico-leader-election",
+        "rolebinding.rbac.authorization.k8s.io/portico-leader-election",
+        "ingressclass.networking.k8s.io/portico",
+        "daemonset.apps/portico",
+    ] {
+        assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
+    assert!(out.contains("(server dry run)"), "{out}");
+}
