@@ -1075,10 +1075,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
                 }
                 _ => return errno::NOTSUP,
             };
-            match write(&mut c, ret, &ns.to_le_bytes()) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, ret, &ns.to_le_bytes())
         },
     )?;
     l.func_wrap(
@@ -1092,10 +1089,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
             if getrandom::getrandom(&mut buf).is_err() {
                 return errno::NOTSUP;
             }
-            match write(&mut c, p, &buf) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, p, &buf)
         },
     )?;
     // No environment and no arguments: a plugin sees nothing of the host's.
@@ -1128,10 +1122,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
             if !(0..=1).contains(&id) {
                 return errno::NOTSUP;
             }
-            match write(&mut c, ret, &1u64.to_le_bytes()) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, ret, &1u64.to_le_bytes())
         },
     )?;
     l.func_wrap(
@@ -1146,10 +1137,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
             let mut stat = [0u8; 24];
             stat[0] = 2;
             stat[8..16].copy_from_slice(&RIGHT_FD_WRITE.to_le_bytes());
-            match write(&mut c, ret, &stat) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, ret, &stat)
         },
     )?;
     l.func_wrap(
@@ -1162,10 +1150,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
             // filestat (64 bytes): all zero but the filetype at offset 16.
             let mut stat = [0u8; 64];
             stat[16] = 2;
-            match write(&mut c, ret, &stat) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, ret, &stat)
         },
     )?;
     l.func_wrap(
@@ -1175,10 +1160,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
             if !(0..=2).contains(&fd) {
                 return errno::BADF;
             }
-            match write(&mut c, ret, &0u64.to_le_bytes()) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, ret, &0u64.to_le_bytes())
         },
     )?;
     l.func_wrap(
@@ -1188,10 +1170,7 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
             if !stdio_out(fd) {
                 return errno::BADF;
             }
-            match write(&mut c, ret, &0u64.to_le_bytes()) {
-                Ok(()) => errno::SUCCESS,
-                Err(_) => errno::FAULT,
-            }
+            wasi_write(&mut c, ret, &0u64.to_le_bytes())
         },
     )?;
     l.func_wrap(module, "fd_close", |_: C<'_>, fd: i32| -> i32 {
@@ -1267,6 +1246,14 @@ fn link_wasi(l: &mut Linker<HostState<VmState>>, module: &'static str) -> wasmti
         link_errno(l, module, name, errno::NOSYS)?;
     }
     Ok(())
+}
+
+/// Writes `bytes` at `ptr` for a WASI call: its errno.
+fn wasi_write(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> i32 {
+    match write(c, ptr, bytes) {
+        Ok(()) => errno::SUCCESS,
+        Err(_) => errno::FAULT,
+    }
 }
 
 /// A WASI function that always answers `code`, typed from the ABI table.
