@@ -446,6 +446,26 @@ pub fn session_affinity_config() -> String {
     )
 }
 
+/// Polls `f` every 50 ms until it is true; panics with `what` after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Whether `host` through the gateway gets a 200 from the echo backend
+/// named `backend`.
+pub fn routes_to(gw: &Gateway, host: &str, backend: &str) -> bool {
+    http_get(gw.http, host, "/")
+        .map(|r| r.status == 200 && r.json()["name"] == backend)
+        .unwrap_or(false)
+}
+
 /// The compatibility filter on the AssemblyScript SDK, built by
 /// `plugins/build.sh` too.
 pub fn built_assemblyscript_plugin() -> PathBuf {

@@ -5,7 +5,7 @@
 //!
 //! Needs root for `ip netns` (CI runs as root).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portico_integration_tests::apiserver::ApiServer;
 use portico_integration_tests::netns::{Netns, NsEcho};
@@ -16,24 +16,6 @@ use portico_integration_tests::*;
 const NO_NODE_PORTS: &str = "[l4]\nnode_ports = false\n";
 
 const BACKEND_PORT: u16 = 8080;
-
-/// Polls `f` every 50 ms until it is true; panics with `what` after `secs`.
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn routes_to(gw: &Gateway, host: &str, backend: &str) -> bool {
-    http_get(gw.http, host, "/")
-        .map(|r| r.status == 200 && r.json()["name"] == backend)
-        .unwrap_or(false)
-}
 
 /// Service `web` (port `http` 80) in `shop`, its slice, and an Ingress for
 /// `host`.

@@ -25,24 +25,6 @@ const NO_NODE_PORTS: &str = "[l4]\nnode_ports = false\n";
 
 const BACKEND_PORT: u16 = 8080;
 
-/// Polls `f` every 100 ms until it is true; panics with `what` after `secs`.
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn routes_to(gw: &Gateway, host: &str, backend: &str) -> bool {
-    http_get(gw.http, host, "/")
-        .map(|r| r.status == 200 && r.json()["name"] == backend)
-        .unwrap_or(false)
-}
-
 /// Service `web` (port `http` 80) in `ns`, its slice on pod `web-1`, and an
 /// Ingress for `host` (TLS from Secret `web-tls` when `tls`).
 fn shop(ns: &str, host: &str, net: &Netns, tls: bool) -> String {
@@ -54,6 +36,11 @@ fn shop(ns: &str, host: &str, net: &Netns, tls: bool) -> String {
     yaml::service(ns, "web", "", &[("http", 80)])
         + &yaml::slice_at(ns, "web-1", "web", "http", BACKEND_PORT, &[net.addr(2)])
         + &yaml::ingress(ns, "web", &[(host, "/", "Prefix", "web", "http")], &tls)
+}
+
+/// `shop` with TLS from Secret `web-tls` holding `crt` and `key`.
+fn shop_tls(ns: &str, host: &str, net: &Netns, crt: &str, key: &str) -> String {
+    shop(ns, host, net, true) + &yaml::tls_secret(ns, "web-tls", crt, key)
 }
 
 /// A fresh namespace on the shared server and a network namespace with
@@ -82,10 +69,8 @@ fn ingress_status_ips(api: &KubeApiServer, ns: &str, name: &str) -> Vec<String> 
 fn api_objects_route_http_and_https_to_pods_and_status_is_written() {
     let (api, ns, net, _web) = setup("route");
     let (crt, key) = self_signed(&["shop.test"]);
-    api.apply(
-        &(shop(&ns, "shop.test", &net, true) + &yaml::tls_secret(&ns, "web-tls", &crt, &key)),
-    )
-    .unwrap();
+    api.apply(&shop_tls(&ns, "shop.test", &net, &crt, &key))
+        .unwrap();
 
     let dir = TempDir::new("kapi");
     let kubeconfig = api.kubeconfig(dir.path(), "admin");
@@ -512,10 +497,8 @@ fn events_with_reason(api: &KubeApiServer, ns: &str, reason: &str) -> Vec<serde_
 fn rotated_certificate_is_served_without_restart() {
     let (api, ns, net, _web) = setup("rot");
     let (crt1, key1) = self_signed(&["rot.test"]);
-    api.apply(
-        &(shop(&ns, "rot.test", &net, true) + &yaml::tls_secret(&ns, "web-tls", &crt1, &key1)),
-    )
-    .unwrap();
+    api.apply(&shop_tls(&ns, "rot.test", &net, &crt1, &key1))
+        .unwrap();
     let dir = TempDir::new("kapi");
     let gw = Gateway::spawn_kube_real(
         &api.kubeconfig(dir.path(), "admin"),
