@@ -8,7 +8,13 @@
 //! the new endpoint shows up. Prints propagation p50/p99/max and the
 //! gateway's RSS as JSON.
 //!
-//!     kube_scale --portico target/release/portico --cluster DIR [--changes 40]
+//!     kube_scale --portico target/release/portico --cluster DIR [--changes 40] [--real]
+//!
+//! `--real` loads the cluster through a real kube-apiserver and etcd instead
+//! (`portico_integration_tests::kube_apiserver`, with `kubectl create` of
+//! 500-object lists, four at a time), so the figures include the API server's own watch delivery:
+//! a change is timed from when the API server has stored it (`kubectl`
+//! returned) until `/explain` shows it.
 //!
 //! `DIR` is what `integration-tests/bench/gen_cluster.py generate` writes
 //! (the same generator feeds the manifests-source benchmark): Services
@@ -21,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portico_integration_tests::apiserver::{parse_objects, ApiServer};
+use portico_integration_tests::kube_apiserver::{self, KubeApiServer};
 use portico_integration_tests::{free_port, http_get, TempDir};
 use serde_json::{json, Value};
 
@@ -28,6 +35,109 @@ struct Args {
     portico: PathBuf,
     cluster: PathBuf,
     changes: usize,
+    real: bool,
+}
+
+/// Where the cluster lives: the double, or a real API server.
+enum Api {
+    Double(ApiServer),
+    Real(&'static KubeApiServer),
+}
+
+impl Api {
+    /// Stores every object; the time it took.
+    fn load(&self, objects: Vec<Value>) -> f64 {
+        let t0 = Instant::now();
+        match self {
+            Api::Double(api) => {
+                api.apply_objects(objects).unwrap_or_else(|e| {
+                    die(&format!("the double refused an object: {}", e.message))
+                });
+            }
+            Api::Real(api) => {
+                let api: &'static KubeApiServer = api;
+                let namespaces: std::collections::BTreeSet<String> = objects
+                    .iter()
+                    .filter_map(|o| o["metadata"]["namespace"].as_str().map(String::from))
+                    .collect();
+                let ns_yaml: String = namespaces
+                    .iter()
+                    .map(|n| {
+                        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n---\n")
+                    })
+                    .collect();
+                api.kubectl(&["create", "-f", "-"], Some(&ns_yaml))
+                    .unwrap_or_else(|e| die(&format!("creating namespaces: {e}")));
+                // Lists of 500 objects, four kubectl processes at a time.
+                let lists: Vec<String> = objects
+                    .chunks(500)
+                    .map(|c| json!({"apiVersion": "v1", "kind": "List", "items": c}).to_string())
+                    .collect();
+                for four in lists.chunks(4) {
+                    let handles: Vec<_> = four
+                        .iter()
+                        .cloned()
+                        .map(|list| {
+                            std::thread::spawn(move || {
+                                api.kubectl(&["create", "-f", "-"], Some(&list))
+                            })
+                        })
+                        .collect();
+                    for h in handles {
+                        if let Err(e) = h.join().unwrap() {
+                            die(&format!("the API server refused: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        t0.elapsed().as_secs_f64()
+    }
+
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        match self {
+            Api::Double(api) => api.kubeconfig(dir, "bench"),
+            Api::Real(api) => api.kubeconfig(dir, "bench"),
+        }
+    }
+
+    fn slice(&self, ns: &str, name: &str) -> Option<Value> {
+        match self {
+            Api::Double(api) => api.get("discovery.k8s.io/v1", "EndpointSlice", ns, name),
+            Api::Real(api) => api.get("endpointslices.discovery.k8s.io", ns, name),
+        }
+    }
+
+    /// Replaces a slice; returns once the API server has stored it.
+    fn replace(&self, mut slice: Value) {
+        match self {
+            Api::Double(api) => {
+                api.apply_objects(vec![slice]).unwrap();
+            }
+            Api::Real(api) => {
+                if let Some(m) = slice["metadata"].as_object_mut() {
+                    for k in [
+                        "resourceVersion",
+                        "managedFields",
+                        "uid",
+                        "creationTimestamp",
+                        "generation",
+                    ] {
+                        m.remove(k);
+                    }
+                }
+                api.kubectl(&["replace", "-f", "-"], Some(&slice.to_string()))
+                    .unwrap_or_else(|e| die(&format!("replace: {e}")));
+            }
+        }
+    }
+
+    fn source(&self) -> &'static str {
+        match self {
+            Api::Double(_) => "kubernetes (API-server double)",
+            Api::Real(_) => "kubernetes (real kube-apiserver + etcd)",
+        }
+    }
 }
 
 fn args() -> Args {
@@ -35,7 +145,12 @@ fn args() -> Args {
     let mut portico = None;
     let mut cluster = None;
     let mut changes = 40;
+    let mut real = false;
     while let Some(k) = a.next() {
+        if k == "--real" {
+            real = true;
+            continue;
+        }
         let mut v = || {
             a.next()
                 .unwrap_or_else(|| die(&format!("{k} needs a value")))
@@ -51,6 +166,7 @@ fn args() -> Args {
         portico: portico.unwrap_or_else(|| die("--portico PATH is required")),
         cluster: cluster.unwrap_or_else(|| die("--cluster DIR is required")),
         changes,
+        real,
     }
 }
 
@@ -86,8 +202,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn main() {
     let args = args();
-    let api = ApiServer::start();
-    let t0 = Instant::now();
+    let api = if args.real {
+        Api::Real(kube_apiserver::shared())
+    } else {
+        Api::Double(ApiServer::start())
+    };
     let mut paths = Vec::new();
     files(&args.cluster, &mut paths);
     let mut objects = Vec::new();
@@ -104,12 +223,10 @@ fn main() {
     if services == 0 || ingresses == 0 {
         die("the cluster folder has no Services or Ingresses (run gen_cluster.py generate)");
     }
-    api.apply_objects(objects)
-        .unwrap_or_else(|e| die(&format!("the double refused an object: {}", e.message)));
-    let load_s = t0.elapsed().as_secs_f64();
+    let load_s = api.load(objects);
 
     let dir = TempDir::new("kube-scale");
-    let kubeconfig = api.kubeconfig(dir.path(), "bench");
+    let kubeconfig = api.kubeconfig(dir.path());
     let config = dir.write(
         "portico.toml",
         &format!(
@@ -153,7 +270,7 @@ fn main() {
         let ns = format!("ns-{}", s % 100);
         let name = format!("svc-{s}-1");
         let original = api
-            .get("discovery.k8s.io/v1", "EndpointSlice", &ns, &name)
+            .slice(&ns, &name)
             .unwrap_or_else(|| die(&format!("no EndpointSlice {ns}/{name}")));
         let added = format!("10.254.{}.{}", c / 250, c % 250 + 1);
         let mut changed = original.clone();
@@ -161,8 +278,8 @@ fn main() {
             .as_array_mut()
             .unwrap()
             .push(json!({"addresses": [added], "conditions": {"ready": true}}));
+        api.replace(changed);
         let t = Instant::now();
-        api.apply_objects(vec![changed]).unwrap();
         let path = format!("/explain?host=host-{i}.example.com&path=/");
         loop {
             let v: Value = http_get(admin, "admin", &path)
@@ -191,7 +308,7 @@ fn main() {
             .as_object_mut()
             .unwrap()
             .remove("resourceVersion");
-        api.apply_objects(vec![back]).unwrap();
+        api.replace(back);
         std::thread::sleep(Duration::from_millis(300));
     }
     let rss = rss_kib(child.id());
@@ -203,9 +320,9 @@ fn main() {
     println!(
         "{}",
         json!({
-            "source": "kubernetes (API-server double)",
+            "source": api.source(),
             "services": services, "endpoints": endpoints, "ingresses": ingresses,
-            "load_into_double_s": r1(load_s), "start_to_ready_s": r1(start_s),
+            "load_s": r1(load_s), "start_to_ready_s": r1(start_s),
             "changes": lat.len(),
             "propagation_ms_p50": r1(q(0.5)), "propagation_ms_p99": r1(q(0.99)),
             "propagation_ms_max": r1(lat[lat.len() - 1]),
