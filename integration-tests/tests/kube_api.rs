@@ -1061,3 +1061,76 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     }
     assert!(out.contains("(server dry run)"), "{out}");
 }
+
+/// An Ingress of another controller's IngressClass, with the shipped
+/// `ingress-class` admission: not served, its status never written, no
+/// Event about it, one log line with the reason, and counted.
+#[test]
+fn an_ingress_of_another_controller_is_left_alone_and_explained() {
+    let (api, ns, net, _web) = setup("ignored");
+    let (ours, theirs) = (format!("portico-{ns}"), format!("other-{ns}"));
+    let class = |name: &str, controller: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: {name}}}\nspec: {{controller: {controller}}}\n---\n"
+        )
+    };
+    let with_class = |yaml: String, class: &str| {
+        yaml.replace(
+            "spec:\n  rules:",
+            &format!("spec:\n  ingressClassName: {class}\n  rules:"),
+        )
+    };
+    api.apply(
+        &(class(&ours, "portico.io/ingress-controller")
+            + &class(&theirs, "example.com/other")
+            + &with_class(shop(&ns, "mine.test", &net, false), &ours)
+            + &with_class(
+                yaml::ingress(
+                    &ns,
+                    "theirs",
+                    &[("theirs.test", "/", "Prefix", "web", "http")],
+                    "",
+                ),
+                &theirs,
+            )),
+    )
+    .unwrap();
+    let dir = TempDir::new("kapi");
+    let cfg = format!(
+        "{NO_NODE_PORTS}[ingress]\nadmission = \"classes\"\n[[plugins.load]]\nname = \"classes\"\npath = \"{}\"\n",
+        built_plugins().join("ingress_class.wasm").display()
+    );
+    let gw = Gateway::spawn_kube_real(&api.kubeconfig(dir.path(), "admin"), &ns, "gw", &cfg, true);
+    gw.wait_ready();
+    wait_for(15, "status of the served Ingress", || {
+        ingress_status_ips(api, &ns, "web") == ["127.0.0.1"]
+    });
+    assert!(routes_to(&gw, "mine.test", "web-1"));
+    assert_eq!(http_get(gw.http, "theirs.test", "/").unwrap().status, 404);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ingress_status_ips(api, &ns, "theirs"), Vec::<String>::new());
+    let about_theirs: Vec<serde_json::Value> = api
+        .list("events.events.k8s.io", &ns)
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "theirs")
+        .collect();
+    assert!(about_theirs.is_empty(), "{about_theirs:?}");
+    let why = "belongs to controller example.com/other, not portico.io/ingress-controller";
+    let log = gw.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Ingress not served"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains(&format!("{ns}/theirs")) && lines[0].contains(why),
+        "{log}"
+    );
+    assert!(gw
+        .metrics()
+        .contains("portico_ingresses{state=\"ignored\"} 1"));
+    let ex = http_get(gw.admin, "admin", "/explain?host=theirs.test&path=/")
+        .unwrap()
+        .json();
+    assert!(ex["why"].as_str().unwrap().contains(why), "{ex}");
+}

@@ -59,6 +59,55 @@ fn the_ingress_class_plugin_decides_what_is_served() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("Portico control ABI v1"), "{text}");
+
+    // The Ingress left out is never silent: `check` warns with the
+    // admission's reason...
+    let why = "spec.ingressClassName other belongs to controller example.com/other, not portico.io/ingress-controller";
+    assert!(
+        text.contains(&format!(
+            "Ingress default/theirs: warning: not served: {why}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("1 warning(s)"), "{text}");
+    // ...`explain` for its host says which Ingress would have matched and why
+    // it is not served...
+    let ex = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", g.admin),
+        "--host",
+        "theirs.test",
+    ]);
+    let ex = String::from_utf8_lossy(&ex.stdout);
+    assert!(
+        ex.contains(&format!("not served:  Ingress default/theirs ({why})")),
+        "{ex}"
+    );
+    assert!(ex.contains("is not served"), "{ex}");
+    // ...and `/config`, the metrics and the log (once) have it.
+    let config = http_get(g.admin, "admin", "/config").unwrap().json();
+    assert_eq!(config["ingresses"]["served"], 2, "{config}");
+    assert_eq!(
+        config["ingresses"]["ignored"][0]["ingress"],
+        "default/theirs"
+    );
+    assert_eq!(config["ingresses"]["ignored"][0]["reason"], why);
+    let metrics = g.metrics();
+    assert!(
+        metrics.contains("portico_ingresses{state=\"ignored\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portico_ingresses{state=\"served\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        g.log().matches("Ingress not served").count(),
+        1,
+        "{}",
+        g.log()
+    );
 }
 
 #[test]

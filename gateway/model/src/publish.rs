@@ -94,6 +94,15 @@ impl Publisher {
                     .collect()
             }
         };
+        // Each Ingress left out is said once, with its reason, not on every
+        // rebuild (one line per Ingress and reason).
+        let before = self.current.load();
+        for i in &spec.ignored_ingresses {
+            if !before.ignored_ingresses.contains(i) {
+                tracing::info!(ingress = %i.ingress, reason = %i.reason, "Ingress not served");
+            }
+        }
+        drop(before);
         let snap = Arc::new(Snapshot {
             generation,
             routes: spec.routes,
@@ -101,6 +110,8 @@ impl Publisher {
             l4: spec.l4,
             certs: spec.certs,
             problems: spec.problems,
+            admitted_ingresses: spec.admitted_ingresses,
+            ignored_ingresses: spec.ignored_ingresses,
         });
         self.current.store(snap.clone());
         let now = SystemTime::now()
@@ -113,6 +124,10 @@ impl Publisher {
             .record(started.elapsed().as_secs_f64());
         metrics::gauge!("portico_backends").set(snap.pools.len() as f64);
         metrics::gauge!("portico_l4_listeners_configured").set(snap.l4.len() as f64);
+        metrics::gauge!("portico_ingresses", "state" => "served")
+            .set(snap.admitted_ingresses as f64);
+        metrics::gauge!("portico_ingresses", "state" => "ignored")
+            .set(snap.ignored_ingresses.len() as f64);
         self.changed.send_replace(generation);
         tracing::info!(
             generation,

@@ -125,6 +125,37 @@ impl fmt::Display for L4ListenerKey {
     }
 }
 
+/// An Ingress the admission left out, and the reason it gave: shown by
+/// `check`, `explain` and `/config`, and counted, so an Ingress is never
+/// silently not served.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct IgnoredIngress {
+    /// `namespace/name`.
+    pub ingress: String,
+    /// Where it came from (file and object), for `check`.
+    pub location: String,
+    pub reason: String,
+    /// The hosts its rules name; `*` for a rule without a host or a
+    /// `defaultBackend`.
+    pub hosts: Vec<String>,
+}
+
+impl IgnoredIngress {
+    /// Whether a request for `host` would have reached one of its rules.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| {
+            h == "*"
+                || h.eq_ignore_ascii_case(host)
+                || h.strip_prefix("*.").is_some_and(|suffix| {
+                    host.len() > suffix.len() + 1
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                        && !host[..host.len() - suffix.len() - 1].contains('.')
+                })
+        })
+    }
+}
+
 /// Translation output before runtime state is attached: pure data, easy to
 /// compare in tests.
 #[derive(Debug, Clone, Default)]
@@ -139,6 +170,10 @@ pub struct SnapshotSpec {
     /// The subset of `problems` found while building each Service's
     /// backends, so an endpoint-only refresh can replace just those.
     pub backend_problems: BTreeMap<crate::store::ObjectKey, Vec<Problem>>,
+    /// How many Ingresses the admission took.
+    pub admitted_ingresses: usize,
+    /// The Ingresses it left out, sorted.
+    pub ignored_ingresses: Vec<IgnoredIngress>,
 }
 
 /// The published, immutable view the data plane reads.
@@ -149,6 +184,8 @@ pub struct Snapshot {
     pub l4: BTreeMap<L4ListenerKey, BackendKey>,
     pub certs: CertStore,
     pub problems: Vec<Problem>,
+    pub admitted_ingresses: usize,
+    pub ignored_ingresses: Vec<IgnoredIngress>,
 }
 
 impl Snapshot {
@@ -160,6 +197,8 @@ impl Snapshot {
             l4: BTreeMap::new(),
             certs: CertStore::default(),
             problems: Vec::new(),
+            admitted_ingresses: 0,
+            ignored_ingresses: Vec::new(),
         }
     }
 
@@ -170,6 +209,29 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    use super::IgnoredIngress;
+
+    #[test]
+    fn an_ignored_ingress_names_its_hosts_wildcards_and_catch_alls() {
+        let i = |hosts: &[&str]| IgnoredIngress {
+            ingress: "ns/i".into(),
+            location: String::new(),
+            reason: String::new(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        let exact = i(&["shop.example.com"]);
+        assert!(exact.names_host("shop.example.com"));
+        assert!(exact.names_host("SHOP.example.com"));
+        assert!(!exact.names_host("other.example.com"));
+        let wild = i(&["*.example.com"]);
+        assert!(wild.names_host("a.example.com"));
+        assert!(!wild.names_host("example.com"));
+        assert!(!wild.names_host("a.b.example.com"), "one label only");
+        assert!(!wild.names_host("aexample.com"));
+        assert!(i(&["*"]).names_host("anything.test"));
+        assert!(!i(&[]).names_host("anything.test"));
+    }
+
     use super::BackendKey;
 
     #[test]

@@ -151,11 +151,25 @@ pub fn explain(
         }
     }
     let plugins_json = plugin_list(&groups);
+    // Ingresses that name this host but that the admission left out: the
+    // answer to "why is my Ingress not served?".
+    let ignored: Vec<Value> = snap
+        .ignored_ingresses
+        .iter()
+        .filter(|i| i.names_host(host))
+        .map(|i| json!({"ingress": i.ingress, "reason": i.reason}))
+        .collect();
     let (route_json, pool_json_v, why) = match route {
         None => (
             Value::Null,
             Value::Null,
-            format!("no Ingress rule matches host {host:?} path {path:?} and no defaultBackend is set: 404"),
+            match snap.ignored_ingresses.iter().find(|i| i.names_host(host)) {
+                Some(i) => format!(
+                    "no served Ingress rule matches host {host:?} path {path:?}: 404; Ingress {} has a rule for this host but is not served: {}",
+                    i.ingress, i.reason
+                ),
+                None => format!("no Ingress rule matches host {host:?} path {path:?} and no defaultBackend is set: 404"),
+            },
         ),
         Some((r, how)) => {
             let pool = snap.pool(&r.backend);
@@ -194,6 +208,7 @@ pub fn explain(
         "pool": pool_json_v,
         "certificate": cert,
         "plugins": plugins_json,
+        "ignored_ingresses": ignored,
         "why": why,
     })
 }
@@ -221,6 +236,10 @@ pub fn snapshot_json(snap: &Snapshot) -> Value {
         "certificates": snap.certs.summary(),
         "default_certificate_hosts": snap.certs.fallbacks(),
         "problems": snap.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "ingresses": {
+            "served": snap.admitted_ingresses,
+            "ignored": snap.ignored_ingresses.iter().map(|i| json!({"ingress": i.ingress, "reason": i.reason, "hosts": i.hosts})).collect::<Vec<_>>(),
+        },
     })
 }
 
@@ -309,6 +328,13 @@ pub fn render(v: &Value) -> String {
             s(&v["certificate"]["source"]),
             s(&v["certificate"]["why"])
         ));
+        for i in v["ignored_ingresses"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "not served:  Ingress {} ({})\n",
+                s(&i["ingress"]),
+                s(&i["reason"])
+            ));
+        }
         out.push_str(&format!("why:         {}\n", s(&v["why"])));
     }
     let names: Vec<String> = v["plugins"]

@@ -291,6 +291,13 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     problems.extend(dup);
     let spec = portico_translate::translate(&store, &translate_settings(cfg));
     problems.extend(spec.problems);
+    // Not an error (other controllers' Ingresses are normal), but never
+    // silent.
+    problems.extend(
+        spec.ignored_ingresses
+            .into_iter()
+            .map(|i| Problem::warning(i.location, format!("not served: {}", i.reason))),
+    );
     problems.sort();
     problems.dedup();
     problems

@@ -7,7 +7,7 @@ use super::backend::{Backends, PortRef};
 use portico_model::certs as tls;
 use portico_model::problems::Problem;
 use portico_model::routing::{CanaryRoute, PathKind, Route};
-use portico_model::snapshot::SnapshotSpec;
+use portico_model::snapshot::{IgnoredIngress, SnapshotSpec};
 use portico_model::store::{ObjectKey, Store};
 
 /// A path of a canary Ingress, to be given to the route of another
@@ -20,6 +20,29 @@ pub struct PendingCanary {
     pub kind: PathKind,
     pub path: String,
     pub canary: CanaryRoute,
+}
+
+/// An Ingress the admission left out, with the hosts it names (so
+/// `explain` can say why a request for one of them is not routed).
+pub fn ignored(key: &ObjectKey, ing: &Ingress, location: String, reason: String) -> IgnoredIngress {
+    let spec = ing.spec.as_ref();
+    let mut hosts: Vec<String> = spec
+        .and_then(|s| s.rules.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.host.clone().unwrap_or_else(|| "*".into()))
+        .collect();
+    if spec.is_some_and(|s| s.default_backend.is_some()) {
+        hosts.push("*".into());
+    }
+    hosts.sort();
+    hosts.dedup();
+    IgnoredIngress {
+        ingress: key.to_string(),
+        location,
+        reason,
+        hosts,
+    }
 }
 
 /// Adds one admitted Ingress to the table. Problems name the Ingress. A

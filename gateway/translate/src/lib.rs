@@ -75,15 +75,23 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
     let mut canaries = Vec::new();
     for (key, ing) in oldest_first(&store.ingresses, |i| &i.metadata) {
         match settings.admission.admit(&ing.object, &classes) {
-            Admission::Admit(_) => canaries.extend(ingress::add_ingress(
+            Admission::Admit(_) => {
+                out.admitted_ingresses += 1;
+                canaries.extend(ingress::add_ingress(
+                    key,
+                    &ing.object,
+                    store,
+                    settings,
+                    &mut backends,
+                    &mut out,
+                ))
+            }
+            Admission::Ignore(reason) => out.ignored_ingresses.push(ingress::ignored(
                 key,
                 &ing.object,
-                store,
-                settings,
-                &mut backends,
-                &mut out,
+                Store::locate(&store.ingresses, "Ingress", key),
+                reason,
             )),
-            Admission::Ignore(why) => tracing::debug!(ingress = %key, %why, "not ours"),
         }
     }
     // Canaries after every main Ingress, whatever their age; the oldest
@@ -119,6 +127,7 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
     out.backends = backends.built;
     out.problems.sort();
     out.problems.dedup();
+    out.ignored_ingresses.sort();
     out
 }
 

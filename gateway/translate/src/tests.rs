@@ -526,7 +526,21 @@ spec:
     let mut s = settings();
     assert!(translate(&store, &s).routes.find("any", "/").is_some());
     s.admission = Box::new(NotOther);
-    assert!(translate(&store, &s).routes.find("any", "/").is_none());
+    let spec = translate(&store, &s);
+    assert!(spec.routes.find("any", "/").is_none());
+    // Left out, but not silently: the Ingress, the admission's reason and
+    // the hosts it names are in the spec for check, explain and metrics.
+    assert_eq!(spec.admitted_ingresses, 0);
+    assert_eq!(spec.ignored_ingresses.len(), 1);
+    let ignored = &spec.ignored_ingresses[0];
+    assert_eq!(ignored.ingress, "shop/x");
+    assert_eq!(ignored.reason, "other");
+    assert_eq!(ignored.hosts, ["*"], "a defaultBackend takes any host");
+    assert!(
+        ignored.location.contains("Ingress shop/x"),
+        "{}",
+        ignored.location
+    );
 }
 
 /// An endpoint-only refresh gives exactly what a full translation gives.

@@ -27,7 +27,13 @@ fn by_name(req: &AdmitRequest, name: &str, via: &str) -> Admit {
             true,
             format!("{via} {name} is an IngressClass of {}", s.controller),
         ),
-        Some(_) => (false, format!("{via} {name} belongs to another controller")),
+        Some(c) => (
+            false,
+            format!(
+                "{via} {name} belongs to controller {}, not {}",
+                c.controller, s.controller
+            ),
+        ),
         None if s.accepted_classes.iter().any(|c| c == name) => (
             true,
             format!("{via} {name} is in ingress.accepted_classes"),
