@@ -1134,3 +1134,70 @@ fn an_ingress_of_another_controller_is_left_alone_and_explained() {
         .json();
     assert!(ex["why"].as_str().unwrap().contains(why), "{ex}");
 }
+
+/// `/metrics` after traffic of every kind (HTTP, TLS, L4, a plugin, the
+/// Kubernetes source against the real API server) passes `promtool check
+/// metrics` (Debian's `prometheus`): every family has HELP, counters end
+/// in `_total`, units are base units in the name.
+#[test]
+fn metrics_pass_promtool_after_every_kind_of_traffic() {
+    let (api, ns, net, _web) = setup("promtool");
+    let _l4_pod = net.echo_tcp("l4-pod", &net.addr(2), 9000);
+    let (crt, key) = self_signed(&["prom.test"]);
+    let port = free_port();
+    api.apply(
+        &(shop_tls(&ns, "prom.test", &net, &crt, &key)
+            + &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: game, namespace: {ns}}}\nspec:\n  type: LoadBalancer\n  ports:\n  - {{name: t, port: {port}, targetPort: 9000, protocol: TCP}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: game-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: game}}\naddressType: IPv4\nports: [{{name: t, port: 9000, protocol: TCP}}]\nendpoints:\n- addresses: [\"{}\"]\n",
+                net.addr(2)
+            )),
+    )
+    .unwrap();
+    let dir = TempDir::new("kapi");
+    let cfg = format!(
+        "{}{NO_NODE_PORTS}[plugins]\nhttp = [\"compat\"]\n[[plugins.load]]\nname = \"compat\"\npath = \"{}\"\nconfig = \"blue\"\n",
+        cloud_lb("127.0.0.8"),
+        built_plugins().join("compat_http_filter.wasm").display()
+    );
+    let gw = Gateway::spawn_kube_real(&api.kubeconfig(dir.path(), "admin"), &ns, "gw", &cfg, true);
+    gw.wait_ready();
+    assert_eq!(http_get(gw.http, "prom.test", "/").unwrap().status, 200);
+    assert_eq!(http_get(gw.http, "nowhere.test", "/").unwrap().status, 404);
+    let ca = gw.dir.write("ca.pem", &crt);
+    assert_eq!(https_name(&gw, "prom.test", &ca), Ok("web-1".into()));
+    let lb: SocketAddr = format!("127.0.0.8:{port}").parse().unwrap();
+    wait_for(10, "the L4 listener", || {
+        tcp_hello(lb).is_ok_and(|s| s == "l4-pod\nping")
+    });
+    wait_for(10, "the Ingress status", || {
+        ingress_status_ips(api, &ns, "web") == ["127.0.0.1"]
+    });
+    let scrape = gw.metrics();
+    for family in [
+        "portico_http_requests_total",
+        "portico_tls_handshakes_total",
+        "portico_l4_connections_total",
+        "portico_plugin_calls_total",
+        "portico_kubernetes_objects",
+        "portico_kubernetes_status_writes_total",
+        "portico_ingresses",
+    ] {
+        assert!(
+            scrape.contains(&format!("\n{family}")),
+            "{family} missing:\n{scrape}"
+        );
+    }
+    let file = gw.dir.write("scrape.txt", &scrape);
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
+}

@@ -151,6 +151,117 @@ pub fn describe_metrics() {
         "portico_manifest_reloads_total",
         "Manifest folder reloads, by result"
     );
+    describe_gauge!(
+        "portico_backends",
+        "Backends (Service ports) in the active snapshot"
+    );
+    describe_gauge!(
+        "portico_l4_listeners_configured",
+        "L4 listeners the active snapshot asks for"
+    );
+    describe_gauge!(
+        "portico_ingresses",
+        "Ingresses by state: served, or ignored by ingress.admission"
+    );
+    describe_counter!(
+        "portico_canary_requests_total",
+        "Requests a canary Ingress took, by canary Ingress"
+    );
+    describe_counter!(
+        "portico_custom_errors_total",
+        "Error responses replaced by a default backend's page (custom-http-errors), by Ingress"
+    );
+    describe_counter!(
+        "portico_rate_limited_total",
+        "Requests refused by a route's rate or connection limit, by Ingress and limit"
+    );
+    describe_counter!(
+        "portico_endpoint_cooldowns_total",
+        "Endpoints put in cool-down after failures, by backend"
+    );
+    describe_counter!(
+        "portico_dns_lookups_total",
+        "ExternalName DNS lookups, by result"
+    );
+    describe_counter!(
+        "portico_callout_connections_total",
+        "Connections for plugin HTTP callouts, by whether a pooled one was reused"
+    );
+    describe_gauge!(
+        "portico_kubernetes_objects",
+        "Objects of each watched kind in the store, by resource"
+    );
+    describe_counter!(
+        "portico_kubernetes_watch_errors_total",
+        "Kubernetes list/watch failures, by resource"
+    );
+    describe_gauge!(
+        "portico_kubernetes_leader",
+        "1 while this process holds the Lease and writes status, else 0"
+    );
+    describe_counter!(
+        "portico_kubernetes_status_writes_total",
+        "status.loadBalancer writes to Ingresses and Services, by kind and result"
+    );
+    describe_counter!(
+        "portico_kubernetes_events_total",
+        "Kubernetes Events recorded, by reason"
+    );
+    describe_histogram!(
+        "portico_store_build_duration_seconds",
+        Unit::Seconds,
+        "Time to build the object store from the sources"
+    );
+    describe_histogram!(
+        "portico_translate_duration_seconds",
+        Unit::Seconds,
+        "Time to translate the store into a snapshot"
+    );
+    describe_counter!(
+        "portico_plugin_calls_total",
+        "Calls into plugins, by plugin and result"
+    );
+    describe_histogram!(
+        "portico_plugin_call_duration_seconds",
+        Unit::Seconds,
+        "Time of sampled calls into plugins, by plugin"
+    );
+    describe_counter!(
+        "portico_plugin_failures_total",
+        "Plugin failures (trap, deadline, memory), by plugin and kind"
+    );
+    describe_counter!(
+        "portico_plugin_instances_started_total",
+        "Plugin instances started, by plugin"
+    );
+    describe_counter!(
+        "portico_plugin_reloads_total",
+        "Plugin configuration and module reloads, by result"
+    );
+    describe_counter!(
+        "portico_plugin_callouts_total",
+        "Plugin HTTP callouts, by plugin and result"
+    );
+    describe_counter!(
+        "portico_plugin_control_errors_total",
+        "Control-plane plugin hook errors, by plugin and hook"
+    );
+    describe_counter!(
+        "portico_plugin_compile_cache_total",
+        "Plugin module compile-cache lookups, by result"
+    );
+    describe_counter!(
+        "portico_lb_plugin_choices_total",
+        "Upstream choices made by plugins, by result"
+    );
+    describe_gauge!(
+        "portico_plugin_metric",
+        "A plugin's own counter or gauge (proxy_define_metric), by plugin and name"
+    );
+    describe_histogram!(
+        "portico_plugin_histogram",
+        "A plugin's own histogram samples (proxy_define_metric), by plugin and name"
+    );
 }
 
 #[cfg(test)]
