@@ -112,8 +112,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops what the store never reads but a real API server sends with every
 /// object: `managedFields` (server-side apply bookkeeping) and `kubectl
-/// apply`'s copy of the object. At the scale benchmark's size they were a
-/// quarter of the process's memory.
+/// apply`'s copy of the object. At the scale benchmark's size through a
+/// real API server they took 59 MiB of 214 MiB RSS (integration-tests/bench/SCALE.md).
 fn trim_metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
