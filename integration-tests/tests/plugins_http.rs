@@ -341,6 +341,67 @@ fn hostile(dir: &TempDir, name: &str, abi: &str, body: &str) -> String {
     .to_string()
 }
 
+/// A plugin that adds a header value with CR LF in it (a header-splitting
+/// attempt) is refused at the call (`BadArgument`); it traps on that, as
+/// SDKs do on an unexpected status, and its fail policy decides: open, the
+/// request goes on without its edit; closed, a 500 that names the plugin
+/// and carries no internal error text. Nothing reaches the backend.
+#[test]
+fn a_header_edit_http_cannot_carry_is_refused_under_the_fail_policy() {
+    let echo = Echo::http("web");
+    let dir = TempDir::new("split");
+    let wasm = dir.write(
+        "split.wat",
+        &format!(
+            r#"(module
+                (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+                (memory (export "memory") 1)
+                (data (i32.const 16) "x-split")
+                (data (i32.const 32) "a\0d\0ax-injected: 1")
+                (func (export "proxy_abi_version_0_2_1"))
+                {}
+                (func (export "proxy_on_context_create") (param i32 i32))
+                (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                    (if (call $add (i32.const 0) (i32.const 16) (i32.const 7) (i32.const 32) (i32.const 16))
+                        (then unreachable))
+                    i32.const 0))"#,
+            wat_bump_allocator("proxy_on_memory_allocate")
+        ),
+    )
+    .display()
+    .to_string();
+    let mut config = plugin_config("split-open", &wasm, "", "fail = \"open\"");
+    config += &plugin_config("split-closed", &wasm, "", "fail = \"closed\"");
+    let mut m = manifests(&echo, None);
+    for (host, plugin) in [("open.test", "split-open"), ("closed.test", "split-closed")] {
+        m += &yaml::ingress("default", plugin, &[(host, "/", "Prefix", "web", "http")], "")
+            .replace(
+                &format!("metadata: {{name: {plugin}, namespace: default}}"),
+                &format!(
+                    "metadata: {{name: {plugin}, namespace: default, annotations: {{portico.io/plugins: {plugin}}}}}"
+                ),
+            );
+    }
+    let g = Gateway::start(&[("m.yaml", &m)], &config);
+
+    let r = http_get(g.http, "open.test", "/").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert!(seen["headers"].get("x-injected").is_none(), "{seen}");
+    assert!(seen["headers"].get("x-split").is_none(), "{seen}");
+
+    let r = http_get(g.http, "closed.test", "/").unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.text(), "plugin split-closed failed\n");
+    for plugin in ["split-open", "split-closed"] {
+        let traps = metric(
+            &g,
+            &format!("portico_plugin_failures_total{{plugin=\"{plugin}\",kind=\"trap\"}}"),
+        );
+        assert_eq!(traps, Some(1.0), "{plugin}: {}", g.metrics());
+    }
+}
+
 #[test]
 fn hostile_plugins_are_contained_by_their_fail_policy() {
     let echo = Echo::http("web");

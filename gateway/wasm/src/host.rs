@@ -465,6 +465,12 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             let Some(pairs) = deserialize_map(&bytes) else {
                 return status::BAD_ARGUMENT;
             };
+            if !pairs
+                .iter()
+                .all(|(k, v)| valid_field(&k.to_ascii_lowercase(), v))
+            {
+                return status::BAD_ARGUMENT;
+            }
             let pairs = pairs
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
@@ -503,6 +509,9 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
             (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
             (Err(e), _) | (_, Err(e)) => return e,
         };
+        if !valid_field(&key, &value) {
+            return status::BAD_ARGUMENT;
+        }
         let d = &mut c.data_mut().data;
         d.maps_dirty |= 1 << id;
         let map = d.maps.get_or_default(id).pairs_mut();
@@ -1271,6 +1280,21 @@ fn link_errno(
     Ok(())
 }
 
+/// Whether a plugin's header edit is a field HTTP can carry: a token name
+/// (or a pseudo-header, `:path`), a value without CR, LF, NUL or other
+/// controls. Anything else is refused at the call (`BadArgument`), so a
+/// plugin cannot split a header or smuggle a request line, and a bad edit
+/// is the plugin's error, under its fail policy, not a broken response.
+fn valid_field(name: &str, value: &[u8]) -> bool {
+    let name_ok = match name.strip_prefix(':') {
+        Some(pseudo) => {
+            !pseudo.is_empty() && http::HeaderName::from_bytes(pseudo.as_bytes()).is_ok()
+        }
+        None => http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+    };
+    name_ok && http::HeaderValue::from_bytes(value).is_ok()
+}
+
 fn property_path(raw: &[u8]) -> String {
     raw.split(|b| *b == 0)
         .filter(|s| !s.is_empty())
@@ -1464,6 +1488,25 @@ mod tests {
             record.call(&mut store, (999_999, 1)).unwrap(),
             status::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn header_edits_that_http_cannot_carry_are_refused() {
+        assert!(valid_field("x-tag", b"blue"));
+        assert!(valid_field(":path", b"/a?b=c"));
+        assert!(valid_field("x-tab", b"a\tb"));
+        assert!(valid_field("x-utf8", "caf\u{e9}".as_bytes()));
+        for (name, value) in [
+            ("x-split", &b"a\r\nx-injected: 1"[..]),
+            ("x-lf", b"a\nb"),
+            ("x-nul", b"a\0b"),
+            ("bad name", b"v"),
+            ("x-colon:", b"v"),
+            (":", b"v"),
+            ("", b"v"),
+        ] {
+            assert!(!valid_field(name, value), "{name:?} {value:?}");
+        }
     }
 
     #[test]

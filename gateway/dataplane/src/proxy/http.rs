@@ -807,9 +807,11 @@ impl HttpProxy {
         ctx.request_edited |= changed;
         if let Some(pairs) = edits.filter(|_| changed) {
             if let Err(e) = http_filter::apply_request(session.req_header_mut(), &pairs) {
+                // The reason goes to the log, never into the response.
                 tracing::warn!(error = %e, "plugin edit to the request headers refused");
                 ctx.local_reason = Some("plugin");
-                respond(session, 500, format!("{e}\n")).await?;
+                self.respond_local(session, ctx, plugin_failed("request-headers"))
+                    .await?;
                 return Ok(true);
             }
         }
