@@ -11,7 +11,7 @@
 //! (needs the named-upstream callout), the gRPC calls (not planned), and
 //! `proxy_call_foreign_function` (no foreign functions are registered).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,8 +159,9 @@ pub struct VmState {
     /// (`proxy_on_queue_ready`); none for instances that cannot be told
     /// (checks, control calls).
     pub queue_notifier: Option<QueueNotifier>,
-    /// `proxy_done` was called.
-    pub done: bool,
+    /// The contexts that exist: the root context and the live stream
+    /// contexts (`proxy_set_effective_context` accepts only these).
+    pub live_contexts: HashSet<u32>,
     pub started: Option<Instant>,
 }
 
@@ -308,12 +309,16 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
     const E: &str = "env";
 
     // Context lifecycle.
-    l.func_wrap(E, "proxy_done", |mut c: C<'_>| {
-        c.data_mut().data.done = true;
-        status::OK
-    })?;
+    // The host finishes a context as soon as its callbacks return (it never
+    // keeps a `proxy_on_done` pending), so there is never anything for
+    // `proxy_done` to complete: `NotFound`, as the spec and Envoy answer.
+    l.func_wrap(E, "proxy_done", |_: C<'_>| status::NOT_FOUND)?;
     l.func_wrap(E, "proxy_set_effective_context", |mut c: C<'_>, id: i32| {
-        c.data_mut().data.effective_context = id as u32;
+        let d = &mut c.data_mut().data;
+        if !d.live_contexts.contains(&(id as u32)) {
+            return status::BAD_ARGUMENT;
+        }
+        d.effective_context = id as u32;
         status::OK
     })?;
 

@@ -550,7 +550,8 @@ impl StreamChain {
             if f.instance == 0 {
                 continue;
             }
-            let (plugin, instance, skipped) = (f.plugin.clone(), f.instance, f.skipped);
+            let (plugin, instance, skipped, context) =
+                (f.plugin.clone(), f.instance, f.skipped, f.context);
             if !skipped {
                 let ex = plugin.exports;
                 let _ = self.call(i, "proxy_on_log", |inst, ctx| {
@@ -582,7 +583,7 @@ impl StreamChain {
                     r
                 });
             }
-            instances::release(&plugin, instance);
+            instances::release(&plugin, instance, context);
         }
     }
 }

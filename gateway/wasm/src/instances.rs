@@ -60,6 +60,7 @@ impl Instance {
         let id = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
         self.active += 1;
+        self.vm.sandbox.data_mut().live_contexts.insert(id as u32);
         id
     }
 }
@@ -199,7 +200,7 @@ pub fn drop_superseded() {
 
 /// A stream's context ended: forget it, and drop a superseded instance
 /// once nothing uses it.
-pub fn release(plugin: &Arc<Plugin>, instance: u64) {
+pub fn release(plugin: &Arc<Plugin>, instance: u64, context: i32) {
     let superseded = plugin.superseded.load(Ordering::Relaxed);
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
@@ -211,6 +212,7 @@ pub fn release(plugin: &Arc<Plugin>, instance: u64) {
             return;
         }
         inst.active = inst.active.saturating_sub(1);
+        inst.vm.sandbox.data_mut().live_contexts.remove(&(context as u32));
         if inst.active == 0 && superseded {
             w.remove(gen);
         }

@@ -91,6 +91,10 @@ impl Vm {
         sandbox
             .call::<(i32, i32), ()>("proxy_on_context_create", (ROOT_CONTEXT, 0))
             .map_err(|e| step("proxy_on_context_create", e))?;
+        sandbox
+            .data_mut()
+            .live_contexts
+            .insert(ROOT_CONTEXT as u32);
         // The spec calls vm_start's first parameter unused, but SDKs (the
         // upstream Rust one among them) look the root context up by it.
         for (callback, id, len) in [
@@ -207,6 +211,30 @@ mod tests {
                 (i64.eq (i64.load (i32.load (i32.const 0))) (i64.load (i32.const 48)))
                 (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 0)) (i32.const 8)))
                         (i32.load8_u (i32.const 56))))))"#;
+
+    /// Accepts its configuration only if the host answers these calls with
+    /// the spec's status codes: `proxy_set_effective_context` Ok for the
+    /// root context and BadArgument (2) for an unknown one, `proxy_done`
+    /// NotFound (1) with nothing pending.
+    const STATUS_CODES: &str = r#"(module
+        (import "env" "proxy_set_effective_context" (func $ctx (param i32) (result i32)))
+        (import "env" "proxy_done" (func $done (result i32)))
+        (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (i32.and
+                (i32.and
+                    (i32.eq (call $ctx (i32.const 1)) (i32.const 0))
+                    (i32.eq (call $ctx (i32.const 4242)) (i32.const 2)))
+                (i32.eq (call $done) (i32.const 1)))))"#;
+
+    #[test]
+    fn host_calls_answer_the_specs_status_codes() {
+        let vm = start_module(STATUS_CODES, "");
+        assert!(vm.is_ok(), "{:?}", vm.err());
+    }
 
     #[test]
     fn the_configured_root_id_is_what_the_plugin_reads() {
