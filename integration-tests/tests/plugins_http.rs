@@ -402,6 +402,76 @@ fn a_header_edit_http_cannot_carry_is_refused_under_the_fail_policy() {
     }
 }
 
+/// A plugin whose own allocator traps, or loops, when the host hands it
+/// a header value: the whole call fails with it (not a status the plugin
+/// can ignore), the instance is replaced, the fail policy applies, and a
+/// looping allocator is stopped at the plugin's deadline.
+#[test]
+fn a_failing_allocator_fails_the_call_under_the_fail_policy() {
+    let echo = Echo::http("web");
+    let dir = TempDir::new("alloc");
+    let module = |name: &str, allocator: &str| {
+        dir.write(
+            &format!("{name}.wat"),
+            &format!(
+                r#"(module
+                    (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+                    (memory (export "memory") 1)
+                    (data (i32.const 16) "host")
+                    (func (export "proxy_abi_version_0_2_1"))
+                    (func (export "proxy_on_memory_allocate") (param i32) (result i32) {allocator})
+                    (func (export "proxy_on_context_create") (param i32 i32))
+                    (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                        (drop (call $get (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 64) (i32.const 68)))
+                        i32.const 0))"#
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let trap = module("alloc-trap", "unreachable");
+    let spin = module("alloc-spin", "(loop br 0) i32.const 0");
+    let mut config = plugin_config("alloc-trap", &trap, "", "fail = \"closed\"");
+    config += &plugin_config(
+        "alloc-spin",
+        &spin,
+        "",
+        "fail = \"closed\"\ndeadline_ms = 20",
+    );
+    let mut m = manifests(&echo, None);
+    for (host, plugin) in [("trap.test", "alloc-trap"), ("spin.test", "alloc-spin")] {
+        m += &yaml::ingress("default", plugin, &[(host, "/", "Prefix", "web", "http")], "")
+            .replace(
+                &format!("metadata: {{name: {plugin}, namespace: default}}"),
+                &format!(
+                    "metadata: {{name: {plugin}, namespace: default, annotations: {{portico.io/plugins: {plugin}}}}}"
+                ),
+            );
+    }
+    let g = Gateway::start(&[("m.yaml", &m)], &config);
+    for _ in 0..2 {
+        let r = http_get(g.http, "trap.test", "/").unwrap();
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert_eq!(r.text(), "plugin alloc-trap failed\n");
+        let started = Instant::now();
+        let r = http_get(g.http, "spin.test", "/").unwrap();
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a looping allocator held the request {:?}",
+            started.elapsed()
+        );
+    }
+    for (plugin, kind) in [("alloc-trap", "trap"), ("alloc-spin", "deadline")] {
+        let failures = metric(
+            &g,
+            &format!("portico_plugin_failures_total{{plugin=\"{plugin}\",kind=\"{kind}\"}}"),
+        );
+        assert_eq!(failures, Some(2.0), "{plugin}: {}", g.metrics());
+    }
+    assert_eq!(http_get(g.http, "app.test", "/").unwrap().status, 200);
+}
+
 #[test]
 fn hostile_plugins_are_contained_by_their_fail_policy() {
     let echo = Echo::http("web");

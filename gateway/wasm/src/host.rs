@@ -209,9 +209,16 @@ fn give(c: &mut C<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> Result<(), i
         .map_err(|_| status::INTERNAL_FAILURE)?;
     let len = i32::try_from(bytes.len()).map_err(|_| status::BAD_ARGUMENT)?;
     // An empty value still gets a (valid) pointer, as SDKs expect.
-    let ptr = alloc
-        .call(&mut *c, len.max(1))
-        .map_err(|_| status::INTERNAL_FAILURE)?;
+    let ptr = match alloc.call(&mut *c, len.max(1)) {
+        Ok(p) => p,
+        Err(e) => {
+            // The allocator trapped or ran past the deadline: the whole
+            // call fails with it (the instance is discarded, the fail policy
+            // applies), whatever the plugin does with this status.
+            c.data_mut().nested_failure = Some(e);
+            return Err(status::INTERNAL_FAILURE);
+        }
+    };
     if ptr == 0 {
         return Err(status::INTERNAL_FAILURE);
     }

@@ -212,7 +212,11 @@ pub fn release(plugin: &Arc<Plugin>, instance: u64, context: i32) {
             return;
         }
         inst.active = inst.active.saturating_sub(1);
-        inst.vm.sandbox.data_mut().live_contexts.remove(&(context as u32));
+        inst.vm
+            .sandbox
+            .data_mut()
+            .live_contexts
+            .remove(&(context as u32));
         if inst.active == 0 && superseded {
             w.remove(gen);
         }

@@ -160,6 +160,11 @@ impl ResourceLimiter for Cap {
 pub struct HostState<T> {
     pub data: T,
     cap: Cap,
+    /// A trap or deadline in a guest function the host called from inside
+    /// a host call (the plugin's allocator, handed data): the host call can
+    /// only answer a status, so the failure is kept here and the outer call
+    /// fails with it, as any other trap.
+    pub nested_failure: Option<wasmtime::Error>,
 }
 
 #[cfg(test)]
@@ -170,6 +175,7 @@ pub fn test_state() -> HostState<crate::host::VmState> {
             memory_bytes: 1 << 20,
             hit: Arc::new(AtomicBool::new(false)),
         },
+        nested_failure: None,
     }
 }
 
@@ -222,6 +228,7 @@ impl<T: 'static> Sandbox<T> {
                     memory_bytes: limits.memory_bytes,
                     hit: oom.clone(),
                 },
+                nested_failure: None,
             },
         );
         store.limiter(|s| &mut s.cap);
@@ -320,9 +327,14 @@ impl<T: 'static> Sandbox<T> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.calls = self.calls.wrapping_add(1);
         let started = (self.calls % TIME_SAMPLE == 0).then(Instant::now);
-        let result = f
+        let mut result = f
             .call(&mut self.store, params)
             .map_err(|e| classify(e, &self.oom));
+        if let Some(nested) = self.store.data_mut().nested_failure.take() {
+            if result.is_ok() {
+                result = Err(classify(nested, &self.oom));
+            }
+        }
         if let Some(t) = started {
             self.call_time.record(t.elapsed().as_secs_f64());
         }

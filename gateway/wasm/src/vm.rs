@@ -91,10 +91,7 @@ impl Vm {
         sandbox
             .call::<(i32, i32), ()>("proxy_on_context_create", (ROOT_CONTEXT, 0))
             .map_err(|e| step("proxy_on_context_create", e))?;
-        sandbox
-            .data_mut()
-            .live_contexts
-            .insert(ROOT_CONTEXT as u32);
+        sandbox.data_mut().live_contexts.insert(ROOT_CONTEXT as u32);
         // The spec calls vm_start's first parameter unused, but SDKs (the
         // upstream Rust one among them) look the root context up by it.
         for (callback, id, len) in [
