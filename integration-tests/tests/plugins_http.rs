@@ -472,6 +472,60 @@ fn a_failing_allocator_fails_the_call_under_the_fail_policy() {
     assert_eq!(http_get(g.http, "app.test", "/").unwrap().status, 200);
 }
 
+/// A plugin that fails on every request (a loop that hits its deadline)
+/// trips its circuit after 5 failures: later requests get its fail policy
+/// at once, without a worker spending the deadline in it; after the
+/// cool-down one probe calls it again (and, still failing, reopens it).
+#[test]
+fn a_plugin_that_keeps_failing_trips_its_circuit() {
+    let echo = Echo::http("web");
+    let dir = TempDir::new("breaker");
+    let spin = hostile(&dir, "spin", "0_2_1", "(loop br 0) i32.const 0");
+    let config = plugin_config("spin", &spin, "", "fail = \"closed\"\ndeadline_ms = 20");
+    let g = Gateway::start(&[("m.yaml", &manifests(&echo, Some("spin")))], &config);
+    let failures = |g: &Gateway| {
+        metric(
+            g,
+            "portico_plugin_failures_total{plugin=\"spin\",kind=\"deadline\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let refused = |g: &Gateway| {
+        metric(
+            g,
+            "portico_plugin_calls_total{plugin=\"spin\",result=\"circuit_open\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    for _ in 0..5 {
+        assert_eq!(http_get(g.http, "plugged.test", "/").unwrap().status, 500);
+    }
+    assert_eq!(failures(&g), 5.0, "{}", g.metrics());
+    // Open: the fail policy (closed: 500) without calling the plugin.
+    for _ in 0..10 {
+        let r = http_get(g.http, "plugged.test", "/").unwrap();
+        assert_eq!(r.status, 500);
+        assert_eq!(r.text(), "plugin spin failed\n");
+    }
+    assert_eq!(failures(&g), 5.0, "the plugin was called while open");
+    assert_eq!(refused(&g), 10.0, "{}", g.metrics());
+    assert_eq!(g.log().matches("circuit open").count(), 1, "{}", g.log());
+    assert!(g
+        .metrics()
+        .contains("portico_plugin_circuit_opened_total{plugin=\"spin\"} 1"));
+    // Other routes never noticed.
+    assert_eq!(http_get(g.http, "app.test", "/").unwrap().status, 200);
+    // After the cool-down, one probe: it fails again, the circuit reopens.
+    std::thread::sleep(Duration::from_millis(5_300));
+    assert_eq!(http_get(g.http, "plugged.test", "/").unwrap().status, 500);
+    assert_eq!(failures(&g), 6.0, "one probe call");
+    assert_eq!(http_get(g.http, "plugged.test", "/").unwrap().status, 500);
+    assert_eq!(failures(&g), 6.0, "open again after the failed probe");
+    assert!(g
+        .metrics()
+        .contains("portico_plugin_circuit_opened_total{plugin=\"spin\"} 2"));
+}
+
 #[test]
 fn hostile_plugins_are_contained_by_their_fail_policy() {
     let echo = Echo::http("web");

@@ -227,6 +227,10 @@ pub fn describe_metrics() {
         "Time of sampled calls into plugins, by plugin"
     );
     describe_counter!(
+        "portico_plugin_circuit_opened_total",
+        "Times a failing plugin's circuit opened (fail policy applied without calling it), by plugin"
+    );
+    describe_counter!(
         "portico_plugin_failures_total",
         "Plugin failures (trap, deadline, memory), by plugin and kind"
     );

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::body::BodySlot;
+use super::breaker;
 use super::host::{LocalResponse, VmState};
 use super::instances::{self, Instance};
 use super::properties::{StreamProps, REQUEST_HEADERS};
@@ -169,6 +170,16 @@ impl StreamChain {
         if filter.skipped {
             return Step::Skipped;
         }
+        if !filter.plugin.breaker.allow(breaker::now_ms()) {
+            // The circuit is open: the fail policy, without the call.
+            metrics::counter!("portico_plugin_calls_total", "plugin" => filter.plugin.name.clone(), "result" => "circuit_open")
+                .increment(1);
+            filter.skipped = true;
+            return match filter.plugin.fail {
+                FailPolicy::Open => Step::Skipped,
+                FailPolicy::Closed => Step::Failed(filter.plugin.name.clone()),
+            };
+        }
         let plugin = &filter.plugin;
         let mut passthrough = false;
         let run = |inst: &mut Instance, ctx: i32| {
@@ -217,9 +228,25 @@ impl StreamChain {
             filter.passthrough = true;
         }
         match result {
-            Ok(t) => Step::Ran(t),
+            Ok(t) => {
+                if filter.plugin.breaker.success() {
+                    tracing::info!(plugin = %filter.plugin.name, "plugin answered again: circuit closed, it is called again");
+                }
+                Step::Ran(t)
+            }
             Err(e) => {
                 instances::failure_log(&filter.plugin.name, during, &e);
+                if filter.plugin.breaker.failure(breaker::now_ms()) == breaker::Tripped::Opened {
+                    metrics::counter!("portico_plugin_circuit_opened_total", "plugin" => filter.plugin.name.clone())
+                        .increment(1);
+                    tracing::warn!(
+                        plugin = %filter.plugin.name,
+                        failures = breaker::THRESHOLD,
+                        window_s = breaker::WINDOW.as_secs(),
+                        cool_down_s = breaker::COOL_DOWN.as_secs(),
+                        "plugin keeps failing: circuit open, its fail policy applies without calling it until a probe succeeds"
+                    );
+                }
                 filter.skipped = true;
                 match filter.plugin.fail {
                     FailPolicy::Open => Step::Skipped,

@@ -15,6 +15,7 @@
 pub mod abi;
 pub mod admission;
 pub mod body;
+pub mod breaker;
 pub mod cache;
 pub mod callout;
 pub mod config;

@@ -38,6 +38,8 @@ pub struct Plugin {
     /// Set when a reload replaced this version: its instances go once
     /// their last stream ends.
     pub superseded: std::sync::atomic::AtomicBool,
+    /// Stops calling a plugin that keeps failing (per version).
+    pub breaker: super::breaker::Breaker,
 }
 
 /// The callbacks the data plane may call, so it skips the ones a plugin
@@ -174,6 +176,7 @@ pub fn load_one(
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         modified,
         superseded: Default::default(),
+        breaker: Default::default(),
     };
     // Starting once proves the module instantiates under its limits and
     // accepts its configuration before any request depends on it.
