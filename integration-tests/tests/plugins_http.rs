@@ -721,7 +721,10 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
         &[("auth.test", "/", "Prefix", "auth", "http")],
         "",
     );
-    let mut config = String::from("[plugins]\nhttp = [\"compat\"]\n");
+    // Envoy-style cluster names: one mapped, and Istio's form.
+    let mut config = String::from(
+        "[plugins]\nhttp = [\"compat\"]\nclusters = { authz = \"default/auth:http\" }\n",
+    );
     config += &plugin_config("compat", &wasm("compat_http_filter.wasm"), "calls", "");
     let g = Gateway::start(&[("m.yaml", &m)], &config);
     let get = |path: &str, upstream: &str| {
@@ -791,6 +794,13 @@ fn http_callouts_reach_a_named_backend_and_resume_or_answer_the_request() {
         "no call reused a connection: {}",
         g.metrics()
     );
+    // A plugin written for Envoy names a cluster; one written for Istio
+    // names `outbound|PORT||SERVICE.NAMESPACE.svc.cluster.local`.
+    for cluster in ["authz", "outbound|http||auth.default.svc.cluster.local"] {
+        let r = get("/callout", cluster);
+        assert_eq!(r.status, 200, "{cluster}: {}", r.text());
+        assert_eq!(r.json()["headers"]["x-callout-name"], "auth", "{cluster}");
+    }
 }
 
 /// Service `web` with one endpoint on each echo backend (one slice each:

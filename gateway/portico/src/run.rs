@@ -145,8 +145,17 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     };
     let publisher = Arc::new(Publisher::new(health));
     let snapshots = publisher.handle();
+    // Envoy cluster names are read at start (like `applies_to`).
+    let clusters = cfg.plugins.clusters.clone();
     portico_wasm::callout::set_resolver(Arc::new(move |name: &str| {
-        portico_dataplane::proxy::http::pick_backend(&snapshots.load(), name)
+        let backend = portico_wasm::callout::cluster_target(&clusters, name);
+        portico_dataplane::proxy::http::pick_backend(&snapshots.load(), &backend).map_err(|e| {
+            if backend != name {
+                format!("cluster {name:?}: {e}")
+            } else {
+                e
+            }
+        })
     }));
     let pipeline = ManifestPipeline::new(
         cfg.sources.manifests.clone(),

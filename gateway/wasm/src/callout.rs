@@ -659,3 +659,66 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
+
+/// The backend (`namespace/service:port`) a plugin's callout target names:
+/// a cluster mapped in `[plugins.clusters]`, Istio's
+/// `outbound|PORT|SUBSET|SERVICE.NAMESPACE.svc[.cluster.local]` (what
+/// plugins written for Istio pass), or the name itself.
+pub fn cluster_target<'a>(
+    clusters: &'a std::collections::BTreeMap<String, String>,
+    name: &'a str,
+) -> std::borrow::Cow<'a, str> {
+    if let Some(backend) = clusters.get(name) {
+        return backend.as_str().into();
+    }
+    let istio = name.strip_prefix("outbound|").and_then(|rest| {
+        let mut parts = rest.splitn(3, '|');
+        let (port, _subset, host) = (parts.next()?, parts.next()?, parts.next()?);
+        let host = host
+            .strip_suffix(".cluster.local")
+            .unwrap_or(host)
+            .strip_suffix(".svc")?;
+        let (service, namespace) = host.split_once('.')?;
+        (!port.is_empty()
+            && !service.is_empty()
+            && !namespace.is_empty()
+            && !namespace.contains('.'))
+        .then(|| format!("{namespace}/{service}:{port}"))
+    });
+    match istio {
+        Some(backend) => backend.into(),
+        None => name.into(),
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::cluster_target;
+
+    #[test]
+    fn cluster_names_map_to_backends() {
+        let clusters = [("httpbin".to_string(), "web/httpbin:http".to_string())]
+            .into_iter()
+            .collect();
+        for (name, backend) in [
+            ("httpbin", "web/httpbin:http"),
+            (
+                "outbound|80||httpbin.default.svc.cluster.local",
+                "default/httpbin:80",
+            ),
+            ("outbound|8080|v1|api.shop.svc", "shop/api:8080"),
+            ("shop/api:http", "shop/api:http"),
+            ("unknown", "unknown"),
+            (
+                "outbound|80||httpbin.example.com",
+                "outbound|80||httpbin.example.com",
+            ),
+            (
+                "outbound|80||a.b.c.svc.cluster.local",
+                "outbound|80||a.b.c.svc.cluster.local",
+            ),
+        ] {
+            assert_eq!(cluster_target(&clusters, name), backend, "{name}");
+        }
+    }
+}

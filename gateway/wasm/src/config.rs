@@ -27,6 +27,11 @@ pub struct PluginsConfig {
     pub reload_interval_ms: u64,
     /// The modules.
     pub load: Vec<PluginConfig>,
+    /// Envoy cluster names plugins pass to `proxy_http_call` (e.g.
+    /// `httpbin`), each mapped to a backend `namespace/service:port`. The
+    /// Istio form `outbound|PORT||SERVICE.NAMESPACE.svc.cluster.local`
+    /// needs no entry.
+    pub clusters: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for PluginsConfig {
@@ -38,6 +43,7 @@ impl Default for PluginsConfig {
             reload: true,
             reload_interval_ms: 1_000,
             load: Vec::new(),
+            clusters: Default::default(),
         }
     }
 }
@@ -132,6 +138,17 @@ impl Default for IngressConfig {
 }
 
 pub fn validate_plugins(p: &PluginsConfig) -> Result<(), String> {
+    for (cluster, backend) in &p.clusters {
+        let ok = backend
+            .split_once('/')
+            .and_then(|(ns, rest)| rest.rsplit_once(':').map(|(svc, port)| (ns, svc, port)))
+            .is_some_and(|(ns, svc, port)| !ns.is_empty() && !svc.is_empty() && !port.is_empty());
+        if !ok {
+            return Err(format!(
+                "plugins.clusters.{cluster:?} = {backend:?}: not a backend name (namespace/service:port)"
+            ));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, plugin) in p.load.iter().enumerate() {
         let at = format!("plugins.load[{i}] ({:?})", plugin.name);
@@ -204,4 +221,21 @@ pub fn validate_plugins(p: &PluginsConfig) -> Result<(), String> {
         return Err("plugins.reload_interval_ms must be at least 100".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_must_map_to_a_backend_name() {
+        let mut p = PluginsConfig::default();
+        p.clusters
+            .insert("httpbin".into(), "default/httpbin:http".into());
+        assert_eq!(validate_plugins(&p), Ok(()));
+        p.clusters.insert("bad".into(), "httpbin".into());
+        let err = validate_plugins(&p).unwrap_err();
+        assert!(err.contains("plugins.clusters.\"bad\""), "{err}");
+        assert!(err.contains("namespace/service:port"), "{err}");
+    }
 }

@@ -313,7 +313,10 @@ pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
         })
     });
     let key = parsed.ok_or_else(|| {
-        format!("upstream {name:?} is not a backend name (namespace/service:port)")
+        format!(
+            "upstream {name:?} is not a backend name (namespace/service:port), a cluster in \
+             [plugins.clusters], or outbound|PORT||SERVICE.NAMESPACE.svc.cluster.local"
+        )
     })?;
     let pool = snap
         .pool(&key)
