@@ -39,6 +39,22 @@ fn manifests(echo: &Echo, annotation: Option<&str>) -> String {
     m
 }
 
+/// [`manifests`] plus one Ingress per (host, plugin) whose routes run that
+/// plugin (`portico.io/plugins`).
+fn routes_with_plugins(echo: &Echo, routes: &[(&str, &str)]) -> String {
+    let mut m = manifests(echo, None);
+    for (host, plugin) in routes {
+        m += &yaml::ingress("default", plugin, &[(host, "/", "Prefix", "web", "http")], "")
+            .replace(
+                &format!("metadata: {{name: {plugin}, namespace: default}}"),
+                &format!(
+                    "metadata: {{name: {plugin}, namespace: default, annotations: {{portico.io/plugins: {plugin}}}}}"
+                ),
+            );
+    }
+    m
+}
+
 fn plugin_config(name: &str, file: &str, config: &str, extra: &str) -> String {
     format!(
         "[[plugins.load]]\nname = \"{name}\"\npath = \"{file}\"\nconfig = \"{config}\"\n{extra}\n"
@@ -372,16 +388,10 @@ fn a_header_edit_http_cannot_carry_is_refused_under_the_fail_policy() {
     .to_string();
     let mut config = plugin_config("split-open", &wasm, "", "fail = \"open\"");
     config += &plugin_config("split-closed", &wasm, "", "fail = \"closed\"");
-    let mut m = manifests(&echo, None);
-    for (host, plugin) in [("open.test", "split-open"), ("closed.test", "split-closed")] {
-        m += &yaml::ingress("default", plugin, &[(host, "/", "Prefix", "web", "http")], "")
-            .replace(
-                &format!("metadata: {{name: {plugin}, namespace: default}}"),
-                &format!(
-                    "metadata: {{name: {plugin}, namespace: default, annotations: {{portico.io/plugins: {plugin}}}}}"
-                ),
-            );
-    }
+    let m = routes_with_plugins(
+        &echo,
+        &[("open.test", "split-open"), ("closed.test", "split-closed")],
+    );
     let g = Gateway::start(&[("m.yaml", &m)], &config);
 
     let r = http_get(g.http, "open.test", "/").unwrap();
@@ -438,16 +448,10 @@ fn a_failing_allocator_fails_the_call_under_the_fail_policy() {
         "",
         "fail = \"closed\"\ndeadline_ms = 20",
     );
-    let mut m = manifests(&echo, None);
-    for (host, plugin) in [("trap.test", "alloc-trap"), ("spin.test", "alloc-spin")] {
-        m += &yaml::ingress("default", plugin, &[(host, "/", "Prefix", "web", "http")], "")
-            .replace(
-                &format!("metadata: {{name: {plugin}, namespace: default}}"),
-                &format!(
-                    "metadata: {{name: {plugin}, namespace: default, annotations: {{portico.io/plugins: {plugin}}}}}"
-                ),
-            );
-    }
+    let m = routes_with_plugins(
+        &echo,
+        &[("trap.test", "alloc-trap"), ("spin.test", "alloc-spin")],
+    );
     let g = Gateway::start(&[("m.yaml", &m)], &config);
     for _ in 0..2 {
         let r = http_get(g.http, "trap.test", "/").unwrap();
