@@ -1521,6 +1521,100 @@ mod tests {
         }
     }
 
+    /// Each host call's answer to bad arguments, as the v0.2.1 spec lists
+    /// them: one row per (call, case, expected status).
+    #[test]
+    fn host_calls_answer_bad_arguments_with_the_specs_status_codes() {
+        let engine = crate::engine().unwrap();
+        let l = linker(&engine).unwrap();
+        // Each export makes one call; addresses past the one page of memory
+        // are invalid (0x20000), `16` holds "k", `32` an empty map.
+        let wat = r#"(module
+            (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+            (import "env" "proxy_get_current_time_nanoseconds" (func $time (param i32) (result i32)))
+            (import "env" "proxy_set_buffer_bytes" (func $setbuf (param i32 i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_get_buffer_bytes" (func $getbuf (param i32 i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_get_buffer_status" (func $bufstatus (param i32 i32 i32) (result i32)))
+            (import "env" "proxy_get_header_map_size" (func $mapsize (param i32 i32) (result i32)))
+            (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+            (import "env" "proxy_get_header_map_value" (func $value (param i32 i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+            (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+            (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
+            (import "env" "proxy_get_shared_data" (func $shared (param i32 i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+            (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
+            (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_get_metric" (func $getmetric (param i32 i32) (result i32)))
+            (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "k")
+            (data (i32.const 24) "portico-no-such-key-for-status-test")
+            (func (export "log_bad_level") (result i32) (call $log (i32.const 9) (i32.const 16) (i32.const 1)))
+            (func (export "log_bad_memory") (result i32) (call $log (i32.const 2) (i32.const 0x20000) (i32.const 4)))
+            (func (export "time_bad_memory") (result i32) (call $time (i32.const 0x20000)))
+            (func (export "setbuf_unknown") (result i32) (call $setbuf (i32.const 99) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 1)))
+            (func (export "getbuf_unknown") (result i32) (call $getbuf (i32.const 99) (i32.const 0) (i32.const 1) (i32.const 64) (i32.const 68)))
+            (func (export "getbuf_absent") (result i32) (call $getbuf (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 64) (i32.const 68)))
+            (func (export "bufstatus_unknown") (result i32) (call $bufstatus (i32.const 99) (i32.const 64) (i32.const 68)))
+            (func (export "mapsize_unknown") (result i32) (call $mapsize (i32.const 99) (i32.const 64)))
+            (func (export "pairs_unknown") (result i32) (call $pairs (i32.const 99) (i32.const 64) (i32.const 68)))
+            (func (export "value_unknown_map") (result i32) (call $value (i32.const 99) (i32.const 16) (i32.const 1) (i32.const 64) (i32.const 68)))
+            (func (export "value_absent_key") (result i32) (call $value (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 64) (i32.const 68)))
+            (func (export "remove_absent_key") (result i32) (call $remove (i32.const 0) (i32.const 16) (i32.const 1)))
+            (func (export "remove_unknown_map") (result i32) (call $remove (i32.const 99) (i32.const 16) (i32.const 1)))
+            (func (export "continue_unknown") (result i32) (call $continue (i32.const 9)))
+            (func (export "close_unknown") (result i32) (call $close (i32.const 9)))
+            (func (export "shared_absent") (result i32) (call $shared (i32.const 24) (i32.const 35) (i32.const 64) (i32.const 68) (i32.const 72)))
+            (func (export "enqueue_unknown") (result i32) (call $enqueue (i32.const 0x7ffffff0) (i32.const 16) (i32.const 1)))
+            (func (export "dequeue_unknown") (result i32) (call $dequeue (i32.const 0x7ffffff0) (i32.const 64) (i32.const 68)))
+            (func (export "define_bad_type") (result i32) (call $define (i32.const 9) (i32.const 16) (i32.const 1) (i32.const 64)))
+            (func (export "getmetric_unknown") (result i32) (call $getmetric (i32.const 0x7ffffff0) (i32.const 64)))
+            (func (export "prop_absent") (result i32) (call $prop (i32.const 24) (i32.const 35) (i32.const 64) (i32.const 68)))
+            (func (export "foreign_absent") (result i32) (call $foreign (i32.const 16) (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 64) (i32.const 68))))"#;
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let mut store = wasmtime::Store::new(&engine, super::super::sandbox::test_state());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = l.instantiate(&mut store, &module).unwrap();
+        let table = [
+            ("log_bad_level", status::BAD_ARGUMENT),
+            ("log_bad_memory", status::INVALID_MEMORY_ACCESS),
+            ("time_bad_memory", status::INVALID_MEMORY_ACCESS),
+            ("setbuf_unknown", status::BAD_ARGUMENT),
+            ("getbuf_unknown", status::BAD_ARGUMENT),
+            ("getbuf_absent", status::NOT_FOUND),
+            ("bufstatus_unknown", status::BAD_ARGUMENT),
+            ("mapsize_unknown", status::BAD_ARGUMENT),
+            ("pairs_unknown", status::BAD_ARGUMENT),
+            ("value_unknown_map", status::BAD_ARGUMENT),
+            ("value_absent_key", status::NOT_FOUND),
+            ("remove_absent_key", status::OK),
+            ("remove_unknown_map", status::BAD_ARGUMENT),
+            ("continue_unknown", status::BAD_ARGUMENT),
+            ("close_unknown", status::BAD_ARGUMENT),
+            ("shared_absent", status::NOT_FOUND),
+            ("enqueue_unknown", status::NOT_FOUND),
+            ("dequeue_unknown", status::NOT_FOUND),
+            ("define_bad_type", status::BAD_ARGUMENT),
+            ("getmetric_unknown", status::NOT_FOUND),
+            ("prop_absent", status::NOT_FOUND),
+            ("foreign_absent", status::NOT_FOUND),
+        ];
+        let mut wrong = Vec::new();
+        for (call, expected) in table {
+            let got = instance
+                .get_typed_func::<(), i32>(&mut store, call)
+                .unwrap()
+                .call(&mut store, ())
+                .unwrap();
+            if got != expected {
+                wrong.push(format!("{call}: {got}, the spec says {expected}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
     #[test]
     fn property_paths_are_dotted() {
         assert_eq!(property_path(b"request\0path\0"), "request.path");
