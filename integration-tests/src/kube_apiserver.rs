@@ -113,12 +113,16 @@ fn binaries() -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// Runs `cmd` under a shell guard that kills it once this test process
-/// has exited (polled every half second).
+/// Runs `cmd` under a shell guard that stops it once this test process
+/// has exited (polled every half second): SIGTERM, then SIGKILL after 3 s,
+/// since an API server whose etcd is already gone never finishes its
+/// graceful shutdown.
 fn spawn_guarded(cmd: &[String], log: &Path) -> std::process::Child {
     let quoted: Vec<String> = cmd.iter().map(|a| format!("'{a}'")).collect();
     let script = format!(
-        "{} >'{}' 2>&1 & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; kill $child 2>/dev/null; wait $child",
+        "{} >'{}' 2>&1 & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; \
+         kill $child 2>/dev/null; for i in 1 2 3 4 5 6; do kill -0 $child 2>/dev/null || break; sleep 0.5; done; \
+         kill -9 $child 2>/dev/null; wait $child",
         quoted.join(" "),
         log.display(),
         std::process::id()
