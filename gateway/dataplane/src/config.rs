@@ -1,8 +1,11 @@
 //! The data plane's configuration: `[proxy]` (L7) and `[l4]`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::proxy::path::{EscapedSlashes, PathRules};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +22,57 @@ pub struct ProxyConfig {
     pub max_request_header_bytes: usize,
     /// Extra connection attempts on other endpoints after a failed connect.
     pub connect_retries: usize,
+    /// How request paths are normalized before routing (`[proxy.paths]`).
+    pub paths: PathConfig,
+}
+
+/// `[proxy.paths]`: one meaning per request path (see `proxy::path`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathConfig {
+    /// Remove dot segments, decode escaped unreserved characters and
+    /// uppercase other escapes before routing. Turning it off lets
+    /// `/x/../api` be routed as `/x/...` and served as `/api` by a backend
+    /// that normalizes: the `/api` route's policies and plugins never run.
+    pub normalize: bool,
+    /// Merge repeated slashes (`//api` → `/api`).
+    pub merge_slashes: bool,
+    /// `%2F` and `%5C`: "reject" (400), "keep" or "decode".
+    pub escaped_slashes: EscapedSlashes,
+    /// Listeners (as in `[listen]`) that route the raw path, for backends
+    /// that need it byte for byte; `0.0.0.0:P` / `[::]:P` match any
+    /// address on port P.
+    pub raw_listeners: Vec<SocketAddr>,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        PathConfig {
+            normalize: true,
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            raw_listeners: Vec::new(),
+        }
+    }
+}
+
+impl PathConfig {
+    /// The normalizer's rules on a connection accepted on `local`, or
+    /// `None` where paths are routed raw.
+    pub fn rules_for(&self, local: Option<SocketAddr>) -> Option<PathRules> {
+        if !self.normalize {
+            return None;
+        }
+        let raw = local.is_some_and(|local| {
+            self.raw_listeners.iter().any(|l| {
+                l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
+            })
+        });
+        (!raw).then_some(PathRules {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.escaped_slashes,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -43,6 +97,7 @@ impl Default for ProxyConfig {
             downstream_keepalive_timeout_ms: 75_000,
             max_request_header_bytes: 32 * 1024,
             connect_retries: 2,
+            paths: PathConfig::default(),
         }
     }
 }
@@ -62,5 +117,36 @@ impl Default for L4Config {
 impl ProxyConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_listeners_turn_normalization_off_only_there() {
+        let cfg: PathConfig =
+            serde_json::from_str(r#"{"raw_listeners": ["0.0.0.0:8081", "127.0.0.1:8082"]}"#)
+                .unwrap();
+        let at = |s: &str| Some(s.parse().unwrap());
+        assert!(cfg.rules_for(at("10.0.0.1:8080")).is_some());
+        assert!(cfg.rules_for(at("10.0.0.1:8081")).is_none());
+        assert!(cfg.rules_for(at("127.0.0.1:8082")).is_none());
+        assert!(cfg.rules_for(at("10.0.0.1:8082")).is_some());
+        let off = PathConfig {
+            normalize: false,
+            ..PathConfig::default()
+        };
+        assert!(off.rules_for(at("10.0.0.1:8080")).is_none());
+    }
+
+    #[test]
+    fn escaped_slashes_policy_names_are_checked() {
+        let keep: PathConfig = serde_json::from_str(r#"{"escaped_slashes": "keep"}"#).unwrap();
+        assert_eq!(keep.escaped_slashes, EscapedSlashes::Keep);
+        let err =
+            serde_json::from_str::<PathConfig>(r#"{"escaped_slashes": "allow"}"#).unwrap_err();
+        assert!(err.to_string().contains("reject"), "{err}");
     }
 }

@@ -79,6 +79,14 @@ pub fn describe_metrics() {
     );
     describe_gauge!("portico_http_requests_active", "HTTP requests in flight");
     describe_counter!(
+        "portico_http_paths_normalized_total",
+        "Request paths rewritten to their normal form before routing"
+    );
+    describe_counter!(
+        "portico_http_paths_refused_total",
+        "Requests answered 400 because their path has no single meaning, by reason"
+    );
+    describe_counter!(
         "portico_http_bytes_received_total",
         Unit::Bytes,
         "HTTP request body bytes received from clients"

@@ -152,6 +152,33 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// Replaces the request's path by its normal form (the query kept as it
+/// is), so routing, plugins and the upstream all see the same path.
+fn normalize_request_path(
+    session: &mut Session,
+    rules: super::path::PathRules,
+) -> std::result::Result<(), super::path::PathError> {
+    let uri = &session.req_header().uri;
+    let Some(normal) = super::path::normalize(uri.path(), rules)? else {
+        return Ok(());
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = uri.clone().into_parts();
+    // Only unreserved characters (and, if asked, slashes) are decoded, so
+    // this cannot fail; if it did, refusing is safe, routing the raw path
+    // is not.
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(target).map_err(|_| super::path::PathError::NotUri)?,
+    );
+    let normal = http::Uri::from_parts(parts).map_err(|_| super::path::PathError::NotUri)?;
+    metrics::counter!("portico_http_paths_normalized_total").increment(1);
+    session.req_header_mut().set_uri(normal);
+    Ok(())
+}
+
 fn request_host(req: &RequestHeader) -> Option<String> {
     if let Some(h) = req.uri.authority() {
         return Some(h.as_str().to_string());
@@ -896,6 +923,17 @@ impl ProxyHttp for HttpProxy {
             respond(session, 400, "missing Host header\n".into()).await?;
             return Ok(true);
         };
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if let Some(rules) = self.cfg.paths.rules_for(local) {
+            if let Err(e) = normalize_request_path(session, rules) {
+                ctx.local_reason = Some("bad-path");
+                ctx.host = host;
+                metrics::counter!("portico_http_paths_refused_total", "reason" => e.as_str())
+                    .increment(1);
+                respond(session, 400, format!("{}\n", e.as_str())).await?;
+                return Ok(true);
+            }
+        }
         let snap = self.snapshot.load();
         // Listener plugins run first and see the route the request would
         // take (`portico.route`); what they change (host, path) is routed

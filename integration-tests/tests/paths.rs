@@ -1,0 +1,176 @@
+//! One meaning per request path, end to end: the path is normalized before
+//! routing, so a route's policies cannot be bypassed with `..`, escaped
+//! dots or doubled slashes, and the backend receives the path that was
+//! routed. Real binary, real backends, raw HTTP/1.1 and curl (h2c).
+
+use portico_integration_tests::*;
+
+/// `app.test`: `/` → web, `/api` → api behind an allowlist that admits
+/// nobody on loopback (the ingress-nginx plugin's
+/// `whitelist-source-range`), so reaching `api` at all is a bypass.
+/// `open.test`: `/` → web, `/api` → api without policy, to see the
+/// forwarded path.
+fn manifests(web: &Echo, api: &Echo) -> String {
+    let mut m = String::new();
+    m += &yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", web.http, true);
+    m += &yaml::service("default", "api", "", &[("http", 80)]);
+    m += &yaml::slice("default", "api-1", "api", "http", api.http, true);
+    m += &yaml::ingress(
+        "default",
+        "site",
+        &[
+            ("app.test", "/", "Prefix", "web", "http"),
+            ("open.test", "/", "Prefix", "web", "http"),
+            ("open.test", "/api", "Prefix", "api", "http"),
+        ],
+        "",
+    );
+    m += &yaml::ingress(
+        "default",
+        "admin-api",
+        &[("app.test", "/api", "Prefix", "api", "http")],
+        "",
+    )
+    .replace(
+        "metadata: {name: admin-api, namespace: default}",
+        "metadata: {name: admin-api, namespace: default, annotations: {nginx.ingress.kubernetes.io/whitelist-source-range: '10.0.0.0/8'}}",
+    );
+    m
+}
+
+fn policy_config() -> String {
+    format!(
+        "[ingress]\npolicy_plugin = \"nginx\"\n[[plugins.load]]\nname = \"nginx\"\npath = \"{}\"\n",
+        built_plugins().join("ingress_nginx.wasm").display()
+    )
+}
+
+/// (backend name, path it received) for a 200, else the status and body.
+fn served(r: &Response) -> Result<(String, String), String> {
+    if r.status != 200 {
+        return Err(format!("{} {}", r.status, r.text().trim()));
+    }
+    let v = r.json();
+    Ok((
+        v["name"].as_str().unwrap().to_string(),
+        v["path"].as_str().unwrap().to_string(),
+    ))
+}
+
+#[test]
+fn paths_are_normalized_before_routing_so_policies_cannot_be_bypassed() {
+    let web = Echo::http("web");
+    let api = Echo::http("api");
+    let gw = Gateway::start(&[("site.yaml", &manifests(&web, &api))], &policy_config());
+
+    // The allowlisted route refuses loopback clients however the path is
+    // spelled: every spelling routes to /api and its policy.
+    for path in [
+        "/api",
+        "/x/../api",
+        "/x/%2e%2e/api",
+        "/x/%2E%2e/api/",
+        "//api",
+        "/./api",
+        "/%61pi",
+        "/static/..//api/v1",
+    ] {
+        let r = http_get(gw.http, "app.test", path).unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(
+            r.text().contains("default/admin-api"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    // Paths that only look alike still go to `/`.
+    for path in ["/apix", "/..api", "/x/.../api"] {
+        let r = http_get(gw.http, "app.test", path).unwrap();
+        assert_eq!(served(&r).map(|(n, _)| n), Ok("web".into()), "{path}");
+    }
+
+    // The backend receives the normalized path, the query as sent.
+    let cases = [
+        ("/x/../api/v1", "/api/v1", "api"),
+        ("/x/%2e%2e/api?q=/../%2e", "/api?q=/../%2e", "api"),
+        ("//api//v1/", "/api/v1/", "api"),
+        ("/%7euser/a%2fb%20c", "/~user/a%2Fb%20c", "web"),
+        ("/a/b/..", "/a/", "web"),
+    ];
+    // (%2f is refused by default: checked below with the keep policy.)
+    for (sent, want, backend) in &cases[..3] {
+        let r = http_get(gw.http, "open.test", sent).unwrap();
+        assert_eq!(
+            served(&r),
+            Ok(((*backend).into(), (*want).into())),
+            "{sent}"
+        );
+    }
+    let r = http_get(gw.http, "open.test", cases[4].0).unwrap();
+    assert_eq!(served(&r), Ok(("web".into(), "/a/".into())));
+
+    // h2c: the same normalization (curl sends the dots as they are).
+    let url = format!("http://127.0.0.1:{}/x/%2e%2e/api/v2", gw.http);
+    let (out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "--path-as-is",
+        "-H",
+        "Host: open.test",
+        &url,
+    ]);
+    assert!(out.contains("\"name\":\"api\""), "{out} {err}");
+    assert!(out.contains("\"path\":\"/api/v2\""), "{out} {err}");
+
+    // Paths without one meaning: 400 naming why, before any route.
+    let refused = [
+        ("/../etc/passwd", "climbs above the root"),
+        ("/api/%2e%2e/%2e%2e/x", "climbs above the root"),
+        ("/api%2Fadmin", "encoded slash"),
+        ("/api%5cadmin", "encoded slash"),
+        ("/a%00.html", "NUL"),
+        ("/a%zz", "invalid percent-escape"),
+    ];
+    for (path, why) in refused {
+        let r = http_get(gw.http, "open.test", path).unwrap();
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains(why), "{path}: {}", r.text());
+    }
+
+    let m = gw.metrics();
+    assert!(
+        m.contains(
+            "portico_http_paths_refused_total{reason=\"encoded slash (%2F or %5C) in path\"} 2"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("portico_http_paths_normalized_total"), "{m}");
+    assert!(m.contains("route=\"bad-path\",code_class=\"4xx\""), "{m}");
+
+    // Encoded slashes kept as data on request: the backend gets them
+    // uppercased, and they do not split segments.
+    let keep = Gateway::start(
+        &[("site.yaml", &manifests(&web, &api))],
+        "[proxy.paths]\nescaped_slashes = \"keep\"\n",
+    );
+    let (sent, want, backend) = cases[3];
+    let r = http_get(keep.http, "open.test", sent).unwrap();
+    assert_eq!(served(&r), Ok((backend.into(), want.into())));
+    let r = http_get(keep.http, "open.test", "/x%2f..%2fapi").unwrap();
+    assert_eq!(served(&r), Ok(("web".into(), "/x%2F..%2Fapi".into())));
+}
+
+#[test]
+fn normalization_can_be_turned_off_with_the_documented_risk() {
+    let web = Echo::http("web");
+    let api = Echo::http("api");
+    let gw = Gateway::start(
+        &[("site.yaml", &manifests(&web, &api))],
+        &format!("{}[proxy.paths]\nnormalize = false\n", policy_config()),
+    );
+    // The raw path is routed (to `/`) and forwarded unchanged: a backend
+    // that normalizes it serves /api without the allowlist having run.
+    let r = http_get(gw.http, "app.test", "/x/../api").unwrap();
+    assert_eq!(served(&r), Ok(("web".into(), "/x/../api".into())));
+    assert_eq!(http_get(gw.http, "app.test", "/api").unwrap().status, 403);
+}
