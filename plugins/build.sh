@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# Builds every crate of the wasm32 workspace (plugins/Cargo.toml) to
-# plugins/target/wasm32-wasi/release/*.wasm, and copies the shipped ones
-# (session-affinity, ingress-class, ingress-nginx, cloud-lb) to plugins/dist/.
+# Builds every crate of the wasm32 workspace (plugins/Cargo.toml), the
+# AssemblyScript compatibility filter and the SDK's template, and collects
+# the modules in plugins/target/wasm/*.wasm; the shipped ones
+# (session-affinity, ingress-class, ingress-nginx, cloud-lb) also go to
+# plugins/dist/, where conf/portico.toml and the image look for them.
 #
-# Toolchain: Debian's rustc 1.63 + libstd-rust-dev-wasm32 (apt; the MSRV,
-# and what this machine has), or with PORTICO_WASM_TOOLCHAIN=stable a
-# rustup toolchain that has the wasm32-wasip1 target (what users have).
-# CI and the tests call this script.
+#   build.sh [CARGO ARGS]          everything (the tests and the benchmark)
+#   build.sh --shipped [CARGO ARGS]  only the shipped plugins (demo.sh)
+#   build.sh test [CARGO ARGS]     the plugins' and the SDK's unit tests, on the host
+#
+# Toolchain: whichever scripts/wasm-toolchain.sh finds (a rustup toolchain
+# with wasm32-wasip1, else Debian's rustc 1.63 + libstd-rust-dev-wasm32);
+# PORTICO_WASM_TOOLCHAIN=stable|debian forces one.
 set -euo pipefail
 cd "$(dirname "$0")"
+toolchain=$(../scripts/wasm-toolchain.sh) || exit 1
+shipped_only=
+if [ "${1:-}" = --shipped ]; then
+  shipped_only=1
+  shift
+fi
 
 # `build.sh test`: the unit tests of the plugins and the SDK, on the host
 # (their logic apart from the ABI), with the same toolchain.
 if [ "${1:-}" = test ]; then
   shift
-  if [ "${PORTICO_WASM_TOOLCHAIN:-debian}" = debian ]; then
+  if [ "$toolchain" = debian ]; then
     for what in --workspace "-p portico-sdk"; do
       # shellcheck disable=SC2086
       RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 /usr/bin/cargo -Z sparse-registry \
@@ -27,7 +38,7 @@ if [ "${1:-}" = test ]; then
   exit
 fi
 
-case "${PORTICO_WASM_TOOLCHAIN:-debian}" in
+case "$toolchain" in
   debian)
     for f in /usr/bin/rustc /usr/bin/cargo /usr/lib/rustlib/wasm32-wasi; do
       [ -e "$f" ] || { echo "plugins/build.sh: $f missing; apt-get install rustc cargo libstd-rust-dev-wasm32" >&2; exit 1; }
@@ -36,25 +47,31 @@ case "${PORTICO_WASM_TOOLCHAIN:-debian}" in
     # crates.io access (a nightly flag in cargo 1.65, hence RUSTC_BOOTSTRAP).
     RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo -Z sparse-registry \
       build --release --locked --target wasm32-wasi "$@"
-    out=target/wasm32-wasi/release
+    triple=wasm32-wasi
     ;;
   stable)
     cargo build --release --locked --target wasm32-wasip1 "$@"
-    out=target/wasm32-wasip1/release
+    triple=wasm32-wasip1
     ;;
   *)
     echo "plugins/build.sh: PORTICO_WASM_TOOLCHAIN must be debian or stable" >&2
     exit 1
     ;;
 esac
-ls "$out"/*.wasm
-# The shipped plugins, where conf/portico.toml and the image look for them
-# whichever toolchain built them.
-mkdir -p dist
+out=target/$triple/release
+mkdir -p target/wasm dist
+cp "$out"/*.wasm target/wasm/
 for p in session_affinity ingress_class ingress_nginx cloud_lb; do
   cp "$out/$p.wasm" dist/
 done
-# The compatibility filter on the AssemblyScript SDK (npm, pinned).
-bash compat/assemblyscript/build.sh
-# The SDK's template plugin, so it keeps building as the SDK changes.
-PORTICO_WASM_TOOLCHAIN="${PORTICO_WASM_TOOLCHAIN:-debian}" bash ../sdk/template/build.sh --locked "$@"
+if [ -z "$shipped_only" ]; then
+  # The compatibility filter on the AssemblyScript SDK (npm, pinned).
+  bash compat/assemblyscript/build.sh
+  cp target/assemblyscript/compat_as.wasm target/wasm/
+  # The SDK's template plugin, so it keeps building as the SDK changes.
+  PORTICO_WASM_TOOLCHAIN="$toolchain" bash ../sdk/template/build.sh --locked "$@" >/dev/null
+  cp ../sdk/template/target/$triple/release/portico_plugin.wasm target/wasm/template.wasm
+  ls target/wasm/*.wasm
+else
+  ls dist/*.wasm
+fi

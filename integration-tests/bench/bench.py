@@ -57,7 +57,7 @@ PORTS = {
 PLUGIN_TARGETS = {
     "portico-noop": ("noop", "compat_noop.wasm"),
 }
-PLUGIN_DIR = os.path.join(ROOT, "plugins", "target", "wasm32-wasi", "release")
+PLUGIN_DIR = os.path.join(ROOT, "plugins", "target", "wasm")
 HOST = "bench.portico.test"
 TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy", "direct"]
 # Column headers of the report.

@@ -8,6 +8,7 @@ pub mod apiserver;
 pub mod dns;
 pub mod kube_apiserver;
 pub mod netns;
+pub mod raw_backend;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -409,9 +410,9 @@ pub fn wat_bump_allocator(name: &str) -> String {
     )
 }
 
-/// Builds the plugin workspace (`plugins/build.sh`: Debian's rustc 1.63
-/// for wasm32-wasi) once per test process; the folder with the `.wasm`
-/// files.
+/// Builds the plugin workspace, the AssemblyScript filter and the SDK
+/// template (`plugins/build.sh`, with whichever wasm32 toolchain is there)
+/// once per test process; the folder with the `.wasm` files.
 pub fn built_plugins() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
@@ -424,7 +425,7 @@ pub fn built_plugins() -> PathBuf {
             "plugins/build.sh failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        workspace_root().join("plugins/target/wasm32-wasi/release")
+        workspace_root().join("plugins/target/wasm")
     })
     .clone()
 }
@@ -469,14 +470,12 @@ pub fn routes_to(gw: &Gateway, host: &str, backend: &str) -> bool {
 /// The compatibility filter on the AssemblyScript SDK, built by
 /// `plugins/build.sh` too.
 pub fn built_assemblyscript_plugin() -> PathBuf {
-    built_plugins();
-    workspace_root().join("plugins/target/assemblyscript/compat_as.wasm")
+    built_plugins().join("compat_as.wasm")
 }
 
 /// The SDK's template plugin, built by `plugins/build.sh` too.
 pub fn built_template() -> PathBuf {
-    built_plugins();
-    workspace_root().join("sdk/template/target/wasm32-wasi/release/portico_plugin.wasm")
+    built_plugins().join("template.wasm")
 }
 
 /// `portico check --config CONFIG --manifests DIR`.

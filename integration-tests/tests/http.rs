@@ -417,3 +417,48 @@ fn websocket_upgrade_is_proxied() {
         );
     }
 }
+
+#[test]
+fn upstream_header_names_are_lowercase_unless_case_is_preserved() {
+    use portico_integration_tests::raw_backend::RawBackend;
+    let backend = RawBackend::start();
+    let mut m = yaml::service("default", "raw", "", &[("http", 80)]);
+    m += &yaml::slice("default", "raw-1", "raw", "http", backend.port, true);
+    m += &yaml::ingress(
+        "default",
+        "raw",
+        &[("raw.test", "/", "Prefix", "raw", "http")],
+        "",
+    );
+    let request =
+        "GET /a HTTP/1.1\r\nHost: raw.test\r\nX-Custom-Thing: 1\r\nConnection: close\r\n\r\n";
+    let lower = Gateway::start(&[("raw.yaml", &m)], "");
+    assert_eq!(http_request(lower.http, request).unwrap().status, 200);
+    let preserving = Gateway::start(
+        &[("raw.yaml", &m)],
+        "[proxy]\npreserve_header_case = true\n",
+    );
+    assert_eq!(http_request(preserving.http, request).unwrap().status, 200);
+
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let (first, second) = (&seen[0].head, &seen[1].head);
+    // Default: names lowercase (standard ones as Pingora spells them,
+    // e.g. `Host`), the forwarded headers added once.
+    assert!(first.contains("\r\nx-custom-thing: 1\r\n"), "{first}");
+    assert_eq!(
+        first.matches("x-forwarded-for: 127.0.0.1\r\n").count(),
+        1,
+        "{first}"
+    );
+    assert!(first.contains("\r\nx-request-id: "), "{first}");
+    assert!(!first.contains("X-Custom-Thing"), "{first}");
+    // preserve_header_case: the client's names as sent.
+    assert!(second.contains("\r\nX-Custom-Thing: 1\r\n"), "{second}");
+    assert!(second.contains("\r\nHost: raw.test\r\n"), "{second}");
+    assert_eq!(
+        second.matches("x-forwarded-for: 127.0.0.1\r\n").count(),
+        1,
+        "{second}"
+    );
+}

@@ -1,5 +1,5 @@
 //! Wasm plugin modules end to end: real modules compiled from source by
-//! `plugins/build.sh` (Debian's rustc 1.63 for wasm32-wasi), checked by the
+//! `plugins/build.sh` (rustc 1.63 for wasm32-wasi, or wasm32-wasip1), checked by the
 //! real binary. Hostile modules are written here as WebAssembly text.
 
 use portico_integration_tests::*;

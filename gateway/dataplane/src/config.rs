@@ -22,6 +22,10 @@ pub struct ProxyConfig {
     pub max_request_header_bytes: usize,
     /// Extra connection attempts on other endpoints after a failed connect.
     pub connect_retries: usize,
+    /// Send request header names upstream with the client's case
+    /// (HTTP/1.1) instead of lowercase, for backends that wrongly match
+    /// names case-sensitively; costs a second header map per request.
+    pub preserve_header_case: bool,
     /// How request paths are normalized before routing (`[proxy.paths]`).
     pub paths: PathConfig,
 }
@@ -97,6 +101,7 @@ impl Default for ProxyConfig {
             downstream_keepalive_timeout_ms: 75_000,
             max_request_header_bytes: 32 * 1024,
             connect_retries: 2,
+            preserve_header_case: false,
             paths: PathConfig::default(),
         }
     }

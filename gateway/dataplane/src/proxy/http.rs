@@ -179,6 +179,73 @@ fn normalize_request_path(
     Ok(())
 }
 
+/// The headers Portico sets on every upstream request: the forwarding
+/// chain, the request id, and Host where the upstream needs it. Values are
+/// shared with the client's request where they can be, never re-parsed.
+fn forwarded_headers(
+    headers: &http::HeaderMap,
+    ctx: &RequestCtx,
+    client: Option<IpAddr>,
+    server_port: Option<u16>,
+    vhost: Option<&str>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+    use http::header::{HeaderName, HeaderValue, HOST};
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+    let mut out = Vec::with_capacity(8);
+    // The client's address is formatted once, for both headers that carry it.
+    let client = client.map(ip_header_value);
+    let previous = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|prev| !prev.is_empty());
+    let xff = match (previous, &client) {
+        (Some(prev), Some(c)) => {
+            HeaderValue::try_from(format!("{prev}, {}", c.to_str().unwrap_or_default()))
+        }
+        (Some(prev), None) => HeaderValue::try_from(prev),
+        (None, Some(c)) => Ok(c.clone()),
+        (None, None) => Ok(HeaderValue::from_static("")),
+    }
+    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-for"))?;
+    out.push((X_FORWARDED_FOR, xff));
+    out.push((
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+    ));
+    // Usually the Host header itself: shared, not copied.
+    let forwarded_host = match headers.get(HOST) {
+        Some(h) if h.as_bytes() == ctx.host.as_bytes() => h.clone(),
+        _ => HeaderValue::from_str(&ctx.host)
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-host"))?,
+    };
+    out.push((X_FORWARDED_HOST, forwarded_host));
+    // ingress-nginx sends these too; backends migrating from it read them.
+    if let Some(port) = server_port {
+        out.push((X_FORWARDED_PORT, HeaderValue::from(port)));
+    }
+    if let Some(ip) = client {
+        out.push((X_REAL_IP, ip));
+    }
+    out.push((X_REQUEST_ID, ctx.request_id.clone()));
+    if let Some(vhost) = vhost {
+        let v = HeaderValue::from_str(vhost)
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "upstream-vhost"))?;
+        out.push((HOST, v));
+    } else if headers.get(HOST).is_none() {
+        // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
+        let v = HeaderValue::from_str(&ctx.host)
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "host"))?;
+        out.push((HOST, v));
+    }
+    Ok(out)
+}
+
 fn request_host(req: &RequestHeader) -> Option<String> {
     if let Some(h) = req.uri.authority() {
         return Some(h.as_str().to_string());
@@ -1178,63 +1245,45 @@ impl ProxyHttp for HttpProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The client's address is formatted once, for both headers that
-        // carry it; the other values need no formatting at all.
-        let client = client_ip(session).map(ip_header_value);
-        let xff = match (
-            upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .filter(|prev| !prev.is_empty()),
-            &client,
-        ) {
-            (Some(prev), Some(c)) => {
-                http::HeaderValue::try_from(format!("{prev}, {}", c.to_str().unwrap_or_default()))
-            }
-            (Some(prev), None) => http::HeaderValue::try_from(prev),
-            (None, Some(c)) => Ok(c.clone()),
-            (None, None) => Ok(http::HeaderValue::from_static("")),
-        };
-        let xff =
-            xff.map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-for"))?;
-        upstream.insert_header("x-forwarded-for", xff)?;
-        upstream.insert_header(
-            "x-forwarded-proto",
-            http::HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-        )?;
-        // Usually the Host header itself: shared, not copied.
-        let forwarded_host = match upstream.headers.get(http::header::HOST) {
-            Some(h) if h.as_bytes() == ctx.host.as_bytes() => h.clone(),
-            _ => http::HeaderValue::from_str(&ctx.host)
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-host"))?,
-        };
-        upstream.insert_header("x-forwarded-host", forwarded_host)?;
-        // ingress-nginx sends these too; backends migrating from it read them.
-        if let Some(port) = session
+        let client = client_ip(session);
+        let server_port = session
             .server_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.port())
-        {
-            upstream.insert_header("x-forwarded-port", http::HeaderValue::from(port))?;
-        }
-        if let Some(ip) = client {
-            upstream.insert_header("x-real-ip", ip)?;
-        }
-        upstream.insert_header("x-request-id", ctx.request_id.clone())?;
-        // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
-        if upstream.headers.get(http::header::HOST).is_none() {
-            upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
-        }
-        if let Some(vhost) = ctx
+            .map(|a| a.port());
+        let vhost = ctx
             .route
             .as_ref()
             .and_then(|r| r.policy.as_ref())
-            .and_then(|p| p.policy.upstream_host.as_deref())
-        {
-            upstream.insert_header(http::header::HOST, vhost)?;
+            .and_then(|p| p.policy.upstream_host.as_deref());
+        if self.cfg.preserve_header_case || !upstream.raw_path_is_utf8() {
+            // Pingora's own insert keeps each name's case as the client
+            // sent it, at the cost of a parse and a second map per header.
+            let edits = forwarded_headers(&upstream.headers, ctx, client, server_port, vhost)?;
+            for (name, value) in edits {
+                upstream.insert_header(name, value)?;
+            }
+            return Ok(());
         }
-        Ok(())
+        // Names in lowercase (as Envoy sends them; HTTP header names are
+        // case-insensitive): the headers are inserted into the request's
+        // own map, reserved once, with names that need no parsing.
+        let send_end_stream = upstream.send_end_stream();
+        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let mut parts: http::request::Parts = std::mem::replace(upstream, placeholder).into();
+        let edits = forwarded_headers(&parts.headers, ctx, client, server_port, vhost);
+        if let Ok(edits) = &edits {
+            parts.headers.reserve(edits.len());
+        }
+        let result = edits.map(|edits| {
+            for (name, value) in edits {
+                parts.headers.insert(name, value);
+            }
+        });
+        *upstream = RequestHeader::from(parts);
+        if let Some(eos) = send_end_stream {
+            upstream.set_send_end_stream(eos);
+        }
+        result
     }
 
     async fn request_body_filter(
