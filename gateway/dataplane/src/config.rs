@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::client_addr::Cidr;
 use crate::proxy::path::{EscapedSlashes, PathRules};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -26,6 +27,11 @@ pub struct ProxyConfig {
     /// (HTTP/1.1) instead of lowercase, for backends that wrongly match
     /// names case-sensitively; costs a second header map per request.
     pub preserve_header_case: bool,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-*` headers are
+    /// believed: from them the forwarding headers are appended to and the
+    /// client address is read from `X-Forwarded-For`; from anyone else
+    /// they are replaced (see `proxy::client_addr`).
+    pub trusted_proxies: Vec<Cidr>,
     /// How request paths are normalized before routing (`[proxy.paths]`).
     pub paths: PathConfig,
 }
@@ -102,6 +108,7 @@ impl Default for ProxyConfig {
             max_request_header_bytes: 32 * 1024,
             connect_retries: 2,
             preserve_header_case: false,
+            trusted_proxies: Vec::new(),
             paths: PathConfig::default(),
         }
     }

@@ -18,6 +18,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, Result};
 
+use super::client_addr;
 use crate::config::ProxyConfig;
 use crate::shutdown::InFlight;
 use portico_model::lb::{Pick, PickRequest, Pool};
@@ -143,6 +144,13 @@ pub struct RequestCtx {
     cors_origin: Option<String>,
     /// The request's concurrency slot under a route's `rateLimit`.
     limit_slot: Option<super::limits::Slot>,
+    /// The client's address: the peer's, or behind a trusted proxy the
+    /// one it forwarded (`proxy::client_addr`). Allowlists, rate limits,
+    /// affinity, plugins and logs all use this one.
+    client: Option<IpAddr>,
+    /// The peer is in `proxy.trusted_proxies`: its forwarding headers are
+    /// kept and appended to rather than replaced.
+    via_trusted_proxy: bool,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -179,71 +187,106 @@ fn normalize_request_path(
     Ok(())
 }
 
+/// What the upstream request's forwarding headers are made from, besides
+/// the request's context.
+struct Hop<'a> {
+    peer: Option<IpAddr>,
+    server_port: Option<u16>,
+    /// The route's `upstream-vhost`: the Host the upstream gets.
+    vhost: Option<&'a str>,
+}
+
+/// Changes to the upstream request's headers.
+struct ForwardedEdits {
+    set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// An untrusted peer's `Forwarded` header says nothing true.
+    remove_forwarded: bool,
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// The headers Portico sets on every upstream request: the forwarding
-/// chain, the request id, and Host where the upstream needs it. Values are
-/// shared with the client's request where they can be, never re-parsed.
+/// chain, the request id, and Host where the upstream needs it. From a
+/// trusted proxy the chain is appended to and its `X-Forwarded-Proto`,
+/// `-Host` and `-Port` kept; from anyone else all of them are replaced,
+/// so a client cannot make a backend believe another address, scheme or
+/// host. Values are shared with the client's request where they can be.
 fn forwarded_headers(
     headers: &http::HeaderMap,
     ctx: &RequestCtx,
-    client: Option<IpAddr>,
-    server_port: Option<u16>,
-    vhost: Option<&str>,
-) -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
-    use http::header::{HeaderName, HeaderValue, HOST};
-    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    hop: &Hop<'_>,
+) -> Result<ForwardedEdits> {
+    use http::header::{HeaderName, HeaderValue, FORWARDED, HOST};
     const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
     const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
     const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
     const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-    let mut out = Vec::with_capacity(8);
-    // The client's address is formatted once, for both headers that carry it.
-    let client = client.map(ip_header_value);
-    let previous = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|prev| !prev.is_empty());
-    let xff = match (previous, &client) {
-        (Some(prev), Some(c)) => {
-            HeaderValue::try_from(format!("{prev}, {}", c.to_str().unwrap_or_default()))
-        }
-        (Some(prev), None) => HeaderValue::try_from(prev),
-        (None, Some(c)) => Ok(c.clone()),
-        (None, None) => Ok(HeaderValue::from_static("")),
-    }
-    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-for"))?;
-    out.push((X_FORWARDED_FOR, xff));
-    out.push((
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-    ));
-    // Usually the Host header itself: shared, not copied.
-    let forwarded_host = match headers.get(HOST) {
-        Some(h) if h.as_bytes() == ctx.host.as_bytes() => h.clone(),
-        _ => HeaderValue::from_str(&ctx.host)
-            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-host"))?,
+    let trusted = ctx.via_trusted_proxy;
+    let mut set = Vec::with_capacity(8);
+    let peer = hop.peer.map(ip_header_value);
+    // Formatted once when the client is the peer (no trusted proxy).
+    let real_ip = match ctx.client {
+        Some(c) if Some(c) == hop.peer => peer.clone(),
+        c => c.map(ip_header_value),
     };
-    out.push((X_FORWARDED_HOST, forwarded_host));
+    let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(p) = &peer {
+            chain.push_str(", ");
+            chain.push_str(p.to_str().unwrap_or_default());
+        }
+        HeaderValue::try_from(chain.trim_start_matches(", ").to_string())
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-for"))?
+    } else {
+        peer.unwrap_or_else(|| HeaderValue::from_static(""))
+    };
+    set.push((X_FORWARDED_FOR, xff));
+    let keep = |name: &HeaderName| trusted && headers.contains_key(name);
+    if !keep(&X_FORWARDED_PROTO) {
+        set.push((
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        ));
+    }
+    if !keep(&X_FORWARDED_HOST) {
+        // Usually the Host header itself: shared, not copied.
+        let forwarded_host = match headers.get(HOST) {
+            Some(h) if h.as_bytes() == ctx.host.as_bytes() => h.clone(),
+            _ => HeaderValue::from_str(&ctx.host)
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-host"))?,
+        };
+        set.push((X_FORWARDED_HOST, forwarded_host));
+    }
     // ingress-nginx sends these too; backends migrating from it read them.
-    if let Some(port) = server_port {
-        out.push((X_FORWARDED_PORT, HeaderValue::from(port)));
+    if let (false, Some(port)) = (keep(&X_FORWARDED_PORT), hop.server_port) {
+        set.push((X_FORWARDED_PORT, HeaderValue::from(port)));
     }
-    if let Some(ip) = client {
-        out.push((X_REAL_IP, ip));
+    if let Some(ip) = real_ip {
+        set.push((X_REAL_IP, ip));
     }
-    out.push((X_REQUEST_ID, ctx.request_id.clone()));
-    if let Some(vhost) = vhost {
+    set.push((X_REQUEST_ID, ctx.request_id.clone()));
+    if let Some(vhost) = hop.vhost {
         let v = HeaderValue::from_str(vhost)
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "upstream-vhost"))?;
-        out.push((HOST, v));
+        set.push((HOST, v));
     } else if headers.get(HOST).is_none() {
         // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
         let v = HeaderValue::from_str(&ctx.host)
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "host"))?;
-        out.push((HOST, v));
+        set.push((HOST, v));
     }
-    Ok(out)
+    Ok(ForwardedEdits {
+        set,
+        remove_forwarded: !trusted && headers.contains_key(FORWARDED),
+    })
 }
 
 fn request_host(req: &RequestHeader) -> Option<String> {
@@ -373,7 +416,12 @@ fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps 
     let req = session.req_header();
     let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
     StreamProps {
-        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        // The client's address (behind a trusted proxy, the forwarded
+        // one) with the peer's port: what affinity and plugins key on.
+        source: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| SocketAddr::new(ctx.client.unwrap_or(a.ip()), a.port())),
         destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
         request: Some(RequestProps {
             uri: req.uri.clone(),
@@ -622,7 +670,7 @@ impl HttpProxy {
         checked: &portico_model::policy::CheckedPolicy,
     ) -> Result<bool> {
         let policy = &checked.policy;
-        if !checked.allows(client_ip(session)) {
+        if !checked.allows(ctx.client) {
             ctx.local_reason = Some("policy-denied");
             respond(
                 session,
@@ -632,7 +680,7 @@ impl HttpProxy {
             .await?;
             return Ok(true);
         }
-        if let (Some(limit), Some(ip)) = (&policy.rate_limit, client_ip(session)) {
+        if let (Some(limit), Some(ip)) = (&policy.rate_limit, ctx.client) {
             if !checked.limit_exempt.iter().any(|n| n.contains(&ip)) {
                 match self
                     .limiter
@@ -954,6 +1002,8 @@ impl ProxyHttp for HttpProxy {
             replace_body: None,
             cors_origin: None,
             limit_slot: None,
+            client: None,
+            via_trusted_proxy: false,
         }
     }
 
@@ -965,6 +1015,20 @@ impl ProxyHttp for HttpProxy {
         session.set_keepalive(Some(self.cfg.downstream_keepalive_timeout_ms / 1000));
 
         let req = session.req_header();
+        let peer = client_ip(session);
+        let trusted = &self.cfg.trusted_proxies;
+        ctx.via_trusted_proxy = peer.is_some_and(|p| client_addr::is_trusted(trusted, p));
+        ctx.client = match peer {
+            Some(p) if ctx.via_trusted_proxy => Some(client_addr::client_behind(
+                trusted,
+                p,
+                req.headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )),
+            p => p,
+        };
         ctx.request_id = req
             .headers
             .get("x-request-id")
@@ -1146,7 +1210,7 @@ impl ProxyHttp for HttpProxy {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let pool = ctx
@@ -1155,7 +1219,7 @@ impl ProxyHttp for HttpProxy {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool chosen"))?;
         let req = PickRequest {
             preferred: ctx.plugins.as_ref().and_then(|c| c.override_host),
-            client_ip: client_ip(session),
+            client_ip: ctx.client,
             exclude: &ctx.tried,
         };
         let Some(pick) = pool.pick(&req) else {
@@ -1245,21 +1309,26 @@ impl ProxyHttp for HttpProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client = client_ip(session);
-        let server_port = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port());
-        let vhost = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.policy.as_ref())
-            .and_then(|p| p.policy.upstream_host.as_deref());
+        let hop = Hop {
+            peer: client_ip(session),
+            server_port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+            vhost: ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.policy.as_ref())
+                .and_then(|p| p.policy.upstream_host.as_deref()),
+        };
         if self.cfg.preserve_header_case || !upstream.raw_path_is_utf8() {
             // Pingora's own insert keeps each name's case as the client
             // sent it, at the cost of a parse and a second map per header.
-            let edits = forwarded_headers(&upstream.headers, ctx, client, server_port, vhost)?;
-            for (name, value) in edits {
+            let edits = forwarded_headers(&upstream.headers, ctx, &hop)?;
+            if edits.remove_forwarded {
+                upstream.remove_header(&http::header::FORWARDED);
+            }
+            for (name, value) in edits.set {
                 upstream.insert_header(name, value)?;
             }
             return Ok(());
@@ -1270,12 +1339,12 @@ impl ProxyHttp for HttpProxy {
         let send_end_stream = upstream.send_end_stream();
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts: http::request::Parts = std::mem::replace(upstream, placeholder).into();
-        let edits = forwarded_headers(&parts.headers, ctx, client, server_port, vhost);
-        if let Ok(edits) = &edits {
-            parts.headers.reserve(edits.len());
-        }
-        let result = edits.map(|edits| {
-            for (name, value) in edits {
+        let result = forwarded_headers(&parts.headers, ctx, &hop).map(|edits| {
+            if edits.remove_forwarded {
+                parts.headers.remove(http::header::FORWARDED);
+            }
+            parts.headers.reserve(edits.set.len());
+            for (name, value) in edits.set {
                 parts.headers.insert(name, value);
             }
         });
@@ -1511,7 +1580,7 @@ impl ProxyHttp for HttpProxy {
             let line = serde_json::json!({
                 "ts": humantime_now(),
                 "request_id": ctx.request_id.to_str().ok(),
-                "client": client_ip(session).map(|i| i.to_string()),
+                "client": ctx.client.map(|i| i.to_string()),
                 "listener": listener,
                 "method": req.method.as_str(),
                 "host": ctx.host,

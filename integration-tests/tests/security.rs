@@ -1,7 +1,10 @@
-//! One meaning per request path, end to end: the path is normalized before
-//! routing, so a route's policies cannot be bypassed with `..`, escaped
-//! dots or doubled slashes, and the backend receives the path that was
-//! routed. Real binary, real backends, raw HTTP/1.1 and curl (h2c).
+//! Request-level defences, end to end (README, Security):
+//! - one meaning per request path: the path is normalized before routing,
+//!   so a route's policies cannot be bypassed with `..`, escaped dots or
+//!   doubled slashes, and the backend receives the path that was routed;
+//! - forwarding headers believed only from trusted proxies.
+//!
+//! Real binary, real backends, raw HTTP/1.1 and curl (h2c).
 
 use portico_integration_tests::*;
 
@@ -173,4 +176,76 @@ fn normalization_can_be_turned_off_with_the_documented_risk() {
     let r = http_get(gw.http, "app.test", "/x/../api").unwrap();
     assert_eq!(served(&r), Ok(("web".into(), "/x/../api".into())));
     assert_eq!(http_get(gw.http, "app.test", "/api").unwrap().status, 403);
+}
+
+#[test]
+fn forwarding_headers_are_replaced_unless_the_peer_is_a_trusted_proxy() {
+    let web = Echo::http("web");
+    let api = Echo::http("api");
+    let mut m = manifests(&web, &api);
+    // Only 203.0.113.0/24 may use this route.
+    m += &yaml::ingress(
+        "default",
+        "partners",
+        &[("partners.test", "/", "Prefix", "web", "http")],
+        "",
+    )
+    .replace(
+        "metadata: {name: partners, namespace: default}",
+        "metadata: {name: partners, namespace: default, annotations: {nginx.ingress.kubernetes.io/whitelist-source-range: '203.0.113.0/24'}}",
+    );
+    let forged = |host: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.7\r\n\
+             X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Port: 443\r\n\
+             X-Real-IP: 203.0.113.7\r\nForwarded: for=203.0.113.7;proto=https\r\nConnection: close\r\n\r\n"
+        )
+    };
+
+    // Untrusted peer (the default: nobody is trusted): every forwarding
+    // header is Portico's own, and the allowlist sees the real peer.
+    let gw = Gateway::start(&[("site.yaml", &m)], &policy_config());
+    let r = http_request(gw.http, &forged("open.test")).unwrap();
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(h["x-forwarded-host"], "open.test", "{h}");
+    assert_eq!(h["x-forwarded-port"], gw.http.to_string(), "{h}");
+    assert!(h.get("forwarded").is_none(), "{h}");
+    assert_eq!(
+        http_request(gw.http, &forged("partners.test"))
+            .unwrap()
+            .status,
+        403
+    );
+
+    // Loopback as a trusted proxy (a load balancer in front): the chain is
+    // appended to, its scheme/host/port kept, and the client it names is
+    // the one allowlists and X-Real-IP see.
+    let behind_lb = Gateway::start(
+        &[("site.yaml", &m)],
+        &format!(
+            "{}[proxy]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+            policy_config()
+        ),
+    );
+    let r = http_request(behind_lb.http, &forged("open.test")).unwrap();
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{h}");
+    assert_eq!(h["x-real-ip"], "203.0.113.7", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert_eq!(h["x-forwarded-host"], "evil.test", "{h}");
+    assert_eq!(h["x-forwarded-port"], "443", "{h}");
+    assert_eq!(h["forwarded"], "for=203.0.113.7;proto=https", "{h}");
+    let r = http_request(behind_lb.http, &forged("partners.test")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A client outside the allowlist behind the same proxy is refused; a
+    // forged entry left of the proxy's own does not help it.
+    let r = http_request(
+        behind_lb.http,
+        "GET / HTTP/1.1\r\nHost: partners.test\r\nX-Forwarded-For: 203.0.113.7, 198.51.100.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
 }
