@@ -299,6 +299,36 @@ fn request_host(req: &RequestHeader) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What Pingora's parser lets through but a request must not carry to a
+/// backend: two `Content-Length` lines (equal ones too: a backend that
+/// reads the last while another hop reads the first is how requests are
+/// smuggled; RFC 9110 §8.6 allows refusing them, as nginx does), and a
+/// Host that is not a host (RFC 9112 §3.2: 400 for an invalid Host).
+fn framing_or_host_problem(req: &RequestHeader, host: &str) -> Option<&'static str> {
+    if req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Some("more than one Content-Length header");
+    }
+    if !valid_host(host) {
+        return Some("invalid Host header");
+    }
+    None
+}
+
+/// `name`, `name:port`, `[v6]` or `[v6]:port`, in the characters hosts
+/// are made of (RFC 3986 §3.2.2 reg-name without percent-escapes).
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        })
+}
+
 fn header_bytes(req: &RequestHeader) -> usize {
     req.uri.path_and_query().map_or(1, |p| p.as_str().len())
         + req
@@ -357,6 +387,12 @@ fn ip_header_value(ip: IpAddr) -> http::HeaderValue {
 }
 
 async fn respond(session: &mut Session, status: u16, body: String) -> Result<()> {
+    // A client that sent a malformed request may disagree with us about
+    // where it ended: nothing more is read from that connection (as nginx
+    // does after a 400).
+    if status == 400 {
+        session.set_keepalive(None);
+    }
     let body = Bytes::from(body);
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -1012,7 +1048,12 @@ impl ProxyHttp for HttpProxy {
         ctx.in_flight = Some(InFlight::start());
         listener_metrics().active.increment(1.0);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        session.set_keepalive(Some(self.cfg.downstream_keepalive_timeout_ms / 1000));
+        // Pingora has decided from the request whether the connection
+        // stays open (HTTP/1.0 only with `Connection: keep-alive`, HTTP/1.1
+        // unless `close`); only how long is ours to set.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.cfg.downstream_keepalive_timeout_ms / 1000));
+        }
 
         let req = session.req_header();
         let peer = client_ip(session);
@@ -1054,6 +1095,12 @@ impl ProxyHttp for HttpProxy {
             respond(session, 400, "missing Host header\n".into()).await?;
             return Ok(true);
         };
+        if let Some(why) = framing_or_host_problem(req, &host) {
+            ctx.local_reason = Some("bad-request");
+            ctx.host = host;
+            respond(session, 400, format!("{why}\n")).await?;
+            return Ok(true);
+        }
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
         if let Some(rules) = self.cfg.paths.rules_for(local) {
             if let Err(e) = normalize_request_path(session, rules) {
