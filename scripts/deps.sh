@@ -22,7 +22,7 @@ want_lean() { dpkg -s "$1" >/dev/null 2>&1 || lean+=("$1"); }
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
   echo "scripts/deps.sh: not a Debian system; install by hand: a C compiler, cmake, pkg-config," >&2
   echo "  and a wasm32 Rust target (rustup target add wasm32-wasip1); for tests also curl, openssl," >&2
-  echo "  iproute2, etcd, xz, npm, promtool, nginx (with its stream module), haproxy, wrk, h2load, iperf3" >&2
+  echo "  iproute2, arping, tcpdump, etcd, xz, npm, promtool, nginx (with its stream module), haproxy, wrk, h2load, iperf3" >&2
   exit 1
 fi
 
@@ -44,6 +44,8 @@ case "$purpose" in
     # Clients the end-to-end tests drive, the network namespaces of the
     # Kubernetes and L4 tests, the real kube-apiserver's etcd and unpacking.
     for p in curl openssl iproute2 etcd-server xz-utils python3; do want "$p"; done
+    # The bare-metal address tests look at ARP from a client namespace.
+    for p in iputils-arping tcpdump; do want "$p"; done
     # The AssemblyScript compatibility plugin (any Node.js with npm will do).
     command -v npm >/dev/null || want npm
     # promtool checks /metrics.

@@ -6,6 +6,7 @@
 //! reach zero.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,6 +14,27 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Run once when draining starts, before the listeners stop accepting.
+type DrainHook = Box<dyn FnOnce() + Send>;
+static ON_DRAIN: Mutex<Vec<DrainHook>> = Mutex::new(Vec::new());
+
+/// Registers `hook` to run when SIGTERM (or SIGINT) arrives, before the
+/// listeners stop accepting: the node gives up its announced addresses
+/// while it still serves, so clients move to another node without a
+/// refused connection.
+pub fn on_drain(hook: DrainHook) {
+    ON_DRAIN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(hook);
+}
+
+fn run_drain_hooks() {
+    let hooks = std::mem::take(&mut *ON_DRAIN.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook();
+    }
+}
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// Counts one request or connection as in flight while alive.
@@ -54,6 +76,7 @@ impl ShutdownSignalWatch for DrainingSignalWatch {
         let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
         tokio::select! {
             _ = term.recv() => {
+                run_drain_hooks();
                 DRAINING.store(true, Ordering::Relaxed);
                 tracing::info!(
                     in_flight = in_flight(),
@@ -66,6 +89,7 @@ impl ShutdownSignalWatch for DrainingSignalWatch {
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => {
+                run_drain_hooks();
                 tracing::info!("SIGINT: exiting now");
                 ShutdownSignal::FastShutdown
             }

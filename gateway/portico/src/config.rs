@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 // Each layer owns its section; this file composes them, loads the file
 // and the environment, and checks what spans sections.
+pub use portico_announce::AnnounceConfig;
 pub use portico_dataplane::config::{L4Config, ProxyConfig};
 pub use portico_model::lb::LbConfig;
 pub use portico_sources::config::{DnsConfig, KubernetesConfig, SourcesConfig};
@@ -40,6 +41,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub dns: DnsConfig,
     pub plugins: PluginsConfig,
+    pub announce: AnnounceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -293,6 +295,9 @@ fn validate(cfg: &Config) -> Result<(), String> {
             .into());
     }
     validate_plugins(&cfg.plugins)?;
+    if let Some(problem) = cfg.announce.validate().into_iter().next() {
+        return Err(problem);
+    }
     if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
         if !cfg.plugins.load.iter().any(|p| &p.name == name) {
             return Err(format!(

@@ -131,6 +131,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     for p in registry.plugins.values() {
         tracing::info!(plugin = %p.name, path = %p.path.display(), abi = ?p.info.abi, fail = ?p.fail, "plugin loaded");
     }
+    release_freed_memory();
     let registry = Arc::new(arc_swap::ArcSwap::from_pointee(registry));
     portico_wasm::install_control(
         &cfg.ingress,
@@ -273,6 +274,27 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         ));
     }
 
+    // Addresses are announced once everything that serves them is set
+    // up, and given up first on SIGTERM.
+    if cfg.announce.mode == portico_announce::AnnounceMode::L2 {
+        if kube_mode {
+            return Err(
+                "announce.mode = \"l2\": only static ownership (announce.addresses in each \
+                 node's config) is built; with the Kubernetes source two nodes would both claim \
+                 an address. Announce with MetalLB or kube-vip for now"
+                    .into(),
+            );
+        }
+        let announcer = portico_announce::l2::L2Announcer::start(&cfg.announce)?;
+        let announcer = std::sync::Mutex::new(announcer);
+        portico_dataplane::shutdown::on_drain(Box::new(move || {
+            announcer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release()
+        }));
+    }
+
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         http = ?cfg.listen.http,
@@ -318,4 +340,14 @@ pub fn with_manifest_dirs(mut cfg: Config, extra: &[PathBuf]) -> Config {
         cfg.sources.manifests = extra.to_vec();
     }
     cfg
+}
+
+/// Hands the memory freed so far back to the OS. Compiling the plugins
+/// (cranelift) frees some 60 MiB that mimalloc would otherwise keep on
+/// this thread, which then only waits for the server: idle RSS with the
+/// default plugins was 109 MiB instead of 45.
+fn release_freed_memory() {
+    // SAFETY: mi_collect only walks mimalloc's own heaps; with another
+    // global allocator it finds nothing to free.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }

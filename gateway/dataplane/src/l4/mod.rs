@@ -6,6 +6,7 @@
 //! stop accepting (their open connections drain), others are untouched.
 //! A bind that fails is retried on the next publish and every few seconds.
 
+pub mod bind;
 pub mod splice;
 pub mod tcp;
 pub mod udp;
@@ -92,7 +93,7 @@ impl L4Manager {
             }
             let (stop, stop_rx) = watch::channel(false);
             let started = match key.protocol {
-                L4Protocol::Tcp => tokio::net::TcpListener::bind(key.addr).await.map(|l| {
+                L4Protocol::Tcp => bind::tcp_listener(key.addr).map(|l| {
                     tokio::spawn(tcp::serve(
                         key,
                         l,
@@ -102,7 +103,7 @@ impl L4Manager {
                         stop_rx,
                     ));
                 }),
-                L4Protocol::Udp => tokio::net::UdpSocket::bind(key.addr).await.map(|s| {
+                L4Protocol::Udp => bind::udp_socket(key.addr).map(|s| {
                     tokio::spawn(udp::serve(
                         key,
                         s,

@@ -1,0 +1,301 @@
+//! L2 mode: ARP for the owned IPv4 addresses on their interfaces.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pnet_datalink::MacAddr;
+use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
+
+use crate::{arp, route, AnnounceConfig};
+
+/// How often a receive loop wakes to check whether it should stop.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The addresses one interface announces.
+struct Announced {
+    interface: NetworkInterface,
+    mac: MacAddr,
+    addresses: Vec<Ipv4Addr>,
+}
+
+/// Which interface announces each address: the configured ones (or, with
+/// none configured, every non-loopback interface), the one with an IPv4
+/// network containing the address first.
+fn plan(cfg: &AnnounceConfig, interfaces: &[NetworkInterface]) -> Result<Vec<Announced>, String> {
+    let candidates: Vec<&NetworkInterface> = if cfg.interfaces.is_empty() {
+        interfaces.iter().filter(|i| !i.is_loopback()).collect()
+    } else {
+        cfg.interfaces
+            .iter()
+            .map(|name| {
+                interfaces.iter().find(|i| &i.name == name).ok_or_else(|| {
+                    format!("announce.interfaces: no interface named {name:?} on this node")
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut by_interface: BTreeMap<u32, Announced> = BTreeMap::new();
+    for addr in &cfg.addresses {
+        let IpAddr::V4(v4) = addr else {
+            return Err(format!(
+                "announce.addresses: {addr}: L2 mode announces IPv4 only"
+            ));
+        };
+        let on_subnet = candidates
+            .iter()
+            .find(|i| i.ips.iter().any(|n| n.is_ipv4() && n.contains(*addr)));
+        let chosen = match (on_subnet, cfg.interfaces.len()) {
+            (Some(i), _) => *i,
+            // One interface configured: it announces whatever it is given.
+            (None, 1) => candidates[0],
+            (None, _) => {
+                return Err(format!(
+                    "announce.addresses: no interface has an IPv4 network containing {addr}; set announce.interfaces"
+                ))
+            }
+        };
+        let mac = chosen
+            .mac
+            .filter(|m| *m != MacAddr::zero())
+            .ok_or_else(|| format!("announce: interface {} has no MAC address", chosen.name))?;
+        by_interface
+            .entry(chosen.index)
+            .or_insert_with(|| Announced {
+                interface: chosen.clone(),
+                mac,
+                addresses: Vec::new(),
+            })
+            .addresses
+            .push(*v4);
+    }
+    Ok(by_interface.into_values().collect())
+}
+
+/// The kernel must not answer ARP for the addresses (they are local
+/// routes): only this process does, so a node whose Portico is gone
+/// stops answering. The same "strict ARP" MetalLB asks of IPVS users.
+fn strict_arp(interface: &str) -> Result<(), String> {
+    for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        let path = format!("/proc/sys/net/ipv4/conf/{interface}/{key}");
+        std::fs::write(&path, value)
+            .map_err(|e| format!("announce: cannot set {path} to {value}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Announcing on every planned interface until released.
+pub struct L2Announcer {
+    stop: Arc<AtomicBool>,
+    addresses: Vec<Ipv4Addr>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl L2Announcer {
+    /// Takes the configured addresses: local routes, strict ARP on their
+    /// interfaces, a responder per interface and gratuitous ARP now and
+    /// every `garp_interval_seconds`. Needs CAP_NET_ADMIN and CAP_NET_RAW.
+    pub fn start(cfg: &AnnounceConfig) -> Result<L2Announcer, String> {
+        let plan = plan(cfg, &pnet_datalink::interfaces())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut announcer = L2Announcer {
+            stop: stop.clone(),
+            addresses: Vec::new(),
+            threads: Vec::new(),
+        };
+        let interval = Duration::from_secs(cfg.garp_interval_seconds.max(1));
+        for a in plan {
+            strict_arp(&a.interface.name)?;
+            let config = pnet_datalink::Config {
+                read_timeout: Some(POLL),
+                ..Default::default()
+            };
+            let (tx, rx) = match pnet_datalink::channel(&a.interface, config) {
+                Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
+                Ok(_) => {
+                    return Err(format!(
+                        "announce: {} is not an Ethernet interface",
+                        a.interface.name
+                    ))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "announce: cannot open a raw socket on {}: {e} (needs CAP_NET_RAW)",
+                        a.interface.name
+                    ))
+                }
+            };
+            for ip in &a.addresses {
+                route::accept_locally(IpAddr::V4(*ip)).map_err(|e| {
+                    format!(
+                        "announce: cannot add the local route for {ip}: {e} (needs CAP_NET_ADMIN)"
+                    )
+                })?;
+                announcer.addresses.push(*ip);
+            }
+            tracing::info!(interface = %a.interface.name, mac = %a.mac, addresses = ?a.addresses,
+                garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP");
+            metrics::gauge!("portico_announced_addresses", "mode" => "l2")
+                .increment(a.addresses.len() as f64);
+            let stop = stop.clone();
+            let name = format!("arp-{}", a.interface.name);
+            let thread = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || serve(a, tx, rx, interval, &stop))
+                .map_err(|e| format!("announce: cannot start the ARP thread: {e}"))?;
+            announcer.threads.push(thread);
+        }
+        Ok(announcer)
+    }
+
+    /// Stops answering and removes the local routes. Idempotent.
+    pub fn release(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if self.addresses.is_empty() {
+            return;
+        }
+        for ip in self.addresses.drain(..) {
+            if let Err(e) = route::stop_accepting(IpAddr::V4(ip)) {
+                tracing::warn!(address = %ip, error = %e, "cannot remove the local route");
+            }
+        }
+        metrics::gauge!("portico_announced_addresses", "mode" => "l2").set(0.0);
+        tracing::info!("gave up the announced addresses");
+    }
+}
+
+impl Drop for L2Announcer {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn serve(
+    a: Announced,
+    mut tx: Box<dyn DataLinkSender>,
+    mut rx: Box<dyn DataLinkReceiver>,
+    interval: Duration,
+    stop: &AtomicBool,
+) {
+    let send = |tx: &mut Box<dyn DataLinkSender>, frame: &[u8], what: &'static str| match tx
+        .send_to(frame, None)
+    {
+        Some(Ok(())) => metrics::counter!("portico_arp_sent_total", "kind" => what).increment(1),
+        Some(Err(e)) => {
+            tracing::warn!(interface = %a.interface.name, error = %e, "cannot send ARP")
+        }
+        None => {}
+    };
+    let garp_all = |tx: &mut Box<dyn DataLinkSender>| {
+        for ip in &a.addresses {
+            send(tx, &arp::gratuitous(*ip, a.mac), "gratuitous");
+        }
+    };
+    garp_all(&mut tx);
+    let mut next_garp = Instant::now() + interval;
+    while !stop.load(Ordering::SeqCst) {
+        match rx.next() {
+            Ok(frame) => {
+                if let Some(reply) = arp::reply_to(frame, a.mac, |ip| a.addresses.contains(&ip)) {
+                    send(&mut tx, &reply, "reply");
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) => {}
+            Err(e) => {
+                tracing::warn!(interface = %a.interface.name, error = %e, "ARP receive failed");
+                std::thread::sleep(POLL);
+            }
+        }
+        if Instant::now() >= next_garp {
+            garp_all(&mut tx);
+            next_garp += interval;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnetwork::IpNetwork;
+
+    fn iface(name: &str, index: u32, net: &str) -> NetworkInterface {
+        NetworkInterface {
+            name: name.into(),
+            description: String::new(),
+            index,
+            mac: Some(MacAddr(2, 0, 0, 0, 0, index as u8)),
+            ips: vec![net.parse::<IpNetwork>().unwrap()],
+            flags: 0,
+        }
+    }
+
+    fn cfg(addresses: &[&str], interfaces: &[&str]) -> AnnounceConfig {
+        AnnounceConfig {
+            mode: crate::AnnounceMode::L2,
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            ..AnnounceConfig::default()
+        }
+    }
+
+    #[test]
+    fn each_address_goes_to_the_interface_of_its_subnet() {
+        let nics = [
+            iface("eth0", 2, "10.0.0.5/24"),
+            iface("eth1", 3, "192.0.2.5/24"),
+        ];
+        let p = plan(
+            &cfg(&["192.0.2.10", "10.0.0.100", "192.0.2.11"], &[]),
+            &nics,
+        )
+        .unwrap();
+        let got: Vec<(String, Vec<String>)> = p
+            .iter()
+            .map(|a| {
+                (
+                    a.interface.name.clone(),
+                    a.addresses.iter().map(|i| i.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("eth0".to_string(), vec!["10.0.0.100".to_string()]),
+                (
+                    "eth1".to_string(),
+                    vec!["192.0.2.10".to_string(), "192.0.2.11".to_string()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_on_no_subnet_needs_a_configured_interface() {
+        let nics = [
+            iface("eth0", 2, "10.0.0.5/24"),
+            iface("eth1", 3, "192.0.2.5/24"),
+        ];
+        let err = plan(&cfg(&["198.51.100.7"], &[]), &nics).err().unwrap();
+        assert!(
+            err.contains("198.51.100.7") && err.contains("announce.interfaces"),
+            "{err}"
+        );
+        let p = plan(&cfg(&["198.51.100.7"], &["eth1"]), &nics).unwrap();
+        assert_eq!(p[0].interface.name, "eth1");
+        let err = plan(&cfg(&["198.51.100.7"], &["eth9"]), &nics)
+            .err()
+            .unwrap();
+        assert!(err.contains("eth9"), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The route that makes the kernel deliver packets for an announced
+//! address to the local listeners: `local ADDR dev lo table local`, as
+//! `ip route add local ADDR/32 dev lo table local` would add it, sent over
+//! rtnetlink with netlink-packet-route's message types.
+//!
+//! Without it the kernel forwards (or drops) packets for an address that
+//! is on no interface, even though the listener is bound to it
+//! (`IP_FREEBIND`). The route does not make the kernel answer ARP on the
+//! edge interface once strict ARP is set there (see `l2`).
+
+use std::io;
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// The kernel's `local` table, where the routes of local addresses live.
+const RT_TABLE_LOCAL: u8 = 255;
+
+fn loopback_index() -> io::Result<u32> {
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+fn route_message(ip: IpAddr) -> io::Result<RouteMessage> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    msg.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
+    msg.header.table = RT_TABLE_LOCAL;
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.scope = RouteScope::Host;
+    msg.header.kind = RouteType::Local;
+    msg.attributes = vec![
+        RouteAttribute::Destination(RouteAddress::from(ip)),
+        RouteAttribute::Oif(loopback_index()?),
+    ];
+    Ok(msg)
+}
+
+/// Sends one request and waits for its acknowledgement.
+fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut answer = Vec::with_capacity(4096);
+    socket.recv(&mut answer, 0)?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer)
+        .map_err(|e| io::Error::other(format!("unreadable netlink answer: {e}")))?;
+    match reply.payload {
+        NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
+        _ => Ok(()),
+    }
+}
+
+/// Packets for `ip` are delivered to local listeners from now on.
+pub fn accept_locally(ip: IpAddr) -> io::Result<()> {
+    request(
+        RouteNetlinkMessage::NewRoute(route_message(ip)?),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// Undoes [`accept_locally`]; a route already gone is not an error.
+pub fn stop_accepting(ip: IpAddr) -> io::Result<()> {
+    match request(RouteNetlinkMessage::DelRoute(route_message(ip)?), 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_is_local_host_scope_in_the_local_table_on_lo() {
+        let msg = route_message("192.0.2.10".parse().unwrap()).unwrap();
+        assert_eq!(msg.header.table, RT_TABLE_LOCAL);
+        assert_eq!(msg.header.kind, RouteType::Local);
+        assert_eq!(msg.header.scope, RouteScope::Host);
+        assert_eq!(msg.header.destination_prefix_length, 32);
+        assert!(msg
+            .attributes
+            .contains(&RouteAttribute::Destination(RouteAddress::Inet(
+                "192.0.2.10".parse().unwrap()
+            ))));
+    }
+}

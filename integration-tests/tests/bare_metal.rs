@@ -1,0 +1,363 @@
+//! Bare-metal addresses, L2 mode, end to end: an edge node (a network
+//! namespace running `portico run`) owns a LoadBalancer address that is on
+//! none of its interfaces; a client in a second namespace on the same
+//! segment finds it by ARP (`arping`, from iputils) and connects to it, over
+//! L4 (a listener bound to the address with IP_FREEBIND) and L7 (a wildcard
+//! listener). Gratuitous ARP is seen with `tcpdump`. On SIGTERM the node
+//! stops answering; killed, it stops answering too (strict ARP: the kernel
+//! never answers for the address, only Portico does).
+//!
+//! Needs root, iproute2, iputils-arping and tcpdump (`scripts/deps.sh test`).
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use portico_integration_tests::*;
+
+/// Two namespaces joined by a veth pair on 10.214.K.0/24: the edge node
+/// (.1) and a client (.2). Removed on drop.
+struct Segment {
+    edge: String,
+    client: String,
+    k: u8,
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Segment {
+    fn new() -> Segment {
+        // Tests of one process run in parallel: each gets its own pair.
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let k = ((pid % 60) as u8) * 4 + n % 4 + 1;
+        let (edge, client) = (
+            format!("pbm-edge-{pid}-{n}"),
+            format!("pbm-client-{pid}-{n}"),
+        );
+        for ns in [&edge, &client] {
+            let _ = run(&["ip", "netns", "del", ns]);
+            ok(&["ip", "netns", "add", ns]);
+            ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        ok(&[
+            "ip", "-n", &edge, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+            "netns", &client,
+        ]);
+        for (ns, host) in [(&edge, 1), (&client, 2)] {
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.214.{k}.{host}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+        Segment { edge, client, k }
+    }
+
+    fn addr(&self, host: u8) -> String {
+        format!("10.214.{}.{host}", self.k)
+    }
+
+    fn in_ns(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
+    fn edge_mac(&self) -> String {
+        let out = run(&["ip", "-n", &self.edge, "-o", "link", "show", "eth0"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC in {text}"))
+            .to_ascii_uppercase()
+    }
+
+    /// The MAC that answers ARP for `ip`, asked from the client (flushing
+    /// its cache first), or None when nobody answers within a second.
+    fn arp_owner(&self, ip: &str) -> Option<String> {
+        let _ = run(&["ip", "-n", &self.client, "neigh", "flush", "dev", "eth0"]);
+        let out = self
+            .in_ns(
+                &self.client,
+                &["arping", "-c", "1", "-w", "1", "-I", "eth0", ip],
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // "Unicast reply from 10.214.K.100 [AA:BB:..]  0.6ms"
+        text.lines()
+            .find(|l| l.contains("reply from"))
+            .and_then(|l| l.split('[').nth(1))
+            .and_then(|s| s.split(']').next())
+            .map(|s| s.to_ascii_uppercase())
+    }
+
+    /// What the client reads from `ip:port` (TCP), or the error.
+    fn tcp_read(&self, ip: &str, port: u16) -> String {
+        // The echo backend greets with its name and a newline.
+        let script =
+            format!("exec 3<>/dev/tcp/{ip}/{port} && IFS= read -r -t 2 line <&3; echo \"$line\"");
+        let out = self
+            .in_ns(&self.client, &["timeout", "5", "bash", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.edge]);
+        let _ = run(&["ip", "netns", "del", &self.client]);
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Starts `portico run` in the edge namespace owning `vip`, with an L4
+/// LoadBalancer Service on vip:9000 and an Ingress on the wildcard
+/// listener, both to echo backends in the same namespace.
+fn start_edge(seg: &Segment, dir: &TempDir, vip: &str) -> (Killed, Vec<Killed>) {
+    let (tcp_port, http_port) = (19_700, 19_701);
+    let echo = |args: &[&str]| {
+        Killed(
+            seg.in_ns(
+                &seg.edge,
+                &[
+                    portico_bin().to_str().unwrap(),
+                    "echo",
+                    "--name",
+                    "edge-echo",
+                ],
+            )
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        )
+    };
+    let backends = vec![
+        echo(&["--tcp", &format!("127.0.0.1:{tcp_port}")]),
+        echo(&["--http", &format!("127.0.0.1:{http_port}")]),
+    ];
+    let mut m = yaml::service(
+        "default",
+        "lb",
+        &format!("  type: LoadBalancer\n  loadBalancerIP: {vip}\n"),
+        &[("tcp", 9000)],
+    );
+    m += &yaml::slice("default", "lb-1", "lb", "tcp", tcp_port, true);
+    m += &yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", http_port, true);
+    m += &yaml::ingress(
+        "default",
+        "web",
+        &[("vip.test", "/", "Prefix", "web", "http")],
+        "",
+    );
+    let manifests = dir.path().join("m");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("lb.yaml"), m).unwrap();
+    let config = dir.write(
+        "portico.toml",
+        &format!(
+            "[shutdown]\ngrace_period_seconds = 2\n[l4]\nnode_ports = false\n\
+             [announce]\nmode = \"l2\"\naddresses = [\"{vip}\"]\ngarp_interval_seconds = 1\n"
+        ),
+    );
+    let log = std::fs::File::create(dir.path().join("portico.log")).unwrap();
+    let child = seg
+        .in_ns(&seg.edge, &[portico_bin().to_str().unwrap(), "run"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--http", "0.0.0.0:8080", "--https", "0.0.0.0:8443"])
+        .args(["--admin", "127.0.0.1:9901", "--node-address", &seg.addr(1)])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (Killed(child), backends)
+}
+
+fn log_of(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("portico.log")).unwrap_or_default()
+}
+
+#[test]
+fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
+    let seg = Segment::new();
+    let vip = seg.addr(100);
+    let dir = TempDir::new("bare-metal");
+    // Gratuitous ARP is watched from the client before the node starts.
+    let tcpdump = Killed(
+        seg.in_ns(&seg.client, &["tcpdump", "-l", "-n", "-i", "eth0", "arp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Before: nobody answers for the address.
+    assert_eq!(seg.arp_owner(&vip), None);
+
+    let (mut edge, _backends) = start_edge(&seg, &dir, &vip);
+    let mac = seg.edge_mac();
+    wait_until(20, "the edge node to answer ARP", || {
+        seg.arp_owner(&vip).as_deref() == Some(mac.as_str())
+    });
+    // L4: the listener bound to the address itself (IP_FREEBIND).
+    wait_until(10, "an L4 connection to the address", || {
+        seg.tcp_read(&vip, 9000).contains("edge-echo")
+    });
+    // L7: the wildcard listener receives it through the local route.
+    let out = seg
+        .in_ns(
+            &seg.client,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-H",
+                "Host: vip.test",
+                &format!("http://{vip}:8080/x"),
+            ],
+        )
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"name\":\"edge-echo\""),
+        "{body} {}",
+        log_of(&dir)
+    );
+
+    // Gratuitous ARP: at take-over and every second (garp_interval_seconds).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut tcpdump = tcpdump;
+    let _ = tcpdump.0.kill();
+    let mut captured = String::new();
+    use std::io::Read;
+    tcpdump
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut captured)
+        .unwrap();
+    let announcements = captured
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("Announcement, {vip}"))
+                || l.contains(&format!("who-has {vip} tell {vip}"))
+        })
+        .count();
+    assert!(announcements >= 2, "gratuitous ARP for {vip}:\n{captured}");
+
+    // The kernel itself never answers for it (strict ARP on the interface).
+    let sysctl = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &seg.edge,
+        "cat",
+        "/proc/sys/net/ipv4/conf/eth0/arp_ignore",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&sysctl.stdout).trim(), "1");
+
+    // SIGTERM: the address is given up at once, while in-flight work drains.
+    let local_route = || {
+        let out = run(&[
+            "ip", "-n", &seg.edge, "route", "show", "table", "local", &vip,
+        ]);
+        String::from_utf8_lossy(&out.stdout).contains(&vip)
+    };
+    assert!(local_route(), "no local route for {vip}");
+    ok(&["kill", "-TERM", &edge.0.id().to_string()]);
+    wait_until(5, "the address to be given up", || {
+        seg.arp_owner(&vip).is_none()
+    });
+    wait_until(5, "the local route to go", || !local_route());
+    let status = edge.0.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", log_of(&dir));
+    let log = log_of(&dir);
+    assert!(log.contains("announcing addresses by ARP"), "{log}");
+    assert!(log.contains("gave up the announced addresses"), "{log}");
+}
+
+#[test]
+fn a_killed_node_stops_answering_arp() {
+    let seg = Segment::new();
+    let vip = seg.addr(101);
+    let dir = TempDir::new("bare-metal-kill");
+    let (mut edge, _backends) = start_edge(&seg, &dir, &vip);
+    let mac = seg.edge_mac();
+    wait_until(20, "the edge node to answer ARP", || {
+        seg.arp_owner(&vip).as_deref() == Some(mac.as_str())
+    });
+    let _ = edge.0.kill();
+    let _ = edge.0.wait();
+    // The local route outlives the process, but the kernel does not answer
+    // ARP for it: clients stop finding a node that is gone.
+    assert_eq!(seg.arp_owner(&vip), None, "{}", log_of(&dir));
+}
+
+#[test]
+fn bad_announce_config_is_refused_with_the_key() {
+    let dir = TempDir::new("bare-metal-bad");
+    let config = dir.write(
+        "portico.toml",
+        "[announce]\nmode = \"l2\"\naddresses = [\"2001:db8::1\"]\n",
+    );
+    let out = portico(&["check", "--config", config.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("announce.addresses: 2001:db8::1 is IPv6"),
+        "{text}"
+    );
+}
