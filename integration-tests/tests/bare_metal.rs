@@ -10,7 +10,7 @@
 //! Needs root, iproute2, iputils-arping and tcpdump (`scripts/deps.sh test`).
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portico_integration_tests::*;
 
@@ -143,17 +143,6 @@ impl Drop for Killed {
     }
 }
 
-fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
 /// Starts `portico run` in the edge namespace owning `vip`, with an L4
 /// LoadBalancer Service on vip:9000 and an Ingress on the wildcard
 /// listener, both to echo backends in the same namespace.
@@ -245,11 +234,11 @@ fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
 
     let (mut edge, _backends) = start_edge(&seg, &dir, &vip);
     let mac = seg.edge_mac();
-    wait_until(20, "the edge node to answer ARP", || {
+    wait_for(20, "the edge node to answer ARP", || {
         seg.arp_owner(&vip).as_deref() == Some(mac.as_str())
     });
     // L4: the listener bound to the address itself (IP_FREEBIND).
-    wait_until(10, "an L4 connection to the address", || {
+    wait_for(10, "an L4 connection to the address", || {
         seg.tcp_read(&vip, 9000).contains("edge-echo")
     });
     // L7: the wildcard listener receives it through the local route.
@@ -317,10 +306,10 @@ fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
     };
     assert!(local_route(), "no local route for {vip}");
     ok(&["kill", "-TERM", &edge.0.id().to_string()]);
-    wait_until(5, "the address to be given up", || {
+    wait_for(5, "the address to be given up", || {
         seg.arp_owner(&vip).is_none()
     });
-    wait_until(5, "the local route to go", || !local_route());
+    wait_for(5, "the local route to go", || !local_route());
     let status = edge.0.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", log_of(&dir));
     let log = log_of(&dir);
@@ -335,7 +324,7 @@ fn a_killed_node_stops_answering_arp() {
     let dir = TempDir::new("bare-metal-kill");
     let (mut edge, _backends) = start_edge(&seg, &dir, &vip);
     let mac = seg.edge_mac();
-    wait_until(20, "the edge node to answer ARP", || {
+    wait_for(20, "the edge node to answer ARP", || {
         seg.arp_owner(&vip).as_deref() == Some(mac.as_str())
     });
     let _ = edge.0.kill();
