@@ -1035,3 +1035,33 @@ fn cookie_affinity_from_the_ingress_nginx_annotations() {
     assert_eq!(names.len(), 2);
     assert!(get(Some("route=0000")).header("set-cookie").is_some());
 }
+
+#[test]
+fn check_warns_about_a_cluster_mapped_to_no_backend() {
+    let dir = TempDir::new("clusters");
+    let mut m = yaml::service("default", "auth", "", &[("http", 80)]);
+    m += &yaml::slice("default", "auth-1", "auth", "http", 8081, true);
+    m += &yaml::ingress(
+        "default",
+        "auth",
+        &[("auth.test", "/", "Prefix", "auth", "http")],
+        "",
+    );
+    std::fs::create_dir_all(dir.path().join("m")).unwrap();
+    std::fs::write(dir.path().join("m/auth.yaml"), m).unwrap();
+    let config = dir.write(
+        "portico.toml",
+        "[plugins]\nclusters = { authz = \"default/auth:http\", stale = \"default/gone:http\" }\n",
+    );
+    let out = portico_check(&config, &dir.path().join("m"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning is not an error: {text}");
+    assert!(
+        text.contains(
+            "cluster \"stale\" maps to \"default/gone:http\", which no Ingress or L4 listener uses"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("\"authz\""), "{text}");
+}

@@ -321,6 +321,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     let (store, dup) = manifests::build_store(&set);
     problems.extend(dup);
     let spec = portico_translate::translate(&store, &translate_settings(cfg));
+    problems.extend(unknown_clusters(cfg, &spec.backends));
     problems.extend(spec.problems);
     // Not an error (other controllers' Ingresses are normal), but never
     // silent.
@@ -332,6 +333,43 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     problems.sort();
     problems.dedup();
     problems
+}
+
+/// `[plugins] clusters` entries that name no backend: a plugin's callout
+/// targets are only known when it runs, but where the config maps a
+/// cluster name, a mapping to nothing can be told now (the callout would
+/// get BadArgument).
+fn unknown_clusters(
+    cfg: &Config,
+    backends: &std::collections::BTreeMap<
+        portico_model::snapshot::BackendKey,
+        portico_model::snapshot::BackendSpec,
+    >,
+) -> Vec<Problem> {
+    cfg.plugins
+        .clusters
+        .iter()
+        .filter(|(_, backend)| {
+            let key = backend.split_once('/').and_then(|(ns, rest)| {
+                let (service, port) = rest.rsplit_once(':')?;
+                Some(portico_model::snapshot::BackendKey {
+                    namespace: ns.to_string(),
+                    service: service.to_string(),
+                    port: port.to_string(),
+                })
+            });
+            !key.is_some_and(|k| backends.contains_key(&k))
+        })
+        .map(|(cluster, backend)| {
+            Problem::warning(
+                "config [plugins] clusters",
+                format!(
+                    "cluster {cluster:?} maps to {backend:?}, which no Ingress or L4 listener uses: \
+                     callouts to it get BadArgument (callable backends are the routed ones)"
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Manifest folders: the config's, plus any given on the command line.
