@@ -27,6 +27,18 @@ pub struct BackendKey {
 }
 
 impl BackendKey {
+    /// The key a displayed name (`ns/svc:port`) stands for, as plugins
+    /// and `[plugins] clusters` write backends.
+    pub fn parse(name: &str) -> Option<BackendKey> {
+        let (namespace, rest) = name.split_once('/')?;
+        let (service, port) = rest.rsplit_once(':')?;
+        Some(BackendKey {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            port: port.to_string(),
+        })
+    }
+
     /// Whether `name` is this key as displayed (`ns/svc:port`), without
     /// building the string (checked on the request path).
     pub fn is_named(&self, name: &str) -> bool {

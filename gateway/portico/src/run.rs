@@ -350,15 +350,8 @@ fn unknown_clusters(
         .clusters
         .iter()
         .filter(|(_, backend)| {
-            let key = backend.split_once('/').and_then(|(ns, rest)| {
-                let (service, port) = rest.rsplit_once(':')?;
-                Some(portico_model::snapshot::BackendKey {
-                    namespace: ns.to_string(),
-                    service: service.to_string(),
-                    port: port.to_string(),
-                })
-            });
-            !key.is_some_and(|k| backends.contains_key(&k))
+            !portico_model::snapshot::BackendKey::parse(backend)
+                .is_some_and(|k| backends.contains_key(&k))
         })
         .map(|(cluster, backend)| {
             Problem::warning(

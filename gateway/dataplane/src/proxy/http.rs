@@ -482,15 +482,7 @@ fn stream_props(session: &Session, ctx: &RequestCtx, host: &str) -> StreamProps 
 /// An endpoint of the backend named `namespace/service:port` (as
 /// `/config` shows it), for plugin HTTP calls.
 pub fn pick_backend(snap: &Snapshot, name: &str) -> Result<SocketAddr, String> {
-    let parsed = name.split_once('/').and_then(|(ns, rest)| {
-        let (svc, port) = rest.rsplit_once(':')?;
-        Some(portico_model::snapshot::BackendKey {
-            namespace: ns.to_string(),
-            service: svc.to_string(),
-            port: port.to_string(),
-        })
-    });
-    let key = parsed.ok_or_else(|| {
+    let key = portico_model::snapshot::BackendKey::parse(name).ok_or_else(|| {
         format!(
             "upstream {name:?} is not a backend name (namespace/service:port), a cluster in \
              [plugins.clusters], or outbound|PORT||SERVICE.NAMESPACE.svc.cluster.local"
