@@ -29,17 +29,17 @@ fn manifests(web: &Echo, api: &Echo) -> String {
         ],
         "",
     );
-    m += &yaml::ingress(
-        "default",
-        "admin-api",
-        &[("app.test", "/api", "Prefix", "api", "http")],
-        "",
-    )
-    .replace(
-        "metadata: {name: admin-api, namespace: default}",
-        "metadata: {name: admin-api, namespace: default, annotations: {nginx.ingress.kubernetes.io/whitelist-source-range: '10.0.0.0/8'}}",
-    );
+    m += &allowlisted("admin-api", ("app.test", "/api", "api"), "10.0.0.0/8");
     m
+}
+
+/// An Ingress for (host, path, service) that admits only `cidr` (the
+/// ingress-nginx plugin's `whitelist-source-range`).
+fn allowlisted(name: &str, (host, path, service): (&str, &str, &str), cidr: &str) -> String {
+    yaml::ingress("default", name, &[(host, path, "Prefix", service, "http")], "").replace(
+        &format!("metadata: {{name: {name}, namespace: default}}"),
+        &format!("metadata: {{name: {name}, namespace: default, annotations: {{nginx.ingress.kubernetes.io/whitelist-source-range: '{cidr}'}}}}"),
+    )
 }
 
 fn policy_config() -> String {
@@ -184,16 +184,7 @@ fn forwarding_headers_are_replaced_unless_the_peer_is_a_trusted_proxy() {
     let api = Echo::http("api");
     let mut m = manifests(&web, &api);
     // Only 203.0.113.0/24 may use this route.
-    m += &yaml::ingress(
-        "default",
-        "partners",
-        &[("partners.test", "/", "Prefix", "web", "http")],
-        "",
-    )
-    .replace(
-        "metadata: {name: partners, namespace: default}",
-        "metadata: {name: partners, namespace: default, annotations: {nginx.ingress.kubernetes.io/whitelist-source-range: '203.0.113.0/24'}}",
-    );
+    m += &allowlisted("partners", ("partners.test", "/", "web"), "203.0.113.0/24");
     let forged = |host: &str| {
         format!(
             "GET / HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.7\r\n\

@@ -69,6 +69,14 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     let metrics = telemetry::init_metrics()?;
     telemetry::describe_metrics();
 
+    if cfg.announce.mode != portico_announce::AnnounceMode::Off && cfg.kubernetes.wanted() {
+        return Err(
+            "announce.mode = \"l2\": only static ownership (announce.addresses in each \
+             node's config) is built; with the Kubernetes source two nodes would both claim \
+             an address. Announce with MetalLB or kube-vip for now"
+                .into(),
+        );
+    }
     // The Kubernetes source replaces the manifest folders; its credentials
     // are checked before anything listens, so a bad kubeconfig fails here.
     let kube_config = if cfg.kubernetes.wanted() {
@@ -277,14 +285,6 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     // Addresses are announced once everything that serves them is set
     // up, and given up first on SIGTERM.
     if cfg.announce.mode == portico_announce::AnnounceMode::L2 {
-        if kube_mode {
-            return Err(
-                "announce.mode = \"l2\": only static ownership (announce.addresses in each \
-                 node's config) is built; with the Kubernetes source two nodes would both claim \
-                 an address. Announce with MetalLB or kube-vip for now"
-                    .into(),
-            );
-        }
         let announcer = portico_announce::l2::L2Announcer::start(&cfg.announce)?;
         let announcer = std::sync::Mutex::new(announcer);
         portico_dataplane::shutdown::on_drain(Box::new(move || {

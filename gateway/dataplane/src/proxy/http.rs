@@ -196,11 +196,24 @@ struct Hop<'a> {
     vhost: Option<&'a str>,
 }
 
-/// Changes to the upstream request's headers.
+/// Changes to the upstream request's headers: at most seven, held inline
+/// so the request path allocates nothing for them.
 struct ForwardedEdits {
-    set: Vec<(http::HeaderName, http::HeaderValue)>,
+    set: [Option<(http::HeaderName, http::HeaderValue)>; 7],
+    len: usize,
     /// An untrusted peer's `Forwarded` header says nothing true.
     remove_forwarded: bool,
+}
+
+impl ForwardedEdits {
+    fn push(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        self.set[self.len] = Some((name, value));
+        self.len += 1;
+    }
+
+    fn take(&mut self) -> impl Iterator<Item = (http::HeaderName, http::HeaderValue)> + '_ {
+        self.set.iter_mut().filter_map(Option::take)
+    }
 }
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -224,7 +237,11 @@ fn forwarded_headers(
     const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
     let trusted = ctx.via_trusted_proxy;
-    let mut set = Vec::with_capacity(8);
+    let mut set = ForwardedEdits {
+        set: Default::default(),
+        len: 0,
+        remove_forwarded: !trusted && headers.contains_key(FORWARDED),
+    };
     let peer = hop.peer.map(ip_header_value);
     // Formatted once when the client is the peer (no trusted proxy).
     let real_ip = match ctx.client {
@@ -248,13 +265,13 @@ fn forwarded_headers(
     } else {
         peer.unwrap_or_else(|| HeaderValue::from_static(""))
     };
-    set.push((X_FORWARDED_FOR, xff));
+    set.push(X_FORWARDED_FOR, xff);
     let keep = |name: &HeaderName| trusted && headers.contains_key(name);
     if !keep(&X_FORWARDED_PROTO) {
-        set.push((
+        set.push(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-        ));
+        );
     }
     if !keep(&X_FORWARDED_HOST) {
         // Usually the Host header itself: shared, not copied.
@@ -263,30 +280,27 @@ fn forwarded_headers(
             _ => HeaderValue::from_str(&ctx.host)
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "x-forwarded-host"))?,
         };
-        set.push((X_FORWARDED_HOST, forwarded_host));
+        set.push(X_FORWARDED_HOST, forwarded_host);
     }
     // ingress-nginx sends these too; backends migrating from it read them.
     if let (false, Some(port)) = (keep(&X_FORWARDED_PORT), hop.server_port) {
-        set.push((X_FORWARDED_PORT, HeaderValue::from(port)));
+        set.push(X_FORWARDED_PORT, HeaderValue::from(port));
     }
     if let Some(ip) = real_ip {
-        set.push((X_REAL_IP, ip));
+        set.push(X_REAL_IP, ip);
     }
-    set.push((X_REQUEST_ID, ctx.request_id.clone()));
+    set.push(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(vhost) = hop.vhost {
         let v = HeaderValue::from_str(vhost)
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "upstream-vhost"))?;
-        set.push((HOST, v));
+        set.push(HOST, v);
     } else if headers.get(HOST).is_none() {
         // h2 requests carry the host in :authority; HTTP/1.1 upstreams need Host.
         let v = HeaderValue::from_str(&ctx.host)
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "host"))?;
-        set.push((HOST, v));
+        set.push(HOST, v);
     }
-    Ok(ForwardedEdits {
-        set,
-        remove_forwarded: !trusted && headers.contains_key(FORWARDED),
-    })
+    Ok(set)
 }
 
 fn request_host(req: &RequestHeader) -> Option<String> {
@@ -1363,11 +1377,11 @@ impl ProxyHttp for HttpProxy {
         if self.cfg.preserve_header_case || !upstream.raw_path_is_utf8() {
             // Pingora's own insert keeps each name's case as the client
             // sent it, at the cost of a parse and a second map per header.
-            let edits = forwarded_headers(&upstream.headers, ctx, &hop)?;
+            let mut edits = forwarded_headers(&upstream.headers, ctx, &hop)?;
             if edits.remove_forwarded {
                 upstream.remove_header(&http::header::FORWARDED);
             }
-            for (name, value) in edits.set {
+            for (name, value) in edits.take() {
                 upstream.insert_header(name, value)?;
             }
             return Ok(());
@@ -1378,12 +1392,12 @@ impl ProxyHttp for HttpProxy {
         let send_end_stream = upstream.send_end_stream();
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts: http::request::Parts = std::mem::replace(upstream, placeholder).into();
-        let result = forwarded_headers(&parts.headers, ctx, &hop).map(|edits| {
+        let result = forwarded_headers(&parts.headers, ctx, &hop).map(|mut edits| {
             if edits.remove_forwarded {
                 parts.headers.remove(http::header::FORWARDED);
             }
-            parts.headers.reserve(edits.set.len());
-            for (name, value) in edits.set {
+            parts.headers.reserve(edits.len);
+            for (name, value) in edits.take() {
                 parts.headers.insert(name, value);
             }
         });

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 /// Some backends decode them and then see a different path than the one
 /// routed, so the safe default is to refuse them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum EscapedSlashes {
     /// 400 Bad Request.
     #[default]
@@ -29,6 +29,20 @@ pub enum EscapedSlashes {
     Keep,
     /// Decoded to `/` and `\` before routing; they then split segments.
     Decode,
+}
+
+impl TryFrom<String> for EscapedSlashes {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "reject" => Ok(EscapedSlashes::Reject),
+            "keep" => Ok(EscapedSlashes::Keep),
+            "decode" => Ok(EscapedSlashes::Decode),
+            other => Err(format!(
+                "{other:?} is not an escaped-slash policy: use \"reject\", \"keep\" or \"decode\""
+            )),
+        }
+    }
 }
 
 /// How paths are normalized: the part of `[proxy.paths]` the normalizer needs.
