@@ -34,6 +34,10 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// How request paths are normalized before routing (`[proxy.paths]`).
     pub paths: PathConfig,
+    /// Plain HTTP/1.1 requests on routes with no plugin and no request
+    /// policy skip Pingora's per-request pipeline (`proxy::fast_h1`);
+    /// off: every request takes the full path.
+    pub fast_path: bool,
 }
 
 /// `[proxy.paths]`: one meaning per request path (see `proxy::path`).
@@ -110,6 +114,7 @@ impl Default for ProxyConfig {
             preserve_header_case: false,
             trusted_proxies: Vec::new(),
             paths: PathConfig::default(),
+            fast_path: true,
         }
     }
 }

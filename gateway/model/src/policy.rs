@@ -54,6 +54,47 @@ pub struct RoutePolicy {
     pub custom_http_errors: Vec<u16>,
 }
 
+impl RoutePolicy {
+    /// Whether this policy does anything to a request on a listener
+    /// (`tls`) beyond choosing timeouts.
+    pub fn acts_on_requests(&self, tls: bool) -> bool {
+        let RoutePolicy {
+            ssl_redirect,
+            redirect,
+            app_root,
+            rewrite_target,
+            upstream_host,
+            body_size_limit,
+            allow_source_ranges,
+            connect_timeout_ms: _,
+            read_timeout_ms: _,
+            write_timeout_ms: _,
+            cors,
+            backend_protocol,
+            canary,
+            rate_limit,
+            // How paths match: routing, done before the policy is asked.
+            regex_paths: _,
+            // Used when the pool is empty, which the fast path leaves
+            // to the full one.
+            default_backend: _,
+            custom_http_errors,
+        } = self;
+        (*ssl_redirect && !tls)
+            || redirect.is_some()
+            || app_root.is_some()
+            || rewrite_target.is_some()
+            || upstream_host.is_some()
+            || body_size_limit.is_some()
+            || !allow_source_ranges.is_empty()
+            || cors.is_some()
+            || !matches!(backend_protocol, None | Some(BackendProtocol::Http))
+            || canary.is_some()
+            || rate_limit.is_some()
+            || !custom_http_errors.is_empty()
+    }
+}
+
 /// Per client IP and Ingress: a token bucket of `rps` (or `rpm`) with a
 /// burst of `burst_multiplier` times the rate, and at most `connections`
 /// requests in flight. Clients in `exempt` are not limited.

@@ -99,6 +99,21 @@ pub struct CanaryRoute {
 }
 
 impl Route {
+    /// Nothing about this route acts on a request but routing and
+    /// forwarding to its own backend over HTTP/1.1: no plugin, no canary,
+    /// no request policy (timeouts aside). Such routes may take the data
+    /// plane's fast path; `tls` is the listener's (an `sslRedirect`
+    /// policy acts on plain HTTP only).
+    pub fn forwards_plainly(&self, tls: bool) -> bool {
+        self.plugins.is_empty()
+            && self.scoped_plugins.is_empty()
+            && self.canary.is_none()
+            && self
+                .policy
+                .as_ref()
+                .is_none_or(|p| !p.policy.acts_on_requests(tls))
+    }
+
     /// The backend this request goes to: the canary's when its rule says
     /// so, else the route's own.
     pub fn backend_for(&self, headers: &http::HeaderMap) -> (&BackendKey, bool) {

@@ -200,13 +200,16 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         cfg.proxy.clone(),
         cfg.log.access_log,
     );
-    let mut l7 =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "portico-l7");
-    if let Some(app) = l7.app_logic_mut() {
-        let mut opts = pingora::apps::HttpServerOptions::default();
-        opts.h2c = cfg.listen.h2c;
-        app.server_options = Some(opts);
-    }
+    // Pingora's proxy serves what the HTTP/1.1 fast path leaves to it
+    // (`portico_dataplane::proxy::fast_h1`).
+    let mut full = pingora::proxy::http_proxy(&server.configuration, proxy.clone());
+    let mut opts = pingora::apps::HttpServerOptions::default();
+    opts.h2c = cfg.listen.h2c;
+    full.server_options = Some(opts);
+    let mut l7 = pingora::services::listening::Service::new(
+        "portico-l7".to_string(),
+        portico_dataplane::proxy::fast_h1::FastH1::new(full, proxy),
+    );
     for addr in &cfg.listen.http {
         l7.add_tcp(&addr.to_string());
     }

@@ -31,11 +31,12 @@ use portico_wasm::http_filter::{self, Paused, StreamChain, Verdict};
 use portico_wasm::properties::{RequestProps, RouteProps, StreamProps};
 use portico_wasm::reload::RegistryHandle;
 
+#[derive(Clone)]
 pub struct HttpProxy {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    plugins: RegistryHandle,
-    cfg: ProxyConfig,
-    access_log: bool,
+    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) plugins: RegistryHandle,
+    pub(super) cfg: ProxyConfig,
+    pub(super) access_log: bool,
     /// Per-client limits of routes (`rateLimit` policy); outlives snapshots.
     limiter: Arc<super::limits::Limiter>,
 }
@@ -94,13 +95,13 @@ fn client_went_away(e: &Error) -> bool {
 
 /// The listener-wide request metrics, resolved once (per-route ones live
 /// with the route).
-struct ListenerMetrics {
-    active: metrics::Gauge,
-    bytes_received: [metrics::Counter; 2],
-    bytes_sent: [metrics::Counter; 2],
+pub(super) struct ListenerMetrics {
+    pub(super) active: metrics::Gauge,
+    pub(super) bytes_received: [metrics::Counter; 2],
+    pub(super) bytes_sent: [metrics::Counter; 2],
 }
 
-fn listener_metrics() -> &'static ListenerMetrics {
+pub(super) fn listener_metrics() -> &'static ListenerMetrics {
     static M: std::sync::OnceLock<ListenerMetrics> = std::sync::OnceLock::new();
     M.get_or_init(|| ListenerMetrics {
         active: metrics::gauge!("portico_http_requests_active"),
@@ -336,7 +337,7 @@ fn framing_or_host_problem(req: &RequestHeader, host: &str) -> Option<&'static s
 
 /// `name`, `name:port`, `[v6]` or `[v6]:port`, in the characters hosts
 /// are made of (RFC 3986 §3.2.2 reg-name without percent-escapes).
-fn valid_host(host: &str) -> bool {
+pub(super) fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
@@ -360,7 +361,7 @@ fn new_request_id() -> http::HeaderValue {
     http::HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
 
-fn hex_into(mut n: u128, out: &mut [u8; 32]) {
+pub(super) fn hex_into(mut n: u128, out: &mut [u8; 32]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in out.iter_mut().rev() {
         *b = DIGITS[(n & 0xf) as usize];
@@ -1630,26 +1631,30 @@ impl ProxyHttp for HttpProxy {
         m.bytes_sent[usize::from(ctx.tls)].increment(bytes_out);
         if self.access_log {
             let req = session.req_header();
-            let line = serde_json::json!({
-                "ts": humantime_now(),
-                "request_id": ctx.request_id.to_str().ok(),
-                "client": ctx.client.map(|i| i.to_string()),
-                "listener": listener,
-                "method": req.method.as_str(),
-                "host": ctx.host,
-                "path": req.uri.path(),
-                "version": format!("{:?}", req.version),
-                "status": status,
-                "route": ctx.route.as_ref().map_or(ctx.local_reason.unwrap_or("none"), |r| r.ingress.as_str()),
-                "backend": ctx.route.as_ref().map(|r| r.backend.to_string()),
-                "endpoint": ctx.tried.last().map(|a| a.to_string()),
-                "attempts": ctx.tried.len(),
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "error": e.map(|e| e.to_string()),
+            let version = format!("{:?}", req.version);
+            let backend = ctx.route.as_ref().map(|r| r.backend.to_string());
+            let endpoint = ctx.tried.last().map(|a| a.to_string());
+            write_access_log(&AccessRecord {
+                request_id: ctx.request_id.to_str().ok(),
+                client: ctx.client,
+                listener,
+                method: req.method.as_str(),
+                host: &ctx.host,
+                path: req.uri.path(),
+                version: &version,
+                status,
+                route: ctx
+                    .route
+                    .as_ref()
+                    .map_or(ctx.local_reason.unwrap_or("none"), |r| r.ingress.as_str()),
+                backend: backend.as_deref(),
+                endpoint: endpoint.as_deref(),
+                attempts: ctx.tried.len(),
+                elapsed,
+                bytes_in,
+                bytes_out,
+                error: e.map(|e| e.to_string()).as_deref(),
             });
-            println!("{line}");
         }
         ctx.pick = None;
         if let Some(mut chain) = ctx.plugins.take() {
@@ -1658,6 +1663,50 @@ impl ProxyHttp for HttpProxy {
             let _ = request.restore_request(session.req_header_mut());
         }
     }
+}
+
+/// One access log line's fields (both HTTP paths write the same line).
+pub(super) struct AccessRecord<'a> {
+    pub request_id: Option<&'a str>,
+    pub client: Option<IpAddr>,
+    pub listener: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub version: &'a str,
+    pub status: u16,
+    pub route: &'a str,
+    pub backend: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    pub attempts: usize,
+    pub elapsed: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<&'a str>,
+}
+
+/// Writes the access log line: one JSON object on stdout.
+pub(super) fn write_access_log(r: &AccessRecord<'_>) {
+    let line = serde_json::json!({
+        "ts": humantime_now(),
+        "request_id": r.request_id,
+        "client": r.client.map(|i| i.to_string()),
+        "listener": r.listener,
+        "method": r.method,
+        "host": r.host,
+        "path": r.path,
+        "version": r.version,
+        "status": r.status,
+        "route": r.route,
+        "backend": r.backend,
+        "endpoint": r.endpoint,
+        "attempts": r.attempts,
+        "duration_ms": r.elapsed.as_secs_f64() * 1000.0,
+        "bytes_in": r.bytes_in,
+        "bytes_out": r.bytes_out,
+        "error": r.error,
+    });
+    println!("{line}");
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without a date crate.

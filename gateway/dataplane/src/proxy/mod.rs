@@ -1,6 +1,10 @@
 //! The L7 data plane.
 
 pub mod client_addr;
+pub mod fast_h1;
+mod h1_wire;
 pub mod http;
 pub mod limits;
 pub mod path;
+mod replay;
+mod upstream_idle;

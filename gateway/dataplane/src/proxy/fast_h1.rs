@@ -1,0 +1,703 @@
+//! The HTTP/1.1 fast path: plain requests on plain routes, proxied
+//! without Pingora's per-request pipeline.
+//!
+//! Profiles showed Pingora's proxy pipeline (its `HeaderMap`s, the
+//! per-request futures and channels, the connector's pool) costing about
+//! four times nginx's user CPU per request, with the same system calls.
+//! Most edge traffic needs none of what that pipeline offers: a GET on a
+//! route with no plugin and no request policy is parsed, routed,
+//! forwarded with the forwarding headers, and its response relayed. This
+//! module does exactly that, over Pingora's accepted `Stream` (so
+//! listeners, TLS and ALPN stay Pingora's), with `httparse` on a buffer
+//! kept for the connection's life and upstream connections kept per
+//! worker thread (`upstream_idle`).
+//!
+//! Everything else goes to the full path, unchanged: the bytes read are
+//! put back in front of the stream (`replay`) and Pingora's `HttpProxy`
+//! serves the connection from there on. That covers HTTP/2 (ALPN or h2c
+//! preface), HTTP/1.0, upgrades, chunked request bodies, `Expect`, more
+//! than one `Host` or `Content-Length`, any request the normalizer
+//! refuses, routes with plugins, canaries or request policies (the
+//! route's `forwards_plainly`), peers in `trusted_proxies`, an
+//! unroutable request (the full path answers 404), and failing to
+//! connect (the full path retries other endpoints and answers 503). So
+//! every answer that is not a proxied response comes from one place, and
+//! the fast path never judges a request the full path would refuse.
+//!
+//! `[proxy] fast_path = false` turns it off.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::h1_wire::{self, Framing, MAX_REQUEST_HEADERS, MAX_RESPONSE_HEADERS};
+use super::http::{self as full, AccessRecord, HttpProxy};
+use super::replay::Replay;
+use super::upstream_idle;
+use crate::shutdown::InFlight;
+use portico_model::lb::PickRequest;
+use portico_model::route_metrics::{code_class, LISTENERS};
+
+/// Request heads larger than this go to the full path (which reads on).
+const READ_BUFFER: usize = 16 * 1024;
+/// Largest upstream response head read.
+const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+
+/// The L7 service's application: the fast path in front of Pingora's
+/// `HttpProxy` running Portico's `ProxyHttp` phases.
+pub struct FastH1 {
+    full: Arc<pingora::proxy::HttpProxy<HttpProxy>>,
+    proxy: HttpProxy,
+}
+
+impl FastH1 {
+    /// `proxy` shares the snapshot, plugins and configuration of the one
+    /// inside `full`.
+    pub fn new(full: pingora::proxy::HttpProxy<HttpProxy>, proxy: HttpProxy) -> Self {
+        FastH1 {
+            full: Arc::new(full),
+            proxy,
+        }
+    }
+}
+
+/// What the client sent and has not been served yet: `len` bytes valid.
+struct ReadBuf {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+/// Buffers reused for each request of a connection.
+struct Scratch {
+    /// Bytes read from the upstream (and request bodies on their way).
+    up: Box<[u8]>,
+    /// Bytes being written (either way).
+    out: Vec<u8>,
+}
+
+/// The downstream connection.
+struct ConnInfo {
+    served: u64,
+    tls: bool,
+    peer: IpAddr,
+    local: Option<SocketAddr>,
+}
+
+/// Counts a request in `portico_http_requests_active` while alive.
+struct Active;
+
+impl Active {
+    fn start() -> Self {
+        full::listener_metrics().active.increment(1.0);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        full::listener_metrics().active.decrement(1.0);
+    }
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    /// The full path takes the connection from here, with the bytes read.
+    Fallback,
+}
+
+#[async_trait]
+impl ServerApp for FastH1 {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let digest = stream.get_socket_digest();
+        let peer = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let eligible = self.proxy.cfg.fast_path
+            && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+            && peer.is_some_and(|p| {
+                !super::client_addr::is_trusted(&self.proxy.cfg.trusted_proxies, p)
+            });
+        let Some(peer) = peer.filter(|_| eligible) else {
+            return ServerApp::process_new(&self.full, stream, shutdown).await;
+        };
+        let mut read = ReadBuf {
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            len: 0,
+        };
+        let mut scratch = Scratch {
+            up: vec![0; READ_BUFFER].into_boxed_slice(),
+            out: Vec::with_capacity(4096),
+        };
+        let mut info = ConnInfo {
+            served: 0,
+            tls: stream.get_ssl_digest().is_some(),
+            peer,
+            local: digest
+                .as_ref()
+                .and_then(|d| d.local_addr())
+                .and_then(|a| a.as_inet())
+                .copied(),
+        };
+        loop {
+            match self
+                .serve_one(&mut stream, &mut read, &mut scratch, &info, shutdown)
+                .await
+            {
+                Next::KeepAlive => info.served += 1,
+                Next::Close => {
+                    let _ = AsyncWriteExt::shutdown(&mut stream).await;
+                    return None;
+                }
+                Next::Fallback => {
+                    let replay = Replay::new(read.buf[..read.len].to_vec(), stream);
+                    return ServerApp::process_new(&self.full, Box::new(replay), shutdown).await;
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.full.cleanup().await;
+    }
+}
+
+/// Where a request ends in the client's bytes: the first empty line
+/// (CRLF or a bare LF, as `httparse` accepts both).
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(i + 2) == Some(&b'\n')))
+}
+
+/// What went wrong with the upstream once the request was on its way.
+enum UpstreamFailure {
+    Timeout(&'static str),
+    Failed,
+}
+
+impl FastH1 {
+    async fn serve_one(
+        &self,
+        s: &mut Stream,
+        rb: &mut ReadBuf,
+        sc: &mut Scratch,
+        info: &ConnInfo,
+        shutdown: &ShutdownWatch,
+    ) -> Next {
+        let cfg = &self.proxy.cfg;
+        // The next request: within the keep-alive timeout once one was served.
+        while !head_complete(&rb.buf[..rb.len]) {
+            if rb.len == rb.buf.len() {
+                return Next::Fallback;
+            }
+            let wait = Duration::from_millis(if info.served > 0 || rb.len > 0 {
+                cfg.downstream_keepalive_timeout_ms
+            } else {
+                cfg.read_timeout_ms.max(cfg.downstream_keepalive_timeout_ms)
+            });
+            match pingora::time::timeout(wait, s.read(&mut rb.buf[rb.len..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) if rb.len == 0 => return Next::Close,
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Next::Fallback,
+                Ok(Ok(n)) => rb.len += n,
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&rb.buf[..rb.len]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return Next::Fallback,
+        };
+        let Some(plain) = h1_wire::plain_request(&req) else {
+            return Next::Fallback;
+        };
+        // The full path answers 431 above this (the same sum as its own).
+        let header_bytes = plain.target.len()
+            + req
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len() + 4)
+                .sum::<usize>();
+        if header_bytes > cfg.max_request_header_bytes {
+            return Next::Fallback;
+        }
+        let (path, query) = match plain.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (plain.target, None),
+        };
+        let normal = match cfg.paths.rules_for(info.local) {
+            Some(rules) => match super::path::normalize(path, rules) {
+                Ok(n) => n,
+                Err(_) => return Next::Fallback,
+            },
+            None => None,
+        };
+        let target: std::borrow::Cow<'_, str> = match (normal, query) {
+            (None, _) => plain.target.into(),
+            (Some(p), None) => p.into(),
+            (Some(p), Some(q)) => format!("{p}?{q}").into(),
+        };
+        let (route, pool) = {
+            let snap = self.proxy.snapshot.load();
+            if !self.proxy.plugins.load().http.is_empty() {
+                return Next::Fallback;
+            }
+            let Some((route, _)) = snap.routes.find(plain.host, &target) else {
+                return Next::Fallback;
+            };
+            if !route.forwards_plainly(info.tls) {
+                return Next::Fallback;
+            }
+            let Some(pool) = snap.pool(&route.backend) else {
+                return Next::Fallback;
+            };
+            if pool.is_empty() || !pool.plugins().is_empty() || !pool.scoped_http().is_empty() {
+                return Next::Fallback;
+            }
+            // Held, not the snapshot: a response may take minutes.
+            (route.clone(), pool.clone())
+        };
+        let Some(pick) = pool.pick(&PickRequest {
+            preferred: None,
+            client_ip: Some(info.peer),
+            exclude: &[],
+        }) else {
+            return Next::Fallback;
+        };
+        if matches!(target, std::borrow::Cow::Owned(_)) {
+            metrics::counter!("portico_http_paths_normalized_total").increment(1);
+        }
+        let addr = pick.addr;
+        let policy = route.policy.as_ref().map(|p| &p.policy);
+        let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
+        let timeouts = Timeouts {
+            connect: ms(
+                policy.and_then(|p| p.connect_timeout_ms),
+                cfg.connect_timeout_ms,
+            ),
+            read: ms(policy.and_then(|p| p.read_timeout_ms), cfg.read_timeout_ms),
+            write: ms(
+                policy.and_then(|p| p.write_timeout_ms),
+                cfg.write_timeout_ms,
+            ),
+        };
+        let max_idle = Duration::from_millis(cfg.upstream_idle_timeout_ms);
+
+        let start = Instant::now();
+        let _in_flight = InFlight::start();
+        let active = Active::start();
+        let body_here =
+            (rb.len - head_len).min(usize::try_from(plain.body_len).unwrap_or(usize::MAX));
+        let mut body_left = plain.body_len - body_here as u64;
+        let mut id_buf = [0u8; 32];
+        let request_id = match plain.request_id {
+            Some(id) => id,
+            None => {
+                full::hex_into(fastrand::u128(..), &mut id_buf);
+                &id_buf[..]
+            }
+        };
+        sc.out.clear();
+        h1_wire::write_upstream_head(
+            &mut sc.out,
+            plain.method,
+            &target,
+            req.headers,
+            plain.host,
+            &h1_wire::Forwarding {
+                client: info.peer,
+                tls: info.tls,
+                server_port: info.local.map(|a| a.port()),
+                request_id,
+            },
+        );
+        sc.out
+            .extend_from_slice(&rb.buf[head_len..head_len + body_here]);
+        let done = Done {
+            route: &route,
+            plain: &plain,
+            target: &target,
+            request_id,
+            start,
+            addr,
+        };
+
+        // An idle connection the upstream closed is found out by the first
+        // write or read; the request is then sent again on a new one if it
+        // is all in hand (its body not streamed yet).
+        let mut parked = upstream_idle::take(addr, max_idle);
+        if body_left > 0 {
+            parked = parked.filter(upstream_idle::looks_alive);
+        }
+        let mut retried = false;
+        let (mut up, up_head, up_len) = loop {
+            let (mut conn, reused) = match parked.take() {
+                Some(conn) => (conn, true),
+                None => {
+                    match pingora::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+                        Ok(Ok(conn)) => {
+                            let _ = conn.set_nodelay(true);
+                            (conn, false)
+                        }
+                        _ => {
+                            // The full path retries other endpoints and answers.
+                            metrics::counter!("portico_upstream_connect_errors_total", "backend" => pool.key().to_string())
+                                .increment(1);
+                            pool.report_failure(addr);
+                            return Next::Fallback;
+                        }
+                    }
+                }
+            };
+            pool.report_success(addr);
+            match self
+                .exchange(s, sc, &mut conn, &mut body_left, &timeouts)
+                .await
+            {
+                Ok((head, len)) => break (conn, head, len),
+                Err(Exchange::Downstream) => return Next::Close,
+                Err(Exchange::Retry) if reused && !retried && body_left == 0 => {
+                    retried = true;
+                    continue;
+                }
+                Err(Exchange::Retry) => {
+                    return self
+                        .upstream_failed(s, sc, info, &done, UpstreamFailure::Failed)
+                        .await
+                }
+                Err(Exchange::Upstream(f)) => {
+                    return self.upstream_failed(s, sc, info, &done, f).await
+                }
+            }
+        };
+
+        // The response head, as the upstream sent it less the connection's own.
+        let mut rheaders = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut resp = httparse::Response::new(&mut rheaders);
+        let _ = resp.parse(&sc.up[..up_head]);
+        let head = match h1_wire::response_head(&resp, plain.method == "HEAD") {
+            Ok(h) => h,
+            Err(bad) => {
+                tracing::debug!(endpoint = %addr, why = bad.0, "upstream response refused");
+                return self
+                    .upstream_failed(s, sc, info, &done, UpstreamFailure::Failed)
+                    .await;
+            }
+        };
+        // Pipelined requests are not served, as on the full path (README,
+        // Known limitations): bytes after this request close the connection.
+        let pipelined = rb.len > head_len + body_here;
+        let keepalive = !plain.close
+            && !pipelined
+            && !*shutdown.borrow()
+            && !crate::shutdown::draining()
+            && head.framing != Framing::UntilClose;
+        sc.out.clear();
+        h1_wire::write_downstream_head(
+            &mut sc.out,
+            &resp,
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+            keepalive,
+            request_id,
+        );
+        drop(resp);
+        // Body bytes that came with the head, then the rest.
+        let mut chunks = h1_wire::ChunkedEnd::default();
+        let mut remaining = match head.framing {
+            Framing::Empty => 0,
+            Framing::Length(n) => n,
+            Framing::Chunked | Framing::UntilClose => u64::MAX,
+        };
+        let mut clean = true;
+        let mut bytes_out = 0u64;
+        let (mut from, mut to) = (up_head, up_len);
+        loop {
+            let avail = &sc.up[from..to];
+            let (take, finished) = match head.framing {
+                Framing::Empty | Framing::Length(_) => {
+                    let take = avail
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    remaining -= take as u64;
+                    (take, remaining == 0)
+                }
+                Framing::Chunked => match chunks.feed(avail) {
+                    Ok(n) => (n, chunks.is_done()),
+                    Err(_) => {
+                        clean = false;
+                        break;
+                    }
+                },
+                Framing::UntilClose => (avail.len(), false),
+            };
+            if take < avail.len() {
+                // More than the response: the upstream is not to be trusted again.
+                clean = false;
+            }
+            sc.out.extend_from_slice(&avail[..take]);
+            bytes_out += take as u64;
+            if !sc.out.is_empty() {
+                let w = pingora::time::timeout(timeouts.write, async {
+                    s.write_all(&sc.out).await?;
+                    s.flush().await
+                })
+                .await;
+                sc.out.clear();
+                if !matches!(w, Ok(Ok(()))) {
+                    clean = false;
+                    break;
+                }
+            }
+            if finished {
+                break;
+            }
+            match pingora::time::timeout(timeouts.read, up.read(&mut sc.up)).await {
+                Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
+                Ok(Ok(n)) if n > 0 => (from, to) = (0, n),
+                _ => {
+                    // Cut short: the client sees the response end early.
+                    clean = false;
+                    break;
+                }
+            }
+        }
+        drop(active);
+        if clean && head.reusable {
+            upstream_idle::put(addr, up, max_idle);
+        }
+        drop(pick);
+        self.record(
+            info,
+            &done,
+            head.status,
+            bytes_out,
+            (!clean).then_some("response cut short"),
+        );
+        rb.len = 0;
+        if keepalive && clean {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Sends the request (`sc.out`, then the rest of the body from the
+    /// client) and reads the response head into `sc.up`. Returns the head's
+    /// length and the bytes read.
+    async fn exchange(
+        &self,
+        s: &mut Stream,
+        sc: &mut Scratch,
+        up: &mut TcpStream,
+        body_left: &mut u64,
+        t: &Timeouts,
+    ) -> Result<(usize, usize), Exchange> {
+        const WRITE_TIMED_OUT: &str = "writing to the upstream timed out";
+        match pingora::time::timeout(t.write, up.write_all(&sc.out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Exchange::Retry),
+            Err(_) => {
+                return Err(Exchange::Upstream(UpstreamFailure::Timeout(
+                    WRITE_TIMED_OUT,
+                )))
+            }
+        }
+        while *body_left > 0 {
+            let want = sc
+                .up
+                .len()
+                .min(usize::try_from(*body_left).unwrap_or(usize::MAX));
+            let n = match pingora::time::timeout(t.read, s.read(&mut sc.up[..want])).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return Err(Exchange::Downstream),
+            };
+            *body_left -= n as u64;
+            match pingora::time::timeout(t.write, up.write_all(&sc.up[..n])).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+                Err(_) => {
+                    return Err(Exchange::Upstream(UpstreamFailure::Timeout(
+                        WRITE_TIMED_OUT,
+                    )))
+                }
+            }
+        }
+        let limit = sc.up.len().min(RESPONSE_HEAD_LIMIT);
+        let mut len = 0;
+        loop {
+            let n = match pingora::time::timeout(t.read, up.read(&mut sc.up[len..limit])).await {
+                Ok(Ok(n)) if n > 0 => n,
+                Ok(_) if len == 0 => return Err(Exchange::Retry),
+                Ok(_) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+                Err(_) => {
+                    return Err(Exchange::Upstream(UpstreamFailure::Timeout(
+                        "the upstream did not answer in time",
+                    )))
+                }
+            };
+            len += n;
+            // Interim answers (103 Early Hints...) are dropped, as Pingora
+            // does by default; the final one may be in the same read.
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&sc.up[..len]) {
+                    Ok(httparse::Status::Complete(head)) => match resp.code.unwrap_or(0) {
+                        // Nothing here asked to switch protocols.
+                        101 => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+                        100..=199 => {
+                            sc.up.copy_within(head..len, 0);
+                            len -= head;
+                            if len == 0 {
+                                break;
+                            }
+                        }
+                        _ => return Ok((head, len)),
+                    },
+                    Ok(httparse::Status::Partial) if len < limit => break,
+                    _ => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+                }
+            }
+        }
+    }
+
+    /// The full path's error answer for an upstream that failed after the
+    /// request was sent: 502 or 504 naming the Service, connection closed.
+    async fn upstream_failed(
+        &self,
+        s: &mut Stream,
+        sc: &mut Scratch,
+        info: &ConnInfo,
+        done: &Done<'_>,
+        failure: UpstreamFailure,
+    ) -> Next {
+        let (status, what) = match failure {
+            UpstreamFailure::Timeout(what) => (504, what),
+            UpstreamFailure::Failed => (502, "the upstream failed"),
+        };
+        let body = format!(
+            "{what} (service {}, endpoints tried: 1)\n",
+            done.route.backend
+        );
+        sc.out.clear();
+        sc.out.extend_from_slice(if status == 504 {
+            b"HTTP/1.1 504 Gateway Timeout\r\n"
+        } else {
+            b"HTTP/1.1 502 Bad Gateway\r\n"
+        });
+        sc.out
+            .extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        h1_wire::push_decimal(&mut sc.out, body.len() as u64);
+        sc.out.extend_from_slice(b"\r\nserver: portico\r\ndate: ");
+        sc.out
+            .extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+        sc.out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+        sc.out.extend_from_slice(body.as_bytes());
+        let _ = pingora::time::timeout(Duration::from_secs(5), async {
+            s.write_all(&sc.out).await?;
+            s.flush().await
+        })
+        .await;
+        self.record(info, done, status, body.len() as u64, Some(what));
+        Next::Close
+    }
+
+    /// Metrics and the access log line, as the full path's `logging`.
+    fn record(
+        &self,
+        info: &ConnInfo,
+        done: &Done<'_>,
+        status: u16,
+        bytes_out: u64,
+        error: Option<&str>,
+    ) {
+        let elapsed = done.start.elapsed();
+        let route = done.route;
+        route
+            .metrics
+            .requests(&route.ingress, info.tls, code_class(status))
+            .increment(1);
+        route
+            .metrics
+            .duration(&route.ingress, info.tls)
+            .record(elapsed.as_secs_f64());
+        let m = full::listener_metrics();
+        m.bytes_received[usize::from(info.tls)].increment(done.plain.body_len);
+        m.bytes_sent[usize::from(info.tls)].increment(bytes_out);
+        if self.proxy.access_log {
+            let endpoint = done.addr.to_string();
+            let backend = route.backend.to_string();
+            full::write_access_log(&AccessRecord {
+                request_id: std::str::from_utf8(done.request_id).ok(),
+                client: Some(info.peer),
+                listener: LISTENERS[usize::from(info.tls)],
+                method: done.plain.method,
+                host: done.plain.host,
+                path: done.target.split_once('?').map_or(done.target, |(p, _)| p),
+                version: "HTTP/1.1",
+                status,
+                route: &route.ingress,
+                backend: Some(&backend),
+                endpoint: Some(&endpoint),
+                attempts: 1,
+                elapsed,
+                bytes_in: done.plain.body_len,
+                bytes_out,
+                error,
+            });
+        }
+    }
+}
+
+struct Timeouts {
+    connect: Duration,
+    read: Duration,
+    write: Duration,
+}
+
+/// What a finished request is recorded with.
+struct Done<'a> {
+    route: &'a portico_model::routing::Route,
+    plain: &'a h1_wire::PlainRequest<'a>,
+    target: &'a str,
+    request_id: &'a [u8],
+    start: Instant,
+    addr: SocketAddr,
+}
+
+enum Exchange {
+    /// Nothing came back on a reused connection: it may have been closed
+    /// while idle, so the request is sent again on a new one when it can be.
+    Retry,
+    Upstream(UpstreamFailure),
+    /// The client went away mid-request.
+    Downstream,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_complete;
+
+    #[test]
+    fn a_head_ends_at_the_first_empty_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: x\n\r\nbody"));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r"));
+        assert!(!head_complete(b""));
+    }
+}
