@@ -36,6 +36,10 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 
 PROXY_CORE = "0"
 CLIENT_CORE = "1"
+# The multi-core scenario: proxies (2 workers) and the client on both.
+MULTI_CORES = "0,1"
+# The fixed-rate scenario's rate, as a share of nginx's maximum.
+FIXED_RATE = 0.7
 
 # Ports (127.0.0.1 only).
 BACKEND_HTTP = 19080
@@ -146,6 +150,10 @@ class Stack:
         self.work = work
         self.portico_bin = portico_bin
         self.procs = {}
+        # The cores the proxies run on, and their worker/thread count
+        # (Portico takes its thread count from its CPU affinity).
+        self.proxy_cores = PROXY_CORE
+        self.workers = 1
         # --callgrind: these targets run under valgrind's callgrind.
         self.callgrind = set()
 
@@ -286,14 +294,14 @@ endpoints: [{{addresses: [127.0.0.1]}}]
         self.spawn(name, [self.portico_bin, "run", *config_args, "--manifests", mdir,
                                "--http", f"127.0.0.1:{p['http']}", "--https", f"127.0.0.1:{p['https']}",
                                "--admin", f"127.0.0.1:{p['admin']}", "--node-address", "127.0.0.1"],
-                   PROXY_CORE)
+                   self.proxy_cores)
         wait_port(p["http"])
         wait_port(p["tcp"])
 
     def start_pingora(self, crt, key):
         p = PORTS["pingora"]
         self.spawn("pingora", [self.floor_bin, "--http", f"127.0.0.1:{p['http']}", "--https", f"127.0.0.1:{p['https']}",
-                               "--cert", crt, "--key", key, "--upstream", f"127.0.0.1:{BACKEND_HTTP}"], PROXY_CORE)
+                               "--cert", crt, "--key", key, "--upstream", f"127.0.0.1:{BACKEND_HTTP}"], self.proxy_cores)
         wait_port(p["http"])
         wait_port(p["https"])
 
@@ -305,7 +313,7 @@ endpoints: [{{addresses: [127.0.0.1]}}]
             # the master stops it).
             single = "master_process off;" if "nginx" in self.callgrind else ""
             f.write(f"""
-worker_processes 1;
+worker_processes {self.workers};
 {single}
 daemon off;
 pid {self.work}/nginx.pid;
@@ -337,7 +345,7 @@ stream {{
   server {{ listen 127.0.0.1:{p['tcp']}; proxy_pass 127.0.0.1:{BACKEND_IPERF}; }}
 }}
 """)
-        self.spawn("nginx", ["nginx", "-c", conf, "-e", f"{self.work}/nginx-error.log"], PROXY_CORE)
+        self.spawn("nginx", ["nginx", "-c", conf, "-e", f"{self.work}/nginx-error.log"], self.proxy_cores)
         wait_port(p["http"])
 
     def start_haproxy(self):
@@ -346,7 +354,7 @@ stream {{
         with open(conf, "w") as f:
             f.write(f"""
 global
-  nbthread 1
+  nbthread {self.workers}
   maxconn 8000
   tune.ssl.cachesize 0
 defaults
@@ -370,12 +378,12 @@ backend be_tcp
   mode tcp
   server s1 127.0.0.1:{BACKEND_IPERF}
 """)
-        self.spawn("haproxy", ["haproxy", "-db", "-f", conf], PROXY_CORE)
+        self.spawn("haproxy", ["haproxy", "-db", "-f", conf], self.proxy_cores)
         wait_port(p["http"])
 
 
-def client(cmd, timeout):
-    full = ["taskset", "-c", CLIENT_CORE] + cmd
+def client(cmd, timeout, cores=None):
+    full = ["taskset", "-c", cores or CLIENT_CORE] + cmd
     r = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[:300]}")
@@ -429,6 +437,13 @@ class Bench:
         out = client(["wrk", "-t1", "-c64", f"-d{self.d}s", "--latency", "-H", f"Host: {HOST}", url], self.d + 30)
         return parse_wrk(out)
 
+    def h1_2core(self, target):
+        # The proxies on both cores; the client shares them (and the backend core 1).
+        url = f"http://127.0.0.1:{PORTS[target]['http']}/"
+        out = client(["wrk", "-t2", "-c64", f"-d{self.d}s", "--latency", "-H", f"Host: {HOST}", url], self.d + 30,
+                     cores=MULTI_CORES)
+        return parse_wrk(out)
+
     def h1_fixed(self, target, rate):
         url = f"http://127.0.0.1:{PORTS[target]['http']}/"
         out = client([LOAD_BIN, "--url", url, "--host", HOST, "--rate", str(int(rate)),
@@ -470,7 +485,7 @@ class Bench:
         if "h1_fixed" in scenarios:
             nginx_max = self.results["h1"]["nginx"][-1]["rps"]
             for t in TARGETS:
-                self.measure("h1_fixed", t, lambda: self.h1_fixed(t, nginx_max / 2))
+                self.measure("h1_fixed", t, lambda: self.h1_fixed(t, nginx_max * FIXED_RATE))
         for name, fn in [("h2c", self.h2c), ("h2_tls", self.h2_tls), ("tls_handshakes", self.tls_handshakes),
                          ("tcp_throughput", self.tcp_throughput)]:
             if name in scenarios:
@@ -483,6 +498,7 @@ class Bench:
 METRICS = {
     "h1": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("rss_kib", "RSS KiB")],
     "h1_fixed": [("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+    "h1_2core": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s"), ("p99_ms", "p99 ms"), ("rss_kib", "RSS KiB")],
     "h2c": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s")],
     "h2_tls": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s")],
     "tls_handshakes": [("rps", "handshakes/s"), ("per_cpu_s", "handshakes per proxy CPU-s")],
@@ -490,7 +506,8 @@ METRICS = {
 }
 TITLES = {
     "h1": "HTTP/1.1 keep-alive, 64 connections (wrk)",
-    "h1_fixed": "HTTP/1.1 at a fixed rate of half nginx's max, 32 connections (portico-load)",
+    "h1_fixed": "HTTP/1.1 at a fixed rate of 70% of nginx's max, 32 connections (portico-load)",
+    "h1_2core": "HTTP/1.1 keep-alive on both cores: proxies with 2 workers/threads, wrk -t2 -c64 sharing the cores (no target)",
     "h2c": "h2c, 16 connections x 10 streams (h2load)",
     "h2_tls": "h2 over TLS, 16 connections x 10 streams (h2load)",
     "tls_handshakes": "new TLS handshakes, no resumption (wrk, Connection: close)",
@@ -611,6 +628,28 @@ def cpu_model():
 CALLGRIND_TARGETS = ["portico", "pingora", "nginx", "haproxy"]
 
 
+def multi_core(stack, bench, rounds, crt, key):
+    """The same proxies restarted on both cores with 2 workers each, then
+    HTTP/1.1 keep-alive rounds with the client on both cores too."""
+    for name in [n for n in list(stack.procs) if n not in ("backend", "iperf3")]:
+        stack.stop_one(name)
+    stack.proxy_cores, stack.workers = MULTI_CORES, 2
+    stack.start_portico()
+    stack.start_portico("portico-default", default_config=True)
+    stack.start_pingora(crt, key)
+    stack.start_nginx(crt, key)
+    stack.start_haproxy()
+    multi = ["portico", "portico-default", "pingora", "nginx", "haproxy"]
+    for t in multi:
+        check_proxies(t)
+        client(["wrk", "-t2", "-c16", "-d1s", "-H", f"Host: {HOST}", f"http://127.0.0.1:{PORTS[t]['http']}/"], 30,
+               cores=MULTI_CORES)
+    for n in range(1, rounds + 1):
+        log(f"multi-core round {n}")
+        for t in multi:
+            bench.measure("h1_2core", t, lambda: bench.h1_2core(t))
+
+
 def check_proxies(target):
     url = f"http://127.0.0.1:{PORTS[target]['http']}/"
     out = subprocess.run(["curl", "-s", "-i", "-H", f"Host: {HOST}", url], capture_output=True, text=True, timeout=30).stdout
@@ -679,7 +718,7 @@ def main():
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "portico-load"))
     ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "pingora-floor"),
                     help="the bare Pingora proxy (integration-tests/bench/pingora-floor)")
-    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins")
+    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins,h1_2core")
     ap.add_argument("--out", help="write the Markdown report here (default: RESULTS.md unless --quick)")
     ap.add_argument("--callgrind", type=int, metavar="N",
                     help="instead of timing: count instructions per request under callgrind over N requests "
@@ -747,6 +786,8 @@ def main():
         for n in range(1, args.rounds + 1):
             bench.round(n, scenarios)
         in_process = plugin_in_process(args.portico, args.quick) if "plugins" in scenarios else {}
+        if "h1_2core" in scenarios:
+            multi_core(stack, bench, args.rounds, crt, key)
     finally:
         stack.stop()
     elapsed = time.time() - started

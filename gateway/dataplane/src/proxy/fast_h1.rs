@@ -47,6 +47,11 @@ use portico_model::route_metrics::{code_class, LISTENERS};
 
 /// Request heads larger than this go to the full path (which reads on).
 const READ_BUFFER: usize = 16 * 1024;
+/// A connection's read buffer starts this small (idle keep-alive
+/// connections are most of them) and doubles up to `READ_BUFFER`.
+const FIRST_READ_BUFFER: usize = 2048;
+/// Scratch buffers kept per worker thread for the next request.
+const SPARE_SCRATCH: usize = 64;
 /// Largest upstream response head read.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 
@@ -70,16 +75,65 @@ impl FastH1 {
 
 /// What the client sent and has not been served yet: `len` bytes valid.
 struct ReadBuf {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     len: usize,
 }
 
-/// Buffers reused for each request of a connection.
+/// Buffers a request in progress needs, taken from a per-thread stock
+/// (`Scratch::take`) and given back when it ends, so an idle keep-alive
+/// connection holds only its small read buffer.
 struct Scratch {
     /// Bytes read from the upstream (and request bodies on their way).
     up: Box<[u8]>,
     /// Bytes being written (either way).
     out: Vec<u8>,
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    fn take() -> ScratchGuard {
+        let spare = SPARE.with(|s| s.borrow_mut().pop());
+        ScratchGuard(Some(spare.unwrap_or_else(|| Scratch {
+            up: vec![0; READ_BUFFER].into_boxed_slice(),
+            out: Vec::with_capacity(4096),
+        })))
+    }
+}
+
+/// A `Scratch` going back to the thread's stock when dropped.
+struct ScratchGuard(Option<Scratch>);
+
+impl std::ops::Deref for ScratchGuard {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for ScratchGuard {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        if let Some(mut scratch) = self.0.take() {
+            // A large response may have grown it: keep the stock small.
+            if scratch.out.capacity() > 4 * READ_BUFFER {
+                scratch.out = Vec::with_capacity(4096);
+            }
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARE_SCRATCH {
+                    s.push(scratch);
+                }
+            });
+        }
+    }
 }
 
 /// The downstream connection.
@@ -135,12 +189,8 @@ impl ServerApp for FastH1 {
             return ServerApp::process_new(&self.full, stream, shutdown).await;
         };
         let mut read = ReadBuf {
-            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            buf: vec![0; FIRST_READ_BUFFER],
             len: 0,
-        };
-        let mut scratch = Scratch {
-            up: vec![0; READ_BUFFER].into_boxed_slice(),
-            out: Vec::with_capacity(4096),
         };
         let mut info = ConnInfo {
             served: 0,
@@ -154,7 +204,7 @@ impl ServerApp for FastH1 {
         };
         loop {
             match self
-                .serve_one(&mut stream, &mut read, &mut scratch, &info, shutdown)
+                .serve_one(&mut stream, &mut read, &info, shutdown)
                 .await
             {
                 Next::KeepAlive => info.served += 1,
@@ -173,6 +223,22 @@ impl ServerApp for FastH1 {
     async fn cleanup(&self) {
         self.full.cleanup().await;
     }
+}
+
+/// `fut` within `limit`. Most reads and writes on a busy connection
+/// complete on their first poll: those arm no timer (a timer costs more
+/// than the write).
+async fn bounded<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, pingora::time::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    if let std::task::Poll::Ready(out) =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
+    {
+        return Ok(out);
+    }
+    pingora::time::timeout(limit, fut).await
 }
 
 /// Where a request ends in the client's bytes: the first empty line
@@ -194,7 +260,6 @@ impl FastH1 {
         &self,
         s: &mut Stream,
         rb: &mut ReadBuf,
-        sc: &mut Scratch,
         info: &ConnInfo,
         shutdown: &ShutdownWatch,
     ) -> Next {
@@ -202,14 +267,17 @@ impl FastH1 {
         // The next request: within the keep-alive timeout once one was served.
         while !head_complete(&rb.buf[..rb.len]) {
             if rb.len == rb.buf.len() {
-                return Next::Fallback;
+                if rb.len >= READ_BUFFER {
+                    return Next::Fallback;
+                }
+                rb.buf.resize(rb.len * 2, 0);
             }
             let wait = Duration::from_millis(if info.served > 0 || rb.len > 0 {
                 cfg.downstream_keepalive_timeout_ms
             } else {
                 cfg.read_timeout_ms.max(cfg.downstream_keepalive_timeout_ms)
             });
-            match pingora::time::timeout(wait, s.read(&mut rb.buf[rb.len..])).await {
+            match bounded(wait, s.read(&mut rb.buf[rb.len..])).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) if rb.len == 0 => return Next::Close,
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Next::Fallback,
                 Ok(Ok(n)) => rb.len += n,
@@ -297,6 +365,8 @@ impl FastH1 {
         let max_idle = Duration::from_millis(cfg.upstream_idle_timeout_ms);
 
         let start = Instant::now();
+        let mut sc = Scratch::take();
+        let sc = &mut *sc;
         let _in_flight = InFlight::start();
         let active = Active::start();
         let body_here =
@@ -323,6 +393,7 @@ impl FastH1 {
                 server_port: info.local.map(|a| a.port()),
                 request_id,
             },
+            cfg.preserve_header_case,
         );
         sc.out
             .extend_from_slice(&rb.buf[head_len..head_len + body_here]);
@@ -342,12 +413,23 @@ impl FastH1 {
         if body_left > 0 {
             parked = parked.filter(upstream_idle::looks_alive);
         }
+        // Pipelined requests are not served, as on the full path (README,
+        // Known limitations): bytes after this request close the connection.
+        let pipelined = rb.len > head_len + body_here;
+        let answer = Answer {
+            head_request: plain.method == "HEAD",
+            keepalive: !plain.close
+                && !pipelined
+                && !*shutdown.borrow()
+                && !crate::shutdown::draining(),
+            request_id,
+        };
         let mut retried = false;
-        let (mut up, up_head, up_len) = loop {
+        let (mut up, head, up_head, up_len) = loop {
             let (mut conn, reused) = match parked.take() {
                 Some(conn) => (conn, true),
                 None => {
-                    match pingora::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+                    match bounded(timeouts.connect, TcpStream::connect(addr)).await {
                         Ok(Ok(conn)) => {
                             let _ = conn.set_nodelay(true);
                             (conn, false)
@@ -364,10 +446,10 @@ impl FastH1 {
             };
             pool.report_success(addr);
             match self
-                .exchange(s, sc, &mut conn, &mut body_left, &timeouts)
+                .exchange(s, sc, &mut conn, &mut body_left, &timeouts, &answer)
                 .await
             {
-                Ok((head, len)) => break (conn, head, len),
+                Ok((head, head_len, len)) => break (conn, head, head_len, len),
                 Err(Exchange::Downstream) => return Next::Close,
                 Err(Exchange::Retry) if reused && !retried && body_left == 0 => {
                     retried = true;
@@ -384,36 +466,6 @@ impl FastH1 {
             }
         };
 
-        // The response head, as the upstream sent it less the connection's own.
-        let mut rheaders = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut resp = httparse::Response::new(&mut rheaders);
-        let _ = resp.parse(&sc.up[..up_head]);
-        let head = match h1_wire::response_head(&resp, plain.method == "HEAD") {
-            Ok(h) => h,
-            Err(bad) => {
-                tracing::debug!(endpoint = %addr, why = bad.0, "upstream response refused");
-                return self
-                    .upstream_failed(s, sc, info, &done, UpstreamFailure::Failed)
-                    .await;
-            }
-        };
-        // Pipelined requests are not served, as on the full path (README,
-        // Known limitations): bytes after this request close the connection.
-        let pipelined = rb.len > head_len + body_here;
-        let keepalive = !plain.close
-            && !pipelined
-            && !*shutdown.borrow()
-            && !crate::shutdown::draining()
-            && head.framing != Framing::UntilClose;
-        sc.out.clear();
-        h1_wire::write_downstream_head(
-            &mut sc.out,
-            &resp,
-            pingora::protocols::http::date::get_cached_date().as_bytes(),
-            keepalive,
-            request_id,
-        );
-        drop(resp);
         // Body bytes that came with the head, then the rest.
         let mut chunks = h1_wire::ChunkedEnd::default();
         let mut remaining = match head.framing {
@@ -450,7 +502,7 @@ impl FastH1 {
             sc.out.extend_from_slice(&avail[..take]);
             bytes_out += take as u64;
             if !sc.out.is_empty() {
-                let w = pingora::time::timeout(timeouts.write, async {
+                let w = bounded(timeouts.write, async {
                     s.write_all(&sc.out).await?;
                     s.flush().await
                 })
@@ -464,7 +516,7 @@ impl FastH1 {
             if finished {
                 break;
             }
-            match pingora::time::timeout(timeouts.read, up.read(&mut sc.up)).await {
+            match bounded(timeouts.read, up.read(&mut sc.up)).await {
                 Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
                 Ok(Ok(n)) if n > 0 => (from, to) = (0, n),
                 _ => {
@@ -487,7 +539,7 @@ impl FastH1 {
             (!clean).then_some("response cut short"),
         );
         rb.len = 0;
-        if keepalive && clean {
+        if answer.keepalive && head.framing != Framing::UntilClose && clean {
             Next::KeepAlive
         } else {
             Next::Close
@@ -495,8 +547,9 @@ impl FastH1 {
     }
 
     /// Sends the request (`sc.out`, then the rest of the body from the
-    /// client) and reads the response head into `sc.up`. Returns the head's
-    /// length and the bytes read.
+    /// client), reads the response head into `sc.up` and writes the
+    /// downstream head into `sc.out`. Returns the response's framing, the
+    /// head's length and the bytes read.
     async fn exchange(
         &self,
         s: &mut Stream,
@@ -504,9 +557,10 @@ impl FastH1 {
         up: &mut TcpStream,
         body_left: &mut u64,
         t: &Timeouts,
-    ) -> Result<(usize, usize), Exchange> {
+        answer: &Answer<'_>,
+    ) -> Result<(h1_wire::ResponseHead, usize, usize), Exchange> {
         const WRITE_TIMED_OUT: &str = "writing to the upstream timed out";
-        match pingora::time::timeout(t.write, up.write_all(&sc.out)).await {
+        match bounded(t.write, up.write_all(&sc.out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Exchange::Retry),
             Err(_) => {
@@ -520,12 +574,12 @@ impl FastH1 {
                 .up
                 .len()
                 .min(usize::try_from(*body_left).unwrap_or(usize::MAX));
-            let n = match pingora::time::timeout(t.read, s.read(&mut sc.up[..want])).await {
+            let n = match bounded(t.read, s.read(&mut sc.up[..want])).await {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return Err(Exchange::Downstream),
             };
             *body_left -= n as u64;
-            match pingora::time::timeout(t.write, up.write_all(&sc.up[..n])).await {
+            match bounded(t.write, up.write_all(&sc.up[..n])).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
                 Err(_) => {
@@ -538,7 +592,7 @@ impl FastH1 {
         let limit = sc.up.len().min(RESPONSE_HEAD_LIMIT);
         let mut len = 0;
         loop {
-            let n = match pingora::time::timeout(t.read, up.read(&mut sc.up[len..limit])).await {
+            let n = match bounded(t.read, up.read(&mut sc.up[len..limit])).await {
                 Ok(Ok(n)) if n > 0 => n,
                 Ok(_) if len == 0 => return Err(Exchange::Retry),
                 Ok(_) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
@@ -565,7 +619,22 @@ impl FastH1 {
                                 break;
                             }
                         }
-                        _ => return Ok((head, len)),
+                        _ => {
+                            let framing = h1_wire::response_head(&resp, answer.head_request)
+                                .map_err(|bad| {
+                                    tracing::debug!(why = bad.0, "upstream response refused");
+                                    Exchange::Upstream(UpstreamFailure::Failed)
+                                })?;
+                            sc.out.clear();
+                            h1_wire::write_downstream_head(
+                                &mut sc.out,
+                                &resp,
+                                pingora::protocols::http::date::get_cached_date().as_bytes(),
+                                answer.keepalive && framing.framing != Framing::UntilClose,
+                                answer.request_id,
+                            );
+                            return Ok((framing, head, len));
+                        }
                     },
                     Ok(httparse::Status::Partial) if len < limit => break,
                     _ => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
@@ -606,7 +675,7 @@ impl FastH1 {
             .extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
         sc.out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
         sc.out.extend_from_slice(body.as_bytes());
-        let _ = pingora::time::timeout(Duration::from_secs(5), async {
+        let _ = bounded(Duration::from_secs(5), async {
             s.write_all(&sc.out).await?;
             s.flush().await
         })
@@ -660,6 +729,15 @@ impl FastH1 {
             });
         }
     }
+}
+
+/// What the downstream response head is written with.
+struct Answer<'a> {
+    head_request: bool,
+    /// The client connection may stay open (before the upstream's framing
+    /// has its say).
+    keepalive: bool,
+    request_id: &'a [u8],
 }
 
 struct Timeouts {

@@ -143,7 +143,9 @@ pub struct Forwarding<'a> {
 /// Writes the upstream request head into `out`: the request line with
 /// `target` (the normalized path), the client's headers less the dropped
 /// ones, then the forwarding set, as the full path's
-/// `upstream_request_filter` writes it for an untrusted peer.
+/// `upstream_request_filter` writes it for an untrusted peer. Names go in
+/// lowercase, as on the full path, unless `preserve_case`
+/// (`proxy.preserve_header_case`).
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     method: &str,
@@ -151,6 +153,7 @@ pub fn write_upstream_head(
     headers: &[httparse::Header<'_>],
     host: &str,
     fwd: &Forwarding<'_>,
+    preserve_case: bool,
 ) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -160,7 +163,11 @@ pub fn write_upstream_head(
         if dropped_request_header(h.name) {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
+        if preserve_case {
+            out.extend_from_slice(h.name.as_bytes());
+        } else {
+            out.extend(h.name.bytes().map(|b| b.to_ascii_lowercase()));
+        }
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
@@ -574,13 +581,18 @@ mod tests {
             server_port: Some(8080),
             request_id: b"theirs",
         };
-        write_upstream_head(&mut out, "GET", "/y", req.headers, "a.test", &fwd);
+        write_upstream_head(&mut out, "GET", "/y", req.headers, "a.test", &fwd, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /y HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\
+            "GET /y HTTP/1.1\r\nhost: a.test\r\naccept: */*\r\n\
              x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\nx-forwarded-host: a.test\r\n\
              x-forwarded-port: 8080\r\nx-real-ip: 10.1.2.3\r\nx-request-id: theirs\r\n\r\n"
         );
+        let mut out = Vec::new();
+        write_upstream_head(&mut out, "GET", "/y", req.headers, "a.test", &fwd, true);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("GET /y HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n"));
     }
 
     #[test]

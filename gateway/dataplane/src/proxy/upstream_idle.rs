@@ -15,9 +15,11 @@ use tokio::net::TcpStream;
 /// Most idle connections kept per endpoint and thread.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// Keyed by address with a fast hash: the key is ours, not an attacker's.
+type ByEndpoint = HashMap<SocketAddr, Vec<(TcpStream, Instant)>, rustc_hash::FxBuildHasher>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>> =
-        RefCell::new(HashMap::new());
+    static IDLE: RefCell<ByEndpoint> = RefCell::new(ByEndpoint::default());
 }
 
 /// The most recently parked connection to `addr` idle for less than
