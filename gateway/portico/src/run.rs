@@ -65,6 +65,7 @@ fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
 }
 
 pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
+    set_purge_delay_ms(0);
     telemetry::init_logging(&cfg.log);
     let metrics = telemetry::init_metrics()?;
     telemetry::describe_metrics();
@@ -306,6 +307,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         manifests = ?cfg.sources.manifests.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "portico serving"
     );
+    trim_after_start();
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingSignalWatch {
             grace: Duration::from_secs(cfg.shutdown.grace_period_seconds),
@@ -374,6 +376,77 @@ pub fn with_manifest_dirs(mut cfg: Config, extra: &[PathBuf]) -> Config {
         cfg.sources.manifests = extra.to_vec();
     }
     cfg
+}
+
+/// Once start-up is over (plugins compiled, the first snapshot built and
+/// the services running), gives back what only start-up needed:
+///
+/// - heap freed since `release_freed_memory`: mimalloc purges freed pages
+///   lazily, on a later allocation, so an idle process would keep them;
+/// - the pages of the binary's own code that only start-up ran (Cranelift
+///   compiling the plugins is most of them): they are clean file pages,
+///   handed back with `MADV_PAGEOUT` (Linux 5.4+; older kernels ignore
+///   it). Code the proxy runs afterwards faults back in on first use.
+///
+/// Together about 30 MiB of idle RSS with the default plugins.
+fn trim_after_start() {
+    let spawned = std::thread::Builder::new()
+        .name("portico-trim".into())
+        .spawn(|| {
+            std::thread::sleep(Duration::from_secs(3));
+            release_freed_memory();
+            // From now on the proxy's own churn: mimalloc's default delay
+            // (purging at once would cost a system call per emptied page).
+            set_purge_delay_ms(10);
+            page_out_own_code();
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no thread to trim start-up memory");
+    }
+}
+
+/// `MADV_PAGEOUT` over the executable's code mappings.
+fn page_out_own_code() {
+    let (Ok(exe), Ok(maps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/maps"),
+    ) else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if perms != "r-xp" || fields.nth(3).map(std::path::Path::new) != Some(exe.as_path()) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: advice on our own mapped, read-only code; it changes
+        // residency only, never contents.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+        }
+    }
+}
+
+/// `mi_option_purge_delay` (mimalloc.h; the sys crate names no constant).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long mimalloc waits before giving freed pages back to the OS. An
+/// idle process never gets to a delayed purge, so start-up, which frees
+/// much and then waits, purges at once (0) until `trim_after_start`.
+fn set_purge_delay_ms(ms: i64) {
+    // SAFETY: sets one of mimalloc's own options.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms as _) }
 }
 
 /// Hands the memory freed so far back to the OS. Compiling the plugins
