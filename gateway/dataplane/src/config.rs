@@ -38,6 +38,10 @@ pub struct ProxyConfig {
     /// policy skip Pingora's per-request pipeline (`proxy::fast_h1`);
     /// off: every request takes the full path.
     pub fast_path: bool,
+    /// Every L7 connection starts with a PROXY protocol header (v1 or v2)
+    /// from a peer in `trusted_proxies`, whose client address is used
+    /// (`proxy::proxy_protocol`); connections without one are closed.
+    pub proxy_protocol: bool,
 }
 
 /// `[proxy.paths]`: one meaning per request path (see `proxy::path`).
@@ -115,6 +119,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             paths: PathConfig::default(),
             fast_path: true,
+            proxy_protocol: false,
         }
     }
 }

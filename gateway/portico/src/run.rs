@@ -214,6 +214,13 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     for addr in &cfg.listen.http {
         l7.add_tcp(&addr.to_string());
     }
+    if cfg.proxy.proxy_protocol {
+        l7.endpoints().set_pre_tls_callback(Arc::new(
+            portico_dataplane::proxy::proxy_protocol::BeforeTls {
+                trusted: Arc::new(cfg.proxy.trusted_proxies.clone()),
+            },
+        ));
+    }
     for addr in &cfg.listen.https {
         let mut tls_settings =
             TlsSettings::with_callbacks(Box::new(portico_dataplane::proxy::http::SniRecorder))

@@ -174,6 +174,14 @@ impl ServerApp for FastH1 {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // PROXY protocol: on TLS listeners read before the handshake
+        // (`proxy_protocol::BeforeTls`), here on plain ones.
+        let mut prefix = Vec::new();
+        if self.proxy.cfg.proxy_protocol && stream.get_ssl_digest().is_none() {
+            prefix = super::proxy_protocol::accept(&mut *stream, &self.proxy.cfg.trusted_proxies)
+                .await
+                .ok()?;
+        }
         let digest = stream.get_socket_digest();
         let peer = digest
             .as_ref()
@@ -186,12 +194,20 @@ impl ServerApp for FastH1 {
                 !super::client_addr::is_trusted(&self.proxy.cfg.trusted_proxies, p)
             });
         let Some(peer) = peer.filter(|_| eligible) else {
+            let stream: Stream = if prefix.is_empty() {
+                stream
+            } else {
+                Box::new(Replay::new(prefix, stream))
+            };
             return ServerApp::process_new(&self.full, stream, shutdown).await;
         };
         let mut read = ReadBuf {
-            buf: vec![0; FIRST_READ_BUFFER],
-            len: 0,
+            len: prefix.len(),
+            buf: prefix,
         };
+        if read.buf.len() < FIRST_READ_BUFFER {
+            read.buf.resize(FIRST_READ_BUFFER, 0);
+        }
         let mut info = ConnInfo {
             served: 0,
             tls: stream.get_ssl_digest().is_some(),

@@ -6,5 +6,6 @@ mod h1_wire;
 pub mod http;
 pub mod limits;
 pub mod path;
+pub mod proxy_protocol;
 mod replay;
 mod upstream_idle;
