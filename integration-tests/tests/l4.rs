@@ -208,3 +208,76 @@ fn l4_listeners_follow_the_manifests() {
     wait_port(p1, Duration::from_secs(5));
     assert_eq!(tcp_roundtrip(p1, b"again"), "t1\nagain");
 }
+
+/// A TCP backend that answers each connection with every byte it
+/// received (after the client's half-close), so a test sees what came
+/// before the payload.
+fn recording_backend() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let _ = conn.read_to_end(&mut all);
+                let _ = conn.write_all(&all);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn proxy_protocol_headers_tell_l4_backends_the_client() {
+    let backend = recording_backend();
+    let (v1_port, v2_port, bad_port) = (free_port(), free_port(), free_port());
+    let annotated = |name: &str, port: u16, version: &str| {
+        lb_service(name, port, "TCP", "").replace(
+            &format!("metadata: {{name: {name}, namespace: l4}}"),
+            &format!(
+                "metadata: {{name: {name}, namespace: l4, annotations: {{portico.io/proxy-protocol: \"{version}\"}}}}"
+            ),
+        ) + &slice_for(name, &format!("{name}-1"), backend, "TCP")
+    };
+    let m = annotated("ppv1", v1_port, "v1")
+        + &annotated("ppv2", v2_port, "v2")
+        + &annotated("ppbad", bad_port, "v3");
+    let gw = Gateway::start(&[("l4.yaml", &m)], "");
+    wait_port(v1_port, Duration::from_secs(5));
+
+    let exchange = |port: u16| {
+        let mut s = TcpStream::connect(addr(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let client_port = s.local_addr().unwrap().port();
+        s.write_all(b"payload").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        (got, client_port)
+    };
+    let (got, client_port) = exchange(v1_port);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {v1_port}\r\npayload")
+    );
+    let (got, client_port) = exchange(v2_port);
+    assert!(
+        got.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"),
+        "{got:?}"
+    );
+    assert_eq!(&got[16..20], &[127, 0, 0, 1]);
+    assert_eq!(&got[24..26], &client_port.to_be_bytes());
+    assert_eq!(&got[26..28], &v2_port.to_be_bytes());
+    assert_eq!(&got[28..], b"payload");
+    // An unknown version is a warning on the Service, and no header.
+    let (got, _) = exchange(bad_port);
+    assert_eq!(got, b"payload");
+    let log = gw.log();
+    assert!(
+        log.contains(
+            "annotation portico.io/proxy-protocol: \"v3\" is not a PROXY protocol version"
+        ),
+        "{log}"
+    );
+}

@@ -303,6 +303,11 @@ impl Pool {
         self.spec.affinity
     }
 
+    /// The PROXY protocol header L4 connections to the endpoints start with.
+    pub fn proxy_protocol(&self) -> Option<crate::snapshot::ProxyProtocol> {
+        self.spec.proxy_protocol
+    }
+
     /// Plugins the Service asks for (`portico.io/plugins`).
     pub fn plugins(&self) -> &[String] {
         &self.spec.plugins
@@ -532,6 +537,7 @@ mod tests {
             plugins: Vec::new(),
             scoped_http: Vec::new(),
             scoped_tcp: Vec::new(),
+            proxy_protocol: None,
         }
     }
 

@@ -106,6 +106,28 @@ pub struct BackendSpec {
     pub scoped_http: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scoped_tcp: Vec<String>,
+    /// L4 connections to the endpoints start with a PROXY protocol header
+    /// carrying the client's address (`portico.io/proxy-protocol`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol version sent to a Service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "v1" => Some(ProxyProtocol::V1),
+            "v2" => Some(ProxyProtocol::V2),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

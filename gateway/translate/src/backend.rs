@@ -13,12 +13,15 @@ use crate::Settings;
 use portico_model::lb::PolicyKind;
 use portico_model::problems::Problem;
 use portico_model::snapshot::{
-    BackendKey, BackendSpec, ClientIpAffinity, EndpointSpec, EndpointState,
+    BackendKey, BackendSpec, ClientIpAffinity, EndpointSpec, EndpointState, ProxyProtocol,
 };
 use portico_model::store::{ObjectKey, Store};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const LB_POLICY_ANNOTATION: &str = "portico.io/load-balancer";
+/// `v1` or `v2`: L4 connections to the Service's endpoints start with a
+/// PROXY protocol header carrying the client's address.
+pub const PROXY_PROTOCOL_ANNOTATION: &str = "portico.io/proxy-protocol";
 const DEFAULT_AFFINITY_TIMEOUT: u64 = 10_800;
 
 /// How an Ingress or listener names a Service port.
@@ -240,6 +243,24 @@ impl<'a> Backends<'a> {
             self.warn(svc_key, &location, m);
         }
         let (scoped_http, scoped_tcp) = self.scoped.for_service(svc);
+        let proxy_protocol = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PROXY_PROTOCOL_ANNOTATION))
+        {
+            None => None,
+            Some(v) => {
+                let parsed = ProxyProtocol::parse(v);
+                if parsed.is_none() {
+                    let msg = format!(
+                        "annotation {PROXY_PROTOCOL_ANNOTATION}: {v:?} is not a PROXY protocol version (expected \"v1\" or \"v2\"); no header is sent"
+                    );
+                    self.warn(svc_key, &location, msg);
+                }
+                parsed
+            }
+        };
         let affinity = spec
             .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
             .map(|s| {
@@ -265,6 +286,7 @@ impl<'a> Backends<'a> {
                 plugins,
                 scoped_http,
                 scoped_tcp,
+                proxy_protocol,
             },
         );
         key
@@ -401,5 +423,6 @@ fn empty(key: &BackendKey, policy: PolicyKind) -> BackendSpec {
         plugins: Vec::new(),
         scoped_http: Vec::new(),
         scoped_tcp: Vec::new(),
+        proxy_protocol: None,
     }
 }

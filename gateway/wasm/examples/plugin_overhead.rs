@@ -86,6 +86,7 @@ fn main() {
             plugins: Vec::new(),
             scoped_http: Vec::new(),
             scoped_tcp: Vec::new(),
+            proxy_protocol: None,
         },
         Arc::default(),
         HealthPolicy::default(),

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{splice, L4Settings};
 use crate::shutdown::InFlight;
 use portico_model::lb::{clock_ms, Pick, PickRequest};
-use portico_model::snapshot::{L4ListenerKey, Snapshot};
+use portico_model::snapshot::{L4ListenerKey, ProxyProtocol, Snapshot};
 use portico_wasm::http_filter::StreamChain;
 use portico_wasm::properties::{Candidates, RouteProps, StreamProps};
 use portico_wasm::reload::RegistryHandle;
@@ -62,7 +62,7 @@ async fn connect(
     snapshot: &ArcSwap<Snapshot>,
     settings: L4Settings,
     preferred: Option<SocketAddr>,
-) -> Option<(TcpStream, Pick, String)> {
+) -> Option<(TcpStream, Pick, Option<ProxyProtocol>)> {
     let snap = snapshot.load_full();
     let Some(backend) = snap.l4.get(&key) else {
         tracing::debug!(listener = %label, "listener no longer configured");
@@ -83,7 +83,7 @@ async fn connect(
             Ok(Ok(s)) => {
                 pool.report_success(pick.addr);
                 let _ = s.set_nodelay(true);
-                return Some((s, pick, backend.to_string()));
+                return Some((s, pick, pool.proxy_protocol()));
             }
             Ok(Err(e)) => {
                 metrics::counter!("portico_upstream_connect_errors_total", "backend" => backend.to_string())
@@ -133,12 +133,23 @@ async fn handle(
         }
     }
     let preferred = chain.as_ref().and_then(|c| c.override_host);
-    let Some((upstream, pick, _backend)) =
+    let Some((mut upstream, pick, proxy_protocol)) =
         connect(key, label, peer, &snapshot, settings, preferred).await
     else {
         return failed();
     };
     let _ = client.set_nodelay(true);
+    if let Some(version) = proxy_protocol {
+        let header = proxy_header(version, peer, client.local_addr().unwrap_or(key.addr));
+        let written = match header {
+            Ok(h) => upstream.write_all(&h).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::debug!(listener = %label, endpoint = %pick.addr, error = %e, "could not send the PROXY header");
+            return failed();
+        }
+    }
     if let Some(c) = chain.as_mut() {
         c.props_mut().upstream = Some(pick.addr);
     }
@@ -183,6 +194,40 @@ async fn handle(
     metrics::counter!("portico_l4_bytes_sent_total", "listener" => label.to_string())
         .increment(received);
     drop(pick);
+}
+
+/// The PROXY protocol header (HAProxy's spec, built by the `ppp` crate)
+/// telling an endpoint who the client is: `client` connected to `local`.
+fn proxy_header(
+    version: ProxyProtocol,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Result<Vec<u8>, String> {
+    // A client and listener of different families (an IPv4 client on a
+    // dual-stack socket) are written as the same family.
+    let (client, local) = match (client, local) {
+        (SocketAddr::V4(_), SocketAddr::V6(l)) => match l.ip().to_ipv4_mapped() {
+            Some(ip) => (client, SocketAddr::new(ip.into(), l.port())),
+            None => (client, local),
+        },
+        (SocketAddr::V6(c), SocketAddr::V4(_)) => match c.ip().to_ipv4_mapped() {
+            Some(ip) => (SocketAddr::new(ip.into(), c.port()), local),
+            None => (client, local),
+        },
+        _ => (client, local),
+    };
+    match version {
+        ProxyProtocol::V1 => Ok(ppp::v1::Addresses::from((client, local))
+            .to_string()
+            .into_bytes()),
+        ProxyProtocol::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (client, local),
+        )
+        .build()
+        .map_err(|e| e.to_string()),
+    }
 }
 
 /// The listener's and the Service's plugins for a new connection, or
@@ -299,5 +344,32 @@ async fn idle_watch(activity: &AtomicU64, idle: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis((idle_ms - since).max(10))).await;
+    }
+}
+
+#[cfg(test)]
+mod proxy_header_tests {
+    use super::*;
+    use ppp::{HeaderResult, PartialResult};
+
+    #[test]
+    fn headers_carry_the_client_and_the_listener() {
+        let client: SocketAddr = "203.0.113.7:51000".parse().unwrap();
+        let local: SocketAddr = "192.0.2.10:443".parse().unwrap();
+        let v1 = proxy_header(ProxyProtocol::V1, client, local).unwrap();
+        assert_eq!(v1, b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n");
+        let v2 = proxy_header(ProxyProtocol::V2, client, local).unwrap();
+        match HeaderResult::parse(&v2) {
+            HeaderResult::V2(Ok(h)) => {
+                assert_eq!(h.len(), v2.len());
+                assert_eq!(h.addresses, ppp::v2::Addresses::from((client, local)));
+            }
+            other => panic!("not a v2 header: {other:?}"),
+        }
+        // An IPv4 client on a dual-stack listener is written as IPv4.
+        let dual: SocketAddr = "[::ffff:192.0.2.10]:443".parse().unwrap();
+        let v1 = proxy_header(ProxyProtocol::V1, client, dual).unwrap();
+        assert_eq!(v1, b"PROXY TCP4 203.0.113.7 192.0.2.10 51000 443\r\n");
+        assert!(HeaderResult::parse(&v1).is_complete());
     }
 }
