@@ -728,4 +728,152 @@ mod tests {
             );
         }
     }
+
+    /// Bytes biased towards what the parsers care about.
+    fn noise(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b";",
+            b" ",
+            b"0",
+            b"5",
+            b"a",
+            b"F",
+            b"x",
+            b":",
+            b"\0",
+            b"\xff",
+            b"Content-Length: ",
+            b"Transfer-Encoding: chunked",
+            b"Host: h",
+            b"HTTP/1.1",
+            b"GET /",
+        ];
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            if rng.bool() {
+                out.push(rng.u8(..));
+            } else {
+                out.extend_from_slice(PIECES[rng.usize(..PIECES.len())]);
+            }
+        }
+        out
+    }
+
+    /// Randomized robustness (a stand-in for fuzzing, which needs a
+    /// nightly toolchain): arbitrary bytes never panic the chunk tracker,
+    /// and where a body ends does not depend on how it arrives.
+    #[test]
+    fn chunk_tracking_is_total_and_split_invariant() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed_c4u64);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..64);
+            let input = noise(&mut rng, len);
+            let mut whole = ChunkedEnd::default();
+            let at_once = whole.feed(&input).map(|n| (n, whole.is_done()));
+            let mut parts = ChunkedEnd::default();
+            let split = rng.usize(0..=input.len());
+            let first = parts.feed(&input[..split]);
+            let piecewise = match first {
+                Err(e) => Err(e),
+                Ok(n) if parts.is_done() => Ok((n, true)),
+                Ok(n) => parts
+                    .feed(&input[split..])
+                    .map(|m| (n + m, parts.is_done())),
+            };
+            // A stream that failed whole may fail in the first piece or
+            // the second; one that succeeded must agree exactly.
+            match (&at_once, &piecewise) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{input:?} split at {split}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{input:?} split at {split}: {at_once:?} vs {piecewise:?}"),
+            }
+        }
+        // Valid bodies built at random end exactly where they should.
+        for _ in 0..2_000 {
+            let mut body = Vec::new();
+            for _ in 0..rng.usize(0..5) {
+                let n = rng.usize(1..300);
+                body.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                body.extend(std::iter::repeat_n(b'z', n));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            let end = body.len();
+            body.extend_from_slice(b"NEXT");
+            let mut c = ChunkedEnd::default();
+            let mut consumed = 0;
+            let mut rest = &body[..];
+            while !c.is_done() {
+                let take = rng.usize(1..=rest.len().min(64));
+                consumed += c.feed(&rest[..take]).unwrap();
+                rest = &rest[take..];
+            }
+            assert_eq!(consumed, end);
+        }
+    }
+
+    #[test]
+    fn request_and_response_heads_never_panic_and_stay_within_httparse() {
+        let mut rng = fastrand::Rng::with_seed(0xfa57_9a7b);
+        for _ in 0..20_000 {
+            let mut raw = b"GET /".to_vec();
+            let len = rng.usize(0..80);
+            raw.extend(noise(&mut rng, len));
+            raw.extend_from_slice(b"\r\n\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(_)) = req.parse(&raw) {
+                if let Some(p) = plain_request(&req) {
+                    // What is taken is HTTP/1.1 with one valid Host.
+                    assert_eq!(req.version, Some(1));
+                    assert!(super::super::http::valid_host(p.host), "{raw:?}");
+                    let mut out = Vec::new();
+                    let fwd = Forwarding {
+                        client: "10.0.0.1".parse().unwrap(),
+                        tls: false,
+                        server_port: None,
+                        request_id: b"id",
+                    };
+                    write_upstream_head(
+                        &mut out,
+                        p.method,
+                        p.target,
+                        req.headers,
+                        p.host,
+                        &fwd,
+                        false,
+                    );
+                    // What goes upstream parses back as one request.
+                    let mut again = [httparse::EMPTY_HEADER; 64];
+                    let mut back = httparse::Request::new(&mut again);
+                    assert_eq!(
+                        back.parse(&out),
+                        Ok(httparse::Status::Complete(out.len())),
+                        "{raw:?}"
+                    );
+                }
+            }
+            let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+            let len = rng.usize(0..80);
+            raw.extend(noise(&mut rng, len));
+            raw.extend_from_slice(b"\r\n\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(_)) = resp.parse(&raw) {
+                let _ = response_head(&resp, rng.bool());
+                let mut out = Vec::new();
+                write_downstream_head(&mut out, &resp, b"now", rng.bool(), b"id");
+                let mut again = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS + 3];
+                let mut back = httparse::Response::new(&mut again);
+                assert_eq!(
+                    back.parse(&out),
+                    Ok(httparse::Status::Complete(out.len())),
+                    "{raw:?}"
+                );
+            }
+        }
+    }
 }

@@ -254,4 +254,38 @@ mod tests {
         );
         assert_eq!(parse(&[b'P'; MAX_HEADER]), Err(Refused::Malformed));
     }
+
+    /// Randomized robustness (a stand-in for fuzzing): any bytes give a
+    /// verdict without panicking, a complete header never claims more
+    /// bytes than it was given, and a valid header's verdict does not
+    /// change with what follows it.
+    #[test]
+    fn any_bytes_get_a_verdict() {
+        let mut rng = fastrand::Rng::with_seed(0x9909_0002);
+        let prefixes: [&[u8]; 3] = [b"PROXY TCP4 ", b"\r\n\r\n\0\r\nQUIT\n", b""];
+        for _ in 0..20_000 {
+            let mut buf = prefixes[rng.usize(..prefixes.len())].to_vec();
+            let len = rng.usize(0..120);
+            buf.extend((0..len).map(|_| match rng.u8(..4) {
+                0 => b"0123456789. :\r\n"[rng.usize(..15)],
+                _ => rng.u8(..),
+            }));
+            if let Ok(Some((_, n))) = parse(&buf) {
+                assert!(n <= buf.len(), "{buf:?}");
+            }
+        }
+        let good = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 80\r\n";
+        for _ in 0..1_000 {
+            let mut buf = good.to_vec();
+            let len = rng.usize(0..64);
+            buf.extend((0..len).map(|_| rng.u8(..)));
+            assert_eq!(
+                parse(&buf),
+                Ok(Some((
+                    Declared::Client("203.0.113.7:51000".parse().unwrap()),
+                    good.len()
+                )))
+            );
+        }
+    }
 }
