@@ -369,3 +369,50 @@ fn the_access_log_is_written_for_fast_path_requests() {
     assert_eq!(v["version"], "HTTP/1.1");
     assert_eq!(v["client"], "127.0.0.1");
 }
+
+#[test]
+fn failed_connects_try_other_endpoints_then_answer_as_the_full_path() {
+    let backend = RawBackend::start();
+    let (dead_a, dead_b) = (free_port(), free_port());
+    let mut m = route("half", backend.port);
+    m += &yaml::slice("default", "half-2", "half", "http", dead_a, true);
+    m += &yaml::service("default", "gone", "", &[("http", 80)]);
+    m += &yaml::slice("default", "gone-1", "gone", "http", dead_a, true);
+    m += &yaml::slice("default", "gone-2", "gone", "http", dead_b, true);
+    m += &yaml::ingress(
+        "default",
+        "gone",
+        &[("gone.test", "/", "Prefix", "gone", "http")],
+        "",
+    );
+    let fast = Gateway::start(&[("m.yaml", &m)], "");
+    let full = Gateway::start(&[("m.yaml", &m)], FULL_PATH);
+    for gw in [&fast, &full] {
+        // One endpoint refuses: every request still reaches the other.
+        for i in 0..6 {
+            let r = get(gw.http, &format!("/half/{i}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    // Both refuse: 503 after trying both, the same answer on both paths.
+    let answers: Vec<_> = [&fast, &full]
+        .iter()
+        .map(|gw| {
+            http_request(
+                gw.http,
+                "GET / HTTP/1.1\r\nHost: gone.test\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap()
+        })
+        .collect();
+    for r in &answers {
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.text(),
+            "all endpoints tried are down (service default/gone:http, endpoints tried: 2)\n"
+        );
+    }
+    assert!(fast
+        .metrics()
+        .contains("portico_upstream_connect_errors_total{backend=\"default/gone:http\"}"));
+}

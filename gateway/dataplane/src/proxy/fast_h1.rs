@@ -18,11 +18,13 @@
 //! preface), HTTP/1.0, upgrades, chunked request bodies, `Expect`, more
 //! than one `Host` or `Content-Length`, any request the normalizer
 //! refuses, routes with plugins, canaries or request policies (the
-//! route's `forwards_plainly`), peers in `trusted_proxies`, an
-//! unroutable request (the full path answers 404), and failing to
-//! connect (the full path retries other endpoints and answers 503). So
-//! every answer that is not a proxied response comes from one place, and
-//! the fast path never judges a request the full path would refuse.
+//! route's `forwards_plainly`), peers in `trusted_proxies`, and an
+//! unroutable request (the full path answers 404). So every answer about
+//! the request itself comes from one place, and the fast path never
+//! judges a request the full path would refuse. What it answers itself is
+//! about the upstream, with the full path's statuses and bodies: 503 when
+//! no endpoint tried accepts a connection (after `connect_retries` other
+//! endpoints, as `fail_to_connect` does), 502 and 504.
 //!
 //! `[proxy] fast_path = false` turns it off.
 
@@ -269,6 +271,8 @@ fn head_complete(buf: &[u8]) -> bool {
 enum UpstreamFailure {
     Timeout(&'static str),
     Failed,
+    /// No endpoint tried accepted a connection.
+    Down,
 }
 
 impl FastH1 {
@@ -354,7 +358,7 @@ impl FastH1 {
             // Held, not the snapshot: a response may take minutes.
             (route.clone(), pool.clone())
         };
-        let Some(pick) = pool.pick(&PickRequest {
+        let Some(mut pick) = pool.pick(&PickRequest {
             preferred: None,
             client_ip: Some(info.peer),
             exclude: &[],
@@ -364,7 +368,7 @@ impl FastH1 {
         if matches!(target, std::borrow::Cow::Owned(_)) {
             metrics::counter!("portico_http_paths_normalized_total").increment(1);
         }
-        let addr = pick.addr;
+        let mut addr = pick.addr;
         let policy = route.policy.as_ref().map(|p| &p.policy);
         let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
         let timeouts = Timeouts {
@@ -413,13 +417,14 @@ impl FastH1 {
         );
         sc.out
             .extend_from_slice(&rb.buf[head_len..head_len + body_here]);
-        let done = Done {
+        let mut done = Done {
             route: &route,
             plain: &plain,
             target: &target,
             request_id,
             start,
             addr,
+            tried: 1,
         };
 
         // An idle connection the upstream closed is found out by the first
@@ -441,6 +446,7 @@ impl FastH1 {
             request_id,
         };
         let mut retried = false;
+        let mut tried: Vec<SocketAddr> = Vec::new();
         let (mut up, head, up_head, up_len) = loop {
             let (mut conn, reused) = match parked.take() {
                 Some(conn) => (conn, true),
@@ -451,11 +457,39 @@ impl FastH1 {
                             (conn, false)
                         }
                         _ => {
-                            // The full path retries other endpoints and answers.
+                            // As the full path's `fail_to_connect`: passive
+                            // health hears of it, and another endpoint is
+                            // tried while retries and endpoints last.
                             metrics::counter!("portico_upstream_connect_errors_total", "backend" => pool.key().to_string())
                                 .increment(1);
                             pool.report_failure(addr);
-                            return Next::Fallback;
+                            tried.push(addr);
+                            let next = (tried.len() <= cfg.connect_retries
+                                && pool.endpoints().len() > tried.len())
+                            .then(|| {
+                                pool.pick(&PickRequest {
+                                    preferred: None,
+                                    client_ip: Some(info.peer),
+                                    exclude: &tried,
+                                })
+                            })
+                            .flatten();
+                            match next {
+                                Some(p) => {
+                                    pick = p;
+                                    addr = pick.addr;
+                                    done.addr = addr;
+                                    done.tried = tried.len() + 1;
+                                    parked = upstream_idle::take(addr, max_idle)
+                                        .filter(|_| body_left == 0);
+                                    continue;
+                                }
+                                None => {
+                                    return self
+                                        .upstream_failed(s, sc, info, &done, UpstreamFailure::Down)
+                                        .await
+                                }
+                            }
                         }
                     }
                 }
@@ -672,16 +706,17 @@ impl FastH1 {
         let (status, what) = match failure {
             UpstreamFailure::Timeout(what) => (504, what),
             UpstreamFailure::Failed => (502, "the upstream failed"),
+            UpstreamFailure::Down => (503, "all endpoints tried are down"),
         };
         let body = format!(
-            "{what} (service {}, endpoints tried: 1)\n",
-            done.route.backend
+            "{what} (service {}, endpoints tried: {})\n",
+            done.route.backend, done.tried
         );
         sc.out.clear();
-        sc.out.extend_from_slice(if status == 504 {
-            b"HTTP/1.1 504 Gateway Timeout\r\n"
-        } else {
-            b"HTTP/1.1 502 Bad Gateway\r\n"
+        sc.out.extend_from_slice(match status {
+            504 => b"HTTP/1.1 504 Gateway Timeout\r\n",
+            503 => b"HTTP/1.1 503 Service Unavailable\r\n",
+            _ => b"HTTP/1.1 502 Bad Gateway\r\n",
         });
         sc.out
             .extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
@@ -737,7 +772,7 @@ impl FastH1 {
                 route: &route.ingress,
                 backend: Some(&backend),
                 endpoint: Some(&endpoint),
-                attempts: 1,
+                attempts: done.tried,
                 elapsed,
                 bytes_in: done.plain.body_len,
                 bytes_out,
@@ -770,6 +805,8 @@ struct Done<'a> {
     request_id: &'a [u8],
     start: Instant,
     addr: SocketAddr,
+    /// Endpoints tried, this one included.
+    tried: usize,
 }
 
 enum Exchange {
