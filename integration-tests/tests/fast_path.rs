@@ -416,3 +416,45 @@ fn failed_connects_try_other_endpoints_then_answer_as_the_full_path() {
         .metrics()
         .contains("portico_upstream_connect_errors_total{backend=\"default/gone:http\"}"));
 }
+
+#[test]
+fn http_1_1_over_tls_takes_the_fast_path_and_h2_the_full_one() {
+    let backend = RawBackend::start();
+    let (crt, key) = self_signed(&["t.test"]);
+    let mut m = route("raw", backend.port).replace(
+        "spec:\n  rules:",
+        "spec:\n  tls:\n  - hosts: [t.test]\n    secretName: t-tls\n  rules:",
+    );
+    m += &yaml::tls_secret("default", "t-tls", &crt, &key);
+    let gw = Gateway::start(&[("raw.yaml", &m)], "[log]\naccess_log = true\n");
+    let resolve = format!("t.test:{}:127.0.0.1", gw.https);
+    let one = format!("https://t.test:{}/one", gw.https);
+    let two = format!("https://t.test:{}/two", gw.https);
+    // Two requests on one TLS connection, HTTP/1.1 then HTTP/2.
+    for version in ["--http1.1", "--http2"] {
+        let (out, err) = curl(&[
+            "-k",
+            version,
+            "--resolve",
+            &resolve,
+            "-w",
+            " %{http_version}\n",
+            &one,
+            &two,
+        ]);
+        assert!(out.starts_with("ok "), "{version}: {out} {err}");
+    }
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for r in &seen {
+        assert_eq!(r.header("x-forwarded-proto"), Some("https"), "{}", r.head);
+        assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+    }
+    // The access log says which protocol each came in on.
+    wait_for(5, "four access log lines", || {
+        gw.log().matches("\"path\":\"/").count() >= 4
+    });
+    let log = gw.log();
+    assert_eq!(log.matches("\"version\":\"HTTP/1.1\"").count(), 2, "{log}");
+    assert_eq!(log.matches("\"version\":\"HTTP/2.0\"").count(), 2, "{log}");
+}
