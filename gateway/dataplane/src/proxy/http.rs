@@ -1480,6 +1480,12 @@ impl ProxyHttp for HttpProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The request's `limit-connections` slot is free before the
+            // client can see the end of the response (and send the next
+            // request), not only after `logging`.
+            ctx.limit_slot = None;
+        }
         if matches!(ctx.local_reason, Some("plugin" | "custom-error")) {
             // The headers were replaced: send the replacement body once,
             // and none of the upstream's.
