@@ -195,6 +195,24 @@ fn service_switched_to_load_balancer_opens_listeners_and_gets_status() {
         lb_ip(api, &ns, "game").as_deref() == Some("127.0.0.3")
     });
 
+    // `portico.io/proxy-protocol` on the Service: its pods hear who
+    // connected before the client's bytes; taking it off stops that.
+    let annotated = svc("  type: LoadBalancer\n").replace(
+        &format!("namespace: {ns}}}"),
+        &format!("namespace: {ns}, annotations: {{portico.io/proxy-protocol: v1}}}}"),
+    );
+    api.apply(&annotated).unwrap();
+    wait_for(10, "a PROXY header at the pod", || {
+        tcp_hello(lb).is_ok_and(|s| {
+            s.starts_with(&format!("l4-pod\nPROXY TCP4 127.0.0.1 127.0.0.3 "))
+                && s.ends_with(&format!(" {port}\r\nping"))
+        })
+    });
+    api.apply(&svc("  type: LoadBalancer\n")).unwrap();
+    wait_for(10, "no PROXY header once the annotation is gone", || {
+        tcp_hello(lb).map(|s| s == "l4-pod\nping").unwrap_or(false)
+    });
+
     // Back to ClusterIP (the server drops the nodePorts): listeners close
     // and the status is cleared.
     api.apply(&svc("  type: ClusterIP\n")).unwrap();

@@ -373,32 +373,9 @@ pub(super) fn hex_into(mut n: u128, out: &mut [u8; 32]) {
 /// IPv4, nearly every client, is written without `fmt`, which costs more
 /// than a microsecond of the request here.
 fn ip_header_value(ip: IpAddr) -> http::HeaderValue {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    buf[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    buf[len] = b'0' + octet / 10 % 10;
-                    len += 1;
-                }
-                buf[len] = b'0' + octet % 10;
-                len += 1;
-            }
-            http::HeaderValue::from_bytes(&buf[..len]).expect("digits and dots")
-        }
-        IpAddr::V6(_) => {
-            http::HeaderValue::try_from(ip.to_string()).expect("an address is a valid value")
-        }
-    }
+    let mut buf = [0u8; 39];
+    http::HeaderValue::from_bytes(super::h1_wire::ip_text(ip, &mut buf))
+        .expect("an address is a valid value")
 }
 
 async fn respond(session: &mut Session, status: u16, body: String) -> Result<()> {
