@@ -204,7 +204,7 @@ fn service_switched_to_load_balancer_opens_listeners_and_gets_status() {
     api.apply(&annotated).unwrap();
     wait_for(10, "a PROXY header at the pod", || {
         tcp_hello(lb).is_ok_and(|s| {
-            s.starts_with(&format!("l4-pod\nPROXY TCP4 127.0.0.1 127.0.0.3 "))
+            s.starts_with("l4-pod\nPROXY TCP4 127.0.0.1 127.0.0.3 ")
                 && s.ends_with(&format!(" {port}\r\nping"))
         })
     });
