@@ -5,8 +5,9 @@
 //! Service port's name, or its number when unnamed, as `/config` shows
 //! it) of a Service that an Ingress or L4 listener uses, so a plugin
 //! reaches only what the gateway already routes to, balanced like any
-//! request. The request is HTTP/1.1; the answer is read whole (at most
-//! `MAX_RESPONSE` bytes) within the plugin's timeout.
+//! request. The request is HTTP/1.1 (hyper, see `http_client`); the
+//! answer is read whole (at most `MAX_RESPONSE` bytes) within the
+//! plugin's timeout.
 //!
 //! Connections are kept alive and reused, per worker thread and endpoint:
 //! a plugin that calls an auth service on every request would otherwise
@@ -14,13 +15,12 @@
 //! call, which runs out of ports for one destination at a few hundred
 //! calls per second.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::http_client;
+pub use crate::http_client::{Answer as CalloutResponse, MAX_RESPONSE};
 
 /// A call the plugin made; started by the host once the plugin returns.
 #[derive(Debug, Clone)]
@@ -33,18 +33,6 @@ pub struct Callout {
     pub body: Vec<u8>,
     pub timeout: Duration,
 }
-
-/// The answer: headers with `:status` first, body, trailers (none over
-/// HTTP/1.1). `None` for a call that failed (connect, timeout, bad
-/// answer), which proxy-wasm reports as an answer with no headers.
-#[derive(Debug, Clone, Default)]
-pub struct CalloutResponse {
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
-
-/// The most response a callout reads.
-pub const MAX_RESPONSE: usize = 4 << 20;
 
 type Resolve = dyn Fn(&str) -> Result<SocketAddr, String> + Send + Sync;
 
@@ -64,345 +52,17 @@ pub fn resolve(upstream: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
-}
-
-/// The request on the wire; `close` asks the server to close the
-/// connection after answering.
-pub fn encode(c: &Callout, close: bool) -> Result<Vec<u8>, String> {
-    let method = header(&c.headers, ":method").unwrap_or(b"GET");
-    let path = header(&c.headers, ":path").ok_or("the call has no :path header")?;
-    let authority = header(&c.headers, ":authority").unwrap_or(c.upstream.as_bytes());
-    let ok = |b: &[u8]| !b.iter().any(|&x| x == b'\r' || x == b'\n');
-    let mut out = Vec::with_capacity(256 + c.body.len());
-    for part in [method, path, authority] {
-        if !ok(part) || part.is_empty() {
-            return Err("a pseudo-header of the call is empty or has a line break".into());
-        }
-    }
-    out.extend_from_slice(method);
-    out.push(b' ');
-    out.extend_from_slice(path);
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(authority);
-    out.extend_from_slice(b"\r\n");
-    for (k, v) in &c.headers {
-        let framing = matches!(
-            k.as_str(),
-            "host" | "content-length" | "transfer-encoding" | "connection"
-        );
-        if k.starts_with(':') || framing {
-            continue;
-        }
-        if !ok(k.as_bytes()) || !ok(v) || k.is_empty() {
-            return Err(format!("header {k:?} of the call has a line break"));
-        }
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("content-length: {}\r\n", c.body.len()).as_bytes());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&c.body);
-    Ok(out)
-}
-
-/// How an answer's body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    /// When the server closes the connection.
-    Close,
-    /// No body (1xx, 204, 304).
-    Empty,
-}
-
-/// An answer's status line and headers.
-struct Head {
-    /// Bytes up to the body.
-    len: usize,
-    headers: Vec<(String, Vec<u8>)>,
-    framing: Framing,
-    /// The server keeps the connection open after this answer.
-    keep_alive: bool,
-}
-
-/// The head of the final answer, once all of it has arrived (`None`
-/// before); interim `1xx` answers before it are skipped. The answer to a
-/// HEAD request has no body, whatever its headers say.
-fn parse_head(raw: &[u8], head_request: bool) -> Result<Option<Head>, String> {
-    let mut skipped = 0;
-    loop {
-        let Some(mut head) = parse_one_head(&raw[skipped..], head_request)? else {
-            return Ok(None);
-        };
-        let interim = head.headers[0].1.first() == Some(&b'1') && head.headers[0].1 != b"101";
-        if !interim {
-            head.len += skipped;
-            return Ok(Some(head));
-        }
-        skipped += head.len;
-    }
-}
-
-fn parse_one_head(raw: &[u8], head_request: bool) -> Result<Option<Head>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("the answer is not HTTP/1.1: {e}")),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut out = vec![(":status".to_string(), status.to_string().into_bytes())];
-    let mut chunked = false;
-    let mut length = None;
-    let mut keep_alive = resp.version == Some(1);
-    for h in resp.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-        match name.as_str() {
-            "transfer-encoding" => chunked = value.contains("chunked"),
-            "content-length" => length = value.trim().parse::<usize>().ok(),
-            "connection" if value.contains("close") => keep_alive = false,
-            "connection" if value.contains("keep-alive") => keep_alive = true,
-            _ => {}
-        }
-        out.push((name, h.value.to_vec()));
-    }
-    let framing = match (status, chunked, length) {
-        _ if head_request => Framing::Empty,
-        (100..=199 | 204 | 304, _, _) => Framing::Empty,
-        (_, true, _) => Framing::Chunked,
-        (_, false, Some(n)) => Framing::Length(n),
-        (_, false, None) => Framing::Close,
-    };
-    Ok(Some(Head {
-        len,
-        headers: out,
-        framing,
-        keep_alive: keep_alive && framing != Framing::Close,
-    }))
-}
-
-/// The body, if all of it is in `rest`: (body, bytes it took).
-fn body(framing: Framing, rest: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
-    Ok(match framing {
-        Framing::Empty => Some((Vec::new(), 0)),
-        Framing::Length(n) => (rest.len() >= n).then(|| (rest[..n].to_vec(), n)),
-        Framing::Chunked => dechunk(rest)?,
-        // Complete only at the end of the stream.
-        Framing::Close => None,
-    })
-}
-
-/// Parses a whole HTTP/1.1 response (read until the server closed) to a
-/// request (`head_request`: a HEAD).
-pub fn decode(raw: &[u8], head_request: bool) -> Result<CalloutResponse, String> {
-    let head = parse_head(raw, head_request)?.ok_or("the answer ended inside its headers")?;
-    let rest = &raw[head.len..];
-    let body = match head.framing {
-        Framing::Close => rest.to_vec(),
-        framing => match body(framing, rest)? {
-            Some((body, _)) => body,
-            None if framing == Framing::Chunked => {
-                return Err("the answer ended inside a chunk".into())
-            }
-            None => return Err("the answer ended inside its body".into()),
-        },
-    };
-    Ok(CalloutResponse {
-        headers: head.headers,
-        body,
-    })
-}
-
-/// A chunked body, if all of it is in `all`: (body, bytes it took,
-/// trailers included).
-fn dechunk(all: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
-    let mut rest = all;
-    let mut body = Vec::new();
-    let line = |rest: &[u8]| rest.windows(2).position(|w| w == b"\r\n");
-    loop {
-        let Some(line_end) = line(rest) else {
-            return Ok(None);
-        };
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            // Trailer lines (ignored), then an empty line.
-            loop {
-                let Some(end) = line(rest) else {
-                    return Ok(None);
-                };
-                rest = &rest[end + 2..];
-                if end == 0 {
-                    return Ok(Some((body, all.len() - rest.len())));
-                }
-            }
-        }
-        if rest.len() < size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
-/// Idle kept-alive connections of this thread: (endpoint, connection,
-/// idle since). Per thread because each worker is its own runtime, and a
-/// connection belongs to the runtime that opened it.
-struct Idle(Vec<(SocketAddr, TcpStream, Instant)>);
-
-thread_local! {
-    static IDLE: RefCell<Idle> = const { RefCell::new(Idle(Vec::new())) };
-}
-
-/// At most this many idle connections per thread (all endpoints)...
-const MAX_IDLE: usize = 32;
-/// ...each kept this long: shorter than the keep-alive timeouts of
-/// common servers, so one rarely closes a connection just as it is
-/// reused (and a closed one is noticed before use, see `take_idle`).
-const IDLE_FOR: Duration = Duration::from_secs(4);
-
-/// An idle connection to `addr` that is still open, if any.
-fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
-    IDLE.with(|idle| {
-        let idle = &mut idle.borrow_mut().0;
-        idle.retain(|(_, _, since)| since.elapsed() < IDLE_FOR);
-        while let Some(i) = idle.iter().rposition(|(a, _, _)| *a == addr) {
-            let (_, s, _) = idle.swap_remove(i);
-            // Closed by the server (end of stream), or it sent something
-            // unasked: not reusable.
-            let open = matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            if open {
-                return Some(s);
-            }
-        }
-        None
-    })
-}
-
-fn put_idle(addr: SocketAddr, s: TcpStream) {
-    IDLE.with(|idle| {
-        let idle = &mut idle.borrow_mut().0;
-        if idle.len() >= MAX_IDLE {
-            idle.remove(0);
-        }
-        idle.push((addr, s, Instant::now()));
-    });
-}
-
-/// Why one attempt failed, and whether the request may go again on a new
-/// connection: only from a reused connection that was closed before any
-/// of the answer came, with a request that is safe to repeat (or was
-/// never written).
-struct Failed {
-    error: String,
-    retry: bool,
-}
-
-/// Performs the call, on a kept-alive connection when there is one.
+/// Performs the call, on a kept-alive connection when there is one. A
+/// failed call (connect, timeout, bad answer) is `Err`, which proxy-wasm
+/// reports as an answer with no headers.
 pub async fn perform(addr: SocketAddr, c: &Callout) -> Result<CalloutResponse, String> {
-    let request = encode(c, false)?;
-    let method = header(&c.headers, ":method").unwrap_or(b"GET");
-    let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE");
-    let head_request = method == b"HEAD";
-    let work = async {
-        if let Some(s) = take_idle(addr) {
-            match exchange(addr, s, &request, idempotent, head_request).await {
-                Err(f) if f.retry => {}
-                done => {
-                    count_connection(true);
-                    return done.map_err(|f| f.error);
-                }
-            }
-        }
-        let s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
-        count_connection(false);
-        exchange(addr, s, &request, idempotent, head_request)
-            .await
-            .map_err(|f| f.error)
-    };
+    let body = bytes::Bytes::from(c.body.clone());
+    let work = http_client::pooled(addr, || {
+        http_client::request(&c.headers, body.clone(), &c.upstream)
+    });
     match tokio::time::timeout(c.timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer from {addr} within {:?}", c.timeout)),
-    }
-}
-
-fn count_connection(reused: bool) {
-    let reused = if reused { "true" } else { "false" };
-    metrics::counter!("portico_callout_connections_total", "reused" => reused).increment(1);
-}
-
-/// One request and its answer on `s`, which goes back to the idle
-/// connections if the answer leaves it usable.
-async fn exchange(
-    addr: SocketAddr,
-    mut s: TcpStream,
-    request: &[u8],
-    idempotent: bool,
-    head_request: bool,
-) -> Result<CalloutResponse, Failed> {
-    let fail = |error: String, retry: bool| Failed { error, retry };
-    if let Err(e) = s.write_all(request).await {
-        return Err(fail(format!("write to {addr}: {e}"), true));
-    }
-    let mut raw = Vec::new();
-    let mut buf = vec![0u8; 16 << 10];
-    let mut head: Option<Head> = None;
-    loop {
-        let n = match s.read(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                let retry = raw.is_empty() && idempotent;
-                return Err(fail(format!("read from {addr}: {e}"), retry));
-            }
-        };
-        if n == 0 {
-            if raw.is_empty() {
-                return Err(fail(
-                    format!("{addr} closed the connection without answering"),
-                    idempotent,
-                ));
-            }
-            // The answer ends with the stream (or was cut short).
-            return decode(&raw, head_request).map_err(|e| fail(e, false));
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if raw.len() > MAX_RESPONSE {
-            return Err(fail(
-                format!("the answer is larger than {MAX_RESPONSE} bytes"),
-                false,
-            ));
-        }
-        if head.is_none() {
-            head = parse_head(&raw, head_request).map_err(|e| fail(e, false))?;
-        }
-        let Some(h) = &head else { continue };
-        let rest = &raw[h.len..];
-        if let Some((body, used)) = body(h.framing, rest).map_err(|e| fail(e, false))? {
-            // Bytes past the answer would be read as the next one's.
-            let reusable = h.keep_alive && used == rest.len();
-            let headers = head.take().map(|h| h.headers).unwrap_or_default();
-            if reusable {
-                put_idle(addr, s);
-            }
-            return Ok(CalloutResponse { headers, body });
-        }
     }
 }
 
@@ -424,67 +84,130 @@ mod tests {
         }
     }
 
+    /// A server on 127.0.0.1 that reads one request (head and
+    /// `content-length` body), answers `answer` and closes; the request
+    /// as it arrived comes back from the thread.
+    fn answer_once(answer: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let complete = |got: &[u8]| {
+                let mut h = [httparse::EMPTY_HEADER; 32];
+                let mut r = httparse::Request::new(&mut h);
+                let Ok(httparse::Status::Complete(n)) = r.parse(got) else {
+                    return false;
+                };
+                let len = r
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| {
+                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                    });
+                got.len() >= n + len
+            };
+            while !complete(&got) {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let _ = s.write_all(answer);
+            String::from_utf8(got).unwrap()
+        });
+        (addr, server)
+    }
+
+    fn run(addr: SocketAddr, c: &Callout) -> Result<CalloutResponse, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(perform(addr, c))
+    }
+
     #[test]
     fn requests_are_framed_by_the_host() {
+        let (addr, server) = answer_once(b"HTTP/1.1 204 No Content\r\n\r\n");
         let c = call(&[
             (":method", "POST"),
-            (":path", "/check"),
+            (":path", "/check?a=1"),
             (":authority", "auth"),
             ("x-a", "1"),
             ("content-length", "999"),
             ("connection", "upgrade"),
         ]);
-        let wire = encode(&c, false).unwrap();
-        let text = String::from_utf8(wire).unwrap();
-        assert!(
-            text.starts_with("POST /check HTTP/1.1\r\nhost: auth\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("x-a: 1\r\n"));
+        assert_eq!(run(addr, &c).unwrap().headers[0].1, b"204");
+        let text = server.join().unwrap();
+        assert!(text.starts_with("POST /check?a=1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: auth\r\n"), "{text}");
+        assert!(text.contains("x-a: 1\r\n"), "{text}");
         assert!(text.contains("content-length: 2\r\n") && !text.contains("999"));
-        assert!(text.ends_with("\r\n\r\nhi"));
-        assert!(!text.contains("connection"), "{text}");
-        let once = String::from_utf8(encode(&c, true).unwrap()).unwrap();
-        assert!(once.ends_with("connection: close\r\n\r\nhi"), "{once}");
-        assert!(
-            encode(&call(&[(":method", "GET")]), false).is_err(),
-            "no :path"
-        );
-        assert!(encode(&call(&[(":path", "/a\r\nx: y")]), false).is_err());
+        assert!(text.ends_with("\r\n\r\nhi"), "{text}");
+        assert!(!text.contains("upgrade"), "{text}");
+        // Without :authority, the upstream's name is the Host.
+        let (addr, server) = answer_once(b"HTTP/1.1 204 No Content\r\n\r\n");
+        run(addr, &call(&[(":path", "/")])).unwrap();
+        let text = server.join().unwrap();
+        assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: default/auth:http\r\n"), "{text}");
+        // Refused before anything is sent.
+        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for (headers, why) in [
+            (vec![(":method", "GET")], "no :path"),
+            (vec![(":path", "/a\r\nx: y")], "is not a path"),
+            (vec![(":path", "http://a/b")], "is not a path"),
+            (vec![(":path", "/"), ("x-b", "1\r\nx: y")], "not valid"),
+            (vec![(":path", "/"), ("bad name", "1")], "not valid"),
+            (vec![(":path", "/"), (":method", "G T")], "not a method"),
+        ] {
+            let e = run(nowhere, &call(&headers)).unwrap_err();
+            assert!(e.contains(why), "{headers:?}: {e}");
+        }
     }
 
     #[test]
-    fn answers_with_length_or_chunks() {
-        let r = decode(
+    fn answers_with_length_or_chunks_or_until_the_end() {
+        let get = |answer: &'static [u8], method: &str| {
+            let (addr, server) = answer_once(answer);
+            let r = run(addr, &call(&[(":method", method), (":path", "/")]));
+            server.join().unwrap();
+            r
+        };
+        let r = get(
             b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-Y: z\r\n\r\nabcdef",
-            false,
+            "GET",
         )
         .unwrap();
         assert_eq!(r.headers[0], (":status".to_string(), b"201".to_vec()));
         assert!(r.headers.contains(&("x-y".to_string(), b"z".to_vec())));
         assert_eq!(r.body, b"abc");
-        let r = decode(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", false)
+        let r = get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n", "GET")
             .unwrap();
         assert_eq!(r.body, b"abcde");
-        assert!(decode(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", false).is_err());
-        assert!(decode(
+        // Cut short, or not HTTP.
+        let e = get(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", "GET").unwrap_err();
+        assert!(e.contains("read from"), "{e}");
+        assert!(get(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
-            false
+            "GET"
         )
         .is_err());
-        assert!(decode(b"garbage", false).is_err());
+        assert!(get(b"garbage\r\n\r\n", "GET").is_err());
         // No length: the body is whatever came before the end.
-        let r = decode(b"HTTP/1.1 200 OK\r\n\r\nall of it", false).unwrap();
+        let r = get(b"HTTP/1.1 200 OK\r\n\r\nall of it", "GET").unwrap();
         assert_eq!(r.body, b"all of it");
-        let r = decode(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
-        assert!(r.body.is_empty());
         // A HEAD's answer has a length but no body.
-        let r = decode(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap();
+        let r = get(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "HEAD").unwrap();
         assert!(r.body.is_empty());
         // Interim answers are skipped.
-        let r = decode(
+        let r = get(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            false,
+            "GET",
         )
         .unwrap();
         assert_eq!(r.headers[0].1, b"200");
@@ -492,43 +215,22 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_complete_when_its_framing_says_so() {
-        let ka = |raw: &[u8]| {
-            let h = parse_head(raw, false).unwrap().unwrap();
-            (
-                h.framing,
-                h.keep_alive,
-                body(h.framing, &raw[h.len..]).unwrap(),
+    fn an_answer_over_the_limit_is_refused() {
+        let big: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
+                MAX_RESPONSE + 1,
+                "x".repeat(MAX_RESPONSE + 1)
             )
-        };
-        let (f, keep, b) = ka(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        assert_eq!(
-            (f, keep, b),
-            (Framing::Length(2), true, Some((b"ok".to_vec(), 2)))
+            .into_bytes()
+            .into_boxed_slice(),
         );
-        let (_, _, b) = ka(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok");
-        assert_eq!(b, None, "more to come");
-        // Chunked with a trailer: all of it is taken.
-        let raw =
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n";
-        let (f, keep, b) = ka(raw);
-        assert_eq!((f, keep), (Framing::Chunked, true));
-        let (body, used) = b.unwrap();
-        let head = parse_head(raw, false).unwrap().unwrap().len;
-        assert_eq!((body.as_slice(), used), (&b"ok"[..], raw.len() - head));
-        assert_eq!(
-            ka(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n").2,
-            None
-        );
-        // Not kept: asked to close, HTTP/1.0, or a body that ends with the stream.
-        assert!(!ka(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").1);
-        assert!(!ka(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").1);
-        assert!(ka(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").1);
-        let (f, keep, b) = ka(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
-        assert_eq!((f, keep, b), (Framing::Close, false, None));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: y", false)
-            .unwrap()
-            .is_none());
+        let (addr, server) = answer_once(big);
+        let mut c = call(&[(":path", "/")]);
+        c.timeout = Duration::from_secs(10);
+        let e = run(addr, &c).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        server.join().unwrap();
     }
 
     /// A server on 127.0.0.1 that answers every request on a connection

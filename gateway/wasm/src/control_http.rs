@@ -21,16 +21,15 @@
 //! cluster announces.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
 use serde::{Deserialize, Serialize};
 
-use super::callout::{decode, encode, Callout, MAX_RESPONSE};
+use crate::http_client;
 
 /// Longest wait a plugin can ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,58 +76,55 @@ pub struct Response {
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
-struct Target<'a> {
+struct Target {
     tls: bool,
     /// As written (an IPv6 address keeps its brackets).
-    host: &'a str,
+    host: String,
     port: u16,
-    path: &'a str,
+    /// Path and query, `/` when the URL has none.
+    path: String,
 }
 
-/// `http[s]://host[:port]/path` split up.
-fn split_url(url: &str) -> Result<Target<'_>, String> {
-    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-        (Some(rest), _) => (false, rest),
-        (_, Some(rest)) => (true, rest),
+/// `http[s]://host[:port]/path`, parsed by `http::Uri`.
+fn split_url(url: &str) -> Result<Target, String> {
+    let tls = match url.split_once("://") {
+        Some(("http", _)) => false,
+        Some(("https", _)) => true,
         _ => {
             return Err(format!(
                 "url {url:?}: only http:// and https:// are supported"
             ))
         }
     };
-    let default_port = if tls { 443 } else { 80 };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+    let uri = http::Uri::try_from(url).map_err(|e| format!("url {url:?}: {e}"))?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("url {url:?} has no host"))?;
+    // `Uri::port` is `None` for a port that is not a number: read it here.
+    let after_host = uri
+        .authority()
+        .map_or("", |a| a.as_str().rsplit_once(host).map_or("", |(_, p)| p));
+    let port = match after_host.strip_prefix(':') {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("url {url:?}: bad port {p:?}"))?,
+        None if tls => 443,
+        None => 80,
     };
-    // A bracketed IPv6 address has colons of its own: the port, if any,
-    // follows the `]`.
-    let host_end = if authority.starts_with('[') {
-        authority
-            .find(']')
-            .map(|i| i + 1)
-            .ok_or_else(|| format!("url {url:?}: unclosed [ in the host"))?
-    } else {
-        authority.find(':').unwrap_or(authority.len())
-    };
-    let (host, port) = match &authority[host_end..] {
-        "" => (&authority[..host_end], default_port),
-        rest => {
-            let p = rest.strip_prefix(':').unwrap_or(rest);
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| format!("url {url:?}: bad port {p:?}"))?;
-            (&authority[..host_end], port)
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("url {url:?} has no host"));
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+    if authority
+        .split(['/', '?', '#'])
+        .next()
+        .is_some_and(|a| a.contains('@'))
+    {
+        return Err(format!("url {url:?}: user information is not supported"));
     }
     Ok(Target {
         tls,
-        host,
+        host: host.to_string(),
         port,
-        path,
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
     })
 }
 
@@ -170,56 +166,14 @@ fn roots(ca_pem: Option<&str>) -> Result<Arc<rustls::RootCertStore>, String> {
     Ok(Arc::new(roots))
 }
 
-fn tls_client(host: &str, ca_pem: Option<&str>) -> Result<rustls::ClientConnection, String> {
+fn tls_config(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots(ca_pem)?)
         .with_no_client_auth();
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| format!("TLS: {host:?} is not a valid server name: {e}"))?;
-    rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| format!("TLS: {e}"))
-}
-
-/// A connection, with or without TLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Conn {
-    fn socket(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(t) => &t.sock,
-        }
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(t) => t.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(t) => t.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(t) => t.flush(),
-        }
-    }
+    Ok(Arc::new(config))
 }
 
 /// Performs the request; every failure is an answer with `error`.
@@ -235,7 +189,6 @@ pub fn perform(req: &Request) -> Response {
 
 fn try_perform(req: &Request) -> Result<Response, String> {
     let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
-    let deadline = Instant::now() + timeout;
     let Target {
         tls,
         host,
@@ -243,13 +196,13 @@ fn try_perform(req: &Request) -> Result<Response, String> {
         path,
     } = split_url(&req.url)?;
     let authority = if port == if tls { 443 } else { 80 } {
-        host.to_string()
+        host.clone()
     } else {
         format!("{host}:{port}")
     };
     let mut headers: Vec<(String, Vec<u8>)> = vec![
         (":method".into(), req.method.clone().into_bytes()),
-        (":path".into(), path.as_bytes().to_vec()),
+        (":path".into(), path.into_bytes()),
         (":authority".into(), authority.into_bytes()),
     ];
     headers.extend(
@@ -257,81 +210,51 @@ fn try_perform(req: &Request) -> Result<Response, String> {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone().into_bytes())),
     );
+    let mut request = http_client::request(&headers, req.body.clone().into(), "")?;
     // One request per connection: a blocking call has no pool to return to.
-    let wire = encode(
-        &Callout {
-            token: 0,
-            context: 0,
-            upstream: req.url.clone(),
-            headers,
-            body: req.body.clone().into_bytes(),
-            timeout,
-        },
-        true,
-    )?;
-    let host_name = host.trim_start_matches('[').trim_end_matches(']');
+    request.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    let host_name = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     // Checked before connecting: a bad `caPem` is the request's fault.
     let tls = match tls {
-        true => Some(tls_client(host_name, req.ca_pem.as_deref())?),
+        true => {
+            let name = ServerName::try_from(host_name.clone())
+                .map_err(|e| format!("TLS: {host:?} is not a valid server name: {e}"))?;
+            Some((tls_config(req.ca_pem.as_deref())?, name))
+        }
         false => None,
     };
-    let addr = (host_name, port)
+    let addr = (host_name.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("resolve {host}: no address"))?;
-    let left = |what: &str| {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("no answer from {addr} within {timeout:?} ({what})"))
-    };
-    let socket = TcpStream::connect_timeout(&addr, left("connect")?)
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    let mut s = match tls {
-        Some(c) => Conn::Tls(Box::new(rustls::StreamOwned::new(c, socket))),
-        None => Conn::Plain(socket),
-    };
-    // The handshake happens in the first write, so its failures (an
-    // untrusted certificate, a name mismatch) are reported here.
-    s.socket()
-        .set_write_timeout(Some(left("write")?))
-        .and_then(|_| s.write_all(&wire))
-        .and_then(|_| s.flush())
-        .map_err(|e| match &s {
-            Conn::Tls(t) if t.conn.is_handshaking() => {
-                format!("TLS handshake with {addr} ({host_name}): {e}")
+    let work = async move {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let peer = addr.to_string();
+        match tls {
+            None => http_client::once(tcp, &peer, request).await,
+            Some((config, name)) => {
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr} ({host_name}): {e}"))?;
+                http_client::once(stream, &peer, request).await
             }
-            _ => format!("write to {addr}: {e}"),
-        })?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        s.socket()
-            .set_read_timeout(Some(left("read")?))
-            .map_err(|e| format!("read from {addr}: {e}"))?;
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            // A TLS server that closes without `close_notify`: the answer
-            // is checked for completeness (its length) below anyway.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!("no answer from {addr} within {timeout:?}"))
-            }
-            Err(e) => return Err(format!("read from {addr}: {e}")),
         }
-        if raw.len() > MAX_RESPONSE {
-            return Err(format!("the answer is larger than {MAX_RESPONSE} bytes"));
-        }
-    }
-    let answer = decode(&raw, req.method.eq_ignore_ascii_case("HEAD"))?;
+    };
+    let answer = block_on(async move {
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer from {addr} within {timeout:?}")))
+    })?;
     let mut out = Response::default();
     for (k, v) in answer.headers {
         let v = String::from_utf8_lossy(&v).into_owned();
@@ -345,37 +268,75 @@ fn try_perform(req: &Request) -> Result<Response, String> {
     Ok(out)
 }
 
+/// Runs `work` to completion on a runtime of its own. Control hooks run
+/// on blocking threads, but a runtime cannot be entered from a thread
+/// that is already inside one: there the work gets a thread of its own.
+fn block_on<T: Send>(
+    work: impl std::future::Future<Output = Result<T, String>> + Send,
+) -> Result<T, String> {
+    let run = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the call's runtime: {e}"))?
+            .block_on(work)
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return run();
+    }
+    std::thread::scope(|s| {
+        s.spawn(run)
+            .join()
+            .unwrap_or_else(|_| Err("the call's thread panicked".into()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::time::Instant;
 
     #[test]
     fn urls() {
         let t = |url| split_url(url).map(|t| (t.tls, t.host, t.port, t.path));
-        assert_eq!(t("http://a.test/x").unwrap(), (false, "a.test", 80, "/x"));
+        let ok =
+            |tls, host: &str, port, path: &str| (tls, host.to_string(), port, path.to_string());
+        assert_eq!(t("http://a.test/x").unwrap(), ok(false, "a.test", 80, "/x"));
+        assert_eq!(
+            t("http://a.test/x?y=1").unwrap(),
+            ok(false, "a.test", 80, "/x?y=1")
+        );
         assert_eq!(
             t("http://127.0.0.1:9000").unwrap(),
-            (false, "127.0.0.1", 9000, "/")
+            ok(false, "127.0.0.1", 9000, "/")
         );
-        assert_eq!(t("http://[::1]:81/p").unwrap(), (false, "[::1]", 81, "/p"));
-        assert_eq!(t("http://[::1]/p").unwrap(), (false, "[::1]", 80, "/p"));
+        assert_eq!(
+            t("http://[::1]:81/p").unwrap(),
+            ok(false, "[::1]", 81, "/p")
+        );
+        assert_eq!(t("http://[::1]/p").unwrap(), ok(false, "[::1]", 80, "/p"));
         assert_eq!(
             t("https://a.test/v1").unwrap(),
-            (true, "a.test", 443, "/v1")
+            ok(true, "a.test", 443, "/v1")
         );
         assert_eq!(
             t("https://a.test:8443").unwrap(),
-            (true, "a.test", 8443, "/")
+            ok(true, "a.test", 8443, "/")
         );
-        assert!(split_url("http://[::1/p").unwrap_err().contains("unclosed"));
-        assert!(split_url("ftp://a.test/")
-            .unwrap_err()
-            .contains("only http:// and https://"));
-        assert!(split_url("http://a.test:x/")
-            .unwrap_err()
-            .contains("bad port"));
-        assert!(split_url("http:///p").unwrap_err().contains("no host"));
+        for (url, why) in [
+            ("http://[::1/p", "invalid"),
+            ("ftp://a.test/", "only http:// and https://"),
+            ("a.test/x", "only http:// and https://"),
+            ("http://a.test:x/", "bad port"),
+            ("http://a.test:70000/", "bad port"),
+            ("http:///p", "invalid"),
+            ("http://u:p@a.test/", "user information"),
+        ] {
+            let e = split_url(url).unwrap_err();
+            assert!(e.contains(url) && e.contains(why), "{url}: {e}");
+        }
     }
 
     #[test]

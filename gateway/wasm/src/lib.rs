@@ -23,6 +23,7 @@ pub mod control;
 pub mod control_http;
 pub mod headers;
 pub mod host;
+pub mod http_client;
 pub mod http_filter;
 pub mod ingress_policy;
 pub mod instances;
