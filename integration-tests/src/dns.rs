@@ -71,46 +71,39 @@ impl Drop for DnsServer {
     }
 }
 
-/// Builds the response to one query, or None for what is not a query.
+/// Builds the response to one query (hickory-proto reads and writes the
+/// messages), or None for what is not a query.
 fn answer(q: &[u8], records: &Records) -> Option<Vec<u8>> {
-    if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+    use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+    use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
+    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+    let query = Message::from_bytes(q).ok()?;
+    if query.message_type() != MessageType::Query || query.queries().len() != 1 {
         return None;
     }
-    // The question: labels, then type and class.
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *q.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
+    let question = &query.queries()[0];
+    let name = question.name().to_ascii();
+    let found = records.get(&name.trim_end_matches('.').to_ascii_lowercase());
+    let mut out = Message::new();
+    out.set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_authoritative(true)
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_response_code(match found {
+            Some(_) => ResponseCode::NoError,
+            None => ResponseCode::NXDomain,
+        });
+    out.add_query(question.clone());
+    if let (Some((addrs, ttl)), RecordType::A) = (found, question.query_type()) {
+        for addr in addrs {
+            out.add_answer(Record::from_rdata(
+                question.name().clone(),
+                *ttl,
+                RData::A(A(*addr)),
+            ));
         }
-        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
     }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    let question = &q[12..i + 4];
-    let name = labels.join(".");
-    let found = records.get(&name);
-    let answers: Vec<(Ipv4Addr, u32)> = match (found, qtype) {
-        (Some((addrs, ttl)), 1) => addrs.iter().map(|a| (*a, *ttl)).collect(),
-        _ => Vec::new(),
-    };
-    let rcode = if found.is_some() { 0 } else { 3 };
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(&q[0..2]);
-    // QR, AA, RD copied, RA; rcode.
-    out.push(0x84 | (q[2] & 0x01));
-    out.push(0x80 | rcode);
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(question);
-    for (addr, ttl) in answers {
-        out.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1]);
-        out.extend_from_slice(&ttl.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&addr.octets());
-    }
-    Some(out)
+    out.to_bytes().ok()
 }

@@ -1,7 +1,7 @@
 //! A small whoami-style backend for the quickstart and the end-to-end tests.
 //!
-//! HTTP/1.1 (keep-alive, Content-Length and chunked request bodies): answers
-//! every request with a JSON description of it. `/status/NNN` answers with
+//! HTTP/1.1 (hyper's server: keep-alive, Content-Length and chunked
+//! request bodies): answers every request with a JSON description of it. `/status/NNN` answers with
 //! that status, `/delay/MS` waits first, `/bytes/N` sends N bytes. WebSocket
 //! upgrades echo frames back. TCP: sends `<name>\n`, then echoes until the
 //! client half-closes. UDP: answers each datagram with `<name>:` + payload.
@@ -145,232 +145,128 @@ async fn tcp_echo(stream: TcpStream, name: &str) -> io::Result<()> {
     w.shutdown().await
 }
 
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body_bytes: usize,
-    /// The start of the body, echoed back as text.
-    body: Vec<u8>,
-}
-
 /// How much of a request body the echo answer repeats.
 const BODY_KEPT: usize = 4096;
 
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+type EchoBody = http_body_util::Full<bytes::Bytes>;
 
-/// Buffered reader over the connection; keeps bytes read past a request.
-struct Conn<S> {
-    stream: S,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn fill(&mut self) -> io::Result<bool> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n > 0)
-    }
-
-    async fn read_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            if !self.fill().await? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    /// Consumes `n` bytes, keeping the first of them (up to
-    /// `BODY_KEPT` in all) in `kept`.
-    async fn read_exact_n(&mut self, n: usize, kept: &mut Vec<u8>) -> io::Result<()> {
-        while self.buf.len() < n {
-            if !self.fill().await? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        let room = BODY_KEPT.saturating_sub(kept.len()).min(n);
-        kept.extend_from_slice(&self.buf[..room]);
-        self.buf.drain(..n);
-        Ok(())
-    }
-
-    /// Reads a request head and its body; `None` at a clean EOF.
-    async fn read_request(&mut self) -> io::Result<Option<Request>> {
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if !self.fill().await? {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                };
-            }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        req.parse(&self.buf[..head_end])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut out = Request {
-            method: req.method.unwrap_or("").to_string(),
-            target: req.path.unwrap_or("").to_string(),
-            headers: req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
-            body_bytes: 0,
-            body: Vec::new(),
-        };
-        self.buf.drain(..head_end);
-        let chunked = out
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        if chunked {
-            loop {
-                let line = self.read_line().await?;
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                if size == 0 {
-                    // Trailers until an empty line.
-                    while !self.read_line().await?.is_empty() {}
-                    break;
-                }
-                self.read_exact_n(size, &mut out.body).await?;
-                self.read_line().await?;
-                out.body_bytes += size;
-            }
-        } else if let Some(len) = out
-            .header("content-length")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        {
-            self.read_exact_n(len, &mut out.body).await?;
-            out.body_bytes = len;
-        }
-        Ok(Some(out))
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        400 => "Bad Request",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(
+/// HTTP/1.1 on hyper's server connection: keep-alive, bodies of either
+/// framing, HEAD, and upgrades (for WebSocket).
+async fn http_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     peer: SocketAddr,
     name: &str,
 ) -> io::Result<()> {
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
+    let name: std::sync::Arc<str> = name.into();
+    let service = hyper::service::service_fn(move |req| answer(req, peer, name.clone()));
+    hyper::server::conn::http1::Builder::new()
+        .max_headers(128)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
+        .map_err(io::Error::other)
+}
+
+fn header<'a>(req: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn answer(
+    req: http::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    name: std::sync::Arc<str>,
+) -> Result<http::Response<EchoBody>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let respond = |status: u16, content_type: &str, body: Vec<u8>| {
+        http::Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .header("x-echo-name", &*name)
+            .body(EchoBody::from(body))
+            .expect("a valid answer")
     };
-    while let Some(req) = conn.read_request().await? {
-        let is_ws = req
-            .header("upgrade")
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        if is_ws {
-            if let Some(key) = req.header("sec-websocket-key") {
-                let accept = websocket_accept(key);
-                let resp = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nx-echo-name: {name}\r\n\r\n"
-                );
-                conn.stream.write_all(resp.as_bytes()).await?;
-                let leftover = std::mem::take(&mut conn.buf);
-                return websocket_echo(conn.stream, leftover, name).await;
-            }
-        }
-        let path = req.target.split('?').next().unwrap_or("").to_string();
-        let mut status = 200u16;
-        let mut body: Vec<u8>;
-        let mut content_type = "application/json";
-        if let Some(code) = path
-            .strip_prefix("/status/")
-            .and_then(|c| c.parse::<u16>().ok())
-        {
-            status = code.clamp(200, 599);
-        }
-        if let Some(ms) = path
-            .strip_prefix("/delay/")
-            .and_then(|c| c.parse::<u64>().ok())
-        {
-            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
-        }
-        if let Some(n) = path
-            .strip_prefix("/bytes/")
-            .and_then(|c| c.parse::<usize>().ok())
-        {
-            body = vec![b'x'; n.min(64 << 20)];
-            content_type = "text/plain";
-        } else {
-            let headers: BTreeMap<&str, &str> = req
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            body = serde_json::to_vec(&serde_json::json!({
-                "name": name,
-                "method": req.method,
-                "path": req.target,
-                "host": req.header("host"),
-                "peer": peer.to_string(),
-                "headers": headers,
-                "body_bytes": req.body_bytes,
-                "body": String::from_utf8_lossy(&req.body),
-            }))
-            .unwrap_or_default();
-            body.push(b'\n');
-        }
-        let close = req
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-echo-name: {name}\r\n{}\r\n",
-            reason(status),
-            body.len(),
-            if close { "connection: close\r\n" } else { "" }
-        );
-        let mut out = head.into_bytes();
-        if req.method != "HEAD" {
-            out.extend_from_slice(&body);
-        }
-        conn.stream.write_all(&out).await?;
-        if close {
-            break;
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        if let Some(key) = req.headers().get("sec-websocket-key") {
+            let accept = websocket_accept(&String::from_utf8_lossy(key.as_bytes()));
+            let upgrade = hyper::upgrade::on(req);
+            let echo_name = name.clone();
+            tokio::spawn(async move {
+                if let Ok(io) = upgrade.await {
+                    let io = hyper_util::rt::TokioIo::new(io);
+                    let _ = websocket_echo(io, Vec::new(), &echo_name).await;
+                }
+            });
+            let mut resp = respond(101, "text/plain", Vec::new());
+            resp.headers_mut().remove("content-type");
+            let h = resp.headers_mut();
+            h.insert("upgrade", http::HeaderValue::from_static("websocket"));
+            h.insert("connection", http::HeaderValue::from_static("Upgrade"));
+            h.insert(
+                "sec-websocket-accept",
+                http::HeaderValue::from_str(&accept).expect("base64"),
+            );
+            return Ok(resp);
         }
     }
-    conn.stream.shutdown().await
+    let (parts, mut body) = req.into_parts();
+    let mut kept = Vec::new();
+    let mut body_bytes = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            body_bytes += data.len();
+            let room = BODY_KEPT.saturating_sub(kept.len()).min(data.len());
+            kept.extend_from_slice(&data[..room]);
+        }
+    }
+    let target = parts.uri.to_string();
+    let path = parts.uri.path();
+    let mut status = 200u16;
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        status = code.clamp(200, 599);
+    }
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|c| c.parse::<usize>().ok())
+    {
+        return Ok(respond(status, "text/plain", vec![b'x'; n.min(64 << 20)]));
+    }
+    // One value per name, the last, as a map shows them.
+    let headers: BTreeMap<&str, String> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut out = serde_json::to_vec(&serde_json::json!({
+        "name": &*name,
+        "method": parts.method.as_str(),
+        "path": target,
+        "host": header(&parts, "host"),
+        "peer": peer.to_string(),
+        "headers": headers,
+        "body_bytes": body_bytes,
+        "body": String::from_utf8_lossy(&kept),
+    }))
+    .unwrap_or_default();
+    out.push(b'\n');
+    Ok(respond(status, "application/json", out))
 }
 
 /// HTTP/2 with prior knowledge: one JSON answer per stream.
