@@ -5,7 +5,10 @@
 //! L4 (a listener bound to the address with IP_FREEBIND) and L7 (a wildcard
 //! listener). Gratuitous ARP is seen with `tcpdump`. On SIGTERM the node
 //! stops answering; killed, it stops answering too (strict ARP: the kernel
-//! never answers for the address, only Portico does).
+//! never answers for the address, only Portico does). The same for an IPv6
+//! address by NDP: the client's neighbour table (filled by connecting) shows
+//! the owner's MAC, and unsolicited neighbor advertisements are seen with
+//! `tcpdump`.
 //!
 //! Needs root, iproute2, iputils-arping and tcpdump (`scripts/deps.sh test`).
 
@@ -14,8 +17,9 @@ use std::time::Duration;
 
 use portico_integration_tests::*;
 
-/// Two namespaces joined by a veth pair on 10.214.K.0/24: the edge node
-/// (.1) and a client (.2). Removed on drop.
+/// Two namespaces joined by a veth pair on 10.214.K.0/24 and
+/// fd00:214:K::/64: the edge node (.1, ::1) and a client (.2, ::2).
+/// Removed on drop.
 struct Segment {
     edge: String,
     client: String,
@@ -69,6 +73,18 @@ impl Segment {
                 "dev",
                 "eth0",
             ]);
+            // No duplicate address detection: usable at once.
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("fd00:214:{k}::{host}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         }
         Segment { edge, client, k }
@@ -76,6 +92,29 @@ impl Segment {
 
     fn addr(&self, host: u8) -> String {
         format!("10.214.{}.{host}", self.k)
+    }
+
+    fn addr6(&self, host: u8) -> String {
+        format!("fd00:214:{}::{host}", self.k)
+    }
+
+    /// The MAC the client's kernel learns by NDP for `ip` when it connects
+    /// to it (its neighbour cache flushed first; refused or not, the
+    /// connection needs the neighbour), or None when nobody answers.
+    fn ndp_owner(&self, ip: &str) -> Option<String> {
+        let _ = run(&["ip", "-n", &self.client, "neigh", "flush", "dev", "eth0"]);
+        let connect = format!("exec 3<>/dev/tcp/{ip}/9");
+        let _ = self
+            .in_ns(&self.client, &["timeout", "2", "bash", "-c", &connect])
+            .output()
+            .unwrap();
+        let out = run(&["ip", "-n", &self.client, "-6", "neigh", "show", ip]);
+        // "fd00:214:K::100 dev eth0 lladdr aa:bb:.. REACHABLE"
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("lladdr ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(|s| s.to_ascii_uppercase())
     }
 
     fn in_ns(&self, ns: &str, args: &[&str]) -> Command {
@@ -135,6 +174,32 @@ impl Drop for Segment {
 }
 
 struct Killed(Child);
+
+/// `tcpdump` on the client's side of the segment.
+struct Capture(Killed);
+
+impl Capture {
+    fn start(seg: &Segment, filter: &str) -> Capture {
+        let child = seg
+            .in_ns(&seg.client, &["tcpdump", "-l", "-n", "-i", "eth0", filter])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Capture(Killed(child))
+    }
+
+    /// Stops it; the packets it printed, a line each.
+    fn stop(mut self) -> String {
+        use std::io::Read;
+        let _ = self.0 .0.kill();
+        let mut captured = String::new();
+        if let Some(mut out) = self.0 .0.stdout.take() {
+            out.read_to_string(&mut captured).unwrap();
+        }
+        captured
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -221,13 +286,7 @@ fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
     let vip = seg.addr(100);
     let dir = TempDir::new("bare-metal");
     // Gratuitous ARP is watched from the client before the node starts.
-    let tcpdump = Killed(
-        seg.in_ns(&seg.client, &["tcpdump", "-l", "-n", "-i", "eth0", "arp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let tcpdump = Capture::start(&seg, "arp");
     std::thread::sleep(Duration::from_millis(500));
     // Before: nobody answers for the address.
     assert_eq!(seg.arp_owner(&vip), None);
@@ -266,17 +325,7 @@ fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
 
     // Gratuitous ARP: at take-over and every second (garp_interval_seconds).
     std::thread::sleep(Duration::from_millis(1500));
-    let mut tcpdump = tcpdump;
-    let _ = tcpdump.0.kill();
-    let mut captured = String::new();
-    use std::io::Read;
-    tcpdump
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut captured)
-        .unwrap();
+    let captured = tcpdump.stop();
     let announcements = captured
         .lines()
         .filter(|l| {
@@ -335,18 +384,93 @@ fn a_killed_node_stops_answering_arp() {
 }
 
 #[test]
+fn l2_mode_answers_ndp_for_an_ipv6_address_and_gives_it_up() {
+    let seg = Segment::new();
+    let vip = seg.addr6(100);
+    let dir = TempDir::new("bare-metal-v6");
+    // Neighbor advertisements (ICMPv6 type 136), watched before the start.
+    let tcpdump = Capture::start(&seg, "icmp6 and ip6[40] == 136");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        seg.ndp_owner(&vip),
+        None,
+        "answered before the node started"
+    );
+
+    let (mut edge, _backends) = start_edge(&seg, &dir, &vip);
+    let mac = seg.edge_mac();
+    wait_for(20, "the edge node to answer NDP", || {
+        seg.ndp_owner(&vip).as_deref() == Some(mac.as_str())
+    });
+    // L4 over IPv6: the listener bound to the address (IPV6_FREEBIND).
+    wait_for(10, "an L4 connection to the IPv6 address", || {
+        seg.tcp_read(&vip, 9000).contains("edge-echo")
+    });
+
+    // Asked again with an empty cache: the answer to its solicitation
+    // (the first answer may have come from an unsolicited advert).
+    assert_eq!(seg.ndp_owner(&vip).as_deref(), Some(mac.as_str()));
+    // Unsolicited advertisements: at take-over and every second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let captured = tcpdump.stop();
+    // "IP6 fd00:214:K::100 > ff02::1: ICMP6, neighbor advertisement, tgt is fd00:214:K::100, ..."
+    let unsolicited = captured
+        .lines()
+        .filter(|l| l.contains(&format!("{vip} > ff02::1")) && l.contains(&format!("tgt is {vip}")))
+        .count();
+    assert!(
+        unsolicited >= 2,
+        "unsolicited adverts for {vip}:\n{captured}"
+    );
+    let client = seg.addr6(2);
+    let solicited = captured
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("{vip} > {client}:")) && l.contains(&format!("tgt is {vip}"))
+        })
+        .count();
+    assert!(
+        solicited >= 1,
+        "answers to the client's solicitations:\n{captured}"
+    );
+    let metrics = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &seg.edge,
+        "curl",
+        "-s",
+        "http://127.0.0.1:9901/metrics",
+    ]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert!(
+        metrics.contains("portico_ndp_sent_total{kind=\"reply\"}")
+            && metrics.contains("portico_ndp_sent_total{kind=\"unsolicited\"}"),
+        "{metrics}"
+    );
+
+    // SIGTERM: nobody answers for it any more.
+    ok(&["kill", "-TERM", &edge.0.id().to_string()]);
+    wait_for(5, "the IPv6 address to be given up", || {
+        seg.ndp_owner(&vip).is_none()
+    });
+    let status = edge.0.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", log_of(&dir));
+}
+
+#[test]
 fn bad_announce_config_is_refused_with_the_key() {
     let dir = TempDir::new("bare-metal-bad");
     let config = dir.write(
         "portico.toml",
-        "[announce]\nmode = \"l2\"\naddresses = [\"2001:db8::1\"]\n",
+        "[announce]\nmode = \"l2\"\naddresses = [\"fe80::1\"]\n",
     );
     let out = portico(&["check", "--config", config.to_str().unwrap()]);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("announce.addresses: 2001:db8::1 is IPv6"),
+        text.contains("announce.addresses: fe80::1 cannot be announced"),
         "{text}"
     );
 }

@@ -11,7 +11,7 @@ pub enum AnnounceMode {
     /// routed to it, or announced by MetalLB/kube-vip).
     #[default]
     Off,
-    /// ARP on the segment (IPv4).
+    /// ARP (IPv4) and NDP (IPv6) on the segment.
     L2,
 }
 
@@ -22,9 +22,10 @@ pub struct AnnounceConfig {
     /// The addresses this node owns and announces.
     pub addresses: Vec<IpAddr>,
     /// Interfaces to announce on. Empty: for each address, the interface
-    /// with an IPv4 network that contains it.
+    /// with a network of its family that contains it.
     pub interfaces: Vec<String>,
-    /// Gratuitous ARP for every owned address this often (and at take-over).
+    /// Gratuitous ARP / unsolicited neighbor advertisements for every owned
+    /// address this often (and at take-over).
     pub garp_interval_seconds: u64,
 }
 
@@ -50,12 +51,11 @@ impl AnnounceConfig {
                 );
             }
             for a in &self.addresses {
-                if a.is_ipv6() {
-                    out.push(format!(
-                        "announce.addresses: {a} is IPv6; L2 mode announces IPv4 addresses only so far (NDP is not built)"
-                    ));
-                }
-                if a.is_loopback() || a.is_unspecified() || a.is_multicast() {
+                let link_local = match a {
+                    IpAddr::V4(v4) => v4.is_link_local(),
+                    IpAddr::V6(v6) => v6.is_unicast_link_local(),
+                };
+                if a.is_loopback() || a.is_unspecified() || a.is_multicast() || link_local {
                     out.push(format!("announce.addresses: {a} cannot be announced"));
                 }
             }
@@ -72,7 +72,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn l2_needs_announceable_ipv4_addresses() {
+    fn l2_needs_announceable_addresses() {
         let mut c = AnnounceConfig {
             mode: AnnounceMode::L2,
             ..AnnounceConfig::default()
@@ -81,10 +81,13 @@ mod tests {
         c.addresses = vec!["192.0.2.10".parse().unwrap()];
         assert!(c.validate().is_empty());
         c.addresses.push("2001:db8::1".parse().unwrap());
+        assert!(c.validate().is_empty(), "IPv6 (NDP): {:?}", c.validate());
         c.addresses.push("127.0.0.1".parse().unwrap());
+        c.addresses.push("fe80::1".parse().unwrap());
         let problems = c.validate();
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
-            problems.iter().any(|p| p.contains("2001:db8::1 is IPv6")),
+            problems.iter().any(|p| p.contains("fe80::1 cannot")),
             "{problems:?}"
         );
         assert!(

@@ -1,7 +1,8 @@
-//! L2 mode: ARP for the owned IPv4 addresses on their interfaces.
+//! L2 mode: ARP for the owned IPv4 addresses and NDP for the owned IPv6
+//! ones, on their interfaces.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use pnet_datalink::MacAddr;
 use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
 
-use crate::{arp, route, AnnounceConfig};
+use crate::{arp, ndp, route, AnnounceConfig};
 
 /// How often a receive loop wakes to check whether it should stop.
 const POLL: Duration = Duration::from_millis(100);
@@ -19,12 +20,25 @@ const POLL: Duration = Duration::from_millis(100);
 struct Announced {
     interface: NetworkInterface,
     mac: MacAddr,
-    addresses: Vec<Ipv4Addr>,
+    addresses: Vec<IpAddr>,
+}
+
+impl Announced {
+    fn has_ipv4(&self) -> bool {
+        self.addresses.iter().any(IpAddr::is_ipv4)
+    }
+
+    fn ipv6(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+    }
 }
 
 /// Which interface announces each address: the configured ones (or, with
-/// none configured, every non-loopback interface), the one with an IPv4
-/// network containing the address first.
+/// none configured, every non-loopback interface), the one with a network
+/// of the address's family containing it first.
 fn plan(cfg: &AnnounceConfig, interfaces: &[NetworkInterface]) -> Result<Vec<Announced>, String> {
     let candidates: Vec<&NetworkInterface> = if cfg.interfaces.is_empty() {
         interfaces.iter().filter(|i| !i.is_loopback()).collect()
@@ -40,22 +54,20 @@ fn plan(cfg: &AnnounceConfig, interfaces: &[NetworkInterface]) -> Result<Vec<Ann
     };
     let mut by_interface: BTreeMap<u32, Announced> = BTreeMap::new();
     for addr in &cfg.addresses {
-        let IpAddr::V4(v4) = addr else {
-            return Err(format!(
-                "announce.addresses: {addr}: L2 mode announces IPv4 only"
-            ));
-        };
-        let on_subnet = candidates
-            .iter()
-            .find(|i| i.ips.iter().any(|n| n.is_ipv4() && n.contains(*addr)));
+        let on_subnet = candidates.iter().find(|i| {
+            i.ips
+                .iter()
+                .any(|n| n.is_ipv4() == addr.is_ipv4() && n.contains(*addr))
+        });
         let chosen = match (on_subnet, cfg.interfaces.len()) {
             (Some(i), _) => *i,
             // One interface configured: it announces whatever it is given.
             (None, 1) => candidates[0],
             (None, _) => {
+                let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
                 return Err(format!(
-                    "announce.addresses: no interface has an IPv4 network containing {addr}; set announce.interfaces"
-                ))
+                    "announce.addresses: no interface has an {family} network containing {addr}; set announce.interfaces"
+                ));
             }
         };
         let mac = chosen
@@ -70,7 +82,7 @@ fn plan(cfg: &AnnounceConfig, interfaces: &[NetworkInterface]) -> Result<Vec<Ann
                 addresses: Vec::new(),
             })
             .addresses
-            .push(*v4);
+            .push(*addr);
     }
     Ok(by_interface.into_values().collect())
 }
@@ -90,14 +102,16 @@ fn strict_arp(interface: &str) -> Result<(), String> {
 /// Announcing on every planned interface until released.
 pub struct L2Announcer {
     stop: Arc<AtomicBool>,
-    addresses: Vec<Ipv4Addr>,
+    addresses: Vec<IpAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl L2Announcer {
-    /// Takes the configured addresses: local routes, strict ARP on their
-    /// interfaces, a responder per interface and gratuitous ARP now and
-    /// every `garp_interval_seconds`. Needs CAP_NET_ADMIN and CAP_NET_RAW.
+    /// Takes the configured addresses: local routes, strict ARP on the
+    /// interfaces of IPv4 ones, the solicited-node groups of IPv6 ones, a
+    /// responder per interface, and gratuitous ARP / unsolicited neighbor
+    /// advertisements now and every `garp_interval_seconds`. Needs
+    /// CAP_NET_ADMIN and CAP_NET_RAW.
     pub fn start(cfg: &AnnounceConfig) -> Result<L2Announcer, String> {
         let plan = plan(cfg, &pnet_datalink::interfaces())?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -108,7 +122,10 @@ impl L2Announcer {
         };
         let interval = Duration::from_secs(cfg.garp_interval_seconds.max(1));
         for a in plan {
-            strict_arp(&a.interface.name)?;
+            if a.has_ipv4() {
+                strict_arp(&a.interface.name)?;
+            }
+            let groups = join_solicited_nodes(&a)?;
             let config = pnet_datalink::Config {
                 read_timeout: Some(POLL),
                 ..Default::default()
@@ -129,7 +146,7 @@ impl L2Announcer {
                 }
             };
             for ip in &a.addresses {
-                route::accept_locally(IpAddr::V4(*ip)).map_err(|e| {
+                route::accept_locally(*ip).map_err(|e| {
                     format!(
                         "announce: cannot add the local route for {ip}: {e} (needs CAP_NET_ADMIN)"
                     )
@@ -137,15 +154,19 @@ impl L2Announcer {
                 announcer.addresses.push(*ip);
             }
             tracing::info!(interface = %a.interface.name, mac = %a.mac, addresses = ?a.addresses,
-                garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP");
+                garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP (IPv4) and NDP (IPv6)");
             metrics::gauge!("portico_announced_addresses", "mode" => "l2")
                 .increment(a.addresses.len() as f64);
             let stop = stop.clone();
-            let name = format!("arp-{}", a.interface.name);
+            let name = format!("l2-{}", a.interface.name);
             let thread = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || serve(a, tx, rx, interval, &stop))
-                .map_err(|e| format!("announce: cannot start the ARP thread: {e}"))?;
+                .spawn(move || {
+                    // Members of the groups as long as the responder runs.
+                    let _groups = groups;
+                    serve(a, tx, rx, interval, &stop)
+                })
+                .map_err(|e| format!("announce: cannot start the L2 responder thread: {e}"))?;
             announcer.threads.push(thread);
         }
         Ok(announcer)
@@ -161,7 +182,7 @@ impl L2Announcer {
             return;
         }
         for ip in self.addresses.drain(..) {
-            if let Err(e) = route::stop_accepting(IpAddr::V4(ip)) {
+            if let Err(e) = route::stop_accepting(ip) {
                 tracing::warn!(address = %ip, error = %e, "cannot remove the local route");
             }
         }
@@ -176,6 +197,42 @@ impl Drop for L2Announcer {
     }
 }
 
+/// Joins the solicited-node multicast groups of the interface's IPv6
+/// addresses, so the interface accepts the solicitations for them (the
+/// kernel filters multicast it has not joined). Held by a socket that
+/// receives nothing: the groups are left when it closes.
+fn join_solicited_nodes(a: &Announced) -> Result<Option<UdpSocket>, String> {
+    let mut groups: Vec<Ipv6Addr> = a.ipv6().map(ndp::solicited_node).collect();
+    groups.sort();
+    groups.dedup();
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let socket = UdpSocket::bind("[::]:0")
+        .map_err(|e| format!("announce: cannot open a socket to join NDP groups: {e}"))?;
+    for g in groups {
+        socket
+            .join_multicast_v6(&g, a.interface.index)
+            .map_err(|e| {
+                format!(
+                    "announce: cannot join the solicited-node group {g} on {}: {e}",
+                    a.interface.name
+                )
+            })?;
+    }
+    Ok(Some(socket))
+}
+
+/// The answer to one received frame, if it asks for an owned address, and
+/// the counter it goes to.
+fn answer(a: &Announced, frame: &[u8]) -> Option<(Vec<u8>, &'static str, &'static str)> {
+    if let Some(r) = arp::reply_to(frame, a.mac, |ip| a.addresses.contains(&IpAddr::V4(ip))) {
+        return Some((r, "portico_arp_sent_total", "reply"));
+    }
+    ndp::reply_to(frame, a.mac, |ip| a.addresses.contains(&IpAddr::V6(ip)))
+        .map(|r| (r, "portico_ndp_sent_total", "reply"))
+}
+
 fn serve(
     a: Announced,
     mut tx: Box<dyn DataLinkSender>,
@@ -183,27 +240,41 @@ fn serve(
     interval: Duration,
     stop: &AtomicBool,
 ) {
-    let send = |tx: &mut Box<dyn DataLinkSender>, frame: &[u8], what: &'static str| match tx
-        .send_to(frame, None)
-    {
-        Some(Ok(())) => metrics::counter!("portico_arp_sent_total", "kind" => what).increment(1),
+    let send = |tx: &mut Box<dyn DataLinkSender>,
+                frame: &[u8],
+                counter: &'static str,
+                what: &'static str| match tx.send_to(frame, None) {
+        Some(Ok(())) => metrics::counter!(counter, "kind" => what).increment(1),
         Some(Err(e)) => {
-            tracing::warn!(interface = %a.interface.name, error = %e, "cannot send ARP")
+            tracing::warn!(interface = %a.interface.name, error = %e, "cannot send an ARP/NDP packet")
         }
         None => {}
     };
-    let garp_all = |tx: &mut Box<dyn DataLinkSender>| {
+    let announce_all = |tx: &mut Box<dyn DataLinkSender>| {
         for ip in &a.addresses {
-            send(tx, &arp::gratuitous(*ip, a.mac), "gratuitous");
+            match ip {
+                IpAddr::V4(v4) => send(
+                    tx,
+                    &arp::gratuitous(*v4, a.mac),
+                    "portico_arp_sent_total",
+                    "gratuitous",
+                ),
+                IpAddr::V6(v6) => send(
+                    tx,
+                    &ndp::unsolicited(*v6, a.mac),
+                    "portico_ndp_sent_total",
+                    "unsolicited",
+                ),
+            }
         }
     };
-    garp_all(&mut tx);
-    let mut next_garp = Instant::now() + interval;
+    announce_all(&mut tx);
+    let mut next_announcement = Instant::now() + interval;
     while !stop.load(Ordering::SeqCst) {
         match rx.next() {
             Ok(frame) => {
-                if let Some(reply) = arp::reply_to(frame, a.mac, |ip| a.addresses.contains(&ip)) {
-                    send(&mut tx, &reply, "reply");
+                if let Some((reply, counter, what)) = answer(&a, frame) {
+                    send(&mut tx, &reply, counter, what);
                 }
             }
             Err(e)
@@ -212,13 +283,13 @@ fn serve(
                     std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
                 ) => {}
             Err(e) => {
-                tracing::warn!(interface = %a.interface.name, error = %e, "ARP receive failed");
+                tracing::warn!(interface = %a.interface.name, error = %e, "ARP/NDP receive failed");
                 std::thread::sleep(POLL);
             }
         }
-        if Instant::now() >= next_garp {
-            garp_all(&mut tx);
-            next_garp += interval;
+        if Instant::now() >= next_announcement {
+            announce_all(&mut tx);
+            next_announcement += interval;
         }
     }
 }
@@ -278,6 +349,30 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_go_to_the_interface_with_their_ipv6_network() {
+        let mut eth1 = iface("eth1", 3, "192.0.2.5/24");
+        eth1.ips.push("2001:db8:1::5/64".parse().unwrap());
+        let nics = [iface("eth0", 2, "2001:db8:2::5/64"), eth1];
+        let p = plan(
+            &cfg(&["2001:db8:1::100", "192.0.2.10", "2001:db8:2::100"], &[]),
+            &nics,
+        )
+        .unwrap();
+        let names: Vec<(&str, usize, bool)> = p
+            .iter()
+            .map(|a| (a.interface.name.as_str(), a.addresses.len(), a.has_ipv4()))
+            .collect();
+        assert_eq!(names, [("eth0", 1, false), ("eth1", 2, true)]);
+        assert_eq!(
+            p[1].ipv6().collect::<Vec<_>>(),
+            ["2001:db8:1::100".parse::<std::net::Ipv6Addr>().unwrap()]
+        );
+        // An IPv4 network never claims an IPv6 address.
+        let err = plan(&cfg(&["2001:db8:9::1"], &[]), &nics).err().unwrap();
+        assert!(err.contains("no interface has an IPv6 network"), "{err}");
     }
 
     #[test]
