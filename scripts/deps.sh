@@ -46,6 +46,8 @@ case "$purpose" in
     for p in curl openssl iproute2 etcd-server xz-utils python3; do want "$p"; done
     # The bare-metal address tests look at ARP from a client namespace.
     for p in iputils-arping tcpdump; do want "$p"; done
+    # The BGP mode test peers with a real router (BIRD 2).
+    want bird2
     # The AssemblyScript compatibility plugin (any Node.js with npm will do).
     command -v npm >/dev/null || want npm
     # promtool checks /metrics.

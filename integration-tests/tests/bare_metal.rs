@@ -12,9 +12,10 @@
 //!
 //! Needs root, iproute2, iputils-arping and tcpdump (`scripts/deps.sh test`).
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use portico_integration_tests::netns::{ok, run, Killed};
 use portico_integration_tests::*;
 
 /// Two namespaces joined by a veth pair on 10.214.K.0/24 and
@@ -24,22 +25,6 @@ struct Segment {
     edge: String,
     client: String,
     k: u8,
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Segment {
@@ -173,8 +158,6 @@ impl Drop for Segment {
     }
 }
 
-struct Killed(Child);
-
 /// `tcpdump` on the client's side of the segment.
 struct Capture(Killed);
 
@@ -198,13 +181,6 @@ impl Capture {
             out.read_to_string(&mut captured).unwrap();
         }
         captured
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -1,6 +1,6 @@
 //! `[announce]`: how this node makes the addresses it owns reachable.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,8 @@ pub enum AnnounceMode {
     Off,
     /// ARP (IPv4) and NDP (IPv6) on the segment.
     L2,
+    /// /32 routes to the routers in `[announce.bgp]` (ECMP over the nodes).
+    Bgp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -27,6 +29,121 @@ pub struct AnnounceConfig {
     /// Gratuitous ARP / unsolicited neighbor advertisements for every owned
     /// address this often (and at take-over).
     pub garp_interval_seconds: u64,
+    /// BGP mode: this node's AS and its routers.
+    pub bgp: BgpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BgpConfig {
+    /// This node's AS number.
+    pub local_asn: u32,
+    /// Unset: the session's local IPv4 address.
+    pub router_id: Option<Ipv4Addr>,
+    /// Proposed hold time (the session uses the smaller of both sides');
+    /// keepalives every third of it. 0 turns both off; else at least 3.
+    pub hold_time_seconds: u16,
+    /// Standard communities, `ASN:VALUE`, on every advertised route.
+    pub communities: Vec<String>,
+    /// LOCAL_PREF sent to internal peers (same AS); default 100.
+    pub local_preference: Option<u32>,
+    pub peers: Vec<BgpPeerConfig>,
+}
+
+impl Default for BgpConfig {
+    fn default() -> Self {
+        BgpConfig {
+            local_asn: 0,
+            router_id: None,
+            hold_time_seconds: 90,
+            communities: Vec::new(),
+            local_preference: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BgpPeerConfig {
+    pub address: IpAddr,
+    pub asn: u32,
+    #[serde(default = "bgp_port")]
+    pub port: u16,
+    /// The local address sessions come from (and the next hop routers
+    /// get); unset: chosen by the kernel's route to the peer.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    /// TTL of the session's packets, for a peer more than one hop away.
+    #[serde(default)]
+    pub ebgp_multihop: Option<u8>,
+    /// TCP-MD5 (RFC 2385): not built yet; refused when set.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn bgp_port() -> u16 {
+    179
+}
+
+/// `ASN:VALUE` (each 0-65535) as the 32-bit community.
+pub fn parse_community(text: &str) -> Result<u32, String> {
+    let bad = || format!("announce.bgp.communities: {text:?} is not ASN:VALUE (each 0-65535)");
+    let (asn, value) = text.split_once(':').ok_or_else(bad)?;
+    let asn: u16 = asn.trim().parse().map_err(|_| bad())?;
+    let value: u16 = value.trim().parse().map_err(|_| bad())?;
+    Ok((u32::from(asn) << 16) | u32::from(value))
+}
+
+impl BgpConfig {
+    fn validate(&self, out: &mut Vec<String>) {
+        if self.local_asn == 0 || self.local_asn == 23456 {
+            out.push(format!(
+                "announce.bgp.local_asn: {} is not a usable AS number (1-4294967295, not 23456)",
+                self.local_asn
+            ));
+        }
+        if self.peers.is_empty() {
+            out.push("announce.bgp.peers: mode \"bgp\" needs at least one peer".into());
+        }
+        if self.hold_time_seconds != 0 && self.hold_time_seconds < 3 {
+            out.push("announce.bgp.hold_time_seconds: 0 or at least 3 (RFC 4271)".into());
+        }
+        for c in &self.communities {
+            if let Err(e) = parse_community(c) {
+                out.push(e);
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let at = format!("announce.bgp.peers[{i}] ({})", p.address);
+            if p.asn == 0 || p.asn == 23456 {
+                out.push(format!("{at}: asn {} is not a usable AS number", p.asn));
+            }
+            if p.address.is_unspecified() || p.address.is_multicast() {
+                out.push(format!("{at}: not a peer address"));
+            }
+            if p.password.is_some() {
+                out.push(format!(
+                    "{at}: password (TCP-MD5) is not supported yet; remove it or peer without"
+                ));
+            }
+            if p.ebgp_multihop == Some(0) {
+                out.push(format!("{at}: ebgp_multihop must be at least 1"));
+            }
+            if let Some(src) = p.source_address {
+                if src.is_ipv4() != p.address.is_ipv4() {
+                    out.push(format!(
+                        "{at}: source_address {src} is not of the peer's address family"
+                    ));
+                }
+            }
+            if p.address.is_ipv6() && self.router_id.is_none() {
+                out.push(format!(
+                    "{at}: a session over IPv6 needs announce.bgp.router_id"
+                ));
+            }
+        }
+    }
 }
 
 impl Default for AnnounceConfig {
@@ -36,6 +153,7 @@ impl Default for AnnounceConfig {
             addresses: Vec::new(),
             interfaces: Vec::new(),
             garp_interval_seconds: 60,
+            bgp: BgpConfig::default(),
         }
     }
 }
@@ -44,6 +162,21 @@ impl AnnounceConfig {
     /// Problems with the section, each naming the key.
     pub fn validate(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.mode == AnnounceMode::Bgp {
+            if self.addresses.is_empty() {
+                out.push(
+                    "announce.addresses: mode \"bgp\" announces nothing without addresses".into(),
+                );
+            }
+            for a in &self.addresses {
+                if a.is_ipv6() {
+                    out.push(format!(
+                        "announce.addresses: {a}: BGP mode advertises IPv4 addresses only so far (MP-BGP for IPv6 is not built; L2 mode announces IPv6)"
+                    ));
+                }
+            }
+            self.bgp.validate(&mut out);
+        }
         if self.mode == AnnounceMode::L2 {
             if self.addresses.is_empty() {
                 out.push(

@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pnet_datalink::MacAddr;
@@ -100,11 +98,7 @@ fn strict_arp(interface: &str) -> Result<(), String> {
 }
 
 /// Announcing on every planned interface until released.
-pub struct L2Announcer {
-    stop: Arc<AtomicBool>,
-    addresses: Vec<IpAddr>,
-    threads: Vec<JoinHandle<()>>,
-}
+pub struct L2Announcer(route::Running);
 
 impl L2Announcer {
     /// Takes the configured addresses: local routes, strict ARP on the
@@ -114,12 +108,7 @@ impl L2Announcer {
     /// CAP_NET_ADMIN and CAP_NET_RAW.
     pub fn start(cfg: &AnnounceConfig) -> Result<L2Announcer, String> {
         let plan = plan(cfg, &pnet_datalink::interfaces())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut announcer = L2Announcer {
-            stop: stop.clone(),
-            addresses: Vec::new(),
-            threads: Vec::new(),
-        };
+        let mut running = route::Running::new("l2");
         let interval = Duration::from_secs(cfg.garp_interval_seconds.max(1));
         for a in plan {
             if a.has_ipv4() {
@@ -146,18 +135,13 @@ impl L2Announcer {
                 }
             };
             for ip in &a.addresses {
-                route::accept_locally(*ip).map_err(|e| {
-                    format!(
-                        "announce: cannot add the local route for {ip}: {e} (needs CAP_NET_ADMIN)"
-                    )
-                })?;
-                announcer.addresses.push(*ip);
+                running.routes.add(*ip)?;
             }
             tracing::info!(interface = %a.interface.name, mac = %a.mac, addresses = ?a.addresses,
                 garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP (IPv4) and NDP (IPv6)");
             metrics::gauge!("portico_announced_addresses", "mode" => "l2")
                 .increment(a.addresses.len() as f64);
-            let stop = stop.clone();
+            let stop = running.stop.clone();
             let name = format!("l2-{}", a.interface.name);
             let thread = std::thread::Builder::new()
                 .name(name)
@@ -167,27 +151,16 @@ impl L2Announcer {
                     serve(a, tx, rx, interval, &stop)
                 })
                 .map_err(|e| format!("announce: cannot start the L2 responder thread: {e}"))?;
-            announcer.threads.push(thread);
+            running.threads.push(thread);
         }
-        Ok(announcer)
+        Ok(L2Announcer(running))
     }
 
     /// Stops answering and removes the local routes. Idempotent.
     pub fn release(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if self.0.release() {
+            tracing::info!("gave up the announced addresses");
         }
-        if self.addresses.is_empty() {
-            return;
-        }
-        for ip in self.addresses.drain(..) {
-            if let Err(e) = route::stop_accepting(ip) {
-                tracing::warn!(address = %ip, error = %e, "cannot remove the local route");
-            }
-        }
-        metrics::gauge!("portico_announced_addresses", "mode" => "l2").set(0.0);
-        tracing::info!("gave up the announced addresses");
     }
 }
 

@@ -17,16 +17,51 @@
 //! - on SIGTERM gives the address up (stops answering, removes the route)
 //!   before its listeners close.
 //!
+//! BGP mode (`bgp`): every node advertises each address as a /32 to its
+//! routers (ECMP), from a speaker in this process, withdrawing first on
+//! SIGTERM.
+//!
 //! Which node owns which address is decided outside this crate (today: the
-//! node's config lists them); BGP mode is not built yet.
+//! node's config lists them).
 //!
 //! This crate must not read the snapshot or the Kubernetes API: it is told
 //! which addresses to announce.
 
 pub mod arp;
+pub mod bgp;
 pub mod config;
 pub mod l2;
 pub mod ndp;
 pub mod route;
 
 pub use config::{AnnounceConfig, AnnounceMode};
+
+/// A running announcement, given up with `release` (idempotent) before
+/// the listeners close.
+pub trait Announcer: Send {
+    fn release(&mut self);
+}
+
+impl Announcer for l2::L2Announcer {
+    fn release(&mut self) {
+        l2::L2Announcer::release(self)
+    }
+}
+
+impl Announcer for bgp::BgpAnnouncer {
+    fn release(&mut self) {
+        bgp::BgpAnnouncer::release(self)
+    }
+}
+
+/// Starts announcing as `cfg` says; `None` when the mode is `off`.
+pub fn start(cfg: &AnnounceConfig) -> Result<Option<Box<dyn Announcer>>, String> {
+    Ok(match cfg.mode {
+        AnnounceMode::Off => None,
+        AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg)?)),
+        AnnounceMode::Bgp => Some(Box::new(bgp::BgpAnnouncer::start(
+            &cfg.addresses,
+            &cfg.bgp,
+        )?)),
+    })
+}

@@ -90,6 +90,78 @@ pub fn stop_accepting(ip: IpAddr) -> io::Result<()> {
     }
 }
 
+/// The addresses this node accepts locally while it announces them; the
+/// routes go when released (or dropped).
+#[derive(Default)]
+pub struct LocalRoutes(Vec<IpAddr>);
+
+impl LocalRoutes {
+    /// Adds one; the error says what to grant.
+    pub fn add(&mut self, ip: IpAddr) -> Result<(), String> {
+        accept_locally(ip).map_err(|e| {
+            format!("announce: cannot add the local route for {ip}: {e} (needs CAP_NET_ADMIN)")
+        })?;
+        self.0.push(ip);
+        Ok(())
+    }
+
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.0
+    }
+
+    /// Removes them all; whether there were any.
+    pub fn release(&mut self) -> bool {
+        let had = !self.0.is_empty();
+        for ip in self.0.drain(..) {
+            if let Err(e) = stop_accepting(ip) {
+                tracing::warn!(address = %ip, error = %e, "cannot remove the local route");
+            }
+        }
+        had
+    }
+}
+
+impl Drop for LocalRoutes {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// What an announcer runs: threads that stop when told, and the local
+/// routes of the addresses they announce.
+pub struct Running {
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    pub routes: LocalRoutes,
+    /// The `mode` label of `portico_announced_addresses`.
+    pub mode: &'static str,
+}
+
+impl Running {
+    pub fn new(mode: &'static str) -> Running {
+        Running {
+            stop: Default::default(),
+            threads: Vec::new(),
+            routes: LocalRoutes::default(),
+            mode,
+        }
+    }
+
+    /// Stops the threads (each gives up its part first: stops answering,
+    /// withdraws), then removes the routes. Whether anything was held.
+    pub fn release(&mut self) -> bool {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if !self.routes.release() {
+            return false;
+        }
+        metrics::gauge!("portico_announced_addresses", "mode" => self.mode).set(0.0);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

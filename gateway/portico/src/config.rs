@@ -295,8 +295,10 @@ fn validate(cfg: &Config) -> Result<(), String> {
             .into());
     }
     validate_plugins(&cfg.plugins)?;
-    if let Some(problem) = cfg.announce.validate().into_iter().next() {
-        return Err(problem);
+    let announce = cfg.announce.validate();
+    if !announce.is_empty() {
+        // Every problem of the section at once: BGP settings come in sets.
+        return Err(announce.join("\n"));
     }
     if let Some(name) = &cfg.kubernetes.load_balancer_plugin {
         if !cfg.plugins.load.iter().any(|p| &p.name == name) {

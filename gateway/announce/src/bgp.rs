@@ -1,0 +1,557 @@
+//! BGP mode: every edge node advertises each address it serves as a /32
+//! to the configured routers, which spread traffic over the nodes with
+//! ECMP. The speaker runs inside Portico (messages encoded and decoded by
+//! zettabgp), one session per peer on its own thread, so what the routers
+//! see follows this process: a node that gives up on SIGTERM withdraws
+//! first, and a node that dies drops its sessions, whose routes the
+//! routers remove (at once on the TCP reset, at the latest when the hold
+//! timer expires).
+//!
+//! Only what an edge node needs: it originates routes and ignores what
+//! it is sent (it never installs routes), IPv4 unicast, active opens.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use zettabgp::prelude::*;
+
+use crate::config::{BgpConfig, BgpPeerConfig};
+use crate::route;
+
+/// How often a session wakes to check whether it should stop.
+const POLL: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnect delays after a failed or lost session: doubling up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The largest BGP message (RFC 4271 §4.1).
+const MAX_MESSAGE: usize = 4096;
+
+/// NOTIFICATION codes (RFC 4271 §4.5, RFC 4486).
+const OPEN_ERROR: u8 = 2;
+const BAD_PEER_AS: u8 = 2;
+const HOLD_TIMER_EXPIRED: u8 = 4;
+const CEASE: u8 = 6;
+const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
+
+/// What a session advertises, shared by every peer.
+#[derive(Debug, Clone)]
+struct Advertised {
+    local_asn: u32,
+    router_id: Option<Ipv4Addr>,
+    hold_time: u16,
+    prefixes: Vec<Ipv4Addr>,
+    communities: Vec<u32>,
+    local_preference: Option<u32>,
+}
+
+/// Sessions with every configured peer until released.
+pub struct BgpAnnouncer(route::Running);
+
+impl BgpAnnouncer {
+    /// Accepts the addresses locally (a `local` route, as in L2 mode) and
+    /// opens a session to each peer, advertising them. Needs
+    /// CAP_NET_ADMIN.
+    pub fn start(addresses: &[IpAddr], cfg: &BgpConfig) -> Result<BgpAnnouncer, String> {
+        let prefixes: Vec<Ipv4Addr> = addresses
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(v4) => Ok(*v4),
+                IpAddr::V6(_) => Err(format!(
+                    "announce.addresses: {a}: BGP mode advertises IPv4 addresses only so far"
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let advertised = Advertised {
+            local_asn: cfg.local_asn,
+            router_id: cfg.router_id,
+            hold_time: cfg.hold_time_seconds,
+            prefixes,
+            communities: cfg
+                .communities
+                .iter()
+                .map(|c| crate::config::parse_community(c))
+                .collect::<Result<_, _>>()?,
+            local_preference: cfg.local_preference,
+        };
+        let mut running = route::Running::new("bgp");
+        for ip in addresses {
+            running.routes.add(*ip)?;
+        }
+        for peer in &cfg.peers {
+            let (peer, advertised) = (peer.clone(), advertised.clone());
+            let stop = running.stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("bgp-{}", peer.address))
+                .spawn(move || run_peer(&peer, &advertised, &stop))
+                .map_err(|e| format!("announce: cannot start a BGP session thread: {e}"))?;
+            running.threads.push(thread);
+        }
+        metrics::gauge!("portico_announced_addresses", "mode" => "bgp").set(addresses.len() as f64);
+        tracing::info!(addresses = ?running.routes.addresses(), peers = cfg.peers.len(), local_asn = cfg.local_asn,
+            "announcing addresses by BGP");
+        Ok(BgpAnnouncer(running))
+    }
+
+    /// Withdraws the routes and closes every session (a Cease
+    /// notification), then removes the local routes. Idempotent.
+    pub fn release(&mut self) {
+        if self.0.release() {
+            tracing::info!("withdrew the announced addresses");
+        }
+    }
+}
+
+impl Drop for BgpAnnouncer {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Connects, holds the session while it lasts, and reconnects with a
+/// growing delay, until told to stop.
+fn run_peer(peer: &BgpPeerConfig, adv: &Advertised, stop: &AtomicBool) {
+    let label = peer.address.to_string();
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        match session(peer, adv, stop) {
+            Ok(()) => return,
+            Err(e) => {
+                metrics::gauge!("portico_bgp_session_established", "peer" => label.clone())
+                    .set(0.0);
+                metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
+                    .set(0.0);
+                tracing::warn!(peer = %peer.address, error = %e, retry_in_ms = backoff.as_millis() as u64, "BGP session down");
+            }
+        }
+        // A session that lasted resets the delay: only a peer that keeps
+        // refusing waits longer.
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = Duration::from_secs(1);
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(POLL);
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn connect(peer: &BgpPeerConfig) -> Result<TcpStream, String> {
+    use socket2::{Domain, Socket, Type};
+    let to = SocketAddr::new(peer.address, peer.port);
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    if let Some(source) = peer.source_address {
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .map_err(|e| format!("bind to the source address {source}: {e}"))?;
+    }
+    if let Some(ttl) = peer.ebgp_multihop {
+        let set = match to {
+            SocketAddr::V4(_) => socket.set_ttl_v4(u32::from(ttl)),
+            SocketAddr::V6(_) => socket.set_unicast_hops_v6(u32::from(ttl)),
+        };
+        set.map_err(|e| format!("set the TTL to {ttl}: {e}"))?;
+    }
+    socket
+        .connect_timeout(&to.into(), CONNECT_TIMEOUT)
+        .map_err(|e| format!("connect to {to}: {e}"))?;
+    let stream: TcpStream = socket.into();
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(POLL))
+        .map_err(|e| format!("socket: {e}"))?;
+    Ok(stream)
+}
+
+/// One session from connect to its end: `Ok` when told to stop (routes
+/// withdrawn, Cease sent), `Err` with the reason otherwise.
+fn session(peer: &BgpPeerConfig, adv: &Advertised, stop: &AtomicBool) -> Result<(), String> {
+    let mut s = connect(peer)?;
+    let local = s.local_addr().map_err(|e| format!("socket: {e}"))?.ip();
+    let router_id = match (adv.router_id, local) {
+        (Some(id), _) => id,
+        (None, IpAddr::V4(v4)) => v4,
+        (None, IpAddr::V6(_)) => {
+            return Err("announce.bgp.router_id is needed for a session over IPv6".into())
+        }
+    };
+    let mut params = BgpSessionParams::new(
+        adv.local_asn,
+        adv.hold_time,
+        BgpTransportMode::IPv4,
+        router_id,
+        vec![
+            BgpCapability::SafiIPv4u,
+            BgpCapability::CapASN32(adv.local_asn),
+        ],
+    );
+    let mut wire = Wire::default();
+    let open = params.open_message();
+    wire.send(&mut s, &params, BgpMessageType::Open, &open)?;
+    // Their OPEN (RFC 4271 §6.2: check the AS, agree on the hold time).
+    let body = wire.expect(&mut s, &params, BgpMessageType::Open, stop)?;
+    let mut theirs = BgpOpenMessage::new();
+    theirs
+        .decode_from(&params, &body)
+        .map_err(|e| format!("their OPEN: {e}"))?;
+    let their_asn = theirs
+        .caps
+        .iter()
+        .find_map(|c| match c {
+            BgpCapability::CapASN32(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(theirs.as_num);
+    if their_asn != peer.asn {
+        let _ = wire.notify(&mut s, &params, OPEN_ERROR, BAD_PEER_AS);
+        return Err(format!(
+            "the peer says it is AS {their_asn}, configured as AS {}",
+            peer.asn
+        ));
+    }
+    params.match_caps(&theirs.caps);
+    let hold = Duration::from_secs(u64::from(adv.hold_time.min(theirs.hold_time)));
+    wire.keepalive(&mut s, &params)?;
+    wire.expect(&mut s, &params, BgpMessageType::Keepalive, stop)?;
+
+    let update = announcement(adv, peer.asn != adv.local_asn, local);
+    wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
+    let label = peer.address.to_string();
+    metrics::gauge!("portico_bgp_session_established", "peer" => label.clone()).set(1.0);
+    metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
+        .set(adv.prefixes.len() as f64);
+    tracing::info!(peer = %peer.address, peer_asn = peer.asn, hold_seconds = hold.as_secs(),
+        prefixes = adv.prefixes.len(), "BGP session established; addresses advertised");
+
+    let (mut heard, mut said) = (Instant::now(), Instant::now());
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            let withdraw = withdrawal(adv);
+            let sent = wire
+                .send(&mut s, &params, BgpMessageType::Update, &withdraw)
+                .and_then(|_| wire.notify(&mut s, &params, CEASE, ADMINISTRATIVE_SHUTDOWN));
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            metrics::gauge!("portico_bgp_session_established", "peer" => label.clone()).set(0.0);
+            metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label).set(0.0);
+            if let Err(e) = sent {
+                tracing::warn!(peer = %peer.address, error = %e, "could not withdraw; the peer drops the routes with the session");
+            } else {
+                tracing::info!(peer = %peer.address, "BGP routes withdrawn; session closed");
+            }
+            return Ok(());
+        }
+        if !hold.is_zero() && heard.elapsed() > hold {
+            let _ = wire.notify(&mut s, &params, HOLD_TIMER_EXPIRED, 0);
+            return Err(format!("nothing heard for the hold time ({hold:?})"));
+        }
+        if !hold.is_zero() && said.elapsed() >= hold / 3 {
+            wire.keepalive(&mut s, &params)?;
+            said = Instant::now();
+        }
+        match wire.receive(&mut s, &params)? {
+            None => {}
+            Some((BgpMessageType::Notification, body)) => {
+                let mut n = BgpNotificationMessage::new();
+                let why = match n.decode_from(&params, &body) {
+                    Ok(()) => n.error_text(),
+                    Err(e) => format!("an unreadable notification ({e})"),
+                };
+                return Err(format!("the peer closed the session: {why}"));
+            }
+            // Keepalives and the routes it sends (ignored: an edge node
+            // installs none) both show the peer is alive.
+            Some((BgpMessageType::Open, _)) => {
+                return Err("the peer sent a second OPEN".into());
+            }
+            Some(_) => heard = Instant::now(),
+        }
+    }
+}
+
+/// The UPDATE advertising every address: ORIGIN IGP, the AS path (our AS
+/// to an external peer, empty to an internal one), ourselves as the next
+/// hop, communities, and LOCAL_PREF to internal peers.
+fn announcement(adv: &Advertised, external: bool, local: IpAddr) -> BgpUpdateMessage {
+    let mut u = BgpUpdateMessage::new();
+    u.updates = BgpAddrs::IPV4U(
+        adv.prefixes
+            .iter()
+            .map(|p| BgpAddrV4::new(*p, 32))
+            .collect(),
+    );
+    u.attrs
+        .push(BgpAttrItem::Origin(BgpOrigin::new(BgpAttrOrigin::Igp)));
+    let mut path = BgpASpath::new();
+    if external {
+        // zettabgp 0.6 encodes `Seq` with AS_SET's segment type (1) and
+        // `Set` with AS_SEQUENCE's (2), although it decodes both right: a
+        // one-AS `Set` is what goes out as the AS_SEQUENCE routers expect.
+        // `the_as_path_is_a_sequence_on_the_wire` catches a fixed zettabgp.
+        path.value.push(BgpASitem::Set(BgpASset {
+            value: [BgpAS::new(adv.local_asn)].into(),
+        }));
+    }
+    u.attrs.push(BgpAttrItem::ASPath(path));
+    u.attrs.push(BgpAttrItem::NextHop(BgpNextHop::new(local)));
+    if !external {
+        u.attrs.push(BgpAttrItem::LocalPref(BgpLocalpref::new(
+            adv.local_preference.unwrap_or(100),
+        )));
+    }
+    if !adv.communities.is_empty() {
+        u.attrs
+            .push(BgpAttrItem::CommunityList(BgpCommunityList::from_vec(
+                adv.communities
+                    .iter()
+                    .map(|c| BgpCommunity::new(*c))
+                    .collect(),
+            )));
+    }
+    u
+}
+
+fn withdrawal(adv: &Advertised) -> BgpUpdateMessage {
+    let mut u = BgpUpdateMessage::new();
+    u.withdraws = BgpAddrs::IPV4U(
+        adv.prefixes
+            .iter()
+            .map(|p| BgpAddrV4::new(*p, 32))
+            .collect(),
+    );
+    u
+}
+
+/// Message framing on the session's stream: bytes read so far, and the
+/// encoder's scratch buffer.
+#[derive(Default)]
+struct Wire {
+    read: Vec<u8>,
+}
+
+impl Wire {
+    fn send(
+        &mut self,
+        s: &mut TcpStream,
+        params: &BgpSessionParams,
+        kind: BgpMessageType,
+        message: &impl BgpMessage,
+    ) -> Result<(), String> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let len = message
+            .encode_to(params, &mut buf[19..])
+            .map_err(|e| format!("encoding a {kind:?} message: {e}"))?;
+        let what = format!("{kind:?}");
+        let total = params
+            .prepare_message_buf(&mut buf, kind, len)
+            .map_err(|e| format!("encoding a {what} message: {e}"))?;
+        s.write_all(&buf[..total])
+            .map_err(|e| format!("sending a {what} message: {e}"))
+    }
+
+    fn keepalive(&mut self, s: &mut TcpStream, params: &BgpSessionParams) -> Result<(), String> {
+        self.send(
+            s,
+            params,
+            BgpMessageType::Keepalive,
+            &BgpKeepaliveMessage {},
+        )
+    }
+
+    fn notify(
+        &mut self,
+        s: &mut TcpStream,
+        params: &BgpSessionParams,
+        code: u8,
+        subcode: u8,
+    ) -> Result<(), String> {
+        let mut n = BgpNotificationMessage::new();
+        n.error_code = code;
+        n.error_subcode = subcode;
+        self.send(s, params, BgpMessageType::Notification, &n)
+    }
+
+    /// The next whole message, or None if none arrived within `POLL`.
+    fn receive(
+        &mut self,
+        s: &mut TcpStream,
+        params: &BgpSessionParams,
+    ) -> Result<Option<(BgpMessageType, Vec<u8>)>, String> {
+        loop {
+            if self.read.len() >= 19 {
+                let (kind, len) = params
+                    .decode_message_head(&self.read)
+                    .map_err(|e| format!("a message from the peer: {e}"))?;
+                if len + 19 > MAX_MESSAGE {
+                    return Err(format!("a message of {} bytes from the peer", len + 19));
+                }
+                if self.read.len() >= 19 + len {
+                    let body = self.read[19..19 + len].to_vec();
+                    self.read.drain(..19 + len);
+                    return Ok(Some((kind, body)));
+                }
+            }
+            let mut chunk = [0u8; MAX_MESSAGE];
+            match s.read(&mut chunk) {
+                Ok(0) => return Err("the peer closed the connection".into()),
+                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(format!("reading from the peer: {e}")),
+            }
+        }
+    }
+
+    /// Waits (at most `CONNECT_TIMEOUT`) for a message of `kind`; a
+    /// notification instead is the peer's refusal.
+    fn expect(
+        &mut self,
+        s: &mut TcpStream,
+        params: &BgpSessionParams,
+        kind: BgpMessageType,
+        stop: &AtomicBool,
+    ) -> Result<Vec<u8>, String> {
+        let until = Instant::now() + CONNECT_TIMEOUT;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            match self.receive(s, params)? {
+                None => {}
+                Some((k, body)) if k == kind => return Ok(body),
+                Some((BgpMessageType::Notification, body)) => {
+                    let mut n = BgpNotificationMessage::new();
+                    let _ = n.decode_from(params, &body);
+                    return Err(format!("the peer refused the session: {}", n.error_text()));
+                }
+                Some((k, _)) => return Err(format!("expected {kind:?}, the peer sent {k:?}")),
+            }
+        }
+        Err(format!(
+            "no {kind:?} from the peer within {CONNECT_TIMEOUT:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adv() -> Advertised {
+        Advertised {
+            local_asn: 64512,
+            router_id: None,
+            hold_time: 9,
+            prefixes: vec!["192.0.2.10".parse().unwrap(), "192.0.2.11".parse().unwrap()],
+            communities: vec![(64512 << 16) | 100],
+            local_preference: Some(200),
+        }
+    }
+
+    fn params() -> BgpSessionParams {
+        BgpSessionParams::new(
+            64512,
+            9,
+            BgpTransportMode::IPv4,
+            "10.0.0.1".parse().unwrap(),
+            vec![BgpCapability::SafiIPv4u, BgpCapability::CapASN32(64512)],
+        )
+    }
+
+    /// Encodes and decodes back, as the peer would read it.
+    fn round_trip(u: &BgpUpdateMessage) -> BgpUpdateMessage {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let len = u.encode_to(&params(), &mut buf).unwrap();
+        let mut back = BgpUpdateMessage::new();
+        back.decode_from(&params(), &buf[..len]).unwrap();
+        back
+    }
+
+    fn prefixes(a: &BgpAddrs) -> Vec<String> {
+        match a {
+            BgpAddrs::IPV4U(v) => v
+                .iter()
+                .map(|p| format!("{}/{}", p.addr, p.prefixlen))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_external_peer_gets_our_as_and_no_local_preference() {
+        let local: IpAddr = "10.0.0.1".parse().unwrap();
+        let u = round_trip(&announcement(&adv(), true, local));
+        assert_eq!(prefixes(&u.updates), ["192.0.2.10/32", "192.0.2.11/32"]);
+        let path = u.get_attr_aspath().unwrap();
+        assert_eq!(format!("{path:?}").matches("64512").count(), 1, "{path:?}");
+        assert_eq!(u.get_attr_nexthop().unwrap().value, local);
+        assert!(!u
+            .attrs
+            .iter()
+            .any(|a| matches!(a, BgpAttrItem::LocalPref(_))));
+        let communities = u.get_attr_communitylist().unwrap();
+        assert_eq!(
+            communities
+                .value
+                .iter()
+                .map(|c| c.value)
+                .collect::<Vec<_>>(),
+            [(64512 << 16) | 100]
+        );
+    }
+
+    #[test]
+    fn the_as_path_is_a_sequence_on_the_wire() {
+        let u = announcement(&adv(), true, "10.0.0.1".parse().unwrap());
+        let mut buf = [0u8; MAX_MESSAGE];
+        let len = u.encode_to(&params(), &mut buf).unwrap();
+        let wire = &buf[..len];
+        // Withdrawn routes length (0), then the attributes' length, then
+        // each attribute: flags, type code, length (2 bytes if extended).
+        assert_eq!(&wire[..2], [0, 0]);
+        let attrs_len = usize::from(u16::from_be_bytes([wire[2], wire[3]]));
+        let mut at = 4;
+        let mut as_path = None;
+        while at < 4 + attrs_len {
+            let (flags, code) = (wire[at], wire[at + 1]);
+            let (value_at, value_len) = if flags & 0x10 != 0 {
+                (
+                    at + 4,
+                    usize::from(u16::from_be_bytes([wire[at + 2], wire[at + 3]])),
+                )
+            } else {
+                (at + 3, usize::from(wire[at + 2]))
+            };
+            if code == 2 {
+                as_path = Some(&wire[value_at..value_at + value_len]);
+            }
+            at = value_at + value_len;
+        }
+        // One segment: AS_SEQUENCE (2), one AS, 64512 in four bytes.
+        assert_eq!(as_path, Some(&[2, 1, 0, 0, 0xfc, 0x00][..]));
+    }
+
+    #[test]
+    fn an_internal_peer_gets_an_empty_path_and_local_preference() {
+        let u = round_trip(&announcement(&adv(), false, "10.0.0.1".parse().unwrap()));
+        assert_eq!(u.get_attr_aspath().unwrap().value.len(), 0);
+        let pref = u.attrs.iter().find_map(|a| match a {
+            BgpAttrItem::LocalPref(p) => Some(p.value),
+            _ => None,
+        });
+        assert_eq!(pref, Some(200));
+    }
+
+    #[test]
+    fn a_withdrawal_names_every_prefix_and_carries_no_attributes() {
+        let u = round_trip(&withdrawal(&adv()));
+        assert_eq!(prefixes(&u.withdraws), ["192.0.2.10/32", "192.0.2.11/32"]);
+        assert!(u.attrs.is_empty());
+    }
+}

@@ -1,0 +1,368 @@
+//! Bare-metal addresses, BGP mode, end to end: a router (BIRD 2, in its
+//! own network namespace) peers with two edge nodes (two `portico run` in
+//! two more namespaces, each on its own link to the router). Both nodes
+//! advertise the same LoadBalancer address; the router gets both paths and
+//! installs them as one ECMP route, and connections to the address reach
+//! the nodes. A session reset recovers; SIGTERM withdraws the node's path
+//! before its listeners close.
+//!
+//! Needs root, iproute2 and bird2 (`scripts/deps.sh test`).
+
+use portico_integration_tests::netns::{ok, run, Killed};
+use portico_integration_tests::*;
+use std::process::{Command, Stdio};
+
+const VIP: &str = "192.0.2.10";
+
+/// The router's namespace and one per edge node, each edge on its own
+/// veth link to the router: 10.217.K.(E*4+1) at the edge, .(E*4+2) at the
+/// router, /30. Removed on drop.
+struct Topology {
+    router: String,
+    edges: Vec<String>,
+    k: u8,
+}
+
+impl Topology {
+    fn new(edges: usize) -> Topology {
+        let pid = std::process::id();
+        let k = (pid % 250) as u8 + 1;
+        let router = format!("pbgp-r-{pid}");
+        let edge_names: Vec<String> = (0..edges).map(|e| format!("pbgp-e{e}-{pid}")).collect();
+        for ns in std::iter::once(&router).chain(&edge_names) {
+            let _ = run(&["ip", "netns", "del", ns]);
+            ok(&["ip", "netns", "add", ns]);
+            ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Flows hashed by ports too (the default hashes addresses only, so
+        // every connection from the router would take one path).
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ]);
+        let t = Topology {
+            router,
+            edges: edge_names,
+            k,
+        };
+        for (e, ns) in t.edges.iter().enumerate() {
+            let link = format!("to-e{e}");
+            ok(&[
+                "ip", "-n", &t.router, "link", "add", &link, "type", "veth", "peer", "name",
+                "eth0", "netns", ns,
+            ]);
+            ok(&[
+                "ip",
+                "-n",
+                &t.router,
+                "addr",
+                "add",
+                &format!("{}/30", t.router_addr(e)),
+                "dev",
+                &link,
+            ]);
+            ok(&["ip", "-n", &t.router, "link", "set", &link, "up"]);
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/30", t.edge_addr(e)),
+                "dev",
+                "eth0",
+            ]);
+            ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+        t
+    }
+
+    fn edge_addr(&self, e: usize) -> String {
+        format!("10.217.{}.{}", self.k, e * 4 + 1)
+    }
+
+    fn router_addr(&self, e: usize) -> String {
+        format!("10.217.{}.{}", self.k, e * 4 + 2)
+    }
+
+    fn in_ns(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.router).chain(&self.edges) {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// BIRD in the router's namespace, AS 64501, waiting for each edge (AS
+/// 64512) to connect, exporting the merged (ECMP) route to the kernel.
+struct Bird {
+    _process: Killed,
+    socket: std::path::PathBuf,
+}
+
+impl Bird {
+    fn start(t: &Topology, dir: &TempDir) -> Bird {
+        let mut conf = String::from(
+            "router id 10.217.0.254;\nprotocol device {}\n\
+             protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n",
+        );
+        for e in 0..t.edges.len() {
+            conf += &format!(
+                "protocol bgp edge{e} {{\n  local {} as 64501;\n  neighbor {} as 64512;\n  \
+                 passive on;\n  hold time 9;\n  ipv4 {{ import all; export none; }};\n}}\n",
+                t.router_addr(e),
+                t.edge_addr(e)
+            );
+        }
+        let conf_path = dir.write("bird.conf", &conf);
+        let socket = dir.path().join("bird.ctl");
+        let log = std::fs::File::create(dir.path().join("bird.log")).unwrap();
+        let process = t
+            .in_ns(&t.router, &["bird", "-f", "-c"])
+            .arg(&conf_path)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.path().join("bird.pid"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("bird (apt install bird2)");
+        Bird {
+            _process: Killed(process),
+            socket,
+        }
+    }
+
+    fn birdc(&self, args: &[&str]) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The protocols (edge0, edge1, ...) BIRD has the address from.
+    fn paths(&self) -> Vec<String> {
+        let text = self.birdc(&["show", "route", "for", VIP, "all"]);
+        let mut from: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split('[').nth(1))
+            .filter_map(|s| s.split_whitespace().next())
+            .filter(|p| p.starts_with("edge"))
+            .map(str::to_string)
+            .collect();
+        from.sort();
+        from
+    }
+
+    fn established(&self, protocol: &str) -> bool {
+        self.birdc(&["show", "protocols", protocol])
+            .contains("Established")
+    }
+}
+
+/// `portico run` in edge `e`'s namespace advertising VIP to the router,
+/// with an L4 LoadBalancer Service on VIP:9000 to an echo backend named
+/// `edge<e>`.
+fn start_edge(t: &Topology, dir: &TempDir, e: usize) -> (Killed, Killed) {
+    let ns = &t.edges[e];
+    let backend_port = 19_720;
+    let echo = Killed(
+        t.in_ns(
+            ns,
+            &[
+                portico_bin().to_str().unwrap(),
+                "echo",
+                "--name",
+                &format!("edge{e}"),
+                "--tcp",
+                &format!("127.0.0.1:{backend_port}"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let mut m = yaml::service(
+        "default",
+        "lb",
+        &format!("  type: LoadBalancer\n  loadBalancerIP: {VIP}\n"),
+        &[("tcp", 9000)],
+    );
+    m += &yaml::slice("default", "lb-1", "lb", "tcp", backend_port, true);
+    let manifests = dir.path().join(format!("m{e}"));
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("lb.yaml"), m).unwrap();
+    let config = dir.write(
+        &format!("edge{e}.toml"),
+        &format!(
+            "[shutdown]\ngrace_period_seconds = 3\n[l4]\nnode_ports = false\n\
+             [announce]\nmode = \"bgp\"\naddresses = [\"{VIP}\"]\n\
+             [announce.bgp]\nlocal_asn = 64512\nhold_time_seconds = 9\n\
+             communities = [\"64512:100\"]\n\
+             [[announce.bgp.peers]]\naddress = \"{}\"\nasn = 64501\n",
+            t.router_addr(e)
+        ),
+    );
+    let log = std::fs::File::create(dir.path().join(format!("edge{e}.log"))).unwrap();
+    let child = t
+        .in_ns(ns, &[portico_bin().to_str().unwrap(), "run"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--http", "127.0.0.1:8080", "--https", "127.0.0.1:8443"])
+        .args([
+            "--admin",
+            "127.0.0.1:9901",
+            "--node-address",
+            &t.edge_addr(e),
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (Killed(child), echo)
+}
+
+fn log_of(dir: &TempDir, e: usize) -> String {
+    std::fs::read_to_string(dir.path().join(format!("edge{e}.log"))).unwrap_or_default()
+}
+
+/// What a client in the router's namespace reads from VIP:9000 (the echo
+/// backend greets with its name), from source port `port`, so different
+/// connections hash to different ECMP paths.
+fn greeting(t: &Topology, port: u16) -> String {
+    let out = t
+        .in_ns(
+            &t.router,
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket\ns=socket.socket()\ns.settimeout(3)\n\
+                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                     s.bind(('0.0.0.0', {port}))\ns.connect(('{VIP}', 9000))\n\
+                     print(s.recv(64).decode().strip())"
+                ),
+            ],
+        )
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn both_nodes_advertise_the_router_balances_and_a_draining_node_withdraws_first() {
+    let t = Topology::new(2);
+    let dir = TempDir::new("bgp");
+    let bird = Bird::start(&t, &dir);
+    let (mut edge0, _echo0) = start_edge(&t, &dir, 0);
+    let (_edge1, _echo1) = start_edge(&t, &dir, 1);
+
+    // Both paths at the router, merged into one ECMP route in its kernel.
+    wait_for(20, "the router to have the address from both nodes", || {
+        bird.paths() == ["edge0", "edge1"]
+    });
+    let route = run(&["ip", "-n", &t.router, "route", "show", VIP]);
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    for e in 0..2 {
+        assert!(
+            route.contains(&format!("nexthop via {}", t.edge_addr(e))),
+            "ECMP route: {route}"
+        );
+    }
+    let attributes = bird.birdc(&["show", "route", "for", VIP, "all"]);
+    assert!(attributes.contains("BGP.as_path: 64512"), "{attributes}");
+    assert!(
+        attributes.contains("BGP.community: (64512,100)"),
+        "{attributes}"
+    );
+
+    // Connections reach both nodes (the kernel hashes each flow).
+    let mut reached = std::collections::BTreeSet::new();
+    for port in 40_000..40_040 {
+        reached.insert(greeting(&t, port));
+        if reached.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        reached.into_iter().collect::<Vec<_>>(),
+        ["edge0", "edge1"],
+        "{}",
+        log_of(&dir, 0)
+    );
+
+    // A session reset: the node reconnects and advertises again.
+    bird.birdc(&["restart", "edge0"]);
+    wait_for(15, "edge0's session to come back", || {
+        bird.established("edge0") && bird.paths() == ["edge0", "edge1"]
+    });
+    assert!(
+        log_of(&dir, 0).contains("BGP session down"),
+        "{}",
+        log_of(&dir, 0)
+    );
+
+    // SIGTERM: edge0 withdraws, and only then stops accepting.
+    ok(&["kill", "-TERM", &edge0.0.id().to_string()]);
+    wait_for(5, "edge0's path to be withdrawn", || {
+        bird.paths() == ["edge1"]
+    });
+    let status = edge0.0.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", log_of(&dir, 0));
+    let log = log_of(&dir, 0);
+    let withdrawn = log.find("BGP routes withdrawn").expect("withdrawal logged");
+    let closing = log.find("no longer accepting").expect("drain logged");
+    assert!(
+        withdrawn < closing,
+        "withdrawn after the listeners closed:\n{log}"
+    );
+    assert!(
+        bird.birdc(&["show", "protocols", "edge0"])
+            .contains("Administrative shutdown"),
+        "{}",
+        bird.birdc(&["show", "protocols", "all", "edge0"])
+    );
+    // The address still works, through edge1.
+    assert_eq!(greeting(&t, 40_100), "edge1");
+}
+
+#[test]
+fn bad_bgp_config_is_refused_with_the_key() {
+    let dir = TempDir::new("bgp-bad");
+    let config = dir.write(
+        "portico.toml",
+        "[announce]\nmode = \"bgp\"\naddresses = [\"192.0.2.10\"]\n\
+         [announce.bgp]\nlocal_asn = 0\ncommunities = [\"1:2:3\"]\n\
+         [[announce.bgp.peers]]\naddress = \"10.0.0.1\"\nasn = 64501\npassword = \"x\"\n",
+    );
+    let out = portico(&["check", "--config", config.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for problem in [
+        "announce.bgp.local_asn: 0 is not a usable AS number",
+        "announce.bgp.communities: \"1:2:3\" is not ASN:VALUE",
+        "announce.bgp.peers[0] (10.0.0.1): password (TCP-MD5) is not supported yet",
+    ] {
+        assert!(text.contains(problem), "{problem}\n{text}");
+    }
+}
