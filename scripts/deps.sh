@@ -22,7 +22,7 @@ want_lean() { dpkg -s "$1" >/dev/null 2>&1 || lean+=("$1"); }
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
   echo "scripts/deps.sh: not a Debian system; install by hand: a C compiler, cmake, pkg-config," >&2
   echo "  and a wasm32 Rust target (rustup target add wasm32-wasip1); for tests also curl, openssl," >&2
-  echo "  iproute2, arping, tcpdump, etcd, xz, npm, promtool, nginx (with its stream module), haproxy, wrk, h2load, iperf3" >&2
+  echo "  iproute2, arping, tcpdump, bird2, etcd, xz, npm, promtool, nginx (with its stream module), haproxy, wrk, h2load, iperf3" >&2
   exit 1
 fi
 
