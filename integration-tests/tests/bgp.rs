@@ -25,10 +25,14 @@ struct Topology {
 
 impl Topology {
     fn new(edges: usize) -> Topology {
+        // Tests of one process run in parallel: each gets its own names
+        // and subnet.
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let k = (pid % 250) as u8 + 1;
-        let router = format!("pbgp-r-{pid}");
-        let edge_names: Vec<String> = (0..edges).map(|e| format!("pbgp-e{e}-{pid}")).collect();
+        let k = ((pid % 60) as u8) * 4 + n % 4 + 1;
+        let router = format!("pbgp-r-{pid}-{n}");
+        let edge_names: Vec<String> = (0..edges).map(|e| format!("pbgp-e{e}-{pid}-{n}")).collect();
         for ns in std::iter::once(&router).chain(&edge_names) {
             let _ = run(&["ip", "netns", "del", ns]);
             ok(&["ip", "netns", "add", ns]);
@@ -179,7 +183,12 @@ impl Bird {
 /// `portico run` in edge `e`'s namespace advertising VIP to the router,
 /// with an L4 LoadBalancer Service on VIP:9000 to an echo backend named
 /// `edge<e>`.
-fn start_edge(t: &Topology, dir: &TempDir, e: usize) -> (Killed, Killed) {
+fn start_edge(
+    t: &Topology,
+    dir: &TempDir,
+    e: usize,
+    kubeconfig: Option<&std::path::Path>,
+) -> (Killed, Killed) {
     let ns = &t.edges[e];
     let backend_port = 19_720;
     let echo = Killed(
@@ -225,8 +234,10 @@ fn start_edge(t: &Topology, dir: &TempDir, e: usize) -> (Killed, Killed) {
         .in_ns(ns, &[portico_bin().to_str().unwrap(), "run"])
         .arg("--config")
         .arg(&config)
-        .arg("--manifests")
-        .arg(&manifests)
+        .args(match kubeconfig {
+            Some(k) => ["--kubeconfig".as_ref(), k.as_os_str()],
+            None => ["--manifests".as_ref(), manifests.as_os_str()],
+        })
         .args(["--http", "127.0.0.1:8080", "--https", "127.0.0.1:8443"])
         .args([
             "--admin",
@@ -273,8 +284,8 @@ fn both_nodes_advertise_the_router_balances_and_a_draining_node_withdraws_first(
     let t = Topology::new(2);
     let dir = TempDir::new("bgp");
     let bird = Bird::start(&t, &dir);
-    let (mut edge0, _echo0) = start_edge(&t, &dir, 0);
-    let (_edge1, _echo1) = start_edge(&t, &dir, 1);
+    let (mut edge0, _echo0) = start_edge(&t, &dir, 0, None);
+    let (_edge1, _echo1) = start_edge(&t, &dir, 1, None);
 
     // Both paths at the router, merged into one ECMP route in its kernel.
     wait_for(20, "the router to have the address from both nodes", || {
@@ -343,6 +354,54 @@ fn both_nodes_advertise_the_router_balances_and_a_draining_node_withdraws_first(
     );
     // The address still works, through edge1.
     assert_eq!(greeting(&t, 40_100), "edge1");
+}
+
+#[test]
+fn a_node_that_is_not_ready_keeps_its_session_but_advertises_nothing() {
+    let t = Topology::new(1);
+    let dir = TempDir::new("bgp-unready");
+    let bird = Bird::start(&t, &dir);
+    // The Kubernetes source never syncs (nothing listens there): /readyz
+    // stays 503.
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: http://127.0.0.1:1\n\
+         users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: u\n\
+         current-context: gone\n",
+    );
+    let (_edge, _echo) = start_edge(&t, &dir, 0, Some(&kubeconfig));
+    wait_for(20, "the session to be established", || {
+        bird.established("edge0")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let readyz = t
+        .in_ns(
+            &t.edges[0],
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:9901/readyz",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&readyz.stdout),
+        "503",
+        "{}",
+        log_of(&dir, 0)
+    );
+    assert!(
+        bird.paths().is_empty(),
+        "advertised while not ready: {:?}",
+        bird.paths()
+    );
+    let log = log_of(&dir, 0);
+    assert!(log.contains("not ready (/readyz fails)"), "{log}");
 }
 
 #[test]

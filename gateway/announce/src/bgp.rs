@@ -53,7 +53,11 @@ impl BgpAnnouncer {
     /// Accepts the addresses locally (a `local` route, as in L2 mode) and
     /// opens a session to each peer, advertising them. Needs
     /// CAP_NET_ADMIN.
-    pub fn start(addresses: &[IpAddr], cfg: &BgpConfig) -> Result<BgpAnnouncer, String> {
+    pub fn start(
+        addresses: &[IpAddr],
+        cfg: &BgpConfig,
+        serving: crate::Serving,
+    ) -> Result<BgpAnnouncer, String> {
         let prefixes: Vec<Ipv4Addr> = addresses
             .iter()
             .map(|a| match a {
@@ -81,10 +85,10 @@ impl BgpAnnouncer {
         }
         for peer in &cfg.peers {
             let (peer, advertised) = (peer.clone(), advertised.clone());
-            let stop = running.stop.clone();
+            let (stop, serving) = (running.stop.clone(), serving.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("bgp-{}", peer.address))
-                .spawn(move || run_peer(&peer, &advertised, &stop))
+                .spawn(move || run_peer(&peer, &advertised, &stop, &*serving))
                 .map_err(|e| format!("announce: cannot start a BGP session thread: {e}"))?;
             running.threads.push(thread);
         }
@@ -111,12 +115,17 @@ impl Drop for BgpAnnouncer {
 
 /// Connects, holds the session while it lasts, and reconnects with a
 /// growing delay, until told to stop.
-fn run_peer(peer: &BgpPeerConfig, adv: &Advertised, stop: &AtomicBool) {
+fn run_peer(
+    peer: &BgpPeerConfig,
+    adv: &Advertised,
+    stop: &AtomicBool,
+    serving: &(dyn Fn() -> bool + Send + Sync),
+) {
     let label = peer.address.to_string();
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        match session(peer, adv, stop) {
+        match session(peer, adv, stop, serving) {
             Ok(()) => return,
             Err(e) => {
                 metrics::gauge!("portico_bgp_session_established", "peer" => label.clone())
@@ -169,7 +178,12 @@ fn connect(peer: &BgpPeerConfig) -> Result<TcpStream, String> {
 
 /// One session from connect to its end: `Ok` when told to stop (routes
 /// withdrawn, Cease sent), `Err` with the reason otherwise.
-fn session(peer: &BgpPeerConfig, adv: &Advertised, stop: &AtomicBool) -> Result<(), String> {
+fn session(
+    peer: &BgpPeerConfig,
+    adv: &Advertised,
+    stop: &AtomicBool,
+    serving: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(), String> {
     let mut s = connect(peer)?;
     let local = s.local_addr().map_err(|e| format!("socket: {e}"))?.ip();
     let router_id = match (adv.router_id, local) {
@@ -218,22 +232,38 @@ fn session(peer: &BgpPeerConfig, adv: &Advertised, stop: &AtomicBool) -> Result<
     wire.keepalive(&mut s, &params)?;
     wire.expect(&mut s, &params, BgpMessageType::Keepalive, stop)?;
 
-    let update = announcement(adv, peer.asn != adv.local_asn, local);
-    wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
     let label = peer.address.to_string();
     metrics::gauge!("portico_bgp_session_established", "peer" => label.clone()).set(1.0);
-    metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
-        .set(adv.prefixes.len() as f64);
     tracing::info!(peer = %peer.address, peer_asn = peer.asn, hold_seconds = hold.as_secs(),
-        prefixes = adv.prefixes.len(), "BGP session established; addresses advertised");
+        "BGP session established");
 
+    // Routes are advertised while the node is ready, withdrawn while not
+    // (the session stays up).
+    let mut advertised: Option<bool> = None;
     let (mut heard, mut said) = (Instant::now(), Instant::now());
     loop {
+        let up = serving() && !stop.load(Ordering::SeqCst);
+        if advertised != Some(up) {
+            if up {
+                let update = announcement(adv, peer.asn != adv.local_asn, local);
+                wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
+            } else if advertised == Some(true) {
+                wire.send(&mut s, &params, BgpMessageType::Update, &withdrawal(adv))?;
+            }
+            advertised = Some(up);
+            metrics::gauge!("portico_announce_ready").set(if up { 1.0 } else { 0.0 });
+            let count = if up { adv.prefixes.len() } else { 0 };
+            metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
+                .set(count as f64);
+            if up {
+                tracing::info!(peer = %peer.address, prefixes = count, "BGP routes advertised");
+            } else if !stop.load(Ordering::SeqCst) {
+                tracing::warn!(peer = %peer.address, "not ready (/readyz fails): no BGP routes advertised until it is");
+            }
+        }
         if stop.load(Ordering::SeqCst) {
-            let withdraw = withdrawal(adv);
-            let sent = wire
-                .send(&mut s, &params, BgpMessageType::Update, &withdraw)
-                .and_then(|_| wire.notify(&mut s, &params, CEASE, ADMINISTRATIVE_SHUTDOWN));
+            // Withdrawn just above (advertised is false by now).
+            let sent = wire.notify(&mut s, &params, CEASE, ADMINISTRATIVE_SHUTDOWN);
             let _ = s.shutdown(std::net::Shutdown::Write);
             metrics::gauge!("portico_bgp_session_established", "peer" => label.clone()).set(0.0);
             metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label).set(0.0);

@@ -106,7 +106,7 @@ impl L2Announcer {
     /// responder per interface, and gratuitous ARP / unsolicited neighbor
     /// advertisements now and every `garp_interval_seconds`. Needs
     /// CAP_NET_ADMIN and CAP_NET_RAW.
-    pub fn start(cfg: &AnnounceConfig) -> Result<L2Announcer, String> {
+    pub fn start(cfg: &AnnounceConfig, serving: crate::Serving) -> Result<L2Announcer, String> {
         let plan = plan(cfg, &pnet_datalink::interfaces())?;
         let mut running = route::Running::new("l2");
         let interval = Duration::from_secs(cfg.garp_interval_seconds.max(1));
@@ -142,13 +142,14 @@ impl L2Announcer {
             metrics::gauge!("portico_announced_addresses", "mode" => "l2")
                 .increment(a.addresses.len() as f64);
             let stop = running.stop.clone();
+            let serving = serving.clone();
             let name = format!("l2-{}", a.interface.name);
             let thread = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || {
                     // Members of the groups as long as the responder runs.
                     let _groups = groups;
-                    serve(a, tx, rx, interval, &stop)
+                    serve(a, tx, rx, interval, &stop, &*serving)
                 })
                 .map_err(|e| format!("announce: cannot start the L2 responder thread: {e}"))?;
             running.threads.push(thread);
@@ -212,6 +213,7 @@ fn serve(
     mut rx: Box<dyn DataLinkReceiver>,
     interval: Duration,
     stop: &AtomicBool,
+    serving: &(dyn Fn() -> bool + Send + Sync),
 ) {
     let send = |tx: &mut Box<dyn DataLinkSender>,
                 frame: &[u8],
@@ -241,15 +243,24 @@ fn serve(
             }
         }
     };
-    announce_all(&mut tx);
-    let mut next_announcement = Instant::now() + interval;
+    // Nothing is answered or announced while the node is not ready; it
+    // announces at once when it becomes ready.
+    let mut was: Option<bool> = None;
+    let mut next_announcement = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        let up = serving();
+        if was != Some(up) {
+            was = Some(up);
+            crate::note_serving(up, "l2");
+            next_announcement = Instant::now();
+        }
         match rx.next() {
-            Ok(frame) => {
+            Ok(frame) if up => {
                 if let Some((reply, counter, what)) = answer(&a, frame) {
                     send(&mut tx, &reply, counter, what);
                 }
             }
+            Ok(_) => {}
             Err(e)
                 if matches!(
                     e.kind(),
@@ -260,9 +271,9 @@ fn serve(
                 std::thread::sleep(POLL);
             }
         }
-        if Instant::now() >= next_announcement {
+        if up && Instant::now() >= next_announcement {
             announce_all(&mut tx);
-            next_announcement += interval;
+            next_announcement = Instant::now() + interval;
         }
     }
 }

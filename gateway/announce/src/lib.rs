@@ -14,6 +14,8 @@
 //! - sends gratuitous ARP (unsolicited neighbor advertisements for IPv6)
 //!   when it takes the address and every `garp_interval_seconds`, so
 //!   neighbours' caches follow it;
+//! - announces only while the node is ready (`/readyz`): not before the
+//!   first configuration sync, and not once it drains;
 //! - on SIGTERM gives the address up (stops answering, removes the route)
 //!   before its listeners close.
 //!
@@ -54,14 +56,33 @@ impl Announcer for bgp::BgpAnnouncer {
     }
 }
 
-/// Starts announcing as `cfg` says; `None` when the mode is `off`.
-pub fn start(cfg: &AnnounceConfig) -> Result<Option<Box<dyn Announcer>>, String> {
+/// Whether the node should be announced now (`/readyz`): asked by the
+/// announcers a few times a second.
+pub type Serving = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Starts announcing as `cfg` says, while `serving` says so; `None` when
+/// the mode is `off`.
+pub fn start(cfg: &AnnounceConfig, serving: Serving) -> Result<Option<Box<dyn Announcer>>, String> {
     Ok(match cfg.mode {
         AnnounceMode::Off => None,
-        AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg)?)),
+        AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg, serving)?)),
         AnnounceMode::Bgp => Some(Box::new(bgp::BgpAnnouncer::start(
             &cfg.addresses,
             &cfg.bgp,
+            serving,
         )?)),
     })
+}
+
+/// Logs and counts a change of `serving` as seen by one announcer.
+pub(crate) fn note_serving(now: bool, what: &str) {
+    metrics::gauge!("portico_announce_ready").set(if now { 1.0 } else { 0.0 });
+    if now {
+        tracing::info!(announcer = what, "ready: announcing the addresses");
+    } else {
+        tracing::warn!(
+            announcer = what,
+            "not ready (/readyz fails): the addresses are not announced"
+        );
+    }
 }

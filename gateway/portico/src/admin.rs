@@ -49,7 +49,9 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.publisher.is_ready() {
+                if portico_dataplane::shutdown::draining() {
+                    reply(503, "text/plain", b"draining: shutting down\n".to_vec())
+                } else if self.publisher.is_ready() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {
                     reply(

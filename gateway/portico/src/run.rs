@@ -297,7 +297,12 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
 
     // Addresses are announced once everything that serves them is set
     // up, and given up first on SIGTERM.
-    if let Some(announcer) = portico_announce::start(&cfg.announce)? {
+    // Announced while `/readyz` would say ready and the node is not
+    // draining: not before the first sync, not to a node on its way out.
+    let ready = publisher.clone();
+    let serving: portico_announce::Serving =
+        Arc::new(move || ready.is_ready() && !portico_dataplane::shutdown::draining());
+    if let Some(announcer) = portico_announce::start(&cfg.announce, serving)? {
         let announcer = std::sync::Mutex::new(announcer);
         portico_dataplane::shutdown::on_drain(Box::new(move || {
             announcer

@@ -78,6 +78,30 @@ pub fn describe_metrics() {
         "HTTP request latency by listener and route"
     );
     describe_gauge!("portico_http_requests_active", "HTTP requests in flight");
+    describe_gauge!(
+        "portico_announced_addresses",
+        "Addresses this node announces (accepted locally and answered or advertised), by mode"
+    );
+    describe_gauge!(
+        "portico_announce_ready",
+        "1 while the node is ready and its addresses are announced, 0 while they are held back"
+    );
+    describe_counter!(
+        "portico_arp_sent_total",
+        "ARP packets sent for announced IPv4 addresses: replies and gratuitous"
+    );
+    describe_counter!(
+        "portico_ndp_sent_total",
+        "Neighbor advertisements sent for announced IPv6 addresses: replies and unsolicited"
+    );
+    describe_gauge!(
+        "portico_bgp_session_established",
+        "1 while the BGP session with the peer is established"
+    );
+    describe_gauge!(
+        "portico_bgp_prefixes_advertised",
+        "Routes (/32s) advertised to the BGP peer"
+    );
     describe_counter!(
         "portico_http_paths_normalized_total",
         "Request paths rewritten to their normal form before routing"
