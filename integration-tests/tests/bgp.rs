@@ -118,6 +118,11 @@ struct Bird {
 
 impl Bird {
     fn start(t: &Topology, dir: &TempDir) -> Bird {
+        Bird::start_with_password(t, dir, None)
+    }
+
+    /// With `password`, every session must be signed with it (TCP-MD5).
+    fn start_with_password(t: &Topology, dir: &TempDir, password: Option<&str>) -> Bird {
         let mut conf = String::from(
             "router id 10.217.0.254;\nprotocol device {}\n\
              protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n",
@@ -125,9 +130,10 @@ impl Bird {
         for e in 0..t.edges.len() {
             conf += &format!(
                 "protocol bgp edge{e} {{\n  local {} as 64501;\n  neighbor {} as 64512;\n  \
-                 passive on;\n  hold time 9;\n  ipv4 {{ import all; export none; }};\n}}\n",
+                 passive on;\n  hold time 9;\n{}  ipv4 {{ import all; export none; }};\n}}\n",
                 t.router_addr(e),
-                t.edge_addr(e)
+                t.edge_addr(e),
+                password.map_or(String::new(), |p| format!("  password \"{p}\";\n"))
             );
         }
         let conf_path = dir.write("bird.conf", &conf);
@@ -189,6 +195,18 @@ fn start_edge(
     e: usize,
     kubeconfig: Option<&std::path::Path>,
 ) -> (Killed, Killed) {
+    start_edge_with(t, dir, e, kubeconfig, "")
+}
+
+/// `start_edge`, with `peer` added to the router's `[[announce.bgp.peers]]`
+/// table (TOML lines).
+fn start_edge_with(
+    t: &Topology,
+    dir: &TempDir,
+    e: usize,
+    kubeconfig: Option<&std::path::Path>,
+    peer: &str,
+) -> (Killed, Killed) {
     let ns = &t.edges[e];
     let backend_port = 19_720;
     let echo = Killed(
@@ -225,7 +243,7 @@ fn start_edge(
              [announce]\nmode = \"bgp\"\naddresses = [\"{VIP}\"]\n\
              [announce.bgp]\nlocal_asn = 64512\nhold_time_seconds = 9\n\
              communities = [\"64512:100\"]\n\
-             [[announce.bgp.peers]]\naddress = \"{}\"\nasn = 64501\n",
+             [[announce.bgp.peers]]\naddress = \"{}\"\nasn = 64501\n{peer}",
             t.router_addr(e)
         ),
     );
@@ -405,13 +423,33 @@ fn a_node_that_is_not_ready_keeps_its_session_but_advertises_nothing() {
 }
 
 #[test]
+fn a_password_signs_the_session() {
+    let t = Topology::new(2);
+    let dir = TempDir::new("bgp-md5");
+    let bird = Bird::start_with_password(&t, &dir, Some("s3cret"));
+    let (_edge0, _echo0) = start_edge_with(&t, &dir, 0, None, "password = \"s3cret\"\n");
+    let (_edge1, _echo1) = start_edge_with(&t, &dir, 1, None, "password = \"wrong\"\n");
+    wait_for(20, "the session with the right password", || {
+        bird.established("edge0") && bird.paths() == ["edge0"]
+    });
+    // Segments signed with another key are dropped: never established.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        !bird.established("edge1"),
+        "{}",
+        bird.birdc(&["show", "protocols", "all", "edge1"])
+    );
+    assert_eq!(bird.paths(), ["edge0"]);
+}
+
+#[test]
 fn bad_bgp_config_is_refused_with_the_key() {
     let dir = TempDir::new("bgp-bad");
     let config = dir.write(
         "portico.toml",
         "[announce]\nmode = \"bgp\"\naddresses = [\"192.0.2.10\"]\n\
          [announce.bgp]\nlocal_asn = 0\ncommunities = [\"1:2:3\"]\n\
-         [[announce.bgp.peers]]\naddress = \"10.0.0.1\"\nasn = 64501\npassword = \"x\"\n",
+         [[announce.bgp.peers]]\naddress = \"10.0.0.1\"\nasn = 64501\npassword = \"\"\n",
     );
     let out = portico(&["check", "--config", config.to_str().unwrap()]);
     let text =
@@ -420,7 +458,7 @@ fn bad_bgp_config_is_refused_with_the_key() {
     for problem in [
         "announce.bgp.local_asn: 0 is not a usable AS number",
         "announce.bgp.communities: \"1:2:3\" is not ASN:VALUE",
-        "announce.bgp.peers[0] (10.0.0.1): password (TCP-MD5) is not supported yet",
+        "announce.bgp.peers[0] (10.0.0.1): password (TCP-MD5) must be 1 to 80 bytes",
     ] {
         assert!(text.contains(problem), "{problem}\n{text}");
     }

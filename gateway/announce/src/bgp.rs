@@ -158,6 +158,9 @@ fn connect(peer: &BgpPeerConfig) -> Result<TcpStream, String> {
             .bind(&SocketAddr::new(source, 0).into())
             .map_err(|e| format!("bind to the source address {source}: {e}"))?;
     }
+    if let Some(password) = &peer.password {
+        set_md5_password(&socket, to.ip(), password)?;
+    }
     if let Some(ttl) = peer.ebgp_multihop {
         let set = match to {
             SocketAddr::V4(_) => socket.set_ttl_v4(u32::from(ttl)),
@@ -174,6 +177,60 @@ fn connect(peer: &BgpPeerConfig) -> Result<TcpStream, String> {
         .set_read_timeout(Some(POLL))
         .map_err(|e| format!("socket: {e}"))?;
     Ok(stream)
+}
+
+/// `struct tcp_md5sig` of linux/tcp.h (the libc crate has the option but
+/// not the struct).
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefix_len: u8,
+    key_len: u16,
+    ifindex: libc::c_int,
+    key: [u8; 80],
+}
+
+/// TCP-MD5 signatures (RFC 2385) on every segment to and from `peer`,
+/// keyed with `password`, as routers that require a BGP password expect.
+fn set_md5_password(socket: &socket2::Socket, peer: IpAddr, password: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let key = password.as_bytes();
+    if key.is_empty() || key.len() > 80 {
+        return Err("the password must be 1 to 80 bytes".into());
+    }
+    let addr = socket2::SockAddr::from(SocketAddr::new(peer, 0));
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
+    // SAFETY: `addr` holds `addr.len()` initialized bytes, which fit in a
+    // sockaddr_storage.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            addr.as_ptr() as *const u8,
+            &mut sig.addr as *mut libc::sockaddr_storage as *mut u8,
+            addr.len() as usize,
+        );
+    }
+    sig.key_len = key.len() as u16;
+    sig.key[..key.len()].copy_from_slice(key);
+    // SAFETY: a valid descriptor, and a pointer to a struct of the size
+    // passed, which the kernel only reads.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MD5SIG,
+            &sig as *const TcpMd5Sig as *const libc::c_void,
+            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "set the TCP-MD5 password: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// One session from connect to its end: `Ok` when told to stop (routes

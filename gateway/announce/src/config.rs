@@ -77,7 +77,8 @@ pub struct BgpPeerConfig {
     /// TTL of the session's packets, for a peer more than one hop away.
     #[serde(default)]
     pub ebgp_multihop: Option<u8>,
-    /// TCP-MD5 (RFC 2385): not built yet; refused when set.
+    /// TCP-MD5 signatures (RFC 2385) with this key, as the router's BGP
+    /// password; 1 to 80 bytes.
     #[serde(default)]
     pub password: Option<String>,
 }
@@ -122,10 +123,11 @@ impl BgpConfig {
             if p.address.is_unspecified() || p.address.is_multicast() {
                 out.push(format!("{at}: not a peer address"));
             }
-            if p.password.is_some() {
-                out.push(format!(
-                    "{at}: password (TCP-MD5) is not supported yet; remove it or peer without"
-                ));
+            if p.password
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.len() > 80)
+            {
+                out.push(format!("{at}: password (TCP-MD5) must be 1 to 80 bytes"));
             }
             if p.ebgp_multihop == Some(0) {
                 out.push(format!("{at}: ebgp_multihop must be at least 1"));
