@@ -81,9 +81,40 @@ impl Topology {
                 "dev",
                 "eth0",
             ]);
+            // The same link over IPv6 (no duplicate address detection).
+            ok(&[
+                "ip",
+                "-n",
+                &t.router,
+                "addr",
+                "add",
+                &format!("{}/126", t.router_addr6(e)),
+                "dev",
+                &link,
+                "nodad",
+            ]);
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/126", t.edge_addr6(e)),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         }
         t
+    }
+
+    fn edge_addr6(&self, e: usize) -> String {
+        format!("fd00:217:{}::{}", self.k, e * 4 + 1)
+    }
+
+    fn router_addr6(&self, e: usize) -> String {
+        format!("fd00:217:{}::{}", self.k, e * 4 + 2)
     }
 
     fn edge_addr(&self, e: usize) -> String {
@@ -125,9 +156,16 @@ impl Bird {
     fn start_with_password(t: &Topology, dir: &TempDir, password: Option<&str>) -> Bird {
         let mut conf = String::from(
             "router id 10.217.0.254;\nprotocol device {}\n\
-             protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n",
+             protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n\
+             protocol kernel { merge paths on; ipv6 { import none; export all; }; }\n",
         );
         for e in 0..t.edges.len() {
+            conf += &format!(
+                "protocol bgp edge{e}v6 {{\n  local {} as 64501;\n  neighbor {} as 64512;\n  \
+                 passive on;\n  hold time 9;\n  ipv6 {{ import all; export none; }};\n}}\n",
+                t.router_addr6(e),
+                t.edge_addr6(e),
+            );
             conf += &format!(
                 "protocol bgp edge{e} {{\n  local {} as 64501;\n  neighbor {} as 64512;\n  \
                  passive on;\n  hold time 9;\n{}  ipv4 {{ import all; export none; }};\n}}\n",
@@ -168,7 +206,11 @@ impl Bird {
 
     /// The protocols (edge0, edge1, ...) BIRD has the address from.
     fn paths(&self) -> Vec<String> {
-        let text = self.birdc(&["show", "route", "for", VIP, "all"]);
+        self.paths_for(VIP)
+    }
+
+    fn paths_for(&self, address: &str) -> Vec<String> {
+        let text = self.birdc(&["show", "route", "for", address, "all"]);
         let mut from: Vec<String> = text
             .lines()
             .filter_map(|l| l.split('[').nth(1))
@@ -207,6 +249,19 @@ fn start_edge_with(
     kubeconfig: Option<&std::path::Path>,
     peer: &str,
 ) -> (Killed, Killed) {
+    start_edge_for(t, dir, e, kubeconfig, VIP, &t.router_addr(e), peer)
+}
+
+/// `start_edge_with` for the address `vip`, peering with `router`.
+fn start_edge_for(
+    t: &Topology,
+    dir: &TempDir,
+    e: usize,
+    kubeconfig: Option<&std::path::Path>,
+    vip: &str,
+    router: &str,
+    peer: &str,
+) -> (Killed, Killed) {
     let ns = &t.edges[e];
     let backend_port = 19_720;
     let echo = Killed(
@@ -229,7 +284,7 @@ fn start_edge_with(
     let mut m = yaml::service(
         "default",
         "lb",
-        &format!("  type: LoadBalancer\n  loadBalancerIP: {VIP}\n"),
+        &format!("  type: LoadBalancer\n  loadBalancerIP: {vip}\n"),
         &[("tcp", 9000)],
     );
     m += &yaml::slice("default", "lb-1", "lb", "tcp", backend_port, true);
@@ -240,11 +295,12 @@ fn start_edge_with(
         &format!("edge{e}.toml"),
         &format!(
             "[shutdown]\ngrace_period_seconds = 3\n[l4]\nnode_ports = false\n\
-             [announce]\nmode = \"bgp\"\naddresses = [\"{VIP}\"]\n\
+             [announce]\nmode = \"bgp\"\naddresses = [\"{vip}\"]\n\
              [announce.bgp]\nlocal_asn = 64512\nhold_time_seconds = 9\n\
              communities = [\"64512:100\"]\n\
-             [[announce.bgp.peers]]\naddress = \"{}\"\nasn = 64501\n{peer}",
-            t.router_addr(e)
+             router_id = \"{}\"\n\
+             [[announce.bgp.peers]]\naddress = \"{router}\"\nasn = 64501\n{peer}",
+            t.edge_addr(e)
         ),
     );
     let log = std::fs::File::create(dir.path().join(format!("edge{e}.log"))).unwrap();
@@ -278,6 +334,16 @@ fn log_of(dir: &TempDir, e: usize) -> String {
 /// backend greets with its name), from source port `port`, so different
 /// connections hash to different ECMP paths.
 fn greeting(t: &Topology, port: u16) -> String {
+    greeting_from(t, VIP, port)
+}
+
+fn greeting_from(t: &Topology, vip: &str, port: u16) -> String {
+    let family = if vip.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let any = if vip.contains(':') { "::" } else { "0.0.0.0" };
     let out = t
         .in_ns(
             &t.router,
@@ -285,9 +351,9 @@ fn greeting(t: &Topology, port: u16) -> String {
                 "python3",
                 "-c",
                 &format!(
-                    "import socket\ns=socket.socket()\ns.settimeout(3)\n\
+                    "import socket\ns=socket.socket(socket.{family})\ns.settimeout(3)\n\
                      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                     s.bind(('0.0.0.0', {port}))\ns.connect(('{VIP}', 9000))\n\
+                     s.bind(('{any}', {port}))\ns.connect(('{vip}', 9000))\n\
                      print(s.recv(64).decode().strip())"
                 ),
             ],
@@ -440,6 +506,28 @@ fn a_password_signs_the_session() {
         bird.birdc(&["show", "protocols", "all", "edge1"])
     );
     assert_eq!(bird.paths(), ["edge0"]);
+}
+
+#[test]
+fn ipv6_addresses_are_advertised_as_128s_over_an_ipv6_session() {
+    let vip6 = "2001:db8:217::10";
+    let t = Topology::new(1);
+    let dir = TempDir::new("bgp-v6");
+    let bird = Bird::start(&t, &dir);
+    let (_edge, _echo) = start_edge_for(&t, &dir, 0, None, vip6, &t.router_addr6(0), "");
+    wait_for(20, "the router to have the IPv6 address", || {
+        bird.paths_for(vip6) == ["edge0v6"]
+    });
+    let route = bird.birdc(&["show", "route", "for", vip6, "all"]);
+    assert!(route.contains(&format!("{vip6}/128")), "{route}");
+    assert!(
+        route.contains(&format!("BGP.next_hop: {}", t.edge_addr6(0))),
+        "{route}"
+    );
+    // Installed in the router's kernel, and connections get through.
+    wait_for(10, "an IPv6 connection through the route", || {
+        greeting_from(&t, vip6, 40_200) == "edge0"
+    });
 }
 
 #[test]

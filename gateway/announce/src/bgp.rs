@@ -11,7 +11,7 @@
 //! it is sent (it never installs routes), IPv4 unicast, active opens.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,10 @@ struct Advertised {
     local_asn: u32,
     router_id: Option<Ipv4Addr>,
     hold_time: u16,
+    /// /32s, advertised on sessions over IPv4.
     prefixes: Vec<Ipv4Addr>,
+    /// /128s (MP-BGP, RFC 4760), advertised on sessions over IPv6.
+    prefixes_v6: Vec<Ipv6Addr>,
     communities: Vec<u32>,
     local_preference: Option<u32>,
 }
@@ -60,18 +63,24 @@ impl BgpAnnouncer {
     ) -> Result<BgpAnnouncer, String> {
         let prefixes: Vec<Ipv4Addr> = addresses
             .iter()
-            .map(|a| match a {
-                IpAddr::V4(v4) => Ok(*v4),
-                IpAddr::V6(_) => Err(format!(
-                    "announce.addresses: {a}: BGP mode advertises IPv4 addresses only so far"
-                )),
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
             })
-            .collect::<Result<_, _>>()?;
+            .collect();
+        let prefixes_v6: Vec<Ipv6Addr> = addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
         let advertised = Advertised {
             local_asn: cfg.local_asn,
             router_id: cfg.router_id,
             hold_time: cfg.hold_time_seconds,
             prefixes,
+            prefixes_v6,
             communities: cfg
                 .communities
                 .iter()
@@ -250,15 +259,20 @@ fn session(
             return Err("announce.bgp.router_id is needed for a session over IPv6".into())
         }
     };
+    // The session's family is what it carries: IPv4 unicast over IPv4,
+    // IPv6 unicast (in MP_REACH_NLRI) over IPv6. The transport mode stays
+    // IPv4 so that zettabgp keeps the main NLRI fields IPv4 (RFC 4760).
+    let family = if local.is_ipv4() {
+        BgpCapability::SafiIPv4u
+    } else {
+        BgpCapability::SafiIPv6u
+    };
     let mut params = BgpSessionParams::new(
         adv.local_asn,
         adv.hold_time,
         BgpTransportMode::IPv4,
         router_id,
-        vec![
-            BgpCapability::SafiIPv4u,
-            BgpCapability::CapASN32(adv.local_asn),
-        ],
+        vec![family, BgpCapability::CapASN32(adv.local_asn)],
     );
     let mut wire = Wire::default();
     let open = params.open_message();
@@ -305,11 +319,16 @@ fn session(
                 let update = announcement(adv, peer.asn != adv.local_asn, local);
                 wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
             } else if advertised == Some(true) {
-                wire.send(&mut s, &params, BgpMessageType::Update, &withdrawal(adv))?;
+                wire.send(
+                    &mut s,
+                    &params,
+                    BgpMessageType::Update,
+                    &withdrawal(adv, local),
+                )?;
             }
             advertised = Some(up);
             metrics::gauge!("portico_announce_ready").set(if up { 1.0 } else { 0.0 });
-            let count = if up { adv.prefixes.len() } else { 0 };
+            let count = if up { adv.count(local) } else { 0 };
             metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
                 .set(count as f64);
             if up {
@@ -359,17 +378,22 @@ fn session(
     }
 }
 
-/// The UPDATE advertising every address: ORIGIN IGP, the AS path (our AS
-/// to an external peer, empty to an internal one), ourselves as the next
-/// hop, communities, and LOCAL_PREF to internal peers.
+impl Advertised {
+    /// How many routes a session from `local` carries.
+    fn count(&self, local: IpAddr) -> usize {
+        match local {
+            IpAddr::V4(_) => self.prefixes.len(),
+            IpAddr::V6(_) => self.prefixes_v6.len(),
+        }
+    }
+}
+
+/// The UPDATE advertising every address of the session's family: ORIGIN
+/// IGP, the AS path (our AS to an external peer, empty to an internal
+/// one), ourselves as the next hop (NEXT_HOP for IPv4, in MP_REACH_NLRI
+/// for IPv6), communities, and LOCAL_PREF to internal peers.
 fn announcement(adv: &Advertised, external: bool, local: IpAddr) -> BgpUpdateMessage {
     let mut u = BgpUpdateMessage::new();
-    u.updates = BgpAddrs::IPV4U(
-        adv.prefixes
-            .iter()
-            .map(|p| BgpAddrV4::new(*p, 32))
-            .collect(),
-    );
     u.attrs
         .push(BgpAttrItem::Origin(BgpOrigin::new(BgpAttrOrigin::Igp)));
     let mut path = BgpASpath::new();
@@ -383,7 +407,26 @@ fn announcement(adv: &Advertised, external: bool, local: IpAddr) -> BgpUpdateMes
         }));
     }
     u.attrs.push(BgpAttrItem::ASPath(path));
-    u.attrs.push(BgpAttrItem::NextHop(BgpNextHop::new(local)));
+    match local {
+        IpAddr::V4(_) => {
+            u.updates = BgpAddrs::IPV4U(
+                adv.prefixes
+                    .iter()
+                    .map(|p| BgpAddrV4::new(*p, 32))
+                    .collect(),
+            );
+            u.attrs.push(BgpAttrItem::NextHop(BgpNextHop::new(local)));
+        }
+        IpAddr::V6(v6) => u.attrs.push(BgpAttrItem::MPUpdates(BgpMPUpdates {
+            nexthop: BgpAddr::V6(v6),
+            addrs: BgpAddrs::IPV6U(
+                adv.prefixes_v6
+                    .iter()
+                    .map(|p| BgpAddrV6::new(*p, 128))
+                    .collect(),
+            ),
+        })),
+    }
     if !external {
         u.attrs.push(BgpAttrItem::LocalPref(BgpLocalpref::new(
             adv.local_preference.unwrap_or(100),
@@ -401,14 +444,27 @@ fn announcement(adv: &Advertised, external: bool, local: IpAddr) -> BgpUpdateMes
     u
 }
 
-fn withdrawal(adv: &Advertised) -> BgpUpdateMessage {
+/// The UPDATE withdrawing what `announcement` advertised.
+fn withdrawal(adv: &Advertised, local: IpAddr) -> BgpUpdateMessage {
     let mut u = BgpUpdateMessage::new();
-    u.withdraws = BgpAddrs::IPV4U(
-        adv.prefixes
-            .iter()
-            .map(|p| BgpAddrV4::new(*p, 32))
-            .collect(),
-    );
+    match local {
+        IpAddr::V4(_) => {
+            u.withdraws = BgpAddrs::IPV4U(
+                adv.prefixes
+                    .iter()
+                    .map(|p| BgpAddrV4::new(*p, 32))
+                    .collect(),
+            )
+        }
+        IpAddr::V6(_) => u.attrs.push(BgpAttrItem::MPWithdraws(BgpMPWithdraws::new(
+            BgpAddrs::IPV6U(
+                adv.prefixes_v6
+                    .iter()
+                    .map(|p| BgpAddrV6::new(*p, 128))
+                    .collect(),
+            ),
+        ))),
+    }
     u
 }
 
@@ -536,6 +592,7 @@ mod tests {
             router_id: None,
             hold_time: 9,
             prefixes: vec!["192.0.2.10".parse().unwrap(), "192.0.2.11".parse().unwrap()],
+            prefixes_v6: vec!["2001:db8::10".parse().unwrap()],
             communities: vec![(64512 << 16) | 100],
             local_preference: Some(200),
         }
@@ -625,6 +682,39 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_go_in_mp_reach_with_our_ipv6_next_hop() {
+        let local: IpAddr = "fd00::1".parse().unwrap();
+        let u = round_trip(&announcement(&adv(), true, local));
+        let empty = match &u.updates {
+            BgpAddrs::None => true,
+            BgpAddrs::IPV4U(v) => v.is_empty(),
+            _ => false,
+        };
+        assert!(empty, "no IPv4 NLRI: {:?}", u.updates);
+        assert!(u.get_attr_nexthop().is_none(), "no NEXT_HOP attribute");
+        let mp = u.get_mpupdates().unwrap();
+        assert_eq!(
+            format!("{:?}", mp.nexthop),
+            format!("{:?}", BgpAddr::V6("fd00::1".parse().unwrap()))
+        );
+        match &mp.addrs {
+            BgpAddrs::IPV6U(v) => {
+                let got: Vec<String> = v
+                    .iter()
+                    .map(|p| format!("{}/{}", p.addr, p.prefixlen))
+                    .collect();
+                assert_eq!(got, ["2001:db8::10/128"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let w = round_trip(&withdrawal(&adv(), local));
+        match &w.get_mpwithdraws().unwrap().addrs {
+            BgpAddrs::IPV6U(v) => assert_eq!(v.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn an_internal_peer_gets_an_empty_path_and_local_preference() {
         let u = round_trip(&announcement(&adv(), false, "10.0.0.1".parse().unwrap()));
         assert_eq!(u.get_attr_aspath().unwrap().value.len(), 0);
@@ -637,7 +727,7 @@ mod tests {
 
     #[test]
     fn a_withdrawal_names_every_prefix_and_carries_no_attributes() {
-        let u = round_trip(&withdrawal(&adv()));
+        let u = round_trip(&withdrawal(&adv(), "10.0.0.1".parse().unwrap()));
         assert_eq!(prefixes(&u.withdraws), ["192.0.2.10/32", "192.0.2.11/32"]);
         assert!(u.attrs.is_empty());
     }

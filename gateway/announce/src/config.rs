@@ -170,10 +170,17 @@ impl AnnounceConfig {
                     "announce.addresses: mode \"bgp\" announces nothing without addresses".into(),
                 );
             }
+            // Each family goes over sessions of its own family.
             for a in &self.addresses {
-                if a.is_ipv6() {
+                if !self
+                    .bgp
+                    .peers
+                    .iter()
+                    .any(|p| p.address.is_ipv4() == a.is_ipv4())
+                {
+                    let family = if a.is_ipv4() { "IPv4" } else { "IPv6" };
                     out.push(format!(
-                        "announce.addresses: {a}: BGP mode advertises IPv4 addresses only so far (MP-BGP for IPv6 is not built; L2 mode announces IPv6)"
+                        "announce.addresses: {a} is {family}, but no peer in announce.bgp.peers has an {family} address to advertise it to"
                     ));
                 }
             }
