@@ -60,50 +60,16 @@ impl Topology {
                 "ip", "-n", &t.router, "link", "add", &link, "type", "veth", "peer", "name",
                 "eth0", "netns", ns,
             ]);
-            ok(&[
-                "ip",
-                "-n",
-                &t.router,
-                "addr",
-                "add",
-                &format!("{}/30", t.router_addr(e)),
-                "dev",
-                &link,
-            ]);
+            // Both families on the link (IPv6 without duplicate address
+            // detection: usable at once).
+            let add = |ns: &str, cidr: String, dev: &str| {
+                ok(&["ip", "-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"])
+            };
+            add(&t.router, format!("{}/30", t.router_addr(e)), &link);
+            add(&t.router, format!("{}/126", t.router_addr6(e)), &link);
+            add(ns, format!("{}/30", t.edge_addr(e)), "eth0");
+            add(ns, format!("{}/126", t.edge_addr6(e)), "eth0");
             ok(&["ip", "-n", &t.router, "link", "set", &link, "up"]);
-            ok(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/30", t.edge_addr(e)),
-                "dev",
-                "eth0",
-            ]);
-            // The same link over IPv6 (no duplicate address detection).
-            ok(&[
-                "ip",
-                "-n",
-                &t.router,
-                "addr",
-                "add",
-                &format!("{}/126", t.router_addr6(e)),
-                "dev",
-                &link,
-                "nodad",
-            ]);
-            ok(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/126", t.edge_addr6(e)),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
             ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         }
         t
