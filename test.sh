@@ -5,6 +5,8 @@
 #     real backends and clients on 127.0.0.1 and in network namespaces, a
 #     real kube-apiserver; they build the binary and the plugins themselves);
 #   - the plugins' and the SDK's unit tests (plugins/build.sh test);
+#   - the fuzz targets over their corpora plus a bounded run of mutations
+#     (scripts/fuzz_smoke.sh);
 #   - the benchmark harness in quick mode and the scale benchmarks at a
 #     small size: they prove the harnesses run and time nothing that could
 #     fail.
@@ -15,6 +17,7 @@ bash scripts/deps.sh test
 
 cargo test --workspace
 bash plugins/build.sh test
+bash scripts/fuzz_smoke.sh
 
 integration-tests/bench/run.sh --quick
 
