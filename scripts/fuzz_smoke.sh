@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 cargo build -p portico-fuzz --bins
 artifacts="${ARTIFACTS:-$(mktemp -d)}"
-for t in manifests paths control_answers; do
+for t in manifests paths control_answers host_abi; do
   # A copy: libFuzzer adds what it finds to the first corpus folder.
   work="$(mktemp -d)"
   cp -r "fuzz/corpus/$t/." "$work/"
