@@ -102,6 +102,13 @@ impl Segment {
             .map(|s| s.to_ascii_uppercase())
     }
 
+    /// What the edge node's admin listener answers at `path`.
+    fn admin(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:9901{path}");
+        let out = run(&["ip", "netns", "exec", &self.edge, "curl", "-s", &url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn in_ns(&self, ns: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).args(args);
@@ -311,6 +318,18 @@ fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
         .count();
     assert!(announcements >= 2, "gratuitous ARP for {vip}:\n{captured}");
 
+    // /config says how the address is announced.
+    let config = seg.admin("/config");
+    assert!(
+        config.contains("\"mode\": \"l2\"")
+            && config.contains(&format!(
+                "\"how\": \"ARP on eth0 (MAC {})\"",
+                mac.to_ascii_lowercase()
+            ))
+            && config.contains("\"ready\": true"),
+        "{config}"
+    );
+
     // The kernel itself never answers for it (strict ARP on the interface).
     let sysctl = run(&[
         "ip",
@@ -409,16 +428,7 @@ fn l2_mode_answers_ndp_for_an_ipv6_address_and_gives_it_up() {
         solicited >= 1,
         "answers to the client's solicitations:\n{captured}"
     );
-    let metrics = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &seg.edge,
-        "curl",
-        "-s",
-        "http://127.0.0.1:9901/metrics",
-    ]);
-    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let metrics = seg.admin("/metrics");
     assert!(
         metrics.contains("portico_ndp_sent_total{kind=\"reply\"}")
             && metrics.contains("portico_ndp_sent_total{kind=\"unsolicited\"}"),

@@ -371,6 +371,32 @@ fn both_nodes_advertise_the_router_balances_and_a_draining_node_withdraws_first(
         log_of(&dir, 0)
     );
 
+    // What the node says it announces: /config and /explain.
+    let admin = |path: &str| {
+        let out = t
+            .in_ns(
+                &t.edges[0],
+                &["curl", "-s", &format!("http://127.0.0.1:9901{path}")],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let config = admin("/config");
+    assert!(
+        config.contains(&format!(
+            "\"how\": \"BGP to {} (AS 64501)\"",
+            t.router_addr(0)
+        )) && config.contains("\"established\": true")
+            && config.contains("\"advertised\": 1"),
+        "{config}"
+    );
+    let explained = admin("/explain?host=x&port=9000");
+    assert!(
+        explained.contains("\"announced\"") && explained.contains("BGP to"),
+        "{explained}"
+    );
+
     // A session reset: the node reconnects and advertises again.
     bird.birdc(&["restart", "edge0"]);
     wait_for(15, "edge0's session to come back", || {

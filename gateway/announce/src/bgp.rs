@@ -92,6 +92,32 @@ impl BgpAnnouncer {
         for ip in addresses {
             running.routes.add(*ip)?;
         }
+        crate::status::update(|s| {
+            s.mode = "bgp".into();
+            for ip in addresses {
+                let to: Vec<String> = cfg
+                    .peers
+                    .iter()
+                    .filter(|p| p.address.is_ipv4() == ip.is_ipv4())
+                    .map(|p| format!("{} (AS {})", p.address, p.asn))
+                    .collect();
+                s.addresses.push(crate::status::AddressStatus {
+                    address: *ip,
+                    how: format!("BGP to {}", to.join(", ")),
+                });
+            }
+            s.peers = cfg
+                .peers
+                .iter()
+                .map(|p| crate::status::PeerStatus {
+                    address: p.address,
+                    asn: p.asn,
+                    established: false,
+                    advertised: 0,
+                    last_error: None,
+                })
+                .collect();
+        });
         for peer in &cfg.peers {
             let (peer, advertised) = (peer.clone(), advertised.clone());
             let (stop, serving) = (running.stop.clone(), serving.clone());
@@ -111,6 +137,10 @@ impl BgpAnnouncer {
     /// notification), then removes the local routes. Idempotent.
     pub fn release(&mut self) {
         if self.0.release() {
+            crate::status::update(|s| {
+                s.ready = false;
+                s.addresses.clear();
+            });
             tracing::info!("withdrew the announced addresses");
         }
     }
@@ -137,6 +167,11 @@ fn run_peer(
         match session(peer, adv, stop, serving) {
             Ok(()) => return,
             Err(e) => {
+                crate::status::update_peer(peer.address, |p| {
+                    p.established = false;
+                    p.advertised = 0;
+                    p.last_error = Some(e.clone());
+                });
                 metrics::gauge!("portico_bgp_session_established", "peer" => label.clone())
                     .set(0.0);
                 metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
@@ -305,6 +340,7 @@ fn session(
 
     let label = peer.address.to_string();
     metrics::gauge!("portico_bgp_session_established", "peer" => label.clone()).set(1.0);
+    crate::status::update_peer(peer.address, |p| p.established = true);
     tracing::info!(peer = %peer.address, peer_asn = peer.asn, hold_seconds = hold.as_secs(),
         "BGP session established");
 
@@ -329,6 +365,8 @@ fn session(
             advertised = Some(up);
             metrics::gauge!("portico_announce_ready").set(if up { 1.0 } else { 0.0 });
             let count = if up { adv.count(local) } else { 0 };
+            crate::status::update(|s| s.ready = up);
+            crate::status::update_peer(peer.address, |p| p.advertised = count);
             metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
                 .set(count as f64);
             if up {
@@ -343,6 +381,10 @@ fn session(
             let _ = s.shutdown(std::net::Shutdown::Write);
             metrics::gauge!("portico_bgp_session_established", "peer" => label.clone()).set(0.0);
             metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label).set(0.0);
+            crate::status::update_peer(peer.address, |p| {
+                p.established = false;
+                p.advertised = 0;
+            });
             if let Err(e) = sent {
                 tracing::warn!(peer = %peer.address, error = %e, "could not withdraw; the peer drops the routes with the session");
             } else {

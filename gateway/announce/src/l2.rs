@@ -137,6 +137,16 @@ impl L2Announcer {
             for ip in &a.addresses {
                 running.routes.add(*ip)?;
             }
+            crate::status::update(|s| {
+                s.mode = "l2".into();
+                for ip in &a.addresses {
+                    let protocol = if ip.is_ipv4() { "ARP" } else { "NDP" };
+                    s.addresses.push(crate::status::AddressStatus {
+                        address: *ip,
+                        how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
+                    });
+                }
+            });
             tracing::info!(interface = %a.interface.name, mac = %a.mac, addresses = ?a.addresses,
                 garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP (IPv4) and NDP (IPv6)");
             metrics::gauge!("portico_announced_addresses", "mode" => "l2")
@@ -160,6 +170,10 @@ impl L2Announcer {
     /// Stops answering and removes the local routes. Idempotent.
     pub fn release(&mut self) {
         if self.0.release() {
+            crate::status::update(|s| {
+                s.ready = false;
+                s.addresses.clear();
+            });
             tracing::info!("gave up the announced addresses");
         }
     }

@@ -35,6 +35,7 @@ pub mod config;
 pub mod l2;
 pub mod ndp;
 pub mod route;
+pub mod status;
 
 pub use config::{AnnounceConfig, AnnounceMode};
 
@@ -77,6 +78,7 @@ pub fn start(cfg: &AnnounceConfig, serving: Serving) -> Result<Option<Box<dyn An
 /// Logs and counts a change of `serving` as seen by one announcer.
 pub(crate) fn note_serving(now: bool, what: &str) {
     metrics::gauge!("portico_announce_ready").set(if now { 1.0 } else { 0.0 });
+    status::update(|s| s.ready = now);
     if now {
         tracing::info!(announcer = what, "ready: announcing the addresses");
     } else {

@@ -68,8 +68,10 @@ impl ServeHttp for Admin {
             ),
             "/config" => {
                 let snap = self.publisher.current();
-                let body =
-                    serde_json::to_vec_pretty(&explain::snapshot_json(&snap)).unwrap_or_default();
+                let mut config = explain::snapshot_json(&snap);
+                config["announce"] =
+                    serde_json::to_value(portico_announce::status::status()).unwrap_or_default();
+                let body = serde_json::to_vec_pretty(&config).unwrap_or_default();
                 reply(200, "application/json", body)
             }
             "/explain" => {
@@ -93,13 +95,19 @@ impl ServeHttp for Admin {
                     http: names(&registry.http),
                     tcp: names(&registry.tcp),
                 };
-                let v = explain::explain(
+                let mut v = explain::explain(
                     &snap,
                     &host,
                     &path,
                     port,
                     &self.l7_listeners,
                     &listener_plugins,
+                );
+                explain::add_announcements(
+                    &mut v,
+                    &snap,
+                    port,
+                    &portico_announce::status::status(),
                 );
                 reply(
                     200,

@@ -215,6 +215,39 @@ pub fn explain(
 
 /// The active snapshot as JSON. Certificates appear only as their source
 /// names; key material never leaves the process.
+/// For an L4 answer, says how each listener's address is made reachable
+/// (what this running node announces, and whether it does now).
+pub fn add_announcements(
+    v: &mut Value,
+    snap: &Snapshot,
+    port: Option<u16>,
+    status: &portico_announce::status::Status,
+) {
+    let (Some(port), Some(listeners)) =
+        (port, v.get_mut("listeners").and_then(Value::as_array_mut))
+    else {
+        return;
+    };
+    let keys = snap.l4.keys().filter(|k| k.addr.port() == port);
+    for (entry, key) in listeners.iter_mut().zip(keys) {
+        // NodePorts and other wildcard listeners have no address to announce.
+        if key.addr.ip().is_unspecified() {
+            continue;
+        }
+        let how = status
+            .addresses
+            .iter()
+            .find(|a| a.address == key.addr.ip())
+            .map(|a| json!({"how": a.how, "now": status.ready}));
+        entry["announced"] = how.unwrap_or_else(|| {
+            json!(format!(
+                "not by this node (announce.mode = {:?}): reachable only if the address is on an interface or routed here",
+                status.mode
+            ))
+        });
+    }
+}
+
 pub fn snapshot_json(snap: &Snapshot) -> Value {
     let routes: Vec<Value> = snap
         .routes
