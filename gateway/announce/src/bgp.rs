@@ -61,20 +61,13 @@ impl BgpAnnouncer {
         cfg: &BgpConfig,
         serving: crate::Serving,
     ) -> Result<BgpAnnouncer, String> {
-        let prefixes: Vec<Ipv4Addr> = addresses
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let prefixes_v6: Vec<Ipv6Addr> = addresses
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
+        let (mut prefixes, mut prefixes_v6) = (Vec::new(), Vec::new());
+        for a in addresses {
+            match a {
+                IpAddr::V4(v4) => prefixes.push(*v4),
+                IpAddr::V6(v6) => prefixes_v6.push(*v6),
+            }
+        }
         let advertised = Advertised {
             local_asn: cfg.local_asn,
             router_id: cfg.router_id,

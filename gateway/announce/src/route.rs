@@ -151,8 +151,19 @@ impl Running {
     /// withdraws), then removes the routes. Whether anything was held.
     pub fn release(&mut self) -> bool {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Each thread sees the flag within its poll (200 ms) and gives up
+        // its part; one blocked in a connect to a router that is down
+        // (up to 5 s) must not hold back the drain: it is left to finish
+        // on its own, with nothing left to withdraw.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
         if !self.routes.release() {
             return false;

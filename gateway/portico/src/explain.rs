@@ -228,8 +228,14 @@ pub fn add_announcements(
     else {
         return;
     };
-    let keys = snap.l4.keys().filter(|k| k.addr.port() == port);
-    for (entry, key) in listeners.iter_mut().zip(keys) {
+    for key in snap.l4.keys().filter(|k| k.addr.port() == port) {
+        let name = key.to_string();
+        let Some(entry) = listeners
+            .iter_mut()
+            .find(|e| e["listener"] == name.as_str())
+        else {
+            continue;
+        };
         // NodePorts and other wildcard listeners have no address to announce.
         if key.addr.ip().is_unspecified() {
             continue;
