@@ -249,18 +249,20 @@ fn install_rbac(
     (sa, token, rules)
 }
 
+/// deploy/rbac.yaml without its Secrets rule.
+fn without_secrets(rbac: String) -> String {
+    rbac.replace(
+        "resources: [\"services\", \"secrets\", \"nodes\"]",
+        "resources: [\"services\", \"nodes\"]",
+    )
+}
+
 /// A rule missing from the ServiceAccount's role: the real 403 gives one
 /// clear log line (not one per retry), readiness waits, and granting the
 /// rule recovers without a restart.
 #[test]
 fn a_missing_rbac_rule_gives_one_clear_line_until_granted() {
     let (api, ns, net, _web) = setup("norbac");
-    let without_secrets = |r: String| {
-        r.replace(
-            "resources: [\"services\", \"secrets\", \"nodes\"]",
-            "resources: [\"services\", \"nodes\"]",
-        )
-    };
     let (_, token, rules) = install_rbac(api, &ns, without_secrets);
     assert!(!rules
         .iter()
@@ -1242,4 +1244,132 @@ fn l2_announcement_is_refused_with_the_kubernetes_source() {
     assert!(log.contains("only static ownership"), "{log}");
     assert!(log.contains("MetalLB or kube-vip"), "{log}");
     assert!(!log.contains("announcing addresses by ARP"), "{log}");
+}
+
+/// `kubernetes.secrets = "referenced"` on the real server with RBAC on:
+/// the ServiceAccount has no access to Secrets but the Roles `portico
+/// rbac` prints (read from the cluster). Portico serves the named Secret,
+/// never reads another one (the audit log), reports a newly named Secret
+/// it may not read in one clear line and as a problem on that Secret, and
+/// serves it once the regenerated Roles grant it, without a restart.
+#[test]
+fn referenced_secrets_mode_reads_exactly_the_named_secrets() {
+    let (api, ns, net, _web) = setup("refsec");
+    let (sa, token, _) = install_rbac(api, &ns, without_secrets);
+    let (crt, key) = self_signed(&["ref.test"]);
+    let (crt2, key2) = self_signed(&["two.ref.test"]);
+    api.apply(
+        &(shop_tls(&ns, "ref.test", &net, &crt, &key)
+            + &yaml::tls_secret(&ns, "unrelated", &crt2, &key2)),
+    )
+    .unwrap();
+
+    // The helper, as a cluster admin would run it, scoped to this test's
+    // namespace (the server is shared).
+    let dir = TempDir::new("kapi");
+    let admin = api.kubeconfig(dir.path(), "admin");
+    let helper_cfg = dir.write(
+        "helper.toml",
+        &format!("[kubernetes]\nnamespace = \"{ns}\"\n"),
+    );
+    let rbac = || {
+        let out = portico(&[
+            "rbac",
+            "--config",
+            helper_cfg.to_str().unwrap(),
+            "--kubeconfig",
+            admin.to_str().unwrap(),
+            "--service-account",
+            &format!("{ns}/{sa}"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let roles = rbac();
+    assert!(roles.contains("resourceNames: [\"web-tls\"]"), "{roles}");
+    assert!(!roles.contains("unrelated"), "{roles}");
+    api.apply(&roles).unwrap();
+
+    let kubeconfig = api.token_kubeconfig(dir.path(), "portico", &token);
+    let gw = Gateway::spawn_kube_real(
+        &kubeconfig,
+        &ns,
+        "gw",
+        &format!("secrets = \"referenced\"\n{NO_NODE_PORTS}"),
+        true,
+    );
+    gw.wait_ready();
+    let ca = gw.dir.write("ca.pem", &crt);
+    // Ready means the named Secret was already read: no default
+    // certificate in between.
+    assert_eq!(https_name(&gw, "ref.test", &ca), Ok("web-1".into()));
+
+    // A second Ingress names the Secret the Roles do not grant.
+    api.apply(&yaml::ingress(
+        &ns,
+        "two",
+        &[("two.ref.test", "/", "Prefix", "web", "http")],
+        "  tls:\n  - hosts: [\"two.ref.test\"]\n    secretName: unrelated\n",
+    ))
+    .unwrap();
+    let line = "RBAC: the API server forbids `list` on secrets named";
+    wait_for(15, "the RBAC line for the named Secret", || {
+        gw.log().contains(line)
+    });
+    let log = gw.log();
+    assert!(log.contains("portico rbac"), "{log}");
+    let config = http_get(gw.admin, "admin", "/config").unwrap().json();
+    let problems = config["problems"].to_string();
+    assert!(
+        problems.contains(&format!("Secret {ns}/unrelated")) && problems.contains("forbids"),
+        "{problems}"
+    );
+    // Still serving what it could read.
+    assert_eq!(https_name(&gw, "ref.test", &ca), Ok("web-1".into()));
+
+    // Regenerated Roles grant it: served without a restart.
+    let pid = gw.pid();
+    let roles = rbac();
+    assert!(
+        roles.contains("resourceNames: [\"unrelated\", \"web-tls\"]"),
+        "{roles}"
+    );
+    api.apply(&roles).unwrap();
+    let ca2 = gw.dir.write("ca2.pem", &crt2);
+    wait_for(30, "two.ref.test with its own certificate", || {
+        https_name(&gw, "two.ref.test", &ca2).is_ok()
+    });
+    assert_eq!(gw.pid(), pid);
+
+    // The Ingress goes: its Secret's watch stops.
+    api.delete("ingresses.networking.k8s.io", &ns, "two")
+        .unwrap();
+    wait_for(10, "one named watch left", || {
+        gw.metrics()
+            .contains("portico_kubernetes_named_watches{kind=\"Secret\"} 1")
+    });
+
+    // The audit log: every Secret request named one Secret, and only the
+    // two that Ingresses named; no list of the kind.
+    let user = format!("system:serviceaccount:{ns}:{sa}");
+    let secret_requests: Vec<String> = api
+        .audit(&user)
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "secrets")
+        .map(|e| e["requestURI"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!secret_requests.is_empty());
+    for uri in &secret_requests {
+        assert!(
+            uri.contains("fieldSelector=metadata.name%3Dweb-tls")
+                || uri.contains("fieldSelector=metadata.name%3Dunrelated"),
+            "a Secret request not by name: {uri}"
+        );
+        assert!(uri.contains(&format!("/namespaces/{ns}/secrets")), "{uri}");
+    }
 }

@@ -2,7 +2,8 @@
 //! - one meaning per request path: the path is normalized before routing,
 //!   so a route's policies cannot be bypassed with `..`, escaped dots or
 //!   doubled slashes, and the backend receives the path that was routed;
-//! - forwarding headers believed only from trusted proxies.
+//! - forwarding headers believed only from trusted proxies;
+//! - `portico rbac`, the Roles for reading only referenced Secrets.
 //!
 //! Real binary, real backends, raw HTTP/1.1 and curl (h2c).
 
@@ -239,4 +240,81 @@ fn forwarding_headers_are_replaced_unless_the_peer_is_a_trusted_proxy() {
     )
     .unwrap();
     assert_eq!(r.status, 403, "{}", r.text());
+}
+
+/// `portico rbac` from manifest folders with the default config: one Role
+/// per namespace naming the Secrets of the Ingresses Portico admits, and
+/// nothing of another controller's Ingress (its Secret is not Portico's
+/// to read).
+#[test]
+fn rbac_helper_grants_only_the_secrets_of_admitted_ingresses() {
+    let dir = TempDir::new("rbac");
+    let tls = |secret: &str| format!("  tls:\n  - hosts: [\"a.test\"]\n    secretName: {secret}\n");
+    let other = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: theirs, namespace: blog}\n\
+                 spec:\n  ingressClassName: another-controller\n  tls:\n  - hosts: [b.test]\n    secretName: theirs-tls\n  \
+                 rules:\n  - host: b.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n---\n";
+    dir.write(
+        "app.yaml",
+        &(yaml::ingress(
+            "shop",
+            "web",
+            &[("a.test", "/", "Prefix", "web", "http")],
+            &tls("shop-tls"),
+        ) + &yaml::ingress(
+            "blog",
+            "web",
+            &[("c.test", "/", "Prefix", "web", "http")],
+            &tls("blog-tls"),
+        ) + other),
+    );
+    let out = portico(&[
+        "rbac",
+        "--manifests",
+        dir.path().to_str().unwrap(),
+        "--service-account",
+        "edge/portico",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<serde_json::Value> = text
+        .split("---\n")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v.is_object())
+        .collect();
+    let roles: Vec<(String, String)> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role")
+        .map(|d| {
+            (
+                d["metadata"]["namespace"].as_str().unwrap().to_string(),
+                d["rules"][0]["resourceNames"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("blog".to_string(), "[\"blog-tls\"]".to_string()),
+            ("shop".to_string(), "[\"shop-tls\"]".to_string())
+        ],
+        "{text}"
+    );
+    assert!(docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding")
+        .all(|d| d["subjects"][0]["namespace"] == "edge" && d["subjects"][0]["name"] == "portico"));
+
+    let bad = portico(&[
+        "rbac",
+        "--manifests",
+        dir.path().to_str().unwrap(),
+        "--service-account",
+        "portico",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected NAMESPACE/NAME"));
 }

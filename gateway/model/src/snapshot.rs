@@ -208,6 +208,9 @@ pub struct SnapshotSpec {
     pub admitted_ingresses: usize,
     /// The Ingresses it left out, sorted.
     pub ignored_ingresses: Vec<IgnoredIngress>,
+    /// The TLS Secrets the admitted Ingresses name, found or not: what a
+    /// source that reads Secrets by name must fetch.
+    pub referenced_secrets: std::collections::BTreeSet<crate::store::ObjectKey>,
 }
 
 /// The published, immutable view the data plane reads.

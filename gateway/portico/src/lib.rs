@@ -14,6 +14,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod rbac;
 pub mod run;
 pub mod settings;
 pub mod telemetry;

@@ -97,6 +97,31 @@ enum Command {
         #[command(flatten)]
         sources: Sources,
     },
+    /// Print RBAC Roles granting read access to exactly the TLS Secrets
+    /// that admitted Ingresses name, one Role and RoleBinding per
+    /// namespace (for `kubernetes.secrets = "referenced"`).
+    Rbac {
+        /// Where the Ingresses are read: these manifest folders, or the
+        /// cluster when `--kubeconfig` is given or `kubernetes` is enabled.
+        #[command(flatten)]
+        sources: Sources,
+        /// Read the Ingresses and IngressClasses from this cluster.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// The ServiceAccount Portico runs as.
+        #[arg(
+            long,
+            value_name = "NAMESPACE/NAME",
+            default_value = "portico-system/portico"
+        )]
+        service_account: String,
+        /// Name of the Roles and RoleBindings.
+        #[arg(long, default_value = "portico-tls-secrets")]
+        role_name: String,
+        /// Grant every Secret of each namespace instead of the named ones.
+        #[arg(long)]
+        namespace_wide: bool,
+    },
     /// Run a demo echo backend (HTTP, WebSocket, TCP, UDP).
     Echo {
         #[arg(long, default_value = "echo")]
@@ -255,6 +280,25 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Rbac {
+            sources,
+            kubeconfig,
+            service_account,
+            role_name,
+            namespace_wide,
+        } => match rbac(
+            &sources,
+            kubeconfig,
+            &service_account,
+            &role_name,
+            namespace_wide,
+        ) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Echo {
             name,
             http,
@@ -291,13 +335,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn explain_offline(
+/// `portico rbac`: translation decides which Ingresses are admitted and
+/// which Secrets they name, exactly as the running gateway would.
+fn rbac(
     sources: &Sources,
-    host: &str,
-    path: &str,
-    port: Option<u16>,
-) -> Result<serde_json::Value, String> {
-    let cfg = load(sources)?;
+    kubeconfig: Option<PathBuf>,
+    account: &str,
+    role_name: &str,
+    namespace_wide: bool,
+) -> Result<String, String> {
+    let account = portico::rbac::parse_account(account)?;
+    let mut cfg = load(sources)?;
+    if let Some(k) = kubeconfig {
+        cfg.kubernetes.enabled = Some(true);
+        cfg.kubernetes.kubeconfig = Some(k);
+    }
+    install_admission(&cfg)?;
+    let store = if cfg.kubernetes.wanted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        rt.block_on(portico_sources::kube::list::ingresses(&cfg.kubernetes))?
+    } else {
+        let (set, problems) = portico_sources::manifests::read_dirs(&cfg.sources.manifests);
+        if let Some(p) = problems.first() {
+            return Err(p.to_string());
+        }
+        portico_sources::manifests::build_store(&set).0
+    };
+    let spec = portico_translate::translate(&store, &portico::settings::translate_settings(&cfg));
+    Ok(portico::rbac::secret_roles(
+        &spec.referenced_secrets,
+        &account,
+        role_name,
+        namespace_wide,
+    ))
+}
+
+/// Loads the admission and policy plugins when configured: they decide
+/// which Ingresses translation takes.
+fn install_admission(cfg: &Config) -> Result<(), String> {
     if cfg.ingress.admission.is_some() || cfg.ingress.policy_plugin.is_some() {
         let (registry, errs) = portico_wasm::registry::load_all(&cfg.plugins, None);
         if let Some(e) = errs.first() {
@@ -310,6 +388,17 @@ fn explain_offline(
             &registry,
         );
     }
+    Ok(())
+}
+
+fn explain_offline(
+    sources: &Sources,
+    host: &str,
+    path: &str,
+    port: Option<u16>,
+) -> Result<serde_json::Value, String> {
+    let cfg = load(sources)?;
+    install_admission(&cfg)?;
     let (set, problems) = portico_sources::manifests::read_dirs(&cfg.sources.manifests);
     if let Some(p) = problems.first() {
         return Err(p.to_string());

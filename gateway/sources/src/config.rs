@@ -80,6 +80,25 @@ pub struct KubernetesConfig {
     pub events: bool,
     /// How long a burst of changes is gathered before it is applied.
     pub debounce_ms: u64,
+    /// Which TLS Secrets are read: `all` (list and watch every
+    /// `kubernetes.io/tls` Secret in scope) or `referenced` (only the ones
+    /// admitted Ingresses name, each watched by name; RBAC can then grant
+    /// exactly those, see `portico rbac`).
+    pub secrets: SecretAccess,
+}
+
+/// `kubernetes.secrets`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretAccess {
+    /// One list and watch of every TLS Secret in scope: needs `list` and
+    /// `watch` on all Secrets, as ingress-nginx does.
+    #[default]
+    All,
+    /// A watch per Secret that an admitted Ingress names
+    /// (`fieldSelector=metadata.name=...`), so a Role with `resourceNames`
+    /// suffices.
+    Referenced,
 }
 
 impl KubernetesConfig {
@@ -110,6 +129,7 @@ impl Default for KubernetesConfig {
             identity: None,
             events: true,
             debounce_ms: 10,
+            secrets: SecretAccess::All,
         }
     }
 }

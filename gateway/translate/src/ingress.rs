@@ -60,6 +60,7 @@ pub fn add_ingress(
         routes,
         certs,
         problems,
+        referenced_secrets,
         ..
     } = out;
     let here = Store::locate(&store.ingresses, "Ingress", key);
@@ -341,6 +342,7 @@ pub fn add_ingress(
             continue;
         };
         let secret_key = ObjectKey::new(key.namespace.clone(), secret_name);
+        referenced_secrets.insert(secret_key.clone());
         let cert = match store.secrets.get(&secret_key) {
             None => Err(format!("TLS Secret {secret_key} not found")),
             Some(s) => secret_certificate(&s.object, &secret_key.to_string())

@@ -8,6 +8,8 @@
 pub mod client;
 pub mod events;
 pub mod leader;
+pub mod list;
+pub mod named;
 pub mod node;
 pub mod state;
 pub mod status;
@@ -28,7 +30,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use crate::config::{DnsConfig, KubernetesConfig};
+use crate::config::{DnsConfig, KubernetesConfig, SecretAccess};
+use named::NamedWatches;
 use portico_model::control::LoadBalancerAddresses;
 use portico_model::problems::Problem;
 use portico_model::publish::Publisher;
@@ -36,7 +39,7 @@ use portico_model::snapshot::SnapshotSpec;
 use portico_model::store::{AnyObject, ObjectKey};
 use portico_translate::Settings;
 use state::{ClusterState, Effect, Kind, Update};
-use watch::{Lenient, Malformed, Report};
+use watch::{Coverage, Lenient, Malformed, Report};
 
 /// Everything the source, the status writer and the event reporter share.
 pub struct Shared {
@@ -50,6 +53,12 @@ pub struct Inner {
     logged: Vec<Problem>,
     /// Objects the API sent that could not be decoded, by kind and key.
     malformed: BTreeMap<(&'static str, ObjectKey), Malformed>,
+    /// `kubernetes.secrets = "referenced"`: the watches of the Secrets
+    /// admitted Ingresses name.
+    secret_watches: Option<NamedWatches>,
+    /// Whether a snapshot has been published: the first one is always a
+    /// full translation and marks the process ready.
+    published: bool,
 }
 
 impl Shared {
@@ -82,6 +91,8 @@ impl KubeSource {
         client_config: kube::Config,
         publisher: Arc<Publisher>,
     ) -> Self {
+        let secret_watches = (cfg.kubernetes.secrets == SecretAccess::Referenced)
+            .then(|| NamedWatches::new("Secret"));
         KubeSource {
             cfg,
             client_config,
@@ -93,6 +104,8 @@ impl KubeSource {
                     spec: SnapshotSpec::default(),
                     logged: Vec::new(),
                     malformed: BTreeMap::new(),
+                    secret_watches,
+                    published: false,
                 }),
             }),
         }
@@ -122,7 +135,7 @@ impl KubeSource {
             self.api(client),
             wc(),
             scope.clone(),
-            Kind::Service,
+            (Kind::Service, Coverage::Kind),
             |o| AnyObject::Service(Arc::new(o)),
             tx.clone(),
         ));
@@ -130,7 +143,7 @@ impl KubeSource {
             self.api(client),
             wc(),
             scope.clone(),
-            Kind::EndpointSlice,
+            (Kind::EndpointSlice, Coverage::Kind),
             |o| AnyObject::EndpointSlice(Arc::new(o)),
             tx.clone(),
         ));
@@ -138,7 +151,7 @@ impl KubeSource {
             self.api(client),
             wc(),
             scope.clone(),
-            Kind::Ingress,
+            (Kind::Ingress, Coverage::Kind),
             |o| AnyObject::Ingress(Arc::new(o)),
             tx.clone(),
         ));
@@ -146,17 +159,23 @@ impl KubeSource {
             Api::all(client.clone()),
             wc(),
             "(cluster-scoped)".into(),
-            Kind::IngressClass,
+            (Kind::IngressClass, Coverage::Kind),
             |o| AnyObject::IngressClass(Arc::new(o)),
             tx.clone(),
         ));
+        if self.cfg.kubernetes.secrets == SecretAccess::Referenced {
+            // Watched by name once translation says which; the kind as a
+            // whole is never listed.
+            let _ = tx.send(Report::Update(Update::Reset(Kind::Secret, Vec::new())));
+            return;
+        }
         // Only TLS Secrets: the others are none of our business, and a
         // cluster's Secrets can be large.
         tokio::spawn(watch::run::<Secret>(
             self.api(client),
             wc().fields("type=kubernetes.io/tls"),
             scope,
-            Kind::Secret,
+            (Kind::Secret, Coverage::Kind),
             |o| AnyObject::Secret(Arc::new(o)),
             tx.clone(),
         ));
@@ -168,10 +187,11 @@ impl KubeSource {
         reports: Vec<Report>,
         node_addresses: Option<Vec<IpAddr>>,
         resolved: &crate::dns::Resolved,
+        start_secret_watch: &dyn Fn(&ObjectKey) -> tokio::task::AbortHandle,
     ) -> Option<std::collections::BTreeSet<String>> {
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
-        let was_synced = inner.cluster.synced();
+        let was_published = inner.published;
         let mut effect = Effect::Nothing;
         if *resolved != inner.settings.resolved_names {
             inner.settings.resolved_names = resolved.clone();
@@ -187,8 +207,28 @@ impl KubeSource {
         for r in reports {
             match r {
                 Report::Update(u) => {
+                    if let Some(watches) = inner.secret_watches.as_mut() {
+                        match named_secret(&u) {
+                            Some(key) if !watches.watches(&key) => continue,
+                            Some(key) => {
+                                if let Update::ResetOne(..) = u {
+                                    if watches.listed(&key) == Some(true) {
+                                        effect.merge(Effect::Full);
+                                    }
+                                }
+                            }
+                            None => {}
+                        }
+                    }
                     forget_malformed(&mut inner.malformed, &u);
                     effect.merge(inner.cluster.apply(u));
+                }
+                Report::Failed(_, key, why) => {
+                    if let Some(watches) = inner.secret_watches.as_mut() {
+                        if watches.failed(&key, why).is_some() {
+                            effect.merge(Effect::Full);
+                        }
+                    }
                 }
                 Report::Malformed(m) => {
                     let key = ObjectKey::new(
@@ -209,8 +249,8 @@ impl KubeSource {
         }
         let started = std::time::Instant::now();
         let rebuilt = match effect {
-            Effect::Nothing if was_synced => return names,
-            Effect::Endpoints(services) if was_synced => {
+            Effect::Nothing if was_published => return names,
+            Effect::Endpoints(services) if was_published => {
                 let Inner {
                     spec,
                     cluster,
@@ -229,10 +269,25 @@ impl KubeSource {
                 None
             }
         };
+        if let Some(watches) = inner.secret_watches.as_mut() {
+            let wanted = &inner.spec.referenced_secrets;
+            for key in watches.follow(wanted, |k| Some(start_secret_watch(k))) {
+                inner.cluster.forget(Kind::Secret, &key);
+            }
+            if !watches.settled() {
+                // The new watches' answers come back as reports and
+                // translate again; publishing now would serve the default
+                // certificate (and report a missing Secret) in between.
+                return names;
+            }
+        }
         metrics::histogram!("portico_translate_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let mut problems = inner.spec.problems.clone();
         problems.extend(inner.malformed.values().map(malformed_problem));
+        if let Some(watches) = &inner.secret_watches {
+            problems.extend(watches.problems());
+        }
         problems.sort();
         problems.dedup();
         inner.logged = portico_model::problems::log_new(&problems, &inner.logged);
@@ -242,10 +297,41 @@ impl KubeSource {
             Some(keys) => self.publisher.publish_incremental(spec, &keys),
             None => self.publisher.publish(spec),
         };
-        if !was_synced {
+        if !inner.published {
+            inner.published = true;
             self.publisher.mark_ready();
         }
         names
+    }
+
+    /// Starts the watch of one Secret by name (`kubernetes.secrets =
+    /// "referenced"`).
+    fn watch_secret(
+        client: &Client,
+        tx: &mpsc::UnboundedSender<Report>,
+        key: &ObjectKey,
+    ) -> tokio::task::AbortHandle {
+        let api: Api<Lenient<Secret>> = Api::namespaced(client.clone(), &key.namespace);
+        tokio::spawn(watch::run::<Secret>(
+            api,
+            watcher::Config::default().fields(&format!("metadata.name={}", key.name)),
+            format!("named {key}"),
+            (Kind::Secret, Coverage::One(key.clone())),
+            |o| AnyObject::Secret(Arc::new(o)),
+            tx.clone(),
+        ))
+        .abort_handle()
+    }
+}
+
+/// The Secret a report of a watch by name is about.
+fn named_secret(u: &Update) -> Option<ObjectKey> {
+    match u {
+        Update::ResetOne(Kind::Secret, key, _) => Some(key.clone()),
+        Update::Apply(o @ AnyObject::Secret(_)) | Update::Delete(o @ AnyObject::Secret(_)) => {
+            Some(o.key())
+        }
+        _ => None,
     }
 }
 
@@ -261,6 +347,9 @@ fn forget_malformed(malformed: &mut BTreeMap<(&'static str, ObjectKey), Malforme
         }
         // A relist re-reports the malformed objects that are still there.
         Update::Reset(kind, _) => malformed.retain(|(k, _), _| *k != kind.name()),
+        Update::ResetOne(kind, key, _) => {
+            malformed.remove(&(kind.name(), key.clone()));
+        }
     }
 }
 
@@ -295,8 +384,12 @@ impl BackgroundService for KubeSource {
         tracing::info!(
             server = %self.client_config.cluster_url,
             scope = %self.scope(),
+            secrets = match self.cfg.kubernetes.secrets {
+                SecretAccess::All => "all TLS Secrets in scope",
+                SecretAccess::Referenced => "only the Secrets admitted Ingresses name, by name",
+            },
             "Kubernetes source: listing and watching Services, EndpointSlices, Ingresses, \
-             IngressClasses and TLS Secrets"
+             IngressClasses and Secrets"
         );
         let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
         self.spawn_watchers(&client, &tx);
@@ -352,7 +445,8 @@ impl BackgroundService for KubeSource {
             }
             let node = node_rx.borrow_and_update().clone();
             let resolved = resolved_rx.borrow_and_update().clone();
-            let Some(names) = self.apply(batch, node, &resolved) else {
+            let start = |k: &ObjectKey| Self::watch_secret(&client, &tx, k);
+            let Some(names) = self.apply(batch, node, &resolved, &start) else {
                 continue;
             };
             names_tx.send_if_modified(|cur| {

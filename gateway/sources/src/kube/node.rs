@@ -54,7 +54,12 @@ pub async fn run(client: Client, name: String, tx: watch::Sender<Option<Vec<IpAd
             Ok(_) => {}
             Err(e) => {
                 if !logged_error {
-                    let (_, msg) = super::watch::describe("nodes", &format!("(Node {name})"), &e);
+                    let (_, msg) = super::watch::describe(
+                        "nodes",
+                        &format!("(Node {name})"),
+                        &super::watch::Coverage::Kind,
+                        &e,
+                    );
                     tracing::warn!("{msg}");
                     logged_error = true;
                 }

@@ -54,6 +54,10 @@ impl Kind {
 pub enum Update {
     /// A full (re)list of one kind: replaces every object of that kind.
     Reset(Kind, Vec<AnyObject>),
+    /// A (re)list of one object by name (a watch with a `metadata.name`
+    /// field selector): replaces that object only, and does not count as
+    /// the kind's list.
+    ResetOne(Kind, ObjectKey, Vec<AnyObject>),
     Apply(AnyObject),
     Delete(AnyObject),
 }
@@ -103,6 +107,16 @@ impl ClusterState {
                 }
                 Effect::Full
             }
+            Update::ResetOne(kind, key, objects) => {
+                let existed = self.remove(kind, &key);
+                if !existed && objects.is_empty() {
+                    return Effect::Nothing;
+                }
+                for o in objects.into_iter().filter(|o| o.key() == key) {
+                    self.store.insert(o, None);
+                }
+                Effect::Full
+            }
             Update::Apply(obj) => {
                 let effect = self.effect_of_apply(&obj);
                 self.store.insert(obj, None);
@@ -118,6 +132,12 @@ impl ClusterState {
                 }
             }
         }
+    }
+
+    /// Drops one object the source stopped watching (a Secret no Ingress
+    /// names any more); true when it was there.
+    pub fn forget(&mut self, kind: Kind, key: &ObjectKey) -> bool {
+        self.remove(kind, key)
     }
 
     fn clear(&mut self, kind: Kind) {
@@ -321,6 +341,53 @@ mod tests {
         e.merge(Effect::Full);
         e.merge(services(&["c"]));
         assert_eq!(e, Effect::Full);
+    }
+
+    fn secret(name: &str, cert: &str) -> AnyObject {
+        obj(&format!(
+            "kind: Secret\napiVersion: v1\nmetadata: {{name: {name}, namespace: ns}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: \"{cert}\", tls.key: k}}\n"
+        ))
+    }
+
+    #[test]
+    fn reset_one_replaces_one_object_and_leaves_the_kind_unlisted() {
+        let mut st = ClusterState::default();
+        for k in &Kind::ALL[..4] {
+            st.apply(Update::Reset(*k, vec![]));
+        }
+        let a = ObjectKey::new("ns", "a");
+        let b = ObjectKey::new("ns", "b");
+        assert_eq!(
+            st.apply(Update::ResetOne(
+                Kind::Secret,
+                a.clone(),
+                vec![secret("a", "1")]
+            )),
+            Effect::Full
+        );
+        assert!(!st.synced(), "a watch by name is not the kind's list");
+        st.apply(Update::ResetOne(
+            Kind::Secret,
+            b.clone(),
+            vec![secret("b", "1")],
+        ));
+        // Relisting `a` empty removes `a` only.
+        assert_eq!(
+            st.apply(Update::ResetOne(Kind::Secret, a.clone(), vec![])),
+            Effect::Full
+        );
+        let keys: Vec<_> = st.store.secrets.keys().cloned().collect();
+        assert_eq!(keys, vec![b.clone()]);
+        // Still absent: nothing to do.
+        assert_eq!(
+            st.apply(Update::ResetOne(Kind::Secret, a.clone(), vec![])),
+            Effect::Nothing
+        );
+        // An object of another name in the answer is not taken.
+        st.apply(Update::ResetOne(Kind::Secret, a, vec![secret("c", "1")]));
+        assert!(!st.store.secrets.contains_key(&ObjectKey::new("ns", "c")));
+        assert!(st.forget(Kind::Secret, &b));
+        assert!(!st.forget(Kind::Secret, &b));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::state::{Kind, Update};
-use portico_model::store::AnyObject;
+use portico_model::store::{AnyObject, ObjectKey};
 
 /// An object as received: decoded, or kept as its metadata and the decode
 /// error so it can be skipped and reported without losing its neighbours.
@@ -95,6 +95,17 @@ pub struct Malformed {
 pub enum Report {
     Update(Update),
     Malformed(Malformed),
+    /// A watch of one object by name failed (refused, or the API is
+    /// unreachable): the source stops waiting for it and reports why.
+    Failed(Kind, ObjectKey, String),
+}
+
+/// What one watcher covers: every object of its kind in scope, or one
+/// object by name.
+#[derive(Debug, Clone)]
+pub enum Coverage {
+    Kind,
+    One(ObjectKey),
 }
 
 /// `resource.group` as RBAC rules name it (`services`, `ingresses.networking.k8s.io`).
@@ -127,7 +138,7 @@ pub async fn run<K>(
     api: Api<Lenient<K>>,
     config: watcher::Config,
     scope: String,
-    kind: Kind,
+    (kind, coverage): (Kind, Coverage),
     wrap: fn(K) -> AnyObject,
     tx: UnboundedSender<Report>,
 ) where
@@ -181,11 +192,16 @@ pub async fn run<K>(
                     tracing::info!(resource = %resource, "Kubernetes watch recovered; state resynced");
                 }
                 let objects = std::mem::take(&mut initial);
-                metrics::gauge!("portico_kubernetes_objects", "resource" => resource.clone())
-                    .set(objects.len() as f64);
                 tracing::debug!(resource = %resource, objects = objects.len(), "listed");
-                tx.send(Report::Update(Update::Reset(kind, objects)))
-                    .is_ok()
+                let update = match &coverage {
+                    Coverage::Kind => {
+                        metrics::gauge!("portico_kubernetes_objects", "resource" => resource.clone())
+                            .set(objects.len() as f64);
+                        Update::Reset(kind, objects)
+                    }
+                    Coverage::One(key) => Update::ResetOne(kind, key.clone(), objects),
+                };
+                tx.send(Report::Update(update)).is_ok()
                     && initial_bad
                         .drain(..)
                         .all(|m| tx.send(Report::Malformed(m)).is_ok())
@@ -195,8 +211,14 @@ pub async fn run<K>(
             // its problem ends at the next relist.
             Ok(Event::Delete(k)) => send_one(k, true),
             Err(e) => {
-                report_error(&resource, &scope, &e, &mut failing);
-                true
+                let first = failing.is_none();
+                let message = report_error(&resource, &scope, &coverage, &e, &mut failing);
+                match &coverage {
+                    Coverage::One(key) if first => {
+                        tx.send(Report::Failed(kind, key.clone(), message)).is_ok()
+                    }
+                    _ => true,
+                }
             }
         };
         if !sent {
@@ -207,14 +229,29 @@ pub async fn run<K>(
 
 /// How a watch failure is told to the operator: one line when the failure
 /// starts or changes character, debug lines while it repeats.
-pub fn describe(resource: &str, scope: &str, e: &watcher::Error) -> (String, String) {
+pub fn describe(
+    resource: &str,
+    scope: &str,
+    coverage: &Coverage,
+    e: &watcher::Error,
+) -> (String, String) {
     use watcher::Error as W;
+    let grant = match coverage {
+        Coverage::Kind => format!(
+            "Grant the ServiceAccount the verbs list and watch on {resource} (deploy/rbac.yaml \
+             has the rules)"
+        ),
+        Coverage::One(key) => format!(
+            "Grant the ServiceAccount list and watch on {resource} named {} in namespace {} \
+             (`portico rbac` prints Roles for every referenced Secret)",
+            key.name, key.namespace
+        ),
+    };
     let forbidden = |verb: &str, err: &kube::Error| -> Option<String> {
         match err {
             kube::Error::Api(s) if s.is_forbidden() => Some(format!(
-                "RBAC: the API server forbids `{verb}` on {resource} {scope}: {}. Grant the \
-                 ServiceAccount the verbs list and watch on {resource} (deploy/rbac.yaml has \
-                 the rules); serving the last known state and retrying",
+                "RBAC: the API server forbids `{verb}` on {resource} {scope}: {}. {grant}; \
+                 serving the last known state and retrying",
                 s.message
             )),
             _ => None,
@@ -263,13 +300,19 @@ pub fn describe(resource: &str, scope: &str, e: &watcher::Error) -> (String, Str
     }
 }
 
-fn report_error(resource: &str, scope: &str, e: &watcher::Error, failing: &mut Option<String>) {
-    let (class, message) = describe(resource, scope, e);
+fn report_error(
+    resource: &str,
+    scope: &str,
+    coverage: &Coverage,
+    e: &watcher::Error,
+    failing: &mut Option<String>,
+) -> String {
+    let (class, message) = describe(resource, scope, coverage, e);
     metrics::counter!("portico_kubernetes_watch_errors_total", "resource" => resource.to_string())
         .increment(1);
     if failing.as_deref() == Some(class.as_str()) {
         tracing::debug!(resource, "{message}");
-        return;
+        return message;
     }
     if class == "gone" {
         tracing::info!(resource, "{message}");
@@ -279,6 +322,7 @@ fn report_error(resource: &str, scope: &str, e: &watcher::Error, failing: &mut O
         tracing::warn!(resource, "{message}");
     }
     *failing = Some(class);
+    message
 }
 
 #[cfg(test)]
@@ -348,7 +392,18 @@ mod tests {
         )
         .with_code(403);
         let e = watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)));
-        let (class, msg) = describe("secrets", "in all namespaces", &e);
+        let (class, msg) = describe("secrets", "in all namespaces", &Coverage::Kind, &e);
+        let (_, named) = describe(
+            "secrets",
+            "named shop/web-tls",
+            &Coverage::One(ObjectKey::new("shop", "web-tls")),
+            &e,
+        );
+        assert!(
+            named.contains("secrets named web-tls in namespace shop"),
+            "{named}"
+        );
+        assert!(named.contains("portico rbac"), "{named}");
         assert_eq!(class, "forbidden:list");
         assert!(msg.contains("`list` on secrets in all namespaces"), "{msg}");
         assert!(msg.contains("cannot list resource"), "{msg}");
