@@ -22,7 +22,7 @@ want_lean() { dpkg -s "$1" >/dev/null 2>&1 || lean+=("$1"); }
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
   echo "scripts/deps.sh: not a Debian system; install by hand: a C compiler, cmake, pkg-config," >&2
   echo "  and a wasm32 Rust target (rustup target add wasm32-wasip1); for tests also curl, openssl," >&2
-  echo "  iproute2, arping, tcpdump, bird2, etcd, xz, npm, promtool, nginx (with its stream module), haproxy, wrk, h2load, iperf3" >&2
+  echo "  iproute2, arping, tcpdump, bird2, python3-h2, etcd, xz, npm, promtool, nginx (with its stream module), haproxy, wrk, h2load, iperf3" >&2
   exit 1
 fi
 
@@ -48,6 +48,10 @@ case "$purpose" in
     for p in iputils-arping tcpdump; do want "$p"; done
     # The BGP mode test peers with a real router (BIRD 2).
     want bird2
+    # The HTTP/2 rows of the defence table send hostile requests with
+    # python3-h2 (run by /usr/bin/python3, Debian's, whatever python3 is
+    # first on PATH).
+    want python3-h2
     # The AssemblyScript compatibility plugin (any Node.js with npm will do).
     command -v npm >/dev/null || want npm
     # promtool checks /metrics.

@@ -1,6 +1,8 @@
 //! The request-parsing defence table (README, Security), end to end:
-//! hostile HTTP/1.1 requests through the real binary on raw sockets, with a
-//! backend that records the bytes it receives.
+//! hostile HTTP/1.1 requests through the real binary on raw sockets, and
+//! hostile HTTP/2 requests (h2c) from python3-h2 with its checks off, with
+//! an HTTP/1.1 backend that records the bytes it receives (the h2 → h1
+//! downgrade is where h2 smuggling happens).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -276,6 +278,344 @@ fn regex_free_request_line(head: &str) -> bool {
         && parts[0].bytes().all(|b| b.is_ascii_alphabetic())
         && parts[1].starts_with('/')
         && parts[2] == "HTTP/1.1"
+}
+
+/// One hostile HTTP/2 request: its header list in order (pseudo-headers
+/// included) and an optional body.
+struct H2Row {
+    name: &'static str,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+    /// What the client may see: a status, or `reset:CODE`.
+    client: &'static [&'static str],
+    backend: Backend,
+}
+
+/// A malformed request (RFC 9113 §8.1.1): the stream is reset (the `h2`
+/// crate ends the whole connection when a field fails HPACK-level
+/// checks), or answered 400, and nothing is forwarded.
+const MALFORMED: &[&str] = &["reset:PROTOCOL_ERROR", "goaway:PROTOCOL_ERROR", "400"];
+
+/// `GET t.test/a` with `edit` applied to its header list.
+fn h2_request(edit: impl FnOnce(&mut Vec<(String, String)>)) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "t.test"),
+        (":path", "/a"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    edit(&mut h);
+    h
+}
+
+fn with(name: &str, value: &str) -> Vec<(String, String)> {
+    h2_request(|h| h.push((name.into(), value.into())))
+}
+
+fn without(name: &str) -> Vec<(String, String)> {
+    h2_request(|h| h.retain(|(n, _)| n != name))
+}
+
+fn replaced(name: &str, value: &str) -> Vec<(String, String)> {
+    h2_request(|h| {
+        for (n, v) in h.iter_mut() {
+            if n == name {
+                *v = value.into();
+            }
+        }
+    })
+}
+
+/// The HTTP/2 rows, documented in README beside the HTTP/1.1 ones.
+fn h2_rows() -> Vec<H2Row> {
+    use Backend::*;
+    let r = |name, headers, body: Option<&str>, client, backend| H2Row {
+        name,
+        headers,
+        body: body.map(String::from),
+        client,
+        backend,
+    };
+    let ok = &["200"][..];
+    vec![
+        // h2 → h1 request splitting: HPACK carries any bytes.
+        r(
+            "CRLF in a header value",
+            with("x-a", "a\r\nTransfer-Encoding: chunked"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "CRLF in :path",
+            replaced(":path", "/a HTTP/1.1\r\nHost: t.test\r\n\r\nGET /smuggled"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "NUL in a header value",
+            with("x-a", "a\0b"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "space in a header name",
+            with("x a", "b"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "uppercase header name",
+            with("X-A", "b"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        // Connection-specific fields (RFC 9113 §8.2.2).
+        r(
+            "connection header",
+            with("connection", "keep-alive"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "transfer-encoding header",
+            h2_request(|h| h.push(("transfer-encoding".into(), "chunked".into()))),
+            Some("3\r\nabc\r\n0\r\n\r\n"),
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "upgrade header",
+            with("upgrade", "websocket"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r("te: gzip", with("te", "gzip"), None, MALFORMED, Nothing),
+        r(
+            "te: trailers",
+            with("te", "trailers"),
+            None,
+            ok,
+            One {
+                has: &["GET /a HTTP/1.1\r\n"],
+                lacks: &[],
+                body: "",
+            },
+        ),
+        // Pseudo-header rules (RFC 9113 §8.3).
+        r(
+            "pseudo-header after a regular one",
+            h2_request(|h| {
+                let p = h.remove(3);
+                h.push(("x-a".into(), "b".into()));
+                h.push(p);
+            }),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "two :path",
+            with(":path", "/smuggled"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r("no :path", without(":path"), None, MALFORMED, Nothing),
+        r("no :method", without(":method"), None, MALFORMED, Nothing),
+        r("no :scheme", without(":scheme"), None, MALFORMED, Nothing),
+        r(
+            "unknown pseudo-header",
+            with(":foo", "bar"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            ":status in a request",
+            with(":status", "200"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "empty :path",
+            replaced(":path", ""),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            ":path not starting with /",
+            replaced(":path", "a/b"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            ":authority and host disagree",
+            with("host", "other.test"),
+            None,
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "host only",
+            h2_request(|h| {
+                h.retain(|(n, _)| n != ":authority");
+                h.push(("host".into(), "t.test".into()));
+            }),
+            None,
+            ok,
+            One {
+                has: &["GET /a HTTP/1.1\r\n", "host: t.test"],
+                lacks: &[],
+                body: "",
+            },
+        ),
+        // Body framing: the length must match the DATA frames.
+        r(
+            "content-length above the data",
+            with("content-length", "5"),
+            Some("abc"),
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "content-length below the data",
+            with("content-length", "2"),
+            Some("abc"),
+            MALFORMED,
+            Nothing,
+        ),
+        r(
+            "body without content-length",
+            h2_request(|h| h[0].1 = "POST".into()),
+            Some("abc"),
+            ok,
+            One {
+                has: &["POST /a HTTP/1.1\r\n"],
+                lacks: &[],
+                body: "abc",
+            },
+        ),
+        // RFC 9113 §8.2.3: split cookies are joined for HTTP/1.1.
+        r(
+            "cookie split in two fields",
+            h2_request(|h| {
+                h.push(("cookie".into(), "a=1".into()));
+                h.push(("cookie".into(), "b=2".into()));
+            }),
+            None,
+            ok,
+            One {
+                has: &["cookie: a=1; b=2\r\n"],
+                lacks: &[],
+                body: "",
+            },
+        ),
+        r(
+            "300 header fields",
+            h2_request(|h| h.extend((0..300).map(|i| (format!("x-{i}"), "1".into())))),
+            None,
+            &["431", "400", "reset:PROTOCOL_ERROR", "reset:REFUSED_STREAM"],
+            Nothing,
+        ),
+    ]
+}
+
+#[test]
+fn http2_defence_table() {
+    let backend = RawBackend::start();
+    let gw = Gateway::start(&[("raw.yaml", &raw_route(&backend))], "");
+    let rows = h2_rows();
+    let spec = serde_json::json!({
+        "port": gw.http,
+        "rows": rows.iter().map(|r| serde_json::json!({"headers": r.headers, "body": r.body})).collect::<Vec<_>>(),
+    });
+    let script = workspace_root().join("integration-tests/scripts/h2_raw.py");
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (scripts/deps.sh test installs python3-h2)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let answers: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "h2_raw.py: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(answers.len(), rows.len());
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = backend.requests();
+    let mut failures = Vec::new();
+    for (r, answer) in rows.iter().zip(&answers) {
+        eprintln!("{}: {answer}", r.name);
+        if !r.client.contains(&answer.as_str()) {
+            failures.push(format!(
+                "{}: client saw {answer}, want one of {:?}",
+                r.name, r.client
+            ));
+        }
+    }
+    // Each row's request is told apart at the backend by what it carries;
+    // the rows that must reach it are counted, the others must not.
+    let wanted: Vec<&H2Row> = rows
+        .iter()
+        .filter(|r| matches!(r.backend, Backend::One { .. }))
+        .collect();
+    if seen.len() != wanted.len() {
+        failures.push(format!(
+            "backend saw {} requests, want {}: {:#?}",
+            seen.len(),
+            wanted.len(),
+            seen.iter().map(|r| &r.head).collect::<Vec<_>>()
+        ));
+    }
+    for r in wanted {
+        let Backend::One { has, lacks, body } = &r.backend else {
+            continue;
+        };
+        let found = seen.iter().any(|req| {
+            let head = names_lowercased(&req.head);
+            has.iter().all(|h| head.contains(&needle(h)))
+                && !lacks.iter().any(|l| head.contains(&needle(l)))
+                && req.body == body.as_bytes()
+        });
+        if !found {
+            failures.push(format!("{}: no backend request matches", r.name));
+        }
+    }
+    for req in &seen {
+        if req.head.contains("smuggled") || !regex_free_request_line(&req.head) {
+            failures.push(format!("reached the backend: {:?}", req.head));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // And the backend connections are still good.
+    for i in 0..10 {
+        let r = http_get(gw.http, "t.test", &format!("/after/{i}")).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
 }
 
 #[test]

@@ -353,6 +353,30 @@ fn header_bytes(req: &RequestHeader) -> usize {
             .sum::<usize>()
 }
 
+/// The most header fields a request may carry: Pingora's HTTP/1.1 parser
+/// refuses more (400), and HTTP/2 requests get the same limit rather than
+/// none (431).
+const MAX_HEADER_FIELDS: usize = 256;
+
+/// Several `cookie` fields joined into one with `"; "`: HTTP/2 clients
+/// split cookies into fields of their own, and RFC 9113 §8.2.3 requires
+/// them joined before they go to an HTTP/1.1 connection (where one
+/// `Cookie` line is all a server expects, RFC 6265 §5.4). `None` when
+/// there are fewer than two.
+fn joined_cookies(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut all = headers.get_all(http::header::COOKIE).iter();
+    let first = all.next()?;
+    let second = all.next()?;
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 2);
+    joined.extend_from_slice(first.as_bytes());
+    for v in std::iter::once(second).chain(all) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Joined valid values are a valid value.
+    http::HeaderValue::from_bytes(&joined).ok()
+}
+
 /// A random 128-bit id in hex, for `X-Request-Id`. Written out by hand:
 /// `format!` costs several times more per request.
 fn new_request_id() -> http::HeaderValue {
@@ -1061,6 +1085,16 @@ impl ProxyHttp for HttpProxy {
             .cloned()
             .unwrap_or_else(new_request_id);
 
+        if req.headers.len() > MAX_HEADER_FIELDS {
+            ctx.local_reason = Some("headers-too-large");
+            respond(
+                session,
+                431,
+                format!("too many request header fields (limit {MAX_HEADER_FIELDS})\n"),
+            )
+            .await?;
+            return Ok(true);
+        }
         if header_bytes(req) > self.cfg.max_request_header_bytes {
             ctx.local_reason = Some("headers-too-large");
             respond(
@@ -1359,6 +1393,9 @@ impl ProxyHttp for HttpProxy {
             if edits.remove_forwarded {
                 upstream.remove_header(&http::header::FORWARDED);
             }
+            if let Some(cookies) = joined_cookies(&upstream.headers) {
+                upstream.insert_header(http::header::COOKIE, cookies)?;
+            }
             for (name, value) in edits.take() {
                 upstream.insert_header(name, value)?;
             }
@@ -1373,6 +1410,9 @@ impl ProxyHttp for HttpProxy {
         let result = forwarded_headers(&parts.headers, ctx, &hop).map(|mut edits| {
             if edits.remove_forwarded {
                 parts.headers.remove(http::header::FORWARDED);
+            }
+            if let Some(cookies) = joined_cookies(&parts.headers) {
+                parts.headers.insert(http::header::COOKIE, cookies);
             }
             parts.headers.reserve(edits.len);
             for (name, value) in edits.take() {
@@ -1721,6 +1761,17 @@ fn humantime_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_cookies_are_joined_in_order() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(joined_cookies(&h), None);
+        h.append(http::header::COOKIE, "a=1".parse().unwrap());
+        assert_eq!(joined_cookies(&h), None, "one field stays as it is");
+        h.append(http::header::COOKIE, "b=2".parse().unwrap());
+        h.append(http::header::COOKIE, "c=3; d=4".parse().unwrap());
+        assert_eq!(joined_cookies(&h).unwrap(), "a=1; b=2; c=3; d=4");
+    }
 
     #[test]
     fn only_a_client_going_away_is_kept_out_of_the_error_log() {
