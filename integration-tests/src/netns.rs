@@ -220,3 +220,110 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A TCP port of this namespace's loopback made reachable on the loopback
+/// of another network namespace: a listener on `127.0.0.1:port` inside
+/// `netns`, each connection relayed to `127.0.0.1:port` here. So processes
+/// in test namespaces reach the API server (which listens on the host's
+/// loopback) at the same URL, and no traffic leaves loopback.
+///
+/// The listener is opened from a thread that enters `netns` with setns(2)
+/// and comes back: a socket stays in the namespace it was made in.
+pub struct LoopbackBridge {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LoopbackBridge {
+    pub fn new(netns: &str, port: u16) -> LoopbackBridge {
+        use std::os::fd::AsRawFd;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let netns = netns.to_string();
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let enter = |path: &str| -> std::io::Result<()> {
+                let f = std::fs::File::open(path)?;
+                // SAFETY: a valid namespace fd; setns changes only this thread.
+                if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            let own = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+            let listener = enter(&format!("/var/run/netns/{netns}"))
+                .and_then(|()| std::net::TcpListener::bind(("127.0.0.1", port)));
+            // SAFETY: as above, back to where this thread came from.
+            let back = unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(back, 0, "cannot return to the test's network namespace");
+            let listener = match listener {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot listen in {netns}: {e}")));
+                    return;
+                }
+            };
+            listener.set_nonblocking(true).unwrap();
+            let _ = tx.send(Ok(()));
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((inside, _)) => {
+                        inside.set_nonblocking(false).unwrap();
+                        let Ok(outside) = TcpStream::connect(("127.0.0.1", port)) else {
+                            continue;
+                        };
+                        relay(inside, outside);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        rx.recv()
+            .expect("bridge thread")
+            .unwrap_or_else(|e| panic!("{e}"));
+        LoopbackBridge { stop }
+    }
+}
+
+/// Copies both ways until either side closes.
+fn relay(a: TcpStream, b: TcpStream) {
+    for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+impl Drop for LoopbackBridge {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The MAC address of `dev` in namespace `ns`, in uppercase.
+pub fn link_mac(ns: &str, dev: &str) -> String {
+    let out = run(&["ip", "-n", ns, "-o", "link", "show", dev]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("link/ether ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC in {text}"))
+        .to_ascii_uppercase()
+}
+
+/// The MAC that answers ARP for `ip` asked from namespace `ns` on `dev`
+/// (its neighbour cache flushed first, so the answer is fresh), or None
+/// when nobody answers within a second. Uses iputils' `arping`.
+pub fn arp_owner(ns: &str, dev: &str, ip: &str) -> Option<String> {
+    let _ = run(&["ip", "-n", ns, "neigh", "flush", "dev", dev]);
+    let out = run(&[
+        "ip", "netns", "exec", ns, "arping", "-c", "1", "-w", "1", "-I", dev, ip,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "Unicast reply from 10.214.K.100 [AA:BB:..]  0.6ms"
+    text.lines()
+        .find(|l| l.contains("reply from"))
+        .and_then(|l| l.split('[').nth(1))
+        .and_then(|s| s.split(']').next())
+        .map(|s| s.to_ascii_uppercase())
+}

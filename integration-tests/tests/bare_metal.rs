@@ -15,7 +15,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use portico_integration_tests::netns::{ok, run, Killed};
+use portico_integration_tests::netns::{arp_owner, link_mac, ok, run, Killed};
 use portico_integration_tests::*;
 
 /// Two namespaces joined by a veth pair on 10.214.K.0/24 and
@@ -116,33 +116,12 @@ impl Segment {
     }
 
     fn edge_mac(&self) -> String {
-        let out = run(&["ip", "-n", &self.edge, "-o", "link", "show", "eth0"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.split("link/ether ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no MAC in {text}"))
-            .to_ascii_uppercase()
+        link_mac(&self.edge, "eth0")
     }
 
-    /// The MAC that answers ARP for `ip`, asked from the client (flushing
-    /// its cache first), or None when nobody answers within a second.
+    /// The MAC that answers ARP for `ip`, asked from the client.
     fn arp_owner(&self, ip: &str) -> Option<String> {
-        let _ = run(&["ip", "-n", &self.client, "neigh", "flush", "dev", "eth0"]);
-        let out = self
-            .in_ns(
-                &self.client,
-                &["arping", "-c", "1", "-w", "1", "-I", "eth0", ip],
-            )
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        // "Unicast reply from 10.214.K.100 [AA:BB:..]  0.6ms"
-        text.lines()
-            .find(|l| l.contains("reply from"))
-            .and_then(|l| l.split('[').nth(1))
-            .and_then(|s| s.split(']').next())
-            .map(|s| s.to_ascii_uppercase())
+        arp_owner(&self.client, "eth0", ip)
     }
 
     /// What the client reads from `ip:port` (TCP), or the error.

@@ -1222,30 +1222,6 @@ fn metrics_pass_promtool_after_every_kind_of_traffic() {
     );
 }
 
-/// L2 announcement has only static ownership so far: with the Kubernetes
-/// source every edge node would claim the same addresses, so `run`
-/// refuses it before serving, saying why and what to use instead.
-#[test]
-fn l2_announcement_is_refused_with_the_kubernetes_source() {
-    let api = shared();
-    let ns = api.namespace("announce");
-    let dir = TempDir::new("kapi-announce");
-    let kubeconfig = api.kubeconfig(dir.path(), "admin");
-    let mut gw = Gateway::spawn_kube_real(
-        &kubeconfig,
-        &ns,
-        "gw",
-        "[announce]\nmode = \"l2\"\naddresses = [\"192.0.2.10\"]\n",
-        true,
-    );
-    let code = gw.wait_exit(Duration::from_secs(30));
-    let log = gw.log();
-    assert_eq!(code, Some(1), "{log}");
-    assert!(log.contains("only static ownership"), "{log}");
-    assert!(log.contains("MetalLB or kube-vip"), "{log}");
-    assert!(!log.contains("announcing addresses by ARP"), "{log}");
-}
-
 /// `kubernetes.secrets = "referenced"` on the real server with RBAC on:
 /// the ServiceAccount has no access to Secrets but the Roles `portico
 /// rbac` prints (read from the cluster). Portico serves the named Secret,

@@ -97,6 +97,7 @@ impl BgpAnnouncer {
                 s.addresses.push(crate::status::AddressStatus {
                     address: *ip,
                     how: format!("BGP to {}", to.join(", ")),
+                    owned: true,
                 });
             }
             s.peers = cfg

@@ -29,6 +29,10 @@ pub struct AnnounceConfig {
     /// Gratuitous ARP / unsolicited neighbor advertisements for every owned
     /// address this often (and at take-over).
     pub garp_interval_seconds: u64,
+    /// L2 mode with the Kubernetes source: the duration of each address's
+    /// Lease. A killed owner's addresses move after at most this plus a
+    /// third of it; the owner renews every third of it.
+    pub lease_duration_seconds: u64,
     /// BGP mode: this node's AS and its routers.
     pub bgp: BgpConfig,
 }
@@ -155,6 +159,7 @@ impl Default for AnnounceConfig {
             addresses: Vec::new(),
             interfaces: Vec::new(),
             garp_interval_seconds: 60,
+            lease_duration_seconds: 1,
             bgp: BgpConfig::default(),
         }
     }
@@ -187,6 +192,9 @@ impl AnnounceConfig {
             self.bgp.validate(&mut out);
         }
         if self.mode == AnnounceMode::L2 {
+            if self.lease_duration_seconds == 0 {
+                out.push("announce.lease_duration_seconds: at least 1".into());
+            }
             if self.addresses.is_empty() {
                 out.push(
                     "announce.addresses: mode \"l2\" announces nothing without addresses".into(),

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use pnet_datalink::MacAddr;
 use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
 
+use crate::ownership::Ownership;
 use crate::{arp, ndp, route, AnnounceConfig};
+
+/// The spacing of the repeated announcements after a take-over.
+const TAKE_OVER_REPEAT: Duration = Duration::from_millis(500);
 
 /// How often a receive loop wakes to check whether it should stop.
 const POLL: Duration = Duration::from_millis(100);
@@ -98,15 +102,28 @@ fn strict_arp(interface: &str) -> Result<(), String> {
 }
 
 /// Announcing on every planned interface until released.
-pub struct L2Announcer(route::Running);
+pub struct L2Announcer {
+    running: route::Running,
+    ownership: Ownership,
+}
+
+/// How long a stopping node waits for another to take its addresses
+/// before it removes their routes (its listeners still accept meanwhile,
+/// for clients whose ARP caches still point at it).
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 
 impl L2Announcer {
     /// Takes the configured addresses: local routes, strict ARP on the
     /// interfaces of IPv4 ones, the solicited-node groups of IPv6 ones, a
     /// responder per interface, and gratuitous ARP / unsolicited neighbor
-    /// advertisements now and every `garp_interval_seconds`. Needs
-    /// CAP_NET_ADMIN and CAP_NET_RAW.
-    pub fn start(cfg: &AnnounceConfig, serving: crate::Serving) -> Result<L2Announcer, String> {
+    /// advertisements now and every `garp_interval_seconds`, for the
+    /// addresses `ownership` says are this node's. Needs CAP_NET_ADMIN and
+    /// CAP_NET_RAW.
+    pub fn start(
+        cfg: &AnnounceConfig,
+        serving: crate::Serving,
+        ownership: Ownership,
+    ) -> Result<L2Announcer, String> {
         let plan = plan(cfg, &pnet_datalink::interfaces())?;
         let mut running = route::Running::new("l2");
         let interval = Duration::from_secs(cfg.garp_interval_seconds.max(1));
@@ -144,6 +161,7 @@ impl L2Announcer {
                     s.addresses.push(crate::status::AddressStatus {
                         address: *ip,
                         how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
+                        owned: ownership.owns(*ip),
                     });
                 }
             });
@@ -153,23 +171,45 @@ impl L2Announcer {
                 .increment(a.addresses.len() as f64);
             let stop = running.stop.clone();
             let serving = serving.clone();
+            let owner = ownership.clone();
             let name = format!("l2-{}", a.interface.name);
             let thread = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || {
                     // Members of the groups as long as the responder runs.
                     let _groups = groups;
-                    serve(a, tx, rx, interval, &stop, &*serving)
+                    serve(a, tx, rx, interval, &stop, &*serving, &owner)
                 })
                 .map_err(|e| format!("announce: cannot start the L2 responder thread: {e}"))?;
             running.threads.push(thread);
         }
-        Ok(L2Announcer(running))
+        Ok(L2Announcer { running, ownership })
     }
 
-    /// Stops answering and removes the local routes. Idempotent.
+    /// Stops answering and removes the local routes. Idempotent. With
+    /// elected ownership, the Leases are released first and the routes
+    /// kept until another node has taken the addresses (at most
+    /// `HAND_OVER_LIMIT`), so no new connection finds nobody.
     pub fn release(&mut self) {
-        if self.0.release() {
+        if self.ownership.is_elected() && !self.ownership.giving_up() {
+            self.ownership.give_up();
+            let started = Instant::now();
+            if self.ownership.wait_handed_over(HAND_OVER_LIMIT) {
+                // The new owner's first announcement reaches the segment
+                // within its responder's poll; the routes stay until then.
+                std::thread::sleep(POLL * 5);
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "addresses handed over to other edge nodes"
+                );
+            } else {
+                tracing::warn!(
+                    "no other edge node took the addresses within {} s; giving them up anyway",
+                    HAND_OVER_LIMIT.as_secs()
+                );
+            }
+        }
+        if self.running.release() {
             crate::status::update(|s| {
                 s.ready = false;
                 s.addresses.clear();
@@ -213,11 +253,15 @@ fn join_solicited_nodes(a: &Announced) -> Result<Option<UdpSocket>, String> {
 
 /// The answer to one received frame, if it asks for an owned address, and
 /// the counter it goes to.
-fn answer(a: &Announced, frame: &[u8]) -> Option<(Vec<u8>, &'static str, &'static str)> {
-    if let Some(r) = arp::reply_to(frame, a.mac, |ip| a.addresses.contains(&IpAddr::V4(ip))) {
+fn answer(
+    a: &Announced,
+    owned: &[IpAddr],
+    frame: &[u8],
+) -> Option<(Vec<u8>, &'static str, &'static str)> {
+    if let Some(r) = arp::reply_to(frame, a.mac, |ip| owned.contains(&IpAddr::V4(ip))) {
         return Some((r, "portico_arp_sent_total", "reply"));
     }
-    ndp::reply_to(frame, a.mac, |ip| a.addresses.contains(&IpAddr::V6(ip)))
+    ndp::reply_to(frame, a.mac, |ip| owned.contains(&IpAddr::V6(ip)))
         .map(|r| (r, "portico_ndp_sent_total", "reply"))
 }
 
@@ -228,6 +272,7 @@ fn serve(
     interval: Duration,
     stop: &AtomicBool,
     serving: &(dyn Fn() -> bool + Send + Sync),
+    ownership: &Ownership,
 ) {
     let send = |tx: &mut Box<dyn DataLinkSender>,
                 frame: &[u8],
@@ -239,8 +284,8 @@ fn serve(
         }
         None => {}
     };
-    let announce_all = |tx: &mut Box<dyn DataLinkSender>| {
-        for ip in &a.addresses {
+    let announce = |tx: &mut Box<dyn DataLinkSender>, addresses: &[IpAddr]| {
+        for ip in addresses {
             match ip {
                 IpAddr::V4(v4) => send(
                     tx,
@@ -258,19 +303,60 @@ fn serve(
         }
     };
     // Nothing is answered or announced while the node is not ready; it
-    // announces at once when it becomes ready.
+    // announces at once when it becomes ready, and an address at once when
+    // it takes it over.
     let mut was: Option<bool> = None;
     let mut next_announcement = Instant::now();
+    let mut generation = None;
+    let mut owned: Vec<IpAddr> = Vec::new();
+    // After a take-over, two more announcements half a second apart: a
+    // neighbour ignores one that comes within its ARP `locktime` (1 s) of
+    // the previous owner's last update (keepalived repeats them too).
+    let mut burst = 0u8;
     while !stop.load(Ordering::SeqCst) {
-        let up = serving();
+        let up = serving() && !ownership.giving_up();
         if was != Some(up) {
             was = Some(up);
             crate::note_serving(up, "l2");
             next_announcement = Instant::now();
         }
+        let g = ownership.generation();
+        if generation != Some(g) {
+            generation = Some(g);
+            let now: Vec<IpAddr> = a
+                .addresses
+                .iter()
+                .copied()
+                .filter(|ip| ownership.owns(*ip))
+                .collect();
+            let taken: Vec<IpAddr> = now
+                .iter()
+                .copied()
+                .filter(|ip| !owned.contains(ip))
+                .collect();
+            for ip in owned.iter().filter(|ip| !now.contains(ip)) {
+                tracing::info!(address = %ip, interface = %a.interface.name, "address given up: no longer answering for it");
+            }
+            for ip in &taken {
+                tracing::info!(address = %ip, interface = %a.interface.name, "address taken: answering for it");
+            }
+            crate::status::update(|s| {
+                for st in s.addresses.iter_mut() {
+                    if a.addresses.contains(&st.address) {
+                        st.owned = now.contains(&st.address);
+                    }
+                }
+            });
+            owned = now;
+            if up && !taken.is_empty() {
+                announce(&mut tx, &taken);
+                burst = 2;
+                next_announcement = Instant::now() + TAKE_OVER_REPEAT;
+            }
+        }
         match rx.next() {
             Ok(frame) if up => {
-                if let Some((reply, counter, what)) = answer(&a, frame) {
+                if let Some((reply, counter, what)) = answer(&a, &owned, frame) {
                     send(&mut tx, &reply, counter, what);
                 }
             }
@@ -286,8 +372,14 @@ fn serve(
             }
         }
         if up && Instant::now() >= next_announcement {
-            announce_all(&mut tx);
-            next_announcement = Instant::now() + interval;
+            announce(&mut tx, &owned);
+            next_announcement = Instant::now()
+                + if burst > 0 {
+                    burst -= 1;
+                    TAKE_OVER_REPEAT
+                } else {
+                    interval
+                };
         }
     }
 }

@@ -23,8 +23,9 @@
 //! routers (ECMP), from a speaker in this process, withdrawing first on
 //! SIGTERM.
 //!
-//! Which node owns which address is decided outside this crate (today: the
-//! node's config lists them).
+//! Which node owns which address in L2 mode is decided outside this crate
+//! (`ownership`): statically (the node's config lists them), or by Leases
+//! in Kubernetes mode (the elector in `portico-sources`).
 //!
 //! This crate must not read the snapshot or the Kubernetes API: it is told
 //! which addresses to announce.
@@ -34,10 +35,12 @@ pub mod bgp;
 pub mod config;
 pub mod l2;
 pub mod ndp;
+pub mod ownership;
 pub mod route;
 pub mod status;
 
 pub use config::{AnnounceConfig, AnnounceMode};
+pub use ownership::Ownership;
 
 /// A running announcement, given up with `release` (idempotent) before
 /// the listeners close.
@@ -62,11 +65,16 @@ impl Announcer for bgp::BgpAnnouncer {
 pub type Serving = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Starts announcing as `cfg` says, while `serving` says so; `None` when
-/// the mode is `off`.
-pub fn start(cfg: &AnnounceConfig, serving: Serving) -> Result<Option<Box<dyn Announcer>>, String> {
+/// the mode is `off`. `ownership`: which addresses are this node's in L2
+/// mode (BGP mode advertises all of them from every node).
+pub fn start(
+    cfg: &AnnounceConfig,
+    serving: Serving,
+    ownership: Ownership,
+) -> Result<Option<Box<dyn Announcer>>, String> {
     Ok(match cfg.mode {
         AnnounceMode::Off => None,
-        AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg, serving)?)),
+        AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg, serving, ownership)?)),
         AnnounceMode::Bgp => Some(Box::new(bgp::BgpAnnouncer::start(
             &cfg.addresses,
             &cfg.bgp,

@@ -23,6 +23,9 @@ pub struct AddressStatus {
     pub address: IpAddr,
     /// How: `ARP on eth0 (MAC ..)`, `NDP on eth0 (MAC ..)`, `BGP to ..`.
     pub how: String,
+    /// Whether this node answers for it now: always in BGP mode and with
+    /// static L2 ownership; with Leases, while it holds the address's.
+    pub owned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

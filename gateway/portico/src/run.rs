@@ -64,6 +64,25 @@ fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     Ok(())
 }
 
+/// The Lease elector's hooks into the announcer's ownership.
+fn l2_election(
+    cfg: &Config,
+    serving: &portico_announce::Serving,
+    ownership: &portico_announce::Ownership,
+) -> kube_source::l2_leases::L2Election {
+    let (stopping, publish, handed_over) =
+        (ownership.clone(), ownership.clone(), ownership.clone());
+    let eligible = serving.clone();
+    kube_source::l2_leases::L2Election {
+        addresses: cfg.announce.addresses.clone(),
+        lease_duration: Duration::from_secs(cfg.announce.lease_duration_seconds),
+        eligible: Arc::new(move || eligible()),
+        stopping: Arc::new(move || stopping.giving_up()),
+        publish: Arc::new(move |owned| publish.set_owned(owned)),
+        handed_over: Arc::new(move || handed_over.note_handed_over()),
+    }
+}
+
 pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     no_transparent_huge_pages();
     set_purge_delay_ms(0);
@@ -71,15 +90,6 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     let metrics = telemetry::init_metrics()?;
     telemetry::describe_metrics();
 
-    // BGP mode is fine with several nodes: every one advertises (ECMP).
-    if cfg.announce.mode == portico_announce::AnnounceMode::L2 && cfg.kubernetes.wanted() {
-        return Err(
-            "announce.mode = \"l2\": only static ownership (announce.addresses in each \
-             node's config) is built; with the Kubernetes source two nodes would both claim \
-             an address. Announce with MetalLB or kube-vip for now"
-                .into(),
-        );
-    }
     // The Kubernetes source replaces the manifest folders; its credentials
     // are checked before anything listens, so a bad kubeconfig fails here.
     let kube_config = if cfg.kubernetes.wanted() {
@@ -258,16 +268,33 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         ),
     ));
     let kube_mode = kube_config.is_some();
+    // Announced while `/readyz` would say ready and the node is not
+    // draining: not before the first sync, not to a node on its way out.
+    let ready = publisher.clone();
+    let serving: portico_announce::Serving =
+        Arc::new(move || ready.is_ready() && !portico_dataplane::shutdown::draining());
+    // L2 with the Kubernetes source: one owner per address among the edge
+    // nodes, by Leases. Otherwise each node owns what its config lists.
+    let elected = kube_mode && cfg.announce.mode == portico_announce::AnnounceMode::L2;
+    let ownership = if elected {
+        portico_announce::Ownership::elected()
+    } else {
+        portico_announce::Ownership::all()
+    };
     match kube_config {
-        Some(kc) => server.add_service(background_service(
-            "kubernetes",
-            kube_source::KubeSource::new(
-                kube_settings(&cfg),
-                translate_settings(&cfg),
-                kc,
-                publisher.clone(),
-            ),
-        )),
+        Some(kc) => {
+            let mut settings = kube_settings(&cfg);
+            settings.l2_election = elected.then(|| l2_election(&cfg, &serving, &ownership));
+            server.add_service(background_service(
+                "kubernetes",
+                kube_source::KubeSource::new(
+                    settings,
+                    translate_settings(&cfg),
+                    kc,
+                    publisher.clone(),
+                ),
+            ))
+        }
         None => server.add_service(background_service("manifests", pipeline)),
     };
     if cfg.plugins.reload && !cfg.plugins.load.is_empty() {
@@ -297,12 +324,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
 
     // Addresses are announced once everything that serves them is set
     // up, and given up first on SIGTERM.
-    // Announced while `/readyz` would say ready and the node is not
-    // draining: not before the first sync, not to a node on its way out.
-    let ready = publisher.clone();
-    let serving: portico_announce::Serving =
-        Arc::new(move || ready.is_ready() && !portico_dataplane::shutdown::draining());
-    if let Some(announcer) = portico_announce::start(&cfg.announce, serving)? {
+    if let Some(announcer) = portico_announce::start(&cfg.announce, serving, ownership)? {
         let announcer = std::sync::Mutex::new(announcer);
         portico_dataplane::shutdown::on_drain(Box::new(move || {
             announcer

@@ -60,5 +60,6 @@ pub fn kube_settings(cfg: &Config) -> KubeSettings {
             .as_ref()
             .and_then(|_| portico_wasm::lb_addresses::installed())
             .map(|p| p as Arc<dyn LoadBalancerAddresses>),
+        l2_election: None,
     }
 }

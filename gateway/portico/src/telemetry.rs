@@ -86,6 +86,18 @@ pub fn describe_metrics() {
         "portico_announce_ready",
         "1 while the node is ready and its addresses are announced, 0 while they are held back"
     );
+    describe_gauge!(
+        "portico_announce_owned_addresses",
+        "L2 mode with Leases: the addresses this node holds the Lease of and answers for"
+    );
+    describe_counter!(
+        "portico_announce_failovers_total",
+        "L2 mode with Leases: addresses this node took over from another edge node"
+    );
+    describe_counter!(
+        "portico_announce_lease_errors_total",
+        "L2 mode with Leases: failed reads and renewals of the address Leases"
+    );
     describe_counter!(
         "portico_arp_sent_total",
         "ARP packets sent for announced IPv4 addresses: replies and gratuitous"
@@ -222,6 +234,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         "portico_kubernetes_objects",
         "Objects of each watched kind in the store, by resource"
+    );
+    describe_gauge!(
+        "portico_kubernetes_named_watches",
+        "Objects watched one by one (kubernetes.secrets = \"referenced\"), by kind"
     );
     describe_counter!(
         "portico_kubernetes_watch_errors_total",

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod events;
+pub mod l2_leases;
 pub mod leader;
 pub mod list;
 pub mod named;
@@ -75,10 +76,14 @@ pub struct KubeSettings {
     pub node_addresses: Vec<std::net::IpAddr>,
     /// `kubernetes.load_balancer_plugin`, when one is configured.
     pub load_balancer: Option<Arc<dyn LoadBalancerAddresses>>,
+    /// L2 announcement with ownership decided by Leases.
+    pub l2_election: Option<l2_leases::L2Election>,
 }
 
 pub struct KubeSource {
     cfg: KubeSettings,
+    /// Taken by the first `start`.
+    l2_election: Mutex<Option<l2_leases::L2Election>>,
     client_config: kube::Config,
     publisher: Arc<Publisher>,
     shared: Arc<Shared>,
@@ -86,14 +91,16 @@ pub struct KubeSource {
 
 impl KubeSource {
     pub fn new(
-        cfg: KubeSettings,
+        mut cfg: KubeSettings,
         settings: Settings,
         client_config: kube::Config,
         publisher: Arc<Publisher>,
     ) -> Self {
         let secret_watches = (cfg.kubernetes.secrets == SecretAccess::Referenced)
             .then(|| NamedWatches::new("Secret"));
+        let l2_election = Mutex::new(cfg.l2_election.take());
         KubeSource {
+            l2_election,
             cfg,
             client_config,
             publisher,
@@ -324,6 +331,37 @@ impl KubeSource {
     }
 }
 
+/// The LoadBalancer Service that has `ip` (in status, else asked for in
+/// `spec.loadBalancerIP`), for Events about the address.
+fn service_with_address(
+    store: &portico_model::store::Store,
+    ip: IpAddr,
+) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let text = ip.to_string();
+    store.services.iter().find_map(|(key, s)| {
+        let svc = &s.object;
+        let in_status = svc
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|ing| ing.iter().any(|i| i.ip.as_deref() == Some(text.as_str())));
+        let asked = svc
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.load_balancer_ip.as_deref())
+            == Some(text.as_str());
+        (in_status || asked).then(|| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(key.namespace.clone()),
+            name: Some(key.name.clone()),
+            uid: svc.metadata.uid.clone(),
+            ..Default::default()
+        })
+    })
+}
+
 /// The Secret a report of a watch by name is about.
 fn named_secret(u: &Update) -> Option<ObjectKey> {
     match u {
@@ -413,6 +451,28 @@ impl BackgroundService for KubeSource {
                  NodePort listeners and default status addresses are unavailable"
             ),
             None => {}
+        }
+        let election = self
+            .l2_election
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(election) = election {
+            let k = &self.cfg.kubernetes;
+            let shared = self.shared.clone();
+            let at = l2_leases::Placement {
+                namespace: k
+                    .lease_namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+                identity: status::identity(k),
+                service_of: Arc::new(move |ip| {
+                    service_with_address(&shared.lock().cluster.store, ip)
+                }),
+            };
+            tokio::spawn(l2_leases::run(client.clone(), election, at));
         }
         let writer = status::Writer::new(
             client.clone(),
