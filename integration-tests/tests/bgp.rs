@@ -500,6 +500,52 @@ fn a_password_signs_the_session() {
     assert_eq!(bird.paths(), ["edge0"]);
 }
 
+/// The LoadBalancer Services' own addresses are advertised as they come
+/// and go, without being listed in `announce.addresses`; a Service with
+/// `portico.io/announce: "false"` is served but not advertised.
+#[test]
+fn service_addresses_are_advertised_as_they_come_and_go() {
+    let t = Topology::new(1);
+    let dir = TempDir::new("bgp-dynamic");
+    let bird = Bird::start(&t, &dir);
+    let (_edge, _echo) = start_edge(&t, &dir, 0, None);
+    wait_for(20, "the configured address", || bird.paths() == ["edge0"]);
+    let lb = |name: &str, ip: &str, annotations: &str| {
+        yaml::service(
+            "default",
+            name,
+            &format!("  type: LoadBalancer\n  loadBalancerIP: {ip}\n"),
+            &[("tcp", 9000)],
+        )
+        .replace(
+            "namespace: default}",
+            &format!("namespace: default, annotations: {{{annotations}}}}}"),
+        )
+    };
+    let more = dir.path().join("m0/more.yaml");
+    std::fs::write(
+        &more,
+        lb("two", "192.0.2.20", "") + &lb("three", "192.0.2.30", "portico.io/announce: \"false\""),
+    )
+    .unwrap();
+    wait_for(15, "the new Service's address advertised", || {
+        bird.paths_for("192.0.2.20") == ["edge0"]
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        bird.paths_for("192.0.2.30"),
+        Vec::<String>::new(),
+        "opted out"
+    );
+    std::fs::remove_file(&more).unwrap();
+    wait_for(15, "the address withdrawn with its Service", || {
+        bird.paths_for("192.0.2.20").is_empty()
+    });
+    assert_eq!(bird.paths(), ["edge0"]);
+    let log = log_of(&dir, 0);
+    assert!(log.contains("BGP routes changed"), "{log}");
+}
+
 #[test]
 fn ipv6_addresses_are_advertised_as_128s_over_an_ipv6_session() {
     let vip6 = "2001:db8:217::10";

@@ -137,7 +137,7 @@ impl Drop for Lan {
 
 /// One edge node: `portico run` in namespace `n` with the Kubernetes
 /// source (through a loopback bridge to the API server) and L2 mode for
-/// `vip`.
+/// the LoadBalancer Services' addresses (none listed in its config).
 struct Edge {
     name: &'static str,
     dir: TempDir,
@@ -146,7 +146,7 @@ struct Edge {
 }
 
 impl Edge {
-    fn start(lan: &Lan, api: &KubeApiServer, ns: &str, n: &'static str, vip: &str) -> Edge {
+    fn start(lan: &Lan, api: &KubeApiServer, ns: &str, n: &'static str) -> Edge {
         let port: u16 = api
             .url
             .rsplit(':')
@@ -165,7 +165,7 @@ impl Edge {
                 "[shutdown]\ngrace_period_seconds = 3\n[l4]\nnode_ports = false\n\
                  [kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nidentity = \"edge-{n}\"\n\
                  namespace = \"{ns}\"\nlease_namespace = \"{ns}\"\n\
-                 [announce]\nmode = \"l2\"\naddresses = [\"{vip}\"]\ngarp_interval_seconds = 1\n",
+                 [announce]\nmode = \"l2\"\ngarp_interval_seconds = 1\n",
                 kubeconfig.display()
             ),
         );
@@ -242,8 +242,8 @@ fn one_owner_per_address_fails_over_within_2_s_and_hands_over_on_sigterm() {
     )
     .unwrap();
 
-    let mut a = Edge::start(&lan, api, &ns, "a", &vip);
-    let mut b = Edge::start(&lan, api, &ns, "b", &vip);
+    let mut a = Edge::start(&lan, api, &ns, "a");
+    let mut b = Edge::start(&lan, api, &ns, "b");
     for e in [&a, &b] {
         wait_for(30, "both edge nodes ready", || {
             lan.admin(e.name, "/readyz").contains("ready")

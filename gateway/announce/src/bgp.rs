@@ -10,6 +10,7 @@
 //! Only what an edge node needs: it originates routes and ignores what
 //! it is sent (it never installs routes), IPv4 unicast, active opens.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,27 +54,20 @@ struct Advertised {
 pub struct BgpAnnouncer(route::Running);
 
 impl BgpAnnouncer {
-    /// Accepts the addresses locally (a `local` route, as in L2 mode) and
-    /// opens a session to each peer, advertising them. Needs
-    /// CAP_NET_ADMIN.
+    /// Accepts the candidates of `ownership` locally (a `local` route, as
+    /// in L2 mode) and opens a session to each peer, advertising them as
+    /// they come and go. Needs CAP_NET_ADMIN.
     pub fn start(
-        addresses: &[IpAddr],
         cfg: &BgpConfig,
         serving: crate::Serving,
+        ownership: crate::Ownership,
     ) -> Result<BgpAnnouncer, String> {
-        let (mut prefixes, mut prefixes_v6) = (Vec::new(), Vec::new());
-        for a in addresses {
-            match a {
-                IpAddr::V4(v4) => prefixes.push(*v4),
-                IpAddr::V6(v6) => prefixes_v6.push(*v6),
-            }
-        }
         let advertised = Advertised {
             local_asn: cfg.local_asn,
             router_id: cfg.router_id,
             hold_time: cfg.hold_time_seconds,
-            prefixes,
-            prefixes_v6,
+            prefixes: Vec::new(),
+            prefixes_v6: Vec::new(),
             communities: cfg
                 .communities
                 .iter()
@@ -81,25 +75,18 @@ impl BgpAnnouncer {
                 .collect::<Result<_, _>>()?,
             local_preference: cfg.local_preference,
         };
-        let mut running = route::Running::new("bgp");
-        for ip in addresses {
-            running.routes.add(*ip)?;
+        let mut routes = route::LocalRoutes::default();
+        if let Some(e) = routes.follow(&ownership).into_iter().next() {
+            return Err(e);
         }
+        let mut running = route::Running::new("bgp");
+        let initial: Vec<IpAddr> = routes.addresses().to_vec();
+        running.threads.push(
+            route::follow(routes, ownership.clone(), running.stop.clone(), "bgp")
+                .map_err(|e| format!("announce: cannot start the route thread: {e}"))?,
+        );
         crate::status::update(|s| {
             s.mode = "bgp".into();
-            for ip in addresses {
-                let to: Vec<String> = cfg
-                    .peers
-                    .iter()
-                    .filter(|p| p.address.is_ipv4() == ip.is_ipv4())
-                    .map(|p| format!("{} (AS {})", p.address, p.asn))
-                    .collect();
-                s.addresses.push(crate::status::AddressStatus {
-                    address: *ip,
-                    how: format!("BGP to {}", to.join(", ")),
-                    owned: true,
-                });
-            }
             s.peers = cfg
                 .peers
                 .iter()
@@ -112,17 +99,25 @@ impl BgpAnnouncer {
                 })
                 .collect();
         });
+        note_addresses(&ownership.candidates(), &cfg.peers);
         for peer in &cfg.peers {
             let (peer, advertised) = (peer.clone(), advertised.clone());
             let (stop, serving) = (running.stop.clone(), serving.clone());
+            let (owner, peers) = (ownership.clone(), cfg.peers.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("bgp-{}", peer.address))
-                .spawn(move || run_peer(&peer, &advertised, &stop, &*serving))
+                .spawn(move || {
+                    let source = Source {
+                        ownership: &owner,
+                        peers: &peers,
+                        serving: &*serving,
+                    };
+                    run_peer(&peer, &advertised, &stop, &source)
+                })
                 .map_err(|e| format!("announce: cannot start a BGP session thread: {e}"))?;
             running.threads.push(thread);
         }
-        metrics::gauge!("portico_announced_addresses", "mode" => "bgp").set(addresses.len() as f64);
-        tracing::info!(addresses = ?running.routes.addresses(), peers = cfg.peers.len(), local_asn = cfg.local_asn,
+        tracing::info!(addresses = ?initial, peers = cfg.peers.len(), local_asn = cfg.local_asn,
             "announcing addresses by BGP");
         Ok(BgpAnnouncer(running))
     }
@@ -130,7 +125,9 @@ impl BgpAnnouncer {
     /// Withdraws the routes and closes every session (a Cease
     /// notification), then removes the local routes. Idempotent.
     pub fn release(&mut self) {
-        if self.0.release() {
+        let had = !self.0.threads.is_empty();
+        self.0.release();
+        if had {
             crate::status::update(|s| {
                 s.ready = false;
                 s.addresses.clear();
@@ -146,19 +143,42 @@ impl Drop for BgpAnnouncer {
     }
 }
 
+/// Where a session learns what to advertise and when.
+struct Source<'a> {
+    ownership: &'a crate::Ownership,
+    peers: &'a [BgpPeerConfig],
+    serving: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+/// `/config`'s list of the announced addresses and the peers each goes to.
+fn note_addresses(addresses: &BTreeSet<IpAddr>, peers: &[BgpPeerConfig]) {
+    crate::status::update(|s| {
+        s.addresses = addresses
+            .iter()
+            .map(|ip| {
+                let to: Vec<String> = peers
+                    .iter()
+                    .filter(|p| p.address.is_ipv4() == ip.is_ipv4())
+                    .map(|p| format!("{} (AS {})", p.address, p.asn))
+                    .collect();
+                crate::status::AddressStatus {
+                    address: *ip,
+                    how: format!("BGP to {}", to.join(", ")),
+                    owned: true,
+                }
+            })
+            .collect();
+    });
+}
+
 /// Connects, holds the session while it lasts, and reconnects with a
 /// growing delay, until told to stop.
-fn run_peer(
-    peer: &BgpPeerConfig,
-    adv: &Advertised,
-    stop: &AtomicBool,
-    serving: &(dyn Fn() -> bool + Send + Sync),
-) {
+fn run_peer(peer: &BgpPeerConfig, adv: &Advertised, stop: &AtomicBool, source: &Source<'_>) {
     let label = peer.address.to_string();
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        match session(peer, adv, stop, serving) {
+        match session(peer, adv, stop, source) {
             Ok(()) => return,
             Err(e) => {
                 crate::status::update_peer(peer.address, |p| {
@@ -277,7 +297,7 @@ fn session(
     peer: &BgpPeerConfig,
     adv: &Advertised,
     stop: &AtomicBool,
-    serving: &(dyn Fn() -> bool + Send + Sync),
+    source: &Source<'_>,
 ) -> Result<(), String> {
     let mut s = connect(peer)?;
     let local = s.local_addr().map_err(|e| format!("socket: {e}"))?.ip();
@@ -339,35 +359,54 @@ fn session(
         "BGP session established");
 
     // Routes are advertised while the node is ready, withdrawn while not
-    // (the session stays up).
-    let mut advertised: Option<bool> = None;
+    // (the session stays up); addresses that come and go are advertised
+    // and withdrawn as they do.
+    let mut was_up: Option<bool> = None;
+    let mut current: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut generation = None;
     let (mut heard, mut said) = (Instant::now(), Instant::now());
     loop {
-        let up = serving() && !stop.load(Ordering::SeqCst);
-        if advertised != Some(up) {
-            if up {
-                let update = announcement(adv, peer.asn != adv.local_asn, local);
+        let up = (source.serving)() && !stop.load(Ordering::SeqCst);
+        let g = source.ownership.generation();
+        if was_up != Some(up) || generation != Some(g) {
+            generation = Some(g);
+            let candidates = source.ownership.candidates();
+            note_addresses(&candidates, source.peers);
+            let want: BTreeSet<IpAddr> = if up {
+                candidates
+                    .into_iter()
+                    .filter(|a| a.is_ipv4() == local.is_ipv4())
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            let gone: Vec<IpAddr> = current.difference(&want).copied().collect();
+            let new: Vec<IpAddr> = want.difference(&current).copied().collect();
+            if !gone.is_empty() {
+                let update = withdrawal(&adv.with(&gone), local);
                 wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
-            } else if advertised == Some(true) {
-                wire.send(
-                    &mut s,
-                    &params,
-                    BgpMessageType::Update,
-                    &withdrawal(adv, local),
-                )?;
             }
-            advertised = Some(up);
-            metrics::gauge!("portico_announce_ready").set(if up { 1.0 } else { 0.0 });
-            let count = if up { adv.count(local) } else { 0 };
-            crate::status::update(|s| s.ready = up);
+            if !new.is_empty() {
+                let update = announcement(&adv.with(&new), peer.asn != adv.local_asn, local);
+                wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
+            }
+            current = want;
+            let count = current.len();
+            if was_up != Some(up) {
+                metrics::gauge!("portico_announce_ready").set(if up { 1.0 } else { 0.0 });
+                crate::status::update(|s| s.ready = up);
+                if up {
+                    tracing::info!(peer = %peer.address, prefixes = count, "BGP routes advertised");
+                } else if !stop.load(Ordering::SeqCst) {
+                    tracing::warn!(peer = %peer.address, "not ready (/readyz fails): no BGP routes advertised until it is");
+                }
+            } else if !gone.is_empty() || !new.is_empty() {
+                tracing::info!(peer = %peer.address, advertised = ?new, withdrawn = ?gone, "BGP routes changed");
+            }
+            was_up = Some(up);
             crate::status::update_peer(peer.address, |p| p.advertised = count);
             metrics::gauge!("portico_bgp_prefixes_advertised", "peer" => label.clone())
                 .set(count as f64);
-            if up {
-                tracing::info!(peer = %peer.address, prefixes = count, "BGP routes advertised");
-            } else if !stop.load(Ordering::SeqCst) {
-                tracing::warn!(peer = %peer.address, "not ready (/readyz fails): no BGP routes advertised until it is");
-            }
         }
         if stop.load(Ordering::SeqCst) {
             // Withdrawn just above (advertised is false by now).
@@ -415,12 +454,18 @@ fn session(
 }
 
 impl Advertised {
-    /// How many routes a session from `local` carries.
-    fn count(&self, local: IpAddr) -> usize {
-        match local {
-            IpAddr::V4(_) => self.prefixes.len(),
-            IpAddr::V6(_) => self.prefixes_v6.len(),
+    /// These attributes with these addresses.
+    fn with(&self, addresses: &[IpAddr]) -> Advertised {
+        let mut a = self.clone();
+        a.prefixes.clear();
+        a.prefixes_v6.clear();
+        for ip in addresses {
+            match ip {
+                IpAddr::V4(v4) => a.prefixes.push(*v4),
+                IpAddr::V6(v6) => a.prefixes_v6.push(*v6),
+            }
         }
+        a
     }
 }
 

@@ -21,8 +21,12 @@ pub enum AnnounceMode {
 #[serde(deny_unknown_fields, default)]
 pub struct AnnounceConfig {
     pub mode: AnnounceMode,
-    /// The addresses this node owns and announces.
+    /// Addresses announced besides the LoadBalancer Services' own.
     pub addresses: Vec<IpAddr>,
+    /// Announce the LoadBalancer Services' own addresses (status, else
+    /// `spec.loadBalancerIP`, e.g. from the `cloud-lb` pools) as they come
+    /// and go; a Service with `portico.io/announce: "false"` is left out.
+    pub service_addresses: bool,
     /// Interfaces to announce on. Empty: for each address, the interface
     /// with a network of its family that contains it.
     pub interfaces: Vec<String>,
@@ -157,6 +161,7 @@ impl Default for AnnounceConfig {
         AnnounceConfig {
             mode: AnnounceMode::Off,
             addresses: Vec::new(),
+            service_addresses: true,
             interfaces: Vec::new(),
             garp_interval_seconds: 60,
             lease_duration_seconds: 1,
@@ -170,9 +175,9 @@ impl AnnounceConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.mode == AnnounceMode::Bgp {
-            if self.addresses.is_empty() {
+            if self.addresses.is_empty() && !self.service_addresses {
                 out.push(
-                    "announce.addresses: mode \"bgp\" announces nothing without addresses".into(),
+                    "announce.addresses: mode \"bgp\" with service_addresses = false announces nothing without addresses".into(),
                 );
             }
             // Each family goes over sessions of its own family.
@@ -195,9 +200,9 @@ impl AnnounceConfig {
             if self.lease_duration_seconds == 0 {
                 out.push("announce.lease_duration_seconds: at least 1".into());
             }
-            if self.addresses.is_empty() {
+            if self.addresses.is_empty() && !self.service_addresses {
                 out.push(
-                    "announce.addresses: mode \"l2\" announces nothing without addresses".into(),
+                    "announce.addresses: mode \"l2\" with service_addresses = false announces nothing without addresses".into(),
                 );
             }
             for a in &self.addresses {
@@ -227,6 +232,10 @@ mod tests {
             mode: AnnounceMode::L2,
             ..AnnounceConfig::default()
         };
+        // The LoadBalancer Services' own addresses are announced: nothing
+        // listed is fine, unless those are turned off too.
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.service_addresses = false;
         assert_eq!(c.validate().len(), 1, "{:?}", c.validate());
         c.addresses = vec!["192.0.2.10".parse().unwrap()];
         assert!(c.validate().is_empty());

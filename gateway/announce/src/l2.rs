@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use pnet_datalink::MacAddr;
@@ -41,7 +42,11 @@ impl Announced {
 /// Which interface announces each address: the configured ones (or, with
 /// none configured, every non-loopback interface), the one with a network
 /// of the address's family containing it first.
-fn plan(cfg: &AnnounceConfig, interfaces: &[NetworkInterface]) -> Result<Vec<Announced>, String> {
+fn plan(
+    cfg: &AnnounceConfig,
+    addresses: &[IpAddr],
+    interfaces: &[NetworkInterface],
+) -> Result<Vec<Announced>, String> {
     let candidates: Vec<&NetworkInterface> = if cfg.interfaces.is_empty() {
         interfaces.iter().filter(|i| !i.is_loopback()).collect()
     } else {
@@ -55,7 +60,7 @@ fn plan(cfg: &AnnounceConfig, interfaces: &[NetworkInterface]) -> Result<Vec<Ann
             .collect::<Result<_, _>>()?
     };
     let mut by_interface: BTreeMap<u32, Announced> = BTreeMap::new();
-    for addr in &cfg.addresses {
+    for addr in addresses {
         let on_subnet = candidates.iter().find(|i| {
             i.ips
                 .iter()
@@ -102,6 +107,7 @@ fn strict_arp(interface: &str) -> Result<(), String> {
 }
 
 /// Announcing on every planned interface until released.
+/// Announcing on the interfaces the addresses need until released.
 pub struct L2Announcer {
     running: route::Running,
     ownership: Ownership,
@@ -113,76 +119,49 @@ pub struct L2Announcer {
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 
 impl L2Announcer {
-    /// Takes the configured addresses: local routes, strict ARP on the
-    /// interfaces of IPv4 ones, the solicited-node groups of IPv6 ones, a
-    /// responder per interface, and gratuitous ARP / unsolicited neighbor
-    /// advertisements now and every `garp_interval_seconds`, for the
+    /// Announces the candidates of `ownership` (the configured addresses,
+    /// and the LoadBalancer Services' own as they come and go): a local
+    /// route for each, strict ARP on the interfaces of IPv4 ones, the
+    /// solicited-node groups of IPv6 ones, a responder per interface in
+    /// use, and gratuitous ARP / unsolicited neighbor advertisements when
+    /// an address is taken and every `garp_interval_seconds`, for the
     /// addresses `ownership` says are this node's. Needs CAP_NET_ADMIN and
-    /// CAP_NET_RAW.
+    /// CAP_NET_RAW; a configured interface or address that cannot be
+    /// placed is an error here, a Service's address that cannot be is
+    /// logged.
     pub fn start(
         cfg: &AnnounceConfig,
         serving: crate::Serving,
         ownership: Ownership,
     ) -> Result<L2Announcer, String> {
-        let plan = plan(cfg, &pnet_datalink::interfaces())?;
-        let mut running = route::Running::new("l2");
-        let interval = Duration::from_secs(cfg.garp_interval_seconds.max(1));
-        for a in plan {
-            if a.has_ipv4() {
-                strict_arp(&a.interface.name)?;
-            }
-            let groups = join_solicited_nodes(&a)?;
-            let config = pnet_datalink::Config {
-                read_timeout: Some(POLL),
-                ..Default::default()
-            };
-            let (tx, rx) = match pnet_datalink::channel(&a.interface, config) {
-                Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
-                Ok(_) => {
-                    return Err(format!(
-                        "announce: {} is not an Ethernet interface",
-                        a.interface.name
-                    ))
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "announce: cannot open a raw socket on {}: {e} (needs CAP_NET_RAW)",
-                        a.interface.name
-                    ))
-                }
-            };
-            for ip in &a.addresses {
-                running.routes.add(*ip)?;
-            }
-            crate::status::update(|s| {
-                s.mode = "l2".into();
-                for ip in &a.addresses {
-                    let protocol = if ip.is_ipv4() { "ARP" } else { "NDP" };
-                    s.addresses.push(crate::status::AddressStatus {
-                        address: *ip,
-                        how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
-                        owned: ownership.owns(*ip),
-                    });
-                }
-            });
-            tracing::info!(interface = %a.interface.name, mac = %a.mac, addresses = ?a.addresses,
-                garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP (IPv4) and NDP (IPv6)");
-            metrics::gauge!("portico_announced_addresses", "mode" => "l2")
-                .increment(a.addresses.len() as f64);
-            let stop = running.stop.clone();
-            let serving = serving.clone();
-            let owner = ownership.clone();
-            let name = format!("l2-{}", a.interface.name);
-            let thread = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    // Members of the groups as long as the responder runs.
-                    let _groups = groups;
-                    serve(a, tx, rx, interval, &stop, &*serving, &owner)
-                })
-                .map_err(|e| format!("announce: cannot start the L2 responder thread: {e}"))?;
-            running.threads.push(thread);
+        plan(cfg, &cfg.addresses, &pnet_datalink::interfaces())?;
+        let mut routes = route::LocalRoutes::default();
+        if let Some(e) = routes.follow(&ownership).into_iter().next() {
+            return Err(e);
         }
+        let mut running = route::Running::new("l2");
+        running.threads.push(
+            route::follow(routes, ownership.clone(), running.stop.clone(), "l2")
+                .map_err(|e| format!("announce: cannot start the route thread: {e}"))?,
+        );
+        crate::status::update(|s| s.mode = "l2".into());
+        let manager = Manager {
+            cfg: cfg.clone(),
+            serving,
+            ownership: ownership.clone(),
+            stop: running.stop.clone(),
+            responders: BTreeMap::new(),
+            strict: Vec::new(),
+            groups: None,
+            joined: Vec::new(),
+            unplaced: Vec::new(),
+        };
+        running.threads.push(
+            std::thread::Builder::new()
+                .name("l2-manager".into())
+                .spawn(move || manager.run())
+                .map_err(|e| format!("announce: cannot start the L2 thread: {e}"))?,
+        );
         Ok(L2Announcer { running, ownership })
     }
 
@@ -209,13 +188,15 @@ impl L2Announcer {
                 );
             }
         }
-        if self.running.release() {
-            crate::status::update(|s| {
-                s.ready = false;
-                s.addresses.clear();
-            });
+        let had = !self.running.threads.is_empty();
+        self.running.release();
+        if had {
             tracing::info!("gave up the announced addresses");
         }
+        crate::status::update(|s| {
+            s.ready = false;
+            s.addresses.clear();
+        });
     }
 }
 
@@ -225,48 +206,233 @@ impl Drop for L2Announcer {
     }
 }
 
-/// Joins the solicited-node multicast groups of the interface's IPv6
-/// addresses, so the interface accepts the solicitations for them (the
-/// kernel filters multicast it has not joined). Held by a socket that
-/// receives nothing: the groups are left when it closes.
-fn join_solicited_nodes(a: &Announced) -> Result<Option<UdpSocket>, String> {
-    let mut groups: Vec<Ipv6Addr> = a.ipv6().map(ndp::solicited_node).collect();
-    groups.sort();
-    groups.dedup();
-    if groups.is_empty() {
-        return Ok(None);
+/// The addresses one interface's responder answers for, set by the
+/// manager; `version` changes with them.
+#[derive(Default)]
+struct Assigned {
+    addresses: RwLock<Vec<IpAddr>>,
+    version: AtomicU64,
+}
+
+/// Places the candidates on interfaces as they change: starts a
+/// responder on an interface when it first gets an address, sets strict
+/// ARP there, joins and leaves solicited-node groups.
+struct Manager {
+    cfg: AnnounceConfig,
+    serving: crate::Serving,
+    ownership: Ownership,
+    stop: Arc<AtomicBool>,
+    responders: BTreeMap<u32, Arc<Assigned>>,
+    /// Interfaces strict ARP was set on.
+    strict: Vec<String>,
+    /// Holds the solicited-node group memberships (left when closed).
+    groups: Option<UdpSocket>,
+    joined: Vec<(Ipv6Addr, u32)>,
+    /// Addresses no interface can take, logged once each.
+    unplaced: Vec<IpAddr>,
+}
+
+impl Manager {
+    fn run(mut self) {
+        let mut generation = None;
+        let mut threads = Vec::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            let g = self.ownership.generation();
+            if generation != Some(g) {
+                generation = Some(g);
+                threads.extend(self.place());
+            }
+            std::thread::sleep(POLL / 2);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
     }
-    let socket = UdpSocket::bind("[::]:0")
-        .map_err(|e| format!("announce: cannot open a socket to join NDP groups: {e}"))?;
-    for g in groups {
-        socket
-            .join_multicast_v6(&g, a.interface.index)
-            .map_err(|e| {
-                format!(
-                    "announce: cannot join the solicited-node group {g} on {}: {e}",
+
+    /// One placement of the current candidates; the responder threads it
+    /// started.
+    fn place(&mut self) -> Vec<std::thread::JoinHandle<()>> {
+        let candidates: Vec<IpAddr> = self.ownership.candidates().into_iter().collect();
+        let interfaces = pnet_datalink::interfaces();
+        let mut placed: Vec<Announced> = Vec::new();
+        for addr in &candidates {
+            match plan(&self.cfg, &[*addr], &interfaces) {
+                Ok(mut p) => match placed
+                    .iter_mut()
+                    .find(|a| a.interface.index == p[0].interface.index)
+                {
+                    Some(a) => a.addresses.push(*addr),
+                    None => placed.append(&mut p),
+                },
+                Err(e) if !self.unplaced.contains(addr) => {
+                    self.unplaced.push(*addr);
+                    tracing::warn!("{e}; {addr} is not announced");
+                }
+                Err(_) => {}
+            }
+        }
+        self.join_groups(&placed);
+        let mut started = Vec::new();
+        for a in &placed {
+            if a.has_ipv4() && !self.strict.contains(&a.interface.name) {
+                match strict_arp(&a.interface.name) {
+                    Ok(()) => self.strict.push(a.interface.name.clone()),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            if !self.responders.contains_key(&a.interface.index) {
+                match self.start_responder(a) {
+                    Ok((assigned, thread)) => {
+                        self.responders.insert(a.interface.index, assigned);
+                        started.push(thread);
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        continue;
+                    }
+                }
+            }
+        }
+        for (index, assigned) in &self.responders {
+            let now: Vec<IpAddr> = placed
+                .iter()
+                .find(|a| a.interface.index == *index)
+                .map(|a| a.addresses.clone())
+                .unwrap_or_default();
+            let mut cur = assigned
+                .addresses
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if *cur != now {
+                *cur = now;
+                assigned.version.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        crate::status::update(|s| {
+            s.addresses = placed
+                .iter()
+                .flat_map(|a| {
+                    a.addresses.iter().map(|ip| {
+                        let protocol = if ip.is_ipv4() { "ARP" } else { "NDP" };
+                        crate::status::AddressStatus {
+                            address: *ip,
+                            how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
+                            owned: self.ownership.owns(*ip),
+                        }
+                    })
+                })
+                .collect();
+            s.addresses.sort_by_key(|a| a.address);
+        });
+        started
+    }
+
+    fn start_responder(
+        &self,
+        a: &Announced,
+    ) -> Result<(Arc<Assigned>, std::thread::JoinHandle<()>), String> {
+        let config = pnet_datalink::Config {
+            read_timeout: Some(POLL),
+            ..Default::default()
+        };
+        let (tx, rx) = match pnet_datalink::channel(&a.interface, config) {
+            Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
+            Ok(_) => {
+                return Err(format!(
+                    "announce: {} is not an Ethernet interface",
                     a.interface.name
-                )
-            })?;
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "announce: cannot open a raw socket on {}: {e} (needs CAP_NET_RAW)",
+                    a.interface.name
+                ))
+            }
+        };
+        let interval = Duration::from_secs(self.cfg.garp_interval_seconds.max(1));
+        tracing::info!(interface = %a.interface.name, mac = %a.mac,
+            garp_interval_seconds = interval.as_secs(), "announcing addresses by ARP (IPv4) and NDP (IPv6)");
+        let assigned = Arc::new(Assigned::default());
+        let responder = Responder {
+            interface: a.interface.clone(),
+            mac: a.mac,
+            assigned: assigned.clone(),
+        };
+        let (stop, serving, owner) = (
+            self.stop.clone(),
+            self.serving.clone(),
+            self.ownership.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("l2-{}", a.interface.name))
+            .spawn(move || serve(responder, tx, rx, interval, &stop, &*serving, &owner))
+            .map_err(|e| format!("announce: cannot start the L2 responder thread: {e}"))?;
+        Ok((assigned, thread))
     }
-    Ok(Some(socket))
+
+    /// Joins the solicited-node multicast groups of the placed IPv6
+    /// addresses and leaves the others, so each interface accepts the
+    /// solicitations for its addresses (the kernel filters multicast it
+    /// has not joined).
+    fn join_groups(&mut self, placed: &[Announced]) {
+        let mut want: Vec<(Ipv6Addr, u32)> = placed
+            .iter()
+            .flat_map(|a| {
+                a.ipv6()
+                    .map(|ip| (ndp::solicited_node(ip), a.interface.index))
+            })
+            .collect();
+        want.sort();
+        want.dedup();
+        if want.is_empty() && self.joined.is_empty() {
+            return;
+        }
+        if self.groups.is_none() {
+            match UdpSocket::bind("[::]:0") {
+                Ok(s) => self.groups = Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "announce: cannot open a socket to join NDP groups");
+                    return;
+                }
+            }
+        }
+        let Some(socket) = &self.groups else { return };
+        for (g, index) in self.joined.iter().filter(|j| !want.contains(j)) {
+            let _ = socket.leave_multicast_v6(g, *index);
+        }
+        for (g, index) in want.iter().filter(|w| !self.joined.contains(w)) {
+            if let Err(e) = socket.join_multicast_v6(g, *index) {
+                tracing::warn!(group = %g, error = %e, "announce: cannot join the solicited-node group");
+            }
+        }
+        self.joined = want;
+    }
+}
+
+/// One interface's responder.
+struct Responder {
+    interface: NetworkInterface,
+    mac: MacAddr,
+    assigned: Arc<Assigned>,
 }
 
 /// The answer to one received frame, if it asks for an owned address, and
 /// the counter it goes to.
 fn answer(
-    a: &Announced,
+    mac: MacAddr,
     owned: &[IpAddr],
     frame: &[u8],
 ) -> Option<(Vec<u8>, &'static str, &'static str)> {
-    if let Some(r) = arp::reply_to(frame, a.mac, |ip| owned.contains(&IpAddr::V4(ip))) {
+    if let Some(r) = arp::reply_to(frame, mac, |ip| owned.contains(&IpAddr::V4(ip))) {
         return Some((r, "portico_arp_sent_total", "reply"));
     }
-    ndp::reply_to(frame, a.mac, |ip| owned.contains(&IpAddr::V6(ip)))
+    ndp::reply_to(frame, mac, |ip| owned.contains(&IpAddr::V6(ip)))
         .map(|r| (r, "portico_ndp_sent_total", "reply"))
 }
 
 fn serve(
-    a: Announced,
+    a: Responder,
     mut tx: Box<dyn DataLinkSender>,
     mut rx: Box<dyn DataLinkReceiver>,
     interval: Duration,
@@ -307,7 +473,7 @@ fn serve(
     // it takes it over.
     let mut was: Option<bool> = None;
     let mut next_announcement = Instant::now();
-    let mut generation = None;
+    let mut version = None;
     let mut owned: Vec<IpAddr> = Vec::new();
     // After a take-over, two more announcements half a second apart: a
     // neighbour ignores one that comes within its ARP `locktime` (1 s) of
@@ -320,11 +486,17 @@ fn serve(
             crate::note_serving(up, "l2");
             next_announcement = Instant::now();
         }
-        let g = ownership.generation();
-        if generation != Some(g) {
-            generation = Some(g);
+        let v = (
+            ownership.generation(),
+            a.assigned.version.load(Ordering::SeqCst),
+        );
+        if version != Some(v) {
+            version = Some(v);
             let now: Vec<IpAddr> = a
+                .assigned
                 .addresses
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .copied()
                 .filter(|ip| ownership.owns(*ip))
@@ -342,7 +514,7 @@ fn serve(
             }
             crate::status::update(|s| {
                 for st in s.addresses.iter_mut() {
-                    if a.addresses.contains(&st.address) {
+                    if owned.contains(&st.address) || now.contains(&st.address) {
                         st.owned = now.contains(&st.address);
                     }
                 }
@@ -356,7 +528,7 @@ fn serve(
         }
         match rx.next() {
             Ok(frame) if up => {
-                if let Some((reply, counter, what)) = answer(&a, &owned, frame) {
+                if let Some((reply, counter, what)) = answer(a.mac, &owned, frame) {
                     send(&mut tx, &reply, counter, what);
                 }
             }
@@ -389,6 +561,10 @@ mod tests {
     use super::*;
     use ipnetwork::IpNetwork;
 
+    fn plan_of(c: &AnnounceConfig, nics: &[NetworkInterface]) -> Result<Vec<Announced>, String> {
+        plan(c, &c.addresses, nics)
+    }
+
     fn iface(name: &str, index: u32, net: &str) -> NetworkInterface {
         NetworkInterface {
             name: name.into(),
@@ -415,7 +591,7 @@ mod tests {
             iface("eth0", 2, "10.0.0.5/24"),
             iface("eth1", 3, "192.0.2.5/24"),
         ];
-        let p = plan(
+        let p = plan_of(
             &cfg(&["192.0.2.10", "10.0.0.100", "192.0.2.11"], &[]),
             &nics,
         )
@@ -446,7 +622,7 @@ mod tests {
         let mut eth1 = iface("eth1", 3, "192.0.2.5/24");
         eth1.ips.push("2001:db8:1::5/64".parse().unwrap());
         let nics = [iface("eth0", 2, "2001:db8:2::5/64"), eth1];
-        let p = plan(
+        let p = plan_of(
             &cfg(&["2001:db8:1::100", "192.0.2.10", "2001:db8:2::100"], &[]),
             &nics,
         )
@@ -461,7 +637,7 @@ mod tests {
             ["2001:db8:1::100".parse::<std::net::Ipv6Addr>().unwrap()]
         );
         // An IPv4 network never claims an IPv6 address.
-        let err = plan(&cfg(&["2001:db8:9::1"], &[]), &nics).err().unwrap();
+        let err = plan_of(&cfg(&["2001:db8:9::1"], &[]), &nics).err().unwrap();
         assert!(err.contains("no interface has an IPv6 network"), "{err}");
     }
 
@@ -471,14 +647,14 @@ mod tests {
             iface("eth0", 2, "10.0.0.5/24"),
             iface("eth1", 3, "192.0.2.5/24"),
         ];
-        let err = plan(&cfg(&["198.51.100.7"], &[]), &nics).err().unwrap();
+        let err = plan_of(&cfg(&["198.51.100.7"], &[]), &nics).err().unwrap();
         assert!(
             err.contains("198.51.100.7") && err.contains("announce.interfaces"),
             "{err}"
         );
-        let p = plan(&cfg(&["198.51.100.7"], &["eth1"]), &nics).unwrap();
+        let p = plan_of(&cfg(&["198.51.100.7"], &["eth1"]), &nics).unwrap();
         assert_eq!(p[0].interface.name, "eth1");
-        let err = plan(&cfg(&["198.51.100.7"], &["eth9"]), &nics)
+        let err = plan_of(&cfg(&["198.51.100.7"], &["eth9"]), &nics)
             .err()
             .unwrap();
         assert!(err.contains("eth9"), "{err}");

@@ -76,9 +76,7 @@ pub fn start(
         AnnounceMode::Off => None,
         AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg, serving, ownership)?)),
         AnnounceMode::Bgp => Some(Box::new(bgp::BgpAnnouncer::start(
-            &cfg.addresses,
-            &cfg.bgp,
-            serving,
+            &cfg.bgp, serving, ownership,
         )?)),
     })
 }

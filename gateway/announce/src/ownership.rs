@@ -1,5 +1,6 @@
-//! Which of the configured addresses this node owns in L2 mode, and the
-//! hand-over when it stops.
+//! Which addresses this node announces (the candidates: the configured
+//! ones and the LoadBalancer Services' own), which of them it owns in L2
+//! mode, and the hand-over when it stops.
 //!
 //! Static ownership (manifests mode): the node owns every address its
 //! config lists. Decided elsewhere (Kubernetes mode): whoever holds the
@@ -17,9 +18,11 @@ use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Shared {
+    /// Every address to announce, whoever owns it.
+    candidates: RwLock<BTreeSet<IpAddr>>,
     /// `None`: every address (static ownership).
     owned: RwLock<Option<BTreeSet<IpAddr>>>,
-    /// Bumped on every change of `owned`, so the responder notices a
+    /// Bumped on every change of `owned` or `candidates`, so the responder notices a
     /// take-over without comparing sets on every frame.
     generation: AtomicU64,
     /// Set when the node stops (SIGTERM): the elector releases its Leases.
@@ -53,9 +56,33 @@ impl Ownership {
             .is_some()
     }
 
+    /// The addresses to announce changed (config, or a LoadBalancer
+    /// Service got or lost an address).
+    pub fn set_candidates(&self, candidates: BTreeSet<IpAddr>) {
+        let mut cur = self.0.candidates.write().unwrap_or_else(|e| e.into_inner());
+        if *cur != candidates {
+            *cur = candidates;
+            self.0.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub fn candidates(&self) -> BTreeSet<IpAddr> {
+        self.0
+            .candidates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Owned: elected for it, or (static) one of the candidates.
     pub fn owns(&self, ip: IpAddr) -> bool {
         match &*self.0.owned.read().unwrap_or_else(|e| e.into_inner()) {
-            None => true,
+            None => self
+                .0
+                .candidates
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&ip),
             Some(set) => set.contains(&ip),
         }
     }
@@ -113,7 +140,12 @@ mod tests {
     fn static_owns_all_elected_owns_what_it_is_told() {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(Ownership::all().owns(a));
+        let all = Ownership::all();
+        assert!(!all.owns(a), "not a candidate");
+        let g = all.generation();
+        all.set_candidates(BTreeSet::from([a]));
+        assert!(all.owns(a) && !all.owns(b));
+        assert_eq!(all.generation(), g + 1);
         assert!(!Ownership::all().wait_handed_over(Duration::from_secs(5)));
         let o = Ownership::elected();
         assert!(!o.owns(a));

@@ -109,6 +109,39 @@ impl LocalRoutes {
         &self.0
     }
 
+    /// Removes one; a failure is logged (the route may linger until the
+    /// address is taken again or the node restarts).
+    pub fn remove(&mut self, ip: IpAddr) {
+        self.0.retain(|a| *a != ip);
+        if let Err(e) = stop_accepting(ip) {
+            tracing::warn!(address = %ip, error = %e, "cannot remove the local route");
+        }
+    }
+
+    /// Makes the routes the candidates of `ownership`: adds the missing
+    /// ones (an error for each that cannot be added), removes the others.
+    pub fn follow(&mut self, ownership: &crate::Ownership) -> Vec<String> {
+        let want = ownership.candidates();
+        let gone: Vec<IpAddr> = self
+            .0
+            .iter()
+            .copied()
+            .filter(|a| !want.contains(a))
+            .collect();
+        for ip in gone {
+            self.remove(ip);
+        }
+        let mut errors = Vec::new();
+        for ip in want {
+            if !self.0.contains(&ip) {
+                if let Err(e) = self.add(ip) {
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
     /// Removes them all; whether there were any.
     pub fn release(&mut self) -> bool {
         let had = !self.0.is_empty();
@@ -125,6 +158,35 @@ impl Drop for LocalRoutes {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// Keeps `routes` equal to the candidates of `ownership` until `stop`,
+/// then removes them all: the local routes of whatever is announced now.
+pub fn follow(
+    mut routes: LocalRoutes,
+    ownership: crate::Ownership,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mode: &'static str,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("{mode}-routes"))
+        .spawn(move || {
+            let mut generation = ownership.generation();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let g = ownership.generation();
+                if g != generation {
+                    generation = g;
+                    for e in routes.follow(&ownership) {
+                        tracing::warn!("{e}");
+                    }
+                    metrics::gauge!("portico_announced_addresses", "mode" => mode)
+                        .set(routes.addresses().len() as f64);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            routes.release();
+            metrics::gauge!("portico_announced_addresses", "mode" => mode).set(0.0);
+        })
 }
 
 /// What an announcer runs: threads that stop when told, and the local

@@ -115,6 +115,7 @@ impl Publisher {
             problems: spec.problems,
             admitted_ingresses: spec.admitted_ingresses,
             ignored_ingresses: spec.ignored_ingresses,
+            load_balancer_addresses: spec.load_balancer_addresses,
         });
         self.current.store(snap.clone());
         let now = SystemTime::now()

@@ -211,6 +211,11 @@ pub struct SnapshotSpec {
     /// The TLS Secrets the admitted Ingresses name, found or not: what a
     /// source that reads Secrets by name must fetch.
     pub referenced_secrets: std::collections::BTreeSet<crate::store::ObjectKey>,
+    /// LoadBalancer Services' own addresses (status, else
+    /// `spec.loadBalancerIP`; not the node addresses they fall back to),
+    /// unless the Service opts out of announcement: what bare-metal
+    /// announcement makes reachable.
+    pub load_balancer_addresses: BTreeMap<std::net::IpAddr, crate::store::ObjectKey>,
 }
 
 /// The published, immutable view the data plane reads.
@@ -223,6 +228,7 @@ pub struct Snapshot {
     pub problems: Vec<Problem>,
     pub admitted_ingresses: usize,
     pub ignored_ingresses: Vec<IgnoredIngress>,
+    pub load_balancer_addresses: BTreeMap<std::net::IpAddr, crate::store::ObjectKey>,
 }
 
 impl Snapshot {
@@ -235,6 +241,7 @@ impl Snapshot {
             certs: CertStore::default(),
             problems: Vec::new(),
             admitted_ingresses: 0,
+            load_balancer_addresses: BTreeMap::new(),
             ignored_ingresses: Vec::new(),
         }
     }

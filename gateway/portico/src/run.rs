@@ -64,6 +64,40 @@ fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     Ok(())
 }
 
+/// The addresses to announce: the configured ones now, and the
+/// LoadBalancer Services' own as each snapshot says (`service_addresses`).
+fn follow_service_addresses(
+    cfg: &portico_announce::AnnounceConfig,
+    publisher: &Arc<portico_model::publish::Publisher>,
+    ownership: &portico_announce::Ownership,
+) -> Result<(), String> {
+    let fixed: std::collections::BTreeSet<std::net::IpAddr> =
+        cfg.addresses.iter().copied().collect();
+    ownership.set_candidates(fixed.clone());
+    if !cfg.service_addresses {
+        return Ok(());
+    }
+    let (publisher, ownership) = (publisher.clone(), ownership.clone());
+    std::thread::Builder::new()
+        .name("announce-addresses".into())
+        .spawn(move || {
+            let mut seen = None;
+            loop {
+                let snap = publisher.current();
+                if seen != Some(snap.generation) {
+                    seen = Some(snap.generation);
+                    let mut all = fixed.clone();
+                    all.extend(snap.load_balancer_addresses.keys().copied());
+                    ownership.set_candidates(all);
+                }
+                drop(snap);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the announce-addresses thread: {e}"))
+}
+
 /// The Lease elector's hooks into the announcer's ownership.
 fn l2_election(
     cfg: &Config,
@@ -73,8 +107,9 @@ fn l2_election(
     let (stopping, publish, handed_over) =
         (ownership.clone(), ownership.clone(), ownership.clone());
     let eligible = serving.clone();
+    let candidates = ownership.clone();
     kube_source::l2_leases::L2Election {
-        addresses: cfg.announce.addresses.clone(),
+        addresses: Arc::new(move || candidates.candidates().into_iter().collect()),
         lease_duration: Duration::from_secs(cfg.announce.lease_duration_seconds),
         eligible: Arc::new(move || eligible()),
         stopping: Arc::new(move || stopping.giving_up()),
@@ -281,6 +316,9 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     } else {
         portico_announce::Ownership::all()
     };
+    if cfg.announce.mode != portico_announce::AnnounceMode::Off {
+        follow_service_addresses(&cfg.announce, &publisher, &ownership)?;
+    }
     match kube_config {
         Some(kc) => {
             let mut settings = kube_settings(&cfg);

@@ -117,6 +117,7 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         settings,
         &mut backends,
         &mut out.l4,
+        &mut out.load_balancer_addresses,
         &mut out.problems,
     );
 

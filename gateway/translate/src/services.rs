@@ -3,7 +3,9 @@
 //! LoadBalancer ports listen on the Service's own addresses
 //! (`status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`), else on
 //! the node addresses. `nodePort`s listen on the node addresses when
-//! `l4.node_ports` is on.
+//! `l4.node_ports` is on. The Services' own addresses are also what
+//! bare-metal announcement makes reachable, unless a Service says
+//! `portico.io/announce: "false"`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,11 +16,16 @@ use portico_model::problems::Problem;
 use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol};
 use portico_model::store::Store;
 
+/// The annotation with which a LoadBalancer Service keeps its addresses
+/// from being announced (another announcer, or a route already exists).
+pub const ANNOUNCE_ANNOTATION: &str = "portico.io/announce";
+
 pub fn add_l4_listeners(
     store: &Store,
     settings: &Settings,
     backends: &mut Backends<'_>,
     l4: &mut BTreeMap<L4ListenerKey, BackendKey>,
+    announce: &mut BTreeMap<IpAddr, portico_model::store::ObjectKey>,
     problems: &mut Vec<Problem>,
 ) {
     for (key, stored) in super::oldest_first(&store.services, |s| &s.metadata) {
@@ -49,6 +56,27 @@ pub fn add_l4_listeners(
                         &here,
                         format!("load balancer address {ip:?} is not an IP address"),
                     )),
+                }
+            }
+            let opt = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOUNCE_ANNOTATION))
+                .map(String::as_str);
+            if let Some(other) = opt.filter(|v| !matches!(*v, "true" | "false")) {
+                problems.push(Problem::warning(
+                    &here,
+                    format!(
+                        "metadata.annotations[{ANNOUNCE_ANNOTATION}]: {other:?} is not \"true\" \
+                         or \"false\"; the addresses are announced"
+                    ),
+                ));
+            }
+            if opt != Some("false") {
+                for ip in &lb_addrs {
+                    // The older Service keeps an address two Services claim.
+                    announce.entry(*ip).or_insert_with(|| key.clone());
                 }
             }
             if lb_addrs.is_empty() {

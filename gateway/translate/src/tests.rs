@@ -648,3 +648,42 @@ spec:
         ]
     );
 }
+
+#[test]
+fn load_balancer_addresses_are_announced_unless_the_service_opts_out() {
+    let svc = |name: &str, ip: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns{extra}}}\n\
+             spec:\n  type: LoadBalancer\n  loadBalancerIP: {ip}\n  ports: [{{port: 80}}]\n---\n"
+        )
+    };
+    let yaml = svc("a", "192.0.2.10", "")
+        + &svc("b", "192.0.2.11", ", annotations: {portico.io/announce: \"false\"}")
+        + &svc("c", "192.0.2.12", ", annotations: {portico.io/announce: \"no\"}")
+        // No address of its own: it listens on the node's, which are not
+        // announced.
+        + "apiVersion: v1\nkind: Service\nmetadata: {name: d, namespace: ns}\n\
+           spec:\n  type: LoadBalancer\n  ports: [{port: 81}]\n";
+    let spec = translate(&store_of(&yaml), &settings());
+    let announced: Vec<(String, String)> = spec
+        .load_balancer_addresses
+        .iter()
+        .map(|(ip, k)| (ip.to_string(), k.to_string()))
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            ("192.0.2.10".to_string(), "ns/a".to_string()),
+            ("192.0.2.12".to_string(), "ns/c".to_string())
+        ]
+    );
+    assert!(spec
+        .problems
+        .iter()
+        .any(|p| p.message.contains("portico.io/announce") && p.message.contains("\"no\"")));
+    // Opting out of announcement is not opting out of serving.
+    assert!(spec
+        .l4
+        .keys()
+        .any(|k| k.addr == "192.0.2.11:80".parse().unwrap()));
+}

@@ -42,7 +42,9 @@ pub const ADDRESS_ANNOTATION: &str = "portico.io/address";
 
 /// What the elector needs from the process.
 pub struct L2Election {
-    pub addresses: Vec<IpAddr>,
+    /// The addresses to share out now (they change as LoadBalancer
+    /// Services get and lose addresses).
+    pub addresses: Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
     pub lease_duration: Duration,
     /// Whether this node may own addresses now (ready, not draining).
     pub eligible: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -223,7 +225,6 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
     let mut released_on_stop: BTreeSet<IpAddr> = BTreeSet::new();
     let mut last_round = Instant::now();
     tracing::info!(
-        addresses = ?cfg.addresses,
         namespace = %at.namespace,
         identity = %at.identity,
         lease_duration_ms = cfg.lease_duration.as_millis() as u64,
@@ -245,6 +246,7 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
         last_round = Instant::now();
         next_round = last_round + round;
         let stopping = (cfg.stopping)();
+        let addresses = (cfg.addresses)();
         let eligible = (cfg.eligible)() && !stopping;
         let now = Timestamp::now();
         let leases = match api.list(&ListParams::default().labels(LABEL)).await {
@@ -265,7 +267,7 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
             .filter_map(|l| l.metadata.name.clone().map(|n| (n, l)))
             .collect();
         let mut holders: BTreeMap<IpAddr, String> = BTreeMap::new();
-        for a in &cfg.addresses {
+        for a in &addresses {
             if let Some(h) = by_name
                 .get(&address_lease_name(*a))
                 .and_then(|l| live_holder(l, now))
@@ -286,15 +288,14 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
             })
             .filter_map(|(_, l)| live_holder(l, now))
             .collect();
-        let long_free: BTreeSet<IpAddr> = cfg
-            .addresses
+        let long_free: BTreeSet<IpAddr> = addresses
             .iter()
             .copied()
             .filter(|a| {
                 !holders.contains_key(a) && free_since.get(a).is_some_and(|t| t.elapsed() >= round)
             })
             .collect();
-        for a in &cfg.addresses {
+        for a in &addresses {
             if holders.contains_key(a) {
                 free_since.remove(a);
             } else {
@@ -304,7 +305,7 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
         let p = plan(
             &at.identity,
             eligible,
-            &cfg.addresses,
+            &addresses,
             &holders,
             &members,
             &long_free,
