@@ -502,13 +502,18 @@ fn a_password_signs_the_session() {
 
 /// The LoadBalancer Services' own addresses are advertised as they come
 /// and go, without being listed in `announce.addresses`; a Service with
-/// `portico.io/announce: "false"` is served but not advertised.
+/// `portico.io/announce: "false"` is served but not advertised, nor is an
+/// address in a pool with mode "off"; a pool's communities replace the
+/// section's.
 #[test]
 fn service_addresses_are_advertised_as_they_come_and_go() {
     let t = Topology::new(1);
     let dir = TempDir::new("bgp-dynamic");
     let bird = Bird::start(&t, &dir);
-    let (_edge, _echo) = start_edge(&t, &dir, 0, None);
+    let pools = "[[announce.pools]]\nname = \"gold\"\naddresses = [\"192.0.2.16/29\"]\nmode = \"bgp\"\n\
+                 communities = [\"64512:300\"]\n\
+                 [[announce.pools]]\nname = \"quiet\"\naddresses = [\"192.0.2.40\"]\nmode = \"off\"\n";
+    let (_edge, _echo) = start_edge_with(&t, &dir, 0, None, pools);
     wait_for(20, "the configured address", || bird.paths() == ["edge0"]);
     let lb = |name: &str, ip: &str, annotations: &str| {
         yaml::service(
@@ -525,7 +530,9 @@ fn service_addresses_are_advertised_as_they_come_and_go() {
     let more = dir.path().join("m0/more.yaml");
     std::fs::write(
         &more,
-        lb("two", "192.0.2.20", "") + &lb("three", "192.0.2.30", "portico.io/announce: \"false\""),
+        lb("two", "192.0.2.20", "")
+            + &lb("three", "192.0.2.30", "portico.io/announce: \"false\"")
+            + &lb("four", "192.0.2.40", ""),
     )
     .unwrap();
     wait_for(15, "the new Service's address advertised", || {
@@ -537,6 +544,17 @@ fn service_addresses_are_advertised_as_they_come_and_go() {
         Vec::<String>::new(),
         "opted out"
     );
+    assert!(
+        bird.paths_for("192.0.2.40").is_empty(),
+        "pool with mode off"
+    );
+    let gold = bird.birdc(&["show", "route", "for", "192.0.2.20", "all"]);
+    assert!(
+        gold.contains("(64512,300)") && !gold.contains("(64512,100)"),
+        "{gold}"
+    );
+    let default = bird.birdc(&["show", "route", "for", VIP, "all"]);
+    assert!(default.contains("(64512,100)"), "{default}");
     std::fs::remove_file(&more).unwrap();
     wait_for(15, "the address withdrawn with its Service", || {
         bird.paths_for("192.0.2.20").is_empty()

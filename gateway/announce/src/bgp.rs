@@ -10,7 +10,7 @@
 //! Only what an edge node needs: it originates routes and ignores what
 //! it is sent (it never installs routes), IPv4 unicast, active opens.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use zettabgp::prelude::*;
 
-use crate::config::{BgpConfig, BgpPeerConfig};
+use crate::config::BgpPeerConfig;
 use crate::route;
 
 /// How often a session wakes to check whether it should stop.
@@ -58,10 +58,11 @@ impl BgpAnnouncer {
     /// in L2 mode) and opens a session to each peer, advertising them as
     /// they come and go. Needs CAP_NET_ADMIN.
     pub fn start(
-        cfg: &BgpConfig,
+        announce: &crate::AnnounceConfig,
         serving: crate::Serving,
         ownership: crate::Ownership,
     ) -> Result<BgpAnnouncer, String> {
+        let cfg = &announce.bgp;
         let advertised = Advertised {
             local_asn: cfg.local_asn,
             router_id: cfg.router_id,
@@ -86,7 +87,6 @@ impl BgpAnnouncer {
                 .map_err(|e| format!("announce: cannot start the route thread: {e}"))?,
         );
         crate::status::update(|s| {
-            s.mode = "bgp".into();
             s.peers = cfg
                 .peers
                 .iter()
@@ -103,13 +103,13 @@ impl BgpAnnouncer {
         for peer in &cfg.peers {
             let (peer, advertised) = (peer.clone(), advertised.clone());
             let (stop, serving) = (running.stop.clone(), serving.clone());
-            let (owner, peers) = (ownership.clone(), cfg.peers.clone());
+            let (owner, config) = (ownership.clone(), announce.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("bgp-{}", peer.address))
                 .spawn(move || {
                     let source = Source {
                         ownership: &owner,
-                        peers: &peers,
+                        config: &config,
                         serving: &*serving,
                     };
                     run_peer(&peer, &advertised, &stop, &source)
@@ -130,7 +130,7 @@ impl BgpAnnouncer {
         if had {
             crate::status::update(|s| {
                 s.ready = false;
-                s.addresses.clear();
+                s.addresses.retain(|a| a.mode != "bgp");
             });
             tracing::info!("withdrew the announced addresses");
         }
@@ -146,28 +146,29 @@ impl Drop for BgpAnnouncer {
 /// Where a session learns what to advertise and when.
 struct Source<'a> {
     ownership: &'a crate::Ownership,
-    peers: &'a [BgpPeerConfig],
+    /// The peers, and each address's communities and local preference.
+    config: &'a crate::AnnounceConfig,
     serving: &'a (dyn Fn() -> bool + Send + Sync),
 }
 
 /// `/config`'s list of the announced addresses and the peers each goes to.
 fn note_addresses(addresses: &BTreeSet<IpAddr>, peers: &[BgpPeerConfig]) {
     crate::status::update(|s| {
-        s.addresses = addresses
-            .iter()
-            .map(|ip| {
-                let to: Vec<String> = peers
-                    .iter()
-                    .filter(|p| p.address.is_ipv4() == ip.is_ipv4())
-                    .map(|p| format!("{} (AS {})", p.address, p.asn))
-                    .collect();
-                crate::status::AddressStatus {
-                    address: *ip,
-                    how: format!("BGP to {}", to.join(", ")),
-                    owned: true,
-                }
-            })
-            .collect();
+        s.addresses.retain(|a| a.mode != "bgp");
+        s.addresses.extend(addresses.iter().map(|ip| {
+            let to: Vec<String> = peers
+                .iter()
+                .filter(|p| p.address.is_ipv4() == ip.is_ipv4())
+                .map(|p| format!("{} (AS {})", p.address, p.asn))
+                .collect();
+            crate::status::AddressStatus {
+                address: *ip,
+                how: format!("BGP to {}", to.join(", ")),
+                owned: true,
+                mode: "bgp",
+            }
+        }));
+        s.addresses.sort_by_key(|a| a.address);
     });
 }
 
@@ -371,7 +372,7 @@ fn session(
         if was_up != Some(up) || generation != Some(g) {
             generation = Some(g);
             let candidates = source.ownership.candidates();
-            note_addresses(&candidates, source.peers);
+            note_addresses(&candidates, &source.config.bgp.peers);
             let want: BTreeSet<IpAddr> = if up {
                 candidates
                     .into_iter()
@@ -386,8 +387,20 @@ fn session(
                 let update = withdrawal(&adv.with(&gone), local);
                 wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
             }
-            if !new.is_empty() {
-                let update = announcement(&adv.with(&new), peer.asn != adv.local_asn, local);
+            // One UPDATE per set of path attributes (pools may differ).
+            let mut by_attributes: BTreeMap<crate::config::BgpAttributes, Vec<IpAddr>> =
+                BTreeMap::new();
+            for ip in &new {
+                by_attributes
+                    .entry(source.config.bgp_attributes(*ip))
+                    .or_default()
+                    .push(*ip);
+            }
+            for (attributes, addresses) in by_attributes {
+                let mut group = adv.with(&addresses);
+                group.communities = attributes.communities;
+                group.local_preference = attributes.local_preference;
+                let update = announcement(&group, peer.asn != adv.local_asn, local);
                 wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
             }
             current = want;

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -20,7 +21,11 @@ pub enum AnnounceMode {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnnounceConfig {
+    /// How addresses in no pool are announced.
     pub mode: AnnounceMode,
+    /// Address ranges announced another way than `mode` (e.g. one per
+    /// `cloud-lb` pool): the first pool containing an address decides.
+    pub pools: Vec<PoolConfig>,
     /// Addresses announced besides the LoadBalancer Services' own.
     pub addresses: Vec<IpAddr>,
     /// Announce the LoadBalancer Services' own addresses (status, else
@@ -39,6 +44,48 @@ pub struct AnnounceConfig {
     pub lease_duration_seconds: u64,
     /// BGP mode: this node's AS and its routers.
     pub bgp: BgpConfig,
+}
+
+/// `[[announce.pools]]`: a range of addresses with its own mode and, in
+/// BGP mode, its own communities and local preference.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Networks and single addresses: `192.0.2.0/28`, `2001:db8::/120`,
+    /// `198.51.100.7`.
+    pub addresses: Vec<String>,
+    pub mode: AnnounceMode,
+    /// BGP: instead of `announce.bgp.communities`.
+    #[serde(default)]
+    pub communities: Option<Vec<String>>,
+    /// BGP: instead of `announce.bgp.local_preference`.
+    #[serde(default)]
+    pub local_preference: Option<u32>,
+}
+
+impl PoolConfig {
+    fn networks(&self) -> impl Iterator<Item = Result<IpNetwork, String>> + '_ {
+        self.addresses.iter().map(move |a| {
+            a.parse::<IpNetwork>().map_err(|e| {
+                format!(
+                    "announce.pools[{}].addresses: {a:?} is not an address or network: {e}",
+                    self.name
+                )
+            })
+        })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.networks().flatten().any(|n| n.contains(ip))
+    }
+}
+
+/// The BGP path attributes an address is advertised with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BgpAttributes {
+    pub communities: Vec<u32>,
+    pub local_preference: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -160,6 +207,7 @@ impl Default for AnnounceConfig {
     fn default() -> Self {
         AnnounceConfig {
             mode: AnnounceMode::Off,
+            pools: Vec::new(),
             addresses: Vec::new(),
             service_addresses: true,
             interfaces: Vec::new(),
@@ -171,17 +219,78 @@ impl Default for AnnounceConfig {
 }
 
 impl AnnounceConfig {
+    /// The pool `ip` is in, if any.
+    pub fn pool_of(&self, ip: IpAddr) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.contains(ip))
+    }
+
+    /// How `ip` is announced: its pool's mode, else `mode`.
+    pub fn mode_of(&self, ip: IpAddr) -> AnnounceMode {
+        self.pool_of(ip).map_or(self.mode, |p| p.mode)
+    }
+
+    /// Whether any address may be announced in `mode`.
+    pub fn uses(&self, mode: AnnounceMode) -> bool {
+        self.mode == mode || self.pools.iter().any(|p| p.mode == mode)
+    }
+
+    /// Whether anything is announced at all.
+    pub fn active(&self) -> bool {
+        self.uses(AnnounceMode::L2) || self.uses(AnnounceMode::Bgp)
+    }
+
+    /// The communities and local preference `ip` is advertised with: its
+    /// pool's where it sets them, else `announce.bgp`'s. Communities were
+    /// checked by `validate`; one that does not parse is left out.
+    pub fn bgp_attributes(&self, ip: IpAddr) -> BgpAttributes {
+        let pool = self.pool_of(ip);
+        let communities = pool
+            .and_then(|p| p.communities.as_ref())
+            .unwrap_or(&self.bgp.communities)
+            .iter()
+            .filter_map(|c| parse_community(c).ok())
+            .collect();
+        BgpAttributes {
+            communities,
+            local_preference: pool
+                .and_then(|p| p.local_preference)
+                .or(self.bgp.local_preference),
+        }
+    }
+
     /// Problems with the section, each naming the key.
     pub fn validate(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.mode == AnnounceMode::Bgp {
-            if self.addresses.is_empty() && !self.service_addresses {
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.pools {
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                out.push(format!(
+                    "announce.pools: name {:?} is empty or used twice",
+                    p.name
+                ));
+            }
+            if p.addresses.is_empty() {
+                out.push(format!("announce.pools[{}].addresses: empty", p.name));
+            }
+            out.extend(p.networks().filter_map(Result::err));
+            for c in p.communities.iter().flatten() {
+                if let Err(e) = parse_community(c) {
+                    out.push(format!("announce.pools[{}]: {e}", p.name));
+                }
+            }
+        }
+        if self.uses(AnnounceMode::Bgp) {
+            if self.addresses.is_empty() && !self.service_addresses && self.pools.is_empty() {
                 out.push(
                     "announce.addresses: mode \"bgp\" with service_addresses = false announces nothing without addresses".into(),
                 );
             }
             // Each family goes over sessions of its own family.
-            for a in &self.addresses {
+            for a in self
+                .addresses
+                .iter()
+                .filter(|a| self.mode_of(**a) == AnnounceMode::Bgp)
+            {
                 if !self
                     .bgp
                     .peers
@@ -196,16 +305,20 @@ impl AnnounceConfig {
             }
             self.bgp.validate(&mut out);
         }
-        if self.mode == AnnounceMode::L2 {
+        if self.uses(AnnounceMode::L2) {
             if self.lease_duration_seconds == 0 {
                 out.push("announce.lease_duration_seconds: at least 1".into());
             }
-            if self.addresses.is_empty() && !self.service_addresses {
+            if self.addresses.is_empty() && !self.service_addresses && self.pools.is_empty() {
                 out.push(
                     "announce.addresses: mode \"l2\" with service_addresses = false announces nothing without addresses".into(),
                 );
             }
-            for a in &self.addresses {
+            for a in self
+                .addresses
+                .iter()
+                .filter(|a| self.mode_of(**a) == AnnounceMode::L2)
+            {
                 let link_local = match a {
                     IpAddr::V4(v4) => v4.is_link_local(),
                     IpAddr::V6(v6) => v6.is_unicast_link_local(),
@@ -225,6 +338,62 @@ impl AnnounceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_decide_mode_and_bgp_attributes() {
+        let c: AnnounceConfig = toml_like(
+            r#"{"mode": "l2",
+                "bgp": {"local_asn": 64512, "communities": ["64512:1"],
+                        "peers": [{"address": "10.0.0.254", "asn": 64501}]},
+                "pools": [
+                  {"name": "public", "addresses": ["192.0.2.0/28"], "mode": "bgp",
+                   "communities": ["64512:200"], "local_preference": 200},
+                  {"name": "quiet", "addresses": ["198.51.100.7"], "mode": "off"}]}"#,
+        );
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(c.mode_of(ip("192.0.2.5")), AnnounceMode::Bgp);
+        assert_eq!(
+            c.mode_of(ip("192.0.2.16")),
+            AnnounceMode::L2,
+            "outside the /28"
+        );
+        assert_eq!(c.mode_of(ip("198.51.100.7")), AnnounceMode::Off);
+        assert!(c.uses(AnnounceMode::Bgp) && c.uses(AnnounceMode::L2));
+        assert_eq!(
+            c.bgp_attributes(ip("192.0.2.5")),
+            BgpAttributes {
+                communities: vec![(64512 << 16) | 200],
+                local_preference: Some(200)
+            }
+        );
+        assert_eq!(
+            c.bgp_attributes(ip("10.1.1.1")).communities,
+            vec![(64512 << 16) | 1]
+        );
+
+        let bad: AnnounceConfig = toml_like(
+            r#"{"mode": "off", "pools": [
+                 {"name": "a", "addresses": ["192.0.2.0/33"], "mode": "l2", "communities": ["x"]},
+                 {"name": "a", "addresses": [], "mode": "off"}]}"#,
+        );
+        let problems = bad.validate();
+        for want in [
+            "192.0.2.0/33",
+            "\"x\"",
+            "used twice",
+            "announce.pools[a].addresses: empty",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{want}: {problems:?}"
+            );
+        }
+    }
+
+    fn toml_like(json: &str) -> AnnounceConfig {
+        serde_json::from_str(json).unwrap()
+    }
 
     #[test]
     fn l2_needs_announceable_addresses() {

@@ -144,7 +144,6 @@ impl L2Announcer {
             route::follow(routes, ownership.clone(), running.stop.clone(), "l2")
                 .map_err(|e| format!("announce: cannot start the route thread: {e}"))?,
         );
-        crate::status::update(|s| s.mode = "l2".into());
         let manager = Manager {
             cfg: cfg.clone(),
             serving,
@@ -195,7 +194,7 @@ impl L2Announcer {
         }
         crate::status::update(|s| {
             s.ready = false;
-            s.addresses.clear();
+            s.addresses.retain(|a| a.mode != "l2");
         });
     }
 }
@@ -309,19 +308,18 @@ impl Manager {
             }
         }
         crate::status::update(|s| {
-            s.addresses = placed
-                .iter()
-                .flat_map(|a| {
-                    a.addresses.iter().map(|ip| {
-                        let protocol = if ip.is_ipv4() { "ARP" } else { "NDP" };
-                        crate::status::AddressStatus {
-                            address: *ip,
-                            how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
-                            owned: self.ownership.owns(*ip),
-                        }
-                    })
+            s.addresses.retain(|a| a.mode != "l2");
+            s.addresses.extend(placed.iter().flat_map(|a| {
+                a.addresses.iter().map(|ip| {
+                    let protocol = if ip.is_ipv4() { "ARP" } else { "NDP" };
+                    crate::status::AddressStatus {
+                        address: *ip,
+                        how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
+                        owned: self.ownership.owns(*ip),
+                        mode: "l2",
+                    }
                 })
-                .collect();
+            }));
             s.addresses.sort_by_key(|a| a.address);
         });
         started

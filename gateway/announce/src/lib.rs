@@ -30,6 +30,9 @@
 //! This crate must not read the snapshot or the Kubernetes API: it is told
 //! which addresses to announce.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
 pub mod arp;
 pub mod bgp;
 pub mod config;
@@ -64,21 +67,59 @@ impl Announcer for bgp::BgpAnnouncer {
 /// announcers a few times a second.
 pub type Serving = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Starts announcing as `cfg` says, while `serving` says so; `None` when
-/// the mode is `off`. `ownership`: which addresses are this node's in L2
-/// mode (BGP mode advertises all of them from every node).
+/// The addresses each mode announces: the L2 announcer's (with who owns
+/// which) and the BGP speaker's. Each address is a candidate of one, by
+/// `AnnounceConfig::mode_of`.
+#[derive(Clone, Default)]
+pub struct Ownerships {
+    pub l2: Ownership,
+    pub bgp: Ownership,
+}
+
+impl Ownerships {
+    /// Splits `addresses` between the modes as `cfg` says.
+    pub fn set_candidates(&self, cfg: &AnnounceConfig, addresses: &BTreeSet<IpAddr>) {
+        let of = |mode| -> BTreeSet<IpAddr> {
+            addresses
+                .iter()
+                .copied()
+                .filter(|a| cfg.mode_of(*a) == mode)
+                .collect()
+        };
+        self.l2.set_candidates(of(AnnounceMode::L2));
+        self.bgp.set_candidates(of(AnnounceMode::Bgp));
+    }
+}
+
+/// Starts the announcers `cfg` needs (none when nothing is announced),
+/// while `serving` says so.
 pub fn start(
     cfg: &AnnounceConfig,
     serving: Serving,
-    ownership: Ownership,
-) -> Result<Option<Box<dyn Announcer>>, String> {
-    Ok(match cfg.mode {
-        AnnounceMode::Off => None,
-        AnnounceMode::L2 => Some(Box::new(l2::L2Announcer::start(cfg, serving, ownership)?)),
-        AnnounceMode::Bgp => Some(Box::new(bgp::BgpAnnouncer::start(
-            &cfg.bgp, serving, ownership,
-        )?)),
-    })
+    ownerships: &Ownerships,
+) -> Result<Vec<Box<dyn Announcer>>, String> {
+    let mut out: Vec<Box<dyn Announcer>> = Vec::new();
+    let mut modes = Vec::new();
+    if cfg.uses(AnnounceMode::L2) {
+        out.push(Box::new(l2::L2Announcer::start(
+            cfg,
+            serving.clone(),
+            ownerships.l2.clone(),
+        )?));
+        modes.push("l2");
+    }
+    if cfg.uses(AnnounceMode::Bgp) {
+        out.push(Box::new(bgp::BgpAnnouncer::start(
+            cfg,
+            serving,
+            ownerships.bgp.clone(),
+        )?));
+        modes.push("bgp");
+    }
+    if !modes.is_empty() {
+        status::update(|s| s.mode = modes.join("+"));
+    }
+    Ok(out)
 }
 
 /// Logs and counts a change of `serving` as seen by one announcer.

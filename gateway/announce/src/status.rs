@@ -26,6 +26,8 @@ pub struct AddressStatus {
     /// Whether this node answers for it now: always in BGP mode and with
     /// static L2 ownership; with Leases, while it holds the address's.
     pub owned: bool,
+    /// `l2` or `bgp`.
+    pub mode: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -244,7 +244,8 @@ pub fn add_announcements(
             .addresses
             .iter()
             .find(|a| a.address == key.addr.ip())
-            .map(|a| json!({"how": a.how, "now": status.ready}));
+            // `owned` false: another edge node holds the address's Lease.
+            .map(|a| json!({"how": a.how, "mode": a.mode, "owned": a.owned, "now": status.ready && a.owned}));
         entry["announced"] = how.unwrap_or_else(|| {
             json!(format!(
                 "not by this node (announce.mode = {:?}): reachable only if the address is on an interface or routed here",

@@ -69,15 +69,15 @@ fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
 fn follow_service_addresses(
     cfg: &portico_announce::AnnounceConfig,
     publisher: &Arc<portico_model::publish::Publisher>,
-    ownership: &portico_announce::Ownership,
+    ownerships: &portico_announce::Ownerships,
 ) -> Result<(), String> {
     let fixed: std::collections::BTreeSet<std::net::IpAddr> =
         cfg.addresses.iter().copied().collect();
-    ownership.set_candidates(fixed.clone());
+    ownerships.set_candidates(cfg, &fixed);
     if !cfg.service_addresses {
         return Ok(());
     }
-    let (publisher, ownership) = (publisher.clone(), ownership.clone());
+    let (publisher, ownerships, cfg) = (publisher.clone(), ownerships.clone(), cfg.clone());
     std::thread::Builder::new()
         .name("announce-addresses".into())
         .spawn(move || {
@@ -88,7 +88,7 @@ fn follow_service_addresses(
                     seen = Some(snap.generation);
                     let mut all = fixed.clone();
                     all.extend(snap.load_balancer_addresses.keys().copied());
-                    ownership.set_candidates(all);
+                    ownerships.set_candidates(&cfg, &all);
                 }
                 drop(snap);
                 std::thread::sleep(Duration::from_millis(100));
@@ -310,19 +310,22 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         Arc::new(move || ready.is_ready() && !portico_dataplane::shutdown::draining());
     // L2 with the Kubernetes source: one owner per address among the edge
     // nodes, by Leases. Otherwise each node owns what its config lists.
-    let elected = kube_mode && cfg.announce.mode == portico_announce::AnnounceMode::L2;
-    let ownership = if elected {
-        portico_announce::Ownership::elected()
-    } else {
-        portico_announce::Ownership::all()
+    let elected = kube_mode && cfg.announce.uses(portico_announce::AnnounceMode::L2);
+    let ownerships = portico_announce::Ownerships {
+        l2: if elected {
+            portico_announce::Ownership::elected()
+        } else {
+            portico_announce::Ownership::all()
+        },
+        bgp: portico_announce::Ownership::all(),
     };
-    if cfg.announce.mode != portico_announce::AnnounceMode::Off {
-        follow_service_addresses(&cfg.announce, &publisher, &ownership)?;
+    if cfg.announce.active() {
+        follow_service_addresses(&cfg.announce, &publisher, &ownerships)?;
     }
     match kube_config {
         Some(kc) => {
             let mut settings = kube_settings(&cfg);
-            settings.l2_election = elected.then(|| l2_election(&cfg, &serving, &ownership));
+            settings.l2_election = elected.then(|| l2_election(&cfg, &serving, &ownerships.l2));
             server.add_service(background_service(
                 "kubernetes",
                 kube_source::KubeSource::new(
@@ -362,13 +365,17 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
 
     // Addresses are announced once everything that serves them is set
     // up, and given up first on SIGTERM.
-    if let Some(announcer) = portico_announce::start(&cfg.announce, serving, ownership)? {
-        let announcer = std::sync::Mutex::new(announcer);
+    let announcers = portico_announce::start(&cfg.announce, serving, &ownerships)?;
+    if !announcers.is_empty() {
+        let announcer = std::sync::Mutex::new(announcers);
         portico_dataplane::shutdown::on_drain(Box::new(move || {
-            announcer
+            for a in announcer
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .release()
+                .iter_mut()
+            {
+                a.release();
+            }
         }));
     }
 
