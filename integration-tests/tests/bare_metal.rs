@@ -428,7 +428,8 @@ fn bad_announce_config_is_refused_with_the_key() {
     let dir = TempDir::new("bare-metal-bad");
     let config = dir.write(
         "portico.toml",
-        "[announce]\nmode = \"l2\"\naddresses = [\"fe80::1\"]\n",
+        "[announce]\nmode = \"l2\"\naddresses = [\"fe80::1\"]\n\
+         [[announce.pools]]\nname = \"p\"\naddresses = [\"192.0.2.0/33\"]\nmode = \"bgp\"\n",
     );
     let out = portico(&["check", "--config", config.to_str().unwrap()]);
     let text =
@@ -436,6 +437,31 @@ fn bad_announce_config_is_refused_with_the_key() {
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("announce.addresses: fe80::1 cannot be announced"),
+        "{text}"
+    );
+    // Every problem at once, each naming its key.
+    assert!(
+        text.contains("announce.pools[p].addresses: \"192.0.2.0/33\""),
+        "{text}"
+    );
+    assert!(text.contains("announce.bgp.local_asn"), "{text}");
+    // An interface this machine lacks: a warning (check may run elsewhere).
+    let config = dir.write(
+        "iface.toml",
+        "[announce]\nmode = \"l2\"\ninterfaces = [\"nosuch0\"]\n",
+    );
+    let empty = dir.path().join("m");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = portico(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--manifests",
+        empty.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("announce.interfaces: warning: no interface named \"nosuch0\""),
         "{text}"
     );
 }

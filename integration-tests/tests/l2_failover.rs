@@ -272,6 +272,13 @@ fn one_owner_per_address_fails_over_within_2_s_and_hands_over_on_sigterm() {
     let standby = if owner == "a" { "b" } else { "a" };
     assert!(lan.admin(owner, "/config").contains("\"owned\": true"));
     assert!(lan.admin(standby, "/config").contains("\"owned\": false"));
+    // Each node's /config names the holder, the standby's included.
+    for n in [owner, standby] {
+        wait_for(5, "the holder in /config", || {
+            lan.admin(n, "/config")
+                .contains(&format!("\"holder\": \"edge-{owner}\""))
+        });
+    }
     // Exactly one answers: ARP a few more times.
     for _ in 0..3 {
         assert_eq!(lan.arp_owner(&vip).and_then(|m| owner_of(&m)), Some(owner));

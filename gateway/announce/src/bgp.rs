@@ -166,6 +166,7 @@ fn note_addresses(addresses: &BTreeSet<IpAddr>, peers: &[BgpPeerConfig]) {
                 how: format!("BGP to {}", to.join(", ")),
                 owned: true,
                 mode: "bgp",
+                holder: None,
             }
         }));
         s.addresses.sort_by_key(|a| a.address);

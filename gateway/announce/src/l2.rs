@@ -308,6 +308,12 @@ impl Manager {
             }
         }
         crate::status::update(|s| {
+            let holders: BTreeMap<IpAddr, Option<String>> = s
+                .addresses
+                .iter()
+                .filter(|a| a.mode == "l2")
+                .map(|a| (a.address, a.holder.clone()))
+                .collect();
             s.addresses.retain(|a| a.mode != "l2");
             s.addresses.extend(placed.iter().flat_map(|a| {
                 a.addresses.iter().map(|ip| {
@@ -317,6 +323,7 @@ impl Manager {
                         how: format!("{protocol} on {} (MAC {})", a.interface.name, a.mac),
                         owned: self.ownership.owns(*ip),
                         mode: "l2",
+                        holder: holders.get(ip).cloned().flatten(),
                     }
                 })
             }));

@@ -28,6 +28,10 @@ pub struct AddressStatus {
     pub owned: bool,
     /// `l2` or `bgp`.
     pub mode: &'static str,
+    /// L2 with Leases: the edge node that holds the address's Lease now
+    /// (this one or another), as last read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -59,6 +63,15 @@ pub fn status() -> Status {
 
 pub(crate) fn update(f: impl FnOnce(&mut Status)) {
     f(&mut STATUS.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// The holders of the address Leases, as the elector last read them.
+pub fn set_holders(holders: &std::collections::BTreeMap<IpAddr, String>) {
+    update(|s| {
+        for a in s.addresses.iter_mut().filter(|a| a.mode == "l2") {
+            a.holder = holders.get(&a.address).cloned();
+        }
+    });
 }
 
 /// Updates the session with `peer`, if it is listed.

@@ -115,6 +115,7 @@ fn l2_election(
         stopping: Arc::new(move || stopping.giving_up()),
         publish: Arc::new(move |owned| publish.set_owned(owned)),
         handed_over: Arc::new(move || handed_over.note_handed_over()),
+        holders: Arc::new(portico_announce::status::set_holders),
     }
 }
 
@@ -407,6 +408,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     problems.extend(dup);
     let spec = portico_translate::translate(&store, &translate_settings(cfg));
     problems.extend(unknown_clusters(cfg, &spec.backends));
+    problems.extend(unknown_interfaces(&cfg.announce.interfaces));
     problems.extend(spec.problems);
     // Not an error (other controllers' Ingresses are normal), but never
     // silent.
@@ -418,6 +420,30 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     problems.sort();
     problems.dedup();
     problems
+}
+
+/// `announce.interfaces` this machine does not have: a warning, as
+/// `check` may run elsewhere than the edge node (`run` refuses them).
+fn unknown_interfaces(names: &[String]) -> Vec<Problem> {
+    let here: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names
+        .iter()
+        .filter(|n| !here.contains(n))
+        .map(|n| {
+            Problem::warning(
+                "config: announce.interfaces",
+                format!(
+                    "no interface named {n:?} on this machine; `run` refuses to start without it"
+                ),
+            )
+        })
+        .collect()
 }
 
 /// `[plugins] clusters` entries that name no backend: a plugin's callout

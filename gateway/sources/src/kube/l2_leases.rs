@@ -55,6 +55,8 @@ pub struct L2Election {
     /// Once stopping: the addresses are released and someone else holds
     /// them (or nobody else is there).
     pub handed_over: Arc<dyn Fn() + Send + Sync>,
+    /// Who holds each address's Lease, after every round (for `/config`).
+    pub holders: Arc<dyn Fn(&BTreeMap<IpAddr, String>) + Send + Sync>,
 }
 
 /// Where the Leases live and who this node is, from `[kubernetes]`.
@@ -302,6 +304,7 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
                 free_since.entry(*a).or_insert_with(Instant::now);
             }
         }
+        (cfg.holders)(&holders);
         let p = plan(
             &at.identity,
             eligible,
