@@ -40,6 +40,9 @@ pub const LABEL: &str = "portico.io/l2";
 /// Annotation on an address Lease: the address, as written.
 pub const ADDRESS_ANNOTATION: &str = "portico.io/address";
 
+/// The live holder of each address's Lease.
+pub type Holders = BTreeMap<IpAddr, String>;
+
 /// What the elector needs from the process.
 pub struct L2Election {
     /// The addresses to share out now (they change as LoadBalancer
@@ -56,7 +59,7 @@ pub struct L2Election {
     /// them (or nobody else is there).
     pub handed_over: Arc<dyn Fn() + Send + Sync>,
     /// Who holds each address's Lease, after every round (for `/config`).
-    pub holders: Arc<dyn Fn(&BTreeMap<IpAddr, String>) + Send + Sync>,
+    pub holders: Arc<dyn Fn(&Holders) + Send + Sync>,
 }
 
 /// Where the Leases live and who this node is, from `[kubernetes]`.
