@@ -263,4 +263,29 @@ mod tests {
         assert!(client.has_instance());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Two plugins from one unchanged file (the shipped session-affinity,
+    /// once for HTTP and once for TCP) share one compiled module.
+    #[test]
+    fn plugins_from_the_same_file_share_their_compiled_code() {
+        let dir = std::env::temp_dir().join(format!("portico-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.wat");
+        std::fs::write(&path, MODULE).unwrap();
+        let other = dir.join("d.wat");
+        std::fs::write(&other, MODULE).unwrap();
+        let entry = |name: &str, path: &std::path::Path| -> crate::config::PluginConfig {
+            serde_json::from_value(serde_json::json!({"name": name, "path": path})).unwrap()
+        };
+        let cfg = crate::config::PluginsConfig {
+            load: vec![entry("a", &path), entry("b", &path), entry("c", &other)],
+            ..Default::default()
+        };
+        let (registry, errors) = crate::registry::load_all(&cfg, None);
+        assert!(errors.is_empty(), "{errors:?}");
+        let module = |n: &str| registry.get(n).unwrap().module.clone();
+        assert!(wasmtime::Module::same(&module("a"), &module("b")));
+        assert!(!wasmtime::Module::same(&module("a"), &module("c")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -157,9 +157,28 @@ pub fn load_one(
     cfg: &PluginConfig,
     cache: Option<&std::path::Path>,
 ) -> Result<Arc<Plugin>, String> {
+    load_sharing(engine, linker, cfg, cache, None)
+}
+
+/// `load_one`, reusing the compiled module of `same_file` (a plugin of
+/// this load read from the same unchanged file, e.g. the shipped
+/// session-affinity loaded once for HTTP and once for TCP): its code is
+/// then in memory once.
+fn load_sharing(
+    engine: &Engine,
+    linker: &Linker<HostState<VmState>>,
+    cfg: &PluginConfig,
+    cache: Option<&std::path::Path>,
+    same_file: Option<&Plugin>,
+) -> Result<Arc<Plugin>, String> {
     let modified = std::fs::metadata(&cfg.path).and_then(|m| m.modified()).ok();
-    let (module, info) = super::load(engine, &cfg.path, cache)
-        .map_err(|errs| format!("plugin {:?}: {}", cfg.name, errs.join("; ")))?;
+    let (module, info) = match same_file
+        .filter(|q| q.path == cfg.path && q.modified.is_some() && q.modified == modified)
+    {
+        Some(q) => (q.module.clone(), q.info.clone()),
+        None => super::load(engine, &cfg.path, cache)
+            .map_err(|errs| format!("plugin {:?}: {}", cfg.name, errs.join("; ")))?,
+    };
     let plugin = Plugin {
         name: cfg.name.clone(),
         root_id: cfg.root_id.clone().unwrap_or_else(|| cfg.name.clone()),
@@ -217,7 +236,14 @@ pub fn load_all(cfg: &PluginsConfig, previous: Option<&Registry>) -> (Registry, 
             reg.plugins.insert(p.name.clone(), old.clone());
             continue;
         }
-        match load_one(&engine, &linker, p, cfg.cache_dir.as_deref()) {
+        let same_file = reg.plugins.values().find(|q| q.path == p.path).cloned();
+        match load_sharing(
+            &engine,
+            &linker,
+            p,
+            cfg.cache_dir.as_deref(),
+            same_file.as_deref(),
+        ) {
             Ok(plugin) => {
                 reg.plugins.insert(p.name.clone(), plugin);
             }
