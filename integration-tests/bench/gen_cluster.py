@@ -106,7 +106,10 @@ def measure(args):
         with open(conf, "w") as f:
             f.write('[log]\nlevel = "warn"\n[shutdown]\ngrace_period_seconds = 1\n')
         t0 = time.time()
-        p = subprocess.Popen([args.portico, "run", "--config", conf, "--manifests", work,
+        # The default config is what users run: the embedded conf/portico.toml
+        # with its plugins (and its log level).
+        config_args = [] if args.default_config else ["--config", conf]
+        p = subprocess.Popen([args.portico, "run", *config_args, "--manifests", work,
                               "--admin", f"127.0.0.1:{admin}", "--http", f"127.0.0.1:{http}",
                               "--https", f"127.0.0.1:{https}"], stdout=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{admin}"
@@ -157,6 +160,7 @@ def measure(args):
             "propagation_ms_p50": round(q(0.5), 1), "propagation_ms_p99": round(q(0.99), 1),
             "propagation_ms_max": round(lat[-1], 1), "changes": len(lat),
             "rss_mib_idle": round(idle_rss / 1024, 1), "rss_mib_after_changes": round(peak_rss / 1024, 1),
+            "config": "default (conf/portico.toml, plugins loaded)" if args.default_config else "minimal (no plugins)",
         }))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -171,6 +175,8 @@ def main():
     ap.add_argument("--endpoints", type=int, default=10, help="per Service")
     ap.add_argument("--ingresses", type=int, default=5000)
     ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--default-config", action="store_true",
+                    help="measure: run with the embedded default config (its plugins loaded) instead of a minimal one")
     args = ap.parse_args()
     if args.command == "generate":
         if not args.out:
