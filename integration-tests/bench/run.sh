@@ -36,7 +36,8 @@ for a in "$@"; do [ "$a" = "--quick" ] && profile=dev; done
 # naming an example alone builds only that example, and the binaries
 # measured would be whatever an earlier build left.
 if [ "$profile" = release ]; then
-  cargo build --release --workspace --bins --example plugin_overhead
+  # The fuzz targets are not measured: not built here.
+  cargo build --release --workspace --exclude portico-fuzz --bins --example plugin_overhead
   exec python3 integration-tests/bench/bench.py "$@"
 else
   # Quick mode proves the harness works; a debug build keeps CI short.
