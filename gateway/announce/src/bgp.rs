@@ -384,8 +384,8 @@ fn session(
             };
             let gone: Vec<IpAddr> = current.difference(&want).copied().collect();
             let new: Vec<IpAddr> = want.difference(&current).copied().collect();
-            if !gone.is_empty() {
-                let update = withdrawal(&adv.with(&gone), local);
+            for chunk in gone.chunks(per_update(local)) {
+                let update = withdrawal(&adv.with(chunk), local);
                 wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
             }
             // One UPDATE per set of path attributes (pools may differ).
@@ -398,11 +398,13 @@ fn session(
                     .push(*ip);
             }
             for (attributes, addresses) in by_attributes {
-                let mut group = adv.with(&addresses);
-                group.communities = attributes.communities;
-                group.local_preference = attributes.local_preference;
-                let update = announcement(&group, peer.asn != adv.local_asn, local);
-                wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
+                for chunk in addresses.chunks(per_update(local)) {
+                    let mut group = adv.with(chunk);
+                    group.communities = attributes.communities.clone();
+                    group.local_preference = attributes.local_preference;
+                    let update = announcement(&group, peer.asn != adv.local_asn, local);
+                    wire.send(&mut s, &params, BgpMessageType::Update, &update)?;
+                }
             }
             current = want;
             let count = current.len();
@@ -464,6 +466,17 @@ fn session(
             }
             Some(_) => heard = Instant::now(),
         }
+    }
+}
+
+/// How many prefixes one UPDATE carries: a BGP message is at most 4096
+/// bytes (RFC 4271 §4), a /32 takes 5 of them and a /128 17, and the path
+/// attributes (communities included) need room too.
+fn per_update(local: IpAddr) -> usize {
+    if local.is_ipv4() {
+        400
+    } else {
+        150
     }
 }
 
@@ -818,6 +831,39 @@ mod tests {
             _ => None,
         });
         assert_eq!(pref, Some(200));
+    }
+
+    /// A full UPDATE (`per_update` prefixes, 32 communities) still fits
+    /// in one BGP message, for both families, announced and withdrawn.
+    #[test]
+    fn a_full_update_fits_in_one_message() {
+        for local in ["10.0.0.1", "fd00::1"] {
+            let local: IpAddr = local.parse().unwrap();
+            let n = per_update(local);
+            let addresses: Vec<IpAddr> = (0..n)
+                .map(|i| {
+                    let (hi, lo) = ((i / 256) as u8, (i % 256) as u8);
+                    if local.is_ipv4() {
+                        IpAddr::from([10, 1, hi, lo])
+                    } else {
+                        IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, u16::from(hi), u16::from(lo)])
+                    }
+                })
+                .collect();
+            let mut a = adv().with(&addresses);
+            a.communities = (0..32).map(|i| (64512 << 16) | i).collect();
+            let u = round_trip(&announcement(&a, true, local));
+            let carried = match (&u.updates, u.get_mpupdates()) {
+                (BgpAddrs::IPV4U(v), _) if !v.is_empty() => v.len(),
+                (_, Some(mp)) => match &mp.addrs {
+                    BgpAddrs::IPV6U(v) => v.len(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(carried, n);
+            round_trip(&withdrawal(&a, local));
+        }
     }
 
     #[test]

@@ -134,7 +134,13 @@ impl L2Announcer {
         serving: crate::Serving,
         ownership: Ownership,
     ) -> Result<L2Announcer, String> {
-        plan(cfg, &cfg.addresses, &pnet_datalink::interfaces())?;
+        let own: Vec<IpAddr> = cfg
+            .addresses
+            .iter()
+            .copied()
+            .filter(|a| cfg.mode_of(*a) == crate::AnnounceMode::L2)
+            .collect();
+        plan(cfg, &own, &pnet_datalink::interfaces())?;
         let mut routes = route::LocalRoutes::default();
         if let Some(e) = routes.follow(&ownership).into_iter().next() {
             return Err(e);

@@ -2,8 +2,11 @@
 //! ones and the LoadBalancer Services' own), which of them it owns in L2
 //! mode, and the hand-over when it stops.
 //!
-//! Static ownership (manifests mode): the node owns every address its
-//! config lists. Decided elsewhere (Kubernetes mode): whoever holds the
+//! Static ownership (manifests mode): the node owns every address it
+//! announces, the listed ones and its manifests' LoadBalancer Services'
+//! (so with several nodes on the same manifests, set
+//! `announce.service_addresses = false` and list each address on one
+//! node). Decided elsewhere (Kubernetes mode): whoever holds the
 //! address's Lease owns it; the elector (`portico-sources`, which has the
 //! API client) writes the owned set here, and the L2 responder reads it
 //! before each answer. Every node keeps the local routes of all the

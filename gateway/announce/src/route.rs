@@ -171,11 +171,13 @@ pub fn follow(
     std::thread::Builder::new()
         .name(format!("{mode}-routes"))
         .spawn(move || {
-            let mut generation = ownership.generation();
+            // The first pass runs whatever the generation: a change made
+            // since the caller's own pass is not missed.
+            let mut generation = None;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let g = ownership.generation();
-                if g != generation {
-                    generation = g;
+                if generation != Some(g) {
+                    generation = Some(g);
                     for e in routes.follow(&ownership) {
                         tracing::warn!("{e}");
                     }

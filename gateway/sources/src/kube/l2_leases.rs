@@ -253,7 +253,11 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
         let stopping = (cfg.stopping)();
         let addresses = (cfg.addresses)();
         let eligible = (cfg.eligible)() && !stopping;
+        // The time written as renewTime, and its local twin: a renewal is
+        // relied on for two thirds of the lease counted from here, not
+        // from when its write returned.
         let now = Timestamp::now();
+        let round_started = Instant::now();
         let leases = match api.list(&ListParams::default().labels(LABEL)).await {
             Ok(l) => l.items,
             Err(e) => {
@@ -360,7 +364,7 @@ pub async fn run(client: Client, cfg: L2Election, at: Placement) {
                             .filter(|h| !h.is_empty() && *h != at.identity);
                         took_over(&recorder, &at, *a, previous.as_deref()).await;
                     }
-                    renewed.insert(*a, Instant::now());
+                    renewed.insert(*a, round_started);
                 }
                 // Someone else wrote first: theirs.
                 Ok(false) => {

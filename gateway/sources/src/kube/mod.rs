@@ -242,6 +242,15 @@ impl KubeSource {
                         m.meta.namespace.clone().unwrap_or_default(),
                         m.meta.name.clone().unwrap_or_default(),
                     );
+                    // A late report of a Secret watch that was stopped.
+                    if m.kind == Kind::Secret.name()
+                        && inner
+                            .secret_watches
+                            .as_ref()
+                            .is_some_and(|w| !w.watches(&key))
+                    {
+                        continue;
+                    }
                     inner.malformed.insert((m.kind, key), m);
                     effect.merge(Effect::Full);
                 }
@@ -280,6 +289,7 @@ impl KubeSource {
             let wanted = &inner.spec.referenced_secrets;
             for key in watches.follow(wanted, |k| Some(start_secret_watch(k))) {
                 inner.cluster.forget(Kind::Secret, &key);
+                inner.malformed.remove(&(Kind::Secret.name(), key));
             }
             if !watches.settled() {
                 // The new watches' answers come back as reports and
@@ -472,7 +482,29 @@ impl BackgroundService for KubeSource {
                     service_with_address(&shared.lock().cluster.store, ip)
                 }),
             };
-            tokio::spawn(l2_leases::run(client.clone(), election, at));
+            // A thread and a client of its own: renewals must not wait
+            // behind a translation of a large cluster on this runtime.
+            let config = self.client_config.clone();
+            let spawned = std::thread::Builder::new()
+                .name("portico-l2-leases".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime.map_err(|e| e.to_string()).and_then(|rt| {
+                        rt.block_on(async move {
+                            let client = client::client(config)?;
+                            l2_leases::run(client, election, at).await;
+                            Ok::<(), String>(())
+                        })
+                    }) {
+                        Ok(()) => {}
+                        Err(e) => tracing::error!(error = %e, "L2 ownership: cannot run the Lease elector"),
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "L2 ownership: cannot start the Lease elector thread");
+            }
         }
         let writer = status::Writer::new(
             client.clone(),

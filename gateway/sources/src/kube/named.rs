@@ -98,9 +98,15 @@ impl NamedWatches {
         Some(changed)
     }
 
-    /// The watch of `key` failed; `None` when `key` is not watched.
+    /// The watch of `key` failed before its first answer; `None` when
+    /// `key` is not watched or had answered already (a watch that listed
+    /// keeps its object through later errors and relists, as the kind-wide
+    /// watches do, and its failure is logged by the watcher).
     pub fn failed(&mut self, key: &ObjectKey, why: String) -> Option<()> {
         let w = self.watches.get_mut(key)?;
+        if w.state == State::Listed {
+            return None;
+        }
         w.state = State::Failed(why);
         Some(())
     }
@@ -159,6 +165,11 @@ mod tests {
         assert!(!w.settled(), "b has not answered");
         w.failed(&ObjectKey::new("ns", "b"), "forbidden".into());
         assert!(w.settled(), "a failure is an answer");
+        // A watch that has listed is not marked failed by a later error
+        // (a 410 before a relist, an outage).
+        assert!(w
+            .failed(&ObjectKey::new("ns", "a"), "gone".into())
+            .is_none());
         let problems = w.problems();
         assert_eq!(problems.len(), 1);
         assert!(
