@@ -357,6 +357,53 @@ fn a_killed_node_stops_answering_arp() {
     assert_eq!(seg.arp_owner(&vip), None, "{}", log_of(&dir));
 }
 
+/// A LoadBalancer Service's address is announced without being listed in
+/// the config; one on no interface's network is tried again until an
+/// interface can take it (here: the network is added to the interface
+/// after the node started).
+#[test]
+fn a_service_address_is_announced_once_an_interface_can_take_it() {
+    let seg = Segment::new();
+    let vip = seg.addr(102);
+    let dir = TempDir::new("bare-metal-late");
+    let (_edge, _backends) = start_edge(&seg, &dir, &vip);
+    let mac = seg.edge_mac();
+    wait_for(20, "the listed address answered", || {
+        seg.arp_owner(&vip).as_deref() == Some(mac.as_str())
+    });
+    let late = format!("10.99.{}.200", seg.k);
+    std::fs::write(
+        dir.path().join("m/late.yaml"),
+        yaml::service(
+            "default",
+            "late",
+            &format!("  type: LoadBalancer\n  loadBalancerIP: {late}\n"),
+            &[("tcp", 9100)],
+        ),
+    )
+    .unwrap();
+    wait_for(10, "the unplaceable address logged", || {
+        log_of(&dir).contains(&format!("{late} is not announced"))
+    });
+    assert_eq!(seg.arp_owner(&late), None);
+    for (ns, host) in [(&seg.edge, 1), (&seg.client, 2)] {
+        ok(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("10.99.{}.{host}/24", seg.k),
+            "dev",
+            "eth0",
+        ]);
+    }
+    wait_for(15, "the address answered once its network is there", || {
+        seg.arp_owner(&late).as_deref() == Some(mac.as_str())
+    });
+    assert!(log_of(&dir).contains("an interface can take the address now"));
+}
+
 #[test]
 fn l2_mode_answers_ndp_for_an_ipv6_address_and_gives_it_up() {
     let seg = Segment::new();

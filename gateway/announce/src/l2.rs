@@ -13,6 +13,9 @@ use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface}
 use crate::ownership::Ownership;
 use crate::{arp, ndp, route, AnnounceConfig};
 
+/// How often an incomplete placement is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
 /// The spacing of the repeated announcements after a take-over.
 const TAKE_OVER_REPEAT: Duration = Duration::from_millis(500);
 
@@ -160,6 +163,7 @@ impl L2Announcer {
             groups: None,
             joined: Vec::new(),
             unplaced: Vec::new(),
+            incomplete: false,
         };
         running.threads.push(
             std::thread::Builder::new()
@@ -235,16 +239,24 @@ struct Manager {
     joined: Vec<(Ipv6Addr, u32)>,
     /// Addresses no interface can take, logged once each.
     unplaced: Vec<IpAddr>,
+    /// The last placement left an address or a responder out.
+    incomplete: bool,
 }
 
 impl Manager {
     fn run(mut self) {
         let mut generation = None;
         let mut threads = Vec::new();
+        let mut placed_at = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             let g = self.ownership.generation();
-            if generation != Some(g) {
+            // An address no interface could take, or an interface whose
+            // responder did not start, is tried again now and then: the
+            // interface may come up later (a VLAN, a bond).
+            let retry = self.incomplete && placed_at.elapsed() >= RETRY;
+            if generation != Some(g) || retry {
                 generation = Some(g);
+                placed_at = Instant::now();
                 threads.extend(self.place());
             }
             std::thread::sleep(POLL / 2);
@@ -257,23 +269,28 @@ impl Manager {
     /// One placement of the current candidates; the responder threads it
     /// started.
     fn place(&mut self) -> Vec<std::thread::JoinHandle<()>> {
+        self.incomplete = false;
         let candidates: Vec<IpAddr> = self.ownership.candidates().into_iter().collect();
         let interfaces = pnet_datalink::interfaces();
         let mut placed: Vec<Announced> = Vec::new();
         for addr in &candidates {
             match plan(&self.cfg, &[*addr], &interfaces) {
-                Ok(mut p) => match placed
-                    .iter_mut()
-                    .find(|a| a.interface.index == p[0].interface.index)
-                {
-                    Some(a) => a.addresses.push(*addr),
-                    None => placed.append(&mut p),
-                },
-                Err(e) if !self.unplaced.contains(addr) => {
-                    self.unplaced.push(*addr);
-                    tracing::warn!("{e}; {addr} is not announced");
+                Ok(p) if self.unplaced.contains(addr) => {
+                    self.unplaced.retain(|a| a != addr);
+                    tracing::info!(address = %addr, interface = %p[0].interface.name, "an interface can take the address now");
+                    merge(&mut placed, p);
                 }
-                Err(_) => {}
+                Ok(p) => merge(&mut placed, p),
+                Err(e) => {
+                    self.incomplete = true;
+                    if !self.unplaced.contains(addr) {
+                        self.unplaced.push(*addr);
+                        tracing::warn!(
+                            "{e}; {addr} is not announced (tried again every {} s)",
+                            RETRY.as_secs()
+                        );
+                    }
+                }
             }
         }
         self.join_groups(&placed);
@@ -292,6 +309,7 @@ impl Manager {
                         started.push(thread);
                     }
                     Err(e) => {
+                        self.incomplete = true;
                         tracing::warn!("{e}");
                         continue;
                     }
@@ -418,6 +436,19 @@ impl Manager {
             }
         }
         self.joined = want;
+    }
+}
+
+/// Adds one address's placement to the others, one entry per interface.
+fn merge(placed: &mut Vec<Announced>, p: Vec<Announced>) {
+    for a in p {
+        match placed
+            .iter_mut()
+            .find(|b| b.interface.index == a.interface.index)
+        {
+            Some(b) => b.addresses.extend(a.addresses),
+            None => placed.push(a),
+        }
     }
 }
 
