@@ -48,16 +48,7 @@ impl Segment {
             "netns", &client,
         ]);
         for (ns, host) in [(&edge, 1), (&client, 2)] {
-            ok(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("10.214.{k}.{host}/24"),
-                "dev",
-                "eth0",
-            ]);
+            add_address(ns, &format!("10.214.{k}.{host}/24"));
             // No duplicate address detection: usable at once.
             ok(&[
                 "ip",
@@ -135,6 +126,11 @@ impl Segment {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
+}
+
+/// Adds an IPv4 network address to `eth0` in namespace `ns`.
+fn add_address(ns: &str, cidr: &str) {
+    ok(&["ip", "-n", ns, "addr", "add", cidr, "dev", "eth0"]);
 }
 
 impl Drop for Segment {
@@ -387,16 +383,7 @@ fn a_service_address_is_announced_once_an_interface_can_take_it() {
     });
     assert_eq!(seg.arp_owner(&late), None);
     for (ns, host) in [(&seg.edge, 1), (&seg.client, 2)] {
-        ok(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("10.99.{}.{host}/24", seg.k),
-            "dev",
-            "eth0",
-        ]);
+        add_address(ns, &format!("10.99.{}.{host}/24", seg.k));
     }
     wait_for(15, "the address answered once its network is there", || {
         seg.arp_owner(&late).as_deref() == Some(mac.as_str())
