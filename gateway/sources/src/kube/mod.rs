@@ -341,34 +341,25 @@ impl KubeSource {
     }
 }
 
-/// The LoadBalancer Service that has `ip` (in status, else asked for in
-/// `spec.loadBalancerIP`), for Events about the address.
+/// The LoadBalancer Service whose address `ip` is, as translation found
+/// it (the same map the announcers follow), for Events about the address.
 fn service_with_address(
-    store: &portico_model::store::Store,
+    inner: &Inner,
     ip: IpAddr,
 ) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
-    let text = ip.to_string();
-    store.services.iter().find_map(|(key, s)| {
-        let svc = &s.object;
-        let in_status = svc
-            .status
-            .as_ref()
-            .and_then(|st| st.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .is_some_and(|ing| ing.iter().any(|i| i.ip.as_deref() == Some(text.as_str())));
-        let asked = svc
-            .spec
-            .as_ref()
-            .and_then(|sp| sp.load_balancer_ip.as_deref())
-            == Some(text.as_str());
-        (in_status || asked).then(|| k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(key.namespace.clone()),
-            name: Some(key.name.clone()),
-            uid: svc.metadata.uid.clone(),
-            ..Default::default()
-        })
+    let key = inner.spec.load_balancer_addresses.get(&ip)?;
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        uid: inner
+            .cluster
+            .store
+            .services
+            .get(key)
+            .and_then(|s| s.object.metadata.uid.clone()),
+        ..Default::default()
     })
 }
 
@@ -478,9 +469,7 @@ impl BackgroundService for KubeSource {
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "default".into()),
                 identity: status::identity(k),
-                service_of: Arc::new(move |ip| {
-                    service_with_address(&shared.lock().cluster.store, ip)
-                }),
+                service_of: Arc::new(move |ip| service_with_address(&shared.lock(), ip)),
             };
             // A thread and a client of its own: renewals must not wait
             // behind a translation of a large cluster on this runtime.
