@@ -74,6 +74,8 @@ pub struct CertStore {
     wildcard: HashMap<String, Certificate>,
     /// Hosts that asked for TLS but got no usable certificate, and why.
     fallback: BTreeMap<String, String>,
+    /// For any other name: a Gateway HTTPS listener without a hostname.
+    any_host: Option<Certificate>,
 }
 
 impl CertStore {
@@ -92,19 +94,33 @@ impl CertStore {
         }
     }
 
+    /// The certificate for names nothing else covers; the first one set
+    /// stays (returns false for a later one).
+    pub fn set_any_host(&mut self, cert: Certificate) -> bool {
+        if self.any_host.is_some() {
+            return false;
+        }
+        self.any_host = Some(cert);
+        true
+    }
+
     pub fn note_fallback(&mut self, host: &str, reason: String) {
         self.fallback
             .entry(host.to_ascii_lowercase())
             .or_insert(reason);
     }
 
-    /// The certificate for an SNI name: exact, then one-label wildcard.
+    /// The certificate for an SNI name: exact, then one-label wildcard,
+    /// then the one for any host.
     pub fn find(&self, sni: &str) -> Option<&Certificate> {
         let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-        self.exact.get(&sni).or_else(|| {
-            sni.split_once('.')
-                .and_then(|(_, suffix)| self.wildcard.get(suffix))
-        })
+        self.exact
+            .get(&sni)
+            .or_else(|| {
+                sni.split_once('.')
+                    .and_then(|(_, suffix)| self.wildcard.get(suffix))
+            })
+            .or(self.any_host.as_ref())
     }
 
     /// Why `sni` gets the default certificate.

@@ -9,11 +9,13 @@
 
 pub mod certs;
 pub mod control;
+pub mod gateway_status;
 pub mod lb;
 pub mod policy;
 pub mod problems;
 pub mod publish;
 pub mod route_metrics;
+pub mod route_rule;
 pub mod routing;
 pub mod scope;
 pub mod snapshot;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::route_rule::{RequestFacts, RuleAction, WeightedPick};
 use crate::snapshot::BackendKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,6 +36,18 @@ impl PathRegex {
     pub fn new(path: &str) -> Result<PathRegex, String> {
         regex::RegexBuilder::new(&format!("^{path}"))
             .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map(|r| PathRegex(Arc::new(r)))
+            .map_err(|e| format!("not a regular expression: {e}"))
+    }
+}
+
+impl PathRegex {
+    /// A Gateway API `RegularExpression` path: the whole path must match,
+    /// case-sensitively.
+    pub fn whole(pattern: &str) -> Result<PathRegex, String> {
+        regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
             .size_limit(1 << 20)
             .build()
             .map(|r| PathRegex(Arc::new(r)))
@@ -87,6 +100,19 @@ pub struct Route {
     /// This route's request metrics, resolved on first use.
     #[serde(skip)]
     pub metrics: crate::route_metrics::RouteMetrics,
+    /// A Gateway API rule's conditions, filters and weights.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared_rule"
+    )]
+    pub rule: Option<Arc<RuleAction>>,
+}
+
+fn shared_rule<S: serde::Serializer>(
+    rule: &Option<Arc<RuleAction>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    rule.as_deref().serialize(s)
 }
 
 /// The other backend of a route, from a canary Ingress.
@@ -108,6 +134,7 @@ impl Route {
         self.plugins.is_empty()
             && self.scoped_plugins.is_empty()
             && self.canary.is_none()
+            && self.rule.as_ref().is_none_or(|r| r.is_plain())
             && self
                 .policy
                 .as_ref()
@@ -121,6 +148,28 @@ impl Route {
             Some(c) if c.rule.wants(headers, |total| fastrand::u32(0..total)) => (&c.backend, true),
             _ => (&self.backend, false),
         }
+    }
+
+    /// A Gateway API rule's draw among its weighted backends; `None` when
+    /// the rule has one backend (the route's own).
+    pub fn weighted_pick(&self) -> Option<WeightedPick<'_>> {
+        self.rule.as_ref()?.pick(|total| fastrand::u32(0..total))
+    }
+
+    /// Whether the request meets the route's conditions (always, for a
+    /// route without any).
+    fn admits(&self, facts: Option<&RequestFacts<'_>>) -> bool {
+        match (
+            facts,
+            self.rule.as_ref().and_then(|r| r.conditions.as_ref()),
+        ) {
+            (Some(facts), Some(c)) => c.holds(facts),
+            _ => true,
+        }
+    }
+
+    fn conditions(&self) -> Option<&crate::route_rule::RequestConditions> {
+        self.rule.as_ref().and_then(|r| r.conditions.as_ref())
     }
 }
 
@@ -164,7 +213,9 @@ impl VirtualHost {
             PathKind::Exact | PathKind::Regex => path.to_string(),
             PathKind::Prefix => path.trim_end_matches('/').to_string(),
         };
-        if let Some(existing) = self.rules.iter().find(|r| r.kind == kind && r.path == norm) {
+        if let Some(existing) = self.rules.iter().find(|r| {
+            r.kind == kind && r.path == norm && r.route.conditions() == route.conditions()
+        }) {
             return Err(existing.route.clone());
         }
         self.rules.push(PathRule {
@@ -175,11 +226,20 @@ impl VirtualHost {
         // Exact paths first (one matches only the path itself, so for
         // Prefix paths this is the Ingress rule "longest wins, Exact at a
         // tie", and it keeps nginx's order for Regex paths); then longest
-        // first.
+        // first; then the Gateway API's order of conditions (method,
+        // more headers, more query parameters). The sort is stable, so
+        // rules equal so far keep the order translation added them in
+        // (oldest route first).
+        let precedence = |r: &PathRule| {
+            r.route
+                .conditions()
+                .map_or((false, 0, 0), |c| c.precedence())
+        };
         self.rules.sort_by(|a, b| {
             (a.kind != PathKind::Exact)
                 .cmp(&(b.kind != PathKind::Exact))
                 .then_with(|| b.path.len().cmp(&a.path.len()))
+                .then_with(|| precedence(b).cmp(&precedence(a)))
         });
         Ok(())
     }
@@ -204,10 +264,13 @@ impl VirtualHost {
         true
     }
 
-    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+    /// The first route whose path matches and whose conditions `facts`
+    /// meet; without facts, conditions are not checked (see
+    /// [`RouteTable::find`]).
+    pub fn find(&self, path: &str, facts: Option<&RequestFacts<'_>>) -> Option<&Arc<Route>> {
         self.rules
             .iter()
-            .find(|r| r.matches(path))
+            .find(|r| r.matches(path) && r.route.admits(facts))
             .map(|r| &r.route)
     }
 
@@ -221,6 +284,9 @@ pub struct RouteTable {
     exact: HashMap<String, VirtualHost>,
     /// Keyed by the suffix after `*.`, e.g. `foo.com` for `*.foo.com`.
     wildcard: HashMap<String, VirtualHost>,
+    /// Gateway API wildcards, by suffix: `*.foo.com` covers any number
+    /// of labels before `foo.com`; the longest suffix wins.
+    suffix_wildcard: HashMap<String, VirtualHost>,
     any_host: VirtualHost,
     default_backend: Option<Arc<Route>>,
 }
@@ -247,6 +313,18 @@ impl RouteTable {
                     .or_default(),
                 None => self.exact.entry(h.to_ascii_lowercase()).or_default(),
             },
+        }
+    }
+
+    /// The virtual host for a Gateway API hostname: as [`Self::host_mut`],
+    /// but a wildcard covers one label or more.
+    pub fn gateway_host_mut(&mut self, host: Option<&str>) -> &mut VirtualHost {
+        match host.and_then(|h| h.strip_prefix("*.")) {
+            Some(suffix) => self
+                .suffix_wildcard
+                .entry(suffix.to_ascii_lowercase())
+                .or_default(),
+            None => self.host_mut(host),
         }
     }
 
@@ -280,24 +358,63 @@ impl RouteTable {
         }
     }
 
-    /// Routes a request. `host` may carry a port and any case; `path` may carry
-    /// a query string.
+    /// Routes a request by host and path alone. `host` may carry a port
+    /// and any case; `path` may carry a query string. A route with
+    /// conditions (method, headers, ...) is returned as the first whose
+    /// path matches, unchecked: a caller that gets one must route again
+    /// with [`RouteTable::find_request`] (its `forwards_plainly` is false).
     pub fn find(&self, host: &str, path: &str) -> Option<(&Arc<Route>, HostMatch)> {
+        self.find_with(host, path, None)
+    }
+
+    /// Routes a request, its conditions checked against `facts`.
+    pub fn find_request(
+        &self,
+        host: &str,
+        path: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Option<(&Arc<Route>, HostMatch)> {
+        self.find_with(host, path, Some(facts))
+    }
+
+    fn find_with(
+        &self,
+        host: &str,
+        path: &str,
+        facts: Option<&RequestFacts<'_>>,
+    ) -> Option<(&Arc<Route>, HostMatch)> {
         let host = normalize_host(host);
         let path = path.split(['?', '#']).next().unwrap_or("");
         let path = if path.is_empty() { "/" } else { path };
         let host = host.as_ref();
         if let Some(vh) = self.exact.get(host) {
-            if let Some(r) = vh.find(path) {
+            if let Some(r) = vh.find(path, facts) {
                 return Some((r, HostMatch::Exact));
             }
         }
         if let Some((_, suffix)) = host.split_once('.') {
-            if let Some(r) = self.wildcard.get(suffix).and_then(|vh| vh.find(path)) {
+            if let Some(r) = self
+                .wildcard
+                .get(suffix)
+                .and_then(|vh| vh.find(path, facts))
+            {
                 return Some((r, HostMatch::Wildcard));
             }
         }
-        if let Some(r) = self.any_host.find(path) {
+        if !self.suffix_wildcard.is_empty() {
+            let mut rest = host;
+            while let Some((_, suffix)) = rest.split_once('.') {
+                if let Some(r) = self
+                    .suffix_wildcard
+                    .get(suffix)
+                    .and_then(|vh| vh.find(path, facts))
+                {
+                    return Some((r, HostMatch::Wildcard));
+                }
+                rest = suffix;
+            }
+        }
+        if let Some(r) = self.any_host.find(path, facts) {
             return Some((r, HostMatch::AnyHost));
         }
         self.default_backend
@@ -312,6 +429,7 @@ impl RouteTable {
             .exact
             .values()
             .chain(self.wildcard.values())
+            .chain(self.suffix_wildcard.values())
             .chain(std::iter::once(&self.any_host))
         {
             out.extend(vh.routes().cloned());
@@ -366,6 +484,7 @@ mod tests {
             path_regex: None,
             fallback: None,
             metrics: Default::default(),
+            rule: None,
         }
     }
 
@@ -393,7 +512,7 @@ mod tests {
             }
             vh.add(kind, p, r).unwrap();
         }
-        let found = |path: &str| vh.find(path).map(|r| r.ingress.clone());
+        let found = |path: &str| vh.find(path, None).map(|r| r.ingress.clone());
         assert_eq!(found("/api/v1").as_deref(), Some("default/Exact/api/v1"));
         assert_eq!(
             found("/API/V2/x").as_deref(),
@@ -505,7 +624,7 @@ mod tests {
         ];
         for (paths, req, want) in cases {
             let vh = vhost(paths);
-            let got = vh.find(req).map(|r| r.backend.service.clone());
+            let got = vh.find(req, None).map(|r| r.backend.service.clone());
             assert_eq!(got.as_deref(), *want, "paths {paths:?} request {req}");
         }
     }

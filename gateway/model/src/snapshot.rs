@@ -216,6 +216,8 @@ pub struct SnapshotSpec {
     /// unless the Service opts out of announcement: what bare-metal
     /// announcement makes reachable.
     pub load_balancer_addresses: BTreeMap<std::net::IpAddr, crate::store::ObjectKey>,
+    /// What the Gateway API objects' status should say.
+    pub gateway_api: crate::gateway_status::GatewayApiStatus,
 }
 
 /// The published, immutable view the data plane reads.

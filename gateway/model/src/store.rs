@@ -11,6 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use portico_gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 
 /// `namespace/name`; the namespace is empty for cluster-scoped kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +26,12 @@ impl ObjectKey {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+}
+
+impl serde::Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -52,6 +59,10 @@ pub struct Store {
     pub ingresses: BTreeMap<ObjectKey, Stored<Ingress>>,
     pub ingress_classes: BTreeMap<ObjectKey, Stored<IngressClass>>,
     pub secrets: BTreeMap<ObjectKey, Stored<Secret>>,
+    pub gateway_classes: BTreeMap<ObjectKey, Stored<GatewayClass>>,
+    pub gateways: BTreeMap<ObjectKey, Stored<Gateway>>,
+    pub http_routes: BTreeMap<ObjectKey, Stored<HTTPRoute>>,
+    pub reference_grants: BTreeMap<ObjectKey, Stored<ReferenceGrant>>,
 }
 
 /// One object of any kind the gateway reads. Shared, not copied: the
@@ -63,6 +74,10 @@ pub enum AnyObject {
     Ingress(Arc<Ingress>),
     IngressClass(Arc<IngressClass>),
     Secret(Arc<Secret>),
+    GatewayClass(Arc<GatewayClass>),
+    Gateway(Arc<Gateway>),
+    HTTPRoute(Arc<HTTPRoute>),
+    ReferenceGrant(Arc<ReferenceGrant>),
 }
 
 impl AnyObject {
@@ -73,6 +88,10 @@ impl AnyObject {
             AnyObject::Ingress(_) => "Ingress",
             AnyObject::IngressClass(_) => "IngressClass",
             AnyObject::Secret(_) => "Secret",
+            AnyObject::GatewayClass(_) => "GatewayClass",
+            AnyObject::Gateway(_) => "Gateway",
+            AnyObject::HTTPRoute(_) => "HTTPRoute",
+            AnyObject::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
 
@@ -83,11 +102,18 @@ impl AnyObject {
             AnyObject::Ingress(o) => &o.metadata,
             AnyObject::IngressClass(o) => &o.metadata,
             AnyObject::Secret(o) => &o.metadata,
+            AnyObject::GatewayClass(o) => &o.metadata,
+            AnyObject::Gateway(o) => &o.metadata,
+            AnyObject::HTTPRoute(o) => &o.metadata,
+            AnyObject::ReferenceGrant(o) => &o.metadata,
         }
     }
 
     pub fn is_namespaced(&self) -> bool {
-        !matches!(self, AnyObject::IngressClass(_))
+        !matches!(
+            self,
+            AnyObject::IngressClass(_) | AnyObject::GatewayClass(_)
+        )
     }
 
     /// The key, with `default` for a namespaced object that names none.
@@ -112,6 +138,10 @@ impl AnyObject {
             AnyObject::Ingress(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::IngressClass(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::Secret(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::GatewayClass(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::Gateway(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::HTTPRoute(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::ReferenceGrant(o) => &mut Arc::make_mut(o).metadata,
         };
         if meta.namespace.is_none() {
             meta.namespace = Some("default".into());
@@ -138,6 +168,10 @@ impl Store {
             AnyObject::Ingress(o) => put(&mut self.ingresses, key, o, origin),
             AnyObject::IngressClass(o) => put(&mut self.ingress_classes, key, o, origin),
             AnyObject::Secret(o) => put(&mut self.secrets, key, o, origin),
+            AnyObject::GatewayClass(o) => put(&mut self.gateway_classes, key, o, origin),
+            AnyObject::Gateway(o) => put(&mut self.gateways, key, o, origin),
+            AnyObject::HTTPRoute(o) => put(&mut self.http_routes, key, o, origin),
+            AnyObject::ReferenceGrant(o) => put(&mut self.reference_grants, key, o, origin),
         }
     }
 

@@ -23,6 +23,15 @@ pub fn translate_settings(cfg: &Config) -> Settings {
     };
     s.plugins = cfg.plugins.load.iter().map(|p| p.name.clone()).collect();
     s.scoped = scoped_plugins(&cfg.plugins);
+    // Gateway listeners are served on these ports.
+    let ports = |addrs: &[std::net::SocketAddr]| {
+        let mut p: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    };
+    s.http_ports = ports(&cfg.listen.http);
+    s.https_ports = ports(&cfg.listen.https);
     s.policy = cfg.ingress.policy_plugin.as_ref().map(|name| {
         portico_wasm::ingress_policy::installed()
             .map(|p| p as Arc<dyn IngressPolicy>)

@@ -224,7 +224,31 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
                 )],
             ));
         }
-        (_, "Service" | "Secret" | "EndpointSlice" | "Ingress" | "IngressClass") => {
+        (
+            "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+            "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant",
+        ) => {
+            let obj = match kind.as_str() {
+                "GatewayClass" => AnyObject::GatewayClass(Arc::new(typed(doc, &kind)?)),
+                "Gateway" => AnyObject::Gateway(Arc::new(typed(doc, &kind)?)),
+                "HTTPRoute" => AnyObject::HTTPRoute(Arc::new(typed(doc, &kind)?)),
+                _ => AnyObject::ReferenceGrant(Arc::new(typed(doc, &kind)?)),
+            };
+            // v1beta1 is the same schema, still served by the API server.
+            let notes = if api_version.ends_with("v1beta1") {
+                vec![format!(
+                    "{api_version} {kind} is deprecated; read as gateway.networking.k8s.io/v1"
+                )]
+            } else {
+                Vec::new()
+            };
+            return Ok(Parsed::Object(obj, notes));
+        }
+        (
+            _,
+            "Service" | "Secret" | "EndpointSlice" | "Ingress" | "IngressClass" | "GatewayClass"
+            | "Gateway" | "HTTPRoute" | "ReferenceGrant",
+        ) => {
             return Err((
                 None,
                 format!("unsupported apiVersion {api_version} for {kind}"),

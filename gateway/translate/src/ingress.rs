@@ -209,6 +209,7 @@ pub fn add_ingress(
                 canary: None,
                 path_regex: None,
                 fallback: fallback.clone(),
+                rule: None,
                 metrics: Default::default(),
             };
             if let Err(kept) = routes.set_default_backend(route) {
@@ -304,6 +305,7 @@ pub fn add_ingress(
                 canary: None,
                 path_regex,
                 fallback: fallback.clone(),
+                rule: None,
                 metrics: Default::default(),
             };
             if let Err(kept) = routes.host_mut(host).add(kind, path, route) {

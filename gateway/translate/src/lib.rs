@@ -10,6 +10,7 @@
 //! plugin host, the sources or the data plane.
 
 pub mod backend;
+pub mod gateway;
 pub mod ingress;
 pub mod plugins;
 mod services;
@@ -43,6 +44,10 @@ pub struct Settings {
     /// did not load it (then Ingresses are not served rather than served
     /// without their policy).
     pub policy: Option<Result<std::sync::Arc<dyn IngressPolicy>, String>>,
+    /// The ports of Portico's HTTP and HTTPS listeners (`listen.http`,
+    /// `listen.https`): the Gateway listeners it can serve.
+    pub http_ports: Vec<u16>,
+    pub https_ports: Vec<u16>,
 }
 
 impl Settings {
@@ -58,6 +63,8 @@ impl Settings {
             plugins: Default::default(),
             scoped: Default::default(),
             policy: None,
+            http_ports: vec![80],
+            https_ports: vec![443],
         }
     }
 }
@@ -111,6 +118,8 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
             ));
         }
     }
+
+    gateway::add_gateway_api(store, settings, &mut backends, &mut out);
 
     services::add_l4_listeners(
         store,

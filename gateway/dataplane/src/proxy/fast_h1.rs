@@ -343,7 +343,15 @@ impl FastH1 {
             if !self.proxy.plugins.load().http.is_empty() {
                 return Next::Fallback;
             }
-            let Some((route, _)) = snap.routes.find(plain.host, &target) else {
+            // Only the listener is checked here: a route with request
+            // conditions (headers, method, query) is not plain and goes
+            // to the full path, which checks them.
+            let facts = portico_model::route_rule::RequestFacts {
+                port: info.local.map(|a| a.port()),
+                tls: info.tls,
+                request: None,
+            };
+            let Some((route, _)) = snap.routes.find_request(plain.host, &target, &facts) else {
                 return Next::Fallback;
             };
             if !route.forwards_plainly(info.tls) {

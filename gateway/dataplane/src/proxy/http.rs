@@ -23,6 +23,7 @@ use crate::config::ProxyConfig;
 use crate::shutdown::InFlight;
 use portico_model::lb::{Pick, PickRequest, Pool};
 use portico_model::route_metrics::{code_class, CODE_CLASSES, LISTENERS};
+use portico_model::route_rule::{RequestFacts, RequestParts, RuleAction, WeightedPick};
 use portico_model::routing::Route;
 use portico_model::snapshot::Snapshot;
 use portico_wasm::headers::HeaderSlot;
@@ -616,6 +617,97 @@ fn cors_headers(
 }
 
 /// A redirect with an empty body.
+/// What routing checks a request's conditions against.
+fn request_facts<'a>(
+    req: &'a RequestHeader,
+    local: Option<SocketAddr>,
+    tls: bool,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        port: local.map(|a| a.port()),
+        tls,
+        request: Some(RequestParts {
+            method: req.method.as_str(),
+            headers: &req.headers,
+            query: req.uri.query(),
+        }),
+    }
+}
+
+/// The Host sent upstream when the route changes it: an ingress-nginx
+/// `upstream-vhost` policy, or a Gateway API `URLRewrite` hostname.
+fn upstream_host(route: &Route) -> Option<&str> {
+    route
+        .policy
+        .as_ref()
+        .and_then(|p| p.policy.upstream_host.as_deref())
+        .or_else(|| {
+            route
+                .rule
+                .as_ref()
+                .and_then(|r| r.rewrite.as_ref())
+                .and_then(|r| r.hostname.as_deref())
+        })
+}
+
+/// Applies a Gateway API rule's request filters. Returns whether the
+/// request was answered here (a redirect).
+async fn apply_rule(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    rule: &RuleAction,
+    local_port: Option<u16>,
+) -> Result<bool> {
+    if let Some(r) = &rule.redirect {
+        let req = session.req_header();
+        let scheme = if ctx.tls { "https" } else { "http" };
+        let port = local_port.unwrap_or(if ctx.tls { 443 } else { 80 });
+        let host = portico_model::routing::normalize_host(&ctx.host);
+        let location = r.location(
+            scheme,
+            &host,
+            port,
+            req.uri.path(),
+            req.uri.query(),
+            &route.path,
+        );
+        ctx.local_reason = Some("redirect");
+        redirect(session, r.status, &location).await?;
+        return Ok(true);
+    }
+    let edits = &rule.request_headers;
+    if !edits.is_empty() {
+        let req = session.req_header_mut();
+        for (name, value) in &edits.set {
+            req.insert_header(name.clone(), value.as_str())?;
+        }
+        for (name, value) in &edits.add {
+            req.append_header(name.clone(), value.as_str())?;
+        }
+        for name in &edits.remove {
+            req.remove_header(name.as_str());
+        }
+    }
+    if let Some(change) = rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+        let req = session.req_header();
+        let mut new = change.apply(req.uri.path(), &route.path);
+        if let Some(q) = req.uri.query() {
+            new.push('?');
+            new.push_str(q);
+        }
+        match http::Uri::try_from(new.as_str()) {
+            Ok(uri) => session.req_header_mut().set_uri(uri),
+            Err(_) => {
+                ctx.local_reason = Some("bad-rewrite");
+                respond(session, 500, "rewrite produced an invalid path\n".into()).await?;
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 async fn redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
     let mut resp = ResponseHeader::build(code, Some(3))?;
     resp.insert_header("location", location)?;
@@ -1140,10 +1232,15 @@ impl ProxyHttp for HttpProxy {
         let mut routed = None;
         if !registry.http.is_empty() {
             let mut props = stream_props(session, ctx, &host);
-            let path = session.req_header().uri.path_and_query();
+            let req = session.req_header();
+            let path = req.uri.path_and_query();
             let first = snap
                 .routes
-                .find(&host, path.map_or("/", |p| p.as_str()))
+                .find_request(
+                    &host,
+                    path.map_or("/", |p| p.as_str()),
+                    &request_facts(req, local, ctx.tls),
+                )
                 .map(|(r, _)| r.clone());
             if let Some(route) = &first {
                 set_route_props(&mut props, route, false, snap.pool(&route.backend));
@@ -1163,7 +1260,11 @@ impl ProxyHttp for HttpProxy {
         }
         let req = session.req_header();
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let route = routed.unwrap_or_else(|| snap.routes.find(&host, path).map(|(r, _)| r.clone()));
+        let route = routed.unwrap_or_else(|| {
+            snap.routes
+                .find_request(&host, path, &request_facts(req, local, ctx.tls))
+                .map(|(r, _)| r.clone())
+        });
         let Some(route) = route else {
             ctx.local_reason = Some("no-route");
             let body = format!("no route for host {host} path {}\n", req.uri.path());
@@ -1174,9 +1275,27 @@ impl ProxyHttp for HttpProxy {
         ctx.host = host;
         ctx.route = Some(route.clone());
         let route = &route;
+        // A Gateway API rule's redirect, header edits and rewrite.
+        if let Some(rule) = &route.rule {
+            if apply_rule(session, ctx, route, rule, local.map(|a| a.port())).await? {
+                return Ok(true);
+            }
+        }
+        let req = session.req_header();
         // A canary Ingress may take this request (decided once, before
-        // the Service's plugins and the pool).
-        let (backend, canary) = route.backend_for(&req.headers);
+        // the Service's plugins and the pool); a Gateway API rule draws
+        // among its weighted backends.
+        let (backend, canary) = match route.weighted_pick() {
+            None => route.backend_for(&req.headers),
+            Some(WeightedPick::Backend(b)) => (b, false),
+            Some(WeightedPick::Invalid) => {
+                ctx.local_reason = Some("invalid-backend");
+                let source = route.rule.as_ref().map_or("", |r| r.source.as_str());
+                let body = format!("no valid backend for this request ({source})\n");
+                respond(session, 500, body).await?;
+                return Ok(true);
+            }
+        };
         let backend_pool = snap.pool(backend);
         if canary {
             if let Some(c) = &route.canary {
@@ -1301,11 +1420,12 @@ impl ProxyHttp for HttpProxy {
         }
         // A route's policy (e.g. proxy-*-timeout annotations) wins.
         let policy = ctx.route.as_ref().and_then(|r| r.policy.as_ref());
+        let rule = ctx.route.as_ref().and_then(|r| r.rule.as_ref());
         let mut peer = upstream_peer_for(
             addr,
             pool.key(),
             policy.and_then(|p| p.policy.backend_protocol),
-            policy.and_then(|p| p.policy.upstream_host.as_deref()),
+            ctx.route.as_ref().and_then(|r| upstream_host(r)),
         );
         let o = &mut peer.options;
         let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
@@ -1313,8 +1433,11 @@ impl ProxyHttp for HttpProxy {
             policy.and_then(|p| p.policy.connect_timeout_ms),
             self.cfg.connect_timeout_ms,
         ));
+        // A Gateway API rule's timeouts bound the wait for the backend's
+        // answer (Pingora times each read).
+        let rule_timeout = rule.and_then(|r| r.backend_timeout_ms.or(r.request_timeout_ms));
         o.read_timeout = Some(ms(
-            policy.and_then(|p| p.policy.read_timeout_ms),
+            rule_timeout.or(policy.and_then(|p| p.policy.read_timeout_ms)),
             self.cfg.read_timeout_ms,
         ));
         o.write_timeout = Some(ms(
@@ -1380,11 +1503,7 @@ impl ProxyHttp for HttpProxy {
                 .server_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.port()),
-            vhost: ctx
-                .route
-                .as_ref()
-                .and_then(|r| r.policy.as_ref())
-                .and_then(|p| p.policy.upstream_host.as_deref()),
+            vhost: ctx.route.as_ref().and_then(|r| upstream_host(r)),
         };
         if self.cfg.preserve_header_case || !upstream.raw_path_is_utf8() {
             // Pingora's own insert keeps each name's case as the client
@@ -1467,6 +1586,23 @@ impl ProxyHttp for HttpProxy {
             ctx.replace_body = Some(Bytes::from(local.body));
             ctx.local_reason = Some("custom-error");
             return Ok(());
+        }
+        if let Some(edits) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.rule.as_ref())
+            .map(|r| &r.response_headers)
+            .filter(|e| !e.is_empty())
+        {
+            for (name, value) in &edits.set {
+                resp.insert_header(name.clone(), value.as_str())?;
+            }
+            for (name, value) in &edits.add {
+                resp.append_header(name.clone(), value.as_str())?;
+            }
+            for name in &edits.remove {
+                resp.remove_header(name.as_str());
+            }
         }
         if let (Some(origin), Some(cors)) = (
             ctx.cors_origin.as_deref(),

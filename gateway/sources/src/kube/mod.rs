@@ -138,6 +138,12 @@ impl KubeSource {
     fn spawn_watchers(&self, client: &Client, tx: &mpsc::UnboundedSender<Report>) {
         let scope = self.scope();
         let wc = watcher::Config::default;
+        tokio::spawn(gateway_api_watchers(
+            client.clone(),
+            self.cfg.kubernetes.namespace.clone(),
+            scope.clone(),
+            tx.clone(),
+        ));
         tokio::spawn(watch::run::<Service>(
             self.api(client),
             wc(),
@@ -537,5 +543,111 @@ impl BackgroundService for KubeSource {
             });
         }
         drop(node_tx);
+    }
+}
+
+/// How often a cluster without the Gateway API CRDs is asked again.
+const GATEWAY_API_RECHECK: Duration = Duration::from_secs(30);
+
+/// Watches the Gateway API kinds once their CRDs are installed. Until
+/// then each kind counts as listed and empty (so an Ingress-only cluster
+/// is served at once), and the API is asked again every 30 s: CRDs
+/// installed later are picked up without a restart.
+async fn gateway_api_watchers(
+    client: Client,
+    namespace: Option<String>,
+    scope: String,
+    tx: mpsc::UnboundedSender<Report>,
+) {
+    use portico_gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+    let api_version = format!("{}/v1", portico_gateway_api::GROUP);
+    let mut started: std::collections::BTreeSet<Kind> = Default::default();
+    let mut told_absent = false;
+    loop {
+        let served: Vec<String> = match client.list_api_group_resources(&api_version).await {
+            Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
+            Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the API server whether the Gateway API is installed; asking again");
+                tokio::time::sleep(GATEWAY_API_RECHECK).await;
+                continue;
+            }
+        };
+        for kind in Kind::GATEWAY_API {
+            if started.contains(&kind) {
+                continue;
+            }
+            let plural = match kind {
+                Kind::GatewayClass => "gatewayclasses",
+                Kind::Gateway => "gateways",
+                Kind::HTTPRoute => "httproutes",
+                _ => "referencegrants",
+            };
+            if !served.iter().any(|r| r == plural) {
+                // Not installed: listed, and empty.
+                if tx
+                    .send(Report::Update(Update::Reset(kind, Vec::new())))
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            started.insert(kind);
+            tracing::info!(resource = %format!("{plural}.{}", portico_gateway_api::GROUP), "Gateway API resource served by the cluster; watching it");
+            let wc = watcher::Config::default();
+            match kind {
+                Kind::GatewayClass => tokio::spawn(watch::run::<GatewayClass>(
+                    Api::all(client.clone()),
+                    wc,
+                    "(cluster-scoped)".into(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::GatewayClass(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::Gateway => tokio::spawn(watch::run::<Gateway>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::Gateway(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::HTTPRoute => tokio::spawn(watch::run::<HTTPRoute>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::HTTPRoute(Arc::new(o)),
+                    tx.clone(),
+                )),
+                _ => tokio::spawn(watch::run::<ReferenceGrant>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::ReferenceGrant(Arc::new(o)),
+                    tx.clone(),
+                )),
+            };
+        }
+        if started.len() == Kind::GATEWAY_API.len() {
+            return;
+        }
+        if !told_absent && started.is_empty() {
+            told_absent = true;
+            tracing::info!("the Gateway API CRDs (gateway.networking.k8s.io/v1) are not installed; Gateways and routes are not read until they are (asking every 30 s)");
+        }
+        tokio::time::sleep(GATEWAY_API_RECHECK).await;
+    }
+}
+
+fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }

@@ -17,15 +17,31 @@ pub enum Kind {
     Ingress,
     IngressClass,
     Secret,
+    GatewayClass,
+    Gateway,
+    HTTPRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
         Kind::IngressClass,
         Kind::Secret,
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HTTPRoute,
+        Kind::ReferenceGrant,
+    ];
+
+    /// The Gateway API kinds: watched only where their CRDs are installed.
+    pub const GATEWAY_API: [Kind; 4] = [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HTTPRoute,
+        Kind::ReferenceGrant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +51,10 @@ impl Kind {
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
             Kind::Secret => "Secret",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 
@@ -45,6 +65,10 @@ impl Kind {
             AnyObject::Ingress(_) => Kind::Ingress,
             AnyObject::IngressClass(_) => Kind::IngressClass,
             AnyObject::Secret(_) => Kind::Secret,
+            AnyObject::GatewayClass(_) => Kind::GatewayClass,
+            AnyObject::Gateway(_) => Kind::Gateway,
+            AnyObject::HTTPRoute(_) => Kind::HTTPRoute,
+            AnyObject::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 }
@@ -148,6 +172,10 @@ impl ClusterState {
             Kind::Ingress => s.ingresses.clear(),
             Kind::IngressClass => s.ingress_classes.clear(),
             Kind::Secret => s.secrets.clear(),
+            Kind::GatewayClass => s.gateway_classes.clear(),
+            Kind::Gateway => s.gateways.clear(),
+            Kind::HTTPRoute => s.http_routes.clear(),
+            Kind::ReferenceGrant => s.reference_grants.clear(),
         }
     }
 
@@ -159,6 +187,10 @@ impl ClusterState {
             Kind::Ingress => s.ingresses.remove(key).is_some(),
             Kind::IngressClass => s.ingress_classes.remove(key).is_some(),
             Kind::Secret => s.secrets.remove(key).is_some(),
+            Kind::GatewayClass => s.gateway_classes.remove(key).is_some(),
+            Kind::Gateway => s.gateways.remove(key).is_some(),
+            Kind::HTTPRoute => s.http_routes.remove(key).is_some(),
+            Kind::ReferenceGrant => s.reference_grants.remove(key).is_some(),
         }
     }
 
@@ -223,7 +255,58 @@ impl ClusterState {
                 }
                 _ => Effect::Full,
             },
+            // Our own status writes come back as updates: only a spec,
+            // label or age change is translated again. Labels count: a
+            // ReferenceGrant or listener selector may read them.
+            AnyObject::GatewayClass(new) => {
+                same_spec(s.gateway_classes.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::Gateway(new) => {
+                same_spec(s.gateways.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::HTTPRoute(new) => {
+                same_spec(s.http_routes.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::ReferenceGrant(new) => {
+                same_spec(s.reference_grants.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
         }
+    }
+}
+
+/// `Nothing` when `new` differs from `old` in status and bookkeeping
+/// metadata only.
+fn same_spec<T, S: PartialEq>(
+    old: Option<&T>,
+    new: &T,
+    parts: impl Fn(
+        &T,
+    ) -> (
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        &S,
+    ),
+) -> Effect {
+    let Some(old) = old else {
+        return Effect::Full;
+    };
+    let ((om, os), (nm, ns)) = (parts(old), parts(new));
+    if os == ns
+        && om.labels == nm.labels
+        && om.annotations == nm.annotations
+        && om.creation_timestamp == nm.creation_timestamp
+        && om.generation == nm.generation
+    {
+        Effect::Nothing
+    } else {
+        Effect::Full
     }
 }
 

@@ -1,0 +1,93 @@
+//! What translation found about Gateway API objects, in the shape of
+//! their status conditions: the status writer copies it to the API, and
+//! `/config` shows it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::store::ObjectKey;
+
+/// One status condition: `type`, whether it holds, `reason`, `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Condition {
+    pub fn ok(type_: &str, reason: &str, message: &str) -> Self {
+        Condition {
+            type_: type_.into(),
+            status: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(type_: &str, reason: &str, message: &str) -> Self {
+        Condition {
+            status: false,
+            ..Condition::ok(type_, reason, message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerState {
+    pub accepted: Condition,
+    pub programmed: Condition,
+    pub resolved_refs: Condition,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicted: Option<Condition>,
+    pub attached_routes: u32,
+}
+
+impl Default for ListenerState {
+    fn default() -> Self {
+        ListenerState {
+            accepted: Condition::ok("Accepted", "Accepted", "served"),
+            programmed: Condition::ok("Programmed", "Programmed", "served"),
+            resolved_refs: Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+            conflicted: None,
+            attached_routes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GatewayState {
+    /// By listener name.
+    pub listeners: BTreeMap<String, ListenerState>,
+    /// `spec.addresses` asked for addresses Portico does not assign.
+    pub addresses_unsupported: bool,
+}
+
+/// A route's status for one parentRef.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentState {
+    pub accepted: Condition,
+    pub resolved_refs: Condition,
+}
+
+impl Default for ParentState {
+    fn default() -> Self {
+        ParentState {
+            accepted: Condition::ok("Accepted", "Accepted", "attached"),
+            resolved_refs: Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GatewayApiStatus {
+    /// Portico's GatewayClasses by name, with their `Accepted` condition.
+    pub classes: BTreeMap<String, Condition>,
+    /// The Gateways of those classes.
+    pub gateways: BTreeMap<ObjectKey, GatewayState>,
+    /// HTTPRoutes by key, then by parentRef (`ns/gateway[/section][:port]`).
+    pub routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
+}

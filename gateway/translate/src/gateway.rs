@@ -1,0 +1,1163 @@
+//! Gateway API → routes and certificates: GatewayClasses of Portico's
+//! controller, their Gateways' HTTP and HTTPS listeners, and the
+//! HTTPRoutes attached to those listeners. The routes land in the same
+//! route table as Ingress routes, with the rule's conditions, filters and
+//! weights in [`RuleAction`], so the data plane serves both alike.
+//!
+//! Portico's HTTP listeners are fixed by its configuration (`listen.http`,
+//! `listen.https`): a Gateway listener is served when its protocol and
+//! port are one of them, and its routes match only requests arriving on
+//! that port. What the spec says a listener or route status shows is
+//! collected in [`GatewayApiStatus`] for the status writer and reported as
+//! problems.
+
+use std::collections::BTreeMap;
+
+use portico_gateway_api::gateways::{
+    GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsMode,
+};
+use portico_gateway_api::httproutes::{
+    HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersType as F,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
+};
+use portico_gateway_api::{Gateway, HTTPRoute};
+use portico_model::gateway_status::{
+    Condition, GatewayApiStatus, GatewayState, ListenerState, ParentState,
+};
+use portico_model::problems::Problem;
+use portico_model::route_rule::{
+    HeaderEdits, NamedMatch, PathChange, RedirectFilter, RequestConditions, RewriteFilter,
+    RuleAction, ValueMatch, ValueRegex, WeightedBackend,
+};
+use portico_model::routing::{PathKind, PathRegex, Route};
+use portico_model::snapshot::{BackendKey, SnapshotSpec};
+use portico_model::store::{ObjectKey, Store};
+
+use super::backend::{Backends, PortRef};
+
+/// The `controllerName` of the GatewayClasses Portico implements.
+pub const CONTROLLER_NAME: &str = "portico.io/gateway-controller";
+
+/// The `extensionRef` of a filter naming a Portico plugin.
+pub const PLUGIN_GROUP: &str = "portico.io";
+pub const PLUGIN_KIND: &str = "Plugin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Https,
+}
+
+/// A listener that routes may attach to.
+struct Listener {
+    gateway: ObjectKey,
+    name: String,
+    protocol: Protocol,
+    port: u16,
+    hostname: Option<String>,
+    from: From,
+}
+
+/// Adds what the Gateway API objects in `store` declare to `out`.
+pub fn add_gateway_api(
+    store: &Store,
+    settings: &super::Settings,
+    backends: &mut Backends<'_>,
+    out: &mut SnapshotSpec,
+) {
+    let mut status = GatewayApiStatus::default();
+    let classes: Vec<&str> = store
+        .gateway_classes
+        .iter()
+        .filter(|(_, c)| c.object.spec.controller_name == CONTROLLER_NAME)
+        .map(|(k, _)| {
+            status.classes.insert(
+                k.name.clone(),
+                Condition::ok("Accepted", "Accepted", "handled by Portico"),
+            );
+            k.name.as_str()
+        })
+        .collect();
+    let mut listeners: Vec<Listener> = Vec::new();
+    for (key, gw) in super::oldest_first(&store.gateways, |g| &g.metadata) {
+        if !classes.contains(&gw.object.spec.gateway_class_name.as_str()) {
+            continue;
+        }
+        let here = Store::locate(&store.gateways, "Gateway", key);
+        let state = add_gateway(key, &gw.object, &here, store, settings, out, &mut listeners);
+        status.gateways.insert(key.clone(), state);
+    }
+    for (key, route) in super::oldest_first(&store.http_routes, |r| &r.metadata) {
+        let here = Store::locate(&store.http_routes, "HTTPRoute", key);
+        add_http_route(
+            key,
+            &route.object,
+            &here,
+            store,
+            settings,
+            backends,
+            &listeners,
+            &mut status,
+            out,
+        );
+    }
+    out.gateway_api = status;
+}
+
+/// Settles a Gateway's listeners; the usable ones are pushed to `all`.
+fn add_gateway(
+    key: &ObjectKey,
+    gw: &Gateway,
+    here: &str,
+    store: &Store,
+    settings: &super::Settings,
+    out: &mut SnapshotSpec,
+    all: &mut Vec<Listener>,
+) -> GatewayState {
+    let mut state = GatewayState::default();
+    let mut seen: BTreeMap<(String, u16, Option<String>), String> = BTreeMap::new();
+    for (i, l) in gw.spec.listeners.iter().enumerate() {
+        let what = format!("spec.listeners[{i}] ({})", l.name);
+        let mut ls = ListenerState::default();
+        let listener = check_listener(key, l, &what, here, store, settings, out, &mut ls);
+        if let Some(listener) = listener {
+            let id = (l.protocol.clone(), listener.port, listener.hostname.clone());
+            if let Some(first) = seen.get(&id) {
+                let msg = format!(
+                    "{what}: same protocol, port and hostname as listener {first}; not served"
+                );
+                out.problems.push(Problem::error(here, msg.clone()));
+                ls.conflicted = Some(Condition::bad("Conflicted", "HostnameConflict", &msg));
+                ls.programmed = Condition::bad("Programmed", "Invalid", &msg);
+            } else {
+                seen.insert(id, l.name.clone());
+                all.push(listener);
+            }
+        }
+        state.listeners.insert(l.name.clone(), ls);
+    }
+    if gw.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
+        out.problems.push(Problem::warning(
+            here,
+            "spec.addresses: Portico serves a Gateway on its own listeners' addresses; the requested addresses are not assigned",
+        ));
+        state.addresses_unsupported = true;
+    }
+    state
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_listener(
+    gateway: &ObjectKey,
+    l: &GatewayListeners,
+    what: &str,
+    here: &str,
+    store: &Store,
+    settings: &super::Settings,
+    out: &mut SnapshotSpec,
+    ls: &mut ListenerState,
+) -> Option<Listener> {
+    let mut refuse = |reason: &str, msg: String, out: &mut SnapshotSpec| {
+        out.problems
+            .push(Problem::error(here, format!("{what}: {msg}; not served")));
+        ls.accepted = Condition::bad("Accepted", reason, &msg);
+        ls.programmed = Condition::bad("Programmed", "Invalid", &msg);
+        None
+    };
+    let (protocol, ports, setting) = match l.protocol.as_str() {
+        "HTTP" => (Protocol::Http, &settings.http_ports, "listen.http"),
+        "HTTPS" => (Protocol::Https, &settings.https_ports, "listen.https"),
+        other => {
+            return refuse(
+                "UnsupportedProtocol",
+                format!("protocol {other} is not supported yet (HTTP and HTTPS are)"),
+                out,
+            )
+        }
+    };
+    let port = u16::try_from(l.port).unwrap_or(0);
+    if !ports.contains(&port) {
+        return refuse(
+            "PortUnavailable",
+            format!(
+                "port {} is not one of Portico's {} ports ({setting}: {:?})",
+                l.port, l.protocol, ports
+            ),
+            out,
+        );
+    }
+    if let Some(h) = l.hostname.as_deref() {
+        if let Err(e) = validate_hostname(h) {
+            return refuse("Invalid", format!("hostname {h:?}: {e}"), out);
+        }
+    }
+    let from = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.clone())
+        .unwrap_or(From::Same);
+    if from == From::Selector {
+        return refuse(
+            "Invalid",
+            "allowedRoutes.namespaces.from: Selector is not supported yet (Same, All and None are)"
+                .into(),
+            out,
+        );
+    }
+    if let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+        let bad: Vec<&str> = kinds
+            .iter()
+            .filter(|k| {
+                k.kind != "HTTPRoute"
+                    || k.group
+                        .as_deref()
+                        .is_some_and(|g| g != portico_gateway_api::GROUP)
+            })
+            .map(|k| k.kind.as_str())
+            .collect();
+        if !bad.is_empty() {
+            let msg = format!("allowedRoutes.kinds {bad:?}: only HTTPRoute is supported");
+            out.problems
+                .push(Problem::warning(here, format!("{what}: {msg}")));
+            ls.resolved_refs = Condition::bad("ResolvedRefs", "InvalidRouteKinds", &msg);
+        }
+    }
+    if protocol == Protocol::Https {
+        let tls = l.tls.as_ref();
+        if tls
+            .and_then(|t| t.mode.as_ref())
+            .is_some_and(|m| *m == GatewayListenersTlsMode::Passthrough)
+        {
+            return refuse(
+                "UnsupportedProtocol",
+                "tls.mode Passthrough is not supported on HTTPS listeners".into(),
+                out,
+            );
+        }
+        let refs = tls
+            .and_then(|t| t.certificate_refs.as_deref())
+            .unwrap_or(&[]);
+        if refs.is_empty() {
+            return refuse(
+                "Invalid",
+                "an HTTPS listener needs tls.certificateRefs".into(),
+                out,
+            );
+        }
+        let mut loaded = false;
+        for (ci, r) in refs.iter().enumerate() {
+            let ns = r
+                .namespace
+                .clone()
+                .unwrap_or_else(|| gateway.namespace.clone());
+            let secret_key = ObjectKey::new(ns.clone(), r.name.clone());
+            let rw = format!("{what}.tls.certificateRefs[{ci}]");
+            let (group, kind) = (
+                r.group.as_deref().unwrap_or(""),
+                r.kind.as_deref().unwrap_or("Secret"),
+            );
+            let problem = if !(group.is_empty() || group == "core") || kind != "Secret" {
+                Some((
+                    "InvalidCertificateRef",
+                    format!("{rw}: {group}/{kind} is not a Secret"),
+                ))
+            } else if ns != gateway.namespace
+                && !granted(
+                    store,
+                    &gateway.namespace,
+                    "Gateway",
+                    "",
+                    "Secret",
+                    &secret_key,
+                )
+            {
+                Some((
+                    "RefNotPermitted",
+                    format!(
+                        "{rw}: Secret {secret_key} is in another namespace and no ReferenceGrant there allows Gateways of {} to refer to it",
+                        gateway.namespace
+                    ),
+                ))
+            } else {
+                out.referenced_secrets.insert(secret_key.clone());
+                match store.secrets.get(&secret_key) {
+                    None => Some((
+                        "InvalidCertificateRef",
+                        format!("{rw}: TLS Secret {secret_key} not found"),
+                    )),
+                    Some(s) => {
+                        match super::ingress::secret_certificate(&s.object, &secret_key.to_string())
+                        {
+                            Err(e) => Some((
+                                "InvalidCertificateRef",
+                                format!("{rw}: TLS Secret {secret_key}: {e}"),
+                            )),
+                            Ok(cert) => {
+                                match l.hostname.as_deref() {
+                                    Some(h) => {
+                                        out.certs.insert(h, cert);
+                                    }
+                                    None => {
+                                        out.certs.set_any_host(cert);
+                                    }
+                                }
+                                loaded = true;
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some((reason, msg)) = problem {
+                out.problems.push(
+                    Problem::error(here, msg.clone())
+                        .with_reason(super::ingress::TLS_SECRET_INVALID),
+                );
+                ls.resolved_refs = Condition::bad("ResolvedRefs", reason, &msg);
+                if let Some(h) = l.hostname.as_deref() {
+                    out.certs.note_fallback(h, msg);
+                }
+            }
+        }
+        if !loaded {
+            ls.programmed = Condition::bad(
+                "Programmed",
+                "Invalid",
+                "no certificate of tls.certificateRefs could be loaded",
+            );
+            return None;
+        }
+    }
+    Some(Listener {
+        gateway: gateway.clone(),
+        name: l.name.clone(),
+        protocol,
+        port,
+        hostname: l.hostname.clone().map(|h| h.to_ascii_lowercase()),
+        from,
+    })
+}
+
+/// Whether a ReferenceGrant in `to.namespace` lets objects of `kind`
+/// (group `gateway.networking.k8s.io`) in `from_ns` refer to the object
+/// `to` of group `to_group` and kind `to_kind`.
+fn granted(
+    store: &Store,
+    from_ns: &str,
+    kind: &str,
+    to_group: &str,
+    to_kind: &str,
+    to: &ObjectKey,
+) -> bool {
+    store
+        .reference_grants
+        .iter()
+        .filter(|(k, _)| k.namespace == to.namespace)
+        .any(|(_, g)| {
+            let spec = &g.object.spec;
+            spec.from.iter().any(|f| {
+                f.group == portico_gateway_api::GROUP && f.kind == kind && f.namespace == from_ns
+            }) && spec.to.iter().any(|t| {
+                (t.group == to_group || (to_group.is_empty() && t.group == "core"))
+                    && t.kind == to_kind
+                    && t.name.as_deref().is_none_or(|n| n == to.name)
+            })
+        })
+}
+
+/// The hostnames a route serves on a listener: the spec's intersection.
+/// `Some(vec![])` when they do not intersect; `None` entries mean any host.
+fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<String>> {
+    let route: Vec<String> = route.iter().map(|h| h.to_ascii_lowercase()).collect();
+    match (listener, route.is_empty()) {
+        (None, true) => vec![None],
+        (None, false) => route.into_iter().map(Some).collect(),
+        (Some(l), true) => vec![Some(l.to_string())],
+        (Some(l), false) => {
+            let mut out = Vec::new();
+            for r in route {
+                if let Some(h) = narrower(l, &r) {
+                    if !out.contains(&Some(h.clone())) {
+                        out.push(Some(h));
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The narrower of two hostnames when one covers the other.
+fn narrower(a: &str, b: &str) -> Option<String> {
+    if a == b {
+        return Some(a.to_string());
+    }
+    // `*.x` covers any name ending in `.x` (one label or more).
+    let covers = |wild: &str, name: &str| {
+        wild.strip_prefix("*.").is_some_and(|suffix| {
+            name.len() > suffix.len() + 1 && name.ends_with(&format!(".{suffix}"))
+        })
+    };
+    if covers(a, b) {
+        Some(b.to_string())
+    } else if covers(b, a) {
+        Some(a.to_string())
+    } else {
+        None
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_http_route(
+    key: &ObjectKey,
+    route: &HTTPRoute,
+    here: &str,
+    store: &Store,
+    settings: &super::Settings,
+    backends: &mut Backends<'_>,
+    listeners: &[Listener],
+    status: &mut GatewayApiStatus,
+    out: &mut SnapshotSpec,
+) {
+    let spec = &route.spec;
+    let hostnames = spec.hostnames.as_deref().unwrap_or(&[]);
+    for h in hostnames {
+        if let Err(e) = validate_hostname(h) {
+            out.problems.push(Problem::error(
+                here,
+                format!("spec.hostnames {h:?}: {e}; route not served"),
+            ));
+            return;
+        }
+    }
+    // Attachments: (listener, hostnames) for every parentRef that is ours.
+    let mut attached: Vec<(&Listener, Vec<Option<String>>)> = Vec::new();
+    for (pi, parent) in spec.parent_refs.iter().flatten().enumerate() {
+        let Some(gw_key) = our_gateway(key, parent, status) else {
+            continue;
+        };
+        let candidates: Vec<&Listener> = listeners
+            .iter()
+            .filter(|l| {
+                l.gateway == gw_key
+                    && parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && parent.port.is_none_or(|p| i32::from(l.port) == p)
+            })
+            .collect();
+        let state = status
+            .routes
+            .entry(key.clone())
+            .or_default()
+            .entry(parent_label(&gw_key, parent))
+            .or_insert_with(ParentState::default);
+        let what = format!("spec.parentRefs[{pi}] (Gateway {gw_key})");
+        if candidates.is_empty() {
+            let msg = "no listener of the Gateway matches sectionName/port, or none is served";
+            out.problems
+                .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+            state.accepted = Condition::bad("Accepted", "NoMatchingParent", msg);
+            continue;
+        }
+        let allowed: Vec<&Listener> = candidates
+            .into_iter()
+            .filter(|l| match l.from {
+                From::All => true,
+                From::Same => l.gateway.namespace == key.namespace,
+                _ => false,
+            })
+            .collect();
+        if allowed.is_empty() {
+            let msg = "the listeners' allowedRoutes do not admit routes of this namespace";
+            out.problems
+                .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+            state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", msg);
+            continue;
+        }
+        let mut any = false;
+        for l in allowed {
+            let hosts = intersect(l.hostname.as_deref(), hostnames);
+            if !hosts.is_empty() {
+                any = true;
+                status
+                    .gateways
+                    .entry(l.gateway.clone())
+                    .or_default()
+                    .listeners
+                    .entry(l.name.clone())
+                    .or_default()
+                    .attached_routes += 1;
+                attached.push((l, hosts));
+            }
+        }
+        let state = status
+            .routes
+            .entry(key.clone())
+            .or_default()
+            .entry(parent_label(&gw_key, parent))
+            .or_default();
+        if any {
+            state.accepted = Condition::ok("Accepted", "Accepted", "attached");
+        } else {
+            let msg = "no hostname of the route intersects the listeners' hostnames";
+            out.problems
+                .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+            state.accepted = Condition::bad("Accepted", "NoMatchingListenerHostname", msg);
+        }
+    }
+    if attached.is_empty() {
+        return;
+    }
+    let annotations: std::sync::Arc<BTreeMap<String, String>> = std::sync::Arc::new(
+        route
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| !k.ends_with("last-applied-configuration"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let scoped_plugins = settings
+        .scoped
+        .for_ingress(route.metadata.annotations.as_ref());
+    let mut resolved_refs: Option<(String, String)> = None;
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        let what = format!("spec.rules[{ri}]");
+        let built = build_rule(key, rule, &what, store, settings, backends);
+        for (reason, msg) in &built.problems {
+            out.problems.push(Problem::error(here, msg.clone()));
+            if resolved_refs.is_none() && !reason.is_empty() {
+                resolved_refs = Some((reason.clone(), msg.clone()));
+            }
+        }
+        let default_match = [HttpRouteRulesMatches::default()];
+        let matches = rule
+            .matches
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(&default_match);
+        for (mi, m) in matches.iter().enumerate() {
+            let mw = format!("{what}.matches[{mi}]");
+            let Some(matched) = build_match(m, &mw, here, out) else {
+                continue;
+            };
+            if built.needs_prefix && matched.kind != PathKind::Prefix {
+                out.problems.push(Problem::error(
+                    here,
+                    format!("{mw}: ReplacePrefixMatch needs a PathPrefix match; match skipped"),
+                ));
+                continue;
+            }
+            for (l, hosts) in &attached {
+                let mut conditions = matched.conditions.clone();
+                conditions.ports = vec![l.port];
+                conditions.tls = Some(l.protocol == Protocol::Https);
+                let action = RuleAction {
+                    source: format!("HTTPRoute {key}"),
+                    rule: ri,
+                    conditions: Some(conditions),
+                    ..built.action.clone()
+                };
+                let action = std::sync::Arc::new(action);
+                for host in hosts {
+                    let r = Route {
+                        ingress: key.to_string(),
+                        host: host.clone().unwrap_or_else(|| "*".into()),
+                        path: matched.path.clone(),
+                        kind: matched.kind,
+                        backend: built.backend.clone(),
+                        plugins: built.plugins.clone(),
+                        scoped_plugins: scoped_plugins.clone(),
+                        annotations: annotations.clone(),
+                        policy: None,
+                        canary: None,
+                        path_regex: matched.regex.clone(),
+                        fallback: None,
+                        metrics: Default::default(),
+                        rule: Some(action.clone()),
+                    };
+                    if let Err(kept) = out.routes.gateway_host_mut(host.as_deref()).add(
+                        matched.kind,
+                        &matched.path,
+                        r,
+                    ) {
+                        if kept.ingress != key.to_string() {
+                            out.problems.push(Problem::warning(
+                                here,
+                                format!(
+                                    "{mw}: {} {} with the same conditions is already routed by {}, which is older; ignored",
+                                    host.as_deref().unwrap_or("*"),
+                                    matched.path,
+                                    kept.rule.as_ref().map_or_else(|| format!("Ingress {}", kept.ingress), |r| r.source.clone())
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // ResolvedRefs on every parent the route is attached to.
+    if let Some(parents) = status.routes.get_mut(key) {
+        for state in parents.values_mut() {
+            state.resolved_refs = match &resolved_refs {
+                Some((reason, msg)) => Condition::bad("ResolvedRefs", reason, msg),
+                None => Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+            };
+        }
+    }
+}
+
+/// `namespace/name` of the Gateway a parentRef names when it is one of
+/// Portico's (known to the status as a Gateway of an accepted class).
+fn our_gateway(
+    route: &ObjectKey,
+    parent: &HttpRouteParentRefs,
+    status: &GatewayApiStatus,
+) -> Option<ObjectKey> {
+    if parent
+        .group
+        .as_deref()
+        .is_some_and(|g| g != portico_gateway_api::GROUP)
+        || parent.kind.as_deref().is_some_and(|k| k != "Gateway")
+    {
+        return None;
+    }
+    let key = ObjectKey::new(
+        parent
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route.namespace.clone()),
+        parent.name.clone(),
+    );
+    status.gateways.contains_key(&key).then_some(key)
+}
+
+fn parent_label(gw: &ObjectKey, parent: &HttpRouteParentRefs) -> String {
+    let mut s = gw.to_string();
+    if let Some(section) = &parent.section_name {
+        s.push('/');
+        s.push_str(section);
+    }
+    if let Some(port) = parent.port {
+        s.push(':');
+        s.push_str(&port.to_string());
+    }
+    s
+}
+
+struct Matched {
+    kind: PathKind,
+    path: String,
+    regex: Option<PathRegex>,
+    conditions: RequestConditions,
+}
+
+fn build_match(
+    m: &HttpRouteRulesMatches,
+    what: &str,
+    here: &str,
+    out: &mut SnapshotSpec,
+) -> Option<Matched> {
+    let mut fail = |msg: String| {
+        out.problems.push(Problem::error(
+            here,
+            format!("{what}: {msg}; match skipped"),
+        ));
+        None
+    };
+    let (kind, path) = match &m.path {
+        None => (PathKind::Prefix, "/".to_string()),
+        Some(p) => (
+            match p
+                .r#type
+                .as_ref()
+                .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+            {
+                HttpRouteRulesMatchesPathType::Exact => PathKind::Exact,
+                HttpRouteRulesMatchesPathType::PathPrefix => PathKind::Prefix,
+                HttpRouteRulesMatchesPathType::RegularExpression => PathKind::Regex,
+            },
+            p.value.clone().unwrap_or_else(|| "/".into()),
+        ),
+    };
+    if kind != PathKind::Regex && !path.starts_with('/') {
+        return fail(format!("path {path:?} must start with '/'"));
+    }
+    let regex = if kind == PathKind::Regex {
+        match PathRegex::whole(&path) {
+            Ok(r) => Some(r),
+            Err(e) => return fail(format!("path {path:?}: {e}")),
+        }
+    } else {
+        None
+    };
+    let mut conditions = RequestConditions {
+        method: m.method.as_ref().map(|m| {
+            serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        }),
+        ..Default::default()
+    };
+    for h in m.headers.iter().flatten() {
+        let name = h.name.to_ascii_lowercase();
+        // Only the first entry of a name counts (the spec).
+        if conditions.headers.iter().any(|c| c.name == name) {
+            continue;
+        }
+        let value = match h.r#type.as_ref() {
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                match ValueRegex::new(&h.value) {
+                    Ok(r) => ValueMatch::Regex(r),
+                    Err(e) => return fail(format!("header {}: {e}", h.name)),
+                }
+            }
+            _ => ValueMatch::Exact(h.value.clone()),
+        };
+        conditions.headers.push(NamedMatch { name, value });
+    }
+    for q in m.query_params.iter().flatten() {
+        if conditions.query.iter().any(|c| c.name == q.name) {
+            continue;
+        }
+        let value = match q.r#type.as_ref() {
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                match ValueRegex::new(&q.value) {
+                    Ok(r) => ValueMatch::Regex(r),
+                    Err(e) => return fail(format!("query parameter {}: {e}", q.name)),
+                }
+            }
+            _ => ValueMatch::Exact(q.value.clone()),
+        };
+        conditions.query.push(NamedMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    Some(Matched {
+        kind,
+        path,
+        regex,
+        conditions,
+    })
+}
+
+/// A rule's filters and backends, shared by its matches.
+struct BuiltRule {
+    action: RuleAction,
+    backend: BackendKey,
+    plugins: Vec<String>,
+    /// A `ReplacePrefixMatch` needs every match to be a PathPrefix.
+    needs_prefix: bool,
+    /// (ResolvedRefs reason or "", message).
+    problems: Vec<(String, String)>,
+}
+
+fn build_rule(
+    route: &ObjectKey,
+    rule: &HttpRouteRules,
+    what: &str,
+    store: &Store,
+    settings: &super::Settings,
+    backends: &mut Backends<'_>,
+) -> BuiltRule {
+    let mut b = BuiltRule {
+        action: RuleAction::default(),
+        backend: BackendKey {
+            namespace: route.namespace.clone(),
+            service: String::new(),
+            port: String::new(),
+        },
+        plugins: Vec::new(),
+        needs_prefix: false,
+        problems: Vec::new(),
+    };
+    // A filter Portico cannot apply makes the rule answer 500 (the spec:
+    // such a filter must not be skipped).
+    let mut broken = false;
+    for (fi, f) in rule.filters.iter().flatten().enumerate() {
+        let fw = format!("{what}.filters[{fi}]");
+        if let Err(msg) = apply_filter(f, &fw, settings, &mut b) {
+            b.problems
+                .push((String::new(), format!("{msg}; the rule answers 500")));
+            broken = true;
+        }
+    }
+    if b.action.redirect.is_some() && b.action.rewrite.is_some() {
+        b.problems.push((
+            String::new(),
+            format!("{what}: RequestRedirect and URLRewrite cannot be used together; the rule answers 500"),
+        ));
+        broken = true;
+    }
+    if let Some(t) = &rule.timeouts {
+        for (field, value, slot) in [
+            ("request", &t.request, &mut b.action.request_timeout_ms),
+            (
+                "backendRequest",
+                &t.backend_request,
+                &mut b.action.backend_timeout_ms,
+            ),
+        ] {
+            if let Some(v) = value {
+                match parse_duration_ms(v) {
+                    Some(0) => {}
+                    Some(ms) => *slot = Some(ms),
+                    None => b.problems.push((
+                        String::new(),
+                        format!("{what}.timeouts.{field} {v:?} is not a Gateway API duration (e.g. 10s, 500ms, 1h30m); ignored"),
+                    )),
+                }
+            }
+        }
+    }
+    let mut weighted: Vec<WeightedBackend> = Vec::new();
+    for (bi, r) in rule.backend_refs.iter().flatten().enumerate() {
+        let bw = format!("{what}.backendRefs[{bi}]");
+        if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            b.problems.push((
+                String::new(),
+                format!("{bw}.filters: filters on a backendRef are not supported yet; the rule answers 500"),
+            ));
+            broken = true;
+        }
+        let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
+        let resolved = resolve_backend(route, r, &bw, store, backends);
+        match resolved {
+            Ok(bk) => weighted.push(WeightedBackend {
+                backend: Some(bk),
+                weight,
+            }),
+            Err((reason, msg)) => {
+                b.problems.push((
+                    reason.into(),
+                    format!("{msg}; its share of requests gets 500"),
+                ));
+                weighted.push(WeightedBackend {
+                    backend: None,
+                    weight,
+                })
+            }
+        }
+    }
+    if broken {
+        b.action.weighted = vec![WeightedBackend {
+            backend: None,
+            weight: 1,
+        }];
+        b.action.redirect = None;
+        return b;
+    }
+    if b.action.redirect.is_some() {
+        return b;
+    }
+    weighted.retain(|w| w.weight > 0);
+    match weighted.as_slice() {
+        [WeightedBackend {
+            backend: Some(bk), ..
+        }] => b.backend = bk.clone(),
+        [] => {
+            // No backend (or only zero weights): 500, as the spec asks.
+            b.action.weighted = vec![WeightedBackend {
+                backend: None,
+                weight: 0,
+            }];
+        }
+        many => {
+            if let Some(first) = many.iter().find_map(|w| w.backend.clone()) {
+                b.backend = first;
+            }
+            b.action.weighted = many.to_vec();
+        }
+    }
+    b
+}
+
+fn resolve_backend(
+    route: &ObjectKey,
+    r: &portico_gateway_api::httproutes::HttpRouteRulesBackendRefs,
+    what: &str,
+    store: &Store,
+    backends: &mut Backends<'_>,
+) -> Result<BackendKey, (&'static str, String)> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    if !(group.is_empty() || group == "core") || kind != "Service" {
+        return Err((
+            "InvalidKind",
+            format!("{what}: {group}/{kind} is not a Service"),
+        ));
+    }
+    let ns = r
+        .namespace
+        .clone()
+        .unwrap_or_else(|| route.namespace.clone());
+    let target = ObjectKey::new(ns.clone(), r.name.clone());
+    if ns != route.namespace
+        && !granted(store, &route.namespace, "HTTPRoute", "", "Service", &target)
+    {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "{what}: Service {target} is in another namespace and no ReferenceGrant there allows HTTPRoutes of {} to refer to it",
+                route.namespace
+            ),
+        ));
+    }
+    let Some(port) = r.port else {
+        return Err((
+            "BackendNotFound",
+            format!("{what}: a Service backendRef needs a port"),
+        ));
+    };
+    let (bk, why) = backends.resolve(&ns, &r.name, &PortRef::Number(port));
+    match why {
+        Some(why) => Err(("BackendNotFound", format!("{what}: {why}"))),
+        None => Ok(bk),
+    }
+}
+
+fn apply_filter(
+    f: &HttpRouteRulesFilters,
+    what: &str,
+    settings: &super::Settings,
+    b: &mut BuiltRule,
+) -> Result<(), String> {
+    let missing = || format!("{what}: type {:?} without its settings", f.r#type);
+    match f.r#type {
+        F::RequestHeaderModifier => {
+            let m = f.request_header_modifier.as_ref().ok_or_else(missing)?;
+            edits(
+                &mut b.action.request_headers,
+                m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                m.remove.iter().flatten(),
+            );
+        }
+        F::ResponseHeaderModifier => {
+            let m = f.response_header_modifier.as_ref().ok_or_else(missing)?;
+            edits(
+                &mut b.action.response_headers,
+                m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                m.remove.iter().flatten(),
+            );
+        }
+        F::RequestRedirect => {
+            let r = f.request_redirect.as_ref().ok_or_else(missing)?;
+            let path = match &r.path {
+                None => None,
+                Some(p) => Some(path_change(
+                    p.r#type == portico_gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                    p.replace_full_path.as_deref(),
+                    p.replace_prefix_match.as_deref(),
+                    what,
+                    &mut b.needs_prefix,
+                )?),
+            };
+            let status = u16::try_from(r.status_code.unwrap_or(302)).unwrap_or(0);
+            if ![301, 302, 303, 307, 308].contains(&status) {
+                return Err(format!("{what}: statusCode {status} is not a redirect"));
+            }
+            b.action.redirect = Some(RedirectFilter {
+                scheme: r.scheme.as_ref().map(|s| {
+                    serde_json::to_value(s)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                }),
+                hostname: r.hostname.clone(),
+                path,
+                port: r.port.and_then(|p| u16::try_from(p).ok()),
+                status,
+            });
+        }
+        F::UrlRewrite => {
+            let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
+            let path = match &r.path {
+                None => None,
+                Some(p) => Some(path_change(
+                    p.r#type == portico_gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                    p.replace_full_path.as_deref(),
+                    p.replace_prefix_match.as_deref(),
+                    what,
+                    &mut b.needs_prefix,
+                )?),
+            };
+            b.action.rewrite = Some(RewriteFilter {
+                hostname: r.hostname.clone(),
+                path,
+            });
+        }
+        F::ExtensionRef => {
+            let e = f.extension_ref.as_ref().ok_or_else(missing)?;
+            if e.group != PLUGIN_GROUP || e.kind != PLUGIN_KIND {
+                return Err(format!(
+                    "{what}: extensionRef {}/{} is not a Portico plugin (group {PLUGIN_GROUP}, kind {PLUGIN_KIND})",
+                    e.group, e.kind
+                ));
+            }
+            if !settings.plugins.contains(&e.name) {
+                return Err(format!(
+                    "{what}: extensionRef names plugin {:?}, which is not configured ([[plugins.load]])",
+                    e.name
+                ));
+            }
+            b.plugins.push(e.name.clone());
+        }
+        F::RequestMirror | F::Cors => {
+            return Err(format!(
+                "{what}: filter {:?} is not supported yet",
+                f.r#type
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn edits<'a>(
+    into: &mut HeaderEdits,
+    set: impl Iterator<Item = (&'a String, &'a String)>,
+    add: impl Iterator<Item = (&'a String, &'a String)>,
+    remove: impl Iterator<Item = &'a String>,
+) {
+    into.set
+        .extend(set.map(|(n, v)| (n.to_ascii_lowercase(), v.clone())));
+    into.add
+        .extend(add.map(|(n, v)| (n.to_ascii_lowercase(), v.clone())));
+    into.remove.extend(remove.map(|n| n.to_ascii_lowercase()));
+}
+
+fn path_change(
+    replace_full: bool,
+    full: Option<&str>,
+    prefix: Option<&str>,
+    what: &str,
+    needs_prefix: &mut bool,
+) -> Result<PathChange, String> {
+    if replace_full {
+        full.map(|p| PathChange::ReplaceFullPath(p.to_string()))
+            .ok_or_else(|| format!("{what}: path type ReplaceFullPath without replaceFullPath"))
+    } else {
+        *needs_prefix = true;
+        prefix
+            .map(|p| PathChange::ReplacePrefixMatch(p.to_string()))
+            .ok_or_else(|| {
+                format!("{what}: path type ReplacePrefixMatch without replacePrefixMatch")
+            })
+    }
+}
+
+/// A Gateway API duration (`1h`, `30s`, `500ms`, `1h30m`) in milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += n * unit;
+        parts += 1;
+        if parts > 4 {
+            return None;
+        }
+    }
+    Some(total)
+}
+
+fn validate_hostname(h: &str) -> Result<(), &'static str> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.contains('*') {
+        return Err("a wildcard may only be the whole first label (*.example.com)");
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("an IP address is not allowed as a hostname");
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("not a valid DNS name")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_intersect_as_the_spec_says() {
+        let s = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let some = |h: &str| Some(h.to_string());
+        assert_eq!(intersect(None, &[]), vec![None]);
+        assert_eq!(intersect(None, &s(&["a.test"])), vec![some("a.test")]);
+        assert_eq!(intersect(Some("a.test"), &[]), vec![some("a.test")]);
+        assert_eq!(intersect(Some("a.test"), &s(&["b.test"])), vec![]);
+        assert_eq!(
+            intersect(
+                Some("*.example.com"),
+                &s(&["foo.example.com", "x.other.com"])
+            ),
+            vec![some("foo.example.com")]
+        );
+        // Wildcards cover several labels in the Gateway API.
+        assert_eq!(
+            intersect(Some("*.example.com"), &s(&["a.b.example.com"])),
+            vec![some("a.b.example.com")]
+        );
+        assert_eq!(
+            intersect(Some("foo.example.com"), &s(&["*.example.com"])),
+            vec![some("foo.example.com")]
+        );
+        assert_eq!(
+            intersect(Some("*.example.com"), &s(&["*.foo.example.com"])),
+            vec![some("*.foo.example.com")]
+        );
+        assert_eq!(
+            intersect(Some("*.example.com"), &s(&["example.com"])),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn durations_parse_as_gateway_api_durations() {
+        assert_eq!(parse_duration_ms("10s"), Some(10_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("0s"), Some(0));
+        for bad in ["", "10", "1.5s", "s", "123456s", "1d", "1h1h1h1h1h"] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad}");
+        }
+    }
+}
