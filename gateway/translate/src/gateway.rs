@@ -1113,6 +1113,10 @@ fn validate_hostname(h: &str) -> Result<(), &'static str> {
 }
 
 #[cfg(test)]
+#[path = "gateway_tests.rs"]
+mod table_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

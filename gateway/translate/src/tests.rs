@@ -8,7 +8,7 @@ use portico_model::store::AnyObject;
 /// The store of a multi-document YAML, each object located as
 /// `t.yaml:LINE` like the manifests source does (without its file
 /// handling).
-fn store_of(yaml: &str) -> Store {
+pub(crate) fn store_of(yaml: &str) -> Store {
     let mut store = Store::default();
     let mut docs: Vec<(usize, String)> = vec![(1, String::new())];
     for (i, line) in yaml.lines().enumerate() {
@@ -34,6 +34,12 @@ fn store_of(yaml: &str) -> Store {
             "Ingress" => AnyObject::Ingress(Arc::new(serde_yaml::from_value(v).unwrap())),
             "IngressClass" => AnyObject::IngressClass(Arc::new(serde_yaml::from_value(v).unwrap())),
             "Secret" => AnyObject::Secret(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "GatewayClass" => AnyObject::GatewayClass(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "Gateway" => AnyObject::Gateway(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "HTTPRoute" => AnyObject::HTTPRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "ReferenceGrant" => {
+                AnyObject::ReferenceGrant(Arc::new(serde_yaml::from_value(v).unwrap()))
+            }
             other => panic!("no {other} in the store"),
         };
         obj.set_namespace_default();

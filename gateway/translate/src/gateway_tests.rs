@@ -1,0 +1,490 @@
+//! Table tests of the Gateway API translation: attachment, hostnames,
+//! matching precedence, filters, backends and references, each checked
+//! through the route table the data plane reads.
+
+use portico_model::route_rule::{RequestFacts, RequestParts, WeightedPick};
+use portico_model::snapshot::SnapshotSpec;
+
+use crate::tests::store_of;
+use crate::{translate, Settings};
+
+/// A class of ours and one of another controller; Gateway `infra/gw`
+/// with an HTTP listener on 80 open to all namespaces and one on 8080
+/// for its own; Services `shop/web` and `shop/api`, `other/far`.
+const BASE: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portico}
+spec: {controllerName: portico.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: theirs}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
+  - {name: own, protocol: HTTP, port: 8080}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other, namespace: infra}
+spec:
+  gatewayClassName: theirs
+  listeners:
+  - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: far, namespace: other}
+spec:
+  ports: [{name: http, port: 80}]
+";
+
+fn settings() -> Settings {
+    let mut s = Settings::new(vec!["127.0.0.1".parse().unwrap()]);
+    s.http_ports = vec![80, 8080];
+    s.https_ports = vec![443];
+    s.plugins = ["auth".to_string()].into_iter().collect();
+    s
+}
+
+fn spec_of(extra: &str) -> SnapshotSpec {
+    translate(&store_of(&format!("{BASE}---\n{extra}")), &settings())
+}
+
+/// An HTTPRoute in `shop` named `name` with these spec lines.
+fn route(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}\n"
+    )
+}
+
+struct Req<'a> {
+    host: &'a str,
+    path: &'a str,
+    port: u16,
+    method: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+}
+
+fn get<'a>(host: &'a str, path: &'a str) -> Req<'a> {
+    Req {
+        host,
+        path,
+        port: 80,
+        method: "GET",
+        headers: &[],
+    }
+}
+
+/// `namespace/name#rule` of the route taking the request, or `None`.
+fn routed(spec: &SnapshotSpec, req: &Req<'_>) -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in req.headers {
+        headers.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let facts = RequestFacts {
+        port: Some(req.port),
+        tls: req.port == 443,
+        request: Some(RequestParts {
+            method: req.method,
+            headers: &headers,
+            query: req.path.split_once('?').map(|(_, q)| q),
+        }),
+    };
+    spec.routes
+        .find_request(req.host, req.path, &facts)
+        .map(|(r, _)| match &r.rule {
+            Some(rule) => format!("{}#{}", r.ingress, rule.rule),
+            None => r.ingress.clone(),
+        })
+}
+
+fn problems(spec: &SnapshotSpec) -> String {
+    spec.problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn routes_attach_only_to_portico_gateways_and_allowed_listeners() {
+    let spec = spec_of(&[
+        route("a", "  parentRefs: [{name: gw, namespace: infra}]\n  hostnames: [a.test]\n  rules: [{backendRefs: [{name: web, port: 80}]}]"),
+        route("theirs", "  parentRefs: [{name: other, namespace: infra}]\n  hostnames: [t.test]\n  rules: [{backendRefs: [{name: web, port: 80}]}]"),
+        route("own", "  parentRefs: [{name: gw, namespace: infra, sectionName: own}]\n  hostnames: [o.test]\n  rules: [{backendRefs: [{name: web, port: 80}]}]"),
+    ]
+    .join("---\n"));
+    // Attached to the listener open to all namespaces, on its port only.
+    assert_eq!(routed(&spec, &get("a.test", "/x")).as_deref(), Some("shop/a#0"));
+    assert_eq!(routed(&spec, &Req { port: 8080, ..get("a.test", "/x") }), None);
+    // Another controller's Gateway: nothing, and no complaint either.
+    assert_eq!(routed(&spec, &get("t.test", "/")), None);
+    assert!(!problems(&spec).contains("theirs"), "{}", problems(&spec));
+    // `own` admits routes of its Gateway's namespace only.
+    assert_eq!(routed(&spec, &Req { port: 8080, ..get("o.test", "/") }), None);
+    let st = &spec.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "own")];
+    let parent = &st["infra/gw/own"];
+    assert!(!parent.accepted.status);
+    assert_eq!(parent.accepted.reason, "NotAllowedByListeners");
+    // attachedRoutes counts per listener.
+    let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "gw")];
+    assert_eq!(gw.listeners["http"].attached_routes, 1);
+    assert_eq!(gw.listeners["own"].attached_routes, 0);
+    assert!(spec.gateway_api.classes.contains_key("portico"));
+    assert!(!spec.gateway_api.classes.contains_key("theirs"));
+}
+
+#[test]
+fn listeners_portico_cannot_serve_are_refused_with_the_spec_reasons() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: odd, namespace: infra}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: p9000, protocol: HTTP, port: 9000}
+  - {name: tcp, protocol: TCP, port: 80}
+  - {name: dup-a, protocol: HTTP, port: 80, hostname: d.test}
+  - {name: dup-b, protocol: HTTP, port: 80, hostname: d.test}
+  - {name: nocert, protocol: HTTPS, port: 443}
+";
+    let spec = spec_of(yaml);
+    let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "odd")];
+    let reason = |l: &str| gw.listeners[l].accepted.reason.clone();
+    assert_eq!(reason("p9000"), "PortUnavailable");
+    assert_eq!(reason("tcp"), "UnsupportedProtocol");
+    assert_eq!(reason("nocert"), "Invalid");
+    assert!(gw.listeners["dup-a"].conflicted.is_none());
+    assert_eq!(
+        gw.listeners["dup-b"].conflicted.as_ref().map(|c| c.reason.as_str()),
+        Some("HostnameConflict")
+    );
+    let text = problems(&spec);
+    assert!(text.contains("t.yaml:") && text.contains("Gateway infra/odd"), "{text}");
+    assert!(text.contains("port 9000 is not one of Portico's HTTP ports"), "{text}");
+}
+
+#[test]
+fn hostnames_intersect_with_the_listener() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wild, namespace: shop}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: w, protocol: HTTP, port: 8080, hostname: '*.example.com'}
+---
+".to_string()
+        + &route("r", "  parentRefs: [{name: wild}]\n  hostnames: [a.example.com, other.test]\n  rules: [{backendRefs: [{name: web, port: 80}]}]")
+        + "---\n"
+        + &route("any", "  parentRefs: [{name: wild}]\n  rules: [{matches: [{path: {type: PathPrefix, value: /any}}], backendRefs: [{name: api, port: 80}]}]")
+        + "---\n"
+        + &route("none", "  parentRefs: [{name: wild}]\n  hostnames: [x.test]\n  rules: [{backendRefs: [{name: web, port: 80}]}]");
+    let spec = spec_of(&yaml);
+    let on = |host: &'static str, path: &'static str| routed(&spec, &Req { port: 8080, ..get(host, path) });
+    assert_eq!(on("a.example.com", "/").as_deref(), Some("shop/r#0"));
+    assert_eq!(on("other.test", "/"), None, "outside the listener's hostname");
+    // A route without hostnames takes the listener's, which covers
+    // several labels in the Gateway API.
+    assert_eq!(on("b.c.example.com", "/any/x").as_deref(), Some("shop/any#0"));
+    assert_eq!(on("example.com", "/any"), None);
+    let none = &spec.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "none")];
+    assert_eq!(none["shop/wild"].accepted.reason, "NoMatchingListenerHostname");
+}
+
+#[test]
+fn matches_follow_the_spec_precedence() {
+    // One host; each rule a different kind of match, added newest
+    // first so the table cannot rely on insertion order.
+    let rules = "  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [p.test]
+  rules:
+  - {matches: [{path: {type: PathPrefix, value: /}}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: PathPrefix, value: /api}}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: Exact, value: /api}}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: PathPrefix, value: /api}, method: POST}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-A, value: '1'}]}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-a, value: '1'}, {name: x-b, value: '2'}]}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: PathPrefix, value: /api}, queryParams: [{name: q, value: '1'}]}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}}], backendRefs: [{name: web, port: 80}]}
+  - {matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-c, type: RegularExpression, value: 'ab+'}]}], backendRefs: [{name: web, port: 80}]}";
+    let spec = spec_of(&route("p", rules));
+    let r = |req: Req<'_>| routed(&spec, &req).map(|s| s.trim_start_matches("shop/p#").to_string());
+    let with = |path: &'static str, headers: &'static [(&'static str, &'static str)]| Req {
+        headers,
+        ..get("p.test", path)
+    };
+    let cases: &[(Req<'_>, Option<&str>)] = &[
+        (get("p.test", "/other"), Some("0")),
+        (get("p.test", "/api/x"), Some("1")),
+        (get("p.test", "/apix"), Some("0")),
+        // Exact wins over every prefix of the same path.
+        (with("/api", &[("x-a", "1"), ("x-b", "2")]), Some("2")),
+        // A method beats headers.
+        (Req { method: "POST", ..with("/api/x", &[("x-a", "1")]) }, Some("3")),
+        // More headers beat fewer; header names are case-insensitive.
+        (with("/api/x", &[("X-A", "1"), ("x-b", "2")]), Some("5")),
+        (with("/api/x", &[("x-a", "1")]), Some("4")),
+        (with("/api/x", &[("x-a", "2")]), Some("1")),
+        // Headers beat query parameters.
+        (with("/api/x?q=1", &[("x-a", "1")]), Some("4")),
+        (get("p.test", "/api/x?q=1"), Some("6")),
+        (get("p.test", "/api/x?q=2"), Some("1")),
+        // Regular expressions match the whole path.
+        (get("p.test", "/v2/x"), Some("7")),
+        (get("p.test", "/a/v2/x"), Some("0")),
+        (with("/api/x", &[("x-c", "abbb")]), Some("8")),
+        (with("/api/x", &[("x-c", "abc")]), Some("1")),
+    ];
+    for (req, want) in cases {
+        assert_eq!(
+            r(Req { ..*req }).as_deref(),
+            *want,
+            "{} {}{} {:?}",
+            req.method,
+            req.host,
+            req.path,
+            req.headers
+        );
+    }
+}
+
+#[test]
+fn equal_matches_go_to_the_oldest_route_then_by_name() {
+    let older = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: zz-old, namespace: shop, creationTimestamp: '2020-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [t.test]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+";
+    let newer = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: aa-new, namespace: shop, creationTimestamp: '2024-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [t.test]
+  rules: [{backendRefs: [{name: api, port: 80}]}]
+";
+    let spec = spec_of(&format!("{newer}---\n{older}"));
+    assert_eq!(routed(&spec, &get("t.test", "/")).as_deref(), Some("shop/zz-old#0"));
+    assert!(problems(&spec).contains("already routed by HTTPRoute shop/zz-old"));
+}
+
+#[test]
+fn backends_weights_and_references() {
+    let grant = "apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: let-shop, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: '', kind: Service}]
+";
+    let rules = "  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [b.test]
+  rules:
+  - matches: [{path: {value: /split}}]
+    backendRefs: [{name: web, port: 80, weight: 3}, {name: api, port: 80, weight: 1}, {name: api, port: 80, weight: 0}]
+  - matches: [{path: {value: /missing}}]
+    backendRefs: [{name: web, port: 80}, {name: nowhere, port: 80}]
+  - matches: [{path: {value: /far}}]
+    backendRefs: [{name: far, namespace: other, port: 80}]
+  - matches: [{path: {value: /none}}]
+  - matches: [{path: {value: /kind}}]
+    backendRefs: [{group: example.com, kind: Bucket, name: b}]";
+    let without = spec_of(&route("b", rules));
+    let with = spec_of(&format!("{grant}---\n{}", route("b", rules)));
+    let rule = |spec: &SnapshotSpec, path: &str| {
+        spec.routes
+            .find("b.test", path)
+            .unwrap()
+            .0
+            .rule
+            .clone()
+            .unwrap()
+    };
+    let split = rule(&without, "/split");
+    assert_eq!(split.weighted.len(), 2, "zero weights dropped");
+    let draws: Vec<String> = (0..4)
+        .map(|roll| match split.pick(|_| roll) {
+            Some(WeightedPick::Backend(b)) => b.service.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(draws, ["web", "web", "web", "api"]);
+    // A missing Service takes its share as 500s.
+    assert_eq!(rule(&without, "/missing").pick(|_| 1), Some(WeightedPick::Invalid));
+    // Another namespace: refused without a ReferenceGrant, served with one.
+    assert_eq!(rule(&without, "/far").pick(|_| 0), Some(WeightedPick::Invalid));
+    let far = rule(&with, "/far");
+    assert!(far.weighted.is_empty(), "one valid backend is the route's own");
+    assert_eq!(
+        with.routes.find("b.test", "/far").unwrap().0.backend.service,
+        "far"
+    );
+    // No backend, or not a Service: 500.
+    assert_eq!(rule(&without, "/none").pick(|_| 0), Some(WeightedPick::Invalid));
+    assert_eq!(rule(&without, "/kind").pick(|_| 0), Some(WeightedPick::Invalid));
+    let text = problems(&without);
+    assert!(text.contains("Service shop/nowhere"), "{text}");
+    assert!(text.contains("no ReferenceGrant there allows HTTPRoutes of shop"), "{text}");
+    assert!(text.contains("example.com/Bucket is not a Service"), "{text}");
+    let st = &without.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "b")];
+    assert!(!st["infra/gw"].resolved_refs.status);
+}
+
+#[test]
+fn filters_become_the_rule_action() {
+    let rules = "  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [f.test]
+  rules:
+  - matches: [{path: {value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {value: /api}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: X-Env, value: prod}], add: [{name: x-add, value: a}], remove: [x-drop]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-served-by, value: portico}]}
+    - type: URLRewrite
+      urlRewrite: {hostname: internal.test, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v1}}
+    - type: ExtensionRef
+      extensionRef: {group: portico.io, kind: Plugin, name: auth}
+    backendRefs: [{name: web, port: 80}]
+    timeouts: {request: 10s, backendRequest: 2s}
+  - matches: [{path: {value: /mirror}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: api, port: 80}}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /unknown-plugin}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: portico.io, kind: Plugin, name: nope}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /exact}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /x}}}]
+    backendRefs: [{name: web, port: 80}]";
+    let spec = spec_of(&route("f", rules));
+    let found = |path: &str| spec.routes.find("f.test", path).map(|(r, _)| r.clone());
+    let old = found("/old/x").unwrap();
+    let redirect = old.rule.as_ref().unwrap().redirect.clone().unwrap();
+    assert_eq!(
+        redirect.location("http", "f.test", 80, "/old/x", None, &old.path),
+        "https://f.test/new/x"
+    );
+    assert_eq!(redirect.status, 301);
+    let api = found("/api/y").unwrap();
+    let a = api.rule.as_ref().unwrap();
+    assert_eq!(a.request_headers.set, [("x-env".to_string(), "prod".to_string())]);
+    assert_eq!(a.request_headers.add, [("x-add".to_string(), "a".to_string())]);
+    assert_eq!(a.request_headers.remove, ["x-drop"]);
+    assert_eq!(a.response_headers.set.len(), 1);
+    let rewrite = a.rewrite.as_ref().unwrap();
+    assert_eq!(rewrite.hostname.as_deref(), Some("internal.test"));
+    assert_eq!(rewrite.path.as_ref().unwrap().apply("/api/y", &api.path), "/v1/y");
+    assert_eq!(api.plugins, ["auth"]);
+    assert_eq!((a.request_timeout_ms, a.backend_timeout_ms), (Some(10_000), Some(2_000)));
+    assert!(!api.forwards_plainly(false));
+    // What Portico cannot apply answers 500 rather than being skipped.
+    for path in ["/mirror", "/unknown-plugin"] {
+        let r = found(path).unwrap();
+        assert_eq!(r.rule.as_ref().unwrap().pick(|_| 0), Some(WeightedPick::Invalid), "{path}");
+    }
+    // ReplacePrefixMatch on an Exact match: the match is refused.
+    assert!(found("/exact").is_none_or(|r| r.path != "/exact"));
+    let text = problems(&spec);
+    assert!(text.contains("RequestMirror") && text.contains("not supported yet"), "{text}");
+    assert!(text.contains("plugin \"nope\", which is not configured"), "{text}");
+    assert!(text.contains("ReplacePrefixMatch needs a PathPrefix match"), "{text}");
+}
+
+#[test]
+fn a_plain_route_keeps_the_fast_path() {
+    let spec = spec_of(&route(
+        "plain",
+        "  parentRefs: [{name: gw, namespace: infra}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]",
+    ));
+    let (r, _) = spec.routes.find("any.test", "/").unwrap();
+    assert!(r.forwards_plainly(false));
+    // Its listener condition still holds on the fast path, which knows
+    // only the port.
+    let on = |port| RequestFacts {
+        port: Some(port),
+        tls: false,
+        request: None,
+    };
+    assert!(spec.routes.find_request("any.test", "/", &on(80)).is_some());
+    assert!(spec.routes.find_request("any.test", "/", &on(8080)).is_none());
+}
+
+#[test]
+fn https_listeners_take_certificates_from_secrets_and_grants() {
+    let (crt, key) = portico_model::certs::self_signed_pem(&["*.example.com"], None).unwrap();
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let secret = |ns: &str, name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&crt),
+            indent(&key)
+        )
+    };
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: infra}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - name: local
+    protocol: HTTPS
+    port: 443
+    hostname: a.example.com
+    tls: {certificateRefs: [{name: cert}]}
+  - name: remote
+    protocol: HTTPS
+    port: 443
+    hostname: b.example.com
+    tls: {certificateRefs: [{name: cert, namespace: certs}]}
+";
+    let grant = "apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: gateways, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]
+  to: [{group: '', kind: Secret, name: cert}]
+";
+    let base = format!("{gateway}---\n{}---\n{}", secret("infra", "cert"), secret("certs", "cert"));
+    let without = spec_of(&base);
+    assert!(without.certs.find("a.example.com").is_some());
+    assert!(without.certs.find("b.example.com").is_none());
+    let gw = &without.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "tls")];
+    assert_eq!(gw.listeners["remote"].resolved_refs.reason, "RefNotPermitted");
+    assert!(!gw.listeners["remote"].programmed.status);
+    let with = spec_of(&format!("{base}---\n{grant}"));
+    assert!(with.certs.find("b.example.com").is_some());
+    assert!(with
+        .referenced_secrets
+        .contains(&portico_model::store::ObjectKey::new("certs", "cert")));
+}
