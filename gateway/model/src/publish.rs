@@ -116,6 +116,7 @@ impl Publisher {
             admitted_ingresses: spec.admitted_ingresses,
             ignored_ingresses: spec.ignored_ingresses,
             load_balancer_addresses: spec.load_balancer_addresses,
+            gateway_api: spec.gateway_api,
         });
         self.current.store(snap.clone());
         let now = SystemTime::now()

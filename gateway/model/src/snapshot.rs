@@ -231,6 +231,7 @@ pub struct Snapshot {
     pub admitted_ingresses: usize,
     pub ignored_ingresses: Vec<IgnoredIngress>,
     pub load_balancer_addresses: BTreeMap<std::net::IpAddr, crate::store::ObjectKey>,
+    pub gateway_api: crate::gateway_status::GatewayApiStatus,
 }
 
 impl Snapshot {
@@ -245,6 +246,7 @@ impl Snapshot {
             admitted_ingresses: 0,
             load_balancer_addresses: BTreeMap::new(),
             ignored_ingresses: Vec::new(),
+            gateway_api: Default::default(),
         }
     }
 

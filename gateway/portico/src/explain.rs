@@ -260,7 +260,14 @@ pub fn snapshot_json(snap: &Snapshot) -> Value {
         .routes
         .all_routes()
         .iter()
-        .map(|r| json!({"ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "backend": r.backend.to_string()}))
+        .map(|r| {
+            let mut v = json!({"ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "backend": r.backend.to_string()});
+            if let Some(rule) = &r.rule {
+                // A Gateway API rule: which object, and what it adds.
+                v["rule"] = json!(**rule);
+            }
+            v
+        })
         .collect();
     let pools: Vec<Value> = snap.pools.values().map(|p| pool_json(p)).collect();
     let l4: Vec<Value> = snap
@@ -276,6 +283,7 @@ pub fn snapshot_json(snap: &Snapshot) -> Value {
         "certificates": snap.certs.summary(),
         "default_certificate_hosts": snap.certs.fallbacks(),
         "problems": snap.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "gateway_api": snap.gateway_api,
         "ingresses": {
             "served": snap.admitted_ingresses,
             "ignored": snap.ignored_ingresses.iter().map(|i| json!({"ingress": i.ingress, "reason": i.reason, "hosts": i.hosts})).collect::<Vec<_>>(),

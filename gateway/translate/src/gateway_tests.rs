@@ -138,13 +138,34 @@ fn routes_attach_only_to_portico_gateways_and_allowed_listeners() {
     ]
     .join("---\n"));
     // Attached to the listener open to all namespaces, on its port only.
-    assert_eq!(routed(&spec, &get("a.test", "/x")).as_deref(), Some("shop/a#0"));
-    assert_eq!(routed(&spec, &Req { port: 8080, ..get("a.test", "/x") }), None);
+    assert_eq!(
+        routed(&spec, &get("a.test", "/x")).as_deref(),
+        Some("shop/a#0")
+    );
+    assert_eq!(
+        routed(
+            &spec,
+            &Req {
+                port: 8080,
+                ..get("a.test", "/x")
+            }
+        ),
+        None
+    );
     // Another controller's Gateway: nothing, and no complaint either.
     assert_eq!(routed(&spec, &get("t.test", "/")), None);
     assert!(!problems(&spec).contains("theirs"), "{}", problems(&spec));
     // `own` admits routes of its Gateway's namespace only.
-    assert_eq!(routed(&spec, &Req { port: 8080, ..get("o.test", "/") }), None);
+    assert_eq!(
+        routed(
+            &spec,
+            &Req {
+                port: 8080,
+                ..get("o.test", "/")
+            }
+        ),
+        None
+    );
     let st = &spec.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "own")];
     let parent = &st["infra/gw/own"];
     assert!(!parent.accepted.status);
@@ -179,12 +200,21 @@ spec:
     assert_eq!(reason("nocert"), "Invalid");
     assert!(gw.listeners["dup-a"].conflicted.is_none());
     assert_eq!(
-        gw.listeners["dup-b"].conflicted.as_ref().map(|c| c.reason.as_str()),
+        gw.listeners["dup-b"]
+            .conflicted
+            .as_ref()
+            .map(|c| c.reason.as_str()),
         Some("HostnameConflict")
     );
     let text = problems(&spec);
-    assert!(text.contains("t.yaml:") && text.contains("Gateway infra/odd"), "{text}");
-    assert!(text.contains("port 9000 is not one of Portico's HTTP ports"), "{text}");
+    assert!(
+        text.contains("t.yaml:") && text.contains("Gateway infra/odd"),
+        "{text}"
+    );
+    assert!(
+        text.contains("port 9000 is not one of Portico's HTTP ports"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -204,15 +234,33 @@ spec:
         + "---\n"
         + &route("none", "  parentRefs: [{name: wild}]\n  hostnames: [x.test]\n  rules: [{backendRefs: [{name: web, port: 80}]}]");
     let spec = spec_of(&yaml);
-    let on = |host: &'static str, path: &'static str| routed(&spec, &Req { port: 8080, ..get(host, path) });
+    let on = |host: &'static str, path: &'static str| {
+        routed(
+            &spec,
+            &Req {
+                port: 8080,
+                ..get(host, path)
+            },
+        )
+    };
     assert_eq!(on("a.example.com", "/").as_deref(), Some("shop/r#0"));
-    assert_eq!(on("other.test", "/"), None, "outside the listener's hostname");
+    assert_eq!(
+        on("other.test", "/"),
+        None,
+        "outside the listener's hostname"
+    );
     // A route without hostnames takes the listener's, which covers
     // several labels in the Gateway API.
-    assert_eq!(on("b.c.example.com", "/any/x").as_deref(), Some("shop/any#0"));
+    assert_eq!(
+        on("b.c.example.com", "/any/x").as_deref(),
+        Some("shop/any#0")
+    );
     assert_eq!(on("example.com", "/any"), None);
     let none = &spec.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "none")];
-    assert_eq!(none["shop/wild"].accepted.reason, "NoMatchingListenerHostname");
+    assert_eq!(
+        none["shop/wild"].accepted.reason,
+        "NoMatchingListenerHostname"
+    );
 }
 
 #[test]
@@ -244,7 +292,13 @@ fn matches_follow_the_spec_precedence() {
         // Exact wins over every prefix of the same path.
         (with("/api", &[("x-a", "1"), ("x-b", "2")]), Some("2")),
         // A method beats headers.
-        (Req { method: "POST", ..with("/api/x", &[("x-a", "1")]) }, Some("3")),
+        (
+            Req {
+                method: "POST",
+                ..with("/api/x", &[("x-a", "1")])
+            },
+            Some("3"),
+        ),
         // More headers beat fewer; header names are case-insensitive.
         (with("/api/x", &[("X-A", "1"), ("x-b", "2")]), Some("5")),
         (with("/api/x", &[("x-a", "1")]), Some("4")),
@@ -291,7 +345,10 @@ spec:
   rules: [{backendRefs: [{name: api, port: 80}]}]
 ";
     let spec = spec_of(&format!("{newer}---\n{older}"));
-    assert_eq!(routed(&spec, &get("t.test", "/")).as_deref(), Some("shop/zz-old#0"));
+    assert_eq!(
+        routed(&spec, &get("t.test", "/")).as_deref(),
+        Some("shop/zz-old#0")
+    );
     assert!(problems(&spec).contains("already routed by HTTPRoute shop/zz-old"));
 }
 
@@ -337,22 +394,48 @@ spec:
         .collect();
     assert_eq!(draws, ["web", "web", "web", "api"]);
     // A missing Service takes its share as 500s.
-    assert_eq!(rule(&without, "/missing").pick(|_| 1), Some(WeightedPick::Invalid));
-    // Another namespace: refused without a ReferenceGrant, served with one.
-    assert_eq!(rule(&without, "/far").pick(|_| 0), Some(WeightedPick::Invalid));
-    let far = rule(&with, "/far");
-    assert!(far.weighted.is_empty(), "one valid backend is the route's own");
     assert_eq!(
-        with.routes.find("b.test", "/far").unwrap().0.backend.service,
+        rule(&without, "/missing").pick(|_| 1),
+        Some(WeightedPick::Invalid)
+    );
+    // Another namespace: refused without a ReferenceGrant, served with one.
+    assert_eq!(
+        rule(&without, "/far").pick(|_| 0),
+        Some(WeightedPick::Invalid)
+    );
+    let far = rule(&with, "/far");
+    assert!(
+        far.weighted.is_empty(),
+        "one valid backend is the route's own"
+    );
+    assert_eq!(
+        with.routes
+            .find("b.test", "/far")
+            .unwrap()
+            .0
+            .backend
+            .service,
         "far"
     );
     // No backend, or not a Service: 500.
-    assert_eq!(rule(&without, "/none").pick(|_| 0), Some(WeightedPick::Invalid));
-    assert_eq!(rule(&without, "/kind").pick(|_| 0), Some(WeightedPick::Invalid));
+    assert_eq!(
+        rule(&without, "/none").pick(|_| 0),
+        Some(WeightedPick::Invalid)
+    );
+    assert_eq!(
+        rule(&without, "/kind").pick(|_| 0),
+        Some(WeightedPick::Invalid)
+    );
     let text = problems(&without);
     assert!(text.contains("Service shop/nowhere"), "{text}");
-    assert!(text.contains("no ReferenceGrant there allows HTTPRoutes of shop"), "{text}");
-    assert!(text.contains("example.com/Bucket is not a Service"), "{text}");
+    assert!(
+        text.contains("no ReferenceGrant there allows HTTPRoutes of shop"),
+        "{text}"
+    );
+    assert!(
+        text.contains("example.com/Bucket is not a Service"),
+        "{text}"
+    );
     let st = &without.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "b")];
     assert!(!st["infra/gw"].resolved_refs.status);
 }
@@ -398,27 +481,52 @@ fn filters_become_the_rule_action() {
     assert_eq!(redirect.status, 301);
     let api = found("/api/y").unwrap();
     let a = api.rule.as_ref().unwrap();
-    assert_eq!(a.request_headers.set, [("x-env".to_string(), "prod".to_string())]);
-    assert_eq!(a.request_headers.add, [("x-add".to_string(), "a".to_string())]);
+    assert_eq!(
+        a.request_headers.set,
+        [("x-env".to_string(), "prod".to_string())]
+    );
+    assert_eq!(
+        a.request_headers.add,
+        [("x-add".to_string(), "a".to_string())]
+    );
     assert_eq!(a.request_headers.remove, ["x-drop"]);
     assert_eq!(a.response_headers.set.len(), 1);
     let rewrite = a.rewrite.as_ref().unwrap();
     assert_eq!(rewrite.hostname.as_deref(), Some("internal.test"));
-    assert_eq!(rewrite.path.as_ref().unwrap().apply("/api/y", &api.path), "/v1/y");
+    assert_eq!(
+        rewrite.path.as_ref().unwrap().apply("/api/y", &api.path),
+        "/v1/y"
+    );
     assert_eq!(api.plugins, ["auth"]);
-    assert_eq!((a.request_timeout_ms, a.backend_timeout_ms), (Some(10_000), Some(2_000)));
+    assert_eq!(
+        (a.request_timeout_ms, a.backend_timeout_ms),
+        (Some(10_000), Some(2_000))
+    );
     assert!(!api.forwards_plainly(false));
     // What Portico cannot apply answers 500 rather than being skipped.
     for path in ["/mirror", "/unknown-plugin"] {
         let r = found(path).unwrap();
-        assert_eq!(r.rule.as_ref().unwrap().pick(|_| 0), Some(WeightedPick::Invalid), "{path}");
+        assert_eq!(
+            r.rule.as_ref().unwrap().pick(|_| 0),
+            Some(WeightedPick::Invalid),
+            "{path}"
+        );
     }
     // ReplacePrefixMatch on an Exact match: the match is refused.
     assert!(found("/exact").is_none_or(|r| r.path != "/exact"));
     let text = problems(&spec);
-    assert!(text.contains("RequestMirror") && text.contains("not supported yet"), "{text}");
-    assert!(text.contains("plugin \"nope\", which is not configured"), "{text}");
-    assert!(text.contains("ReplacePrefixMatch needs a PathPrefix match"), "{text}");
+    assert!(
+        text.contains("RequestMirror") && text.contains("not supported yet"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plugin \"nope\", which is not configured"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ReplacePrefixMatch needs a PathPrefix match"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -437,7 +545,10 @@ fn a_plain_route_keeps_the_fast_path() {
         request: None,
     };
     assert!(spec.routes.find_request("any.test", "/", &on(80)).is_some());
-    assert!(spec.routes.find_request("any.test", "/", &on(8080)).is_none());
+    assert!(spec
+        .routes
+        .find_request("any.test", "/", &on(8080))
+        .is_none());
 }
 
 #[test]
@@ -475,12 +586,19 @@ spec:
   from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]
   to: [{group: '', kind: Secret, name: cert}]
 ";
-    let base = format!("{gateway}---\n{}---\n{}", secret("infra", "cert"), secret("certs", "cert"));
+    let base = format!(
+        "{gateway}---\n{}---\n{}",
+        secret("infra", "cert"),
+        secret("certs", "cert")
+    );
     let without = spec_of(&base);
     assert!(without.certs.find("a.example.com").is_some());
     assert!(without.certs.find("b.example.com").is_none());
     let gw = &without.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "tls")];
-    assert_eq!(gw.listeners["remote"].resolved_refs.reason, "RefNotPermitted");
+    assert_eq!(
+        gw.listeners["remote"].resolved_refs.reason,
+        "RefNotPermitted"
+    );
     assert!(!gw.listeners["remote"].programmed.status);
     let with = spec_of(&format!("{base}---\n{grant}"));
     assert!(with.certs.find("b.example.com").is_some());

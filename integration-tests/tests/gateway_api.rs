@@ -1,0 +1,224 @@
+//! Gateway API end to end in manifests mode: a Gateway with HTTP and
+//! HTTPS listeners on the binary's own ports, HTTPRoutes with matches,
+//! filters and weights, served by the real binary to real backends and
+//! clients (our HTTP/1.1 client, curl) on 127.0.0.1.
+
+use portico_integration_tests::*;
+
+fn gateway_yaml(http: u16, https: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: http, protocol: HTTP, port: {http}, allowedRoutes: {{namespaces: {{from: All}}}}}}
+  - name: https
+    protocol: HTTPS
+    port: {https}
+    hostname: secure.test
+    allowedRoutes: {{namespaces: {{from: All}}}}
+    tls: {{certificateRefs: [{{name: secure-cert, namespace: default}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {{name: edge-certs, namespace: default}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}}]
+  to: [{{group: '', kind: Secret}}]
+---
+"
+    )
+}
+
+const ROUTES: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: app, namespace: default}
+spec:
+  parentRefs: [{name: edge, namespace: infra, sectionName: http}]
+  hostnames: [app.test]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: 'yes'}]}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-env, value: prod}], remove: [x-drop]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-served-by, value: portico}]}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: PathPrefix, value: /rewrite}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: internal.test, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: Exact, value: /split}}]
+    backendRefs: [{name: a, port: 80, weight: 1}, {name: b, port: 80, weight: 1}]
+  - matches: [{path: {type: Exact, value: /missing}}]
+    backendRefs: [{name: nowhere, port: 80}]
+  - matches: [{path: {type: Exact, value: /only-post}, method: POST}]
+    backendRefs: [{name: b, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: secure, namespace: default}
+spec:
+  parentRefs: [{name: edge, namespace: infra, sectionName: https}]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+";
+
+fn backends(a: &Echo, b: &Echo) -> String {
+    let mut m = String::new();
+    m += &yaml::service("default", "a", "", &[("http", 80)]);
+    m += &yaml::slice("default", "a-1", "a", "http", a.http, true);
+    m += &yaml::service("default", "b", "", &[("http", 80)]);
+    m += &yaml::slice("default", "b-1", "b", "http", b.http, true);
+    m
+}
+
+fn get(port: u16, host: &str, path: &str, extra: &str) -> Response {
+    http_request(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn http_routes_match_filter_and_split_through_a_gateway() {
+    let a = Echo::http("a");
+    let b = Echo::http("b");
+    let (crt, key) = self_signed(&["secure.test"]);
+    let gw = Gateway::start(
+        &[
+            ("backends.yaml", &backends(&a, &b)),
+            (
+                "cert.yaml",
+                &yaml::tls_secret("default", "secure-cert", &crt, &key),
+            ),
+        ],
+        "",
+    );
+    gw.write_manifest(
+        "gateway.yaml",
+        &format!("{}{ROUTES}", gateway_yaml(gw.http, gw.https)),
+    );
+    let name = |r: &Response| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["name"].as_str().unwrap().to_string()
+    };
+
+    // Header match before the plain prefix; header edits both ways.
+    assert_eq!(
+        name(&get(gw.http, "app.test", "/api/x", "x-canary: yes\r\n")),
+        "b"
+    );
+    let r = get(gw.http, "app.test", "/api/x", "x-drop: 1\r\n");
+    assert_eq!(name(&r), "a");
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-env"], "prod");
+    assert!(seen.get("x-drop").is_none(), "{seen}");
+    assert_eq!(r.header("x-served-by"), Some("portico"));
+
+    // Redirect: the listener's port is kept (not a well-known one).
+    let r = get(gw.http, "app.test", "/old/page?q=1", "");
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://app.test:{}/new/page?q=1", gw.http).as_str())
+    );
+
+    // Rewrite of path and Host.
+    let r = get(gw.http, "app.test", "/rewrite/x?y=1", "");
+    assert_eq!(name(&r), "a");
+    assert_eq!(r.json()["path"], "/v2/x?y=1");
+    assert_eq!(r.json()["host"], "internal.test");
+
+    // Equal weights: both backends take requests.
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        names.insert(name(&get(gw.http, "app.test", "/split", "")));
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    // A backendRef to a Service that does not exist: 500 (the spec).
+    assert_eq!(get(gw.http, "app.test", "/missing", "").status, 500);
+    // A method match: GET does not take the POST-only rule.
+    assert_eq!(get(gw.http, "app.test", "/only-post", "").status, 404);
+    let r = http_request(
+        gw.http,
+        "POST /only-post HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(name(&r), "b");
+
+    // The HTTPS listener: its certificate from the other namespace (by
+    // ReferenceGrant), its route only there.
+    let ca = gw.dir.write("ca.pem", &crt);
+    let resolve = format!("secure.test:{}:127.0.0.1", gw.https);
+    let (out, err) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_code}",
+        &format!("https://secure.test:{}/hello", gw.https),
+    ]);
+    assert!(out.ends_with("\n200"), "{out} {err}");
+    assert!(out.contains("\"name\":\"a\""), "{out}");
+    assert_eq!(get(gw.http, "secure.test", "/hello", "").status, 404);
+    // Nor is app.test served on the HTTPS listener.
+    let resolve = format!("app.test:{}:127.0.0.1", gw.https);
+    let (out, _) = curl(&[
+        "-k",
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_code}",
+        &format!("https://app.test:{}/api/x", gw.https),
+    ]);
+    assert!(out.ends_with("\n404"), "{out}");
+
+    // /config shows what the status would say.
+    let config = gw.config_json();
+    let status = &config["gateway_api"];
+    assert_eq!(
+        status["gateways"]["infra/edge"]["listeners"]["http"]["attached_routes"], 1,
+        "{status}"
+    );
+    assert_eq!(
+        status["routes"]["default/app"]["infra/edge/http"]["accepted"]["status"],
+        true
+    );
+    assert_eq!(
+        status["routes"]["default/app"]["infra/edge/http"]["resolved_refs"]["reason"],
+        "BackendNotFound"
+    );
+
+    // A listener on a port Portico does not serve is refused, by name.
+    let bad = format!(
+        "{}{ROUTES}",
+        gateway_yaml(gw.http, gw.https).replace(
+            &format!("port: {}, allowedRoutes", gw.http),
+            "port: 1, allowedRoutes"
+        )
+    );
+    gw.write_manifest("gateway.yaml", &bad);
+    let config = gw.config_json();
+    assert_eq!(
+        config["gateway_api"]["gateways"]["infra/edge"]["listeners"]["http"]["accepted"]["reason"],
+        "PortUnavailable"
+    );
+    assert_eq!(get(gw.http, "app.test", "/api/x", "").status, 404);
+}
