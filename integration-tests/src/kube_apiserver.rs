@@ -421,6 +421,69 @@ impl KubeApiServer {
 }
 
 impl KubeApiServer {
+    /// Installs CustomResourceDefinitions for the Gateway API kinds Portico
+    /// reads (`gateway.networking.k8s.io/v1`), once per process, and waits
+    /// until they are served. Their schemas keep every field
+    /// (`x-kubernetes-preserve-unknown-fields`): the server stores what a
+    /// test applies without the release's validation and defaults, so
+    /// Portico's own defaulting is what is tested.
+    pub fn install_gateway_api_crds(&self) {
+        static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return;
+        }
+        let kinds = [
+            ("GatewayClass", "gatewayclasses", "Cluster"),
+            ("Gateway", "gateways", "Namespaced"),
+            ("HTTPRoute", "httproutes", "Namespaced"),
+            ("ReferenceGrant", "referencegrants", "Namespaced"),
+        ];
+        let mut text = String::new();
+        for (kind, plural, scope) in kinds {
+            text.push_str(&format!(
+                "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: {plural}.gateway.networking.k8s.io
+  # A *.k8s.io group needs this; \"unapproved\" is what a copy may say.
+  annotations: {{api-approved.kubernetes.io: \"unapproved, a test copy of the Gateway API kinds\"}}
+spec:
+  group: gateway.networking.k8s.io
+  names: {{kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular}}}
+  scope: {scope}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {{status: {{}}}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+          status: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+",
+                singular = kind.to_ascii_lowercase()
+            ));
+        }
+        self.apply(&text).expect("install the Gateway API CRDs");
+        for (_, plural, _) in kinds {
+            self.kubectl(
+                &[
+                    "wait",
+                    "--for=condition=established",
+                    "--timeout=30s",
+                    &format!("crd/{plural}.gateway.networking.k8s.io"),
+                ],
+                None,
+            )
+            .unwrap_or_else(|e| panic!("CRD {plural} not established: {e}"));
+        }
+        *done = true;
+    }
+
     /// The audit log's entries for requests by `username` (e.g.
     /// `system:serviceaccount:NS:NAME`), oldest first.
     pub fn audit(&self, username: &str) -> Vec<Value> {

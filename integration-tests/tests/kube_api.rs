@@ -290,6 +290,7 @@ fn a_missing_rbac_rule_gives_one_clear_line_until_granted() {
 #[test]
 fn deploy_rbac_allows_exactly_what_portico_uses() {
     let (api, ns, net, _web) = setup("rbac");
+    api.install_gateway_api_crds();
     let (sa, token, rules) = install_rbac(api, &ns, |r| r);
     // The edge node's address from its Node object, as deploy/ runs it; a
     // Secret whose key is not the certificate's (an Event); a LoadBalancer.
@@ -306,6 +307,10 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
             + &lb),
     )
     .unwrap();
+    // A Gateway of a class of ours and a route to it: their status is
+    // written (the listener's port is not Portico's: refused, with status).
+    api.apply(&gateway_api_objects(&ns, 1, "rbac.test"))
+        .unwrap();
     api.set_status(
         "nodes",
         "",
@@ -339,6 +344,18 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
             .any(|e| e["reason"] == "TLSSecretInvalid")
     });
     let user = format!("system:serviceaccount:{ns}:{sa}");
+    wait_for(15, "Gateway API status written", || {
+        let audit = api.audit(&user);
+        ["gatewayclasses", "gateways", "httproutes"]
+            .iter()
+            .all(|r| {
+                audit.iter().any(|e| {
+                    e["verb"] == "patch"
+                        && e["objectRef"]["resource"] == *r
+                        && e["objectRef"]["subresource"] == "status"
+                })
+            })
+    });
     wait_for(10, "a Lease renewal", || {
         api.audit(&user)
             .iter()
@@ -1352,4 +1369,140 @@ fn referenced_secrets_mode_reads_exactly_the_named_secrets() {
         );
         assert!(uri.contains(&format!("/namespaces/{ns}/secrets")), "{uri}");
     }
+}
+
+/// A GatewayClass of Portico's named after `ns` (classes are
+/// cluster-wide), a Gateway `edge` with an HTTP listener on `port`, and an
+/// HTTPRoute `web` for `host` to Service `web`, plus one to a Service that
+/// does not exist.
+fn gateway_api_objects(ns: &str, port: u16, host: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico-{ns}}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {ns}}}
+spec:
+  gatewayClassName: portico-{ns}
+  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [{host}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs: [{{name: web, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: broken, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [broken.{host}]
+  rules: [{{backendRefs: [{{name: nowhere, port: 80}}]}}]
+---
+"
+    )
+}
+
+/// The condition `type_` of a status `conditions` list.
+fn condition<'a>(conditions: &'a serde_json::Value, type_: &str) -> Option<&'a serde_json::Value> {
+    conditions.as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+/// Gateway API objects on the real API server (CRDs installed): the routes
+/// are watched and served without a restart, and the leader writes the
+/// spec's status to the class, the Gateway and the routes, with an Event
+/// for the route whose backend does not exist.
+#[test]
+fn gateway_api_routes_are_served_and_their_status_written() {
+    let (api, ns, net, _web) = setup("gwapi");
+    api.install_gateway_api_crds();
+    api.apply(&shop(&ns, "ingress.test", &net, false)).unwrap();
+    let dir = TempDir::new("kapi");
+    let kubeconfig = api.kubeconfig(dir.path(), "admin");
+    let gw = Gateway::spawn_kube_real(&kubeconfig, &ns, "gw-api", NO_NODE_PORTS, true);
+    gw.wait_ready();
+    let pid = gw.pid();
+    api.apply(&gateway_api_objects(&ns, gw.http, "route.test"))
+        .unwrap();
+    wait_for(15, "the HTTPRoute served", || {
+        routes_to(&gw, "route.test", "web-1")
+    });
+    // The Ingress beside it still works; nothing restarted.
+    assert!(routes_to(&gw, "ingress.test", "web-1"));
+    assert_eq!(gw.pid(), pid);
+    let broken = http_get(gw.http, "broken.route.test", "/").unwrap();
+    assert_eq!(broken.status, 500, "{}", broken.text());
+
+    wait_for(15, "route status", || {
+        api.get("httproutes.gateway.networking.k8s.io", &ns, "web")
+            .is_some_and(|r| {
+                let p = &r["status"]["parents"][0];
+                p["controllerName"] == "portico.io/gateway-controller"
+                    && condition(&p["conditions"], "Accepted")
+                        .is_some_and(|c| c["status"] == "True")
+                    && condition(&p["conditions"], "ResolvedRefs")
+                        .is_some_and(|c| c["status"] == "True")
+            })
+    });
+    let class = api
+        .get(
+            "gatewayclasses.gateway.networking.k8s.io",
+            "",
+            &format!("portico-{ns}"),
+        )
+        .unwrap();
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted").unwrap()["status"],
+        "True"
+    );
+    wait_for(10, "Gateway status", || {
+        api.get("gateways.gateway.networking.k8s.io", &ns, "edge")
+            .is_some_and(|g| {
+                let l = &g["status"]["listeners"][0];
+                g["status"]["addresses"][0]["value"] == "127.0.0.1"
+                    && condition(&g["status"]["conditions"], "Programmed")
+                        .is_some_and(|c| c["status"] == "True")
+                    && l["attachedRoutes"] == 2
+                    && condition(&l["conditions"], "Accepted")
+                        .is_some_and(|c| c["status"] == "True")
+            })
+    });
+    wait_for(10, "BackendNotFound on the broken route", || {
+        api.get("httproutes.gateway.networking.k8s.io", &ns, "broken")
+            .is_some_and(|r| {
+                condition(&r["status"]["parents"][0]["conditions"], "ResolvedRefs")
+                    .is_some_and(|c| c["status"] == "False" && c["reason"] == "BackendNotFound")
+            })
+    });
+    wait_for(10, "an Event on the broken route", || {
+        api.list("events.events.k8s.io", &ns).iter().any(|e| {
+            e["regarding"]["kind"] == "HTTPRoute"
+                && e["regarding"]["name"] == "broken"
+                && e["note"].as_str().is_some_and(|n| n.contains("nowhere"))
+        })
+    });
+
+    // The route moves to another path: served at once.
+    api.apply(&gateway_api_objects(&ns, gw.http, "route.test").replace(
+        "matches: [{path: {type: PathPrefix, value: /}}]",
+        "matches: [{path: {type: PathPrefix, value: /only}}]",
+    ))
+    .unwrap();
+    wait_for(10, "the new match", || {
+        http_get(gw.http, "route.test", "/").is_ok_and(|r| r.status == 404)
+            && http_get(gw.http, "route.test", "/only/x").is_ok_and(|r| r.status == 200)
+    });
+    api.delete("httproutes.gateway.networking.k8s.io", &ns, "web")
+        .unwrap();
+    wait_for(10, "the route gone", || {
+        http_get(gw.http, "route.test", "/only/x").is_ok_and(|r| r.status == 404)
+    });
 }

@@ -69,13 +69,22 @@ pub struct GatewayState {
 /// A route's status for one parentRef.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParentState {
+    /// The parentRef as the status repeats it.
+    pub gateway: ObjectKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
     pub accepted: Condition,
     pub resolved_refs: Condition,
 }
 
-impl Default for ParentState {
-    fn default() -> Self {
+impl ParentState {
+    pub fn new(gateway: ObjectKey, section_name: Option<String>, port: Option<i32>) -> Self {
         ParentState {
+            gateway,
+            section_name,
+            port,
             accepted: Condition::ok("Accepted", "Accepted", "attached"),
             resolved_refs: Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
         }

@@ -85,6 +85,10 @@ pub struct KubernetesConfig {
     /// admitted Ingresses name, each watched by name; RBAC can then grant
     /// exactly those, see `portico rbac`).
     pub secrets: SecretAccess,
+    /// Read the Gateway API (GatewayClasses, Gateways, HTTPRoutes,
+    /// ReferenceGrants) where its CRDs are installed. Off: never asked
+    /// for, so a ServiceAccount without those grants is not held up.
+    pub gateway_api: bool,
 }
 
 /// `kubernetes.secrets`.
@@ -130,6 +134,7 @@ impl Default for KubernetesConfig {
             events: true,
             debounce_ms: 10,
             secrets: SecretAccess::All,
+            gateway_api: true,
         }
     }
 }

@@ -451,7 +451,9 @@ fn add_http_route(
             .entry(key.clone())
             .or_default()
             .entry(parent_label(&gw_key, parent))
-            .or_insert_with(ParentState::default);
+            .or_insert_with(|| {
+                ParentState::new(gw_key.clone(), parent.section_name.clone(), parent.port)
+            });
         let what = format!("spec.parentRefs[{pi}] (Gateway {gw_key})");
         if candidates.is_empty() {
             let msg = "no listener of the Gateway matches sectionName/port, or none is served";
@@ -496,7 +498,9 @@ fn add_http_route(
             .entry(key.clone())
             .or_default()
             .entry(parent_label(&gw_key, parent))
-            .or_default();
+            .or_insert_with(|| {
+                ParentState::new(gw_key.clone(), parent.section_name.clone(), parent.port)
+            });
         if any {
             state.accepted = Condition::ok("Accepted", "Accepted", "attached");
         } else {

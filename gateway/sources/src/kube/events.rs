@@ -64,6 +64,20 @@ pub fn regarding(p: &Problem, store: &Store) -> Option<ObjectReference> {
                 .get(&key)
                 .map(|s| s.object.metadata.uid.clone()),
         ),
+        "Gateway" => (
+            "gateway.networking.k8s.io/v1",
+            store
+                .gateways
+                .get(&key)
+                .map(|s| s.object.metadata.uid.clone()),
+        ),
+        "HTTPRoute" => (
+            "gateway.networking.k8s.io/v1",
+            store
+                .http_routes
+                .get(&key)
+                .map(|s| s.object.metadata.uid.clone()),
+        ),
         _ => return None,
     };
     Some(ObjectReference {

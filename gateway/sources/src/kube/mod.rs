@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod events;
+pub mod gateway_status;
 pub mod l2_leases;
 pub mod leader;
 pub mod list;
@@ -138,12 +139,18 @@ impl KubeSource {
     fn spawn_watchers(&self, client: &Client, tx: &mpsc::UnboundedSender<Report>) {
         let scope = self.scope();
         let wc = watcher::Config::default;
-        tokio::spawn(gateway_api_watchers(
-            client.clone(),
-            self.cfg.kubernetes.namespace.clone(),
-            scope.clone(),
-            tx.clone(),
-        ));
+        if self.cfg.kubernetes.gateway_api {
+            tokio::spawn(gateway_api_watchers(
+                client.clone(),
+                self.cfg.kubernetes.namespace.clone(),
+                scope.clone(),
+                tx.clone(),
+            ));
+        } else {
+            for kind in Kind::GATEWAY_API {
+                let _ = tx.send(Report::Update(Update::Reset(kind, Vec::new())));
+            }
+        }
         tokio::spawn(watch::run::<Service>(
             self.api(client),
             wc(),

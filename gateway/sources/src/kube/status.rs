@@ -125,13 +125,7 @@ pub fn plan(
         .iter()
         .map(|ip| LbAddress::Ip(*ip))
         .collect();
-    let mut published: Vec<LbAddress> = if publish.is_empty() {
-        node.clone()
-    } else {
-        publish.iter().map(|s| LbAddress::parse(s)).collect()
-    };
-    published.sort();
-    published.dedup();
+    let published = published_addresses(settings, publish);
 
     let classes: Vec<_> = store
         .ingress_classes
@@ -186,6 +180,23 @@ pub fn plan(
         }
     }
     out
+}
+
+/// The addresses Ingresses and Gateways are reachable at:
+/// `kubernetes.publish_addresses`, else the node's.
+pub fn published_addresses(settings: &Settings, publish: &[String]) -> Vec<LbAddress> {
+    let mut published: Vec<LbAddress> = if publish.is_empty() {
+        settings
+            .node_addresses
+            .iter()
+            .map(|ip| LbAddress::Ip(*ip))
+            .collect()
+    } else {
+        publish.iter().map(|s| LbAddress::parse(s)).collect()
+    };
+    published.sort();
+    published.dedup();
+    published
 }
 
 fn lb_status(s: &Service) -> Vec<LbAddress> {
@@ -280,6 +291,8 @@ pub struct Writer {
     /// What we last wrote and when, so a write whose watch event has not
     /// come back yet is not repeated on every publish.
     written: HashMap<(bool, ObjectKey), (Vec<LbAddress>, Instant)>,
+    gateway_written:
+        HashMap<(super::gateway_status::GatewayKind, ObjectKey), (serde_json::Value, Instant)>,
     problems_logged: BTreeSet<ObjectKey>,
 }
 
@@ -335,6 +348,7 @@ impl Writer {
             lb_plugin,
             retry: duration / 3,
             written: HashMap::new(),
+            gateway_written: HashMap::new(),
             problems_logged: BTreeSet::new(),
         }
     }
@@ -394,7 +408,7 @@ impl Writer {
                 }
             }
         };
-        let (plan, events) = {
+        let (plan, gateway_writes, events) = {
             let inner = self.shared.lock();
             let plan = plan(
                 &inner.cluster.store,
@@ -402,12 +416,21 @@ impl Writer {
                 &self.publish,
                 lb_answer.as_ref(),
             );
+            let now = k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let gateway_writes = super::gateway_status::plan(
+                &inner.cluster.store,
+                &self.publisher.current().gateway_api,
+                &published_addresses(&inner.settings, &self.publish),
+                &now,
+            );
             let events = self
                 .events
                 .as_mut()
                 .map(|r| r.pending(&inner.cluster.store, &self.publisher.current().problems))
                 .unwrap_or_default();
-            (plan, events)
+            (plan, gateway_writes, events)
         };
         for (key, message) in &plan.allocation_problems {
             if self.problems_logged.insert(key.clone()) {
@@ -420,8 +443,54 @@ impl Writer {
         for (key, want) in &plan.services {
             self.write(false, key, want).await;
         }
+        for w in gateway_writes {
+            self.write_gateway_status(w).await;
+        }
         if let Some(r) = self.events.as_mut() {
             r.publish(events).await;
+        }
+    }
+
+    /// Writes one Gateway API object's status (a merge patch of the status
+    /// subresource).
+    async fn write_gateway_status(&mut self, w: super::gateway_status::StatusWrite) {
+        use super::gateway_status::GatewayKind;
+        use portico_gateway_api::{Gateway, GatewayClass, HTTPRoute};
+        let id = (w.kind, w.key.clone());
+        if let Some((last, at)) = self.gateway_written.get(&id) {
+            if *last == w.status && at.elapsed() < Duration::from_secs(10) {
+                return;
+            }
+        }
+        let body = json!({ "status": w.status });
+        let params = PatchParams::default();
+        let patch = Patch::Merge(&body);
+        let (c, key) = (self.client.clone(), &w.key);
+        let result = match w.kind {
+            GatewayKind::GatewayClass => Api::<GatewayClass>::all(c)
+                .patch_status(&key.name, &params, &patch)
+                .await
+                .map(|_| ()),
+            GatewayKind::Gateway => Api::<Gateway>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &params, &patch)
+                .await
+                .map(|_| ()),
+            GatewayKind::HTTPRoute => Api::<HTTPRoute>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &params, &patch)
+                .await
+                .map(|_| ()),
+        };
+        let kind = w.kind.name();
+        match result {
+            Ok(()) => {
+                metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "ok").increment(1);
+                tracing::info!(object = %format!("{kind} {key}"), "Gateway API status written");
+                self.gateway_written.insert(id, (w.status, Instant::now()));
+            }
+            Err(e) => {
+                metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "error").increment(1);
+                tracing::warn!(object = %format!("{kind} {key}"), error = %e, "cannot write Gateway API status");
+            }
         }
     }
 

@@ -1,0 +1,378 @@
+//! Status the leader writes to Gateway API objects: the conditions
+//! translation decided ([`GatewayApiStatus`]) in the shape the spec gives
+//! them, for Portico's GatewayClasses, their Gateways (addresses,
+//! listeners, `attachedRoutes`) and the HTTPRoutes attached to them.
+//!
+//! `plan` is pure: it returns only the objects whose status differs from
+//! what the API already holds (ignoring `lastTransitionTime`, which it
+//! keeps while a condition's status stays). An HTTPRoute's `parents` list
+//! is shared with other controllers: their entries are kept as they are.
+
+use serde_json::{json, Value};
+
+use portico_model::gateway_status::{Condition, GatewayApiStatus, ListenerState};
+use portico_model::store::{ObjectKey, Store};
+use portico_translate::gateway::CONTROLLER_NAME;
+
+use super::status::LbAddress;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GatewayKind {
+    GatewayClass,
+    Gateway,
+    HTTPRoute,
+}
+
+impl GatewayKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayKind::GatewayClass => "GatewayClass",
+            GatewayKind::Gateway => "Gateway",
+            GatewayKind::HTTPRoute => "HTTPRoute",
+        }
+    }
+}
+
+/// One status to write: the whole `status` object (a merge patch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusWrite {
+    pub kind: GatewayKind,
+    pub key: ObjectKey,
+    pub status: Value,
+}
+
+/// The writes that make the API's status match `st`. `now` is the
+/// RFC 3339 time a changed condition gets as `lastTransitionTime`.
+pub fn plan(
+    store: &Store,
+    st: &GatewayApiStatus,
+    addresses: &[LbAddress],
+    now: &str,
+) -> Vec<StatusWrite> {
+    let mut out = Vec::new();
+    for (name, accepted) in &st.classes {
+        let key = ObjectKey::new("", name.clone());
+        let Some(class) = store.gateway_classes.get(&key) else {
+            continue;
+        };
+        let current = serde_json::to_value(&class.object.status).unwrap_or(Value::Null);
+        let generation = class.object.metadata.generation;
+        let status = json!({
+            "conditions": conditions(&[accepted], generation, &current["conditions"], now),
+        });
+        push_if_changed(&mut out, GatewayKind::GatewayClass, key, &current, status);
+    }
+    for (key, gs) in &st.gateways {
+        let Some(gw) = store.gateways.get(key) else {
+            continue;
+        };
+        let current = serde_json::to_value(&gw.object.status).unwrap_or(Value::Null);
+        let generation = gw.object.metadata.generation;
+        let mut listeners = Vec::new();
+        let mut programmed = 0;
+        for l in &gw.object.spec.listeners {
+            let ls = gs.listeners.get(&l.name).cloned().unwrap_or_default();
+            if ls.programmed.status {
+                programmed += 1;
+            }
+            let old = current["listeners"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == l.name.as_str()))
+                .map(|x| x["conditions"].clone())
+                .unwrap_or(Value::Null);
+            let conflicted = ls.conflicted.clone().unwrap_or_else(|| {
+                Condition::bad("Conflicted", "NoConflicts", "no conflicting listener")
+            });
+            let kinds = if ls.resolved_refs.reason == "InvalidRouteKinds"
+                && l.allowed_routes
+                    .as_ref()
+                    .and_then(|a| a.kinds.as_ref())
+                    .is_some_and(|k| !k.iter().any(|k| k.kind == "HTTPRoute"))
+            {
+                json!([])
+            } else {
+                json!([{"group": portico_gateway_api::GROUP, "kind": "HTTPRoute"}])
+            };
+            let ListenerState {
+                accepted,
+                programmed: prog,
+                resolved_refs,
+                attached_routes,
+                ..
+            } = &ls;
+            listeners.push(json!({
+                "name": l.name,
+                "supportedKinds": kinds,
+                "attachedRoutes": attached_routes,
+                "conditions": conditions(&[accepted, prog, resolved_refs, &conflicted], generation, &old, now),
+            }));
+        }
+        let accepted = if gs.addresses_unsupported {
+            Condition::bad(
+                "Accepted",
+                "UnsupportedAddress",
+                "spec.addresses: Portico serves Gateways on its own listeners' addresses",
+            )
+        } else {
+            Condition::ok("Accepted", "Accepted", "handled by Portico")
+        };
+        let gw_programmed = if programmed > 0 {
+            Condition::ok("Programmed", "Programmed", "served")
+        } else {
+            Condition::bad("Programmed", "Invalid", "no listener is served")
+        };
+        let addrs: Vec<Value> = addresses
+            .iter()
+            .map(|a| match a {
+                LbAddress::Ip(ip) => json!({"type": "IPAddress", "value": ip.to_string()}),
+                LbAddress::Hostname(h) => json!({"type": "Hostname", "value": h}),
+            })
+            .collect();
+        let status = json!({
+            "addresses": addrs,
+            "conditions": conditions(&[&accepted, &gw_programmed], generation, &current["conditions"], now),
+            "listeners": listeners,
+        });
+        push_if_changed(
+            &mut out,
+            GatewayKind::Gateway,
+            key.clone(),
+            &current,
+            status,
+        );
+    }
+    for (key, route) in &store.http_routes {
+        let ours = st.routes.get(key);
+        let current = serde_json::to_value(&route.object.status).unwrap_or(Value::Null);
+        let old_parents = current["parents"].as_array().cloned().unwrap_or_default();
+        let had_ours = old_parents
+            .iter()
+            .any(|p| p["controllerName"] == CONTROLLER_NAME);
+        let Some(ours) = ours.filter(|o| !o.is_empty()) else {
+            // No longer attached to a Gateway of ours: drop our entries.
+            if had_ours {
+                let kept: Vec<Value> = old_parents
+                    .into_iter()
+                    .filter(|p| p["controllerName"] != CONTROLLER_NAME)
+                    .collect();
+                out.push(StatusWrite {
+                    kind: GatewayKind::HTTPRoute,
+                    key: key.clone(),
+                    status: json!({"parents": kept}),
+                });
+            }
+            continue;
+        };
+        let generation = route.object.metadata.generation;
+        let mut parents: Vec<Value> = old_parents
+            .iter()
+            .filter(|p| p["controllerName"] != CONTROLLER_NAME)
+            .cloned()
+            .collect();
+        for p in ours.values() {
+            let mut parent_ref = json!({
+                "group": portico_gateway_api::GROUP,
+                "kind": "Gateway",
+                "namespace": p.gateway.namespace,
+                "name": p.gateway.name,
+            });
+            if let Some(s) = &p.section_name {
+                parent_ref["sectionName"] = json!(s);
+            }
+            if let Some(port) = p.port {
+                parent_ref["port"] = json!(port);
+            }
+            let old = old_parents
+                .iter()
+                .find(|o| o["controllerName"] == CONTROLLER_NAME && o["parentRef"] == parent_ref)
+                .map(|o| o["conditions"].clone())
+                .unwrap_or(Value::Null);
+            parents.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": conditions(&[&p.accepted, &p.resolved_refs], generation, &old, now),
+            }));
+        }
+        push_if_changed(
+            &mut out,
+            GatewayKind::HTTPRoute,
+            key.clone(),
+            &current,
+            json!({"parents": parents}),
+        );
+    }
+    out
+}
+
+/// The conditions as the API holds them, keeping an existing
+/// `lastTransitionTime` while the condition's status stays.
+fn conditions(cs: &[&Condition], generation: Option<i64>, old: &Value, now: &str) -> Vec<Value> {
+    cs.iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" };
+            let since = old
+                .as_array()
+                .and_then(|a| a.iter().find(|o| o["type"] == c.type_.as_str()))
+                .filter(|o| o["status"] == status)
+                .and_then(|o| o["lastTransitionTime"].as_str())
+                .unwrap_or(now);
+            let mut v = json!({
+                "type": c.type_,
+                "status": status,
+                "reason": c.reason,
+                // The API caps a condition message at 32 KiB.
+                "message": truncate(&c.message, 1024),
+                "lastTransitionTime": since,
+            });
+            if let Some(g) = generation {
+                v["observedGeneration"] = json!(g);
+            }
+            v
+        })
+        .collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Whether `want`'s fields already hold in `current`.
+fn push_if_changed(
+    out: &mut Vec<StatusWrite>,
+    kind: GatewayKind,
+    key: ObjectKey,
+    current: &Value,
+    want: Value,
+) {
+    let same = want
+        .as_object()
+        .is_some_and(|w| w.iter().all(|(k, v)| current.get(k) == Some(v)));
+    if !same {
+        out.push(StatusWrite {
+            kind,
+            key,
+            status: want,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_model::store::AnyObject;
+    use std::sync::Arc;
+
+    fn store_with(objects: &[&str]) -> Store {
+        let mut s = Store::default();
+        for text in objects {
+            let v: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+            let obj = match v["kind"].as_str().unwrap() {
+                "GatewayClass" => {
+                    AnyObject::GatewayClass(Arc::new(serde_yaml::from_value(v).unwrap()))
+                }
+                "Gateway" => AnyObject::Gateway(Arc::new(serde_yaml::from_value(v).unwrap())),
+                "HTTPRoute" => AnyObject::HTTPRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
+                "Service" => AnyObject::Service(Arc::new(serde_yaml::from_value(v).unwrap())),
+                k => panic!("{k}"),
+            };
+            s.insert(obj, None);
+        }
+        s
+    }
+
+    const CLASS: &str = "{apiVersion: gateway.networking.k8s.io/v1, kind: GatewayClass, metadata: {name: portico, generation: 1}, spec: {controllerName: portico.io/gateway-controller}}";
+    const GW: &str = "{apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, metadata: {name: gw, namespace: infra, generation: 2}, spec: {gatewayClassName: portico, listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}, {name: odd, protocol: HTTP, port: 81}]}}";
+    const SVC: &str = "{apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {ports: [{port: 80}]}}";
+
+    fn route_with_status(status: &str) -> String {
+        format!("{{apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, metadata: {{name: r, namespace: shop, generation: 3}}, spec: {{parentRefs: [{{name: gw, namespace: infra}}], rules: [{{backendRefs: [{{name: web, port: 80}}]}}]}}{status}}}")
+    }
+
+    fn translated(store: &Store) -> GatewayApiStatus {
+        let mut s = portico_translate::Settings::new(vec![]);
+        s.http_ports = vec![80];
+        portico_translate::translate(store, &s).gateway_api
+    }
+
+    #[test]
+    fn statuses_follow_the_spec_and_keep_other_controllers_entries() {
+        let other = ", status: {parents: [{parentRef: {name: theirs}, controllerName: example.com/x, conditions: []}]}";
+        let store = store_with(&[CLASS, GW, SVC, &route_with_status(other)]);
+        let st = translated(&store);
+        let addrs = [LbAddress::Ip("192.0.2.1".parse().unwrap())];
+        let writes = plan(&store, &st, &addrs, "2026-12-01T00:00:00Z");
+        let by_kind = |k: GatewayKind| writes.iter().find(|w| w.kind == k).unwrap().status.clone();
+        let class = by_kind(GatewayKind::GatewayClass);
+        assert_eq!(class["conditions"][0]["type"], "Accepted");
+        assert_eq!(class["conditions"][0]["status"], "True");
+        assert_eq!(class["conditions"][0]["observedGeneration"], 1);
+        let gw = by_kind(GatewayKind::Gateway);
+        assert_eq!(gw["addresses"][0]["value"], "192.0.2.1");
+        assert_eq!(gw["conditions"][1]["type"], "Programmed");
+        assert_eq!(gw["conditions"][1]["status"], "True");
+        assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
+        assert_eq!(gw["listeners"][1]["name"], "odd");
+        assert_eq!(
+            gw["listeners"][1]["conditions"][0]["reason"],
+            "PortUnavailable"
+        );
+        assert_eq!(gw["listeners"][0]["conditions"][3]["reason"], "NoConflicts");
+        let route = by_kind(GatewayKind::HTTPRoute);
+        let parents = route["parents"].as_array().unwrap();
+        assert_eq!(parents.len(), 2, "{route}");
+        assert_eq!(parents[0]["controllerName"], "example.com/x");
+        assert_eq!(parents[1]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(parents[1]["parentRef"]["name"], "gw");
+        assert_eq!(parents[1]["conditions"][0]["status"], "True");
+        assert_eq!(parents[1]["conditions"][0]["observedGeneration"], 3);
+    }
+
+    #[test]
+    fn a_status_already_written_is_not_written_again() {
+        let store = store_with(&[CLASS, GW, SVC, &route_with_status("")]);
+        let st = translated(&store);
+        let first = plan(&store, &st, &[], "2026-12-01T00:00:00Z");
+        assert_eq!(first.len(), 3);
+        // The API now holds what was written; later, nothing changes.
+        let route_status = serde_json::to_string(&first[2].status).unwrap();
+        let store = store_with(&[
+            &CLASS.replace(
+                "}}",
+                &format!(
+                    "}}, status: {}}}",
+                    serde_json::to_string(&first[0].status).unwrap()
+                ),
+            )[..],
+            GW,
+            SVC,
+            &route_with_status(&format!(", status: {route_status}")),
+        ]);
+        let again = plan(&store, &st, &[], "2026-12-02T00:00:00Z");
+        let kinds: Vec<GatewayKind> = again.iter().map(|w| w.kind).collect();
+        assert!(!kinds.contains(&GatewayKind::HTTPRoute), "{again:?}");
+        assert!(!kinds.contains(&GatewayKind::GatewayClass), "{again:?}");
+    }
+
+    #[test]
+    fn a_detached_route_loses_only_our_entries() {
+        let ours = format!(", status: {{parents: [{{parentRef: {{name: gw}}, controllerName: {CONTROLLER_NAME}, conditions: []}}, {{parentRef: {{name: theirs}}, controllerName: example.com/x, conditions: []}}]}}");
+        // No Gateway of ours any more.
+        let store = store_with(&[CLASS, SVC, &route_with_status(&ours)]);
+        let st = translated(&store);
+        let writes = plan(&store, &st, &[], "2026-12-01T00:00:00Z");
+        let route = writes
+            .iter()
+            .find(|w| w.kind == GatewayKind::HTTPRoute)
+            .unwrap();
+        let parents = route.status["parents"].as_array().unwrap();
+        assert_eq!(parents.len(), 1);
+        assert_eq!(parents[0]["controllerName"], "example.com/x");
+    }
+}
