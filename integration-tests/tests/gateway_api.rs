@@ -222,3 +222,139 @@ fn http_routes_match_filter_and_split_through_a_gateway() {
     );
     assert_eq!(get(gw.http, "app.test", "/api/x", "").status, 404);
 }
+
+/// Loads the shipped `ingress-nginx` plugin as the policy plugin.
+fn nginx_config() -> String {
+    format!(
+        "[ingress]\npolicy_plugin = \"nginx\"\n[[plugins.load]]\nname = \"nginx\"\npath = \"{}\"\n",
+        built_plugins().join("ingress_nginx.wasm").display()
+    )
+}
+
+fn annotated(ingress: String, name: &str, annotations: &[(&str, &str)]) -> String {
+    let ann: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("nginx.ingress.kubernetes.io/{k}: '{v}'"))
+        .collect();
+    ingress.replace(
+        &format!("metadata: {{name: {name}, namespace: default}}"),
+        &format!(
+            "metadata: {{name: {name}, namespace: default, annotations: {{{}}}}}",
+            ann.join(", ")
+        ),
+    )
+}
+
+/// `portico convert` on Ingresses with ingress-nginx annotations: a second
+/// gateway serving only the converted Gateway API objects answers every
+/// request as the first one, serving the Ingresses, does.
+#[test]
+fn converted_ingresses_serve_the_same_requests() {
+    let a = Echo::http("a");
+    let b = Echo::http("b");
+    let ingresses = yaml::ingress(
+        "default",
+        "main",
+        &[
+            ("conv.test", "/", "Prefix", "a", "http"),
+            ("conv.test", "/exact", "Exact", "b", "http"),
+            ("other.test", "/o", "Prefix", "b", "http"),
+        ],
+        "",
+    ) + &annotated(
+        yaml::ingress(
+            "default",
+            "rw",
+            &[("rw.test", "/old", "Prefix", "a", "http")],
+            "",
+        ),
+        "rw",
+        &[
+            ("rewrite-target", "/new"),
+            ("upstream-vhost", "inside.test"),
+        ],
+    ) + &annotated(
+        yaml::ingress(
+            "default",
+            "canary",
+            &[("conv.test", "/", "Prefix", "b", "http")],
+            "",
+        ),
+        "canary",
+        &[("canary", "true"), ("canary-by-header", "x-canary")],
+    ) + &annotated(
+        yaml::ingress(
+            "default",
+            "moved",
+            &[("moved.test", "/", "Prefix", "a", "http")],
+            "",
+        ),
+        "moved",
+        &[("permanent-redirect", "https://new.test/landing")],
+    );
+    let config = nginx_config();
+    let first = Gateway::start(
+        &[
+            ("backends.yaml", &backends(&a, &b)),
+            ("ingresses.yaml", &ingresses),
+        ],
+        &config,
+    );
+    let second = Gateway::start(&[("backends.yaml", &backends(&a, &b))], &config);
+
+    // Converted with the second gateway's listener ports, from the first
+    // one's manifests.
+    let cfg = second.dir.write(
+        "convert.toml",
+        &format!(
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\nhttps = [\"127.0.0.1:{}\"]\n{config}",
+            second.http, second.https
+        ),
+    );
+    let out = portico(&[
+        "convert",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--manifests",
+        first.manifests.to_str().unwrap(),
+    ]);
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(yaml.contains("kind: HTTPRoute"), "{yaml}");
+    second.write_manifest("converted.yaml", &yaml);
+
+    let requests: &[(&str, &str, &str)] = &[
+        ("conv.test", "/", ""),
+        ("conv.test", "/deep/x?q=1", ""),
+        ("conv.test", "/exact", ""),
+        ("conv.test", "/exact/no", ""),
+        ("conv.test", "/", "x-canary: always\r\n"),
+        ("conv.test", "/", "x-canary: never\r\n"),
+        ("other.test", "/o/1", ""),
+        ("other.test", "/", ""),
+        ("rw.test", "/old/page?x=1", ""),
+        ("moved.test", "/anything", ""),
+        ("unknown.test", "/", ""),
+    ];
+    for (host, path, extra) in requests {
+        let answer = |gw: &Gateway| {
+            let r = get(gw.http, host, path, extra);
+            let body = if r.status == 200 {
+                let j = r.json();
+                format!("{} {} {}", j["name"], j["path"], j["host"])
+            } else {
+                String::new()
+            };
+            (r.status, r.header("location").map(str::to_string), body)
+        };
+        assert_eq!(
+            answer(&second),
+            answer(&first),
+            "{host}{path} {extra:?}; converted:\n{yaml}"
+        );
+    }
+}

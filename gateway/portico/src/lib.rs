@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod convert;
 pub mod demo;
 pub mod explain;
 pub mod rbac;

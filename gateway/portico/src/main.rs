@@ -122,6 +122,24 @@ enum Command {
         #[arg(long)]
         namespace_wide: bool,
     },
+    /// Print Gateway API objects (GatewayClass, Gateways, HTTPRoutes)
+    /// equivalent to the admitted Ingresses, with their ingress-nginx
+    /// annotations as filters, and list what cannot be translated.
+    Convert {
+        /// Where the Ingresses are read: these manifest folders, or the
+        /// cluster when `--kubeconfig` is given or `kubernetes` is enabled.
+        #[command(flatten)]
+        sources: Sources,
+        /// Read the Ingresses, IngressClasses and Services from this cluster.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Name of the GatewayClass to create and use.
+        #[arg(long, default_value = "portico")]
+        gateway_class: String,
+        /// Name of the Gateway made in each namespace.
+        #[arg(long, default_value = "portico")]
+        gateway: String,
+    },
     /// Run a demo echo backend (HTTP, WebSocket, TCP, UDP).
     Echo {
         #[arg(long, default_value = "echo")]
@@ -299,6 +317,18 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Convert {
+            sources,
+            kubeconfig,
+            gateway_class,
+            gateway,
+        } => match convert(&sources, kubeconfig, gateway_class, gateway) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Echo {
             name,
             http,
@@ -345,6 +375,22 @@ fn rbac(
     namespace_wide: bool,
 ) -> Result<String, String> {
     let account = portico::rbac::parse_account(account)?;
+    let (cfg, store) = ingress_store(sources, kubeconfig)?;
+    let spec = portico_translate::translate(&store, &portico::settings::translate_settings(&cfg));
+    Ok(portico::rbac::secret_roles(
+        &spec.referenced_secrets,
+        &account,
+        role_name,
+        namespace_wide,
+    ))
+}
+
+/// Reads the Ingresses (and Services, for their port numbers) as `rbac`
+/// does.
+fn ingress_store(
+    sources: &Sources,
+    kubeconfig: Option<PathBuf>,
+) -> Result<(Config, portico_model::store::Store), String> {
     let mut cfg = load(sources)?;
     if let Some(k) = kubeconfig {
         cfg.kubernetes.enabled = Some(true);
@@ -364,13 +410,27 @@ fn rbac(
         }
         portico_sources::manifests::build_store(&set).0
     };
-    let spec = portico_translate::translate(&store, &portico::settings::translate_settings(&cfg));
-    Ok(portico::rbac::secret_roles(
-        &spec.referenced_secrets,
-        &account,
-        role_name,
-        namespace_wide,
-    ))
+    Ok((cfg, store))
+}
+
+/// `portico convert`: the admitted Ingresses as Gateway API objects.
+fn convert(
+    sources: &Sources,
+    kubeconfig: Option<PathBuf>,
+    gateway_class: String,
+    gateway: String,
+) -> Result<String, String> {
+    let (cfg, store) = ingress_store(sources, kubeconfig)?;
+    let port = |addrs: &[SocketAddr], default: u16| addrs.first().map_or(default, |a| a.port());
+    let opts = portico::convert::Options {
+        gateway_class,
+        gateway,
+        http_port: port(&cfg.listen.http, 80),
+        https_port: port(&cfg.listen.https, 443),
+    };
+    let settings = portico::settings::translate_settings(&cfg);
+    let admitted = portico_translate::translate(&store, &settings).admitted_ingresses;
+    Ok(portico::convert::convert(&store, &settings, &opts).to_yaml(admitted))
 }
 
 /// Loads the admission and policy plugins when configured: they decide

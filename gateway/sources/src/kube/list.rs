@@ -1,9 +1,10 @@
 //! One-shot reads of the cluster for commands that do not serve
-//! (`portico rbac`): the objects translation needs to decide which
-//! Ingresses are admitted and what they name.
+//! (`portico rbac`, `portico convert`): the objects translation needs to
+//! decide which Ingresses are admitted and what they name.
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::ListParams;
 use kube::Api;
@@ -11,11 +12,15 @@ use kube::Api;
 use crate::config::KubernetesConfig;
 use portico_model::store::{AnyObject, Store};
 
-/// Ingresses (in `kubernetes.namespace`, else all) and IngressClasses, as
-/// a store. Errors say which list failed and why.
+/// Ingresses and Services (in `kubernetes.namespace`, else all) and
+/// IngressClasses, as a store. Errors say which list failed and why.
 pub async fn ingresses(cfg: &KubernetesConfig) -> Result<Store, String> {
     let client = super::client::client(super::client::config(cfg).await?)?;
     let ingresses: Api<Ingress> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let services: Api<Service> = match &cfg.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -35,6 +40,13 @@ pub async fn ingresses(cfg: &KubernetesConfig) -> Result<Store, String> {
         .map_err(|e| format!("cannot list IngressClasses: {e}"))?
     {
         store.insert(AnyObject::IngressClass(Arc::new(c)), None);
+    }
+    for s in services
+        .list(&lp)
+        .await
+        .map_err(|e| format!("cannot list Services: {e}"))?
+    {
+        store.insert(AnyObject::Service(Arc::new(s)), None);
     }
     Ok(store)
 }
