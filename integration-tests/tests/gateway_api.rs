@@ -190,6 +190,25 @@ fn http_routes_match_filter_and_split_through_a_gateway() {
     ]);
     assert!(out.ends_with("\n404"), "{out}");
 
+    // explain names the rule, the route and the listener.
+    let out = portico(&[
+        "explain",
+        "--host",
+        "app.test",
+        "--path",
+        "/api/x",
+        "--admin",
+        &format!("127.0.0.1:{}", gw.admin),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let why = v["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("rule 1 of HTTPRoute default/app, via Gateway infra/edge listener http"),
+        "{v}"
+    );
+    assert_eq!(v["route"]["rule"]["request_headers"]["set"][0][0], "x-env");
+
     // /config shows what the status would say.
     let config = gw.config_json();
     let status = &config["gateway_api"];

@@ -296,6 +296,9 @@ pub struct RuleAction {
     pub source: String,
     /// The rule's index in the route.
     pub rule: usize,
+    /// The Gateway listener it attached through (`Gateway ns/name
+    /// listener L`), for `explain`.
+    pub via: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conditions: Option<RequestConditions>,
     #[serde(skip_serializing_if = "HeaderEdits::is_empty")]

@@ -127,7 +127,21 @@ pub fn explain(
         Some(c) => json!({"source": c.source, "why": "an Ingress TLS entry names this host"}),
         None => json!({"source": "default", "why": snap.certs.fallback_reason(host)}),
     };
-    let route = snap.routes.find(host, path);
+    // The listener the request arrives on: `--port`, else the first HTTP
+    // one. Gateway API routes match only on their listeners' ports; the
+    // request is taken as a GET without other headers.
+    let listener = l7.iter().find(|(_, a)| port.is_none_or(|p| a.port() == p));
+    let empty = http::HeaderMap::new();
+    let facts = portico_model::route_rule::RequestFacts {
+        port: port.or(listener.map(|(_, a)| a.port())),
+        tls: listener.is_some_and(|(kind, _)| *kind == "https"),
+        request: Some(portico_model::route_rule::RequestParts {
+            method: "GET",
+            headers: &empty,
+            query: path.split_once('?').map(|(_, q)| q),
+        }),
+    };
+    let route = snap.routes.find_request(host, path, &facts);
     let mut groups = vec![(&plugins.http[..], "plugins.http".to_string())];
     if let Some((r, _)) = route {
         let svc = format!("{}/{}", r.backend.namespace, r.backend.service);
@@ -144,7 +158,10 @@ pub fn explain(
         }
         groups.push((
             &r.plugins[..],
-            format!("Ingress {} (portico.io/plugins)", r.ingress),
+            match &r.rule {
+                Some(rule) => format!("{} rule {} (ExtensionRef)", rule.source, rule.rule),
+                None => format!("Ingress {} (portico.io/plugins)", r.ingress),
+            },
         ));
         if let Some(p) = pool {
             groups.push((p.plugins(), format!("Service {svc} (portico.io/plugins)")));
@@ -168,15 +185,27 @@ pub fn explain(
                     "no served Ingress rule matches host {host:?} path {path:?}: 404; Ingress {} has a rule for this host but is not served: {}",
                     i.ingress, i.reason
                 ),
-                None => format!("no Ingress rule matches host {host:?} path {path:?} and no defaultBackend is set: 404"),
+                None => format!("no Ingress rule or HTTPRoute matches host {host:?} path {path:?} on this listener and no defaultBackend is set: 404"),
             },
         ),
         Some((r, how)) => {
             let pool = snap.pool(&r.backend);
+            let what = match &r.rule {
+                Some(rule) => format!("rule {} of {}, via {}", rule.rule, rule.source, rule.via),
+                None => format!("Ingress {}", r.ingress),
+            };
             let why = match pool {
+                _ if r.rule.as_ref().is_some_and(|x| x.redirect.is_some()) => format!(
+                    "host matched {how:?} rule {:?}, path {:?} ({:?}) of {what}: redirected",
+                    r.host, r.path, r.kind
+                ),
+                _ if r.rule.as_ref().is_some_and(|x| !x.weighted.is_empty()) => format!(
+                    "host matched {how:?} rule {:?}, path {:?} ({:?}) of {what}: split by weight (see route.rule.weighted; a share without a valid backend gets 500)",
+                    r.host, r.path, r.kind
+                ),
                 Some(p) if !p.is_empty() => format!(
-                    "host matched {how:?} rule {:?}, path {:?} ({:?}) of Ingress {}",
-                    r.host, r.path, r.kind, r.ingress
+                    "host matched {how:?} rule {:?}, path {:?} ({:?}) of {what}",
+                    r.host, r.path, r.kind
                 ),
                 _ => match &r.fallback {
                     Some(f) => format!("route of Ingress {} found, but {} has no ready or serving endpoint: its default backend {f} serves", r.ingress, r.backend),
@@ -188,6 +217,7 @@ pub fn explain(
                     "ingress": r.ingress, "host": r.host, "path": r.path, "path_type": r.kind, "host_match": how,
                     "canary": r.canary.as_ref().map(|c| json!({"ingress": c.ingress, "backend": c.backend.to_string(), "rule": c.rule})),
                     "default_backend": r.fallback.as_ref().map(|f| f.to_string()),
+                    "rule": r.rule.as_deref(),
                 }),
                 pool.map(|p| pool_json(p)).unwrap_or(Value::Null),
                 why,

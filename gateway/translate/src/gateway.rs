@@ -561,6 +561,7 @@ fn add_http_route(
                 let action = RuleAction {
                     source: format!("HTTPRoute {key}"),
                     rule: ri,
+                    via: format!("Gateway {} listener {}", l.gateway, l.name),
                     conditions: Some(conditions),
                     ..built.action.clone()
                 };
