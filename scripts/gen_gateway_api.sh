@@ -12,7 +12,7 @@ crds="$1/config/crd/standard"
 release="$2"
 out="$(dirname "$0")/../gateway/gateway-api/src/generated"
 mkdir -p "$out"
-for kind in gatewayclasses gateways httproutes referencegrants; do
+for kind in gatewayclasses gateways httproutes referencegrants tcproutes udproutes; do
   {
     echo "// Generated from the Gateway API $release CRD (standard channel) by"
     echo "// scripts/gen_gateway_api.sh; do not edit."
@@ -20,3 +20,5 @@ for kind in gatewayclasses gateways httproutes referencegrants; do
       --derive PartialEq --derive Default --smart-derive-elision
   } > "$out/$kind.rs"
 done
+# As `cargo fmt` keeps them.
+rustfmt --edition 2021 "$out"/*.rs

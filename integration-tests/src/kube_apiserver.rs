@@ -438,6 +438,8 @@ impl KubeApiServer {
             ("Gateway", "gateways", "Namespaced"),
             ("HTTPRoute", "httproutes", "Namespaced"),
             ("ReferenceGrant", "referencegrants", "Namespaced"),
+            ("TCPRoute", "tcproutes", "Namespaced"),
+            ("UDPRoute", "udproutes", "Namespaced"),
         ];
         let mut text = String::new();
         for (kind, plural, scope) in kinds {

@@ -377,3 +377,92 @@ fn converted_ingresses_serve_the_same_requests() {
         );
     }
 }
+
+/// A Gateway's TCP and UDP listeners with a TCPRoute and a UDPRoute:
+/// connections and datagrams on the node's address reach the Service's
+/// endpoints; a second TCPRoute for the same listener is refused.
+#[test]
+fn tcp_and_udp_routes_forward_on_gateway_listeners() {
+    use std::io::{Read, Write};
+    let backend = Echo::tcp("t1");
+    let (tcp_port, udp_port) = (free_port(), free_port());
+    let mut m = String::new();
+    m += &yaml::service("default", "echo", "", &[("tcp", 9000)]);
+    m += &format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: echo}}\naddressType: IPv4\nports: [{{name: tcp, port: {p}, protocol: TCP}}, {{name: tcp, port: {p}, protocol: UDP}}]\nendpoints:\n- addresses: [127.0.0.1]\n  conditions: {{ready: true}}\n---\n",
+        p = backend.http
+    );
+    m += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: l4, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: tcp, protocol: TCP, port: {tcp_port}}}
+  - {{name: udp, protocol: UDP, port: {udp_port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: tcp, namespace: default, creationTimestamp: '2020-01-01T00:00:00Z'}}
+spec:
+  parentRefs: [{{name: l4, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: echo, port: 9000}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: second, namespace: default, creationTimestamp: '2021-01-01T00:00:00Z'}}
+spec:
+  parentRefs: [{{name: l4, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: echo, port: 9000}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {{name: udp, namespace: default}}
+spec:
+  parentRefs: [{{name: l4, sectionName: udp}}]
+  rules: [{{backendRefs: [{{name: echo, port: 9000}}]}}]
+---
+"
+    );
+    let gw = Gateway::start(&[("l4.yaml", &m)], "");
+    wait_port(tcp_port, std::time::Duration::from_secs(5));
+    let mut s = std::net::TcpStream::connect(addr(tcp_port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(b"ping").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "t1\nping");
+
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut answer = None;
+    for _ in 0..20 {
+        c.send_to(b"hello", addr(udp_port)).unwrap();
+        let mut buf = [0u8; 100];
+        if let Ok((n, _)) = c.recv_from(&mut buf) {
+            answer = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            break;
+        }
+    }
+    assert_eq!(answer.as_deref(), Some("t1:hello"));
+
+    let status = &gw.config_json()["gateway_api"];
+    assert_eq!(
+        status["tcp_routes"]["default/second"]["default/l4/tcp"]["accepted"]["reason"],
+        "NotAllowedByListeners",
+        "{status}"
+    );
+    assert_eq!(
+        status["gateways"]["default/l4"]["listeners"]["udp"]["attached_routes"],
+        1
+    );
+}

@@ -20,6 +20,10 @@ pub mod gateways;
 pub mod httproutes;
 #[path = "generated/referencegrants.rs"]
 pub mod referencegrants;
+#[path = "generated/tcproutes.rs"]
+pub mod tcproutes;
+#[path = "generated/udproutes.rs"]
+pub mod udproutes;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -101,6 +105,22 @@ resource!(
     httproutes::HttpRouteSpec,
     httproutes::HttpRouteStatus,
     "httproutes",
+    k8s_openapi::NamespaceResourceScope
+);
+resource!(
+    /// TCP connections on a Gateway listener to Services.
+    TCPRoute,
+    tcproutes::TcpRouteSpec,
+    tcproutes::TcpRouteStatus,
+    "tcproutes",
+    k8s_openapi::NamespaceResourceScope
+);
+resource!(
+    /// UDP datagrams on a Gateway listener to Services.
+    UDPRoute,
+    udproutes::UdpRouteSpec,
+    udproutes::UdpRouteStatus,
+    "udproutes",
     k8s_openapi::NamespaceResourceScope
 );
 resource!(

@@ -99,4 +99,7 @@ pub struct GatewayApiStatus {
     pub gateways: BTreeMap<ObjectKey, GatewayState>,
     /// HTTPRoutes by key, then by parentRef (`ns/gateway[/section][:port]`).
     pub routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
+    /// TCPRoutes and UDPRoutes, likewise.
+    pub tcp_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
+    pub udp_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
 }

@@ -225,17 +225,21 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
             ));
         }
         (
-            "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
-            "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant",
+            "gateway.networking.k8s.io/v1"
+            | "gateway.networking.k8s.io/v1beta1"
+            | "gateway.networking.k8s.io/v1alpha2",
+            "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute",
         ) => {
             let obj = match kind.as_str() {
                 "GatewayClass" => AnyObject::GatewayClass(Arc::new(typed(doc, &kind)?)),
                 "Gateway" => AnyObject::Gateway(Arc::new(typed(doc, &kind)?)),
                 "HTTPRoute" => AnyObject::HTTPRoute(Arc::new(typed(doc, &kind)?)),
+                "TCPRoute" => AnyObject::TCPRoute(Arc::new(typed(doc, &kind)?)),
+                "UDPRoute" => AnyObject::UDPRoute(Arc::new(typed(doc, &kind)?)),
                 _ => AnyObject::ReferenceGrant(Arc::new(typed(doc, &kind)?)),
             };
             // v1beta1 is the same schema, still served by the API server.
-            let notes = if api_version.ends_with("v1beta1") {
+            let notes = if !api_version.ends_with("/v1") {
                 vec![format!(
                     "{api_version} {kind} is deprecated; read as gateway.networking.k8s.io/v1"
                 )]
@@ -247,7 +251,7 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
         (
             _,
             "Service" | "Secret" | "EndpointSlice" | "Ingress" | "IngressClass" | "GatewayClass"
-            | "Gateway" | "HTTPRoute" | "ReferenceGrant",
+            | "Gateway" | "HTTPRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute",
         ) => {
             return Err((
                 None,

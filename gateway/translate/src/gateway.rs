@@ -31,7 +31,7 @@ use portico_model::route_rule::{
     RuleAction, ValueMatch, ValueRegex, WeightedBackend,
 };
 use portico_model::routing::{PathKind, PathRegex, Route};
-use portico_model::snapshot::{BackendKey, SnapshotSpec};
+use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, SnapshotSpec};
 use portico_model::store::{ObjectKey, Store};
 
 use super::backend::{Backends, PortRef};
@@ -43,10 +43,23 @@ pub const CONTROLLER_NAME: &str = "portico.io/gateway-controller";
 pub const PLUGIN_GROUP: &str = "portico.io";
 pub const PLUGIN_KIND: &str = "Plugin";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Protocol {
     Http,
     Https,
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The route kind a listener of this protocol takes.
+    fn route_kind(self) -> &'static str {
+        match self {
+            Protocol::Http | Protocol::Https => "HTTPRoute",
+            Protocol::Tcp => "TCPRoute",
+            Protocol::Udp => "UDPRoute",
+        }
+    }
 }
 
 /// A listener that routes may attach to.
@@ -102,7 +115,318 @@ pub fn add_gateway_api(
             out,
         );
     }
+    let mut taken: BTreeMap<(Protocol, u16), ObjectKey> = BTreeMap::new();
+    for (key, route) in super::oldest_first(&store.tcp_routes, |r| &r.metadata) {
+        let here = Store::locate(&store.tcp_routes, "TCPRoute", key);
+        let spec = &route.object.spec;
+        let l4 = L4Route {
+            protocol: Protocol::Tcp,
+            parents: spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| ParentRef {
+                    group: p.group.clone(),
+                    kind: p.kind.clone(),
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    section_name: p.section_name.clone(),
+                    port: p.port,
+                })
+                .collect(),
+            backends: spec
+                .rules
+                .iter()
+                .flat_map(|r| r.backend_refs.iter())
+                .map(|b| BackendRef {
+                    group: b.group.clone(),
+                    kind: b.kind.clone(),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
+                    weight: b.weight,
+                })
+                .collect(),
+        };
+        let st = add_l4_route(
+            key,
+            &l4,
+            &here,
+            store,
+            backends,
+            &listeners,
+            &status,
+            &mut taken,
+            &settings.node_addresses,
+            out,
+        );
+        if !st.is_empty() {
+            status.tcp_routes.insert(key.clone(), st);
+        }
+    }
+    for (key, route) in super::oldest_first(&store.udp_routes, |r| &r.metadata) {
+        let here = Store::locate(&store.udp_routes, "UDPRoute", key);
+        let spec = &route.object.spec;
+        let l4 = L4Route {
+            protocol: Protocol::Udp,
+            parents: spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| ParentRef {
+                    group: p.group.clone(),
+                    kind: p.kind.clone(),
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    section_name: p.section_name.clone(),
+                    port: p.port,
+                })
+                .collect(),
+            backends: spec
+                .rules
+                .iter()
+                .flat_map(|r| r.backend_refs.iter())
+                .map(|b| BackendRef {
+                    group: b.group.clone(),
+                    kind: b.kind.clone(),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
+                    weight: b.weight,
+                })
+                .collect(),
+        };
+        let st = add_l4_route(
+            key,
+            &l4,
+            &here,
+            store,
+            backends,
+            &listeners,
+            &status,
+            &mut taken,
+            &settings.node_addresses,
+            out,
+        );
+        if !st.is_empty() {
+            status.udp_routes.insert(key.clone(), st);
+        }
+    }
+    // attachedRoutes of the TCP and UDP listeners.
+    for ((protocol, port), _) in &taken {
+        for l in listeners
+            .iter()
+            .filter(|l| l.protocol == *protocol && l.port == *port)
+        {
+            status
+                .gateways
+                .entry(l.gateway.clone())
+                .or_default()
+                .listeners
+                .entry(l.name.clone())
+                .or_default()
+                .attached_routes += 1;
+        }
+    }
     out.gateway_api = status;
+}
+
+/// A parentRef of any route kind.
+struct ParentRef {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    section_name: Option<String>,
+    port: Option<i32>,
+}
+
+/// A backendRef of a TCPRoute or UDPRoute.
+struct BackendRef {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+struct L4Route {
+    protocol: Protocol,
+    parents: Vec<ParentRef>,
+    backends: Vec<BackendRef>,
+}
+
+/// A TCPRoute or UDPRoute: its listener becomes an L4 listener on the
+/// node's addresses, forwarding to the first valid backend. One route per
+/// listener (the oldest).
+#[allow(clippy::too_many_arguments)]
+fn add_l4_route(
+    key: &ObjectKey,
+    route: &L4Route,
+    here: &str,
+    store: &Store,
+    backends: &mut Backends<'_>,
+    listeners: &[Listener],
+    status: &GatewayApiStatus,
+    taken: &mut BTreeMap<(Protocol, u16), ObjectKey>,
+    node: &[std::net::IpAddr],
+    out: &mut SnapshotSpec,
+) -> BTreeMap<String, ParentState> {
+    let kind = route.protocol.route_kind();
+    let mut states = BTreeMap::new();
+    // The backend: the first that resolves, with a weight.
+    let mut resolved: Option<BackendKey> = None;
+    let mut refs_problem: Option<(&'static str, String)> = None;
+    let mut valid = 0;
+    for (bi, b) in route.backends.iter().enumerate() {
+        let bw = format!("spec.rules[].backendRefs[{bi}]");
+        if b.weight == Some(0) {
+            continue;
+        }
+        let group = b.group.as_deref().unwrap_or("");
+        let bkind = b.kind.as_deref().unwrap_or("Service");
+        let ns = b.namespace.clone().unwrap_or_else(|| key.namespace.clone());
+        let target = ObjectKey::new(ns.clone(), b.name.clone());
+        let r = if !(group.is_empty() || group == "core") || bkind != "Service" {
+            Err((
+                "InvalidKind",
+                format!("{bw}: {group}/{bkind} is not a Service"),
+            ))
+        } else if ns != key.namespace
+            && !granted(store, &key.namespace, kind, "", "Service", &target)
+        {
+            Err((
+                "RefNotPermitted",
+                format!("{bw}: Service {target} is in another namespace and no ReferenceGrant there allows {kind}s of {} to refer to it", key.namespace),
+            ))
+        } else if let Some(port) = b.port {
+            match backends.resolve(&ns, &b.name, &PortRef::Number(port)) {
+                (bk, None) => Ok(bk),
+                (_, Some(why)) => Err(("BackendNotFound", format!("{bw}: {why}"))),
+            }
+        } else {
+            Err((
+                "BackendNotFound",
+                format!("{bw}: a Service backendRef needs a port"),
+            ))
+        };
+        match r {
+            Ok(bk) => {
+                valid += 1;
+                resolved.get_or_insert(bk);
+            }
+            Err(e) => {
+                out.problems.push(Problem::error(here, e.1.clone()));
+                refs_problem.get_or_insert(e);
+            }
+        }
+    }
+    if valid > 1 {
+        out.problems.push(Problem::warning(
+            here,
+            format!("{kind} with several backends: weights between backends are not supported on TCP and UDP yet; every connection goes to the first"),
+        ));
+    }
+    for (pi, parent) in route.parents.iter().enumerate() {
+        if parent
+            .group
+            .as_deref()
+            .is_some_and(|g| g != portico_gateway_api::GROUP)
+            || parent.kind.as_deref().is_some_and(|k| k != "Gateway")
+        {
+            continue;
+        }
+        let gw_key = ObjectKey::new(
+            parent
+                .namespace
+                .clone()
+                .unwrap_or_else(|| key.namespace.clone()),
+            parent.name.clone(),
+        );
+        if !status.gateways.contains_key(&gw_key) {
+            continue;
+        }
+        let mut label = gw_key.to_string();
+        if let Some(s) = &parent.section_name {
+            label = format!("{label}/{s}");
+        }
+        if let Some(p) = parent.port {
+            label = format!("{label}:{p}");
+        }
+        let state = states.entry(label).or_insert_with(|| {
+            ParentState::new(gw_key.clone(), parent.section_name.clone(), parent.port)
+        });
+        let what = format!("spec.parentRefs[{pi}] (Gateway {gw_key})");
+        let candidates: Vec<&Listener> = listeners
+            .iter()
+            .filter(|l| {
+                l.gateway == gw_key
+                    && l.protocol == route.protocol
+                    && parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && parent.port.is_none_or(|p| i32::from(l.port) == p)
+            })
+            .collect();
+        let Some(l) = candidates.into_iter().find(|l| match l.from {
+            From::All => true,
+            From::Same => l.gateway.namespace == key.namespace,
+            _ => false,
+        }) else {
+            let msg = format!(
+                "no served {} listener of the Gateway matches and admits routes of this namespace",
+                kind.trim_end_matches("Route")
+            );
+            out.problems
+                .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+            state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
+            continue;
+        };
+        if let Some(first) = taken.get(&(route.protocol, l.port)) {
+            if first != key {
+                let msg = format!(
+                    "listener {} already carries {kind} {first} (one route per TCP or UDP listener)",
+                    l.name
+                );
+                out.problems
+                    .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+                state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
+                continue;
+            }
+        }
+        if let Some((reason, msg)) = &refs_problem {
+            state.resolved_refs = Condition::bad("ResolvedRefs", reason, msg);
+        }
+        let Some(backend) = resolved.clone() else {
+            continue;
+        };
+        let protocol = match route.protocol {
+            Protocol::Udp => L4Protocol::Udp,
+            _ => L4Protocol::Tcp,
+        };
+        let mut placed = false;
+        for ip in node {
+            let lk = L4ListenerKey {
+                protocol,
+                addr: std::net::SocketAddr::new(*ip, l.port),
+            };
+            match out.l4.get(&lk) {
+                Some(other) if *other != backend => {
+                    out.problems.push(Problem::error(
+                        here,
+                        format!("{what}: {lk} already forwards to {other} (a Service's port); not attached there"),
+                    ));
+                }
+                _ => {
+                    out.l4.insert(lk, backend.clone());
+                    placed = true;
+                }
+            }
+        }
+        if placed {
+            taken.insert((route.protocol, l.port), key.clone());
+        }
+    }
+    states
 }
 
 /// Settles a Gateway's listeners; the usable ones are pushed to `all`.
@@ -165,27 +489,63 @@ fn check_listener(
         ls.programmed = Condition::bad("Programmed", "Invalid", &msg);
         None
     };
-    let (protocol, ports, setting) = match l.protocol.as_str() {
-        "HTTP" => (Protocol::Http, &settings.http_ports, "listen.http"),
-        "HTTPS" => (Protocol::Https, &settings.https_ports, "listen.https"),
+    let port = u16::try_from(l.port).unwrap_or(0);
+    let protocol = match l.protocol.as_str() {
+        "HTTP" => Protocol::Http,
+        "HTTPS" => Protocol::Https,
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
         other => {
             return refuse(
                 "UnsupportedProtocol",
-                format!("protocol {other} is not supported yet (HTTP and HTTPS are)"),
+                format!("protocol {other} is not supported yet (HTTP, HTTPS, TCP and UDP are)"),
                 out,
             )
         }
     };
-    let port = u16::try_from(l.port).unwrap_or(0);
-    if !ports.contains(&port) {
-        return refuse(
-            "PortUnavailable",
-            format!(
-                "port {} is not one of Portico's {} ports ({setting}: {:?})",
-                l.port, l.protocol, ports
-            ),
-            out,
-        );
+    match protocol {
+        Protocol::Http | Protocol::Https => {
+            let (ports, setting) = if protocol == Protocol::Http {
+                (&settings.http_ports, "listen.http")
+            } else {
+                (&settings.https_ports, "listen.https")
+            };
+            if !ports.contains(&port) {
+                return refuse(
+                    "PortUnavailable",
+                    format!(
+                        "port {} is not one of Portico's {} ports ({setting}: {:?})",
+                        l.port, l.protocol, ports
+                    ),
+                    out,
+                );
+            }
+        }
+        Protocol::Tcp | Protocol::Udp => {
+            if port == 0 {
+                return refuse(
+                    "PortUnavailable",
+                    format!("port {} is not a port", l.port),
+                    out,
+                );
+            }
+            if protocol == Protocol::Tcp
+                && (settings.http_ports.contains(&port) || settings.https_ports.contains(&port))
+            {
+                return refuse(
+                    "PortUnavailable",
+                    format!("port {port} is one of Portico's HTTP listener ports"),
+                    out,
+                );
+            }
+            if settings.node_addresses.is_empty() {
+                return refuse(
+                    "PortUnavailable",
+                    "no node address to listen on (node.addresses)".into(),
+                    out,
+                );
+            }
+        }
     }
     if let Some(h) = l.hostname.as_deref() {
         if let Err(e) = validate_hostname(h) {
@@ -210,7 +570,7 @@ fn check_listener(
         let bad: Vec<&str> = kinds
             .iter()
             .filter(|k| {
-                k.kind != "HTTPRoute"
+                k.kind != protocol.route_kind()
                     || k.group
                         .as_deref()
                         .is_some_and(|g| g != portico_gateway_api::GROUP)
@@ -218,7 +578,11 @@ fn check_listener(
             .map(|k| k.kind.as_str())
             .collect();
         if !bad.is_empty() {
-            let msg = format!("allowedRoutes.kinds {bad:?}: only HTTPRoute is supported");
+            let msg = format!(
+                "allowedRoutes.kinds {bad:?}: a {} listener takes {} only",
+                l.protocol,
+                protocol.route_kind()
+            );
             out.problems
                 .push(Problem::warning(here, format!("{what}: {msg}")));
             ls.resolved_refs = Condition::bad("ResolvedRefs", "InvalidRouteKinds", &msg);
@@ -442,6 +806,7 @@ fn add_http_route(
             .iter()
             .filter(|l| {
                 l.gateway == gw_key
+                    && matches!(l.protocol, Protocol::Http | Protocol::Https)
                     && parent.section_name.as_deref().is_none_or(|s| s == l.name)
                     && parent.port.is_none_or(|p| i32::from(l.port) == p)
             })

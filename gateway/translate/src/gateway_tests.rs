@@ -187,7 +187,8 @@ spec:
   gatewayClassName: portico
   listeners:
   - {name: p9000, protocol: HTTP, port: 9000}
-  - {name: tcp, protocol: TCP, port: 80}
+  - {name: tcp80, protocol: TCP, port: 80}
+  - {name: tls, protocol: TLS, port: 8443}
   - {name: dup-a, protocol: HTTP, port: 80, hostname: d.test}
   - {name: dup-b, protocol: HTTP, port: 80, hostname: d.test}
   - {name: nocert, protocol: HTTPS, port: 443}
@@ -196,7 +197,8 @@ spec:
     let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "odd")];
     let reason = |l: &str| gw.listeners[l].accepted.reason.clone();
     assert_eq!(reason("p9000"), "PortUnavailable");
-    assert_eq!(reason("tcp"), "UnsupportedProtocol");
+    assert_eq!(reason("tcp80"), "PortUnavailable");
+    assert_eq!(reason("tls"), "UnsupportedProtocol");
     assert_eq!(reason("nocert"), "Invalid");
     assert!(gw.listeners["dup-a"].conflicted.is_none());
     assert_eq!(
@@ -605,4 +607,86 @@ spec:
     assert!(with
         .referenced_secrets
         .contains(&portico_model::store::ObjectKey::new("certs", "cert")));
+}
+
+#[test]
+fn tcp_and_udp_routes_become_l4_listeners_on_the_node() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: shop}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: db, protocol: TCP, port: 5432}
+  - {name: dns, protocol: UDP, port: 5353}
+  - {name: spare, protocol: TCP, port: 6000}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: db, namespace: shop, creationTimestamp: '2020-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: l4, sectionName: db}]
+  rules: [{backendRefs: [{name: web, port: 80}, {name: api, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: late, namespace: shop, creationTimestamp: '2021-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: l4, sectionName: db}]
+  rules: [{backendRefs: [{name: api, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: dns, namespace: shop}
+spec:
+  parentRefs: [{name: l4, port: 5353}]
+  rules: [{backendRefs: [{name: api, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: wrong-kind, namespace: shop}
+spec:
+  parentRefs: [{name: l4, sectionName: dns}]
+  rules: [{backendRefs: [{name: api, port: 80}]}]
+";
+    let spec = spec_of(yaml);
+    let l4: std::collections::BTreeMap<String, String> = spec
+        .l4
+        .iter()
+        .map(|(k, b)| (k.to_string(), b.service.clone()))
+        .collect();
+    assert_eq!(
+        l4.get("tcp:127.0.0.1:5432").map(String::as_str),
+        Some("web"),
+        "{l4:?}"
+    );
+    assert_eq!(
+        l4.get("udp:127.0.0.1:5353").map(String::as_str),
+        Some("api"),
+        "{l4:?}"
+    );
+    assert!(
+        !l4.contains_key("tcp:127.0.0.1:6000"),
+        "no route, no listener"
+    );
+    let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    let late = &spec.gateway_api.tcp_routes[&key("late")]["shop/l4/db"];
+    assert_eq!(late.accepted.reason, "NotAllowedByListeners");
+    assert!(late
+        .accepted
+        .message
+        .contains("already carries TCPRoute shop/db"));
+    let wrong = &spec.gateway_api.tcp_routes[&key("wrong-kind")]["shop/l4/dns"];
+    assert_eq!(wrong.accepted.reason, "NotAllowedByListeners");
+    assert!(
+        spec.gateway_api.udp_routes[&key("dns")]["shop/l4:5353"]
+            .accepted
+            .status
+    );
+    let gw = &spec.gateway_api.gateways[&key("l4")];
+    assert_eq!(gw.listeners["db"].attached_routes, 1);
+    assert_eq!(gw.listeners["dns"].attached_routes, 1);
+    assert!(
+        problems(&spec).contains("weights between backends are not supported on TCP and UDP yet")
+    );
 }

@@ -119,8 +119,6 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         }
     }
 
-    gateway::add_gateway_api(store, settings, &mut backends, &mut out);
-
     services::add_l4_listeners(
         store,
         settings,
@@ -129,6 +127,9 @@ pub fn translate(store: &Store, settings: &Settings) -> SnapshotSpec {
         &mut out.load_balancer_addresses,
         &mut out.problems,
     );
+    // After the Services' L4 listeners: a Gateway's TCP or UDP listener
+    // does not take a port a Service already has.
+    gateway::add_gateway_api(store, settings, &mut backends, &mut out);
 
     for ps in backends.problems.values() {
         out.problems.extend(ps.iter().cloned());

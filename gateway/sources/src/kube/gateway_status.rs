@@ -21,6 +21,8 @@ pub enum GatewayKind {
     GatewayClass,
     Gateway,
     HTTPRoute,
+    TCPRoute,
+    UDPRoute,
 }
 
 impl GatewayKind {
@@ -29,6 +31,8 @@ impl GatewayKind {
             GatewayKind::GatewayClass => "GatewayClass",
             GatewayKind::Gateway => "Gateway",
             GatewayKind::HTTPRoute => "HTTPRoute",
+            GatewayKind::TCPRoute => "TCPRoute",
+            GatewayKind::UDPRoute => "UDPRoute",
         }
     }
 }
@@ -141,9 +145,53 @@ pub fn plan(
             status,
         );
     }
-    for (key, route) in &store.http_routes {
-        let ours = st.routes.get(key);
-        let current = serde_json::to_value(&route.object.status).unwrap_or(Value::Null);
+    route_statuses(
+        &mut out,
+        GatewayKind::HTTPRoute,
+        store.http_routes.iter().map(|(k, r)| {
+            let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
+            (k, v, r.object.metadata.generation)
+        }),
+        &st.routes,
+        now,
+    );
+    route_statuses(
+        &mut out,
+        GatewayKind::TCPRoute,
+        store.tcp_routes.iter().map(|(k, r)| {
+            let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
+            (k, v, r.object.metadata.generation)
+        }),
+        &st.tcp_routes,
+        now,
+    );
+    route_statuses(
+        &mut out,
+        GatewayKind::UDPRoute,
+        store.udp_routes.iter().map(|(k, r)| {
+            let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
+            (k, v, r.object.metadata.generation)
+        }),
+        &st.udp_routes,
+        now,
+    );
+    out
+}
+
+/// The `parents` of every route of one kind: (key, current status,
+/// generation) from the store, ours from translation.
+fn route_statuses<'a>(
+    out: &mut Vec<StatusWrite>,
+    kind: GatewayKind,
+    routes: impl Iterator<Item = (&'a ObjectKey, Value, Option<i64>)>,
+    st: &std::collections::BTreeMap<
+        ObjectKey,
+        std::collections::BTreeMap<String, portico_model::gateway_status::ParentState>,
+    >,
+    now: &str,
+) {
+    for (key, current, generation) in routes {
+        let ours = st.get(key);
         let old_parents = current["parents"].as_array().cloned().unwrap_or_default();
         let had_ours = old_parents
             .iter()
@@ -156,14 +204,13 @@ pub fn plan(
                     .filter(|p| p["controllerName"] != CONTROLLER_NAME)
                     .collect();
                 out.push(StatusWrite {
-                    kind: GatewayKind::HTTPRoute,
+                    kind,
                     key: key.clone(),
                     status: json!({"parents": kept}),
                 });
             }
             continue;
         };
-        let generation = route.object.metadata.generation;
         let mut parents: Vec<Value> = old_parents
             .iter()
             .filter(|p| p["controllerName"] != CONTROLLER_NAME)
@@ -194,14 +241,13 @@ pub fn plan(
             }));
         }
         push_if_changed(
-            &mut out,
-            GatewayKind::HTTPRoute,
+            out,
+            kind,
             key.clone(),
             &current,
             json!({"parents": parents}),
         );
     }
-    out
 }
 
 /// The conditions as the API holds them, keeping an existing

@@ -566,20 +566,43 @@ async fn gateway_api_watchers(
     scope: String,
     tx: mpsc::UnboundedSender<Report>,
 ) {
-    use portico_gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+    use portico_gateway_api::{
+        Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute,
+    };
     let api_version = format!("{}/v1", portico_gateway_api::GROUP);
     let mut started: std::collections::BTreeSet<Kind> = Default::default();
     let mut told_absent = false;
+    let mut told_error = false;
+    let mut retry = Duration::from_secs(1);
     loop {
         let served: Vec<String> = match client.list_api_group_resources(&api_version).await {
             Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
             Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot ask the API server whether the Gateway API is installed; asking again");
-                tokio::time::sleep(GATEWAY_API_RECHECK).await;
+                // Not known yet: the kinds count as empty so they do not
+                // hold readiness (the other watches do while the API is
+                // away), and the question is asked again soon.
+                if !told_error {
+                    told_error = true;
+                    tracing::warn!(error = %e, "cannot ask the API server whether the Gateway API is installed; asking again");
+                }
+                for kind in Kind::GATEWAY_API
+                    .into_iter()
+                    .filter(|k| !started.contains(k))
+                {
+                    if tx
+                        .send(Report::Update(Update::Reset(kind, Vec::new())))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(GATEWAY_API_RECHECK);
                 continue;
             }
         };
+        retry = Duration::from_secs(1);
         for kind in Kind::GATEWAY_API {
             if started.contains(&kind) {
                 continue;
@@ -588,6 +611,8 @@ async fn gateway_api_watchers(
                 Kind::GatewayClass => "gatewayclasses",
                 Kind::Gateway => "gateways",
                 Kind::HTTPRoute => "httproutes",
+                Kind::TCPRoute => "tcproutes",
+                Kind::UDPRoute => "udproutes",
                 _ => "referencegrants",
             };
             if !served.iter().any(|r| r == plural) {
@@ -626,6 +651,22 @@ async fn gateway_api_watchers(
                     scope.clone(),
                     (kind, Coverage::Kind),
                     |o| AnyObject::HTTPRoute(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::TCPRoute => tokio::spawn(watch::run::<TCPRoute>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::TCPRoute(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::UDPRoute => tokio::spawn(watch::run::<UDPRoute>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::UDPRoute(Arc::new(o)),
                     tx.clone(),
                 )),
                 _ => tokio::spawn(watch::run::<ReferenceGrant>(

@@ -21,10 +21,12 @@ pub enum Kind {
     Gateway,
     HTTPRoute,
     ReferenceGrant,
+    TCPRoute,
+    UDPRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -34,14 +36,18 @@ impl Kind {
         Kind::Gateway,
         Kind::HTTPRoute,
         Kind::ReferenceGrant,
+        Kind::TCPRoute,
+        Kind::UDPRoute,
     ];
 
     /// The Gateway API kinds: watched only where their CRDs are installed.
-    pub const GATEWAY_API: [Kind; 4] = [
+    pub const GATEWAY_API: [Kind; 6] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HTTPRoute,
         Kind::ReferenceGrant,
+        Kind::TCPRoute,
+        Kind::UDPRoute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +61,8 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HTTPRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::TCPRoute => "TCPRoute",
+            Kind::UDPRoute => "UDPRoute",
         }
     }
 
@@ -69,6 +77,8 @@ impl Kind {
             AnyObject::Gateway(_) => Kind::Gateway,
             AnyObject::HTTPRoute(_) => Kind::HTTPRoute,
             AnyObject::ReferenceGrant(_) => Kind::ReferenceGrant,
+            AnyObject::TCPRoute(_) => Kind::TCPRoute,
+            AnyObject::UDPRoute(_) => Kind::UDPRoute,
         }
     }
 }
@@ -176,6 +186,8 @@ impl ClusterState {
             Kind::Gateway => s.gateways.clear(),
             Kind::HTTPRoute => s.http_routes.clear(),
             Kind::ReferenceGrant => s.reference_grants.clear(),
+            Kind::TCPRoute => s.tcp_routes.clear(),
+            Kind::UDPRoute => s.udp_routes.clear(),
         }
     }
 
@@ -191,6 +203,8 @@ impl ClusterState {
             Kind::Gateway => s.gateways.remove(key).is_some(),
             Kind::HTTPRoute => s.http_routes.remove(key).is_some(),
             Kind::ReferenceGrant => s.reference_grants.remove(key).is_some(),
+            Kind::TCPRoute => s.tcp_routes.remove(key).is_some(),
+            Kind::UDPRoute => s.udp_routes.remove(key).is_some(),
         }
     }
 
@@ -275,6 +289,16 @@ impl ClusterState {
             }
             AnyObject::ReferenceGrant(new) => {
                 same_spec(s.reference_grants.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::TCPRoute(new) => {
+                same_spec(s.tcp_routes.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::UDPRoute(new) => {
+                same_spec(s.udp_routes.get(&key).map(|o| &*o.object), new, |o| {
                     (&o.metadata, &o.spec)
                 })
             }
