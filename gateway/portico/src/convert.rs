@@ -114,6 +114,9 @@ pub fn convert(store: &Store, settings: &Settings, opts: &Options) -> Converted 
             canaries.push((key.clone(), ing.object.clone(), policy));
             continue;
         }
+        // The hosts this Ingress serves over TLS, with their Secrets (a
+        // TLS entry without hosts covers the rules' hosts).
+        let mut ing_tls_hosts: Vec<String> = Vec::new();
         for t in spec.tls.iter().flatten() {
             let Some(secret) = t.secret_name.clone().filter(|s| !s.is_empty()) else {
                 continue;
@@ -131,27 +134,11 @@ pub fn convert(store: &Store, settings: &Settings, opts: &Options) -> Converted 
                 tls_hosts
                     .entry(key.namespace.clone())
                     .or_default()
-                    .entry(h)
+                    .entry(h.clone())
                     .or_insert_with(|| secret.clone());
+                ing_tls_hosts.push(h);
             }
         }
-        // The hosts this Ingress serves over TLS (a TLS entry without
-        // hosts covers the rules' hosts).
-        let ing_tls_hosts: Vec<String> = spec
-            .tls
-            .iter()
-            .flatten()
-            .filter(|t| t.secret_name.as_deref().is_some_and(|s| !s.is_empty()))
-            .flat_map(|t| match t.hosts.as_ref().filter(|h| !h.is_empty()) {
-                Some(h) => h.clone(),
-                None => spec
-                    .rules
-                    .iter()
-                    .flatten()
-                    .filter_map(|r| r.host.clone())
-                    .collect(),
-            })
-            .collect();
         let mut hosts: Vec<Option<String>> = Vec::new();
         for r in spec.rules.iter().flatten() {
             let h = r.host.clone().filter(|h| !h.is_empty());

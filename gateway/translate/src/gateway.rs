@@ -116,104 +116,58 @@ pub fn add_gateway_api(
         );
     }
     let mut taken: BTreeMap<(Protocol, u16), ObjectKey> = BTreeMap::new();
-    for (key, route) in super::oldest_first(&store.tcp_routes, |r| &r.metadata) {
-        let here = Store::locate(&store.tcp_routes, "TCPRoute", key);
-        let spec = &route.object.spec;
-        let l4 = L4Route {
-            protocol: Protocol::Tcp,
-            parents: spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.clone(),
-                    kind: p.kind.clone(),
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                })
-                .collect(),
-            backends: spec
-                .rules
-                .iter()
-                .flat_map(|r| r.backend_refs.iter())
-                .map(|b| BackendRef {
-                    group: b.group.clone(),
-                    kind: b.kind.clone(),
-                    name: b.name.clone(),
-                    namespace: b.namespace.clone(),
-                    port: b.port,
-                    weight: b.weight,
-                })
-                .collect(),
+    // TCPRoute and UDPRoute have the same shape in different types.
+    macro_rules! l4_routes {
+        ($map:expr, $kind:literal, $protocol:expr, $states:expr) => {
+            for (key, route) in super::oldest_first(&$map, |r| &r.metadata) {
+                let here = Store::locate(&$map, $kind, key);
+                let spec = &route.object.spec;
+                let l4 = L4Route {
+                    protocol: $protocol,
+                    parents: spec
+                        .parent_refs
+                        .iter()
+                        .flatten()
+                        .map(|p| ParentRef {
+                            group: p.group.clone(),
+                            kind: p.kind.clone(),
+                            namespace: p.namespace.clone(),
+                            name: p.name.clone(),
+                            section_name: p.section_name.clone(),
+                            port: p.port,
+                        })
+                        .collect(),
+                    backends: spec
+                        .rules
+                        .iter()
+                        .flat_map(|r| r.backend_refs.iter())
+                        .map(|b| BackendRef {
+                            group: b.group.clone(),
+                            kind: b.kind.clone(),
+                            name: b.name.clone(),
+                            namespace: b.namespace.clone(),
+                            port: b.port,
+                            weight: b.weight,
+                        })
+                        .collect(),
+                };
+                let node = &settings.node_addresses;
+                let st = add_l4_route(
+                    key, &l4, &here, store, backends, &listeners, &status, &mut taken, node, out,
+                );
+                if !st.is_empty() {
+                    $states.insert(key.clone(), st);
+                }
+            }
         };
-        let st = add_l4_route(
-            key,
-            &l4,
-            &here,
-            store,
-            backends,
-            &listeners,
-            &status,
-            &mut taken,
-            &settings.node_addresses,
-            out,
-        );
-        if !st.is_empty() {
-            status.tcp_routes.insert(key.clone(), st);
-        }
     }
-    for (key, route) in super::oldest_first(&store.udp_routes, |r| &r.metadata) {
-        let here = Store::locate(&store.udp_routes, "UDPRoute", key);
-        let spec = &route.object.spec;
-        let l4 = L4Route {
-            protocol: Protocol::Udp,
-            parents: spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.clone(),
-                    kind: p.kind.clone(),
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                })
-                .collect(),
-            backends: spec
-                .rules
-                .iter()
-                .flat_map(|r| r.backend_refs.iter())
-                .map(|b| BackendRef {
-                    group: b.group.clone(),
-                    kind: b.kind.clone(),
-                    name: b.name.clone(),
-                    namespace: b.namespace.clone(),
-                    port: b.port,
-                    weight: b.weight,
-                })
-                .collect(),
-        };
-        let st = add_l4_route(
-            key,
-            &l4,
-            &here,
-            store,
-            backends,
-            &listeners,
-            &status,
-            &mut taken,
-            &settings.node_addresses,
-            out,
-        );
-        if !st.is_empty() {
-            status.udp_routes.insert(key.clone(), st);
-        }
-    }
+    let (mut tcp_states, mut udp_states) = (BTreeMap::new(), BTreeMap::new());
+    l4_routes!(store.tcp_routes, "TCPRoute", Protocol::Tcp, tcp_states);
+    l4_routes!(store.udp_routes, "UDPRoute", Protocol::Udp, udp_states);
+    status.tcp_routes = tcp_states;
+    status.udp_routes = udp_states;
     // attachedRoutes of the TCP and UDP listeners.
-    for ((protocol, port), _) in &taken {
+    for (protocol, port) in taken.keys() {
         for l in listeners
             .iter()
             .filter(|l| l.protocol == *protocol && l.port == *port)
@@ -1459,27 +1413,7 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
 }
 
 fn validate_hostname(h: &str) -> Result<(), &'static str> {
-    let name = h.strip_prefix("*.").unwrap_or(h);
-    if name.contains('*') {
-        return Err("a wildcard may only be the whole first label (*.example.com)");
-    }
-    if name.parse::<std::net::IpAddr>().is_ok() {
-        return Err("an IP address is not allowed as a hostname");
-    }
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err("not a valid DNS name")
-    }
+    super::ingress::validate_host(h)
 }
 
 #[cfg(test)]

@@ -419,7 +419,9 @@ pub fn secret_certificate(secret: &Secret, name: &str) -> Result<tls::Certificat
     tls::parse_pem(&crt, &key, name)
 }
 
-fn validate_host(h: &str) -> Result<(), &'static str> {
+/// A host as Ingress and Gateway API hostnames allow it: a DNS name,
+/// optionally with a whole first label `*`.
+pub(crate) fn validate_host(h: &str) -> Result<(), &'static str> {
     let name = h.strip_prefix("*.").unwrap_or(h);
     if name.contains('*') {
         return Err("a wildcard may only be the whole first label (*.example.com)");
