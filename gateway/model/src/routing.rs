@@ -213,8 +213,13 @@ impl VirtualHost {
             PathKind::Exact | PathKind::Regex => path.to_string(),
             PathKind::Prefix => path.trim_end_matches('/').to_string(),
         };
+        // The same path with the same conditions, or one without any
+        // conditions (an Ingress's), already takes every request this
+        // route would: it could never serve.
         if let Some(existing) = self.rules.iter().find(|r| {
-            r.kind == kind && r.path == norm && r.route.conditions() == route.conditions()
+            r.kind == kind
+                && r.path == norm
+                && (r.route.conditions() == route.conditions() || r.route.conditions().is_none())
         }) {
             return Err(existing.route.clone());
         }

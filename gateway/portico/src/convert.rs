@@ -424,7 +424,12 @@ fn path_rule(
     let mut filters = Vec::new();
     if let Some(r) = &policy.redirect {
         match redirect_filter(&r.url, r.code) {
-            Some(f) => filters.push(f),
+            Some(f) => {
+                if r.url.contains('?') {
+                    notes.push(format!("{what}: the query of redirect URL {:?} has no Gateway API field; the request's query is kept instead", r.url));
+                }
+                filters.push(f)
+            }
             None => notes.push(format!("{what}: permanent/temporal-redirect {:?} is not an absolute http(s) URL; not converted", r.url)),
         }
     }
@@ -465,7 +470,7 @@ fn path_rule(
         rule["backendRefs"] = json!([backend_ref]);
     }
     if let Some(ms) = policy.read_timeout_ms {
-        rule["timeouts"] = json!({"backendRequest": format!("{ms}ms")});
+        rule["timeouts"] = json!({"backendRequest": gateway_duration(ms)});
     }
     Some(rule)
 }
@@ -509,6 +514,27 @@ fn backend_ref(
     Some(json!({"name": svc.name, "port": number}))
 }
 
+/// Milliseconds as a Gateway API duration: up to four `h`/`m`/`s`/`ms`
+/// parts of at most 5 digits (`600000` → `10m`).
+fn gateway_duration(ms: u64) -> String {
+    let parts = [
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1_000 % 60, "s"),
+        (ms % 1_000, "ms"),
+    ];
+    let out: String = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if out.is_empty() {
+        "0s".into()
+    } else {
+        out
+    }
+}
+
 fn redirect_filter(url: &str, code: u16) -> Option<Value> {
     let uri: http::Uri = url.parse().ok()?;
     let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
@@ -518,10 +544,13 @@ fn redirect_filter(url: &str, code: u16) -> Option<Value> {
     if let Some(p) = uri.port_u16() {
         r["port"] = json!(p);
     }
-    let path = uri.path();
-    if !path.is_empty() && path != "/" || url.ends_with('/') {
-        r["path"] = json!({"type": "ReplaceFullPath", "replaceFullPath": path});
-    }
+    // nginx sends the URL as written, whatever the request's path.
+    let path = if uri.path().is_empty() {
+        "/"
+    } else {
+        uri.path()
+    };
+    r["path"] = json!({"type": "ReplaceFullPath", "replaceFullPath": path});
     Some(json!({"type": "RequestRedirect", "requestRedirect": r}))
 }
 
@@ -700,6 +729,23 @@ mod tests {
     }
 
     #[test]
+    fn durations_fit_the_gateway_api_pattern() {
+        assert_eq!(gateway_duration(600_000), "10m");
+        assert_eq!(gateway_duration(5_000), "5s");
+        assert_eq!(gateway_duration(90_500), "1m30s500ms");
+        assert_eq!(gateway_duration(7_200_000), "2h");
+        assert_eq!(gateway_duration(0), "0s");
+        for ms in [1, 999, 60_000, 86_400_000, 123_456_789] {
+            let d = gateway_duration(ms);
+            assert_eq!(
+                portico_translate::gateway::parse_duration_ms(&d),
+                Some(ms),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
     fn policies_become_filters_or_notes() {
         let ing = |name: &str, tls: bool| {
             let tls = if tls {
@@ -718,7 +764,7 @@ mod tests {
                 rewrite_target: Some("/v1".into()),
                 upstream_host: Some("internal".into()),
                 allow_source_ranges: vec!["10.0.0.0/8".into()],
-                read_timeout_ms: Some(5000),
+                read_timeout_ms: Some(600_000),
                 ..Default::default()
             },
         );
@@ -771,7 +817,7 @@ mod tests {
         let rewrite = &rules[0]["filters"][0]["urlRewrite"];
         assert_eq!(rewrite["path"]["replacePrefixMatch"], "/v1");
         assert_eq!(rewrite["hostname"], "internal");
-        assert_eq!(rules[0]["timeouts"]["backendRequest"], "5000ms");
+        assert_eq!(rules[0]["timeouts"]["backendRequest"], "10m");
         // The canary: 80/20 on the main rule, and a header rule.
         let refs = rules[0]["backendRefs"].as_array().unwrap();
         assert_eq!(

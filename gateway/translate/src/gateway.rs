@@ -70,6 +70,8 @@ struct Listener {
     port: u16,
     hostname: Option<String>,
     from: From,
+    /// `allowedRoutes.kinds` admits the protocol's route kind (unset: yes).
+    takes_kind: bool,
 }
 
 /// Adds what the Gateway API objects in `store` declare to `out`.
@@ -115,7 +117,8 @@ pub fn add_gateway_api(
             out,
         );
     }
-    let mut taken: BTreeMap<(Protocol, u16), ObjectKey> = BTreeMap::new();
+    // (protocol, port) → (route, Gateway, listener) holding it.
+    let mut taken: BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)> = BTreeMap::new();
     // TCPRoute and UDPRoute have the same shape in different types.
     macro_rules! l4_routes {
         ($map:expr, $kind:literal, $protocol:expr, $states:expr) => {
@@ -167,21 +170,17 @@ pub fn add_gateway_api(
     status.tcp_routes = tcp_states;
     status.udp_routes = udp_states;
     // attachedRoutes of the TCP and UDP listeners.
-    for (protocol, port) in taken.keys() {
-        for l in listeners
-            .iter()
-            .filter(|l| l.protocol == *protocol && l.port == *port)
-        {
-            status
-                .gateways
-                .entry(l.gateway.clone())
-                .or_default()
-                .listeners
-                .entry(l.name.clone())
-                .or_default()
-                .attached_routes += 1;
-        }
+    for (_, gateway, listener) in taken.values() {
+        status
+            .gateways
+            .entry(gateway.clone())
+            .or_default()
+            .listeners
+            .entry(listener.clone())
+            .or_default()
+            .attached_routes += 1;
     }
+
     out.gateway_api = status;
 }
 
@@ -223,7 +222,7 @@ fn add_l4_route(
     backends: &mut Backends<'_>,
     listeners: &[Listener],
     status: &GatewayApiStatus,
-    taken: &mut BTreeMap<(Protocol, u16), ObjectKey>,
+    taken: &mut BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)>,
     node: &[std::net::IpAddr],
     out: &mut SnapshotSpec,
 ) -> BTreeMap<String, ParentState> {
@@ -321,11 +320,10 @@ fn add_l4_route(
                     && parent.port.is_none_or(|p| i32::from(l.port) == p)
             })
             .collect();
-        let Some(l) = candidates.into_iter().find(|l| match l.from {
-            From::All => true,
-            From::Same => l.gateway.namespace == key.namespace,
-            _ => false,
-        }) else {
+        let Some(l) = candidates
+            .into_iter()
+            .find(|l| l.takes_kind && admits_namespace(l, &key.namespace))
+        else {
             let msg = format!(
                 "no served {} listener of the Gateway matches and admits routes of this namespace",
                 kind.trim_end_matches("Route")
@@ -335,7 +333,7 @@ fn add_l4_route(
             state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
             continue;
         };
-        if let Some(first) = taken.get(&(route.protocol, l.port)) {
+        if let Some((first, _, _)) = taken.get(&(route.protocol, l.port)) {
             if first != key {
                 let msg = format!(
                     "listener {} already carries {kind} {first} (one route per TCP or UDP listener)",
@@ -377,7 +375,10 @@ fn add_l4_route(
             }
         }
         if placed {
-            taken.insert((route.protocol, l.port), key.clone());
+            taken.insert(
+                (route.protocol, l.port),
+                (key.clone(), l.gateway.clone(), l.name.clone()),
+            );
         }
     }
     states
@@ -520,7 +521,14 @@ fn check_listener(
             out,
         );
     }
+    let mut takes_kind = true;
     if let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+        takes_kind = kinds.iter().any(|k| {
+            k.kind == protocol.route_kind()
+                && k.group
+                    .as_deref()
+                    .is_none_or(|g| g == portico_gateway_api::GROUP)
+        });
         let bad: Vec<&str> = kinds
             .iter()
             .filter(|k| {
@@ -613,13 +621,18 @@ fn check_listener(
                                 format!("{rw}: TLS Secret {secret_key}: {e}"),
                             )),
                             Ok(cert) => {
-                                match l.hostname.as_deref() {
-                                    Some(h) => {
-                                        out.certs.insert(h, cert);
-                                    }
-                                    None => {
-                                        out.certs.set_any_host(cert);
-                                    }
+                                let kept = match l.hostname.as_deref() {
+                                    Some(h) => out.certs.insert(h, cert),
+                                    None => out.certs.set_any_host(cert),
+                                };
+                                if !kept {
+                                    out.problems.push(Problem::warning(
+                                        here,
+                                        format!(
+                                            "{rw}: {} already has a certificate (an older Ingress or Gateway); this one is not used",
+                                            l.hostname.as_deref().unwrap_or("a listener without hostname")
+                                        ),
+                                    ));
                                 }
                                 loaded = true;
                                 None
@@ -655,7 +668,18 @@ fn check_listener(
         port,
         hostname: l.hostname.clone().map(|h| h.to_ascii_lowercase()),
         from,
+        takes_kind,
     })
+}
+
+/// `allowedRoutes.namespaces.from` (Selector listeners are refused
+/// before they get here).
+fn admits_namespace(l: &Listener, namespace: &str) -> bool {
+    match l.from {
+        From::All => true,
+        From::Same => l.gateway.namespace == namespace,
+        _ => false,
+    }
 }
 
 /// Whether a ReferenceGrant in `to.namespace` lets objects of `kind`
@@ -783,14 +807,10 @@ fn add_http_route(
         }
         let allowed: Vec<&Listener> = candidates
             .into_iter()
-            .filter(|l| match l.from {
-                From::All => true,
-                From::Same => l.gateway.namespace == key.namespace,
-                _ => false,
-            })
+            .filter(|l| l.takes_kind && admits_namespace(l, &key.namespace))
             .collect();
         if allowed.is_empty() {
-            let msg = "the listeners' allowedRoutes do not admit routes of this namespace";
+            let msg = "the listeners' allowedRoutes do not admit HTTPRoutes of this namespace";
             out.problems
                 .push(Problem::error(here, format!("{what}: {msg}; not attached")));
             state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", msg);
@@ -1129,7 +1149,8 @@ fn build_rule(
         ] {
             if let Some(v) = value {
                 match parse_duration_ms(v) {
-                    Some(0) => {}
+                    // 0s: no timeout (kept as 0, which the data plane
+                    // reads as none).
                     Some(ms) => *slot = Some(ms),
                     None => b.problems.push((
                         String::new(),
@@ -1256,20 +1277,22 @@ fn apply_filter(
         F::RequestHeaderModifier => {
             let m = f.request_header_modifier.as_ref().ok_or_else(missing)?;
             edits(
+                what,
                 &mut b.action.request_headers,
                 m.set.iter().flatten().map(|h| (&h.name, &h.value)),
                 m.add.iter().flatten().map(|h| (&h.name, &h.value)),
                 m.remove.iter().flatten(),
-            );
+            )?;
         }
         F::ResponseHeaderModifier => {
             let m = f.response_header_modifier.as_ref().ok_or_else(missing)?;
             edits(
+                what,
                 &mut b.action.response_headers,
                 m.set.iter().flatten().map(|h| (&h.name, &h.value)),
                 m.add.iter().flatten().map(|h| (&h.name, &h.value)),
                 m.remove.iter().flatten(),
-            );
+            )?;
         }
         F::RequestRedirect => {
             let r = f.request_redirect.as_ref().ok_or_else(missing)?;
@@ -1287,6 +1310,9 @@ fn apply_filter(
             if ![301, 302, 303, 307, 308].contains(&status) {
                 return Err(format!("{what}: statusCode {status} is not a redirect"));
             }
+            if let Some(h) = r.hostname.as_deref() {
+                validate_hostname(h).map_err(|e| format!("{what}: hostname {h:?}: {e}"))?;
+            }
             b.action.redirect = Some(RedirectFilter {
                 scheme: r.scheme.as_ref().map(|s| {
                     serde_json::to_value(s)
@@ -1302,6 +1328,9 @@ fn apply_filter(
         }
         F::UrlRewrite => {
             let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
+            if let Some(h) = r.hostname.as_deref() {
+                validate_hostname(h).map_err(|e| format!("{what}: hostname {h:?}: {e}"))?;
+            }
             let path = match &r.path {
                 None => None,
                 Some(p) => Some(path_change(
@@ -1343,17 +1372,55 @@ fn apply_filter(
     Ok(())
 }
 
+/// Header fields a filter may not touch: they frame the message or the
+/// connection (changing them would desynchronise client, proxy and
+/// backend), or they are the Host (`URLRewrite` sets that).
+const UNEDITABLE: &[&str] = &[
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn edits<'a>(
+    what: &str,
     into: &mut HeaderEdits,
     set: impl Iterator<Item = (&'a String, &'a String)>,
     add: impl Iterator<Item = (&'a String, &'a String)>,
     remove: impl Iterator<Item = &'a String>,
-) {
-    into.set
-        .extend(set.map(|(n, v)| (n.to_ascii_lowercase(), v.clone())));
-    into.add
-        .extend(add.map(|(n, v)| (n.to_ascii_lowercase(), v.clone())));
-    into.remove.extend(remove.map(|n| n.to_ascii_lowercase()));
+) -> Result<(), String> {
+    let name = |n: &str| -> Result<String, String> {
+        let lower = n.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(format!("{what}: {n:?} is not a header name"));
+        }
+        if UNEDITABLE.contains(&lower.as_str()) {
+            return Err(format!(
+                "{what}: header {n:?} frames the message or names the host and cannot be edited"
+            ));
+        }
+        Ok(lower)
+    };
+    let value = |n: &str, v: &str| -> Result<String, String> {
+        http::HeaderValue::from_str(v)
+            .map(|_| v.to_string())
+            .map_err(|_| format!("{what}: the value of {n:?} is not a header value"))
+    };
+    for (n, v) in set {
+        into.set.push((name(n)?, value(n, v)?));
+    }
+    for (n, v) in add {
+        into.add.push((name(n)?, value(n, v)?));
+    }
+    for n in remove {
+        into.remove.push(name(n)?);
+    }
+    Ok(())
 }
 
 fn path_change(
@@ -1363,16 +1430,24 @@ fn path_change(
     what: &str,
     needs_prefix: &mut bool,
 ) -> Result<PathChange, String> {
+    let checked = |p: &str| -> Result<String, String> {
+        if !p.starts_with('/') || p.contains('?') || http::uri::PathAndQuery::try_from(p).is_err() {
+            return Err(format!(
+                "{what}: path {p:?} must start with '/' and be a plain path"
+            ));
+        }
+        Ok(p.to_string())
+    };
     if replace_full {
-        full.map(|p| PathChange::ReplaceFullPath(p.to_string()))
-            .ok_or_else(|| format!("{what}: path type ReplaceFullPath without replaceFullPath"))
+        let p = full
+            .ok_or_else(|| format!("{what}: path type ReplaceFullPath without replaceFullPath"))?;
+        Ok(PathChange::ReplaceFullPath(checked(p)?))
     } else {
         *needs_prefix = true;
-        prefix
-            .map(|p| PathChange::ReplacePrefixMatch(p.to_string()))
-            .ok_or_else(|| {
-                format!("{what}: path type ReplacePrefixMatch without replacePrefixMatch")
-            })
+        let p = prefix.ok_or_else(|| {
+            format!("{what}: path type ReplacePrefixMatch without replacePrefixMatch")
+        })?;
+        Ok(PathChange::ReplacePrefixMatch(checked(p)?))
     }
 }
 

@@ -690,3 +690,73 @@ spec:
         problems(&spec).contains("weights between backends are not supported on TCP and UDP yet")
     );
 }
+
+#[test]
+fn what_cannot_be_served_safely_is_refused() {
+    let kinds_gw = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: kinds, namespace: shop}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: grpc-only, protocol: HTTP, port: 8080, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+";
+    let ingress = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: old, namespace: shop}
+spec:
+  rules: [{host: shadow.test, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}]
+";
+    let rules = "  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [h.test]
+  rules:
+  - matches: [{path: {value: /framing}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: Content-Length, value: '0'}]}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /bad-name}}]
+    filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: 'a b', value: x}]}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /bad-path}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: 'x?y'}}}]
+    backendRefs: [{name: web, port: 80}]";
+    let spec = spec_of(&format!(
+        "{kinds_gw}---\n{ingress}---\n{}---\n{}---\n{}",
+        route("r", rules),
+        route(
+            "kinds",
+            "  parentRefs: [{name: kinds}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]"
+        ),
+        route(
+            "shadowed",
+            "  parentRefs: [{name: gw, namespace: infra}]\n  hostnames: [shadow.test]\n  rules: [{backendRefs: [{name: api, port: 80}]}]"
+        ),
+    ));
+    for path in ["/framing", "/bad-name", "/bad-path"] {
+        let (r, _) = spec.routes.find("h.test", path).unwrap();
+        assert_eq!(
+            r.rule.as_ref().unwrap().pick(|_| 0),
+            Some(WeightedPick::Invalid),
+            "{path}"
+        );
+    }
+    let text = problems(&spec);
+    assert!(
+        text.contains("\"Content-Length\" frames the message"),
+        "{text}"
+    );
+    assert!(text.contains("\"a b\" is not a header name"), "{text}");
+    assert!(text.contains("\"x?y\" must start with '/'"), "{text}");
+    // A listener whose kinds leave HTTPRoute out takes none.
+    let st = &spec.gateway_api.routes[&portico_model::store::ObjectKey::new("shop", "kinds")];
+    assert_eq!(st["shop/kinds"].accepted.reason, "NotAllowedByListeners");
+    // An Ingress on the same host and path takes every request first:
+    // said, not silently shadowed.
+    assert_eq!(
+        routed(&spec, &get("shadow.test", "/")).as_deref(),
+        Some("shop/old")
+    );
+    assert!(
+        text.contains("already routed by Ingress shop/old"),
+        "{text}"
+    );
+}

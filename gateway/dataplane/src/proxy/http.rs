@@ -1435,11 +1435,15 @@ impl ProxyHttp for HttpProxy {
         ));
         // A Gateway API rule's timeouts bound the wait for the backend's
         // answer (Pingora times each read).
+        // `0s` there means none.
         let rule_timeout = rule.and_then(|r| r.backend_timeout_ms.or(r.request_timeout_ms));
-        o.read_timeout = Some(ms(
-            rule_timeout.or(policy.and_then(|p| p.policy.read_timeout_ms)),
-            self.cfg.read_timeout_ms,
-        ));
+        o.read_timeout = match rule_timeout {
+            Some(0) => None,
+            _ => Some(ms(
+                rule_timeout.or(policy.and_then(|p| p.policy.read_timeout_ms)),
+                self.cfg.read_timeout_ms,
+            )),
+        };
         o.write_timeout = Some(ms(
             policy.and_then(|p| p.policy.write_timeout_ms),
             self.cfg.write_timeout_ms,

@@ -43,6 +43,10 @@ pub struct StatusWrite {
     pub kind: GatewayKind,
     pub key: ObjectKey,
     pub status: Value,
+    /// For a route's `parents`, shared with other controllers: the
+    /// version planned from, so a write over a newer one fails (409)
+    /// instead of dropping another controller's entry.
+    pub resource_version: Option<String>,
 }
 
 /// The writes that make the API's status match `st`. `now` is the
@@ -150,7 +154,8 @@ pub fn plan(
         GatewayKind::HTTPRoute,
         store.http_routes.iter().map(|(k, r)| {
             let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
-            (k, v, r.object.metadata.generation)
+            let m = &r.object.metadata;
+            (k, v, m.generation, m.resource_version.clone())
         }),
         &st.routes,
         now,
@@ -160,7 +165,8 @@ pub fn plan(
         GatewayKind::TCPRoute,
         store.tcp_routes.iter().map(|(k, r)| {
             let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
-            (k, v, r.object.metadata.generation)
+            let m = &r.object.metadata;
+            (k, v, m.generation, m.resource_version.clone())
         }),
         &st.tcp_routes,
         now,
@@ -170,7 +176,8 @@ pub fn plan(
         GatewayKind::UDPRoute,
         store.udp_routes.iter().map(|(k, r)| {
             let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
-            (k, v, r.object.metadata.generation)
+            let m = &r.object.metadata;
+            (k, v, m.generation, m.resource_version.clone())
         }),
         &st.udp_routes,
         now,
@@ -183,40 +190,28 @@ pub fn plan(
 fn route_statuses<'a>(
     out: &mut Vec<StatusWrite>,
     kind: GatewayKind,
-    routes: impl Iterator<Item = (&'a ObjectKey, Value, Option<i64>)>,
+    routes: impl Iterator<Item = (&'a ObjectKey, Value, Option<i64>, Option<String>)>,
     st: &std::collections::BTreeMap<
         ObjectKey,
         std::collections::BTreeMap<String, portico_model::gateway_status::ParentState>,
     >,
     now: &str,
 ) {
-    for (key, current, generation) in routes {
+    for (key, current, generation, resource_version) in routes {
         let ours = st.get(key);
         let old_parents = current["parents"].as_array().cloned().unwrap_or_default();
         let had_ours = old_parents
             .iter()
             .any(|p| p["controllerName"] == CONTROLLER_NAME);
-        let Some(ours) = ours.filter(|o| !o.is_empty()) else {
-            // No longer attached to a Gateway of ours: drop our entries.
-            if had_ours {
-                let kept: Vec<Value> = old_parents
-                    .into_iter()
-                    .filter(|p| p["controllerName"] != CONTROLLER_NAME)
-                    .collect();
-                out.push(StatusWrite {
-                    kind,
-                    key: key.clone(),
-                    status: json!({"parents": kept}),
-                });
-            }
+        let ours = ours
+            .map(|o| o.values().collect::<Vec<_>>())
+            .unwrap_or_default();
+        if ours.is_empty() && !had_ours {
             continue;
-        };
-        let mut parents: Vec<Value> = old_parents
-            .iter()
-            .filter(|p| p["controllerName"] != CONTROLLER_NAME)
-            .cloned()
-            .collect();
-        for p in ours.values() {
+        }
+        // Our entries in their places, others' untouched, new ones last;
+        // entries of ours no longer wanted dropped.
+        let entry = |p: &portico_model::gateway_status::ParentState, old: &Value| {
             let mut parent_ref = json!({
                 "group": portico_gateway_api::GROUP,
                 "kind": "Gateway",
@@ -229,24 +224,40 @@ fn route_statuses<'a>(
             if let Some(port) = p.port {
                 parent_ref["port"] = json!(port);
             }
-            let old = old_parents
-                .iter()
-                .find(|o| o["controllerName"] == CONTROLLER_NAME && o["parentRef"] == parent_ref)
-                .map(|o| o["conditions"].clone())
-                .unwrap_or(Value::Null);
-            parents.push(json!({
+            json!({
                 "parentRef": parent_ref,
                 "controllerName": CONTROLLER_NAME,
-                "conditions": conditions(&[&p.accepted, &p.resolved_refs], generation, &old, now),
-            }));
+                "conditions": conditions(&[&p.accepted, &p.resolved_refs], generation, old, now),
+            })
+        };
+        let mut placed = vec![false; ours.len()];
+        let mut parents: Vec<Value> = Vec::new();
+        for o in &old_parents {
+            if o["controllerName"] != CONTROLLER_NAME {
+                parents.push(o.clone());
+                continue;
+            }
+            let found = ours.iter().enumerate().find(|(i, p)| {
+                !placed[*i] && entry(p, &Value::Null)["parentRef"] == o["parentRef"]
+            });
+            if let Some((i, p)) = found {
+                placed[i] = true;
+                parents.push(entry(p, &o["conditions"]));
+            }
         }
-        push_if_changed(
-            out,
-            kind,
-            key.clone(),
-            &current,
-            json!({"parents": parents}),
-        );
+        for (i, p) in ours.iter().enumerate() {
+            if !placed[i] {
+                parents.push(entry(p, &Value::Null));
+            }
+        }
+        if current.get("parents") != Some(&json!(parents)) {
+            out.push(StatusWrite {
+                kind,
+                key: key.clone(),
+                status: json!({ "parents": parents }),
+                resource_version,
+            });
+        }
     }
 }
 
@@ -305,6 +316,7 @@ fn push_if_changed(
             kind,
             key,
             status: want,
+            resource_version: None,
         });
     }
 }
@@ -404,6 +416,36 @@ mod tests {
         let kinds: Vec<GatewayKind> = again.iter().map(|w| w.kind).collect();
         assert!(!kinds.contains(&GatewayKind::HTTPRoute), "{again:?}");
         assert!(!kinds.contains(&GatewayKind::GatewayClass), "{again:?}");
+    }
+
+    #[test]
+    fn our_entry_keeps_its_place_among_other_controllers_entries() {
+        let theirs = "{parentRef: {name: theirs}, controllerName: example.com/x, conditions: []}";
+        let store = store_with(&[
+            CLASS,
+            GW,
+            SVC,
+            &route_with_status(&format!(", status: {{parents: [{theirs}]}}")),
+        ]);
+        let st = translated(&store);
+        let first = plan(&store, &st, &[], "2026-12-01T00:00:00Z");
+        let route = first
+            .iter()
+            .find(|w| w.kind == GatewayKind::HTTPRoute)
+            .unwrap();
+        let ours = route.status["parents"][1].clone();
+        // Ours first, theirs after (as another writer may leave them):
+        // nothing to write, and a write would keep that order.
+        let both = format!(
+            ", status: {{parents: [{}, {theirs}]}}",
+            serde_json::to_string(&ours).unwrap()
+        );
+        let store = store_with(&[CLASS, GW, SVC, &route_with_status(&both)]);
+        let again = plan(&store, &st, &[], "2026-12-02T00:00:00Z");
+        assert!(
+            !again.iter().any(|w| w.kind == GatewayKind::HTTPRoute),
+            "{again:?}"
+        );
     }
 
     #[test]

@@ -571,6 +571,9 @@ async fn gateway_api_watchers(
     };
     let api_version = format!("{}/v1", portico_gateway_api::GROUP);
     let mut started: std::collections::BTreeSet<Kind> = Default::default();
+    // Kinds already reported empty (not installed): said once, so a
+    // cluster without some CRD is not translated again every 30 s.
+    let mut empty: std::collections::BTreeSet<Kind> = Default::default();
     let mut told_absent = false;
     let mut told_error = false;
     let mut retry = Duration::from_secs(1);
@@ -586,10 +589,10 @@ async fn gateway_api_watchers(
                     told_error = true;
                     tracing::warn!(error = %e, "cannot ask the API server whether the Gateway API is installed; asking again");
                 }
-                for kind in Kind::GATEWAY_API
-                    .into_iter()
-                    .filter(|k| !started.contains(k))
-                {
+                for kind in Kind::GATEWAY_API {
+                    if started.contains(&kind) || !empty.insert(kind) {
+                        continue;
+                    }
                     if tx
                         .send(Report::Update(Update::Reset(kind, Vec::new())))
                         .is_err()
@@ -617,9 +620,10 @@ async fn gateway_api_watchers(
             };
             if !served.iter().any(|r| r == plural) {
                 // Not installed: listed, and empty.
-                if tx
-                    .send(Report::Update(Update::Reset(kind, Vec::new())))
-                    .is_err()
+                if empty.insert(kind)
+                    && tx
+                        .send(Report::Update(Update::Reset(kind, Vec::new())))
+                        .is_err()
                 {
                     return;
                 }

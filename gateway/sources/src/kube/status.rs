@@ -462,7 +462,12 @@ impl Writer {
                 return;
             }
         }
-        let body = json!({ "status": w.status });
+        let mut body = json!({ "status": w.status });
+        if let Some(rv) = &w.resource_version {
+            // A precondition: a newer version (another controller's
+            // entry, say) makes this write fail rather than erase it.
+            body["metadata"] = json!({ "resourceVersion": rv });
+        }
         let params = PatchParams::default();
         let patch = Patch::Merge(&body);
         let (c, key) = (self.client.clone(), &w.key);
@@ -494,6 +499,12 @@ impl Writer {
                 metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "ok").increment(1);
                 tracing::info!(object = %format!("{kind} {key}"), "Gateway API status written");
                 self.gateway_written.insert(id, (w.status, Instant::now()));
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Changed since it was read: planned again from the new
+                // version when its watch event arrives.
+                metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "conflict").increment(1);
+                tracing::debug!(object = %format!("{kind} {key}"), "status changed since read; planned again");
             }
             Err(e) => {
                 metrics::counter!("portico_kubernetes_status_writes_total", "kind" => kind, "result" => "error").increment(1);
