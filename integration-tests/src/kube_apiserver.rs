@@ -438,6 +438,7 @@ impl KubeApiServer {
             ("Gateway", "gateways", "Namespaced"),
             ("HTTPRoute", "httproutes", "Namespaced"),
             ("ReferenceGrant", "referencegrants", "Namespaced"),
+            ("GRPCRoute", "grpcroutes", "Namespaced"),
             ("TCPRoute", "tcproutes", "Namespaced"),
             ("UDPRoute", "udproutes", "Namespaced"),
         ];

@@ -466,3 +466,70 @@ spec:
         1
     );
 }
+
+/// A GRPCRoute: a gRPC-shaped call over h2c reaches the h2c backend its
+/// service and method select, trailers and all; another method is 404.
+#[test]
+fn grpc_routes_send_calls_to_h2c_backends() {
+    let users = Echo::h2c("users");
+    let other = Echo::h2c("other");
+    let mut m = String::new();
+    for (name, e) in [("users", &users), ("other", &other)] {
+        m += &yaml::service("default", name, "", &[("grpc", 50051)]);
+        m += &yaml::slice("default", &format!("{name}-1"), name, "grpc", e.http, true);
+    }
+    let gw = Gateway::start(&[("backends.yaml", &m)], "");
+    gw.write_manifest(
+        "grpc.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners: [{{name: http, protocol: HTTP, port: {}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: api, namespace: default}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [grpc.test]
+  rules:
+  - matches: [{{method: {{service: pkg.Users, method: Get}}}}]
+    backendRefs: [{{name: users, port: 50051}}]
+  - matches: [{{method: {{service: pkg.Other}}}}]
+    backendRefs: [{{name: other, port: 50051}}]
+",
+            gw.http
+        ),
+    );
+    let call = |path: &str| {
+        curl(&[
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/grpc",
+            "--data-binary",
+            "abc",
+            "-H",
+            "Host: grpc.test",
+            &format!("http://127.0.0.1:{}{path}", gw.http),
+        ])
+    };
+    let (out, err) = call("/pkg.Users/Get");
+    assert!(out.starts_with("HTTP/2 200"), "{out}{err}");
+    assert!(out.contains("\"name\":\"users\""), "{out}");
+    assert!(out.contains("\"proto\":\"h2\""), "{out}");
+    assert!(out.contains("grpc-status: 0"), "{out}");
+    let (out, _) = call("/pkg.Other/Anything");
+    assert!(out.contains("\"name\":\"other\""), "{out}");
+    let (out, _) = call("/pkg.Users/Delete");
+    assert!(out.starts_with("HTTP/2 404"), "{out}");
+}

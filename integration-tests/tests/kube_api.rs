@@ -350,6 +350,7 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
             "gatewayclasses",
             "gateways",
             "httproutes",
+            "grpcroutes",
             "tcproutes",
             "udproutes",
         ]
@@ -1380,8 +1381,8 @@ fn referenced_secrets_mode_reads_exactly_the_named_secrets() {
 /// A GatewayClass of Portico's named after `ns` (classes are
 /// cluster-wide), a Gateway `edge` with an HTTP listener on `port`, and an
 /// HTTPRoute `web` for `host` to Service `web`, plus one to a Service that
-/// does not exist; a TCPRoute and a UDPRoute that no listener takes (their
-/// status says so).
+/// does not exist; a GRPCRoute; a TCPRoute and a UDPRoute that no listener
+/// takes (their status says so).
 fn gateway_api_objects(ns: &str, port: u16, host: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
@@ -1413,6 +1414,14 @@ spec:
   parentRefs: [{{name: edge}}]
   hostnames: [broken.{host}]
   rules: [{{backendRefs: [{{name: nowhere, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: grpc, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [grpc.{host}]
+  rules: [{{matches: [{{method: {{service: pkg.Svc}}}}], backendRefs: [{{name: web, port: 80}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TCPRoute
@@ -1493,7 +1502,7 @@ fn gateway_api_routes_are_served_and_their_status_written() {
                 g["status"]["addresses"][0]["value"] == "127.0.0.1"
                     && condition(&g["status"]["conditions"], "Programmed")
                         .is_some_and(|c| c["status"] == "True")
-                    && l["attachedRoutes"] == 2
+                    && l["attachedRoutes"] == 3
                     && condition(&l["conditions"], "Accepted")
                         .is_some_and(|c| c["status"] == "True")
             })

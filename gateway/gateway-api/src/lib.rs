@@ -16,6 +16,8 @@
 pub mod gatewayclasses;
 #[path = "generated/gateways.rs"]
 pub mod gateways;
+#[path = "generated/grpcroutes.rs"]
+pub mod grpcroutes;
 #[path = "generated/httproutes.rs"]
 pub mod httproutes;
 #[path = "generated/referencegrants.rs"]
@@ -105,6 +107,15 @@ resource!(
     httproutes::HttpRouteSpec,
     httproutes::HttpRouteStatus,
     "httproutes",
+    k8s_openapi::NamespaceResourceScope
+);
+resource!(
+    /// gRPC routing rules (by service and method) attached to Gateway
+    /// listeners.
+    GRPCRoute,
+    grpcroutes::GrpcRouteSpec,
+    grpcroutes::GrpcRouteStatus,
+    "grpcroutes",
     k8s_openapi::NamespaceResourceScope
 );
 resource!(

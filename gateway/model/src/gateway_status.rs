@@ -44,6 +44,8 @@ pub struct ListenerState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicted: Option<Condition>,
     pub attached_routes: u32,
+    /// The route kinds the listener takes (`supportedKinds`).
+    pub supported_kinds: Vec<String>,
 }
 
 impl Default for ListenerState {
@@ -54,6 +56,7 @@ impl Default for ListenerState {
             resolved_refs: Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
             conflicted: None,
             attached_routes: 0,
+            supported_kinds: Vec::new(),
         }
     }
 }
@@ -99,7 +102,8 @@ pub struct GatewayApiStatus {
     pub gateways: BTreeMap<ObjectKey, GatewayState>,
     /// HTTPRoutes by key, then by parentRef (`ns/gateway[/section][:port]`).
     pub routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
-    /// TCPRoutes and UDPRoutes, likewise.
+    /// GRPCRoutes, TCPRoutes and UDPRoutes, likewise.
+    pub grpc_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
     pub tcp_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
     pub udp_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use portico_gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute};
+use portico_gateway_api::{
+    GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute,
+};
 
 /// `namespace/name`; the namespace is empty for cluster-scoped kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +65,7 @@ pub struct Store {
     pub gateways: BTreeMap<ObjectKey, Stored<Gateway>>,
     pub http_routes: BTreeMap<ObjectKey, Stored<HTTPRoute>>,
     pub reference_grants: BTreeMap<ObjectKey, Stored<ReferenceGrant>>,
+    pub grpc_routes: BTreeMap<ObjectKey, Stored<GRPCRoute>>,
     pub tcp_routes: BTreeMap<ObjectKey, Stored<TCPRoute>>,
     pub udp_routes: BTreeMap<ObjectKey, Stored<UDPRoute>>,
 }
@@ -80,6 +83,7 @@ pub enum AnyObject {
     Gateway(Arc<Gateway>),
     HTTPRoute(Arc<HTTPRoute>),
     ReferenceGrant(Arc<ReferenceGrant>),
+    GRPCRoute(Arc<GRPCRoute>),
     TCPRoute(Arc<TCPRoute>),
     UDPRoute(Arc<UDPRoute>),
 }
@@ -96,6 +100,7 @@ impl AnyObject {
             AnyObject::Gateway(_) => "Gateway",
             AnyObject::HTTPRoute(_) => "HTTPRoute",
             AnyObject::ReferenceGrant(_) => "ReferenceGrant",
+            AnyObject::GRPCRoute(_) => "GRPCRoute",
             AnyObject::TCPRoute(_) => "TCPRoute",
             AnyObject::UDPRoute(_) => "UDPRoute",
         }
@@ -112,6 +117,7 @@ impl AnyObject {
             AnyObject::Gateway(o) => &o.metadata,
             AnyObject::HTTPRoute(o) => &o.metadata,
             AnyObject::ReferenceGrant(o) => &o.metadata,
+            AnyObject::GRPCRoute(o) => &o.metadata,
             AnyObject::TCPRoute(o) => &o.metadata,
             AnyObject::UDPRoute(o) => &o.metadata,
         }
@@ -150,6 +156,7 @@ impl AnyObject {
             AnyObject::Gateway(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::HTTPRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::ReferenceGrant(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::GRPCRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::TCPRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::UDPRoute(o) => &mut Arc::make_mut(o).metadata,
         };
@@ -182,6 +189,7 @@ impl Store {
             AnyObject::Gateway(o) => put(&mut self.gateways, key, o, origin),
             AnyObject::HTTPRoute(o) => put(&mut self.http_routes, key, o, origin),
             AnyObject::ReferenceGrant(o) => put(&mut self.reference_grants, key, o, origin),
+            AnyObject::GRPCRoute(o) => put(&mut self.grpc_routes, key, o, origin),
             AnyObject::TCPRoute(o) => put(&mut self.tcp_routes, key, o, origin),
             AnyObject::UDPRoute(o) => put(&mut self.udp_routes, key, o, origin),
         }

@@ -228,12 +228,14 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
             "gateway.networking.k8s.io/v1"
             | "gateway.networking.k8s.io/v1beta1"
             | "gateway.networking.k8s.io/v1alpha2",
-            "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute",
+            "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" | "TCPRoute"
+            | "UDPRoute",
         ) => {
             let obj = match kind.as_str() {
                 "GatewayClass" => AnyObject::GatewayClass(Arc::new(typed(doc, &kind)?)),
                 "Gateway" => AnyObject::Gateway(Arc::new(typed(doc, &kind)?)),
                 "HTTPRoute" => AnyObject::HTTPRoute(Arc::new(typed(doc, &kind)?)),
+                "GRPCRoute" => AnyObject::GRPCRoute(Arc::new(typed(doc, &kind)?)),
                 "TCPRoute" => AnyObject::TCPRoute(Arc::new(typed(doc, &kind)?)),
                 "UDPRoute" => AnyObject::UDPRoute(Arc::new(typed(doc, &kind)?)),
                 _ => AnyObject::ReferenceGrant(Arc::new(typed(doc, &kind)?)),
@@ -251,7 +253,7 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
         (
             _,
             "Service" | "Secret" | "EndpointSlice" | "Ingress" | "IngressClass" | "GatewayClass"
-            | "Gateway" | "HTTPRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute",
+            | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute",
         ) => {
             return Err((
                 None,

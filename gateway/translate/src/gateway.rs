@@ -52,12 +52,12 @@ enum Protocol {
 }
 
 impl Protocol {
-    /// The route kind a listener of this protocol takes.
-    fn route_kind(self) -> &'static str {
+    /// The route kinds a listener of this protocol takes.
+    fn route_kinds(self) -> &'static [&'static str] {
         match self {
-            Protocol::Http | Protocol::Https => "HTTPRoute",
-            Protocol::Tcp => "TCPRoute",
-            Protocol::Udp => "UDPRoute",
+            Protocol::Http | Protocol::Https => &["HTTPRoute", "GRPCRoute"],
+            Protocol::Tcp => &["TCPRoute"],
+            Protocol::Udp => &["UDPRoute"],
         }
     }
 }
@@ -70,8 +70,9 @@ struct Listener {
     port: u16,
     hostname: Option<String>,
     from: From,
-    /// `allowedRoutes.kinds` admits the protocol's route kind (unset: yes).
-    takes_kind: bool,
+    /// The route kinds it takes: its protocol's, narrowed by
+    /// `allowedRoutes.kinds`.
+    kinds: Vec<&'static str>,
 }
 
 /// Adds what the Gateway API objects in `store` declare to `out`.
@@ -103,9 +104,11 @@ pub fn add_gateway_api(
         let state = add_gateway(key, &gw.object, &here, store, settings, out, &mut listeners);
         status.gateways.insert(key.clone(), state);
     }
+    let http = Flavor::http();
     for (key, route) in super::oldest_first(&store.http_routes, |r| &r.metadata) {
         let here = Store::locate(&store.http_routes, "HTTPRoute", key);
         add_http_route(
+            &http,
             key,
             &route.object,
             &here,
@@ -116,6 +119,29 @@ pub fn add_gateway_api(
             &mut status,
             out,
         );
+    }
+    // A GRPCRoute is an HTTPRoute whose matches are gRPC paths
+    // (`/service/method`) and whose backends speak HTTP/2 (h2c).
+    let grpc = Flavor::grpc();
+    for (key, route) in super::oldest_first(&store.grpc_routes, |r| &r.metadata) {
+        let here = Store::locate(&store.grpc_routes, "GRPCRoute", key);
+        match grpc_as_http(&route.object) {
+            Ok(as_http) => add_http_route(
+                &grpc,
+                key,
+                &as_http,
+                &here,
+                store,
+                settings,
+                backends,
+                &listeners,
+                &mut status,
+                out,
+            ),
+            Err(e) => out
+                .problems
+                .push(Problem::error(&here, format!("{e}; route not served"))),
+        }
     }
     // (protocol, port) → (route, Gateway, listener) holding it.
     let mut taken: BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)> = BTreeMap::new();
@@ -184,6 +210,123 @@ pub fn add_gateway_api(
     out.gateway_api = status;
 }
 
+/// What tells an HTTPRoute from a GRPCRoute once translated alike.
+struct Flavor {
+    kind: &'static str,
+    /// The routes' policy: gRPC backends speak h2c.
+    policy: Option<std::sync::Arc<portico_model::policy::CheckedPolicy>>,
+}
+
+impl Flavor {
+    fn http() -> Self {
+        Flavor {
+            kind: "HTTPRoute",
+            policy: None,
+        }
+    }
+
+    fn grpc() -> Self {
+        let policy = portico_model::policy::RoutePolicy {
+            backend_protocol: Some(portico_model::policy::BackendProtocol::Grpc),
+            ..Default::default()
+        };
+        Flavor {
+            kind: "GRPCRoute",
+            policy: Some(std::sync::Arc::new(portico_model::policy::CheckedPolicy {
+                policy,
+                allow: Vec::new(),
+                limit_exempt: Vec::new(),
+            })),
+        }
+    }
+
+    fn parents<'a>(
+        &self,
+        status: &'a mut GatewayApiStatus,
+    ) -> &'a mut BTreeMap<ObjectKey, BTreeMap<String, ParentState>> {
+        if self.kind == "GRPCRoute" {
+            &mut status.grpc_routes
+        } else {
+            &mut status.routes
+        }
+    }
+}
+
+/// A GRPCRoute as the HTTPRoute that routes its calls: each method match
+/// becomes a path match (`/service/method` Exact, `/service` PathPrefix,
+/// or a RegularExpression), the rest (headers, filters, backends) has the
+/// same shape and is read as it is.
+fn grpc_as_http(route: &portico_gateway_api::GRPCRoute) -> Result<HTTPRoute, String> {
+    let mut spec = serde_json::to_value(&route.spec).map_err(|e| e.to_string())?;
+    for (ri, rule) in spec["rules"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(o) = rule.as_object_mut() {
+            o.remove("sessionPersistence");
+        }
+        for (mi, m) in rule["matches"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let Some(o) = m.as_object_mut() else { continue };
+            let Some(method) = o.remove("method") else {
+                continue;
+            };
+            let what = format!("spec.rules[{ri}].matches[{mi}].method");
+            let service = method["service"].as_str();
+            let name = method["method"].as_str();
+            let path = match (method["type"].as_str().unwrap_or("Exact"), service, name) {
+                (_, None, None) => {
+                    return Err(format!("{what}: needs a service or a method"));
+                }
+                ("Exact", Some(s), Some(n)) => {
+                    serde_json::json!({"type": "Exact", "value": format!("/{s}/{n}")})
+                }
+                ("Exact", Some(s), None) => {
+                    serde_json::json!({"type": "PathPrefix", "value": format!("/{s}")})
+                }
+                ("Exact", None, Some(n)) => serde_json::json!({
+                    "type": "RegularExpression",
+                    "value": format!("/[^/]+/{}", escape_regex(n)),
+                }),
+                ("RegularExpression", s, n) => serde_json::json!({
+                    "type": "RegularExpression",
+                    "value": format!("/(?:{})/(?:{})", s.unwrap_or("[^/]+"), n.unwrap_or("[^/]+")),
+                }),
+                (other, _, _) => {
+                    return Err(format!(
+                        "{what}.type {other:?} is not Exact or RegularExpression"
+                    ))
+                }
+            };
+            o.insert("path".into(), path);
+        }
+    }
+    let spec = serde_json::from_value(spec).map_err(|e| format!("cannot read as routes: {e}"))?;
+    Ok(HTTPRoute {
+        metadata: route.metadata.clone(),
+        spec,
+        status: None,
+    })
+}
+
+/// `s` with every character that is not a letter, digit or `_` escaped.
+fn escape_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !(c.is_ascii_alphanumeric() || c == '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A parentRef of any route kind.
 struct ParentRef {
     group: Option<String>,
@@ -226,7 +369,7 @@ fn add_l4_route(
     node: &[std::net::IpAddr],
     out: &mut SnapshotSpec,
 ) -> BTreeMap<String, ParentState> {
-    let kind = route.protocol.route_kind();
+    let kind = route.protocol.route_kinds()[0];
     let mut states = BTreeMap::new();
     // The backend: the first that resolves, with a weight.
     let mut resolved: Option<BackendKey> = None;
@@ -322,7 +465,7 @@ fn add_l4_route(
             .collect();
         let Some(l) = candidates
             .into_iter()
-            .find(|l| l.takes_kind && admits_namespace(l, &key.namespace))
+            .find(|l| l.kinds.contains(&kind) && admits_namespace(l, &key.namespace))
         else {
             let msg = format!(
                 "no served {} listener of the Gateway matches and admits routes of this namespace",
@@ -521,35 +664,32 @@ fn check_listener(
             out,
         );
     }
-    let mut takes_kind = true;
-    if let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
-        takes_kind = kinds.iter().any(|k| {
-            k.kind == protocol.route_kind()
-                && k.group
-                    .as_deref()
-                    .is_none_or(|g| g == portico_gateway_api::GROUP)
-        });
-        let bad: Vec<&str> = kinds
+    let supported = protocol.route_kinds();
+    let mut kinds: Vec<&'static str> = supported.to_vec();
+    if let Some(listed) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+        let ours = |k: &portico_gateway_api::gateways::GatewayListenersAllowedRoutesKinds| {
+            k.group
+                .as_deref()
+                .is_none_or(|g| g == portico_gateway_api::GROUP)
+        };
+        kinds.retain(|kind| listed.iter().any(|k| ours(k) && k.kind == *kind));
+        let bad: Vec<&str> = listed
             .iter()
-            .filter(|k| {
-                k.kind != protocol.route_kind()
-                    || k.group
-                        .as_deref()
-                        .is_some_and(|g| g != portico_gateway_api::GROUP)
-            })
+            .filter(|k| !ours(k) || !supported.contains(&k.kind.as_str()))
             .map(|k| k.kind.as_str())
             .collect();
         if !bad.is_empty() {
             let msg = format!(
                 "allowedRoutes.kinds {bad:?}: a {} listener takes {} only",
                 l.protocol,
-                protocol.route_kind()
+                supported.join(" and ")
             );
             out.problems
                 .push(Problem::warning(here, format!("{what}: {msg}")));
             ls.resolved_refs = Condition::bad("ResolvedRefs", "InvalidRouteKinds", &msg);
         }
     }
+    ls.supported_kinds = kinds.iter().map(|k| k.to_string()).collect();
     if protocol == Protocol::Https {
         let tls = l.tls.as_ref();
         if tls
@@ -668,7 +808,7 @@ fn check_listener(
         port,
         hostname: l.hostname.clone().map(|h| h.to_ascii_lowercase()),
         from,
-        takes_kind,
+        kinds,
     })
 }
 
@@ -753,6 +893,7 @@ fn narrower(a: &str, b: &str) -> Option<String> {
 
 #[allow(clippy::too_many_arguments)]
 fn add_http_route(
+    flavor: &Flavor,
     key: &ObjectKey,
     route: &HTTPRoute,
     here: &str,
@@ -789,8 +930,8 @@ fn add_http_route(
                     && parent.port.is_none_or(|p| i32::from(l.port) == p)
             })
             .collect();
-        let state = status
-            .routes
+        let state = flavor
+            .parents(status)
             .entry(key.clone())
             .or_default()
             .entry(parent_label(&gw_key, parent))
@@ -807,10 +948,10 @@ fn add_http_route(
         }
         let allowed: Vec<&Listener> = candidates
             .into_iter()
-            .filter(|l| l.takes_kind && admits_namespace(l, &key.namespace))
+            .filter(|l| l.kinds.contains(&flavor.kind) && admits_namespace(l, &key.namespace))
             .collect();
         if allowed.is_empty() {
-            let msg = "the listeners' allowedRoutes do not admit HTTPRoutes of this namespace";
+            let msg = "the listeners' allowedRoutes do not admit routes of this kind and namespace";
             out.problems
                 .push(Problem::error(here, format!("{what}: {msg}; not attached")));
             state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", msg);
@@ -832,8 +973,8 @@ fn add_http_route(
                 attached.push((l, hosts));
             }
         }
-        let state = status
-            .routes
+        let state = flavor
+            .parents(status)
             .entry(key.clone())
             .or_default()
             .entry(parent_label(&gw_key, parent))
@@ -898,7 +1039,7 @@ fn add_http_route(
                 conditions.ports = vec![l.port];
                 conditions.tls = Some(l.protocol == Protocol::Https);
                 let action = RuleAction {
-                    source: format!("HTTPRoute {key}"),
+                    source: format!("{} {key}", flavor.kind),
                     rule: ri,
                     via: format!("Gateway {} listener {}", l.gateway, l.name),
                     conditions: Some(conditions),
@@ -915,7 +1056,7 @@ fn add_http_route(
                         plugins: built.plugins.clone(),
                         scoped_plugins: scoped_plugins.clone(),
                         annotations: annotations.clone(),
-                        policy: None,
+                        policy: flavor.policy.clone(),
                         canary: None,
                         path_regex: matched.regex.clone(),
                         fallback: None,
@@ -927,7 +1068,11 @@ fn add_http_route(
                         &matched.path,
                         r,
                     ) {
-                        if kept.ingress != key.to_string() {
+                        let same = kept
+                            .rule
+                            .as_ref()
+                            .is_some_and(|r| r.source == format!("{} {key}", flavor.kind));
+                        if !same {
                             out.problems.push(Problem::warning(
                                 here,
                                 format!(
@@ -944,7 +1089,7 @@ fn add_http_route(
         }
     }
     // ResolvedRefs on every parent the route is attached to.
-    if let Some(parents) = status.routes.get_mut(key) {
+    if let Some(parents) = flavor.parents(status).get_mut(key) {
         for state in parents.values_mut() {
             state.resolved_refs = match &resolved_refs {
                 Some((reason, msg)) => Condition::bad("ResolvedRefs", reason, msg),

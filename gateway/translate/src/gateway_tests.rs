@@ -760,3 +760,80 @@ spec:
         "{text}"
     );
 }
+
+#[test]
+fn grpc_routes_match_services_and_methods_over_h2c() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: shop}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [grpc.test]
+  rules:
+  - matches: [{method: {service: pkg.Users, method: Get}}]
+    backendRefs: [{name: api, port: 80}]
+  - matches: [{method: {service: pkg.Users}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{method: {method: Health}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{method: {type: RegularExpression, service: 'pkg\\.Admin.*', method: 'Del.*'}, headers: [{name: x-admin, value: 'yes'}]}]
+    backendRefs: [{name: api, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: empty-match, namespace: shop}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [grpc.test]
+  rules: [{matches: [{method: {}}], backendRefs: [{name: api, port: 80}]}]
+";
+    let spec = spec_of(yaml);
+    let post = |path: &'static str, headers: &'static [(&'static str, &'static str)]| Req {
+        method: "POST",
+        headers,
+        ..get("grpc.test", path)
+    };
+    let cases: &[(Req<'_>, Option<&str>)] = &[
+        (post("/pkg.Users/Get", &[]), Some("shop/g#0")),
+        (post("/pkg.Users/List", &[]), Some("shop/g#1")),
+        (post("/other.Svc/Health", &[]), Some("shop/g#2")),
+        (
+            post("/pkg.AdminV2/DeleteAll", &[("x-admin", "yes")]),
+            Some("shop/g#3"),
+        ),
+        (post("/pkg.AdminV2/DeleteAll", &[]), None),
+        (post("/pkg.Usersx/Get", &[]), None),
+    ];
+    for (req, want) in cases {
+        assert_eq!(
+            routed(&spec, &Req { ..*req }).as_deref(),
+            *want,
+            "{}",
+            req.path
+        );
+    }
+    let (r, _) = spec.routes.find("grpc.test", "/pkg.Users/Get").unwrap();
+    // The backend leg is HTTP/2 in clear, as gRPC needs.
+    assert_eq!(
+        r.policy.as_ref().unwrap().policy.backend_protocol,
+        Some(portico_model::policy::BackendProtocol::Grpc)
+    );
+    assert_eq!(r.rule.as_ref().unwrap().source, "GRPCRoute shop/g");
+    let key = portico_model::store::ObjectKey::new("shop", "g");
+    assert!(
+        spec.gateway_api.grpc_routes[&key]["infra/gw"]
+            .accepted
+            .status
+    );
+    assert!(
+        problems(&spec).contains("needs a service or a method"),
+        "{}",
+        problems(&spec)
+    );
+    // The listener takes both HTTP route kinds.
+    let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "gw")];
+    assert_eq!(
+        gw.listeners["http"].supported_kinds,
+        ["HTTPRoute", "GRPCRoute"]
+    );
+}

@@ -40,6 +40,7 @@ pub(crate) fn store_of(yaml: &str) -> Store {
             "ReferenceGrant" => {
                 AnyObject::ReferenceGrant(Arc::new(serde_yaml::from_value(v).unwrap()))
             }
+            "GRPCRoute" => AnyObject::GRPCRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
             "TCPRoute" => AnyObject::TCPRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
             "UDPRoute" => AnyObject::UDPRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
             other => panic!("no {other} in the store"),

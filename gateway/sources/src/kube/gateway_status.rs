@@ -21,6 +21,7 @@ pub enum GatewayKind {
     GatewayClass,
     Gateway,
     HTTPRoute,
+    GRPCRoute,
     TCPRoute,
     UDPRoute,
 }
@@ -31,6 +32,7 @@ impl GatewayKind {
             GatewayKind::GatewayClass => "GatewayClass",
             GatewayKind::Gateway => "Gateway",
             GatewayKind::HTTPRoute => "HTTPRoute",
+            GatewayKind::GRPCRoute => "GRPCRoute",
             GatewayKind::TCPRoute => "TCPRoute",
             GatewayKind::UDPRoute => "UDPRoute",
         }
@@ -91,16 +93,11 @@ pub fn plan(
             let conflicted = ls.conflicted.clone().unwrap_or_else(|| {
                 Condition::bad("Conflicted", "NoConflicts", "no conflicting listener")
             });
-            let kinds = if ls.resolved_refs.reason == "InvalidRouteKinds"
-                && l.allowed_routes
-                    .as_ref()
-                    .and_then(|a| a.kinds.as_ref())
-                    .is_some_and(|k| !k.iter().any(|k| k.kind == "HTTPRoute"))
-            {
-                json!([])
-            } else {
-                json!([{"group": portico_gateway_api::GROUP, "kind": "HTTPRoute"}])
-            };
+            let kinds: Vec<Value> = ls
+                .supported_kinds
+                .iter()
+                .map(|k| json!({"group": portico_gateway_api::GROUP, "kind": k}))
+                .collect();
             let ListenerState {
                 accepted,
                 programmed: prog,
@@ -158,6 +155,17 @@ pub fn plan(
             (k, v, m.generation, m.resource_version.clone())
         }),
         &st.routes,
+        now,
+    );
+    route_statuses(
+        &mut out,
+        GatewayKind::GRPCRoute,
+        store.grpc_routes.iter().map(|(k, r)| {
+            let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
+            let m = &r.object.metadata;
+            (k, v, m.generation, m.resource_version.clone())
+        }),
+        &st.grpc_routes,
         now,
     );
     route_statuses(

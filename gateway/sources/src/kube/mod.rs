@@ -567,7 +567,7 @@ async fn gateway_api_watchers(
     tx: mpsc::UnboundedSender<Report>,
 ) {
     use portico_gateway_api::{
-        Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute,
+        GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute,
     };
     let api_version = format!("{}/v1", portico_gateway_api::GROUP);
     let mut started: std::collections::BTreeSet<Kind> = Default::default();
@@ -614,6 +614,7 @@ async fn gateway_api_watchers(
                 Kind::GatewayClass => "gatewayclasses",
                 Kind::Gateway => "gateways",
                 Kind::HTTPRoute => "httproutes",
+                Kind::GRPCRoute => "grpcroutes",
                 Kind::TCPRoute => "tcproutes",
                 Kind::UDPRoute => "udproutes",
                 _ => "referencegrants",
@@ -655,6 +656,14 @@ async fn gateway_api_watchers(
                     scope.clone(),
                     (kind, Coverage::Kind),
                     |o| AnyObject::HTTPRoute(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::GRPCRoute => tokio::spawn(watch::run::<GRPCRoute>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::GRPCRoute(Arc::new(o)),
                     tx.clone(),
                 )),
                 Kind::TCPRoute => tokio::spawn(watch::run::<TCPRoute>(

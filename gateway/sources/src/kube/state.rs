@@ -21,12 +21,13 @@ pub enum Kind {
     Gateway,
     HTTPRoute,
     ReferenceGrant,
+    GRPCRoute,
     TCPRoute,
     UDPRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -36,16 +37,18 @@ impl Kind {
         Kind::Gateway,
         Kind::HTTPRoute,
         Kind::ReferenceGrant,
+        Kind::GRPCRoute,
         Kind::TCPRoute,
         Kind::UDPRoute,
     ];
 
     /// The Gateway API kinds: watched only where their CRDs are installed.
-    pub const GATEWAY_API: [Kind; 6] = [
+    pub const GATEWAY_API: [Kind; 7] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HTTPRoute,
         Kind::ReferenceGrant,
+        Kind::GRPCRoute,
         Kind::TCPRoute,
         Kind::UDPRoute,
     ];
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HTTPRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::GRPCRoute => "GRPCRoute",
             Kind::TCPRoute => "TCPRoute",
             Kind::UDPRoute => "UDPRoute",
         }
@@ -77,6 +81,7 @@ impl Kind {
             AnyObject::Gateway(_) => Kind::Gateway,
             AnyObject::HTTPRoute(_) => Kind::HTTPRoute,
             AnyObject::ReferenceGrant(_) => Kind::ReferenceGrant,
+            AnyObject::GRPCRoute(_) => Kind::GRPCRoute,
             AnyObject::TCPRoute(_) => Kind::TCPRoute,
             AnyObject::UDPRoute(_) => Kind::UDPRoute,
         }
@@ -186,6 +191,7 @@ impl ClusterState {
             Kind::Gateway => s.gateways.clear(),
             Kind::HTTPRoute => s.http_routes.clear(),
             Kind::ReferenceGrant => s.reference_grants.clear(),
+            Kind::GRPCRoute => s.grpc_routes.clear(),
             Kind::TCPRoute => s.tcp_routes.clear(),
             Kind::UDPRoute => s.udp_routes.clear(),
         }
@@ -203,6 +209,7 @@ impl ClusterState {
             Kind::Gateway => s.gateways.remove(key).is_some(),
             Kind::HTTPRoute => s.http_routes.remove(key).is_some(),
             Kind::ReferenceGrant => s.reference_grants.remove(key).is_some(),
+            Kind::GRPCRoute => s.grpc_routes.remove(key).is_some(),
             Kind::TCPRoute => s.tcp_routes.remove(key).is_some(),
             Kind::UDPRoute => s.udp_routes.remove(key).is_some(),
         }
@@ -289,6 +296,11 @@ impl ClusterState {
             }
             AnyObject::ReferenceGrant(new) => {
                 same_spec(s.reference_grants.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::GRPCRoute(new) => {
+                same_spec(s.grpc_routes.get(&key).map(|o| &*o.object), new, |o| {
                     (&o.metadata, &o.spec)
                 })
             }

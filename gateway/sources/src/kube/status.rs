@@ -455,7 +455,9 @@ impl Writer {
     /// subresource).
     async fn write_gateway_status(&mut self, w: super::gateway_status::StatusWrite) {
         use super::gateway_status::GatewayKind;
-        use portico_gateway_api::{Gateway, GatewayClass, HTTPRoute, TCPRoute, UDPRoute};
+        use portico_gateway_api::{
+            GRPCRoute, Gateway, GatewayClass, HTTPRoute, TCPRoute, UDPRoute,
+        };
         let id = (w.kind, w.key.clone());
         if let Some((last, at)) = self.gateway_written.get(&id) {
             if *last == w.status && at.elapsed() < Duration::from_secs(10) {
@@ -481,6 +483,10 @@ impl Writer {
                 .await
                 .map(|_| ()),
             GatewayKind::HTTPRoute => Api::<HTTPRoute>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &params, &patch)
+                .await
+                .map(|_| ()),
+            GatewayKind::GRPCRoute => Api::<GRPCRoute>::namespaced(c, &key.namespace)
                 .patch_status(&key.name, &params, &patch)
                 .await
                 .map(|_| ()),
