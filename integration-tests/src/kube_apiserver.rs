@@ -484,6 +484,33 @@ spec:
             )
             .unwrap_or_else(|e| panic!("CRD {plural} not established: {e}"));
         }
+        // Established is not yet in discovery, which is what Portico asks.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let listed = self
+                .kubectl(
+                    &[
+                        "api-resources",
+                        "--api-group=gateway.networking.k8s.io",
+                        "-o",
+                        "name",
+                    ],
+                    None,
+                )
+                .unwrap_or_default();
+            if kinds.iter().all(|(_, plural, _)| {
+                listed
+                    .lines()
+                    .any(|l| l == format!("{plural}.gateway.networking.k8s.io"))
+            }) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "Gateway API CRDs not in discovery: {listed}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         *done = true;
     }
 

@@ -344,25 +344,33 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
             .any(|e| e["reason"] == "TLSSecretInvalid")
     });
     let user = format!("system:serviceaccount:{ns}:{sa}");
-    wait_for(15, "Gateway API status written", || {
-        let audit = api.audit(&user);
-        [
-            "gatewayclasses",
-            "gateways",
-            "httproutes",
-            "grpcroutes",
-            "tcproutes",
-            "udproutes",
-        ]
-        .iter()
-        .all(|r| {
-            audit.iter().any(|e| {
-                e["verb"] == "patch"
-                    && e["objectRef"]["resource"] == *r
-                    && e["objectRef"]["subresource"] == "status"
-            })
+    let patched = |r: &str| {
+        api.audit(&user).iter().any(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["resource"] == r
+                && e["objectRef"]["subresource"] == "status"
         })
-    });
+    };
+    // GatewayClasses are cluster-wide: another test's gateway may write
+    // this class's status first (then ours finds it right). Not waited for.
+    let kinds = [
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "tcproutes",
+        "udproutes",
+    ];
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut missing: Vec<&str> = kinds.to_vec();
+    while !missing.is_empty() && Instant::now() < end {
+        missing.retain(|r| !patched(r));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        missing.is_empty(),
+        "no status patch on {missing:?}; log:\n{}",
+        gw.log()
+    );
     wait_for(10, "a Lease renewal", || {
         api.audit(&user)
             .iter()
@@ -393,10 +401,13 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
         .collect();
     // Granted but not always exercised: `patch` on events (kube-runtime's
     // recorder patches an Event only when the same problem repeats), `list`
-    // on leases (L2 announcement with Leases, off here; l2_failover.rs).
+    // on leases (L2 announcement with Leases, off here; l2_failover.rs),
+    // `patch` on gatewayclasses/status (cluster-wide: another gateway of
+    // this test run may have written it first).
     let rare = [
         ("events.k8s.io/events", "patch"),
         ("coordination.k8s.io/leases", "list"),
+        ("gateway.networking.k8s.io/gatewayclasses/status", "patch"),
     ];
     for rule in &rules {
         for g in &rule.groups {

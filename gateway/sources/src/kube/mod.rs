@@ -576,6 +576,7 @@ async fn gateway_api_watchers(
     let mut empty: std::collections::BTreeSet<Kind> = Default::default();
     let mut told_absent = false;
     let mut told_error = false;
+    let mut quick_rechecks = 30;
     let mut retry = Duration::from_secs(1);
     loop {
         let served: Vec<String> = match client.list_api_group_resources(&api_version).await {
@@ -699,7 +700,15 @@ async fn gateway_api_watchers(
             told_absent = true;
             tracing::info!("the Gateway API CRDs (gateway.networking.k8s.io/v1) are not installed; Gateways and routes are not read until they are (asking every 30 s)");
         }
-        tokio::time::sleep(GATEWAY_API_RECHECK).await;
+        // Some kinds served and not others: likely an install under way,
+        // so asked again soon for a while.
+        let pause = if !started.is_empty() && quick_rechecks > 0 {
+            quick_rechecks -= 1;
+            Duration::from_secs(2)
+        } else {
+            GATEWAY_API_RECHECK
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
