@@ -12,7 +12,7 @@ crds="$1/config/crd/standard"
 release="$2"
 out="$(dirname "$0")/../gateway/gateway-api/src/generated"
 mkdir -p "$out"
-for kind in gatewayclasses gateways httproutes grpcroutes referencegrants tcproutes udproutes; do
+for kind in gatewayclasses gateways httproutes grpcroutes referencegrants tcproutes udproutes tlsroutes; do
   {
     echo "// Generated from the Gateway API $release CRD (standard channel) by"
     echo "// scripts/gen_gateway_api.sh; do not edit."

@@ -441,6 +441,7 @@ impl KubeApiServer {
             ("GRPCRoute", "grpcroutes", "Namespaced"),
             ("TCPRoute", "tcproutes", "Namespaced"),
             ("UDPRoute", "udproutes", "Namespaced"),
+            ("TLSRoute", "tlsroutes", "Namespaced"),
         ];
         let mut text = String::new();
         for (kind, plural, scope) in kinds {

@@ -5,14 +5,17 @@
 
 use portico_integration_tests::*;
 
+/// Portico's GatewayClass, to start a manifest with.
+const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portico}
+spec: {controllerName: portico.io/gateway-controller}
+---
+";
+
 fn gateway_yaml(http: u16, https: u16) -> String {
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
+        "{CLASS}apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: infra}}
 spec:
@@ -393,12 +396,7 @@ fn tcp_and_udp_routes_forward_on_gateway_listeners() {
         p = backend.http
     );
     m += &format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
+        "{CLASS}apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: l4, namespace: default}}
 spec:
@@ -467,6 +465,103 @@ spec:
     );
 }
 
+/// A TLS passthrough listener with two TLSRoutes: each TLS connection
+/// reaches the HTTPS backend its SNI names (the backend's own certificate
+/// answers: Portico holds none for these names), an exact name before
+/// the wildcard; a name no route has is closed without an answer.
+#[test]
+fn tls_routes_pass_tls_through_by_sni() {
+    let (a, b) = (Echo::https("pass-a"), Echo::https("pass-b"));
+    let port = free_port();
+    let mut m = backends(&a, &b);
+    m += &format!(
+        "{CLASS}apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tls, namespace: default}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: pass, protocol: TLS, port: {port}, hostname: '*.example.com', tls: {{mode: Passthrough}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: exact, namespace: default}}
+spec:
+  parentRefs: [{{name: tls}}]
+  hostnames: [a.example.com]
+  rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: wild, namespace: default}}
+spec:
+  parentRefs: [{{name: tls, sectionName: pass}}]
+  hostnames: ['*.example.com']
+  rules: [{{backendRefs: [{{name: b, port: 80}}]}}]
+---
+"
+    );
+    let gw = Gateway::start(&[("tls.yaml", &m)], "");
+    wait_port(port, std::time::Duration::from_secs(5));
+    let fetch = |name: &str| {
+        curl(&[
+            "-k",
+            "--resolve",
+            &format!("{name}:{port}:127.0.0.1"),
+            &format!("https://{name}:{port}/over-tls"),
+        ])
+    };
+    for (name, backend) in [
+        ("a.example.com", "pass-a"),
+        ("other.example.com", "pass-b"),
+        ("x.y.example.com", "pass-b"),
+    ] {
+        let (body, err) = fetch(name);
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{name}: {e}: {body:?} {err}\n{}", gw.log()));
+        assert_eq!(v["name"], backend, "{name}: {v}");
+        assert_eq!(v["path"], "/over-tls", "{v}");
+    }
+    // No route for the name: the connection is closed before any TLS
+    // answer (curl sees the peer go away, not an alert or a certificate).
+    let (body, err) = fetch("nobody.example.org");
+    assert!(body.is_empty(), "{body}");
+    assert!(
+        err.contains("SSL") || err.contains("reset") || err.contains("closed"),
+        "{err}"
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portico_tls_passthrough_refused_total")
+                && l.contains("no-route")),
+        "{metrics}"
+    );
+    // explain names the route an SNI takes.
+    let out = portico(&[
+        "explain",
+        "--admin",
+        &format!("127.0.0.1:{}", gw.admin),
+        "--host",
+        "a.example.com",
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["listeners"][0]["route"], "TLSRoute default/exact", "{v}");
+    let status = &gw.config_json()["gateway_api"];
+    assert_eq!(
+        status["gateways"]["default/tls"]["listeners"]["pass"]["attached_routes"], 2,
+        "{status}"
+    );
+    assert_eq!(
+        status["tls_routes"]["default/exact"]["default/tls"]["accepted"]["status"], true,
+        "{status}"
+    );
+}
+
 /// A GRPCRoute: a gRPC-shaped call over h2c reaches the h2c backend its
 /// service and method select, trailers and all; another method is 404.
 #[test]
@@ -482,12 +577,7 @@ fn grpc_routes_send_calls_to_h2c_backends() {
     gw.write_manifest(
         "grpc.yaml",
         &format!(
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico}}
-spec: {{controllerName: portico.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
+            "{CLASS}apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: default}}
 spec:

@@ -359,6 +359,7 @@ fn deploy_rbac_allows_exactly_what_portico_uses() {
         "grpcroutes",
         "tcproutes",
         "udproutes",
+        "tlsroutes",
     ];
     let end = Instant::now() + Duration::from_secs(15);
     let mut missing: Vec<&str> = kinds.to_vec();
@@ -1448,6 +1449,14 @@ spec:
   parentRefs: [{{name: edge}}]
   rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: tls, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [tls.{host}]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+---
 "
     )
 }
@@ -1523,6 +1532,16 @@ fn gateway_api_routes_are_served_and_their_status_written() {
             .is_some_and(|r| {
                 condition(&r["status"]["parents"][0]["conditions"], "ResolvedRefs")
                     .is_some_and(|c| c["status"] == "False" && c["reason"] == "BackendNotFound")
+            })
+    });
+    // A TLSRoute on an HTTP-only Gateway: watched, and refused in its
+    // status as the conformance suite expects.
+    wait_for(10, "NotAllowedByListeners on the TLSRoute", || {
+        api.get("tlsroutes.gateway.networking.k8s.io", &ns, "tls")
+            .is_some_and(|r| {
+                condition(&r["status"]["parents"][0]["conditions"], "Accepted").is_some_and(|c| {
+                    c["status"] == "False" && c["reason"] == "NotAllowedByListeners"
+                })
             })
     });
     wait_for(10, "an Event on the broken route", || {

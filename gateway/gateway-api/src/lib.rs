@@ -24,6 +24,8 @@ pub mod httproutes;
 pub mod referencegrants;
 #[path = "generated/tcproutes.rs"]
 pub mod tcproutes;
+#[path = "generated/tlsroutes.rs"]
+pub mod tlsroutes;
 #[path = "generated/udproutes.rs"]
 pub mod udproutes;
 
@@ -132,6 +134,15 @@ resource!(
     udproutes::UdpRouteSpec,
     udproutes::UdpRouteStatus,
     "udproutes",
+    k8s_openapi::NamespaceResourceScope
+);
+resource!(
+    /// TLS connections on a Gateway listener to Services by SNI, the TLS
+    /// left to the backend (passthrough).
+    TLSRoute,
+    tlsroutes::TlsRouteSpec,
+    tlsroutes::TlsRouteStatus,
+    "tlsroutes",
     k8s_openapi::NamespaceResourceScope
 );
 resource!(

@@ -102,8 +102,9 @@ pub struct GatewayApiStatus {
     pub gateways: BTreeMap<ObjectKey, GatewayState>,
     /// HTTPRoutes by key, then by parentRef (`ns/gateway[/section][:port]`).
     pub routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
-    /// GRPCRoutes, TCPRoutes and UDPRoutes, likewise.
+    /// GRPCRoutes, TCPRoutes, UDPRoutes and TLSRoutes, likewise.
     pub grpc_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
     pub tcp_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
     pub udp_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
+    pub tls_routes: BTreeMap<ObjectKey, BTreeMap<String, ParentState>>,
 }

@@ -19,4 +19,5 @@ pub mod route_rule;
 pub mod routing;
 pub mod scope;
 pub mod snapshot;
+pub mod sni;
 pub mod store;

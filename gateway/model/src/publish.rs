@@ -111,6 +111,7 @@ impl Publisher {
             routes: spec.routes,
             pools,
             l4: spec.l4,
+            sni: spec.sni,
             certs: spec.certs,
             problems: spec.problems,
             admitted_ingresses: spec.admitted_ingresses,
@@ -128,7 +129,8 @@ impl Publisher {
         metrics::histogram!("portico_snapshot_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::gauge!("portico_backends").set(snap.pools.len() as f64);
-        metrics::gauge!("portico_l4_listeners_configured").set(snap.l4.len() as f64);
+        metrics::gauge!("portico_l4_listeners_configured")
+            .set((snap.l4.len() + snap.sni.len()) as f64);
         metrics::gauge!("portico_ingresses", "state" => "served")
             .set(snap.admitted_ingresses as f64);
         metrics::gauge!("portico_ingresses", "state" => "ignored")
@@ -137,7 +139,7 @@ impl Publisher {
         tracing::info!(
             generation,
             backends = snap.pools.len(),
-            l4_listeners = snap.l4.len(),
+            l4_listeners = snap.l4.len() + snap.sni.len(),
             problems = snap.problems.len(),
             "snapshot applied"
         );

@@ -135,6 +135,9 @@ impl ProxyProtocol {
 pub enum L4Protocol {
     Tcp,
     Udp,
+    /// TCP whose connections go to a backend by the SNI of their
+    /// ClientHello (TLS passthrough); the routes are in `sni`.
+    Tls,
 }
 
 impl fmt::Display for L4Protocol {
@@ -142,6 +145,7 @@ impl fmt::Display for L4Protocol {
         f.write_str(match self {
             L4Protocol::Tcp => "tcp",
             L4Protocol::Udp => "udp",
+            L4Protocol::Tls => "tls",
         })
     }
 }
@@ -198,6 +202,8 @@ pub struct SnapshotSpec {
     pub backends: BTreeMap<BackendKey, BackendSpec>,
     /// L4 listener → the backend it forwards to.
     pub l4: BTreeMap<L4ListenerKey, BackendKey>,
+    /// TLS passthrough listeners (protocol `Tls`) → their routes by SNI.
+    pub sni: BTreeMap<L4ListenerKey, crate::sni::SniRoutes>,
     pub certs: CertStore,
     /// Every problem, sorted.
     pub problems: Vec<Problem>,
@@ -226,6 +232,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub pools: BTreeMap<BackendKey, Arc<Pool>>,
     pub l4: BTreeMap<L4ListenerKey, BackendKey>,
+    pub sni: BTreeMap<L4ListenerKey, crate::sni::SniRoutes>,
     pub certs: CertStore,
     pub problems: Vec<Problem>,
     pub admitted_ingresses: usize,
@@ -241,6 +248,7 @@ impl Snapshot {
             routes: RouteTable::default(),
             pools: BTreeMap::new(),
             l4: BTreeMap::new(),
+            sni: BTreeMap::new(),
             certs: CertStore::default(),
             problems: Vec::new(),
             admitted_ingresses: 0,

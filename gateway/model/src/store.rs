@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use portico_gateway_api::{
-    GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute,
+    GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute,
 };
 
 /// `namespace/name`; the namespace is empty for cluster-scoped kinds.
@@ -68,6 +68,7 @@ pub struct Store {
     pub grpc_routes: BTreeMap<ObjectKey, Stored<GRPCRoute>>,
     pub tcp_routes: BTreeMap<ObjectKey, Stored<TCPRoute>>,
     pub udp_routes: BTreeMap<ObjectKey, Stored<UDPRoute>>,
+    pub tls_routes: BTreeMap<ObjectKey, Stored<TLSRoute>>,
 }
 
 /// One object of any kind the gateway reads. Shared, not copied: the
@@ -86,6 +87,7 @@ pub enum AnyObject {
     GRPCRoute(Arc<GRPCRoute>),
     TCPRoute(Arc<TCPRoute>),
     UDPRoute(Arc<UDPRoute>),
+    TLSRoute(Arc<TLSRoute>),
 }
 
 impl AnyObject {
@@ -103,6 +105,7 @@ impl AnyObject {
             AnyObject::GRPCRoute(_) => "GRPCRoute",
             AnyObject::TCPRoute(_) => "TCPRoute",
             AnyObject::UDPRoute(_) => "UDPRoute",
+            AnyObject::TLSRoute(_) => "TLSRoute",
         }
     }
 
@@ -120,6 +123,7 @@ impl AnyObject {
             AnyObject::GRPCRoute(o) => &o.metadata,
             AnyObject::TCPRoute(o) => &o.metadata,
             AnyObject::UDPRoute(o) => &o.metadata,
+            AnyObject::TLSRoute(o) => &o.metadata,
         }
     }
 
@@ -159,6 +163,7 @@ impl AnyObject {
             AnyObject::GRPCRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::TCPRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::UDPRoute(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::TLSRoute(o) => &mut Arc::make_mut(o).metadata,
         };
         if meta.namespace.is_none() {
             meta.namespace = Some("default".into());
@@ -192,6 +197,7 @@ impl Store {
             AnyObject::GRPCRoute(o) => put(&mut self.grpc_routes, key, o, origin),
             AnyObject::TCPRoute(o) => put(&mut self.tcp_routes, key, o, origin),
             AnyObject::UDPRoute(o) => put(&mut self.udp_routes, key, o, origin),
+            AnyObject::TLSRoute(o) => put(&mut self.tls_routes, key, o, origin),
         }
     }
 

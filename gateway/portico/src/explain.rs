@@ -89,7 +89,7 @@ pub fn explain(
     plugins: &ListenerPlugins,
 ) -> Value {
     if let Some(port) = port {
-        let l4: Vec<Value> = snap
+        let mut l4: Vec<Value> = snap
             .l4
             .iter()
             .filter(|(k, _)| k.addr.port() == port)
@@ -118,6 +118,33 @@ pub fn explain(
                 })
             })
             .collect();
+        // TLS passthrough listeners: `host` is the SNI.
+        l4.extend(
+            snap.sni
+                .iter()
+                .filter(|(k, _)| k.addr.port() == port)
+                .map(|(k, table)| match table.find(Some(host)) {
+                    Some(r) => json!({
+                        "listener": k.to_string(),
+                        "sni": host,
+                        "route": format!("TLSRoute {}", r.route),
+                        "hostname": r.hostname,
+                        "pool": r.backend.as_ref().and_then(|b| snap.pool(b)).map(|p| pool_json(p)),
+                        "plugins": [],
+                        "why": match &r.backend {
+                            Some(b) => format!("TLS passthrough: SNI {host} matches {} of TLSRoute {}, to Service port {b}", r.hostname, r.route),
+                            None => format!("TLS passthrough: SNI {host} matches {} of TLSRoute {}, whose backend does not resolve: the connection is closed", r.hostname, r.route),
+                        },
+                    }),
+                    None => json!({
+                        "listener": k.to_string(),
+                        "sni": host,
+                        "route": null,
+                        "plugins": [],
+                        "why": format!("TLS passthrough: no TLSRoute hostname matches SNI {host}: the connection is closed"),
+                    }),
+                }),
+        );
         if !l4.is_empty() {
             let first = l4[0]["plugins"].clone();
             return json!({"generation": snap.generation, "layer": "L4", "listeners": l4, "plugins": first});
@@ -304,6 +331,14 @@ pub fn snapshot_json(snap: &Snapshot) -> Value {
         .l4
         .iter()
         .map(|(k, b)| json!({"listener": k.to_string(), "backend": b.to_string()}))
+        .chain(snap.sni.iter().map(|(k, t)| {
+            let routes: Vec<Value> = t
+                .routes()
+                .iter()
+                .map(|r| json!({"hostname": r.hostname, "route": r.route, "backend": r.backend.as_ref().map(|b| b.to_string())}))
+                .collect();
+            json!({"listener": k.to_string(), "sni_routes": routes})
+        }))
         .collect();
     json!({
         "generation": snap.generation,

@@ -227,9 +227,10 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
         (
             "gateway.networking.k8s.io/v1"
             | "gateway.networking.k8s.io/v1beta1"
-            | "gateway.networking.k8s.io/v1alpha2",
+            | "gateway.networking.k8s.io/v1alpha2"
+            | "gateway.networking.k8s.io/v1alpha3",
             "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" | "TCPRoute"
-            | "UDPRoute",
+            | "UDPRoute" | "TLSRoute",
         ) => {
             let obj = match kind.as_str() {
                 "GatewayClass" => AnyObject::GatewayClass(Arc::new(typed(doc, &kind)?)),
@@ -238,6 +239,7 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
                 "GRPCRoute" => AnyObject::GRPCRoute(Arc::new(typed(doc, &kind)?)),
                 "TCPRoute" => AnyObject::TCPRoute(Arc::new(typed(doc, &kind)?)),
                 "UDPRoute" => AnyObject::UDPRoute(Arc::new(typed(doc, &kind)?)),
+                "TLSRoute" => AnyObject::TLSRoute(Arc::new(typed(doc, &kind)?)),
                 _ => AnyObject::ReferenceGrant(Arc::new(typed(doc, &kind)?)),
             };
             // v1beta1 is the same schema, still served by the API server.
@@ -253,7 +255,8 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
         (
             _,
             "Service" | "Secret" | "EndpointSlice" | "Ingress" | "IngressClass" | "GatewayClass"
-            | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute",
+            | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" | "TCPRoute" | "UDPRoute"
+            | "TLSRoute",
         ) => {
             return Err((
                 None,

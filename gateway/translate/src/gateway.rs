@@ -11,7 +11,7 @@
 //! collected in [`GatewayApiStatus`] for the status writer and reported as
 //! problems.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use portico_gateway_api::gateways::{
     GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsMode,
@@ -32,6 +32,7 @@ use portico_model::route_rule::{
 };
 use portico_model::routing::{PathKind, PathRegex, Route};
 use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, SnapshotSpec};
+use portico_model::sni::SniRoute;
 use portico_model::store::{ObjectKey, Store};
 
 use super::backend::{Backends, PortRef};
@@ -49,6 +50,8 @@ enum Protocol {
     Https,
     Tcp,
     Udp,
+    /// `TLS` with `tls.mode: Passthrough`: routed by SNI, not terminated.
+    Tls,
 }
 
 impl Protocol {
@@ -58,6 +61,7 @@ impl Protocol {
             Protocol::Http | Protocol::Https => &["HTTPRoute", "GRPCRoute"],
             Protocol::Tcp => &["TCPRoute"],
             Protocol::Udp => &["UDPRoute"],
+            Protocol::Tls => &["TLSRoute"],
         }
     }
 }
@@ -145,14 +149,18 @@ pub fn add_gateway_api(
     }
     // (protocol, port) → (route, Gateway, listener) holding it.
     let mut taken: BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)> = BTreeMap::new();
+    // (Gateway, listener, route) of each TLSRoute attached.
+    let mut sni_attached: BTreeSet<(ObjectKey, String, ObjectKey)> = BTreeSet::new();
     // TCPRoute and UDPRoute have the same shape in different types.
     macro_rules! l4_routes {
-        ($map:expr, $kind:literal, $protocol:expr, $states:expr) => {
+        ($map:expr, $kind:literal, $protocol:expr, $states:expr, |$spec:ident| $hostnames:expr) => {
             for (key, route) in super::oldest_first(&$map, |r| &r.metadata) {
                 let here = Store::locate(&$map, $kind, key);
-                let spec = &route.object.spec;
+                let $spec = &route.object.spec;
+                let spec = $spec;
                 let l4 = L4Route {
                     protocol: $protocol,
+                    hostnames: $hostnames,
                     parents: spec
                         .parent_refs
                         .iter()
@@ -182,7 +190,17 @@ pub fn add_gateway_api(
                 };
                 let node = &settings.node_addresses;
                 let st = add_l4_route(
-                    key, &l4, &here, store, backends, &listeners, &status, &mut taken, node, out,
+                    key,
+                    &l4,
+                    &here,
+                    store,
+                    backends,
+                    &listeners,
+                    &status,
+                    &mut taken,
+                    &mut sni_attached,
+                    node,
+                    out,
                 );
                 if !st.is_empty() {
                     $states.insert(key.clone(), st);
@@ -190,13 +208,43 @@ pub fn add_gateway_api(
             }
         };
     }
-    let (mut tcp_states, mut udp_states) = (BTreeMap::new(), BTreeMap::new());
-    l4_routes!(store.tcp_routes, "TCPRoute", Protocol::Tcp, tcp_states);
-    l4_routes!(store.udp_routes, "UDPRoute", Protocol::Udp, udp_states);
+    let (mut tcp_states, mut udp_states, mut tls_states) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    l4_routes!(
+        store.tcp_routes,
+        "TCPRoute",
+        Protocol::Tcp,
+        tcp_states,
+        |s| Vec::new()
+    );
+    l4_routes!(
+        store.udp_routes,
+        "UDPRoute",
+        Protocol::Udp,
+        udp_states,
+        |s| Vec::new()
+    );
+    // After TCP: a port both want stays with the TCP listener.
+    l4_routes!(
+        store.tls_routes,
+        "TLSRoute",
+        Protocol::Tls,
+        tls_states,
+        |s| s.hostnames.clone()
+    );
     status.tcp_routes = tcp_states;
     status.udp_routes = udp_states;
-    // attachedRoutes of the TCP and UDP listeners.
-    for (_, gateway, listener) in taken.values() {
+    status.tls_routes = tls_states;
+    // attachedRoutes of the TCP, UDP and TLS listeners.
+    let attached = taken
+        .values()
+        .map(|(_, gateway, listener)| (gateway, listener))
+        .chain(
+            sni_attached
+                .iter()
+                .map(|(gateway, listener, _)| (gateway, listener)),
+        );
+    for (gateway, listener) in attached {
         status
             .gateways
             .entry(gateway.clone())
@@ -349,13 +397,17 @@ struct BackendRef {
 
 struct L4Route {
     protocol: Protocol,
+    /// A TLSRoute's (SNI names); empty for TCP and UDP.
+    hostnames: Vec<String>,
     parents: Vec<ParentRef>,
     backends: Vec<BackendRef>,
 }
 
 /// A TCPRoute or UDPRoute: its listener becomes an L4 listener on the
 /// node's addresses, forwarding to the first valid backend. One route per
-/// listener (the oldest).
+/// listener (the oldest). A TLSRoute: its hostnames, narrowed by each
+/// listener's, go into the passthrough listener's SNI table (any number
+/// of routes per listener).
 #[allow(clippy::too_many_arguments)]
 fn add_l4_route(
     key: &ObjectKey,
@@ -366,11 +418,30 @@ fn add_l4_route(
     listeners: &[Listener],
     status: &GatewayApiStatus,
     taken: &mut BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)>,
+    sni_attached: &mut BTreeSet<(ObjectKey, String, ObjectKey)>,
     node: &[std::net::IpAddr],
     out: &mut SnapshotSpec,
 ) -> BTreeMap<String, ParentState> {
     let kind = route.protocol.route_kinds()[0];
     let mut states = BTreeMap::new();
+    if route.protocol == Protocol::Tls {
+        if route.hostnames.is_empty() {
+            out.problems.push(Problem::error(
+                here,
+                "spec.hostnames: a TLSRoute needs at least one hostname (the SNI it takes); not served",
+            ));
+            return states;
+        }
+        for (hi, h) in route.hostnames.iter().enumerate() {
+            if let Err(e) = validate_hostname(h) {
+                out.problems.push(Problem::error(
+                    here,
+                    format!("spec.hostnames[{hi}] {h:?}: {e}; not served"),
+                ));
+                return states;
+            }
+        }
+    }
     // The backend: the first that resolves, with a weight.
     let mut resolved: Option<BackendKey> = None;
     let mut refs_problem: Option<(&'static str, String)> = None;
@@ -421,7 +492,7 @@ fn add_l4_route(
     if valid > 1 {
         out.problems.push(Problem::warning(
             here,
-            format!("{kind} with several backends: weights between backends are not supported on TCP and UDP yet; every connection goes to the first"),
+            format!("{kind} with several backends: weights between backends are not supported on TCP, UDP and TLS routes yet; every connection goes to the first"),
         ));
     }
     for (pi, parent) in route.parents.iter().enumerate() {
@@ -463,10 +534,10 @@ fn add_l4_route(
                     && parent.port.is_none_or(|p| i32::from(l.port) == p)
             })
             .collect();
-        let Some(l) = candidates
+        let mut fitting = candidates
             .into_iter()
-            .find(|l| l.kinds.contains(&kind) && admits_namespace(l, &key.namespace))
-        else {
+            .filter(|l| l.kinds.contains(&kind) && admits_namespace(l, &key.namespace));
+        let Some(l) = fitting.next() else {
             let msg = format!(
                 "no served {} listener of the Gateway matches and admits routes of this namespace",
                 kind.trim_end_matches("Route")
@@ -476,6 +547,32 @@ fn add_l4_route(
             state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
             continue;
         };
+        if route.protocol == Protocol::Tls {
+            if let Some((reason, msg)) = &refs_problem {
+                state.resolved_refs = Condition::bad("ResolvedRefs", reason, msg);
+            }
+            let mut hostname_met = false;
+            for l in std::iter::once(l).chain(fitting) {
+                let names: Vec<String> = intersect(l.hostname.as_deref(), &route.hostnames)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if names.is_empty() {
+                    continue;
+                }
+                hostname_met = true;
+                if attach_sni(key, l, &names, resolved.as_ref(), &what, here, node, out) {
+                    sni_attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
+                }
+            }
+            if !hostname_met {
+                let msg = "no hostname of the route falls under the listener's hostname";
+                out.problems
+                    .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+                state.accepted = Condition::bad("Accepted", "NoMatchingListenerHostname", msg);
+            }
+            continue;
+        }
         if let Some((first, _, _)) = taken.get(&(route.protocol, l.port)) {
             if first != key {
                 let msg = format!(
@@ -504,6 +601,20 @@ fn add_l4_route(
                 protocol,
                 addr: std::net::SocketAddr::new(*ip, l.port),
             };
+            let passthrough = L4ListenerKey {
+                protocol: L4Protocol::Tls,
+                addr: lk.addr,
+            };
+            if protocol == L4Protocol::Tcp && out.sni.contains_key(&passthrough) {
+                out.problems.push(Problem::error(
+                    here,
+                    format!(
+                        "{what}: {} is a TLS passthrough listener; not attached there",
+                        lk.addr
+                    ),
+                ));
+                continue;
+            }
             match out.l4.get(&lk) {
                 Some(other) if *other != backend => {
                     out.problems.push(Problem::error(
@@ -525,6 +636,66 @@ fn add_l4_route(
         }
     }
     states
+}
+
+/// Puts a TLSRoute's `names` (already narrowed by the listener's
+/// hostname) into the SNI table of listener `l` on each node address.
+/// `backend` is `None` when the route's backends do not resolve: its
+/// names are still taken, and their connections refused, as the spec
+/// asks. Returns whether the route is attached anywhere.
+#[allow(clippy::too_many_arguments)]
+fn attach_sni(
+    key: &ObjectKey,
+    l: &Listener,
+    names: &[String],
+    backend: Option<&BackendKey>,
+    what: &str,
+    here: &str,
+    node: &[std::net::IpAddr],
+    out: &mut SnapshotSpec,
+) -> bool {
+    let mut attached = false;
+    for ip in node {
+        let addr = std::net::SocketAddr::new(*ip, l.port);
+        let tcp = L4ListenerKey {
+            protocol: L4Protocol::Tcp,
+            addr,
+        };
+        if let Some(other) = out.l4.get(&tcp) {
+            out.problems.push(Problem::error(
+                here,
+                format!("{what}: {addr} already forwards TCP to {other}; not attached there"),
+            ));
+            continue;
+        }
+        let lk = L4ListenerKey {
+            protocol: L4Protocol::Tls,
+            addr,
+        };
+        let table = out.sni.entry(lk).or_default();
+        for name in names {
+            let taken = SniRoute {
+                hostname: name.clone(),
+                backend: backend.cloned(),
+                route: key.to_string(),
+            };
+            if table.insert(taken) {
+                attached = true;
+            } else if let Some(holder) = table.holder(name).filter(|h| h.route != key.to_string()) {
+                // Said once, not once per node address.
+                let msg = format!(
+                    "{what}: hostname {name} on port {} is already routed by TLSRoute {} (older); not used here",
+                    l.port, holder.route
+                );
+                if !out.problems.iter().any(|p| p.message == msg) {
+                    out.problems.push(Problem::warning(here, msg));
+                }
+            } else {
+                attached = true;
+            }
+        }
+    }
+    attached
 }
 
 /// Settles a Gateway's listeners; the usable ones are pushed to `all`.
@@ -593,10 +764,13 @@ fn check_listener(
         "HTTPS" => Protocol::Https,
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
+        "TLS" => Protocol::Tls,
         other => {
             return refuse(
                 "UnsupportedProtocol",
-                format!("protocol {other} is not supported yet (HTTP, HTTPS, TCP and UDP are)"),
+                format!(
+                    "protocol {other} is not supported yet (HTTP, HTTPS, TLS, TCP and UDP are)"
+                ),
                 out,
             )
         }
@@ -619,7 +793,18 @@ fn check_listener(
                 );
             }
         }
-        Protocol::Tcp | Protocol::Udp => {
+        Protocol::Tcp | Protocol::Udp | Protocol::Tls => {
+            // The spec's default mode is Terminate; Portico passes TLS
+            // through only.
+            let mode = l.tls.as_ref().and_then(|t| t.mode.clone());
+            if protocol == Protocol::Tls && mode != Some(GatewayListenersTlsMode::Passthrough) {
+                return refuse(
+                    "UnsupportedValue",
+                    "tls.mode Terminate is not supported on TLS listeners yet (Passthrough is)"
+                        .into(),
+                    out,
+                );
+            }
             if port == 0 {
                 return refuse(
                     "PortUnavailable",
@@ -627,7 +812,7 @@ fn check_listener(
                     out,
                 );
             }
-            if protocol == Protocol::Tcp
+            if protocol != Protocol::Udp
                 && (settings.http_ports.contains(&port) || settings.https_ports.contains(&port))
             {
                 return refuse(

@@ -189,6 +189,7 @@ spec:
   - {name: p9000, protocol: HTTP, port: 9000}
   - {name: tcp80, protocol: TCP, port: 80}
   - {name: tls, protocol: TLS, port: 8443}
+  - {name: quic, protocol: example.com/QUIC, port: 8444}
   - {name: dup-a, protocol: HTTP, port: 80, hostname: d.test}
   - {name: dup-b, protocol: HTTP, port: 80, hostname: d.test}
   - {name: nocert, protocol: HTTPS, port: 443}
@@ -198,7 +199,9 @@ spec:
     let reason = |l: &str| gw.listeners[l].accepted.reason.clone();
     assert_eq!(reason("p9000"), "PortUnavailable");
     assert_eq!(reason("tcp80"), "PortUnavailable");
-    assert_eq!(reason("tls"), "UnsupportedProtocol");
+    // The default TLS mode is Terminate.
+    assert_eq!(reason("tls"), "UnsupportedValue");
+    assert_eq!(reason("quic"), "UnsupportedProtocol");
     assert_eq!(reason("nocert"), "Invalid");
     assert!(gw.listeners["dup-a"].conflicted.is_none());
     assert_eq!(
@@ -686,9 +689,175 @@ spec:
     let gw = &spec.gateway_api.gateways[&key("l4")];
     assert_eq!(gw.listeners["db"].attached_routes, 1);
     assert_eq!(gw.listeners["dns"].attached_routes, 1);
-    assert!(
-        problems(&spec).contains("weights between backends are not supported on TCP and UDP yet")
+    assert!(problems(&spec)
+        .contains("weights between backends are not supported on TCP, UDP and TLS routes yet"));
+}
+
+#[test]
+fn tls_routes_route_passthrough_listeners_by_sni() {
+    let tls_route = |name: &str, created: &str, hosts: &str, parent: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: {name}, namespace: shop, creationTimestamp: '{created}T00:00:00Z'}}
+spec:
+  parentRefs: [{parent}]
+  hostnames: {hosts}
+  rules: [{{backendRefs: [{backend}]}}]
+---
+"
+        )
+    };
+    let mut yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: shop}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: pass, protocol: TLS, port: 8443, hostname: '*.example.com', tls: {mode: Passthrough}}
+  - {name: kinds, protocol: TLS, port: 6443, tls: {mode: Passthrough},
+     allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: TLSRoute}]}}
+  - {name: any, protocol: TLS, port: 9443, tls: {mode: Passthrough}}
+  - {name: raw, protocol: TCP, port: 9443}
+  - {name: term, protocol: TLS, port: 7443}
+  - {name: onhttps, protocol: TLS, port: 443, tls: {mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: raw, namespace: shop}
+spec:
+  parentRefs: [{name: tls, sectionName: raw}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+"
+    .to_string();
+    let web = "{name: web, port: 80}";
+    let api = "{name: api, port: 80}";
+    yaml += &tls_route(
+        "exact",
+        "2020-01-01",
+        "[abc.example.com]",
+        "{name: tls, sectionName: pass}",
+        web,
     );
+    yaml += &tls_route("wild", "2020-01-02", "['*.com']", "{name: tls}", api);
+    yaml += &tls_route(
+        "dup",
+        "2020-01-03",
+        "[ABC.example.com]",
+        "{name: tls, sectionName: pass}",
+        api,
+    );
+    yaml += &tls_route(
+        "broken",
+        "2020-01-04",
+        "[broken.example.com]",
+        "{name: tls, sectionName: pass}",
+        "{name: gone, port: 80}",
+    );
+    yaml += &tls_route(
+        "nomatch",
+        "2020-01-05",
+        "[www.nomatch.org, '*.nomatch.org']",
+        "{name: tls, sectionName: pass}",
+        web,
+    );
+    yaml += &tls_route(
+        "onhttp",
+        "2020-01-06",
+        "[abc.example.com]",
+        "{name: gw, namespace: infra, sectionName: http}",
+        web,
+    );
+    yaml += &tls_route(
+        "terminate",
+        "2020-01-07",
+        "[abc.example.com]",
+        "{name: tls, sectionName: term}",
+        web,
+    );
+    let spec = spec_of(&yaml);
+    let table = |port: u16| {
+        spec.sni
+            .iter()
+            .find(|(k, _)| k.addr.port() == port)
+            .map(|(_, t)| t.clone())
+    };
+    let to = |port: u16, sni: &str| -> Option<Option<String>> {
+        let t = table(port)?;
+        let r = t.find(Some(sni))?;
+        Some(r.backend.as_ref().map(|b| b.service.clone()))
+    };
+    let web = || Some(Some("web".to_string()));
+    let api = || Some(Some("api".to_string()));
+    // The exact name beats the wildcard; the wildcard narrowed by the
+    // listener's hostname takes the rest of *.example.com only.
+    assert_eq!(to(8443, "abc.example.com"), web());
+    assert_eq!(to(8443, "other.example.com"), api());
+    assert_eq!(to(8443, "a.b.example.com"), api());
+    assert_eq!(to(8443, "non.matching.com"), None);
+    // A name whose backend does not resolve is held, and refused.
+    assert_eq!(to(8443, "broken.example.com"), Some(None));
+    // Listener without hostname: the route's own (*.com).
+    assert_eq!(to(6443, "non.matching.com"), api());
+    assert_eq!(to(6443, "example.org"), None);
+    // 9443 is the TCP listener's: its TCPRoute came first.
+    assert!(table(9443).is_none());
+    assert_eq!(
+        spec.l4
+            .iter()
+            .find(|(k, _)| k.addr.port() == 9443)
+            .map(|(k, b)| (k.to_string(), b.service.as_str())),
+        Some(("tcp:127.0.0.1:9443".to_string(), "web"))
+    );
+    assert!(table(7443).is_none() && table(443).is_none());
+
+    let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    let routes = &spec.gateway_api.tls_routes;
+    let parent = |route: &str, label: &str| routes[&key(route)][label].clone();
+    assert!(parent("exact", "shop/tls/pass").accepted.status);
+    assert!(parent("wild", "shop/tls").accepted.status);
+    let broken = parent("broken", "shop/tls/pass");
+    assert!(broken.accepted.status);
+    assert_eq!(broken.resolved_refs.reason, "BackendNotFound");
+    assert_eq!(
+        parent("nomatch", "shop/tls/pass").accepted.reason,
+        "NoMatchingListenerHostname"
+    );
+    assert_eq!(
+        parent("onhttp", "infra/gw/http").accepted.reason,
+        "NotAllowedByListeners"
+    );
+    assert_eq!(
+        parent("terminate", "shop/tls/term").accepted.reason,
+        "NotAllowedByListeners"
+    );
+    let all = problems(&spec);
+    assert!(
+        all.contains(
+            "hostname abc.example.com on port 8443 is already routed by TLSRoute shop/exact"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("127.0.0.1:9443 already forwards TCP to shop/web"),
+        "{all}"
+    );
+
+    let gw = &spec.gateway_api.gateways[&key("tls")];
+    // exact, wild and broken; dup holds no name of its own.
+    assert_eq!(gw.listeners["pass"].attached_routes, 3);
+    assert_eq!(gw.listeners["pass"].supported_kinds, ["TLSRoute"]);
+    assert_eq!(gw.listeners["kinds"].attached_routes, 1);
+    assert_eq!(gw.listeners["kinds"].supported_kinds, ["TLSRoute"]);
+    assert_eq!(
+        gw.listeners["kinds"].resolved_refs.reason,
+        "InvalidRouteKinds"
+    );
+    let term = &gw.listeners["term"];
+    assert_eq!(term.accepted.reason, "UnsupportedValue");
+    assert!(term.supported_kinds.is_empty());
+    assert_eq!(gw.listeners["onhttps"].accepted.reason, "PortUnavailable");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! A bind that fails is retried on the next publish and every few seconds.
 
 pub mod bind;
+pub mod client_hello;
 pub mod splice;
 pub mod tcp;
 pub mod udp;
@@ -77,7 +78,8 @@ impl L4Manager {
         failed: &mut BTreeSet<L4ListenerKey>,
     ) {
         let snap = self.snapshot.load_full();
-        let wanted: BTreeSet<L4ListenerKey> = snap.l4.keys().copied().collect();
+        let wanted: BTreeSet<L4ListenerKey> =
+            snap.l4.keys().chain(snap.sni.keys()).copied().collect();
         open.retain(|key, listener| {
             let keep = wanted.contains(key);
             if !keep {
@@ -93,7 +95,7 @@ impl L4Manager {
             }
             let (stop, stop_rx) = watch::channel(false);
             let started = match key.protocol {
-                L4Protocol::Tcp => bind::tcp_listener(key.addr).map(|l| {
+                L4Protocol::Tcp | L4Protocol::Tls => bind::tcp_listener(key.addr).map(|l| {
                     tokio::spawn(tcp::serve(
                         key,
                         l,
@@ -116,19 +118,28 @@ impl L4Manager {
             match started {
                 Ok(()) => {
                     failed.remove(&key);
-                    tracing::info!(listener = %key, backend = %snap.l4[&key], "L4 listener open");
+                    tracing::info!(listener = %key, backend = %target(&snap, &key), "L4 listener open");
                     open.insert(key, Open { stop });
                 }
                 Err(e) => {
                     if failed.insert(key) {
                         metrics::counter!("portico_l4_bind_errors_total").increment(1);
-                        tracing::error!(listener = %key, backend = %snap.l4[&key], error = %e,
+                        tracing::error!(listener = %key, backend = %target(&snap, &key), error = %e,
                             "cannot open L4 listener; will retry");
                     }
                 }
             }
         }
         metrics::gauge!("portico_l4_listeners_open").set(open.len() as f64);
+    }
+}
+
+/// What a listener forwards to, for its log lines.
+fn target(snap: &Snapshot, key: &L4ListenerKey) -> String {
+    match (snap.l4.get(key), snap.sni.get(key)) {
+        (Some(b), _) => b.to_string(),
+        (None, Some(t)) => format!("{} TLS passthrough routes by SNI", t.routes().len()),
+        (None, None) => "nothing".into(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! others), then splice both ways with half-close and an idle timeout.
 //! Connections with plugins (proxy-wasm stream contexts) are relayed
 //! through user-space buffers instead, so the plugins see the bytes.
+//! A TLS passthrough listener first reads the ClientHello and picks the
+//! backend by its SNI; the hello then goes on to the backend first.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +16,10 @@ use tokio::sync::watch;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{splice, L4Settings};
+use super::{client_hello, splice, L4Settings};
 use crate::shutdown::InFlight;
 use portico_model::lb::{clock_ms, Pick, PickRequest};
-use portico_model::snapshot::{L4ListenerKey, ProxyProtocol, Snapshot};
+use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, ProxyProtocol, Snapshot};
 use portico_wasm::http_filter::StreamChain;
 use portico_wasm::properties::{Candidates, RouteProps, StreamProps};
 use portico_wasm::reload::RegistryHandle;
@@ -55,8 +57,66 @@ pub async fn serve(
     tracing::info!(listener = %label, "listener closed; open connections drain");
 }
 
-async fn connect(
+/// How long a TLS passthrough listener waits for a whole ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The backend a new connection goes to: the listener's, or on a TLS
+/// passthrough listener the route its ClientHello's SNI selects (`None`:
+/// the connection is closed, without a TLS alert, as the Gateway API asks
+/// when no route takes it). The bytes read to decide are returned too.
+async fn backend_for(
     key: L4ListenerKey,
+    label: &str,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    snapshot: &ArcSwap<Snapshot>,
+    settings: L4Settings,
+) -> Option<(BackendKey, Vec<u8>)> {
+    if key.protocol != L4Protocol::Tls {
+        let snap = snapshot.load();
+        let backend = snap.l4.get(&key).cloned();
+        if backend.is_none() {
+            tracing::debug!(listener = %label, "listener no longer configured");
+        }
+        return backend.map(|b| (b, Vec::new()));
+    }
+    let hello = match client_hello::read(client, HELLO_TIMEOUT.min(settings.idle_timeout)).await {
+        Ok(h) => h,
+        Err(e) => {
+            metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "bad-hello")
+                .increment(1);
+            tracing::debug!(listener = %label, client = %peer, error = %e, "connection refused");
+            return None;
+        }
+    };
+    let snap = snapshot.load();
+    let route = snap
+        .sni
+        .get(&key)
+        .and_then(|t| t.find(hello.server_name.as_deref()));
+    let sni = hello.server_name.as_deref().unwrap_or("(none)");
+    match route {
+        Some(r) => match &r.backend {
+            Some(b) => Some((b.clone(), hello.bytes)),
+            None => {
+                metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "invalid-backend")
+                    .increment(1);
+                tracing::debug!(listener = %label, client = %peer, sni, route = %r.route,
+                    "the route for this name has no valid backend; connection refused");
+                None
+            }
+        },
+        None => {
+            metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "no-route")
+                .increment(1);
+            tracing::debug!(listener = %label, client = %peer, sni, "no TLSRoute for this server name; connection refused");
+            None
+        }
+    }
+}
+
+async fn connect(
+    backend: &BackendKey,
     label: &str,
     peer: SocketAddr,
     snapshot: &ArcSwap<Snapshot>,
@@ -64,10 +124,6 @@ async fn connect(
     preferred: Option<SocketAddr>,
 ) -> Option<(TcpStream, Pick, Option<ProxyProtocol>)> {
     let snap = snapshot.load_full();
-    let Some(backend) = snap.l4.get(&key) else {
-        tracing::debug!(listener = %label, "listener no longer configured");
-        return None;
-    };
     let pool = snap.pool(backend)?;
     let mut tried = Vec::new();
     for _ in 0..=settings.connect_retries {
@@ -107,7 +163,7 @@ async fn connect(
 async fn handle(
     key: L4ListenerKey,
     label: &str,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     snapshot: Arc<ArcSwap<Snapshot>>,
     plugins: &RegistryHandle,
@@ -119,7 +175,12 @@ async fn handle(
         metrics::counter!("portico_l4_connections_failed_total", "listener" => label.to_string())
             .increment(1);
     };
-    let mut chain = match plugin_chain(key, label, &client, peer, &snapshot, plugins) {
+    let Some((backend, opening)) =
+        backend_for(key, label, &mut client, peer, &snapshot, settings).await
+    else {
+        return failed();
+    };
+    let mut chain = match plugin_chain(&backend, label, &client, peer, &snapshot, plugins) {
         Ok(c) => c,
         Err(()) => return failed(),
     };
@@ -134,7 +195,7 @@ async fn handle(
     }
     let preferred = chain.as_ref().and_then(|c| c.override_host);
     let Some((mut upstream, pick, proxy_protocol)) =
-        connect(key, label, peer, &snapshot, settings, preferred).await
+        connect(&backend, label, peer, &snapshot, settings, preferred).await
     else {
         return failed();
     };
@@ -152,6 +213,21 @@ async fn handle(
     }
     if let Some(c) = chain.as_mut() {
         c.props_mut().upstream = Some(pick.addr);
+    }
+    // The ClientHello a passthrough listener read goes first (through the
+    // plugins, which see the stream from its first byte).
+    let mut opening = opening;
+    if !opening.is_empty() {
+        if let Some(c) = chain.as_mut() {
+            if c.on_data(true, &mut opening, false) != TcpVerdict::Continue {
+                tracing::debug!(listener = %label, client = %peer, "a plugin closed the connection");
+                return failed();
+            }
+        }
+        if let Err(e) = upstream.write_all(&opening).await {
+            tracing::debug!(listener = %label, endpoint = %pick.addr, error = %e, "could not send the ClientHello");
+            return failed();
+        }
     }
     let active = metrics::gauge!("portico_l4_connections_active", "listener" => label.to_string());
     active.increment(1.0);
@@ -234,7 +310,7 @@ fn proxy_header(
 /// `Err` when the Service asks for one that is not loaded (the connection
 /// is refused rather than served without it).
 fn plugin_chain(
-    key: L4ListenerKey,
+    backend: &BackendKey,
     label: &str,
     client: &TcpStream,
     peer: SocketAddr,
@@ -243,8 +319,7 @@ fn plugin_chain(
 ) -> Result<Option<StreamChain>, ()> {
     let registry = plugins.load();
     let snap = snapshot.load();
-    let backend = snap.l4.get(&key);
-    let pool = backend.and_then(|b| snap.pool(b));
+    let pool = snap.pool(backend);
     let service_plugins = pool.map(|p| p.plugins()).unwrap_or_default();
     let scoped = pool.map(|p| p.scoped_tcp()).unwrap_or_default();
     if registry.tcp.is_empty() && service_plugins.is_empty() && scoped.is_empty() {
@@ -266,7 +341,7 @@ fn plugin_chain(
     let props = StreamProps {
         source: Some(peer),
         destination: client.local_addr().ok(),
-        route: backend.map(|b| RouteProps::Service(b.clone())),
+        route: Some(RouteProps::Service(backend.clone())),
         candidates: pool.map(|p| Candidates(p.clone())),
         ..StreamProps::default()
     };

@@ -24,6 +24,7 @@ pub enum GatewayKind {
     GRPCRoute,
     TCPRoute,
     UDPRoute,
+    TLSRoute,
 }
 
 impl GatewayKind {
@@ -35,6 +36,7 @@ impl GatewayKind {
             GatewayKind::GRPCRoute => "GRPCRoute",
             GatewayKind::TCPRoute => "TCPRoute",
             GatewayKind::UDPRoute => "UDPRoute",
+            GatewayKind::TLSRoute => "TLSRoute",
         }
     }
 }
@@ -188,6 +190,17 @@ pub fn plan(
             (k, v, m.generation, m.resource_version.clone())
         }),
         &st.udp_routes,
+        now,
+    );
+    route_statuses(
+        &mut out,
+        GatewayKind::TLSRoute,
+        store.tls_routes.iter().map(|(k, r)| {
+            let v = serde_json::to_value(&r.object.status).unwrap_or(Value::Null);
+            let m = &r.object.metadata;
+            (k, v, m.generation, m.resource_version.clone())
+        }),
+        &st.tls_routes,
         now,
     );
     out

@@ -567,7 +567,7 @@ async fn gateway_api_watchers(
     tx: mpsc::UnboundedSender<Report>,
 ) {
     use portico_gateway_api::{
-        GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, UDPRoute,
+        GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute,
     };
     let api_version = format!("{}/v1", portico_gateway_api::GROUP);
     let mut started: std::collections::BTreeSet<Kind> = Default::default();
@@ -618,6 +618,7 @@ async fn gateway_api_watchers(
                 Kind::GRPCRoute => "grpcroutes",
                 Kind::TCPRoute => "tcproutes",
                 Kind::UDPRoute => "udproutes",
+                Kind::TLSRoute => "tlsroutes",
                 _ => "referencegrants",
             };
             if !served.iter().any(|r| r == plural) {
@@ -681,6 +682,14 @@ async fn gateway_api_watchers(
                     scope.clone(),
                     (kind, Coverage::Kind),
                     |o| AnyObject::UDPRoute(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::TLSRoute => tokio::spawn(watch::run::<TLSRoute>(
+                    scoped_api(&client, namespace.as_deref()),
+                    wc,
+                    scope.clone(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::TLSRoute(Arc::new(o)),
                     tx.clone(),
                 )),
                 _ => tokio::spawn(watch::run::<ReferenceGrant>(

@@ -24,10 +24,11 @@ pub enum Kind {
     GRPCRoute,
     TCPRoute,
     UDPRoute,
+    TLSRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -40,10 +41,11 @@ impl Kind {
         Kind::GRPCRoute,
         Kind::TCPRoute,
         Kind::UDPRoute,
+        Kind::TLSRoute,
     ];
 
     /// The Gateway API kinds: watched only where their CRDs are installed.
-    pub const GATEWAY_API: [Kind; 7] = [
+    pub const GATEWAY_API: [Kind; 8] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HTTPRoute,
@@ -51,6 +53,7 @@ impl Kind {
         Kind::GRPCRoute,
         Kind::TCPRoute,
         Kind::UDPRoute,
+        Kind::TLSRoute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Kind {
             Kind::GRPCRoute => "GRPCRoute",
             Kind::TCPRoute => "TCPRoute",
             Kind::UDPRoute => "UDPRoute",
+            Kind::TLSRoute => "TLSRoute",
         }
     }
 
@@ -84,6 +88,7 @@ impl Kind {
             AnyObject::GRPCRoute(_) => Kind::GRPCRoute,
             AnyObject::TCPRoute(_) => Kind::TCPRoute,
             AnyObject::UDPRoute(_) => Kind::UDPRoute,
+            AnyObject::TLSRoute(_) => Kind::TLSRoute,
         }
     }
 }
@@ -194,6 +199,7 @@ impl ClusterState {
             Kind::GRPCRoute => s.grpc_routes.clear(),
             Kind::TCPRoute => s.tcp_routes.clear(),
             Kind::UDPRoute => s.udp_routes.clear(),
+            Kind::TLSRoute => s.tls_routes.clear(),
         }
     }
 
@@ -212,6 +218,7 @@ impl ClusterState {
             Kind::GRPCRoute => s.grpc_routes.remove(key).is_some(),
             Kind::TCPRoute => s.tcp_routes.remove(key).is_some(),
             Kind::UDPRoute => s.udp_routes.remove(key).is_some(),
+            Kind::TLSRoute => s.tls_routes.remove(key).is_some(),
         }
     }
 
@@ -311,6 +318,11 @@ impl ClusterState {
             }
             AnyObject::UDPRoute(new) => {
                 same_spec(s.udp_routes.get(&key).map(|o| &*o.object), new, |o| {
+                    (&o.metadata, &o.spec)
+                })
+            }
+            AnyObject::TLSRoute(new) => {
+                same_spec(s.tls_routes.get(&key).map(|o| &*o.object), new, |o| {
                     (&o.metadata, &o.spec)
                 })
             }

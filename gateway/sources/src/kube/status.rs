@@ -456,7 +456,7 @@ impl Writer {
     async fn write_gateway_status(&mut self, w: super::gateway_status::StatusWrite) {
         use super::gateway_status::GatewayKind;
         use portico_gateway_api::{
-            GRPCRoute, Gateway, GatewayClass, HTTPRoute, TCPRoute, UDPRoute,
+            GRPCRoute, Gateway, GatewayClass, HTTPRoute, TCPRoute, TLSRoute, UDPRoute,
         };
         let id = (w.kind, w.key.clone());
         if let Some((last, at)) = self.gateway_written.get(&id) {
@@ -495,6 +495,10 @@ impl Writer {
                 .await
                 .map(|_| ()),
             GatewayKind::UDPRoute => Api::<UDPRoute>::namespaced(c, &key.namespace)
+                .patch_status(&key.name, &params, &patch)
+                .await
+                .map(|_| ()),
+            GatewayKind::TLSRoute => Api::<TLSRoute>::namespaced(c, &key.namespace)
                 .patch_status(&key.name, &params, &patch)
                 .await
                 .map(|_| ()),
