@@ -1466,6 +1466,72 @@ fn condition<'a>(conditions: &'a serde_json::Value, type_: &str) -> Option<&'a s
     conditions.as_array()?.iter().find(|c| c["type"] == type_)
 }
 
+/// A listener that admits routes by namespace label: the route attaches
+/// when its Namespace gets the label (the Namespace watch), and leaves
+/// when the label goes, without a restart.
+#[test]
+fn gateway_listener_selectors_follow_namespace_labels() {
+    let (api, ns, net, _web) = setup("gwsel");
+    api.install_gateway_api_crds();
+    api.apply(&shop(&ns, "ingress.test", &net, false)).unwrap();
+    let dir = TempDir::new("kapi");
+    let kubeconfig = api.kubeconfig(dir.path(), "admin");
+    let gw = Gateway::spawn_kube_real(&kubeconfig, &ns, "gw-sel", NO_NODE_PORTS, true);
+    gw.wait_ready();
+    let pid = gw.pid();
+    let port = gw.http;
+    api.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico-{ns}}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: sel, namespace: {ns}}}
+spec:
+  gatewayClassName: portico-{ns}
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: {port}
+    allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchLabels: {{edge-routes: 'yes'}}}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: sel}}]
+  hostnames: [sel.test]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+"
+    ))
+    .unwrap();
+    let attached = |want: &str| {
+        api.get("httproutes.gateway.networking.k8s.io", &ns, "web")
+            .is_some_and(|r| {
+                condition(&r["status"]["parents"][0]["conditions"], "Accepted")
+                    .is_some_and(|c| c["status"] == want)
+            })
+    };
+    wait_for(15, "NotAllowedByListeners while unlabelled", || {
+        attached("False")
+    });
+    assert_eq!(http_get(gw.http, "sel.test", "/").unwrap().status, 404);
+    api.kubectl(&["label", "namespace", &ns, "edge-routes=yes"], None)
+        .unwrap();
+    wait_for(15, "the route served once labelled", || {
+        routes_to(&gw, "sel.test", "web-1")
+    });
+    wait_for(10, "Accepted once labelled", || attached("True"));
+    api.kubectl(&["label", "namespace", &ns, "edge-routes-"], None)
+        .unwrap();
+    wait_for(15, "the route gone with the label", || {
+        http_get(gw.http, "sel.test", "/").is_ok_and(|r| r.status == 404)
+    });
+    assert_eq!(gw.pid(), pid);
+}
+
 /// Gateway API objects on the real API server (CRDs installed): the routes
 /// are watched and served without a restart, and the leader writes the
 /// spec's status to the class, the Gateway and the routes, with an Event

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use portico_gateway_api::{
@@ -69,6 +69,9 @@ pub struct Store {
     pub tcp_routes: BTreeMap<ObjectKey, Stored<TCPRoute>>,
     pub udp_routes: BTreeMap<ObjectKey, Stored<UDPRoute>>,
     pub tls_routes: BTreeMap<ObjectKey, Stored<TLSRoute>>,
+    /// By name (empty namespace); their labels are what Gateway
+    /// listeners' namespace selectors read.
+    pub namespaces: BTreeMap<ObjectKey, Stored<Namespace>>,
 }
 
 /// One object of any kind the gateway reads. Shared, not copied: the
@@ -88,6 +91,7 @@ pub enum AnyObject {
     TCPRoute(Arc<TCPRoute>),
     UDPRoute(Arc<UDPRoute>),
     TLSRoute(Arc<TLSRoute>),
+    Namespace(Arc<Namespace>),
 }
 
 impl AnyObject {
@@ -106,6 +110,7 @@ impl AnyObject {
             AnyObject::TCPRoute(_) => "TCPRoute",
             AnyObject::UDPRoute(_) => "UDPRoute",
             AnyObject::TLSRoute(_) => "TLSRoute",
+            AnyObject::Namespace(_) => "Namespace",
         }
     }
 
@@ -124,13 +129,14 @@ impl AnyObject {
             AnyObject::TCPRoute(o) => &o.metadata,
             AnyObject::UDPRoute(o) => &o.metadata,
             AnyObject::TLSRoute(o) => &o.metadata,
+            AnyObject::Namespace(o) => &o.metadata,
         }
     }
 
     pub fn is_namespaced(&self) -> bool {
         !matches!(
             self,
-            AnyObject::IngressClass(_) | AnyObject::GatewayClass(_)
+            AnyObject::IngressClass(_) | AnyObject::GatewayClass(_) | AnyObject::Namespace(_)
         )
     }
 
@@ -164,6 +170,7 @@ impl AnyObject {
             AnyObject::TCPRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::UDPRoute(o) => &mut Arc::make_mut(o).metadata,
             AnyObject::TLSRoute(o) => &mut Arc::make_mut(o).metadata,
+            AnyObject::Namespace(o) => &mut Arc::make_mut(o).metadata,
         };
         if meta.namespace.is_none() {
             meta.namespace = Some("default".into());
@@ -198,6 +205,7 @@ impl Store {
             AnyObject::TCPRoute(o) => put(&mut self.tcp_routes, key, o, origin),
             AnyObject::UDPRoute(o) => put(&mut self.udp_routes, key, o, origin),
             AnyObject::TLSRoute(o) => put(&mut self.tls_routes, key, o, origin),
+            AnyObject::Namespace(o) => put(&mut self.namespaces, key, o, origin),
         }
     }
 

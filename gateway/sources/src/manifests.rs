@@ -205,6 +205,7 @@ fn parse_document(doc: &str, value: Value) -> Result<Parsed, DocError> {
     let obj = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => AnyObject::Service(Arc::new(typed(doc, &kind)?)),
         ("v1", "Secret") => AnyObject::Secret(Arc::new(typed(doc, &kind)?)),
+        ("v1", "Namespace") => AnyObject::Namespace(Arc::new(typed(doc, &kind)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             AnyObject::EndpointSlice(Arc::new(typed(doc, &kind)?))
         }

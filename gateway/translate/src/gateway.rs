@@ -36,6 +36,7 @@ use portico_model::sni::SniRoute;
 use portico_model::store::{ObjectKey, Store};
 
 use super::backend::{Backends, PortRef};
+use super::label_selector::LabelSelector;
 
 /// The `controllerName` of the GatewayClasses Portico implements.
 pub const CONTROLLER_NAME: &str = "portico.io/gateway-controller";
@@ -74,6 +75,8 @@ struct Listener {
     port: u16,
     hostname: Option<String>,
     from: From,
+    /// With `from: Selector`.
+    selector: Option<LabelSelector>,
     /// The route kinds it takes: its protocol's, narrowed by
     /// `allowedRoutes.kinds`.
     kinds: Vec<&'static str>,
@@ -536,7 +539,7 @@ fn add_l4_route(
             .collect();
         let mut fitting = candidates
             .into_iter()
-            .filter(|l| l.kinds.contains(&kind) && admits_namespace(l, &key.namespace));
+            .filter(|l| l.kinds.contains(&kind) && admits_namespace(l, &key.namespace, store));
         let Some(l) = fitting.next() else {
             let msg = format!(
                 "no served {} listener of the Gateway matches and admits routes of this namespace",
@@ -841,14 +844,44 @@ fn check_listener(
         .and_then(|a| a.namespaces.as_ref())
         .and_then(|n| n.from.clone())
         .unwrap_or(From::Same);
-    if from == From::Selector {
-        return refuse(
-            "Invalid",
-            "allowedRoutes.namespaces.from: Selector is not supported yet (Same, All and None are)"
-                .into(),
-            out,
-        );
-    }
+    let selector = if from == From::Selector {
+        let given = l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.selector.as_ref());
+        let Some(given) = given else {
+            return refuse(
+                "Invalid",
+                "allowedRoutes.namespaces.from is Selector but there is no allowedRoutes.namespaces.selector".into(),
+                out,
+            );
+        };
+        let expressions: Vec<(String, String, Vec<String>)> = given
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    e.operator.clone(),
+                    e.values.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        match LabelSelector::new(given.match_labels.clone().unwrap_or_default(), &expressions) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return refuse(
+                    "Invalid",
+                    format!("allowedRoutes.namespaces.selector.{e}"),
+                    out,
+                )
+            }
+        }
+    } else {
+        None
+    };
     let supported = protocol.route_kinds();
     let mut kinds: Vec<&'static str> = supported.to_vec();
     if let Some(listed) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
@@ -993,17 +1026,31 @@ fn check_listener(
         port,
         hostname: l.hostname.clone().map(|h| h.to_ascii_lowercase()),
         from,
+        selector,
         kinds,
     })
 }
 
-/// `allowedRoutes.namespaces.from` (Selector listeners are refused
-/// before they get here).
-fn admits_namespace(l: &Listener, namespace: &str) -> bool {
-    match l.from {
-        From::All => true,
-        From::Same => l.gateway.namespace == namespace,
-        _ => false,
+/// `allowedRoutes.namespaces.from`: Same, All, or the namespaces whose
+/// labels the selector matches. A namespace without a Namespace object
+/// (a manifests folder need not have one) has only the label the API
+/// server gives every namespace, `kubernetes.io/metadata.name`.
+fn admits_namespace(l: &Listener, namespace: &str, store: &Store) -> bool {
+    match (&l.from, &l.selector) {
+        (From::All, _) => true,
+        (From::Same, _) => l.gateway.namespace == namespace,
+        (From::Selector, Some(selector)) => {
+            let mut labels = store
+                .namespaces
+                .get(&ObjectKey::new("", namespace))
+                .and_then(|n| n.object.metadata.labels.clone())
+                .unwrap_or_default();
+            labels
+                .entry("kubernetes.io/metadata.name".into())
+                .or_insert_with(|| namespace.to_string());
+            selector.matches(&labels)
+        }
+        (From::Selector, None) => false,
     }
 }
 
@@ -1133,7 +1180,9 @@ fn add_http_route(
         }
         let allowed: Vec<&Listener> = candidates
             .into_iter()
-            .filter(|l| l.kinds.contains(&flavor.kind) && admits_namespace(l, &key.namespace))
+            .filter(|l| {
+                l.kinds.contains(&flavor.kind) && admits_namespace(l, &key.namespace, store)
+            })
             .collect();
         if allowed.is_empty() {
             let msg = "the listeners' allowedRoutes do not admit routes of this kind and namespace";

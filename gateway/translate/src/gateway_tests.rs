@@ -694,6 +694,100 @@ spec:
 }
 
 #[test]
+fn namespace_selectors_choose_who_may_attach() {
+    let yaml = "apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: shop, env: prod}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: sel, namespace: infra}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - name: team
+    protocol: HTTP
+    port: 80
+    hostname: team.test
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: shop}}}}
+  - name: byname
+    protocol: HTTP
+    port: 80
+    hostname: byname.test
+    allowedRoutes:
+      namespaces:
+        from: Selector
+        selector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [other, ghost]}]}
+  - name: bad
+    protocol: HTTP
+    port: 8080
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchExpressions: [{key: env, operator: In}]}}}
+  - name: none
+    protocol: HTTP
+    port: 8080
+    hostname: none.test
+    allowedRoutes: {namespaces: {from: Selector}}
+";
+    let mut yaml = yaml.to_string();
+    for (ns, host) in [
+        ("shop", "team.test"),
+        ("other", "team.test"),
+        ("other", "byname.test"),
+        ("ghost", "byname.test"),
+        ("shop", "byname.test"),
+    ] {
+        yaml += &format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {ns}-{host}, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: sel, namespace: infra, sectionName: {section}}}]
+  hostnames: [{host}]
+  rules: [{{backendRefs: [{{name: far, namespace: other, port: 80}}]}}]
+",
+            section = host.trim_end_matches(".test")
+        );
+    }
+    let spec = spec_of(&yaml);
+    let accepted = |ns: &str, host: &str| {
+        let st = &spec.gateway_api.routes
+            [&portico_model::store::ObjectKey::new(ns, format!("{ns}-{host}"))];
+        let p = &st[&format!("infra/sel/{}", host.trim_end_matches(".test"))];
+        (p.accepted.status, p.accepted.reason.clone())
+    };
+    assert_eq!(accepted("shop", "team.test"), (true, "Accepted".into()));
+    assert_eq!(
+        accepted("other", "team.test"),
+        (false, "NotAllowedByListeners".into())
+    );
+    // The name label needs no Namespace object.
+    assert_eq!(accepted("other", "byname.test"), (true, "Accepted".into()));
+    assert_eq!(accepted("ghost", "byname.test"), (true, "Accepted".into()));
+    assert_eq!(
+        accepted("shop", "byname.test"),
+        (false, "NotAllowedByListeners".into())
+    );
+    let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("infra", "sel")];
+    assert_eq!(gw.listeners["team"].attached_routes, 1);
+    assert_eq!(gw.listeners["byname"].attached_routes, 2);
+    for l in ["bad", "none"] {
+        assert_eq!(gw.listeners[l].accepted.reason, "Invalid", "{l}");
+    }
+    let all = problems(&spec);
+    assert!(
+        all.contains(
+            "allowedRoutes.namespaces.selector.matchExpressions[0]: operator In needs values"
+        ),
+        "{all}"
+    );
+}
+
+#[test]
 fn tls_routes_route_passthrough_listeners_by_sni() {
     let tls_route = |name: &str, created: &str, hosts: &str, parent: &str, backend: &str| {
         format!(

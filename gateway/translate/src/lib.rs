@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod ingress;
+pub mod label_selector;
 pub mod plugins;
 mod services;
 

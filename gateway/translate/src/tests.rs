@@ -44,6 +44,7 @@ pub(crate) fn store_of(yaml: &str) -> Store {
             "TCPRoute" => AnyObject::TCPRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
             "UDPRoute" => AnyObject::UDPRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
             "TLSRoute" => AnyObject::TLSRoute(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "Namespace" => AnyObject::Namespace(Arc::new(serde_yaml::from_value(v).unwrap())),
             other => panic!("no {other} in the store"),
         };
         obj.set_namespace_default();

@@ -1176,6 +1176,11 @@ impl ProxyHttp for HttpProxy {
             .filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok())
             .cloned()
             .unwrap_or_else(new_request_id);
+        // One value per request: HPACK would add each to its dynamic
+        // table (and evict an older entry) only never to use it again.
+        // Sensitive values go out as never-indexed literals, on both the
+        // client's and an h2 backend's connection.
+        ctx.request_id.set_sensitive(true);
 
         if req.headers.len() > MAX_HEADER_FIELDS {
             ctx.local_reason = Some("headers-too-large");

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher;
@@ -619,6 +619,8 @@ async fn gateway_api_watchers(
                 Kind::TCPRoute => "tcproutes",
                 Kind::UDPRoute => "udproutes",
                 Kind::TLSRoute => "tlsroutes",
+                // Watched when Gateways are (see Kind::GATEWAY_API).
+                Kind::Namespace => "gateways",
                 _ => "referencegrants",
             };
             if !served.iter().any(|r| r == plural) {
@@ -682,6 +684,14 @@ async fn gateway_api_watchers(
                     scope.clone(),
                     (kind, Coverage::Kind),
                     |o| AnyObject::UDPRoute(Arc::new(o)),
+                    tx.clone(),
+                )),
+                Kind::Namespace => tokio::spawn(watch::run::<Namespace>(
+                    Api::all(client.clone()),
+                    wc,
+                    "(cluster-scoped)".into(),
+                    (kind, Coverage::Kind),
+                    |o| AnyObject::Namespace(Arc::new(o)),
                     tx.clone(),
                 )),
                 Kind::TLSRoute => tokio::spawn(watch::run::<TLSRoute>(

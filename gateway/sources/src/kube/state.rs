@@ -25,10 +25,11 @@ pub enum Kind {
     TCPRoute,
     UDPRoute,
     TLSRoute,
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -42,10 +43,13 @@ impl Kind {
         Kind::TCPRoute,
         Kind::UDPRoute,
         Kind::TLSRoute,
+        Kind::Namespace,
     ];
 
     /// The Gateway API kinds: watched only where their CRDs are installed.
-    pub const GATEWAY_API: [Kind; 8] = [
+    /// Namespaces go with Gateways: their labels feed listeners'
+    /// `allowedRoutes` selectors, and nothing else reads them.
+    pub const GATEWAY_API: [Kind; 9] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HTTPRoute,
@@ -54,6 +58,7 @@ impl Kind {
         Kind::TCPRoute,
         Kind::UDPRoute,
         Kind::TLSRoute,
+        Kind::Namespace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Kind {
             Kind::TCPRoute => "TCPRoute",
             Kind::UDPRoute => "UDPRoute",
             Kind::TLSRoute => "TLSRoute",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -89,6 +95,7 @@ impl Kind {
             AnyObject::TCPRoute(_) => Kind::TCPRoute,
             AnyObject::UDPRoute(_) => Kind::UDPRoute,
             AnyObject::TLSRoute(_) => Kind::TLSRoute,
+            AnyObject::Namespace(_) => Kind::Namespace,
         }
     }
 }
@@ -200,6 +207,7 @@ impl ClusterState {
             Kind::TCPRoute => s.tcp_routes.clear(),
             Kind::UDPRoute => s.udp_routes.clear(),
             Kind::TLSRoute => s.tls_routes.clear(),
+            Kind::Namespace => s.namespaces.clear(),
         }
     }
 
@@ -219,6 +227,7 @@ impl ClusterState {
             Kind::TCPRoute => s.tcp_routes.remove(key).is_some(),
             Kind::UDPRoute => s.udp_routes.remove(key).is_some(),
             Kind::TLSRoute => s.tls_routes.remove(key).is_some(),
+            Kind::Namespace => s.namespaces.remove(key).is_some(),
         }
     }
 
@@ -321,6 +330,11 @@ impl ClusterState {
                     (&o.metadata, &o.spec)
                 })
             }
+            // Only labels matter (listener namespace selectors).
+            AnyObject::Namespace(new) => match s.namespaces.get(&key) {
+                Some(old) if old.object.metadata.labels == new.metadata.labels => Effect::Nothing,
+                _ => Effect::Full,
+            },
             AnyObject::TLSRoute(new) => {
                 same_spec(s.tls_routes.get(&key).map(|o| &*o.object), new, |o| {
                     (&o.metadata, &o.spec)
