@@ -468,12 +468,20 @@ spec:
 /// A TLS passthrough listener with two TLSRoutes: each TLS connection
 /// reaches the HTTPS backend its SNI names (the backend's own certificate
 /// answers: Portico holds none for these names), an exact name before
-/// the wildcard; a name no route has is closed without an answer.
+/// the wildcard; a name no route has is closed without an answer. A
+/// Terminate listener ends TLS with its Secret's certificate and relays
+/// the plain stream to a TCP backend.
 #[test]
 fn tls_routes_pass_tls_through_by_sni() {
+    use std::io::{Read, Write};
     let (a, b) = (Echo::https("pass-a"), Echo::https("pass-b"));
-    let port = free_port();
+    let raw = Echo::tcp("plain");
+    let (port, term_port) = (free_port(), free_port());
+    let (crt, key) = self_signed(&["t.example.com"]);
     let mut m = backends(&a, &b);
+    m += &yaml::service("default", "raw", "", &[("tcp", 9000)]);
+    m += &yaml::slice("default", "raw-1", "raw", "tcp", raw.http, true);
+    m += &yaml::tls_secret("default", "term-cert", &crt, &key);
     m += &format!(
         "{CLASS}apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -482,6 +490,15 @@ spec:
   gatewayClassName: portico
   listeners:
   - {{name: pass, protocol: TLS, port: {port}, hostname: '*.example.com', tls: {{mode: Passthrough}}}}
+  - {{name: term, protocol: TLS, port: {term_port}, tls: {{mode: Terminate, certificateRefs: [{{name: term-cert}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: plain, namespace: default}}
+spec:
+  parentRefs: [{{name: tls, sectionName: term}}]
+  hostnames: [t.example.com]
+  rules: [{{backendRefs: [{{name: raw, port: 9000}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TLSRoute
@@ -560,6 +577,42 @@ spec:
         status["tls_routes"]["default/exact"]["default/tls"]["accepted"]["status"], true,
         "{status}"
     );
+
+    // Terminate: our TLS client trusts only the Secret's certificate;
+    // the TCP backend greets with its name, then echoes in clear.
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(crt.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        "t.example.com".try_into().unwrap(),
+    )
+    .unwrap();
+    wait_port(term_port, std::time::Duration::from_secs(5));
+    let tcp = std::net::TcpStream::connect(addr(term_port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"ping").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < b"plain\nping".len() {
+        let n = tls
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}; {:?}\n{}", String::from_utf8_lossy(&got), gw.log()));
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "plain\nping");
 }
 
 /// A GRPCRoute: a gRPC-shaped call over h2c reaches the h2c backend its

@@ -1,14 +1,18 @@
-//! TLS passthrough routing: which backend a connection goes to by the
-//! server name (SNI) of its ClientHello, the TLS itself left to the
-//! backend (Gateway API TLSRoute on a `TLS` listener in `Passthrough`
-//! mode).
+//! TLS routing by server name: which backend a connection goes to by the
+//! SNI of its ClientHello (Gateway API TLSRoute on a `TLS` listener). In
+//! `Passthrough` mode the TLS itself is left to the backend; in
+//! `Terminate` mode the listener's certificates end it and the backend
+//! gets the plain stream.
 //!
 //! Precedence is the Gateway API's: an exact name before any wildcard, a
 //! wildcard with more labels before one with fewer, and among equals the
 //! route added first (translation adds the oldest route first).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use crate::certs::CertStore;
 use crate::snapshot::BackendKey;
 
 /// One hostname of a route on a passthrough listener.
@@ -24,10 +28,13 @@ pub struct SniRoute {
     pub route: String,
 }
 
-/// A passthrough listener's routes, most specific first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// A TLS listener's routes, most specific first.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SniRoutes {
     routes: Vec<SniRoute>,
+    /// `Terminate` mode: the listener's certificates (by SNI).
+    #[serde(skip)]
+    pub terminate: Option<Arc<CertStore>>,
 }
 
 impl SniRoutes {

@@ -77,6 +77,8 @@ struct Listener {
     from: From,
     /// With `from: Selector`.
     selector: Option<LabelSelector>,
+    /// A `TLS` listener in `Terminate` mode: its certificates.
+    terminate: Option<std::sync::Arc<portico_model::certs::CertStore>>,
     /// The route kinds it takes: its protocol's, narrowed by
     /// `allowedRoutes.kinds`.
     kinds: Vec<&'static str>,
@@ -676,6 +678,22 @@ fn attach_sni(
             addr,
         };
         let table = out.sni.entry(lk).or_default();
+        if table.is_empty() && table.terminate.is_none() {
+            table.terminate = l.terminate.clone();
+        } else if table.terminate.is_some() != l.terminate.is_some() {
+            out.problems.push(Problem::error(
+                here,
+                format!("{what}: port {} has both Passthrough and Terminate TLS listeners, which Portico does not mix yet; not attached there", l.port),
+            ));
+            continue;
+        } else if let (Some(a), Some(b)) = (&table.terminate, &l.terminate) {
+            if !std::sync::Arc::ptr_eq(a, b) {
+                let msg = format!("{what}: port {} has several TLS Terminate listeners; only the first one's certificates serve it", l.port);
+                if !out.problems.iter().any(|p| p.message == msg) {
+                    out.problems.push(Problem::warning(here, msg));
+                }
+            }
+        }
         for name in names {
             let taken = SniRoute {
                 hostname: name.clone(),
@@ -797,17 +815,6 @@ fn check_listener(
             }
         }
         Protocol::Tcp | Protocol::Udp | Protocol::Tls => {
-            // The spec's default mode is Terminate; Portico passes TLS
-            // through only.
-            let mode = l.tls.as_ref().and_then(|t| t.mode.clone());
-            if protocol == Protocol::Tls && mode != Some(GatewayListenersTlsMode::Passthrough) {
-                return refuse(
-                    "UnsupportedValue",
-                    "tls.mode Terminate is not supported on TLS listeners yet (Passthrough is)"
-                        .into(),
-                    out,
-                );
-            }
             if port == 0 {
                 return refuse(
                     "PortUnavailable",
@@ -908,7 +915,12 @@ fn check_listener(
         }
     }
     ls.supported_kinds = kinds.iter().map(|k| k.to_string()).collect();
-    if protocol == Protocol::Https {
+    // The spec's default TLS mode is Terminate.
+    let terminate_tls = protocol == Protocol::Tls
+        && l.tls.as_ref().and_then(|t| t.mode.as_ref())
+            != Some(&GatewayListenersTlsMode::Passthrough);
+    let mut terminate = None;
+    if protocol == Protocol::Https || terminate_tls {
         let tls = l.tls.as_ref();
         if tls
             .and_then(|t| t.mode.as_ref())
@@ -926,10 +938,20 @@ fn check_listener(
         if refs.is_empty() {
             return refuse(
                 "Invalid",
-                "an HTTPS listener needs tls.certificateRefs".into(),
+                format!(
+                    "a{} listener needs tls.certificateRefs",
+                    if terminate_tls {
+                        " TLS Terminate"
+                    } else {
+                        "n HTTPS"
+                    }
+                ),
                 out,
             );
         }
+        // A TLS listener's certificates are its own, not the HTTPS
+        // listeners': loaded into a store of their own, then put back.
+        let https_certs = terminate_tls.then(|| std::mem::take(&mut out.certs));
         let mut loaded = false;
         for (ci, r) in refs.iter().enumerate() {
             let ns = r
@@ -1010,6 +1032,12 @@ fn check_listener(
                 }
             }
         }
+        if let Some(https_certs) = https_certs {
+            terminate = Some(std::sync::Arc::new(std::mem::replace(
+                &mut out.certs,
+                https_certs,
+            )));
+        }
         if !loaded {
             ls.programmed = Condition::bad(
                 "Programmed",
@@ -1027,6 +1055,7 @@ fn check_listener(
         hostname: l.hostname.clone().map(|h| h.to_ascii_lowercase()),
         from,
         selector,
+        terminate,
         kinds,
     })
 }

@@ -199,8 +199,8 @@ spec:
     let reason = |l: &str| gw.listeners[l].accepted.reason.clone();
     assert_eq!(reason("p9000"), "PortUnavailable");
     assert_eq!(reason("tcp80"), "PortUnavailable");
-    // The default TLS mode is Terminate.
-    assert_eq!(reason("tls"), "UnsupportedValue");
+    // The default TLS mode is Terminate, which needs a certificate.
+    assert_eq!(reason("tls"), "Invalid");
     assert_eq!(reason("quic"), "UnsupportedProtocol");
     assert_eq!(reason("nocert"), "Invalid");
     assert!(gw.listeners["dup-a"].conflicted.is_none());
@@ -813,7 +813,9 @@ spec:
      allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: TLSRoute}]}}
   - {name: any, protocol: TLS, port: 9443, tls: {mode: Passthrough}}
   - {name: raw, protocol: TCP, port: 9443}
-  - {name: term, protocol: TLS, port: 7443}
+  - {name: term, protocol: TLS, port: 7443, tls: {certificateRefs: [{name: term-cert}]}}
+  - {name: nocert, protocol: TLS, port: 7444}
+  - {name: mixed, protocol: TLS, port: 8443, hostname: '*.mixed.test', tls: {certificateRefs: [{name: term-cert}]}}
   - {name: onhttps, protocol: TLS, port: 443, tls: {mode: Passthrough}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -870,6 +872,20 @@ spec:
         "{name: tls, sectionName: term}",
         web,
     );
+    yaml += &tls_route(
+        "mixed",
+        "2020-01-08",
+        "[a.mixed.test]",
+        "{name: tls, sectionName: mixed}",
+        web,
+    );
+    let (crt, key) = portico_model::certs::self_signed_pem(&["abc.example.com"], None).unwrap();
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    yaml += &format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: term-cert, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
+        indent(&crt),
+        indent(&key)
+    );
     let spec = spec_of(&yaml);
     let table = |port: u16| {
         spec.sni
@@ -904,7 +920,19 @@ spec:
             .map(|(k, b)| (k.to_string(), b.service.as_str())),
         Some(("tcp:127.0.0.1:9443".to_string(), "web"))
     );
-    assert!(table(7443).is_none() && table(443).is_none());
+    assert!(table(443).is_none() && table(7444).is_none());
+    // Terminate: the listener's own certificate, not the HTTPS listeners'.
+    let term = table(7443).expect("the Terminate listener");
+    let certs = term.terminate.as_ref().expect("terminates TLS");
+    assert_eq!(
+        certs.find("abc.example.com").unwrap().source,
+        "shop/term-cert"
+    );
+    assert!(spec.certs.find("abc.example.com").is_none());
+    assert_eq!(to(7443, "abc.example.com"), web());
+    // Passthrough holds 8443: a Terminate listener there is not mixed in.
+    assert!(table(8443).unwrap().terminate.is_none());
+    assert_eq!(to(8443, "a.mixed.test"), None);
 
     let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
     let routes = &spec.gateway_api.tls_routes;
@@ -922,10 +950,7 @@ spec:
         parent("onhttp", "infra/gw/http").accepted.reason,
         "NotAllowedByListeners"
     );
-    assert_eq!(
-        parent("terminate", "shop/tls/term").accepted.reason,
-        "NotAllowedByListeners"
-    );
+    assert!(parent("terminate", "shop/tls/term").accepted.status);
     let all = problems(&spec);
     assert!(
         all.contains(
@@ -948,9 +973,14 @@ spec:
         gw.listeners["kinds"].resolved_refs.reason,
         "InvalidRouteKinds"
     );
-    let term = &gw.listeners["term"];
-    assert_eq!(term.accepted.reason, "UnsupportedValue");
-    assert!(term.supported_kinds.is_empty());
+    assert!(gw.listeners["term"].accepted.status);
+    // `terminate`, and `wild` (no sectionName: every TLS listener).
+    assert_eq!(gw.listeners["term"].attached_routes, 2);
+    assert_eq!(gw.listeners["nocert"].accepted.reason, "Invalid");
+    assert!(
+        all.contains("both Passthrough and Terminate TLS listeners"),
+        "{all}"
+    );
     assert_eq!(gw.listeners["onhttps"].accepted.reason, "PortUnavailable");
 }
 

@@ -10,6 +10,7 @@ pub mod bind;
 pub mod client_hello;
 pub mod splice;
 pub mod tcp;
+pub mod tls_terminate;
 pub mod udp;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{client_hello, splice, L4Settings};
+use super::{client_hello, splice, tls_terminate, L4Settings};
 use crate::shutdown::InFlight;
 use portico_model::lb::{clock_ms, Pick, PickRequest};
 use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, ProxyProtocol, Snapshot};
@@ -60,10 +60,19 @@ pub async fn serve(
 /// How long a TLS passthrough listener waits for a whole ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a new connection goes.
+struct Target {
+    backend: BackendKey,
+    /// What was read from the client to decide (a ClientHello).
+    opening: Vec<u8>,
+    /// A TLS listener in Terminate mode: its certificates.
+    terminate: Option<Arc<portico_model::certs::CertStore>>,
+}
+
 /// The backend a new connection goes to: the listener's, or on a TLS
-/// passthrough listener the route its ClientHello's SNI selects (`None`:
-/// the connection is closed, without a TLS alert, as the Gateway API asks
-/// when no route takes it). The bytes read to decide are returned too.
+/// listener the route its ClientHello's SNI selects (`None`: the
+/// connection is closed, without a TLS alert, as the Gateway API asks
+/// when no route takes it).
 async fn backend_for(
     key: L4ListenerKey,
     label: &str,
@@ -71,14 +80,18 @@ async fn backend_for(
     peer: SocketAddr,
     snapshot: &ArcSwap<Snapshot>,
     settings: L4Settings,
-) -> Option<(BackendKey, Vec<u8>)> {
+) -> Option<Target> {
     if key.protocol != L4Protocol::Tls {
         let snap = snapshot.load();
         let backend = snap.l4.get(&key).cloned();
         if backend.is_none() {
             tracing::debug!(listener = %label, "listener no longer configured");
         }
-        return backend.map(|b| (b, Vec::new()));
+        return backend.map(|backend| Target {
+            backend,
+            opening: Vec::new(),
+            terminate: None,
+        });
     }
     let hello = match client_hello::read(client, HELLO_TIMEOUT.min(settings.idle_timeout)).await {
         Ok(h) => h,
@@ -90,14 +103,16 @@ async fn backend_for(
         }
     };
     let snap = snapshot.load();
-    let route = snap
-        .sni
-        .get(&key)
-        .and_then(|t| t.find(hello.server_name.as_deref()));
+    let table = snap.sni.get(&key);
+    let route = table.and_then(|t| t.find(hello.server_name.as_deref()));
     let sni = hello.server_name.as_deref().unwrap_or("(none)");
     match route {
         Some(r) => match &r.backend {
-            Some(b) => Some((b.clone(), hello.bytes)),
+            Some(b) => Some(Target {
+                backend: b.clone(),
+                opening: hello.bytes,
+                terminate: table.and_then(|t| t.terminate.clone()),
+            }),
             None => {
                 metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "invalid-backend")
                     .increment(1);
@@ -175,11 +190,59 @@ async fn handle(
         metrics::counter!("portico_l4_connections_failed_total", "listener" => label.to_string())
             .increment(1);
     };
-    let Some((backend, opening)) =
-        backend_for(key, label, &mut client, peer, &snapshot, settings).await
+    let Some(Target {
+        backend,
+        opening,
+        terminate,
+    }) = backend_for(key, label, &mut client, peer, &snapshot, settings).await
     else {
         return failed();
     };
+    if let Some(certs) = terminate {
+        // TLS ends here; plugins and splice(2) do not apply.
+        let local = client.local_addr().unwrap_or(key.addr);
+        let tls = match tls_terminate::accept(client, opening, certs, HELLO_TIMEOUT).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "handshake")
+                    .increment(1);
+                tracing::debug!(listener = %label, client = %peer, error = %e, "TLS handshake failed");
+                return failed();
+            }
+        };
+        let Some((mut upstream, pick, proxy_protocol)) =
+            connect(&backend, label, peer, &snapshot, settings, None).await
+        else {
+            return failed();
+        };
+        if let Some(version) = proxy_protocol {
+            let written = match proxy_header(version, peer, local) {
+                Ok(h) => upstream.write_all(&h).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::debug!(listener = %label, endpoint = %pick.addr, error = %e, "could not send the PROXY header");
+                return failed();
+            }
+        }
+        let active =
+            metrics::gauge!("portico_l4_connections_active", "listener" => label.to_string());
+        active.increment(1.0);
+        let activity = AtomicU64::new(clock_ms());
+        let (sent, received) = tokio::select! {
+            counts = tls_terminate::relay(tls, upstream, &activity) => counts,
+            _ = idle_watch(&activity, settings.idle_timeout) => {
+                tracing::debug!(listener = %label, client = %peer, endpoint = %pick.addr, "idle timeout");
+                (0, 0)
+            }
+        };
+        active.decrement(1.0);
+        metrics::counter!("portico_l4_bytes_received_total", "listener" => label.to_string())
+            .increment(sent);
+        metrics::counter!("portico_l4_bytes_sent_total", "listener" => label.to_string())
+            .increment(received);
+        return;
+    }
     let mut chain = match plugin_chain(&backend, label, &client, peer, &snapshot, plugins) {
         Ok(c) => c,
         Err(()) => return failed(),
