@@ -673,6 +673,6 @@ spec:
     assert!(out.contains("grpc-status: 0"), "{out}");
     let (out, _) = call("/pkg.Other/Anything");
     assert!(out.contains("\"name\":\"other\""), "{out}");
-    let (out, _) = call("/pkg.Users/Delete");
-    assert!(out.starts_with("HTTP/2 404"), "{out}");
+    let (out, err) = call("/pkg.Users/Delete");
+    assert!(out.starts_with("HTTP/2 404"), "{out}{err}");
 }

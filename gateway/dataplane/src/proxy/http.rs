@@ -403,7 +403,35 @@ fn ip_header_value(ip: IpAddr) -> http::HeaderValue {
         .expect("an address is a valid value")
 }
 
+/// The most request body read, and for how long, before Portico answers
+/// an HTTP/2 request itself (see `settle_h2_request_body`).
+const H2_DRAIN_BYTES: usize = 64 << 10;
+const H2_DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// On HTTP/2, a stream whose request body is still coming is reset
+/// (CANCEL) when the request ends, and the h2 library drops what of our
+/// answer is still queued with it: under load, a 404 or a redirect for a
+/// gRPC call or a POST could be lost (curl: "Stream error in the HTTP/2
+/// framing layer"). A small body is read first, bounded in bytes and
+/// time; a larger or slower one is left to the reset.
+async fn settle_h2_request_body(session: &mut Session) {
+    if !session.is_http2() || session.is_body_done() {
+        return;
+    }
+    let drain = async {
+        let mut read = 0usize;
+        while read <= H2_DRAIN_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(H2_DRAIN_TIME, drain).await;
+}
+
 async fn respond(session: &mut Session, status: u16, body: String) -> Result<()> {
+    settle_h2_request_body(session).await;
     // A client that sent a malformed request may disagree with us about
     // where it ended: nothing more is read from that connection (as nginx
     // does after a 400).
@@ -542,6 +570,7 @@ fn set_route_props(
 
 /// Writes a local response: `resp` with `body`.
 async fn write_local(session: &mut Session, mut resp: ResponseHeader, body: Vec<u8>) -> Result<()> {
+    settle_h2_request_body(session).await;
     let body = Bytes::from(body);
     resp.insert_header("content-length", body.len().to_string())?;
     let empty = body.is_empty();
@@ -709,6 +738,7 @@ async fn apply_rule(
 }
 
 async fn redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
+    settle_h2_request_body(session).await;
     let mut resp = ResponseHeader::build(code, Some(3))?;
     resp.insert_header("location", location)?;
     resp.insert_header("content-length", "0")?;
