@@ -6,6 +6,7 @@
 # not in the profile. Compare two profiles with callgrind_diff.py.
 #
 #   callgrind_profile.sh OUT N URL -- PROXY_COMMAND...
+#   LOAD=h2c callgrind_profile.sh ...   # h2c instead: 8 connections x 10 streams
 #
 # The proxy must be listening for URL (its backend started separately, e.g.
 # the harness's backend nginx). Needs valgrind and nghttp2-client (h2load).
@@ -21,9 +22,10 @@ for _ in $(seq 1 300); do
   curl -s -o /dev/null "$url" && break
   sleep 1
 done
-h2load --h1 -c8 -t1 -n 500 "$url" >/dev/null
+if [ "${LOAD:-h1}" = h2c ]; then load=(h2load -c8 -m10 -t1); else load=(h2load --h1 -c8 -t1); fi
+"${load[@]}" -n 500 "$url" >/dev/null
 callgrind_control -i on "$vg" >/dev/null
-h2load --h1 -c8 -t1 -n "$n" "$url" | grep -E "^requests|status codes"
+"${load[@]}" -n "$n" "$url" | grep -E "^requests|status codes"
 callgrind_control -i off "$vg" >/dev/null
 callgrind_control -d "$vg" >/dev/null
 kill "$vg"

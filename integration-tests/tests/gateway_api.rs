@@ -388,7 +388,8 @@ fn converted_ingresses_serve_the_same_requests() {
 fn tcp_and_udp_routes_forward_on_gateway_listeners() {
     use std::io::{Read, Write};
     let backend = Echo::tcp("t1");
-    let (tcp_port, udp_port) = (free_port(), free_port());
+    let second = Echo::tcp("t2");
+    let (tcp_port, udp_port, split_port) = (free_port(), free_port(), free_port());
     let mut m = String::new();
     m += &yaml::service("default", "echo", "", &[("tcp", 9000)]);
     m += &format!(
@@ -404,6 +405,14 @@ spec:
   listeners:
   - {{name: tcp, protocol: TCP, port: {tcp_port}}}
   - {{name: udp, protocol: UDP, port: {udp_port}}}
+  - {{name: split, protocol: TCP, port: {split_port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: split, namespace: default}}
+spec:
+  parentRefs: [{{name: l4, sectionName: split}}]
+  rules: [{{backendRefs: [{{name: echo, port: 9000, weight: 1}}, {{name: echo2, port: 9000, weight: 1}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TCPRoute
@@ -428,7 +437,25 @@ spec:
 ---
 "
     );
+    m += &yaml::service("default", "echo2", "", &[("tcp", 9000)]);
+    m += &yaml::slice("default", "echo2-1", "echo2", "tcp", second.http, true);
     let gw = Gateway::start(&[("l4.yaml", &m)], "");
+    // A route with two backends splits connections by weight.
+    wait_port(split_port, std::time::Duration::from_secs(5));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let s = std::net::TcpStream::connect(addr(split_port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+        seen.insert(line);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["t1\n", "t2\n"],
+        "both backends get connections"
+    );
     wait_port(tcp_port, std::time::Duration::from_secs(5));
     let mut s = std::net::TcpStream::connect(addr(tcp_port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -453,7 +480,19 @@ spec:
     }
     assert_eq!(answer.as_deref(), Some("t1:hello"));
 
-    let status = &gw.config_json()["gateway_api"];
+    let config = gw.config_json();
+    let split = config["l4_listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listener"] == format!("tcp:127.0.0.1:{split_port}").as_str())
+        .map(|l| l["split"].clone());
+    assert_eq!(
+        split.as_ref().and_then(|s| s.as_array()).map(Vec::len),
+        Some(2),
+        "{config}"
+    );
+    let status = &config["gateway_api"];
     assert_eq!(
         status["tcp_routes"]["default/second"]["default/l4/tcp"]["accepted"]["reason"],
         "NotAllowedByListeners",

@@ -112,6 +112,7 @@ impl Publisher {
             pools,
             l4: spec.l4,
             sni: spec.sni,
+            l4_split: spec.l4_split,
             certs: spec.certs,
             problems: spec.problems,
             admitted_ingresses: spec.admitted_ingresses,

@@ -346,28 +346,37 @@ impl RuleAction {
     /// Draws among `weighted`; `roll` is uniform in `0..total` (random
     /// in the data plane, fixed in tests).
     pub fn pick(&self, roll: impl FnOnce(u32) -> u32) -> Option<WeightedPick<'_>> {
-        if self.weighted.is_empty() {
-            return None;
-        }
-        let total: u32 = self
-            .weighted
-            .iter()
-            .fold(0u32, |t, w| t.saturating_add(w.weight));
-        if total == 0 {
-            return Some(WeightedPick::Invalid);
-        }
-        let mut at = roll(total);
-        for w in &self.weighted {
-            if at < w.weight {
-                return Some(match &w.backend {
-                    Some(b) => WeightedPick::Backend(b),
-                    None => WeightedPick::Invalid,
-                });
-            }
-            at -= w.weight;
-        }
-        Some(WeightedPick::Invalid)
+        pick_weighted(&self.weighted, roll)
     }
+}
+
+/// Draws among weighted backends (an HTTP rule's requests, an L4 route's
+/// connections); `None` when there are none. `roll` is uniform in
+/// `0..total`.
+pub fn pick_weighted(
+    weighted: &[WeightedBackend],
+    roll: impl FnOnce(u32) -> u32,
+) -> Option<WeightedPick<'_>> {
+    if weighted.is_empty() {
+        return None;
+    }
+    let total: u32 = weighted
+        .iter()
+        .fold(0u32, |t, w| t.saturating_add(w.weight));
+    if total == 0 {
+        return Some(WeightedPick::Invalid);
+    }
+    let mut at = roll(total);
+    for w in weighted {
+        if at < w.weight {
+            return Some(match &w.backend {
+                Some(b) => WeightedPick::Backend(b),
+                None => WeightedPick::Invalid,
+            });
+        }
+        at -= w.weight;
+    }
+    Some(WeightedPick::Invalid)
 }
 
 #[cfg(test)]

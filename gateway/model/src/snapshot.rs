@@ -204,6 +204,9 @@ pub struct SnapshotSpec {
     pub l4: BTreeMap<L4ListenerKey, BackendKey>,
     /// TLS passthrough listeners (protocol `Tls`) → their routes by SNI.
     pub sni: BTreeMap<L4ListenerKey, crate::sni::SniRoutes>,
+    /// TCP and UDP listeners whose route splits connections between
+    /// backends by weight (`l4` then names the first valid one).
+    pub l4_split: BTreeMap<L4ListenerKey, Vec<crate::route_rule::WeightedBackend>>,
     pub certs: CertStore,
     /// Every problem, sorted.
     pub problems: Vec<Problem>,
@@ -233,6 +236,7 @@ pub struct Snapshot {
     pub pools: BTreeMap<BackendKey, Arc<Pool>>,
     pub l4: BTreeMap<L4ListenerKey, BackendKey>,
     pub sni: BTreeMap<L4ListenerKey, crate::sni::SniRoutes>,
+    pub l4_split: BTreeMap<L4ListenerKey, Vec<crate::route_rule::WeightedBackend>>,
     pub certs: CertStore,
     pub problems: Vec<Problem>,
     pub admitted_ingresses: usize,
@@ -249,6 +253,7 @@ impl Snapshot {
             pools: BTreeMap::new(),
             l4: BTreeMap::new(),
             sni: BTreeMap::new(),
+            l4_split: BTreeMap::new(),
             certs: CertStore::default(),
             problems: Vec::new(),
             admitted_ingresses: 0,

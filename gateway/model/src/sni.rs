@@ -24,6 +24,9 @@ pub struct SniRoute {
     /// `None`: the route's backend does not resolve, so its connections
     /// are refused (closed without a TLS alert), as the spec asks.
     pub backend: Option<BackendKey>,
+    /// Several backends by weight (`backend` is then the first valid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<crate::route_rule::WeightedBackend>,
     /// The route, `namespace/name`, for logs and `explain`.
     pub route: String,
 }
@@ -115,6 +118,7 @@ mod tests {
                 service: service.into(),
                 port: "443".into(),
             }),
+            split: Vec::new(),
             route: format!("ns/{service}"),
         }
     }

@@ -330,7 +330,14 @@ pub fn snapshot_json(snap: &Snapshot) -> Value {
     let l4: Vec<Value> = snap
         .l4
         .iter()
-        .map(|(k, b)| json!({"listener": k.to_string(), "backend": b.to_string()}))
+        .map(|(k, b)| {
+            let mut v = json!({"listener": k.to_string(), "backend": b.to_string()});
+            if let Some(split) = snap.l4_split.get(k) {
+                // Connections are drawn by weight; `backend` is the first.
+                v["split"] = json!(split);
+            }
+            v
+        })
         .chain(snap.sni.iter().map(|(k, t)| {
             let routes: Vec<Value> = t
                 .routes()

@@ -447,10 +447,11 @@ fn add_l4_route(
             }
         }
     }
-    // The backend: the first that resolves, with a weight.
+    // The backend: the first that resolves, with a weight; with several,
+    // the split by weight (a share that does not resolve is refused).
     let mut resolved: Option<BackendKey> = None;
+    let mut split: Vec<WeightedBackend> = Vec::new();
     let mut refs_problem: Option<(&'static str, String)> = None;
-    let mut valid = 0;
     for (bi, b) in route.backends.iter().enumerate() {
         let bw = format!("spec.rules[].backendRefs[{bi}]");
         if b.weight == Some(0) {
@@ -483,22 +484,27 @@ fn add_l4_route(
                 format!("{bw}: a Service backendRef needs a port"),
             ))
         };
+        let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
         match r {
             Ok(bk) => {
-                valid += 1;
-                resolved.get_or_insert(bk);
+                resolved.get_or_insert(bk.clone());
+                split.push(WeightedBackend {
+                    backend: Some(bk),
+                    weight,
+                });
             }
             Err(e) => {
                 out.problems.push(Problem::error(here, e.1.clone()));
                 refs_problem.get_or_insert(e);
+                split.push(WeightedBackend {
+                    backend: None,
+                    weight,
+                });
             }
         }
     }
-    if valid > 1 {
-        out.problems.push(Problem::warning(
-            here,
-            format!("{kind} with several backends: weights between backends are not supported on TCP, UDP and TLS routes yet; every connection goes to the first"),
-        ));
+    if split.len() < 2 {
+        split.clear();
     }
     for (pi, parent) in route.parents.iter().enumerate() {
         if parent
@@ -566,7 +572,8 @@ fn add_l4_route(
                     continue;
                 }
                 hostname_met = true;
-                if attach_sni(key, l, &names, resolved.as_ref(), &what, here, node, out) {
+                let target = (resolved.as_ref(), &split[..]);
+                if attach_sni(key, l, &names, target, &what, here, node, out) {
                     sni_attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
                 }
             }
@@ -629,6 +636,9 @@ fn add_l4_route(
                 }
                 _ => {
                     out.l4.insert(lk, backend.clone());
+                    if !split.is_empty() {
+                        out.l4_split.insert(lk, split.clone());
+                    }
                     placed = true;
                 }
             }
@@ -653,7 +663,7 @@ fn attach_sni(
     key: &ObjectKey,
     l: &Listener,
     names: &[String],
-    backend: Option<&BackendKey>,
+    (backend, split): (Option<&BackendKey>, &[WeightedBackend]),
     what: &str,
     here: &str,
     node: &[std::net::IpAddr],
@@ -698,6 +708,7 @@ fn attach_sni(
             let taken = SniRoute {
                 hostname: name.clone(),
                 backend: backend.cloned(),
+                split: split.to_vec(),
                 route: key.to_string(),
             };
             if table.insert(taken) {

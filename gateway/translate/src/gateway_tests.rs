@@ -689,8 +689,19 @@ spec:
     let gw = &spec.gateway_api.gateways[&key("l4")];
     assert_eq!(gw.listeners["db"].attached_routes, 1);
     assert_eq!(gw.listeners["dns"].attached_routes, 1);
-    assert!(problems(&spec)
-        .contains("weights between backends are not supported on TCP, UDP and TLS routes yet"));
+    // Two backends: connections split by weight (1 each by default).
+    let split: Vec<(String, u32)> = spec
+        .l4_split
+        .iter()
+        .find(|(k, _)| k.to_string() == "tcp:127.0.0.1:5432")
+        .map(|(_, s)| {
+            s.iter()
+                .map(|w| (w.backend.as_ref().unwrap().service.clone(), w.weight))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(split, [("web".to_string(), 1), ("api".to_string(), 1)]);
+    assert!(!spec.l4_split.keys().any(|k| k.addr.port() == 5353));
 }
 
 #[test]

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{client_hello, splice, tls_terminate, L4Settings};
 use crate::shutdown::InFlight;
 use portico_model::lb::{clock_ms, Pick, PickRequest};
+use portico_model::route_rule::{pick_weighted, WeightedBackend, WeightedPick};
 use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, ProxyProtocol, Snapshot};
 use portico_wasm::http_filter::StreamChain;
 use portico_wasm::properties::{Candidates, RouteProps, StreamProps};
@@ -57,6 +58,16 @@ pub async fn serve(
     tracing::info!(listener = %label, "listener closed; open connections drain");
 }
 
+/// A connection's backend by weight; `None` when the draw falls on a
+/// backend that does not resolve (the connection is refused, as the
+/// Gateway API asks for that share).
+pub(super) fn draw(split: &[WeightedBackend]) -> Option<BackendKey> {
+    match pick_weighted(split, |total| fastrand::u32(0..total)) {
+        Some(WeightedPick::Backend(b)) => Some(b.clone()),
+        _ => None,
+    }
+}
+
 /// How long a TLS passthrough listener waits for a whole ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,7 +94,10 @@ async fn backend_for(
 ) -> Option<Target> {
     if key.protocol != L4Protocol::Tls {
         let snap = snapshot.load();
-        let backend = snap.l4.get(&key).cloned();
+        let backend = match snap.l4_split.get(&key) {
+            Some(split) => draw(split),
+            None => snap.l4.get(&key).cloned(),
+        };
         if backend.is_none() {
             tracing::debug!(listener = %label, "listener no longer configured");
         }
@@ -107,9 +121,13 @@ async fn backend_for(
     let route = table.and_then(|t| t.find(hello.server_name.as_deref()));
     let sni = hello.server_name.as_deref().unwrap_or("(none)");
     match route {
-        Some(r) => match &r.backend {
+        Some(r) => match if r.split.is_empty() {
+            r.backend.clone()
+        } else {
+            draw(&r.split)
+        } {
             Some(b) => Some(Target {
-                backend: b.clone(),
+                backend: b,
                 opening: hello.bytes,
                 terminate: table.and_then(|t| t.terminate.clone()),
             }),

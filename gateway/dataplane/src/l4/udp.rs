@@ -100,7 +100,11 @@ async fn open_flow(
     snapshot: &ArcSwap<Snapshot>,
 ) -> Option<Flow> {
     let snap = snapshot.load_full();
-    let pool = snap.l4.get(&key).and_then(|b| snap.pool(b))?;
+    let backend = match snap.l4_split.get(&key) {
+        Some(split) => super::tcp::draw(split)?,
+        None => snap.l4.get(&key)?.clone(),
+    };
+    let pool = snap.pool(&backend)?;
     let pick = pool.pick(&PickRequest {
         preferred: None,
         client_ip: Some(client.ip()),
