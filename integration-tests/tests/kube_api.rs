@@ -257,6 +257,42 @@ fn without_secrets(rbac: String) -> String {
     )
 }
 
+/// A ClusterRole older than the image (no `namespaces`, no `tlsroutes`)
+/// on a cluster with the Gateway API installed: those kinds count as
+/// empty, with the RBAC line logged, and everything else is served.
+#[test]
+fn an_older_cluster_role_does_not_hold_the_gateway_api_back() {
+    let (api, ns, net, _web) = setup("oldrole");
+    api.install_gateway_api_crds();
+    let (_, token, rules) = install_rbac(api, &ns, |r| {
+        r.replace(
+            "- apiGroups: [\"\"]\n  resources: [\"namespaces\"]\n  verbs: [\"list\", \"watch\"]\n",
+            "",
+        )
+        .replace(", \"tlsroutes\"]", "]")
+    });
+    assert!(!rules.iter().any(|r| r
+        .resources
+        .iter()
+        .any(|x| x == "namespaces" || x == "tlsroutes")));
+    api.apply(&shop(&ns, "old.test", &net, false)).unwrap();
+    let dir = TempDir::new("kapi");
+    let kubeconfig = api.token_kubeconfig(dir.path(), "portico", &token);
+    let gw = Gateway::spawn_kube_real(&kubeconfig, &ns, "gw-old", NO_NODE_PORTS, false);
+    api.apply(&gateway_api_objects(&ns, gw.http, "route.old.test"))
+        .unwrap();
+    gw.wait_ready();
+    wait_for(15, "the Ingress and the HTTPRoute served", || {
+        routes_to(&gw, "old.test", "web-1") && routes_to(&gw, "route.old.test", "web-1")
+    });
+    let log = gw.log();
+    assert!(
+        log.contains("RBAC: the API server forbids `list` on namespaces"),
+        "{log}"
+    );
+    assert!(log.contains("on tlsroutes"), "{log}");
+}
+
 /// A rule missing from the ServiceAccount's role: the real 403 gives one
 /// clear log line (not one per retry), readiness waits, and granting the
 /// rule recovers without a restart.

@@ -15,8 +15,8 @@ use serde::Serialize;
 use crate::certs::CertStore;
 use crate::snapshot::BackendKey;
 
-/// One hostname of a route on a passthrough listener.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One hostname of a route on a TLS listener.
+#[derive(Debug, Clone, Serialize)]
 pub struct SniRoute {
     /// Lowercase; an exact name or `*.suffix`, where `*` stands for one
     /// or more labels.
@@ -29,13 +29,18 @@ pub struct SniRoute {
     pub split: Vec<crate::route_rule::WeightedBackend>,
     /// The route, `namespace/name`, for logs and `explain`.
     pub route: String,
+    /// `Terminate` mode: the certificates of the listener this hostname
+    /// came through (listeners sharing a port each keep their own).
+    #[serde(skip)]
+    pub certs: Option<Arc<CertStore>>,
 }
 
 /// A TLS listener's routes, most specific first.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SniRoutes {
     routes: Vec<SniRoute>,
-    /// `Terminate` mode: the listener's certificates (by SNI).
+    /// `Terminate` mode (the first listener's certificates; each route
+    /// carries its own listener's in `SniRoute::certs`).
     #[serde(skip)]
     pub terminate: Option<Arc<CertStore>>,
 }
@@ -120,6 +125,7 @@ mod tests {
             }),
             split: Vec::new(),
             route: format!("ns/{service}"),
+            certs: None,
         }
     }
 
@@ -157,7 +163,7 @@ mod tests {
         assert!(!t.insert(route("A.example.com", "new")));
         assert_eq!(to(&t, "a.example.com").as_deref(), Some("old"));
         assert_eq!(t.holder("a.example.com").unwrap().route, "ns/old");
-        assert_eq!(t.find(None), None);
+        assert!(t.find(None).is_none());
         // Equal specificity keeps the order added.
         assert!(t.insert(route("*.x.example.com", "first")));
         assert!(t.insert(route("*.y.example.com", "second")));

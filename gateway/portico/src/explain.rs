@@ -118,7 +118,7 @@ pub fn explain(
                 })
             })
             .collect();
-        // TLS passthrough listeners: `host` is the SNI.
+        // TLS listeners (passthrough or terminate): `host` is the SNI.
         l4.extend(
             snap.sni
                 .iter()
@@ -132,8 +132,8 @@ pub fn explain(
                         "pool": r.backend.as_ref().and_then(|b| snap.pool(b)).map(|p| pool_json(p)),
                         "plugins": [],
                         "why": match &r.backend {
-                            Some(b) => format!("TLS passthrough: SNI {host} matches {} of TLSRoute {}, to Service port {b}", r.hostname, r.route),
-                            None => format!("TLS passthrough: SNI {host} matches {} of TLSRoute {}, whose backend does not resolve: the connection is closed", r.hostname, r.route),
+                            Some(b) => format!("TLS listener: SNI {host} matches {} of TLSRoute {}, to Service port {b}", r.hostname, r.route),
+                            None => format!("TLS listener: SNI {host} matches {} of TLSRoute {}, whose backend does not resolve: the connection is closed", r.hostname, r.route),
                         },
                     }),
                     None => json!({
@@ -141,7 +141,7 @@ pub fn explain(
                         "sni": host,
                         "route": null,
                         "plugins": [],
-                        "why": format!("TLS passthrough: no TLSRoute hostname matches SNI {host}: the connection is closed"),
+                        "why": format!("TLS listener: no TLSRoute hostname matches SNI {host}: the connection is closed"),
                     }),
                 }),
         );

@@ -563,6 +563,8 @@ fn add_l4_route(
                 state.resolved_refs = Condition::bad("ResolvedRefs", reason, msg);
             }
             let mut hostname_met = false;
+            let mut refused: Option<String> = None;
+            let mut attached_somewhere = false;
             for l in std::iter::once(l).chain(fitting) {
                 let names: Vec<String> = intersect(l.hostname.as_deref(), &route.hostnames)
                     .into_iter()
@@ -573,9 +575,16 @@ fn add_l4_route(
                 }
                 hostname_met = true;
                 let target = (resolved.as_ref(), &split[..]);
-                if attach_sni(key, l, &names, target, &what, here, node, out) {
-                    sni_attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
+                match attach_sni(key, l, &names, target, &what, here, node, out) {
+                    Ok(()) => {
+                        attached_somewhere = true;
+                        sni_attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
+                    }
+                    Err(why) => refused = Some(why),
                 }
+            }
+            if let (false, Some(why)) = (attached_somewhere, refused) {
+                state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &why);
             }
             if !hostname_met {
                 let msg = "no hostname of the route falls under the listener's hostname";
@@ -657,7 +666,7 @@ fn add_l4_route(
 /// hostname) into the SNI table of listener `l` on each node address.
 /// `backend` is `None` when the route's backends do not resolve: its
 /// names are still taken, and their connections refused, as the spec
-/// asks. Returns whether the route is attached anywhere.
+/// asks. `Err` says why, when the route is attached nowhere.
 #[allow(clippy::too_many_arguments)]
 fn attach_sni(
     key: &ObjectKey,
@@ -668,8 +677,9 @@ fn attach_sni(
     here: &str,
     node: &[std::net::IpAddr],
     out: &mut SnapshotSpec,
-) -> bool {
+) -> Result<(), String> {
     let mut attached = false;
+    let mut why = String::from("no node address to listen on");
     for ip in node {
         let addr = std::net::SocketAddr::new(*ip, l.port);
         let tcp = L4ListenerKey {
@@ -677,9 +687,10 @@ fn attach_sni(
             addr,
         };
         if let Some(other) = out.l4.get(&tcp) {
+            why = format!("{addr} already forwards TCP to {other}");
             out.problems.push(Problem::error(
                 here,
-                format!("{what}: {addr} already forwards TCP to {other}; not attached there"),
+                format!("{what}: {why}; not attached there"),
             ));
             continue;
         }
@@ -691,18 +702,15 @@ fn attach_sni(
         if table.is_empty() && table.terminate.is_none() {
             table.terminate = l.terminate.clone();
         } else if table.terminate.is_some() != l.terminate.is_some() {
+            why = format!(
+                "port {} has both Passthrough and Terminate TLS listeners, which Portico does not mix yet",
+                l.port
+            );
             out.problems.push(Problem::error(
                 here,
-                format!("{what}: port {} has both Passthrough and Terminate TLS listeners, which Portico does not mix yet; not attached there", l.port),
+                format!("{what}: {why}; not attached there"),
             ));
             continue;
-        } else if let (Some(a), Some(b)) = (&table.terminate, &l.terminate) {
-            if !std::sync::Arc::ptr_eq(a, b) {
-                let msg = format!("{what}: port {} has several TLS Terminate listeners; only the first one's certificates serve it", l.port);
-                if !out.problems.iter().any(|p| p.message == msg) {
-                    out.problems.push(Problem::warning(here, msg));
-                }
-            }
         }
         for name in names {
             let taken = SniRoute {
@@ -710,15 +718,17 @@ fn attach_sni(
                 backend: backend.cloned(),
                 split: split.to_vec(),
                 route: key.to_string(),
+                certs: l.terminate.clone(),
             };
             if table.insert(taken) {
                 attached = true;
             } else if let Some(holder) = table.holder(name).filter(|h| h.route != key.to_string()) {
                 // Said once, not once per node address.
-                let msg = format!(
-                    "{what}: hostname {name} on port {} is already routed by TLSRoute {} (older); not used here",
+                why = format!(
+                    "hostname {name} on port {} is already routed by TLSRoute {} (older)",
                     l.port, holder.route
                 );
+                let msg = format!("{what}: {why}; not used here");
                 if !out.problems.iter().any(|p| p.message == msg) {
                     out.problems.push(Problem::warning(here, msg));
                 }
@@ -727,7 +737,11 @@ fn attach_sni(
             }
         }
     }
-    attached
+    if attached {
+        Ok(())
+    } else {
+        Err(why)
+    }
 }
 
 /// Settles a Gateway's listeners; the usable ones are pushed to `all`.

@@ -962,6 +962,24 @@ spec:
         "NotAllowedByListeners"
     );
     assert!(parent("terminate", "shop/tls/term").accepted.status);
+    // Attached nowhere: its only name is older `exact`'s; a Terminate
+    // listener on the passthrough port.
+    let dup = parent("dup", "shop/tls/pass").accepted;
+    assert_eq!(
+        (dup.status, dup.reason.as_str()),
+        (false, "NotAllowedByListeners")
+    );
+    assert!(
+        dup.message
+            .contains("already routed by TLSRoute shop/exact"),
+        "{}",
+        dup.message
+    );
+    let mixed = parent("mixed", "shop/tls/mixed").accepted;
+    assert_eq!(
+        (mixed.status, mixed.reason.as_str()),
+        (false, "NotAllowedByListeners")
+    );
     let all = problems(&spec);
     assert!(
         all.contains(

@@ -11,8 +11,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// A ClientHello larger than this is refused: a real one (even with
-/// post-quantum key shares) is a few KiB.
-pub const MAX_HELLO_BYTES: usize = 64 << 10;
+/// post-quantum key shares) is a few KiB, and every connection still
+/// in its hello holds this much at most.
+pub const MAX_HELLO_BYTES: usize = 16 << 10;
 
 /// The opening of a TLS connection, as read.
 #[derive(Debug)]
@@ -56,7 +57,7 @@ pub async fn read(stream: &mut TcpStream, timeout: Duration) -> Result<ClientHel
 
 async fn read_hello(stream: &mut TcpStream) -> Result<ClientHello, HelloError> {
     let mut parser = HelloParser::default();
-    let mut chunk = vec![0u8; 4096];
+    let mut chunk = [0u8; 2048];
     loop {
         let n = stream
             .read(&mut chunk)

@@ -129,7 +129,7 @@ async fn backend_for(
             Some(b) => Some(Target {
                 backend: b,
                 opening: hello.bytes,
-                terminate: table.and_then(|t| t.terminate.clone()),
+                terminate: r.certs.clone(),
             }),
             None => {
                 metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "invalid-backend")

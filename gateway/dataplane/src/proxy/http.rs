@@ -415,7 +415,14 @@ const H2_DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(100)
 /// framing layer"). A small body is read first, bounded in bytes and
 /// time; a larger or slower one is left to the reset.
 async fn settle_h2_request_body(session: &mut Session) {
-    if !session.is_http2() || session.is_body_done() {
+    // A client waiting for `100 Continue` sends nothing more: no wait.
+    if !session.is_http2()
+        || session.is_body_done()
+        || session
+            .req_header()
+            .headers
+            .contains_key(http::header::EXPECT)
+    {
         return;
     }
     let drain = async {

@@ -148,6 +148,8 @@ pub async fn run<K>(
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut initial: Vec<AnyObject> = Vec::new();
     let mut failing: Option<String> = None;
+    // Listed at least once, or counted as empty.
+    let mut listed = false;
     // Malformed objects of a list are reported after its Reset (which
     // forgets the kind's earlier ones).
     let mut initial_bad: Vec<Malformed> = Vec::new();
@@ -188,6 +190,7 @@ pub async fn run<K>(
                 true
             }
             Ok(Event::InitDone) => {
+                listed = true;
                 if failing.take().is_some() {
                     tracing::info!(resource = %resource, "Kubernetes watch recovered; state resynced");
                 }
@@ -216,6 +219,19 @@ pub async fn run<K>(
                 match &coverage {
                     Coverage::One(key) if first => {
                         tx.send(Report::Failed(kind, key.clone(), message)).is_ok()
+                    }
+                    // A Gateway API kind (or Namespaces, which only refine
+                    // listener selectors) that the ServiceAccount may not
+                    // read, say with a ClusterRole older than the image,
+                    // counts as empty until it can be listed: the rest is
+                    // served meanwhile. The watch keeps retrying, and the
+                    // error above says which grant is missing.
+                    Coverage::Kind
+                        if !listed && forbidden(&e) && Kind::GATEWAY_API.contains(&kind) =>
+                    {
+                        listed = true;
+                        tx.send(Report::Update(Update::Reset(kind, Vec::new())))
+                            .is_ok()
                     }
                     _ => true,
                 }
@@ -323,6 +339,18 @@ fn report_error(
     }
     *failing = Some(class);
     message
+}
+
+/// Whether a watch failed because RBAC refuses the list or the watch.
+fn forbidden(e: &watcher::Error) -> bool {
+    use watcher::Error as W;
+    match e {
+        W::InitialListFailed(kube::Error::Api(s)) | W::WatchStartFailed(kube::Error::Api(s)) => {
+            s.is_forbidden()
+        }
+        W::WatchError(s) => s.is_forbidden(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
