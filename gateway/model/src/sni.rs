@@ -29,20 +29,61 @@ pub struct SniRoute {
     pub split: Vec<crate::route_rule::WeightedBackend>,
     /// The route, `namespace/name`, for logs and `explain`.
     pub route: String,
-    /// `Terminate` mode: the certificates of the listener this hostname
-    /// came through (listeners sharing a port each keep their own).
+    /// `Terminate` mode: the TLS of the listener this hostname came
+    /// through (listeners sharing a port each keep their own).
     #[serde(skip)]
-    pub certs: Option<Arc<CertStore>>,
+    pub certs: Option<Arc<Termination>>,
+}
+
+/// A `Terminate` listener's certificates, and the rustls server
+/// configuration over them, built once per snapshot rather than per
+/// connection.
+#[derive(Debug)]
+pub struct Termination {
+    pub certs: Arc<CertStore>,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl Termination {
+    pub fn new(certs: CertStore) -> Result<Self, String> {
+        let certs = Arc::new(certs);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(ListenerCerts(certs.clone())));
+        Ok(Termination {
+            certs,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// The certificate for a handshake: the listener's for the SNI, else the
+/// one it has for any name; none (the handshake fails) otherwise.
+#[derive(Debug)]
+struct ListenerCerts(Arc<CertStore>);
+
+impl rustls::server::ResolvesServerCert for ListenerCerts {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0
+            .find(hello.server_name().unwrap_or(""))
+            .map(|c| c.key.clone())
+    }
 }
 
 /// A TLS listener's routes, most specific first.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SniRoutes {
     routes: Vec<SniRoute>,
-    /// `Terminate` mode (the first listener's certificates; each route
-    /// carries its own listener's in `SniRoute::certs`).
+    /// `Terminate` mode (the first listener's TLS; each route carries
+    /// its own listener's in `SniRoute::certs`).
     #[serde(skip)]
-    pub terminate: Option<Arc<CertStore>>,
+    pub terminate: Option<Arc<Termination>>,
 }
 
 impl SniRoutes {

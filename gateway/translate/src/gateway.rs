@@ -78,7 +78,7 @@ struct Listener {
     /// With `from: Selector`.
     selector: Option<LabelSelector>,
     /// A `TLS` listener in `Terminate` mode: its certificates.
-    terminate: Option<std::sync::Arc<portico_model::certs::CertStore>>,
+    terminate: Option<std::sync::Arc<portico_model::sni::Termination>>,
     /// The route kinds it takes: its protocol's, narrowed by
     /// `allowedRoutes.kinds`.
     kinds: Vec<&'static str>,
@@ -1058,10 +1058,11 @@ fn check_listener(
             }
         }
         if let Some(https_certs) = https_certs {
-            terminate = Some(std::sync::Arc::new(std::mem::replace(
-                &mut out.certs,
-                https_certs,
-            )));
+            let own = std::mem::replace(&mut out.certs, https_certs);
+            match portico_model::sni::Termination::new(own) {
+                Ok(t) => terminate = Some(std::sync::Arc::new(t)),
+                Err(e) => return refuse("Invalid", format!("TLS configuration: {e}"), out),
+            }
         }
         if !loaded {
             ls.programmed = Condition::bad(

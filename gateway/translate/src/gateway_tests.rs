@@ -934,7 +934,7 @@ spec:
     assert!(table(443).is_none() && table(7444).is_none());
     // Terminate: the listener's own certificate, not the HTTPS listeners'.
     let term = table(7443).expect("the Terminate listener");
-    let certs = term.terminate.as_ref().expect("terminates TLS");
+    let certs = &term.terminate.as_ref().expect("terminates TLS").certs;
     assert_eq!(
         certs.find("abc.example.com").unwrap().source,
         "shop/term-cert"

@@ -77,7 +77,7 @@ struct Target {
     /// What was read from the client to decide (a ClientHello).
     opening: Vec<u8>,
     /// A TLS listener in Terminate mode: its certificates.
-    terminate: Option<Arc<portico_model::certs::CertStore>>,
+    terminate: Option<Arc<portico_model::sni::Termination>>,
 }
 
 /// The backend a new connection goes to: the listener's, or on a TLS
@@ -216,10 +216,17 @@ async fn handle(
     else {
         return failed();
     };
-    if let Some(certs) = terminate {
+    if let Some(termination) = terminate {
         // TLS ends here; plugins and splice(2) do not apply.
         let local = client.local_addr().unwrap_or(key.addr);
-        let tls = match tls_terminate::accept(client, opening, certs, HELLO_TIMEOUT).await {
+        let tls = match tls_terminate::accept(
+            client,
+            opening,
+            termination.config.clone(),
+            HELLO_TIMEOUT,
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 metrics::counter!("portico_tls_passthrough_refused_total", "listener" => label.to_string(), "reason" => "handshake")

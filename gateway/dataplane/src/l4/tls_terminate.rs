@@ -9,41 +9,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use portico_model::certs::CertStore;
 use portico_model::lb::clock_ms;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-
-/// The certificate for a handshake: the listener's for the SNI, else the
-/// one it has for any name; none (the handshake fails) otherwise.
-#[derive(Debug)]
-struct ListenerCerts(Arc<CertStore>);
-
-impl ResolvesServerCert for ListenerCerts {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0
-            .find(hello.server_name().unwrap_or(""))
-            .map(|c| c.key.clone())
-    }
-}
 
 /// Completes the handshake on `client`, whose first bytes (`opening`,
 /// the ClientHello read to route the connection) are put back in front.
 pub async fn accept(
     client: TcpStream,
     opening: Vec<u8>,
-    certs: Arc<CertStore>,
+    config: Arc<rustls::ServerConfig>,
     timeout: Duration,
 ) -> io::Result<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(ListenerCerts(certs)));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let stream = Prefixed {
         head: opening,
         pos: 0,
