@@ -418,7 +418,7 @@ fn failed_connects_try_other_endpoints_then_answer_as_the_full_path() {
 }
 
 #[test]
-fn http_1_1_over_tls_takes_the_fast_path_and_h2_the_full_one() {
+fn http_1_1_and_h2_over_tls_take_their_fast_paths() {
     let backend = RawBackend::start();
     let (crt, key) = self_signed(&["t.test"]);
     let mut m = route("raw", backend.port).replace(
@@ -457,4 +457,177 @@ fn http_1_1_over_tls_takes_the_fast_path_and_h2_the_full_one() {
     let log = gw.log();
     assert_eq!(log.matches("\"version\":\"HTTP/1.1\"").count(), 2, "{log}");
     assert_eq!(log.matches("\"version\":\"HTTP/2.0\"").count(), 2, "{log}");
+    // Both on their fast paths.
+    assert_eq!(fast_path_count(&gw, "HTTP/1.1"), 2);
+    assert_eq!(fast_path_count(&gw, "HTTP/2"), 2);
+}
+
+/// `curl` over h2c with prior knowledge to `t.test` on the gateway's
+/// plain port: (status line and headers, body).
+fn h2c(port: u16, path: &str, extra: &[&str]) -> (String, String) {
+    let resolve = format!("t.test:{port}:127.0.0.1");
+    let url = format!("http://t.test:{port}{path}");
+    let head = std::env::temp_dir().join(format!("portico-h2-head-{}-{port}", std::process::id()));
+    let head_arg = head.to_str().unwrap().to_string();
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "--path-as-is",
+        "--resolve",
+        &resolve,
+        "-D",
+        &head_arg,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (body, err) = curl(&args);
+    let head_text = std::fs::read_to_string(&head).unwrap_or_default();
+    let _ = std::fs::remove_file(&head);
+    assert!(
+        head_text.starts_with("HTTP/2 "),
+        "no HTTP/2 answer for {path}: {head_text} {err}"
+    );
+    (head_text, body)
+}
+
+fn fast_path_count(gw: &Gateway, protocol: &str) -> u64 {
+    let needle = format!("portico_http_fast_path_requests_total{{protocol=\"{protocol}\"}} ");
+    gw.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).map(|n| n.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn h2_requests_reach_the_backend_as_on_the_full_path() {
+    let backend = RawBackend::start();
+    let m = route("raw", backend.port);
+    let fast = Gateway::start(&[("raw.yaml", &m)], "");
+    let full = Gateway::start(&[("raw.yaml", &m)], FULL_PATH);
+    let requests: [(&str, &[&str]); 3] = [
+        // Forwarding headers from an untrusted client are replaced, the
+        // rest kept; the path normalized before it goes upstream.
+        (
+            "/a/./b/../c?q=1",
+            &[
+                "-H",
+                "X-Forwarded-For: 6.6.6.6",
+                "-H",
+                "X-Real-IP: 6.6.6.6",
+                "-H",
+                "Forwarded: for=6.6.6.6",
+                "-H",
+                "X-Forwarded-Host: evil",
+                "-H",
+                "X-Custom: Value",
+                "-H",
+                "X-Request-Id: req-1",
+            ],
+        ),
+        ("/%7Euser/%41", &["-H", "X-Request-Id: req-2"]),
+        ("/h", &["-I", "-H", "X-Request-Id: req-3"]),
+    ];
+    for (path, extra) in requests {
+        let mut seen = Vec::new();
+        let mut answers = Vec::new();
+        for gw in [&fast, &full] {
+            let before = backend.requests().len();
+            answers.push(h2c(gw.http, path, extra));
+            wait_for(5, "the backend to see the request", || {
+                backend.requests().len() > before
+            });
+            let got = backend.requests()[before..].to_vec();
+            assert_eq!(got.len(), 1, "{got:?}");
+            seen.push(got[0].clone());
+        }
+        let (fast_req, full_req) = (&seen[0], &seen[1]);
+        assert_eq!(
+            fast_req.head.lines().next(),
+            full_req.head.lines().next(),
+            "request line of {path}"
+        );
+        // The ports differ: compared apart.
+        let by_port = ["x-forwarded-port", "host", "x-forwarded-host"];
+        assert_eq!(
+            header_set(&fast_req.head, &by_port),
+            header_set(&full_req.head, &by_port),
+            "headers upstream for {path}\nfast:\n{}\nfull:\n{}",
+            fast_req.head,
+            full_req.head
+        );
+        for (req, port) in [(fast_req, fast.http), (full_req, full.http)] {
+            let authority = format!("t.test:{port}");
+            assert_eq!(req.header("host"), Some(&*authority), "{}", req.head);
+            assert_eq!(req.header("x-forwarded-host"), Some(&*authority));
+            assert_eq!(req.header("x-forwarded-port"), Some(&*port.to_string()));
+        }
+        assert_eq!(fast_req.header("x-forwarded-for"), Some("127.0.0.1"));
+        let lines = |head: &str| {
+            head.lines()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+                .map(str::to_string)
+                .collect::<BTreeSet<_>>()
+        };
+        let (a, b) = (&answers[0], &answers[1]);
+        assert_eq!(lines(&a.0), lines(&b.0), "response head for {path}");
+        assert_eq!(a.1, b.1, "body for {path}");
+    }
+    // The first gateway's fast path carried them; the second's is off.
+    assert_eq!(fast_path_count(&fast, "HTTP/2"), 3);
+    assert_eq!(fast_path_count(&full, "HTTP/2"), 0);
+    // A request with a body goes to the full path, on the same connection
+    // kind, and still reaches the backend.
+    let before = backend.requests().len();
+    let (head, _) = h2c(fast.http, "/post", &["--data-binary", "hello"]);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    wait_for(5, "the POST to arrive", || {
+        backend.requests().len() > before
+    });
+    assert_eq!(backend.requests()[before].body, b"hello");
+    assert_eq!(fast_path_count(&fast, "HTTP/2"), 3);
+}
+
+#[test]
+fn h2_responses_are_relayed_by_their_framing() {
+    let be = scripted();
+    let gw = Gateway::start(&[("s.yaml", &route("scripted", be.port))], "");
+    // Chunked: the body without its framing (HTTP/2 has its own).
+    let (head, body) = h2c(gw.http, "/chunked", &[]);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert_eq!(body, "hello world");
+    let (_, body) = h2c(gw.http, "/until-close", &[]);
+    assert_eq!(body, "all of it");
+    let (head, body) = h2c(gw.http, "/early-hints", &[]);
+    assert!(head.contains("HTTP/2 200"), "{head}");
+    assert_eq!(body, "final");
+    for path in ["/two-lengths", "/die"] {
+        let (head, body) = h2c(gw.http, path, &[]);
+        assert!(head.starts_with("HTTP/2 502"), "{path}: {head}");
+        assert_eq!(
+            body,
+            "the upstream failed (service default/scripted:http, endpoints tried: 1)\n"
+        );
+    }
+    // Many streams at once on one connection (10 in flight), each answered.
+    let out = std::process::Command::new("h2load")
+        .args([
+            "-n",
+            "40",
+            "-c",
+            "1",
+            "-m",
+            "10",
+            "-H",
+            ":authority: t.test",
+        ])
+        .arg(format!("http://127.0.0.1:{}/n", gw.http))
+        .output()
+        .expect("h2load is installed");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("40 succeeded, 0 failed"), "{out}");
+    assert!(out.contains("status codes: 40 2xx"), "{out}");
+    assert_eq!(fast_path_count(&gw, "HTTP/2"), 45);
 }

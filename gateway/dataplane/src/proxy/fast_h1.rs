@@ -44,8 +44,9 @@ use super::http::{self as full, AccessRecord, HttpProxy};
 use super::replay::Replay;
 use super::upstream_idle;
 use crate::shutdown::InFlight;
-use portico_model::lb::PickRequest;
+use portico_model::lb::{PickRequest, Pool};
 use portico_model::route_metrics::{code_class, LISTENERS};
+use portico_model::routing::Route;
 
 /// Request heads larger than this go to the full path (which reads on).
 const READ_BUFFER: usize = 16 * 1024;
@@ -56,21 +57,28 @@ const FIRST_READ_BUFFER: usize = 2048;
 const SPARE_SCRATCH: usize = 64;
 /// Largest upstream response head read.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+/// How an h2c connection with prior knowledge starts (RFC 9113 §3.4), up
+/// to the first empty line, which is all a complete head holds for sure.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// The L7 service's application: the fast path in front of Pingora's
 /// `HttpProxy` running Portico's `ProxyHttp` phases.
 pub struct FastH1 {
-    full: Arc<pingora::proxy::HttpProxy<HttpProxy>>,
-    proxy: HttpProxy,
+    pub(super) full: Arc<pingora::proxy::HttpProxy<HttpProxy>>,
+    pub(super) proxy: HttpProxy,
+    /// Plain connections may start with the HTTP/2 preface (`[listen] h2c`).
+    h2c: bool,
 }
 
 impl FastH1 {
     /// `proxy` shares the snapshot, plugins and configuration of the one
     /// inside `full`.
     pub fn new(full: pingora::proxy::HttpProxy<HttpProxy>, proxy: HttpProxy) -> Self {
+        let h2c = full.server_options.as_ref().is_some_and(|o| o.h2c);
         FastH1 {
             full: Arc::new(full),
             proxy,
+            h2c,
         }
     }
 }
@@ -84,11 +92,11 @@ struct ReadBuf {
 /// Buffers a request in progress needs, taken from a per-thread stock
 /// (`Scratch::take`) and given back when it ends, so an idle keep-alive
 /// connection holds only its small read buffer.
-struct Scratch {
+pub(super) struct Scratch {
     /// Bytes read from the upstream (and request bodies on their way).
-    up: Box<[u8]>,
+    pub(super) up: Box<[u8]>,
     /// Bytes being written (either way).
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
 }
 
 thread_local! {
@@ -96,7 +104,7 @@ thread_local! {
 }
 
 impl Scratch {
-    fn take() -> ScratchGuard {
+    pub(super) fn take() -> ScratchGuard {
         let spare = SPARE.with(|s| s.borrow_mut().pop());
         ScratchGuard(Some(spare.unwrap_or_else(|| Scratch {
             up: vec![0; READ_BUFFER].into_boxed_slice(),
@@ -106,7 +114,7 @@ impl Scratch {
 }
 
 /// A `Scratch` going back to the thread's stock when dropped.
-struct ScratchGuard(Option<Scratch>);
+pub(super) struct ScratchGuard(Option<Scratch>);
 
 impl std::ops::Deref for ScratchGuard {
     type Target = Scratch;
@@ -139,18 +147,19 @@ impl Drop for ScratchGuard {
 }
 
 /// The downstream connection.
-struct ConnInfo {
-    served: u64,
-    tls: bool,
-    peer: IpAddr,
-    local: Option<SocketAddr>,
+#[derive(Clone, Copy)]
+pub(super) struct ConnInfo {
+    pub(super) served: u64,
+    pub(super) tls: bool,
+    pub(super) peer: IpAddr,
+    pub(super) local: Option<SocketAddr>,
 }
 
 /// Counts a request in `portico_http_requests_active` while alive.
-struct Active;
+pub(super) struct Active;
 
 impl Active {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         full::listener_metrics().active.increment(1.0);
         Active
     }
@@ -167,6 +176,9 @@ enum Next {
     Close,
     /// The full path takes the connection from here, with the bytes read.
     Fallback,
+    /// The client spoke the HTTP/2 preface (h2c): `fast_h2` takes the
+    /// connection from here, with the bytes read.
+    H2c,
 }
 
 #[async_trait]
@@ -191,7 +203,6 @@ impl ServerApp for FastH1 {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let eligible = self.proxy.cfg.fast_path
-            && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
             && peer.is_some_and(|p| {
                 !super::client_addr::is_trusted(&self.proxy.cfg.trusted_proxies, p)
             });
@@ -220,6 +231,9 @@ impl ServerApp for FastH1 {
                 .and_then(|a| a.as_inet())
                 .copied(),
         };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return super::fast_h2::serve(self, stream, info, shutdown).await;
+        }
         loop {
             match self
                 .serve_one(&mut stream, &mut read, &info, shutdown)
@@ -234,6 +248,10 @@ impl ServerApp for FastH1 {
                     let replay = Replay::new(read.buf[..read.len].to_vec(), stream);
                     return ServerApp::process_new(&self.full, Box::new(replay), shutdown).await;
                 }
+                Next::H2c => {
+                    let replay = Replay::new(read.buf[..read.len].to_vec(), stream);
+                    return super::fast_h2::serve(self, Box::new(replay), info, shutdown).await;
+                }
             }
         }
     }
@@ -246,7 +264,7 @@ impl ServerApp for FastH1 {
 /// `fut` within `limit`. Most reads and writes on a busy connection
 /// complete on their first poll: those arm no timer (a timer costs more
 /// than the write).
-async fn bounded<F: std::future::Future>(
+pub(super) async fn bounded<F: std::future::Future>(
     limit: Duration,
     fut: F,
 ) -> Result<F::Output, pingora::time::Elapsed> {
@@ -268,7 +286,7 @@ fn head_complete(buf: &[u8]) -> bool {
 }
 
 /// What went wrong with the upstream once the request was on its way.
-enum UpstreamFailure {
+pub(super) enum UpstreamFailure {
     Timeout(&'static str),
     Failed,
     /// No endpoint tried accepted a connection.
@@ -276,6 +294,163 @@ enum UpstreamFailure {
 }
 
 impl FastH1 {
+    /// The request target as routed: normalized per `[proxy.paths]`
+    /// (`Owned` when that changed it); `None` when the full path must
+    /// judge it (it answers 400 for what normalization refuses).
+    pub(super) fn normalized<'t>(
+        &self,
+        target: &'t str,
+        info: &ConnInfo,
+    ) -> Option<std::borrow::Cow<'t, str>> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let normal = match self.proxy.cfg.paths.rules_for(info.local) {
+            Some(rules) => super::path::normalize(path, rules).ok()?,
+            None => None,
+        };
+        Some(match (normal, query) {
+            (None, _) => target.into(),
+            (Some(p), None) => p.into(),
+            (Some(p), Some(q)) => format!("{p}?{q}").into(),
+        })
+    }
+
+    /// The route and backend of a request the fast path may carry, or
+    /// `None` for the full path: plugins configured, no route (the full
+    /// path answers 404), a route that acts on requests, or a backend
+    /// without endpoints or with plugins.
+    pub(super) fn plain_route(
+        &self,
+        host: &str,
+        target: &str,
+        info: &ConnInfo,
+    ) -> Option<(Arc<Route>, Arc<Pool>)> {
+        let snap = self.proxy.snapshot.load();
+        if !self.proxy.plugins.load().http.is_empty() {
+            return None;
+        }
+        // Only the listener is checked here: a route with request
+        // conditions (headers, method, query) is not plain and goes to
+        // the full path, which checks them.
+        let facts = portico_model::route_rule::RequestFacts {
+            port: info.local.map(|a| a.port()),
+            tls: info.tls,
+            request: None,
+        };
+        let (route, _) = snap.routes.find_request(host, target, &facts)?;
+        if !route.forwards_plainly(info.tls) {
+            return None;
+        }
+        let pool = snap.pool(&route.backend)?;
+        if pool.is_empty() || !pool.plugins().is_empty() || !pool.scoped_http().is_empty() {
+            return None;
+        }
+        // Held, not the snapshot: a response may take minutes.
+        Some((route.clone(), pool.clone()))
+    }
+
+    /// The route's timeouts, else the configured ones.
+    pub(super) fn timeouts(&self, route: &Route) -> Timeouts {
+        let cfg = &self.proxy.cfg;
+        let policy = route.policy.as_ref().map(|p| &p.policy);
+        let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
+        Timeouts {
+            connect: ms(
+                policy.and_then(|p| p.connect_timeout_ms),
+                cfg.connect_timeout_ms,
+            ),
+            read: ms(policy.and_then(|p| p.read_timeout_ms), cfg.read_timeout_ms),
+            write: ms(
+                policy.and_then(|p| p.write_timeout_ms),
+                cfg.write_timeout_ms,
+            ),
+        }
+    }
+
+    /// Sends the request (`sc.out`, then `body_left` more body bytes from
+    /// the client) to `pick`'s endpoint and reads the response head: on
+    /// a new connection, or a kept one (sent again on a new one when the
+    /// kept one turns out closed and the request is all in hand); another
+    /// endpoint when one refuses to connect, as the full path's
+    /// `fail_to_connect`. Returns the upstream connection, the response's
+    /// framing, the head's length and the bytes read into `sc.up`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn forward(
+        &self,
+        down: &mut Down<'_>,
+        sc: &mut Scratch,
+        pool: &Pool,
+        pick: &mut portico_model::lb::Pick,
+        done: &mut Done<'_>,
+        timeouts: &Timeouts,
+        mut body_left: u64,
+    ) -> Result<(TcpStream, h1_wire::ResponseHead, usize, usize), Stop> {
+        let cfg = &self.proxy.cfg;
+        let max_idle = Duration::from_millis(cfg.upstream_idle_timeout_ms);
+        let mut addr = pick.addr;
+        // An idle connection the upstream closed is found out by the first
+        // write or read; the request is then sent again on a new one if it
+        // is all in hand (its body not streamed yet).
+        let mut parked = upstream_idle::take(addr, max_idle);
+        if body_left > 0 {
+            parked = parked.filter(upstream_idle::looks_alive);
+        }
+        let mut retried = false;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        loop {
+            let (mut conn, reused) = match parked.take() {
+                Some(conn) => (conn, true),
+                None => match bounded(timeouts.connect, TcpStream::connect(addr)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = conn.set_nodelay(true);
+                        (conn, false)
+                    }
+                    _ => {
+                        // As the full path's `fail_to_connect`: passive
+                        // health hears of it, and another endpoint is
+                        // tried while retries and endpoints last.
+                        metrics::counter!("portico_upstream_connect_errors_total", "backend" => pool.key().to_string())
+                            .increment(1);
+                        pool.report_failure(addr);
+                        tried.push(addr);
+                        let next = (tried.len() <= cfg.connect_retries
+                            && pool.endpoints().len() > tried.len())
+                        .then(|| {
+                            pool.pick(&PickRequest {
+                                preferred: None,
+                                client_ip: Some(done.client),
+                                exclude: &tried,
+                            })
+                        })
+                        .flatten();
+                        let Some(next) = next else {
+                            return Err(Stop::Upstream(UpstreamFailure::Down));
+                        };
+                        *pick = next;
+                        addr = pick.addr;
+                        done.addr = addr;
+                        done.tried = tried.len() + 1;
+                        parked = upstream_idle::take(addr, max_idle).filter(|_| body_left == 0);
+                        continue;
+                    }
+                },
+            };
+            pool.report_success(addr);
+            match exchange(down, sc, &mut conn, &mut body_left, timeouts).await {
+                Ok((head, head_len, len)) => return Ok((conn, head, head_len, len)),
+                Err(Exchange::Downstream) => return Err(Stop::Downstream),
+                Err(Exchange::Retry) if reused && !retried && body_left == 0 => {
+                    retried = true;
+                    continue;
+                }
+                Err(Exchange::Retry) => return Err(Stop::Upstream(UpstreamFailure::Failed)),
+                Err(Exchange::Upstream(f)) => return Err(Stop::Upstream(f)),
+            }
+        }
+    }
+
     async fn serve_one(
         &self,
         s: &mut Stream,
@@ -303,6 +478,9 @@ impl FastH1 {
                 Ok(Ok(n)) => rb.len += n,
             }
         }
+        if self.h2c && !info.tls && info.served == 0 && rb.buf[..rb.len].starts_with(H2_PREFACE) {
+            return Next::H2c;
+        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(&rb.buf[..rb.len]) {
@@ -322,49 +500,11 @@ impl FastH1 {
         if header_bytes > cfg.max_request_header_bytes {
             return Next::Fallback;
         }
-        let (path, query) = match plain.target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (plain.target, None),
+        let Some(target) = self.normalized(plain.target, info) else {
+            return Next::Fallback;
         };
-        let normal = match cfg.paths.rules_for(info.local) {
-            Some(rules) => match super::path::normalize(path, rules) {
-                Ok(n) => n,
-                Err(_) => return Next::Fallback,
-            },
-            None => None,
-        };
-        let target: std::borrow::Cow<'_, str> = match (normal, query) {
-            (None, _) => plain.target.into(),
-            (Some(p), None) => p.into(),
-            (Some(p), Some(q)) => format!("{p}?{q}").into(),
-        };
-        let (route, pool) = {
-            let snap = self.proxy.snapshot.load();
-            if !self.proxy.plugins.load().http.is_empty() {
-                return Next::Fallback;
-            }
-            // Only the listener is checked here: a route with request
-            // conditions (headers, method, query) is not plain and goes
-            // to the full path, which checks them.
-            let facts = portico_model::route_rule::RequestFacts {
-                port: info.local.map(|a| a.port()),
-                tls: info.tls,
-                request: None,
-            };
-            let Some((route, _)) = snap.routes.find_request(plain.host, &target, &facts) else {
-                return Next::Fallback;
-            };
-            if !route.forwards_plainly(info.tls) {
-                return Next::Fallback;
-            }
-            let Some(pool) = snap.pool(&route.backend) else {
-                return Next::Fallback;
-            };
-            if pool.is_empty() || !pool.plugins().is_empty() || !pool.scoped_http().is_empty() {
-                return Next::Fallback;
-            }
-            // Held, not the snapshot: a response may take minutes.
-            (route.clone(), pool.clone())
+        let Some((route, pool)) = self.plain_route(plain.host, &target, info) else {
+            return Next::Fallback;
         };
         let Some(mut pick) = pool.pick(&PickRequest {
             preferred: None,
@@ -376,22 +516,7 @@ impl FastH1 {
         if matches!(target, std::borrow::Cow::Owned(_)) {
             metrics::counter!("portico_http_paths_normalized_total").increment(1);
         }
-        let mut addr = pick.addr;
-        let policy = route.policy.as_ref().map(|p| &p.policy);
-        let ms = |route: Option<u64>, default: u64| Duration::from_millis(route.unwrap_or(default));
-        let timeouts = Timeouts {
-            connect: ms(
-                policy.and_then(|p| p.connect_timeout_ms),
-                cfg.connect_timeout_ms,
-            ),
-            read: ms(policy.and_then(|p| p.read_timeout_ms), cfg.read_timeout_ms),
-            write: ms(
-                policy.and_then(|p| p.write_timeout_ms),
-                cfg.write_timeout_ms,
-            ),
-        };
-        let max_idle = Duration::from_millis(cfg.upstream_idle_timeout_ms);
-
+        let timeouts = self.timeouts(&route);
         let start = Instant::now();
         let mut sc = Scratch::take();
         let sc = &mut *sc;
@@ -399,7 +524,7 @@ impl FastH1 {
         let active = Active::start();
         let body_here =
             (rb.len - head_len).min(usize::try_from(plain.body_len).unwrap_or(usize::MAX));
-        let mut body_left = plain.body_len - body_here as u64;
+        let body_left = plain.body_len - body_here as u64;
         let mut id_buf = [0u8; 32];
         let request_id = match plain.request_id {
             Some(id) => id,
@@ -413,8 +538,9 @@ impl FastH1 {
             &mut sc.out,
             plain.method,
             &target,
-            req.headers,
+            req.headers.iter().map(|h| (h.name, h.value)),
             plain.host,
+            false,
             &h1_wire::Forwarding {
                 client: info.peer,
                 tls: info.tls,
@@ -430,18 +556,12 @@ impl FastH1 {
             plain: &plain,
             target: &target,
             request_id,
+            version: "HTTP/1.1",
+            client: info.peer,
             start,
-            addr,
+            addr: pick.addr,
             tried: 1,
         };
-
-        // An idle connection the upstream closed is found out by the first
-        // write or read; the request is then sent again on a new one if it
-        // is all in hand (its body not streamed yet).
-        let mut parked = upstream_idle::take(addr, max_idle);
-        if body_left > 0 {
-            parked = parked.filter(upstream_idle::looks_alive);
-        }
         // Pipelined requests are not served, as on the full path (README,
         // Known limitations): bytes after this request close the connection.
         let pipelined = rb.len > head_len + body_here;
@@ -453,76 +573,22 @@ impl FastH1 {
                 && !crate::shutdown::draining(),
             request_id,
         };
-        let mut retried = false;
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let (mut up, head, up_head, up_len) = loop {
-            let (mut conn, reused) = match parked.take() {
-                Some(conn) => (conn, true),
-                None => {
-                    match bounded(timeouts.connect, TcpStream::connect(addr)).await {
-                        Ok(Ok(conn)) => {
-                            let _ = conn.set_nodelay(true);
-                            (conn, false)
-                        }
-                        _ => {
-                            // As the full path's `fail_to_connect`: passive
-                            // health hears of it, and another endpoint is
-                            // tried while retries and endpoints last.
-                            metrics::counter!("portico_upstream_connect_errors_total", "backend" => pool.key().to_string())
-                                .increment(1);
-                            pool.report_failure(addr);
-                            tried.push(addr);
-                            let next = (tried.len() <= cfg.connect_retries
-                                && pool.endpoints().len() > tried.len())
-                            .then(|| {
-                                pool.pick(&PickRequest {
-                                    preferred: None,
-                                    client_ip: Some(info.peer),
-                                    exclude: &tried,
-                                })
-                            })
-                            .flatten();
-                            match next {
-                                Some(p) => {
-                                    pick = p;
-                                    addr = pick.addr;
-                                    done.addr = addr;
-                                    done.tried = tried.len() + 1;
-                                    parked = upstream_idle::take(addr, max_idle)
-                                        .filter(|_| body_left == 0);
-                                    continue;
-                                }
-                                None => {
-                                    return self
-                                        .upstream_failed(s, sc, info, &done, UpstreamFailure::Down)
-                                        .await
-                                }
-                            }
-                        }
-                    }
-                }
-            };
-            pool.report_success(addr);
-            match self
-                .exchange(s, sc, &mut conn, &mut body_left, &timeouts, &answer)
-                .await
-            {
-                Ok((head, head_len, len)) => break (conn, head, head_len, len),
-                Err(Exchange::Downstream) => return Next::Close,
-                Err(Exchange::Retry) if reused && !retried && body_left == 0 => {
-                    retried = true;
-                    continue;
-                }
-                Err(Exchange::Retry) => {
-                    return self
-                        .upstream_failed(s, sc, info, &done, UpstreamFailure::Failed)
-                        .await
-                }
-                Err(Exchange::Upstream(f)) => {
-                    return self.upstream_failed(s, sc, info, &done, f).await
-                }
-            }
+        let mut down = Down::H1 { s, answer: &answer };
+        let forwarded = self
+            .forward(
+                &mut down, sc, &pool, &mut pick, &mut done, &timeouts, body_left,
+            )
+            .await;
+        let Down::H1 { s, .. } = down else {
+            unreachable!("made H1 above")
         };
+        let (mut up, head, up_head, up_len) = match forwarded {
+            Ok(answered) => answered,
+            Err(Stop::Downstream) => return Next::Close,
+            Err(Stop::Upstream(f)) => return self.upstream_failed(s, sc, info, &done, f).await,
+        };
+        let addr = done.addr;
+        let max_idle = Duration::from_millis(cfg.upstream_idle_timeout_ms);
 
         // Body bytes that came with the head, then the rest.
         let mut chunks = h1_wire::ChunkedEnd::default();
@@ -604,103 +670,6 @@ impl FastH1 {
         }
     }
 
-    /// Sends the request (`sc.out`, then the rest of the body from the
-    /// client), reads the response head into `sc.up` and writes the
-    /// downstream head into `sc.out`. Returns the response's framing, the
-    /// head's length and the bytes read.
-    async fn exchange(
-        &self,
-        s: &mut Stream,
-        sc: &mut Scratch,
-        up: &mut TcpStream,
-        body_left: &mut u64,
-        t: &Timeouts,
-        answer: &Answer<'_>,
-    ) -> Result<(h1_wire::ResponseHead, usize, usize), Exchange> {
-        const WRITE_TIMED_OUT: &str = "writing to the upstream timed out";
-        match bounded(t.write, up.write_all(&sc.out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Exchange::Retry),
-            Err(_) => {
-                return Err(Exchange::Upstream(UpstreamFailure::Timeout(
-                    WRITE_TIMED_OUT,
-                )))
-            }
-        }
-        while *body_left > 0 {
-            let want = sc
-                .up
-                .len()
-                .min(usize::try_from(*body_left).unwrap_or(usize::MAX));
-            let n = match bounded(t.read, s.read(&mut sc.up[..want])).await {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => return Err(Exchange::Downstream),
-            };
-            *body_left -= n as u64;
-            match bounded(t.write, up.write_all(&sc.up[..n])).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
-                Err(_) => {
-                    return Err(Exchange::Upstream(UpstreamFailure::Timeout(
-                        WRITE_TIMED_OUT,
-                    )))
-                }
-            }
-        }
-        let limit = sc.up.len().min(RESPONSE_HEAD_LIMIT);
-        let mut len = 0;
-        loop {
-            let n = match bounded(t.read, up.read(&mut sc.up[len..limit])).await {
-                Ok(Ok(n)) if n > 0 => n,
-                Ok(_) if len == 0 => return Err(Exchange::Retry),
-                Ok(_) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
-                Err(_) => {
-                    return Err(Exchange::Upstream(UpstreamFailure::Timeout(
-                        "the upstream did not answer in time",
-                    )))
-                }
-            };
-            len += n;
-            // Interim answers (103 Early Hints...) are dropped, as Pingora
-            // does by default; the final one may be in the same read.
-            loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&sc.up[..len]) {
-                    Ok(httparse::Status::Complete(head)) => match resp.code.unwrap_or(0) {
-                        // Nothing here asked to switch protocols.
-                        101 => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
-                        100..=199 => {
-                            sc.up.copy_within(head..len, 0);
-                            len -= head;
-                            if len == 0 {
-                                break;
-                            }
-                        }
-                        _ => {
-                            let framing = h1_wire::response_head(&resp, answer.head_request)
-                                .map_err(|bad| {
-                                    tracing::debug!(why = bad.0, "upstream response refused");
-                                    Exchange::Upstream(UpstreamFailure::Failed)
-                                })?;
-                            sc.out.clear();
-                            h1_wire::write_downstream_head(
-                                &mut sc.out,
-                                &resp,
-                                pingora::protocols::http::date::get_cached_date().as_bytes(),
-                                answer.keepalive && framing.framing != Framing::UntilClose,
-                                answer.request_id,
-                            );
-                            return Ok((framing, head, len));
-                        }
-                    },
-                    Ok(httparse::Status::Partial) if len < limit => break,
-                    _ => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
-                }
-            }
-        }
-    }
-
     /// The full path's error answer for an upstream that failed after the
     /// request was sent: 502 or 504 naming the Service, connection closed.
     async fn upstream_failed(
@@ -711,15 +680,7 @@ impl FastH1 {
         done: &Done<'_>,
         failure: UpstreamFailure,
     ) -> Next {
-        let (status, what) = match failure {
-            UpstreamFailure::Timeout(what) => (504, what),
-            UpstreamFailure::Failed => (502, "the upstream failed"),
-            UpstreamFailure::Down => (503, "all endpoints tried are down"),
-        };
-        let body = format!(
-            "{what} (service {}, endpoints tried: {})\n",
-            done.route.backend, done.tried
-        );
+        let (status, what, body) = failure_answer(done, failure);
         sc.out.clear();
         sc.out.extend_from_slice(match status {
             504 => b"HTTP/1.1 504 Gateway Timeout\r\n",
@@ -744,7 +705,7 @@ impl FastH1 {
     }
 
     /// Metrics and the access log line, as the full path's `logging`.
-    fn record(
+    pub(super) fn record(
         &self,
         info: &ConnInfo,
         done: &Done<'_>,
@@ -763,6 +724,7 @@ impl FastH1 {
             .duration(&route.ingress, info.tls)
             .record(elapsed.as_secs_f64());
         let m = full::listener_metrics();
+        m.fast_path[usize::from(done.version != "HTTP/1.1")].increment(1);
         m.bytes_received[usize::from(info.tls)].increment(done.plain.body_len);
         m.bytes_sent[usize::from(info.tls)].increment(bytes_out);
         if self.proxy.access_log {
@@ -775,7 +737,7 @@ impl FastH1 {
                 method: done.plain.method,
                 host: done.plain.host,
                 path: done.target.split_once('?').map_or(done.target, |(p, _)| p),
-                version: "HTTP/1.1",
+                version: done.version,
                 status,
                 route: &route.ingress,
                 backend: Some(&backend),
@@ -790,8 +752,165 @@ impl FastH1 {
     }
 }
 
+/// Sends the request (`sc.out`, then the rest of the body from the
+/// client), reads the response head into `sc.up` and writes the
+/// downstream head into `sc.out`. Returns the response's framing, the
+/// head's length and the bytes read.
+async fn exchange(
+    down: &mut Down<'_>,
+    sc: &mut Scratch,
+    up: &mut TcpStream,
+    body_left: &mut u64,
+    t: &Timeouts,
+) -> Result<(h1_wire::ResponseHead, usize, usize), Exchange> {
+    const WRITE_TIMED_OUT: &str = "writing to the upstream timed out";
+    match bounded(t.write, up.write_all(&sc.out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(Exchange::Retry),
+        Err(_) => {
+            return Err(Exchange::Upstream(UpstreamFailure::Timeout(
+                WRITE_TIMED_OUT,
+            )))
+        }
+    }
+    while *body_left > 0 {
+        let Down::H1 { s, .. } = down else {
+            return Err(Exchange::Downstream);
+        };
+        let want = sc
+            .up
+            .len()
+            .min(usize::try_from(*body_left).unwrap_or(usize::MAX));
+        let n = match bounded(t.read, s.read(&mut sc.up[..want])).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Err(Exchange::Downstream),
+        };
+        *body_left -= n as u64;
+        match bounded(t.write, up.write_all(&sc.up[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+            Err(_) => {
+                return Err(Exchange::Upstream(UpstreamFailure::Timeout(
+                    WRITE_TIMED_OUT,
+                )))
+            }
+        }
+    }
+    let limit = sc.up.len().min(RESPONSE_HEAD_LIMIT);
+    let mut len = 0;
+    loop {
+        let n = match bounded(t.read, up.read(&mut sc.up[len..limit])).await {
+            Ok(Ok(n)) if n > 0 => n,
+            Ok(_) if len == 0 => return Err(Exchange::Retry),
+            Ok(_) => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+            Err(_) => {
+                return Err(Exchange::Upstream(UpstreamFailure::Timeout(
+                    "the upstream did not answer in time",
+                )))
+            }
+        };
+        len += n;
+        // Interim answers (103 Early Hints...) are dropped, as Pingora
+        // does by default; the final one may be in the same read.
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&sc.up[..len]) {
+                Ok(httparse::Status::Complete(head)) => match resp.code.unwrap_or(0) {
+                    // Nothing here asked to switch protocols.
+                    101 => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+                    100..=199 => {
+                        sc.up.copy_within(head..len, 0);
+                        len -= head;
+                        if len == 0 {
+                            break;
+                        }
+                    }
+                    _ => {
+                        let head_request = match down {
+                            Down::H1 { answer, .. } => answer.head_request,
+                            Down::H2 { head_request, .. } => *head_request,
+                        };
+                        let refused = |bad: h1_wire::BadResponse| {
+                            tracing::debug!(why = bad.0, "upstream response refused");
+                            Exchange::Upstream(UpstreamFailure::Failed)
+                        };
+                        let framing =
+                            h1_wire::response_head(&resp, head_request).map_err(refused)?;
+                        match down {
+                            Down::H1 { answer, .. } => {
+                                sc.out.clear();
+                                h1_wire::write_downstream_head(
+                                    &mut sc.out,
+                                    &resp,
+                                    pingora::protocols::http::date::get_cached_date().as_bytes(),
+                                    answer.keepalive && framing.framing != Framing::UntilClose,
+                                    answer.request_id,
+                                );
+                            }
+                            Down::H2 {
+                                request_id, head, ..
+                            } => {
+                                *head = Some(
+                                    super::fast_h2::response_header(&resp, request_id)
+                                        .map_err(refused)?,
+                                );
+                            }
+                        }
+                        return Ok((framing, head, len));
+                    }
+                },
+                Ok(httparse::Status::Partial) if len < limit => break,
+                _ => return Err(Exchange::Upstream(UpstreamFailure::Failed)),
+            }
+        }
+    }
+}
+
+/// Where a response head goes.
+pub(super) enum Down<'a> {
+    /// An HTTP/1.1 client: the rest of the request body is read from it,
+    /// and the response head written into `sc.out` for it.
+    H1 {
+        s: &'a mut Stream,
+        answer: &'a Answer<'a>,
+    },
+    /// An HTTP/2 stream (its request all in hand): the head is built
+    /// for it.
+    H2 {
+        head_request: bool,
+        request_id: &'a [u8],
+        head: Option<Box<pingora::http::ResponseHeader>>,
+    },
+}
+
+/// Why `forward` gave up.
+pub(super) enum Stop {
+    Upstream(UpstreamFailure),
+    /// The client went away mid-request.
+    Downstream,
+}
+
+/// The full path's error answer for an upstream failure: status, what
+/// failed, and the body naming the Service and the endpoints tried.
+pub(super) fn failure_answer(
+    done: &Done<'_>,
+    failure: UpstreamFailure,
+) -> (u16, &'static str, String) {
+    let (status, what) = match failure {
+        UpstreamFailure::Timeout(what) => (504, what),
+        UpstreamFailure::Failed => (502, "the upstream failed"),
+        UpstreamFailure::Down => (503, "all endpoints tried are down"),
+    };
+    let body = format!(
+        "{what} (service {}, endpoints tried: {})\n",
+        done.route.backend, done.tried
+    );
+    (status, what, body)
+}
+
 /// What the downstream response head is written with.
-struct Answer<'a> {
+pub(super) struct Answer<'a> {
     head_request: bool,
     /// The client connection may stay open (before the upstream's framing
     /// has its say).
@@ -799,22 +918,25 @@ struct Answer<'a> {
     request_id: &'a [u8],
 }
 
-struct Timeouts {
-    connect: Duration,
-    read: Duration,
-    write: Duration,
+pub(super) struct Timeouts {
+    pub(super) connect: Duration,
+    pub(super) read: Duration,
+    pub(super) write: Duration,
 }
 
 /// What a finished request is recorded with.
-struct Done<'a> {
-    route: &'a portico_model::routing::Route,
-    plain: &'a h1_wire::PlainRequest<'a>,
-    target: &'a str,
-    request_id: &'a [u8],
-    start: Instant,
-    addr: SocketAddr,
+pub(super) struct Done<'a> {
+    pub(super) route: &'a Route,
+    pub(super) plain: &'a h1_wire::PlainRequest<'a>,
+    pub(super) target: &'a str,
+    pub(super) request_id: &'a [u8],
+    /// As the access log writes it.
+    pub(super) version: &'static str,
+    pub(super) client: IpAddr,
+    pub(super) start: Instant,
+    pub(super) addr: SocketAddr,
     /// Endpoints tried, this one included.
-    tried: usize,
+    pub(super) tried: usize,
 }
 
 enum Exchange {

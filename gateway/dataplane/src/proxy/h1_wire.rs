@@ -146,12 +146,18 @@ pub struct Forwarding<'a> {
 /// `upstream_request_filter` writes it for an untrusted peer. Names go in
 /// lowercase, as on the full path, unless `preserve_case`
 /// (`proxy.preserve_header_case`).
-pub fn write_upstream_head(
+///
+/// `headers` are (name, value) pairs; an HTTP/2 request's carry no `Host`
+/// (its `:authority` is `host`), and `add_host` then writes one, as the
+/// full path does for an HTTP/1.1 upstream.
+#[allow(clippy::too_many_arguments)]
+pub fn write_upstream_head<'h>(
     out: &mut Vec<u8>,
     method: &str,
     target: &str,
-    headers: &[httparse::Header<'_>],
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     host: &str,
+    add_host: bool,
     fwd: &Forwarding<'_>,
     preserve_case: bool,
 ) {
@@ -159,17 +165,22 @@ pub fn write_upstream_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in headers {
-        if dropped_request_header(h.name) {
+    if add_host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if dropped_request_header(name) {
             continue;
         }
         if preserve_case {
-            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(name.as_bytes());
         } else {
-            out.extend(h.name.bytes().map(|b| b.to_ascii_lowercase()));
+            out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
         }
         out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     let mut ip = [0u8; 39];
@@ -424,6 +435,16 @@ impl ChunkedEnd {
     /// Consumes `buf`; returns how many of its bytes belong to the body
     /// (all of them unless the body ended inside `buf`).
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, BadChunk> {
+        self.feed_data(buf, |_| {})
+    }
+
+    /// As `feed`, and hands `data` the ranges of `buf` that are chunk
+    /// data (what an HTTP/2 client gets: the body without its framing).
+    pub fn feed_data(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -472,6 +493,7 @@ impl ChunkedEnd {
                 }
                 ChunkState::Data(left) => {
                     let take = (buf.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    data(i..i + take);
                     i += take;
                     let left = left - take as u64;
                     self.state = if left == 0 {
@@ -583,7 +605,16 @@ mod tests {
             server_port: Some(8080),
             request_id: b"theirs",
         };
-        write_upstream_head(&mut out, "GET", "/y", req.headers, "a.test", &fwd, false);
+        write_upstream_head(
+            &mut out,
+            "GET",
+            "/y",
+            pairs(&req),
+            "a.test",
+            false,
+            &fwd,
+            false,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /y HTTP/1.1\r\nhost: a.test\r\naccept: */*\r\n\
@@ -591,10 +622,75 @@ mod tests {
              x-forwarded-port: 8080\r\nx-real-ip: 10.1.2.3\r\nx-request-id: theirs\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_upstream_head(&mut out, "GET", "/y", req.headers, "a.test", &fwd, true);
+        write_upstream_head(
+            &mut out,
+            "GET",
+            "/y",
+            pairs(&req),
+            "a.test",
+            false,
+            &fwd,
+            true,
+        );
         assert!(String::from_utf8(out)
             .unwrap()
             .starts_with("GET /y HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n"));
+    }
+
+    fn pairs<'r, 'h>(
+        req: &'r httparse::Request<'r, 'h>,
+    ) -> impl Iterator<Item = (&'h str, &'h [u8])> + 'r {
+        req.headers.iter().map(|h| (h.name, h.value))
+    }
+
+    #[test]
+    fn an_http2_request_gets_a_host_header_from_its_authority() {
+        let fwd = Forwarding {
+            client: "10.1.2.3".parse().unwrap(),
+            tls: true,
+            server_port: None,
+            request_id: b"id",
+        };
+        let mut out = Vec::new();
+        let headers: [(&str, &[u8]); 2] = [("accept", b"*/*"), ("te", b"trailers")];
+        write_upstream_head(
+            &mut out,
+            "GET",
+            "/",
+            headers.into_iter(),
+            "a.test:8443",
+            true,
+            &fwd,
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: a.test:8443\r\naccept: */*\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: https\r\nx-forwarded-host: a.test:8443\r\n\
+             x-real-ip: 10.1.2.3\r\nx-request-id: id\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunk_data_is_the_body_without_its_framing() {
+        let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        // Fed whole and in every two-piece split, the data is the same.
+        for cut in 0..raw.len() {
+            let mut c = ChunkedEnd::default();
+            let mut body = Vec::new();
+            let mut used = 0;
+            for piece in [&raw[..cut], &raw[cut..]] {
+                if c.is_done() {
+                    break;
+                }
+                used += c
+                    .feed_data(piece, |r| body.extend_from_slice(&piece[r]))
+                    .unwrap();
+            }
+            assert!(c.is_done(), "cut {cut}");
+            assert_eq!(body, b"hello, world", "cut {cut}");
+            assert_eq!(used, raw.len() - 4, "cut {cut}");
+        }
     }
 
     #[test]
@@ -843,8 +939,9 @@ mod tests {
                         &mut out,
                         p.method,
                         p.target,
-                        req.headers,
+                        pairs(&req),
                         p.host,
+                        false,
                         &fwd,
                         false,
                     );

@@ -100,6 +100,8 @@ pub(super) struct ListenerMetrics {
     pub(super) active: metrics::Gauge,
     pub(super) bytes_received: [metrics::Counter; 2],
     pub(super) bytes_sent: [metrics::Counter; 2],
+    /// Requests the fast paths carried: HTTP/1.1, HTTP/2.
+    pub(super) fast_path: [metrics::Counter; 2],
 }
 
 pub(super) fn listener_metrics() -> &'static ListenerMetrics {
@@ -110,6 +112,8 @@ pub(super) fn listener_metrics() -> &'static ListenerMetrics {
             .map(|l| metrics::counter!("portico_http_bytes_received_total", "listener" => l)),
         bytes_sent: LISTENERS
             .map(|l| metrics::counter!("portico_http_bytes_sent_total", "listener" => l)),
+        fast_path: ["HTTP/1.1", "HTTP/2"]
+            .map(|p| metrics::counter!("portico_http_fast_path_requests_total", "protocol" => p)),
     })
 }
 
@@ -357,14 +361,14 @@ fn header_bytes(req: &RequestHeader) -> usize {
 /// The most header fields a request may carry: Pingora's HTTP/1.1 parser
 /// refuses more (400), and HTTP/2 requests get the same limit rather than
 /// none (431).
-const MAX_HEADER_FIELDS: usize = 256;
+pub(super) const MAX_HEADER_FIELDS: usize = 256;
 
 /// Several `cookie` fields joined into one with `"; "`: HTTP/2 clients
 /// split cookies into fields of their own, and RFC 9113 §8.2.3 requires
 /// them joined before they go to an HTTP/1.1 connection (where one
 /// `Cookie` line is all a server expects, RFC 6265 §5.4). `None` when
 /// there are fewer than two.
-fn joined_cookies(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+pub(super) fn joined_cookies(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
     let mut all = headers.get_all(http::header::COOKIE).iter();
     let first = all.next()?;
     let second = all.next()?;

@@ -2,6 +2,7 @@
 
 pub mod client_addr;
 pub mod fast_h1;
+mod fast_h2;
 mod h1_wire;
 pub mod http;
 pub mod limits;

@@ -1,0 +1,563 @@
+//! The HTTP/2 fast path: plain requests on plain routes, on HTTP/2
+//! connections (ALPN `h2` or h2c with prior knowledge), proxied to the
+//! HTTP/1.1 upstream without Pingora's per-request pipeline.
+//!
+//! The connection is Pingora's: its HTTP/2 handshake and its per-stream
+//! sessions (`HttpSession::from_h2_conn`, which also refuses malformed
+//! streams), accepted in a loop shaped as Pingora's own (GOAWAY on
+//! shutdown, then the streams in flight finish). Each stream is then
+//! judged as `fast_h1` judges an HTTP/1.1 request: a body-less request
+//! with a plain method, host and headers, on a route that only forwards
+//! (`FastH1::plain_route`), is sent upstream with the same head, the
+//! same forwarding headers, connection reuse, retries and error answers
+//! as the HTTP/1.1 fast path (`FastH1::forward`), and the response is
+//! relayed as HTTP/2 (a chunked body without its framing). Any other
+//! stream is handed, as it is, to Pingora's `HttpProxy` on the same
+//! connection: so a request with a body, a route with plugins or
+//! policies, gRPC, or a request the full path would refuse gets exactly
+//! the full path's answer.
+//!
+//! Streams run on the connection's thread (`tokio::spawn` on the
+//! worker's single-threaded runtime): HTTP/2 streams share the
+//! connection's state behind one lock, and a stream on another thread
+//! would wake the connection across cores on every frame.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora::apps::HttpServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v2::server::{self as h2_server, H2Accept, HttpSession};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Digest, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+use super::fast_h1::{bounded, Active, ConnInfo, Done, Down, FastH1, Scratch, Stop};
+use super::h1_wire::{self, Framing};
+use super::http as full;
+use super::upstream_idle;
+use crate::shutdown::InFlight;
+use portico_model::lb::PickRequest;
+
+/// Malformed streams (refused by Pingora's checks) a connection may send
+/// before it is closed: a client that sends nothing else is not served.
+const MAX_REFUSED_STREAMS: usize = 32;
+
+/// Serves an HTTP/2 connection: fast streams here, the rest through
+/// Pingora's `HttpProxy`.
+pub(super) async fn serve(
+    app: &Arc<FastH1>,
+    stream: Stream,
+    info: ConnInfo,
+    shutdown: &ShutdownWatch,
+) -> Option<Stream> {
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+    let mut conn = match h2_server::handshake(stream, app.full.h2_options()).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return None;
+        }
+    };
+    let mut watch = shutdown.clone();
+    let mut closing = false;
+    let mut refused = 0;
+    loop {
+        let accepted = if closing {
+            HttpSession::from_h2_conn(&mut conn, digest.clone()).await
+        } else {
+            tokio::select! {
+                // The signal first, so one that arrives with a stream is
+                // seen; `from_h2_conn` is cancel-safe.
+                biased;
+                _ = watch.changed() => {
+                    conn.graceful_shutdown();
+                    closing = true;
+                    continue;
+                }
+                accepted = HttpSession::from_h2_conn(&mut conn, digest.clone()) => accepted,
+            }
+        };
+        match accepted {
+            Ok(Some(H2Accept::Session(session))) => {
+                let app = app.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { app.serve_stream(session, info, shutdown).await });
+            }
+            // Answered or reset already by Pingora.
+            Ok(Some(H2Accept::Rejected)) => {
+                refused += 1;
+                if refused >= MAX_REFUSED_STREAMS {
+                    tracing::debug!("HTTP/2 connection closed: too many malformed streams");
+                    return None;
+                }
+            }
+            // The connection is over (clients often just close TCP).
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 connection ended");
+                return None;
+            }
+        }
+    }
+}
+
+/// What a fast stream needs of its request, borrowed from its header.
+struct PlainStream<'a> {
+    method: &'a str,
+    /// Path and query, as sent.
+    target: &'a str,
+    host: &'a str,
+    /// The request has no `Host` header (its host is `:authority`).
+    no_host_header: bool,
+    request_id: Option<&'a [u8]>,
+}
+
+/// `Some` when the request (its body already known to be empty) is one
+/// the fast path may carry; the same rules as `h1_wire::plain_request`.
+fn plain_stream(req: &RequestHeader, max_header_bytes: usize) -> Option<PlainStream<'_>> {
+    let method = req.method.as_str();
+    if !matches!(
+        method,
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS"
+    ) {
+        return None;
+    }
+    let target = req.uri.path_and_query()?.as_str();
+    if !target.starts_with('/') {
+        return None;
+    }
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
+    let host = match req.uri.authority() {
+        Some(a) => a.as_str(),
+        None => host_header?.to_str().ok()?,
+    };
+    if !full::valid_host(host) {
+        return None;
+    }
+    // The full path answers 431 above this.
+    if req.headers.len() > full::MAX_HEADER_FIELDS {
+        return None;
+    }
+    let mut request_id = None;
+    let mut header_bytes = target.len();
+    let mut lengths = 0;
+    for (name, value) in &req.headers {
+        header_bytes += name.as_str().len() + value.len() + 4;
+        match name.as_str() {
+            // The full path's business: framing (a length other than one
+            // `0`), upgrades, hop-by-hop nominations (HTTP/2 forbids most
+            // of them anyway).
+            "content-length" => {
+                lengths += 1;
+                if lengths > 1 || value.as_bytes() != b"0" {
+                    return None;
+                }
+            }
+            "transfer-encoding" | "upgrade" | "expect" | "connection" | "http2-settings" => {
+                return None
+            }
+            "x-request-id" => {
+                let v = value.as_bytes();
+                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x20..0x7f).contains(b)) {
+                    request_id = Some(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The full path answers 431 above this.
+    if header_bytes > max_header_bytes {
+        return None;
+    }
+    Some(PlainStream {
+        method,
+        target,
+        host,
+        no_host_header: host_header.is_none(),
+        request_id,
+    })
+}
+
+/// Response headers not passed on to an HTTP/2 client: HTTP/1.1's
+/// connection-specific ones (RFC 9113 §8.2.2), `Date` (Pingora writes
+/// its own) and `X-Request-Id` (the request's).
+fn dropped_response_header(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "date",
+        "x-request-id",
+    ]
+    .iter()
+    .any(|d| d.eq_ignore_ascii_case(name))
+}
+
+/// The HTTP/2 response header for an upstream's HTTP/1.1 response head.
+pub(super) fn response_header(
+    resp: &httparse::Response<'_, '_>,
+    request_id: &[u8],
+) -> Result<Box<ResponseHeader>, h1_wire::BadResponse> {
+    fn bad<E>(what: &'static str) -> impl Fn(E) -> h1_wire::BadResponse {
+        move |_| h1_wire::BadResponse(what)
+    }
+    let mut head =
+        ResponseHeader::build_no_case(resp.code.unwrap_or(0), Some(resp.headers.len() + 1))
+            .map_err(bad("invalid status"))?;
+    for h in resp.headers.iter() {
+        if dropped_response_header(h.name) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(bad("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(bad("invalid header value"))?;
+        head.append_header(name, value)
+            .map_err(bad("invalid header"))?;
+    }
+    let id = HeaderValue::from_bytes(request_id).map_err(bad("invalid request id"))?;
+    head.insert_header("x-request-id", id)
+        .map_err(bad("invalid header"))?;
+    Ok(Box::new(head))
+}
+
+impl FastH1 {
+    /// One stream: served here when plain, else by the full path.
+    async fn serve_stream(
+        self: Arc<Self>,
+        mut s: HttpSession,
+        info: ConnInfo,
+        shutdown: ShutdownWatch,
+    ) {
+        let cfg = &self.proxy.cfg;
+        let chosen = if s.is_body_empty() {
+            let req = s.req_header();
+            plain_stream(req, cfg.max_request_header_bytes).and_then(|p| {
+                let target = self.normalized(p.target, &info)?;
+                let (route, pool) = self.plain_route(p.host, &target, &info)?;
+                let pick = pool.pick(&PickRequest {
+                    preferred: None,
+                    client_ip: Some(info.peer),
+                    exclude: &[],
+                })?;
+                let normalized = match target {
+                    std::borrow::Cow::Owned(t) => Some(t),
+                    std::borrow::Cow::Borrowed(_) => None,
+                };
+                Some((route, pool, pick, normalized))
+            })
+        } else {
+            None
+        };
+        let Some((route, pool, mut pick, normalized)) = chosen else {
+            self.full
+                .process_new_http(ServerSession::new_http2(s), &shutdown)
+                .await;
+            return;
+        };
+        if normalized.is_some() {
+            metrics::counter!("portico_http_paths_normalized_total").increment(1);
+        }
+        // The header moves out (the session keeps an empty one): the
+        // stream is written to while the request is still read from.
+        let req = std::mem::replace(
+            s.req_header_mut(),
+            RequestHeader::from(http::Request::new(()).into_parts().0),
+        );
+        let Some(plain) = plain_stream(&req, usize::MAX) else {
+            return;
+        };
+        let target = normalized.as_deref().unwrap_or(plain.target);
+
+        let timeouts = self.timeouts(&route);
+        let start = Instant::now();
+        let mut sc = Scratch::take();
+        let sc = &mut *sc;
+        let _in_flight = InFlight::start();
+        let active = Active::start();
+        let mut id_buf = [0u8; 32];
+        let request_id = match plain.request_id {
+            Some(id) => id,
+            None => {
+                full::hex_into(fastrand::u128(..), &mut id_buf);
+                &id_buf[..]
+            }
+        };
+        // HTTP/2 clients send cookies as fields of their own; an HTTP/1.1
+        // server expects one line (RFC 9113 §8.2.3), as the full path sends.
+        let cookies = full::joined_cookies(&req.headers);
+        let headers = req
+            .headers
+            .iter()
+            .filter(|(k, _)| cookies.is_none() || *k != http::header::COOKIE)
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(cookies.as_ref().map(|c| ("cookie", c.as_bytes())));
+        sc.out.clear();
+        h1_wire::write_upstream_head(
+            &mut sc.out,
+            plain.method,
+            target,
+            headers,
+            plain.host,
+            plain.no_host_header,
+            &h1_wire::Forwarding {
+                client: info.peer,
+                tls: info.tls,
+                server_port: info.local.map(|a| a.port()),
+                request_id,
+            },
+            false,
+        );
+        let record_as = h1_wire::PlainRequest {
+            method: plain.method,
+            target: plain.target,
+            host: plain.host,
+            body_len: 0,
+            close: false,
+            request_id: plain.request_id,
+        };
+        let mut done = Done {
+            route: &route,
+            plain: &record_as,
+            target,
+            request_id,
+            version: "HTTP/2.0",
+            client: info.peer,
+            start,
+            addr: pick.addr,
+            tried: 1,
+        };
+        let mut down = Down::H2 {
+            head_request: plain.method == "HEAD",
+            request_id,
+            head: None,
+        };
+        let forwarded = self
+            .forward(&mut down, sc, &pool, &mut pick, &mut done, &timeouts, 0)
+            .await;
+        let (mut up, head, up_head, up_len) = match forwarded {
+            Ok(answered) => answered,
+            Err(Stop::Upstream(f)) => {
+                let (status, what, body) = super::fast_h1::failure_answer(&done, f);
+                let mut h = ResponseHeader::build_no_case(status, Some(3)).expect("a valid status");
+                let _ = h.insert_header("content-type", "text/plain; charset=utf-8");
+                let _ = h.insert_header("content-length", body.len());
+                let _ = h.insert_header("server", "portico");
+                let len = body.len() as u64;
+                if s.write_response_header(Box::new(h), false).is_ok() {
+                    let _ = s.write_body(Bytes::from(body), true).await;
+                }
+                self.record(&info, &done, status, len, Some(what));
+                return;
+            }
+            // No request body is read here: nothing else stops it.
+            Err(Stop::Downstream) => return,
+        };
+        let Down::H2 {
+            head: Some(response),
+            ..
+        } = down
+        else {
+            unreachable!("forward built the head")
+        };
+        let mut remaining = match head.framing {
+            Framing::Empty => 0,
+            Framing::Length(n) => n,
+            Framing::Chunked | Framing::UntilClose => u64::MAX,
+        };
+        let mut clean = s.write_response_header(response, remaining == 0).is_ok();
+        let mut chunks = h1_wire::ChunkedEnd::default();
+        let mut bytes_out = 0u64;
+        let (mut from, mut to) = (up_head, up_len);
+        while clean && remaining > 0 {
+            let avail = &sc.up[from..to];
+            let (data, finished) = match head.framing {
+                Framing::Empty | Framing::Length(_) => {
+                    let take = avail
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    remaining -= take as u64;
+                    // More than the response: the upstream is not to be
+                    // trusted again.
+                    clean = take == avail.len();
+                    (Bytes::copy_from_slice(&avail[..take]), remaining == 0)
+                }
+                Framing::Chunked => {
+                    sc.out.clear();
+                    let out = &mut sc.out;
+                    match chunks.feed_data(avail, |r| out.extend_from_slice(&avail[r])) {
+                        Ok(n) => clean = n == avail.len(),
+                        Err(_) => {
+                            clean = false;
+                            break;
+                        }
+                    }
+                    if chunks.is_done() {
+                        remaining = 0;
+                    }
+                    (Bytes::copy_from_slice(&sc.out), chunks.is_done())
+                }
+                Framing::UntilClose => (Bytes::copy_from_slice(avail), false),
+            };
+            bytes_out += data.len() as u64;
+            if (!data.is_empty() || finished) && s.write_body(data, finished).await.is_err() {
+                clean = false;
+                break;
+            }
+            if finished {
+                break;
+            }
+            match bounded(timeouts.read, up.read(&mut sc.up)).await {
+                Ok(Ok(0)) if head.framing == Framing::UntilClose => {
+                    clean = s.finish().is_ok();
+                    break;
+                }
+                Ok(Ok(n)) if n > 0 => (from, to) = (0, n),
+                _ => {
+                    // Cut short: the client sees the stream reset.
+                    clean = false;
+                    break;
+                }
+            }
+        }
+        if !clean {
+            s.shutdown();
+        }
+        drop(active);
+        let addr = done.addr;
+        if clean && head.reusable {
+            upstream_idle::put(
+                addr,
+                up,
+                std::time::Duration::from_millis(cfg.upstream_idle_timeout_ms),
+            );
+        }
+        drop(pick);
+        self.record(
+            &info,
+            &done,
+            head.status,
+            bytes_out,
+            (!clean).then_some("response cut short"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build_no_case(method, uri.as_bytes(), None).unwrap();
+        req.set_uri(uri.parse().unwrap());
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn a_plain_stream_is_routed_by_its_authority() {
+        let req = request("GET", "https://a.test/x?y=1", &[("accept", "*/*")]);
+        let p = plain_stream(&req, 4096).unwrap();
+        assert_eq!((p.method, p.target, p.host), ("GET", "/x?y=1", "a.test"));
+        assert!(p.no_host_header);
+        assert_eq!(p.request_id, None);
+        // Without `:authority`, the one Host header.
+        let req = request(
+            "HEAD",
+            "/",
+            &[("host", "b.test:8443"), ("x-request-id", "abc")],
+        );
+        let p = plain_stream(&req, 4096).unwrap();
+        assert_eq!((p.host, p.no_host_header), ("b.test:8443", false));
+        assert_eq!(p.request_id, Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn the_full_path_gets_what_it_must_judge() {
+        for (method, uri, headers) in [
+            ("CONNECT", "https://a.test/", &[][..]),
+            ("TRACE", "https://a.test/", &[]),
+            ("GET", "/", &[]),
+            ("GET", "/", &[("host", "a.test"), ("host", "b.test")]),
+            ("GET", "https://a%20b/", &[]),
+            ("POST", "https://a.test/", &[("content-length", "5")]),
+            ("GET", "https://a.test/", &[("expect", "100-continue")]),
+            ("GET", "https://a.test/", &[("upgrade", "websocket")]),
+            (
+                "GET",
+                "https://a.test/",
+                &[("transfer-encoding", "chunked")],
+            ),
+        ] {
+            let Ok(uri) = uri.parse::<http::Uri>() else {
+                continue;
+            };
+            let mut req = RequestHeader::build_no_case(method, b"/", None).unwrap();
+            req.set_uri(uri);
+            for (k, v) in headers {
+                req.append_header(k.to_string(), *v).unwrap();
+            }
+            assert!(plain_stream(&req, 4096).is_none(), "{method} {headers:?}");
+        }
+        let mut many = request("GET", "https://a.test/", &[]);
+        for i in 0..=full::MAX_HEADER_FIELDS {
+            many.append_header(format!("x-{i}"), "1").unwrap();
+        }
+        assert!(plain_stream(&many, usize::MAX).is_none(), "too many fields");
+        let two = request(
+            "GET",
+            "https://a.test/",
+            &[("content-length", "0"), ("content-length", "0")],
+        );
+        assert!(plain_stream(&two, 4096).is_none(), "two lengths");
+        let zero = request("GET", "https://a.test/", &[("content-length", "0")]);
+        assert!(plain_stream(&zero, 4096).is_some());
+        // Headers past the limit: the full path answers 431.
+        let req = request("GET", "https://a.test/", &[("x-big", &"a".repeat(100))]);
+        assert!(plain_stream(&req, 4096).is_some());
+        assert!(plain_stream(&req, 64).is_none());
+        // An unusable request id is replaced, not refused.
+        let req = request("GET", "https://a.test/", &[("x-request-id", "")]);
+        assert_eq!(plain_stream(&req, 4096).unwrap().request_id, None);
+    }
+
+    #[test]
+    fn the_response_header_drops_connection_specific_fields() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nDate: x\r\nX-Request-Id: theirs\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok";
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(raw).unwrap();
+        let head = response_header(&resp, b"ours").unwrap();
+        assert_eq!(head.status, 200);
+        let h = &head.headers;
+        assert_eq!(h.get("content-length").unwrap(), "2");
+        assert_eq!(h.get("x-request-id").unwrap(), "ours");
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+        for gone in ["connection", "keep-alive", "date"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        // A value HTTP/2 cannot carry is the upstream failing (502).
+        let raw = b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut resp = httparse::Response::new(&mut headers);
+        if resp.parse(raw).is_ok() {
+            assert!(response_header(&resp, b"id").is_err());
+        }
+    }
+}
