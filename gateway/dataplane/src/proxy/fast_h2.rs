@@ -229,7 +229,10 @@ pub(super) fn response_header(
         head.append_header(name, value)
             .map_err(bad("invalid header"))?;
     }
-    let id = HeaderValue::from_bytes(request_id).map_err(bad("invalid request id"))?;
+    let mut id = HeaderValue::from_bytes(request_id).map_err(bad("invalid request id"))?;
+    // One value per request: indexed, it would only evict another entry
+    // from the client's HPACK table (as on the full path).
+    id.set_sensitive(true);
     head.insert_header("x-request-id", id)
         .map_err(bad("invalid header"))?;
     Ok(Box::new(head))
@@ -548,6 +551,7 @@ mod tests {
         let h = &head.headers;
         assert_eq!(h.get("content-length").unwrap(), "2");
         assert_eq!(h.get("x-request-id").unwrap(), "ours");
+        assert!(h.get("x-request-id").unwrap().is_sensitive());
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
         for gone in ["connection", "keep-alive", "date"] {
             assert!(h.get(gone).is_none(), "{gone}");
