@@ -236,7 +236,17 @@ fn scripted() -> Scripted {
                     }
                     record.lock().unwrap().push((n, path.clone()));
                     let bare = path.split('?').next().unwrap_or("");
+                    // A wrong backend: a body after its answer to HEAD.
+                    let head_with_body = [
+                        &b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n"[..],
+                        &[b'x'; 20000],
+                    ]
+                    .concat();
+                    if bare == "/slow" {
+                        std::thread::sleep(Duration::from_secs(6));
+                    }
                     let answer: &[u8] = match bare {
+                        "/head-with-body" => &head_with_body,
                         "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
                         "/until-close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
                         "/early-hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
@@ -611,6 +621,42 @@ fn h2_responses_are_relayed_by_their_framing() {
             "the upstream failed (service default/scripted:http, endpoints tried: 1)\n"
         );
     }
+    // A body after the answer to HEAD: the client's stream ends with the
+    // head, and the upstream connection (with bytes left in it) is not
+    // used again.
+    let (head, _) = h2c(gw.http, "/head-with-body", &["-I"]);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(head.contains("content-length: 20000"), "{head}");
+    let (_, body) = h2c(gw.http, "/after-head", &[]);
+    assert_eq!(body, "ok");
+    {
+        let seen = be.seen.lock().unwrap();
+        let conn = |p: &str| seen.iter().find(|(_, q)| q == p).unwrap().0;
+        assert_ne!(
+            conn("/head-with-body"),
+            conn("/after-head"),
+            "a connection with a stray body was reused: {seen:?}"
+        );
+    }
+    // A client that gives up while the upstream is slow: its stream ends
+    // there, without waiting for the upstream's answer (6 s).
+    let started = std::time::Instant::now();
+    let resolve = format!("t.test:{}:127.0.0.1", gw.http);
+    let (_, err) = curl(&[
+        "--http2-prior-knowledge",
+        "--max-time",
+        "1",
+        "--resolve",
+        &resolve,
+        &format!("http://t.test:{}/slow", gw.http),
+    ]);
+    assert!(err.contains("timed out"), "{err}");
+    wait_for(3, "the abandoned request to end", || {
+        gw.metrics()
+            .lines()
+            .any(|l| l == "portico_http_requests_active 0")
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
     // Many streams at once on one connection (10 in flight), each answered.
     let out = std::process::Command::new("h2load")
         .args([
@@ -629,5 +675,5 @@ fn h2_responses_are_relayed_by_their_framing() {
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("40 succeeded, 0 failed"), "{out}");
     assert!(out.contains("status codes: 40 2xx"), "{out}");
-    assert_eq!(fast_path_count(&gw, "HTTP/2"), 45);
+    assert_eq!(fast_path_count(&gw, "HTTP/2"), 47);
 }

@@ -390,6 +390,9 @@ impl FastH1 {
         let cfg = &self.proxy.cfg;
         let max_idle = Duration::from_millis(cfg.upstream_idle_timeout_ms);
         let mut addr = pick.addr;
+        // Whether the request can be sent again as it is: `body_left`
+        // itself drops to 0 once the body has been streamed.
+        let all_in_hand = body_left == 0;
         // An idle connection the upstream closed is found out by the first
         // write or read; the request is then sent again on a new one if it
         // is all in hand (its body not streamed yet).
@@ -432,7 +435,7 @@ impl FastH1 {
                         addr = pick.addr;
                         done.addr = addr;
                         done.tried = tried.len() + 1;
-                        parked = upstream_idle::take(addr, max_idle).filter(|_| body_left == 0);
+                        parked = upstream_idle::take(addr, max_idle).filter(|_| all_in_hand);
                         continue;
                     }
                 },
@@ -441,7 +444,7 @@ impl FastH1 {
             match exchange(down, sc, &mut conn, &mut body_left, timeouts).await {
                 Ok((head, head_len, len)) => return Ok((conn, head, head_len, len)),
                 Err(Exchange::Downstream) => return Err(Stop::Downstream),
-                Err(Exchange::Retry) if reused && !retried && body_left == 0 => {
+                Err(Exchange::Retry) if reused && !retried && all_in_hand => {
                     retried = true;
                     continue;
                 }

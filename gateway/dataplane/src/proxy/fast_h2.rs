@@ -151,7 +151,12 @@ fn plain_stream(req: &RequestHeader, max_header_bytes: usize) -> Option<PlainStr
     if req.headers.len() > full::MAX_HEADER_FIELDS {
         return None;
     }
-    let mut request_id = None;
+    // As the full path: the first `x-request-id`, when usable.
+    let request_id = req
+        .headers
+        .get("x-request-id")
+        .map(|v| v.as_bytes())
+        .filter(|v| h1_wire::usable_request_id(v));
     let mut header_bytes = target.len();
     let mut lengths = 0;
     for (name, value) in &req.headers {
@@ -168,12 +173,6 @@ fn plain_stream(req: &RequestHeader, max_header_bytes: usize) -> Option<PlainStr
             }
             "transfer-encoding" | "upgrade" | "expect" | "connection" | "http2-settings" => {
                 return None
-            }
-            "x-request-id" => {
-                let v = value.as_bytes();
-                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x20..0x7f).contains(b)) {
-                    request_id = Some(v);
-                }
             }
             _ => {}
         }
@@ -349,9 +348,16 @@ impl FastH1 {
             request_id,
             head: None,
         };
-        let forwarded = self
-            .forward(&mut down, sc, &pool, &mut pick, &mut done, &timeouts, 0)
-            .await;
+        // A client that resets the stream stops the wait: the stream no
+        // longer counts against the connection's concurrency limit, so it
+        // must not hold an upstream connection either.
+        let forwarded = {
+            let forward = self.forward(&mut down, sc, &pool, &mut pick, &mut done, &timeouts, 0);
+            tokio::select! {
+                forwarded = forward => forwarded,
+                _ = s.idle() => Err(Stop::Downstream),
+            }
+        };
         let (mut up, head, up_head, up_len) = match forwarded {
             Ok(answered) => answered,
             Err(Stop::Upstream(f)) => {
@@ -362,12 +368,13 @@ impl FastH1 {
                 let _ = h.insert_header("server", "portico");
                 let len = body.len() as u64;
                 if s.write_response_header(Box::new(h), false).is_ok() {
-                    let _ = s.write_body(Bytes::from(body), true).await;
+                    let _ = bounded(timeouts.write, s.write_body(Bytes::from(body), true)).await;
                 }
                 self.record(&info, &done, status, len, Some(what));
                 return;
             }
-            // No request body is read here: nothing else stops it.
+            // The client went away (as on the HTTP/1.1 fast path, not
+            // recorded); the upstream connection is dropped, not kept.
             Err(Stop::Downstream) => return,
         };
         let Down::H2 {
@@ -382,11 +389,15 @@ impl FastH1 {
             Framing::Length(n) => n,
             Framing::Chunked | Framing::UntilClose => u64::MAX,
         };
-        let mut clean = s.write_response_header(response, remaining == 0).is_ok();
+        // Two outcomes: the client's stream ended properly (`delivered`),
+        // and the upstream connection may carry another request
+        // (`reusable`): not when it sent more than its response.
+        let mut delivered = s.write_response_header(response, remaining == 0).is_ok();
+        let mut reusable = head.reusable && (remaining > 0 || up_len == up_head);
         let mut chunks = h1_wire::ChunkedEnd::default();
         let mut bytes_out = 0u64;
         let (mut from, mut to) = (up_head, up_len);
-        while clean && remaining > 0 {
+        while delivered && remaining > 0 {
             let avail = &sc.up[from..to];
             let (data, finished) = match head.framing {
                 Framing::Empty | Framing::Length(_) => {
@@ -394,18 +405,16 @@ impl FastH1 {
                         .len()
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     remaining -= take as u64;
-                    // More than the response: the upstream is not to be
-                    // trusted again.
-                    clean = take == avail.len();
+                    reusable &= take == avail.len();
                     (Bytes::copy_from_slice(&avail[..take]), remaining == 0)
                 }
                 Framing::Chunked => {
                     sc.out.clear();
                     let out = &mut sc.out;
                     match chunks.feed_data(avail, |r| out.extend_from_slice(&avail[r])) {
-                        Ok(n) => clean = n == avail.len(),
+                        Ok(n) => reusable &= n == avail.len(),
                         Err(_) => {
-                            clean = false;
+                            delivered = false;
                             break;
                         }
                     }
@@ -417,37 +426,46 @@ impl FastH1 {
                 Framing::UntilClose => (Bytes::copy_from_slice(avail), false),
             };
             bytes_out += data.len() as u64;
-            if (!data.is_empty() || finished) && s.write_body(data, finished).await.is_err() {
-                clean = false;
+            if (!data.is_empty() || finished)
+                && !matches!(
+                    bounded(timeouts.write, s.write_body(data, finished)).await,
+                    Ok(Ok(()))
+                )
+            {
+                delivered = false;
                 break;
             }
             if finished {
                 break;
             }
-            match bounded(timeouts.read, up.read(&mut sc.up)).await {
+            let read = tokio::select! {
+                read = bounded(timeouts.read, up.read(&mut sc.up)) => read,
+                // Reset by the client while the upstream is slow.
+                _ = s.idle() => {
+                    delivered = false;
+                    break;
+                }
+            };
+            match read {
                 Ok(Ok(0)) if head.framing == Framing::UntilClose => {
-                    clean = s.finish().is_ok();
+                    delivered = s.finish().is_ok();
                     break;
                 }
                 Ok(Ok(n)) if n > 0 => (from, to) = (0, n),
                 _ => {
                     // Cut short: the client sees the stream reset.
-                    clean = false;
+                    delivered = false;
                     break;
                 }
             }
         }
-        if !clean {
+        if !delivered {
             s.shutdown();
         }
         drop(active);
-        let addr = done.addr;
-        if clean && head.reusable {
-            upstream_idle::put(
-                addr,
-                up,
-                std::time::Duration::from_millis(cfg.upstream_idle_timeout_ms),
-            );
+        if delivered && reusable {
+            let max_idle = std::time::Duration::from_millis(cfg.upstream_idle_timeout_ms);
+            upstream_idle::put(done.addr, up, max_idle);
         }
         drop(pick);
         self.record(
@@ -455,7 +473,7 @@ impl FastH1 {
             &done,
             head.status,
             bytes_out,
-            (!clean).then_some("response cut short"),
+            (!delivered).then_some("response cut short"),
         );
     }
 }
@@ -498,7 +516,7 @@ mod tests {
             ("TRACE", "https://a.test/", &[]),
             ("GET", "/", &[]),
             ("GET", "/", &[("host", "a.test"), ("host", "b.test")]),
-            ("GET", "https://a%20b/", &[]),
+            ("GET", "/", &[("host", "a b")]),
             ("POST", "https://a.test/", &[("content-length", "5")]),
             ("GET", "https://a.test/", &[("expect", "100-continue")]),
             ("GET", "https://a.test/", &[("upgrade", "websocket")]),
@@ -508,9 +526,7 @@ mod tests {
                 &[("transfer-encoding", "chunked")],
             ),
         ] {
-            let Ok(uri) = uri.parse::<http::Uri>() else {
-                continue;
-            };
+            let uri = uri.parse::<http::Uri>().unwrap();
             let mut req = RequestHeader::build_no_case(method, b"/", None).unwrap();
             req.set_uri(uri);
             for (k, v) in headers {
@@ -535,9 +551,19 @@ mod tests {
         let req = request("GET", "https://a.test/", &[("x-big", &"a".repeat(100))]);
         assert!(plain_stream(&req, 4096).is_some());
         assert!(plain_stream(&req, 64).is_none());
-        // An unusable request id is replaced, not refused.
+        // An unusable request id is replaced, not refused; only the first
+        // counts, as on the full path.
         let req = request("GET", "https://a.test/", &[("x-request-id", "")]);
         assert_eq!(plain_stream(&req, 4096).unwrap().request_id, None);
+        let req = request(
+            "GET",
+            "https://a.test/",
+            &[("x-request-id", "a\tb"), ("x-request-id", "c")],
+        );
+        assert_eq!(
+            plain_stream(&req, 4096).unwrap().request_id,
+            Some(&b"a\tb"[..])
+        );
     }
 
     #[test]
@@ -556,12 +582,11 @@ mod tests {
         for gone in ["connection", "keep-alive", "date"] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
-        // A value HTTP/2 cannot carry is the upstream failing (502).
-        let raw = b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\n\r\n";
+        // A status HTTP cannot carry is the upstream failing (502).
+        let raw = b"HTTP/1.1 099 Odd\r\n\r\n";
         let mut headers = [httparse::EMPTY_HEADER; 4];
         let mut resp = httparse::Response::new(&mut headers);
-        if resp.parse(raw).is_ok() {
-            assert!(response_header(&resp, b"id").is_err());
-        }
+        resp.parse(raw).unwrap();
+        assert!(response_header(&resp, b"id").is_err());
     }
 }

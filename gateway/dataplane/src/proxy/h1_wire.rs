@@ -78,6 +78,7 @@ pub fn plain_request<'a>(req: &httparse::Request<'_, 'a>) -> Option<PlainRequest
     let mut body_len = None;
     let mut close = false;
     let mut request_id = None;
+    let mut seen_request_id = false;
     for h in req.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("host") {
@@ -109,9 +110,10 @@ pub fn plain_request<'a>(req: &httparse::Request<'_, 'a>) -> Option<PlainRequest
                 }
             }
         } else if n.eq_ignore_ascii_case("x-request-id") {
-            let v = h.value;
-            if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x20..0x7f).contains(b)) {
-                request_id = Some(v);
+            // As the full path: the first one, when usable.
+            if !seen_request_id {
+                seen_request_id = true;
+                request_id = Some(h.value).filter(|v| usable_request_id(v));
             }
         } else if n.eq_ignore_ascii_case("transfer-encoding")
             || n.eq_ignore_ascii_case("upgrade")
@@ -129,6 +131,13 @@ pub fn plain_request<'a>(req: &httparse::Request<'_, 'a>) -> Option<PlainRequest
         close,
         request_id,
     })
+}
+
+/// A client's `X-Request-Id` Portico keeps as the request's id: what
+/// `HeaderValue::to_str` accepts (visible ASCII and tab), 1 to 200 bytes,
+/// as the full path decides.
+pub fn usable_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 200 && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
 /// The forwarding headers of one upstream request, for a client that is
@@ -590,6 +599,11 @@ mod tests {
             "a".repeat(201)
         );
         assert_eq!(parse(long.as_bytes()).unwrap().request_id, None);
+        // Only the first counts (as the full path reads it); tab is fine.
+        let two = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\tb\r\nX-Request-Id: c\r\n\r\n";
+        assert_eq!(parse(two).unwrap().request_id, Some(&b"a\tb"[..]));
+        let bad_first = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: \r\nX-Request-Id: c\r\n\r\n";
+        assert_eq!(parse(bad_first).unwrap().request_id, None);
     }
 
     #[test]
