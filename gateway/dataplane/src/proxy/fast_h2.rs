@@ -232,7 +232,7 @@ pub(super) fn response_header(
     // One value per request: indexed, it would only evict another entry
     // from the client's HPACK table (as on the full path).
     id.set_sensitive(true);
-    head.insert_header("x-request-id", id)
+    head.insert_header(HeaderName::from_static("x-request-id"), id)
         .map_err(bad("invalid header"))?;
     Ok(Box::new(head))
 }
@@ -354,6 +354,8 @@ impl FastH1 {
         let forwarded = {
             let forward = self.forward(&mut down, sc, &pool, &mut pick, &mut done, &timeouts, 0);
             tokio::select! {
+                // The upstream first: no random draw per poll.
+                biased;
                 forwarded = forward => forwarded,
                 _ = s.idle() => Err(Stop::Downstream),
             }
@@ -439,6 +441,7 @@ impl FastH1 {
                 break;
             }
             let read = tokio::select! {
+                biased;
                 read = bounded(timeouts.read, up.read(&mut sc.up)) => read,
                 // Reset by the client while the upstream is slow.
                 _ = s.idle() => {
