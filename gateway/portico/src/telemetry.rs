@@ -133,6 +133,10 @@ pub fn describe_metrics() {
         "HTTP response body bytes sent to clients"
     );
     describe_counter!(
+        "portico_http_fast_path_requests_total",
+        "HTTP requests served on a fast path (without Pingora's per-request pipeline), by protocol"
+    );
+    describe_counter!(
         "portico_upstream_connect_errors_total",
         "Failed connects to endpoints, by backend"
     );
