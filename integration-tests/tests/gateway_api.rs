@@ -3,6 +3,7 @@
 //! filters and weights, served by the real binary to real backends and
 //! clients (our HTTP/1.1 client, curl) on 127.0.0.1.
 
+use portico_integration_tests::raw_backend::RawBackend;
 use portico_integration_tests::*;
 
 /// Portico's GatewayClass, to start a manifest with.
@@ -71,6 +72,30 @@ spec:
     backendRefs: [{name: nowhere, port: 80}]
   - matches: [{path: {type: Exact, value: /only-post}, method: POST}]
     backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ['https://*.bar.com']
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-h1]
+        exposeHeaders: [x-h3]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: Exact, value: /per-backend}}]
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-rule, value: r}]}}
+    backendRefs:
+    - name: b
+      port: 80
+      filters:
+      - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-backend, value: b}], remove: [x-rule]}}
+      - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-drawn, value: b}]}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -101,10 +126,14 @@ fn get(port: u16, host: &str, path: &str, extra: &str) -> Response {
 fn http_routes_match_filter_and_split_through_a_gateway() {
     let a = Echo::http("a");
     let b = Echo::http("b");
+    let shadow = RawBackend::start();
     let (crt, key) = self_signed(&["secure.test"]);
+    let shadow_yaml = yaml::service("default", "shadow", "", &[("http", 80)])
+        + &yaml::slice("default", "shadow-1", "shadow", "http", shadow.port, true);
     let gw = Gateway::start(
         &[
             ("backends.yaml", &backends(&a, &b)),
+            ("shadow.yaml", &shadow_yaml),
             (
                 "cert.yaml",
                 &yaml::tls_secret("default", "secure-cert", &crt, &key),
@@ -164,6 +193,98 @@ fn http_routes_match_filter_and_split_through_a_gateway() {
     )
     .unwrap();
     assert_eq!(name(&r), "b");
+
+    // CORS: a preflight from an allowed origin is answered here (200, as
+    // the conformance suite expects), with the rule's lists.
+    let preflight = |origin: &str| {
+        http_request(
+            gw.http,
+            &format!("OPTIONS /cors/x HTTP/1.1\r\nHost: app.test\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: x-h1\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+    let r = preflight("https://a.b.bar.com");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.b.bar.com")
+    );
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, OPTIONS")
+    );
+    assert_eq!(r.header("access-control-allow-headers"), Some("x-h1"));
+    assert_eq!(r.header("access-control-max-age"), Some("3600"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert!(r.text().is_empty(), "the backend answered: {}", r.text());
+    // Another origin: no CORS headers; the request goes to the backend.
+    let r = preflight("https://foobar.com");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(name(&r), "a");
+    // An actual request from an allowed origin: the backend's answer
+    // with the CORS headers added.
+    let r = get(
+        gw.http,
+        "app.test",
+        "/cors/x",
+        "Origin: https://www.bar.com\r\n",
+    );
+    assert_eq!(name(&r), "a");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://www.bar.com")
+    );
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-h3"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = get(
+        gw.http,
+        "app.test",
+        "/cors/x",
+        "Origin: https://bar.com\r\n",
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // A backendRef's own filters apply after the rule's.
+    let r = get(gw.http, "app.test", "/per-backend", "");
+    assert_eq!(name(&r), "b");
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-backend"], "b", "{seen}");
+    assert!(seen.get("x-rule").is_none(), "{seen}");
+    assert_eq!(r.header("x-drawn"), Some("b"));
+
+    // RequestMirror: the backend answers; a copy of the request, body
+    // included, reaches the mirror's endpoint, whose answer is dropped.
+    let r = get(gw.http, "app.test", "/mirror/x?q=1", "x-trace: t1\r\n");
+    assert_eq!(name(&r), "a");
+    let r = http_request(
+        gw.http,
+        "POST /mirror/up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    assert_eq!(name(&r), "a");
+    assert_eq!(r.json()["body"], "hello", "{}", r.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shadow.requests().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let copies = shadow.requests();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    let get_copy = copies.iter().find(|c| c.head.starts_with("GET ")).unwrap();
+    assert!(
+        get_copy.head.starts_with("GET /mirror/x?q=1 HTTP/1.1\r\n"),
+        "{}",
+        get_copy.head
+    );
+    assert_eq!(get_copy.header("x-trace"), Some("t1"));
+    assert_eq!(get_copy.header("host"), Some("app.test"));
+    let post_copy = copies.iter().find(|c| c.head.starts_with("POST ")).unwrap();
+    assert_eq!(post_copy.body, b"hello");
+    // Counted once each answer is read (after the copy arrived).
+    let sent = "portico_mirror_requests_total{backend=\"default/shadow:http\",result=\"sent\"} 2";
+    while !gw.metrics().contains(sent) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(gw.metrics().contains(sent), "{}", gw.metrics());
 
     // The HTTPS listener: its certificate from the other namespace (by
     // ReferenceGrant), its route only there.

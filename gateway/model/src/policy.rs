@@ -203,24 +203,41 @@ pub enum BackendProtocol {
     Grpcs,
 }
 
+/// Cross-origin resource sharing, from ingress-nginx's `enable-cors`
+/// annotations or a Gateway API `CORS` filter.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cors {
-    /// Origins (`https://a.example`), or `*` for any.
+    /// Origins (`https://a.example`, `https://*.example.com`: `*` stands
+    /// for one or more labels), or `*` for any.
     pub allow_origins: Vec<String>,
+    /// Comma-separated, or `*`: any, answered with the requested method.
     pub allow_methods: String,
+    /// Comma-separated, or `*`: any, answered with the requested headers.
     pub allow_headers: String,
     pub allow_credentials: bool,
     #[serde(default)]
     pub expose_headers: String,
     pub max_age_seconds: u64,
+    /// What a preflight is answered with: ingress-nginx answers 204; the
+    /// Gateway API's conformance suite expects 200.
+    #[serde(default = "preflight_no_content")]
+    pub preflight_status: u16,
+}
+
+fn preflight_no_content() -> u16 {
+    204
 }
 
 impl Cors {
     /// The `Access-Control-Allow-Origin` for a request from `origin`, if
     /// allowed.
     pub fn allow(&self, origin: &str) -> Option<String> {
-        if self.allow_origins.iter().any(|o| o == origin) {
+        if self
+            .allow_origins
+            .iter()
+            .any(|o| o != "*" && origin_matches(o, origin))
+        {
             Some(origin.to_string())
         } else if self.allow_origins.iter().any(|o| o == "*") {
             // With credentials the origin must be echoed, not `*`.
@@ -233,6 +250,84 @@ impl Cors {
             None
         }
     }
+
+    /// `Access-Control-Allow-Methods` for a preflight asking for
+    /// `requested` (its `Access-Control-Request-Method`). `*` is answered
+    /// with the method asked for: valid with or without credentials,
+    /// where `*` itself is not.
+    pub fn allow_methods_for<'a>(&'a self, requested: Option<&'a str>) -> Option<&'a str> {
+        echo_wildcard(&self.allow_methods, requested)
+    }
+
+    /// `Access-Control-Allow-Headers` for a preflight asking for
+    /// `requested` (its `Access-Control-Request-Headers`), as for methods.
+    pub fn allow_headers_for<'a>(&'a self, requested: Option<&'a str>) -> Option<&'a str> {
+        echo_wildcard(&self.allow_headers, requested)
+    }
+
+    /// `Access-Control-Expose-Headers`: `*` means every header only for
+    /// requests without credentials, so it is not sent with them.
+    pub fn exposed(&self) -> Option<&str> {
+        let v = self.expose_headers.as_str();
+        // `*` with credentials would be read as a header named `*`.
+        let refused = v.is_empty() || (self.allow_credentials && v.trim() == "*");
+        (!refused).then_some(v)
+    }
+}
+
+fn echo_wildcard<'a>(configured: &'a str, requested: Option<&'a str>) -> Option<&'a str> {
+    if configured.trim() == "*" {
+        requested.filter(|r| !r.trim().is_empty())
+    } else {
+        (!configured.is_empty()).then_some(configured)
+    }
+}
+
+/// Whether `origin` (`scheme://host[:port]`, from the request) is the
+/// configured `pattern`: scheme and host compared case-insensitively, a
+/// missing port read as the scheme's default, and a pattern host starting
+/// with `*` matching any host that ends with the rest after at least one
+/// more character (`https://*.example.com` takes `https://a.b.example.com`,
+/// not `https://example.com`).
+pub fn origin_matches(pattern: &str, origin: &str) -> bool {
+    let (Some(p), Some(o)) = (split_origin(pattern), split_origin(origin)) else {
+        return false;
+    };
+    if !p.scheme.eq_ignore_ascii_case(o.scheme) || p.port != o.port {
+        return false;
+    }
+    match p.host.strip_prefix('*') {
+        Some(suffix) => {
+            o.host.len() > suffix.len()
+                && o.host.as_bytes()[o.host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        }
+        None => p.host.eq_ignore_ascii_case(o.host),
+    }
+}
+
+struct OriginParts<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+}
+
+fn split_origin(s: &str) -> Option<OriginParts<'_>> {
+    let (scheme, rest) = s.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    // An IPv6 literal's colons are inside its brackets.
+    let (host, port) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains(']') => (&rest[..i], Some(rest[i + 1..].parse().ok()?)),
+        _ => (rest, default),
+    };
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some(OriginParts { scheme, host, port })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -340,6 +435,12 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
         {
             return Err("policy.cors has no origins or a value with control characters".into());
         }
+        if ![200, 204].contains(&c.preflight_status) {
+            return Err(format!(
+                "policy.cors.preflightStatus {} is not 200 or 204",
+                c.preflight_status
+            ));
+        }
     }
     if let Some(c) = &p.canary {
         if c.weight_total == 0 || c.weight_total > 1_000_000 || c.weight > c.weight_total {
@@ -439,6 +540,109 @@ pub fn parse_answer(bytes: &[u8]) -> Result<(CheckedPolicy, Vec<(bool, String)>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cors(origins: &[&str], methods: &str, headers: &str, credentials: bool) -> Cors {
+        Cors {
+            allow_origins: origins.iter().map(|o| o.to_string()).collect(),
+            allow_methods: methods.into(),
+            allow_headers: headers.into(),
+            allow_credentials: credentials,
+            expose_headers: String::new(),
+            max_age_seconds: 5,
+            preflight_status: 200,
+        }
+    }
+
+    #[test]
+    fn cors_origins_match_by_scheme_host_and_port_with_left_wildcards() {
+        for (pattern, origin, want) in [
+            ("https://www.foo.com", "https://www.foo.com", true),
+            ("https://www.foo.com", "HTTPS://WWW.FOO.COM", true),
+            ("https://www.foo.com", "http://www.foo.com", false),
+            ("https://www.foo.com", "https://www.foo.com.evil", false),
+            // A missing port is the scheme's default.
+            ("https://www.foo.com", "https://www.foo.com:443", true),
+            ("http://a.test:80", "http://a.test", true),
+            ("https://www.foo.com", "https://www.foo.com:8443", false),
+            ("https://a.test:8443", "https://a.test:8443", true),
+            // `*` takes one or more labels to its left, never none.
+            ("https://*.bar.com", "https://www.bar.com", true),
+            ("https://*.bar.com", "https://xpto.www.bar.com", true),
+            ("https://*.bar.com", "https://bar.com", false),
+            ("https://*.bar.com", "https://foobar.com", false),
+            ("https://*.bar.com", "http://www.bar.com", false),
+            ("https://*.bar.com", "https://www.bar.com:444", false),
+            ("http://[::1]:8080", "http://[::1]:8080", true),
+            ("http://[::1]", "http://[::1]:80", true),
+            ("https://a.test", "null", false),
+            ("https://a.test", "https://a.test:x", false),
+        ] {
+            assert_eq!(
+                origin_matches(pattern, origin),
+                want,
+                "{pattern} vs {origin}"
+            );
+        }
+        let c = cors(
+            &["https://www.foo.com", "https://*.bar.com"],
+            "GET",
+            "",
+            true,
+        );
+        assert_eq!(
+            c.allow("https://a.bar.com").as_deref(),
+            Some("https://a.bar.com")
+        );
+        assert_eq!(c.allow("https://foobar.com"), None);
+        // Any origin: `*` without credentials, the origin itself with them.
+        assert_eq!(
+            cors(&["*"], "", "", false)
+                .allow("https://x.test")
+                .as_deref(),
+            Some("*")
+        );
+        assert_eq!(
+            cors(&["*"], "", "", true)
+                .allow("https://x.test")
+                .as_deref(),
+            Some("https://x.test")
+        );
+    }
+
+    #[test]
+    fn cors_wildcards_answer_with_what_was_asked() {
+        let any = cors(&["*"], "*", "*", true);
+        assert_eq!(any.allow_methods_for(Some("PUT")), Some("PUT"));
+        assert_eq!(any.allow_methods_for(None), None);
+        assert_eq!(any.allow_headers_for(Some("x-a, x-b")), Some("x-a, x-b"));
+        assert_eq!(any.allow_headers_for(Some(" ")), None);
+        let listed = cors(&["*"], "GET, OPTIONS", "x-a", false);
+        assert_eq!(listed.allow_methods_for(Some("PUT")), Some("GET, OPTIONS"));
+        assert_eq!(listed.allow_headers_for(None), Some("x-a"));
+        assert_eq!(
+            cors(&["*"], "", "", false).allow_methods_for(Some("GET")),
+            None
+        );
+        let mut c = cors(&["*"], "", "", true);
+        c.expose_headers = "*".into();
+        assert_eq!(c.exposed(), None);
+        c.allow_credentials = false;
+        assert_eq!(c.exposed(), Some("*"));
+        c.expose_headers = "x-c".into();
+        c.allow_credentials = true;
+        assert_eq!(c.exposed(), Some("x-c"));
+    }
+
+    #[test]
+    fn cors_preflight_status_defaults_to_no_content_and_is_checked() {
+        let base = r#"{"allowOrigins": ["*"], "allowMethods": "GET", "allowHeaders": "", "allowCredentials": false, "maxAgeSeconds": 5"#;
+        let (p, _) =
+            parse_answer(format!(r#"{{"policy": {{"cors": {base}}}}}}}"#).as_bytes()).unwrap();
+        assert_eq!(p.policy.cors.unwrap().preflight_status, 204);
+        let bad = format!(r#"{{"policy": {{"cors": {base}, "preflightStatus": 302}}}}}}"#);
+        let err = parse_answer(bad.as_bytes()).unwrap_err();
+        assert!(err.contains("preflightStatus 302"), "{err}");
+    }
 
     #[test]
     fn answers_are_checked_field_by_field() {

@@ -283,10 +283,16 @@ pub struct RewriteFilter {
 /// One backend of a rule with its weight; `None` stands for a backend
 /// reference that does not resolve, whose share of requests gets 500
 /// (as the spec asks).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WeightedBackend {
     pub backend: Option<BackendKey>,
     pub weight: u32,
+    /// The backendRef's own header filters, applied after the rule's
+    /// when this backend is drawn.
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
 }
 
 /// A Gateway API route rule as the data plane applies it.
@@ -319,6 +325,28 @@ pub struct RuleAction {
     /// One attempt at a backend (`timeouts.backendRequest`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_timeout_ms: Option<u64>,
+    /// `RequestMirror` filters whose backend resolved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorFilter>,
+}
+
+/// A `RequestMirror` filter: a share of the rule's requests is copied to
+/// one endpoint of `backend`, whose answer is read and dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorFilter {
+    pub backend: BackendKey,
+    /// `numerator` of every `denominator` requests are copied (`percent`
+    /// is n/100; neither: all).
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl MirrorFilter {
+    /// Whether this request is copied; `roll` is uniform in `0..n`.
+    pub fn wants(&self, roll: impl FnOnce(u32) -> u32) -> bool {
+        self.numerator >= self.denominator
+            || (self.numerator > 0 && roll(self.denominator) < self.numerator)
+    }
 }
 
 /// Which backend a weighted rule sends this request to.
@@ -341,6 +369,7 @@ impl RuleAction {
             && self.weighted.is_empty()
             && self.request_timeout_ms.is_none()
             && self.backend_timeout_ms.is_none()
+            && self.mirrors.is_empty()
     }
 
     /// Draws among `weighted`; `roll` is uniform in `0..total` (random
@@ -522,14 +551,17 @@ mod tests {
                 WeightedBackend {
                     backend: Some(key("a")),
                     weight: 3,
+                    ..Default::default()
                 },
                 WeightedBackend {
                     backend: None,
                     weight: 1,
+                    ..Default::default()
                 },
                 WeightedBackend {
                     backend: Some(key("c")),
                     weight: 0,
+                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -543,10 +575,35 @@ mod tests {
             weighted: vec![WeightedBackend {
                 backend: Some(key("a")),
                 weight: 0,
+                ..Default::default()
             }],
             ..Default::default()
         };
         assert_eq!(zero.pick(|_| 0), Some(WeightedPick::Invalid));
         assert_eq!(RuleAction::default().pick(|_| 0), None);
+    }
+
+    #[test]
+    fn mirrors_copy_their_share_of_requests() {
+        let m = |numerator, denominator| MirrorFilter {
+            backend: BackendKey {
+                namespace: "ns".into(),
+                service: "shadow".into(),
+                port: "80".into(),
+            },
+            numerator,
+            denominator,
+        };
+        // All: no draw at all.
+        assert!(m(100, 100).wants(|_| unreachable!()));
+        assert!(!m(0, 100).wants(|_| unreachable!()));
+        let quarter = m(1, 4);
+        let taken = (0..4).filter(|&r| quarter.wants(|n| r % n)).count();
+        assert_eq!(taken, 1);
+        let a = RuleAction {
+            mirrors: vec![m(1, 2)],
+            ..Default::default()
+        };
+        assert!(!a.is_plain());
     }
 }

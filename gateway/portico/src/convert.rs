@@ -358,12 +358,6 @@ fn untranslatable(p: &RoutePolicy, what: &str, notes: &mut Vec<String>) {
     if p.body_size_limit.is_some() {
         say("proxy-body-size", "no Gateway API field");
     }
-    if p.cors.is_some() {
-        say(
-            "enable-cors",
-            "the CORS filter is not supported by Portico yet",
-        );
-    }
     if !matches!(p.backend_protocol, None | Some(BackendProtocol::Http)) {
         say(
             "backend-protocol",
@@ -387,6 +381,37 @@ fn untranslatable(p: &RoutePolicy, what: &str, notes: &mut Vec<String>) {
             say("canary-by-cookie", "cookie-based canaries have no Gateway API match; weights and header matches are converted");
         }
     }
+}
+
+/// `enable-cors` and its `cors-*` annotations as a `CORS` filter. The
+/// filter answers preflights with 200 where ingress-nginx answers 204;
+/// browsers take both.
+fn cors_filter(c: &portico_model::policy::Cors) -> Value {
+    let list = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let mut cors = json!({
+        "allowOrigins": c.allow_origins,
+        "maxAge": c.max_age_seconds.clamp(1, i32::MAX as u64),
+    });
+    for (field, value) in [
+        ("allowMethods", &c.allow_methods),
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        let values = list(value);
+        if !values.is_empty() {
+            cors[field] = json!(values);
+        }
+    }
+    if c.allow_credentials {
+        cors["allowCredentials"] = json!(true);
+    }
+    json!({"type": "CORS", "cors": cors})
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -455,6 +480,9 @@ fn path_rule(
     }
     if !rewrite.is_empty() && filters.is_empty() {
         filters.push(json!({"type": "URLRewrite", "urlRewrite": rewrite}));
+    }
+    if let (Some(c), None) = (&policy.cors, &policy.redirect) {
+        filters.push(cors_filter(c));
     }
     for p in plugins {
         filters.push(json!({"type": "ExtensionRef", "extensionRef": {
@@ -765,6 +793,15 @@ mod tests {
                 upstream_host: Some("internal".into()),
                 allow_source_ranges: vec!["10.0.0.0/8".into()],
                 read_timeout_ms: Some(600_000),
+                cors: Some(portico_model::policy::Cors {
+                    allow_origins: vec!["https://*.p.test".into()],
+                    allow_methods: "GET, PUT".into(),
+                    allow_headers: "x-a,x-b".into(),
+                    allow_credentials: true,
+                    expose_headers: String::new(),
+                    max_age_seconds: 1_728_000,
+                    preflight_status: 204,
+                }),
                 ..Default::default()
             },
         );
@@ -818,6 +855,13 @@ mod tests {
         assert_eq!(rewrite["path"]["replacePrefixMatch"], "/v1");
         assert_eq!(rewrite["hostname"], "internal");
         assert_eq!(rules[0]["timeouts"]["backendRequest"], "10m");
+        let cors = &rules[0]["filters"][1];
+        assert_eq!(cors["type"], "CORS");
+        assert_eq!(
+            cors["cors"],
+            json!({"allowOrigins": ["https://*.p.test"], "allowMethods": ["GET", "PUT"],
+                   "allowHeaders": ["x-a", "x-b"], "allowCredentials": true, "maxAge": 1_728_000})
+        );
         // The canary: 80/20 on the main rule, and a header rule.
         let refs = rules[0]["backendRefs"].as_array().unwrap();
         assert_eq!(

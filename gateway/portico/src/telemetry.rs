@@ -78,6 +78,10 @@ pub fn describe_metrics() {
         "HTTP request latency by listener and route"
     );
     describe_gauge!("portico_http_requests_active", "HTTP requests in flight");
+    describe_counter!(
+        "portico_mirror_requests_total",
+        "Gateway API RequestMirror copies by mirror backend and result (sent, failed, timeout, dropped, no_endpoint)"
+    );
     describe_gauge!(
         "portico_announced_addresses",
         "Addresses this node announces (accepted locally and answered or advertised), by mode"

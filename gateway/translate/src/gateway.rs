@@ -27,8 +27,8 @@ use portico_model::gateway_status::{
 };
 use portico_model::problems::Problem;
 use portico_model::route_rule::{
-    HeaderEdits, NamedMatch, PathChange, RedirectFilter, RequestConditions, RewriteFilter,
-    RuleAction, ValueMatch, ValueRegex, WeightedBackend,
+    HeaderEdits, MirrorFilter, NamedMatch, PathChange, RedirectFilter, RequestConditions,
+    RewriteFilter, RuleAction, ValueMatch, ValueRegex, WeightedBackend,
 };
 use portico_model::routing::{PathKind, PathRegex, Route};
 use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, SnapshotSpec};
@@ -491,6 +491,7 @@ fn add_l4_route(
                 split.push(WeightedBackend {
                     backend: Some(bk),
                     weight,
+                    ..Default::default()
                 });
             }
             Err(e) => {
@@ -499,6 +500,7 @@ fn add_l4_route(
                 split.push(WeightedBackend {
                     backend: None,
                     weight,
+                    ..Default::default()
                 });
             }
         }
@@ -1299,6 +1301,22 @@ fn add_http_route(
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let what = format!("spec.rules[{ri}]");
         let built = build_rule(key, rule, &what, store, settings, backends);
+        let policy = match &built.cors {
+            None => flavor.policy.clone(),
+            Some(cors) => {
+                let mut policy = flavor
+                    .policy
+                    .as_ref()
+                    .map(|p| p.policy.clone())
+                    .unwrap_or_default();
+                policy.cors = Some(cors.clone());
+                Some(std::sync::Arc::new(portico_model::policy::CheckedPolicy {
+                    policy,
+                    allow: Vec::new(),
+                    limit_exempt: Vec::new(),
+                }))
+            }
+        };
         for (reason, msg) in &built.problems {
             out.problems.push(Problem::error(here, msg.clone()));
             if resolved_refs.is_none() && !reason.is_empty() {
@@ -1345,7 +1363,7 @@ fn add_http_route(
                         plugins: built.plugins.clone(),
                         scoped_plugins: scoped_plugins.clone(),
                         annotations: annotations.clone(),
-                        policy: flavor.policy.clone(),
+                        policy: policy.clone(),
                         canary: None,
                         path_regex: matched.regex.clone(),
                         fallback: None,
@@ -1531,6 +1549,9 @@ struct BuiltRule {
     plugins: Vec<String>,
     /// A `ReplacePrefixMatch` needs every match to be a PathPrefix.
     needs_prefix: bool,
+    /// A `CORS` filter: applied as route policy, as ingress-nginx's
+    /// `enable-cors` is.
+    cors: Option<portico_model::policy::Cors>,
     /// (ResolvedRefs reason or "", message).
     problems: Vec<(String, String)>,
 }
@@ -1552,6 +1573,7 @@ fn build_rule(
         },
         plugins: Vec::new(),
         needs_prefix: false,
+        cors: None,
         problems: Vec::new(),
     };
     // A filter Portico cannot apply makes the rule answer 500 (the spec:
@@ -1559,6 +1581,17 @@ fn build_rule(
     let mut broken = false;
     for (fi, f) in rule.filters.iter().flatten().enumerate() {
         let fw = format!("{what}.filters[{fi}]");
+        if f.r#type == F::RequestMirror {
+            // The spec: a mirror whose backend does not resolve is
+            // dropped (ResolvedRefs False); the rule still serves.
+            match mirror_filter(route, f, &fw, store, backends) {
+                Ok(m) => b.action.mirrors.push(m),
+                Err((reason, msg)) => b
+                    .problems
+                    .push((reason.into(), format!("{msg}; requests are not mirrored"))),
+            }
+            continue;
+        }
         if let Err(msg) = apply_filter(f, &fw, settings, &mut b) {
             b.problems
                 .push((String::new(), format!("{msg}; the rule answers 500")));
@@ -1597,36 +1630,32 @@ fn build_rule(
     let mut weighted: Vec<WeightedBackend> = Vec::new();
     for (bi, r) in rule.backend_refs.iter().flatten().enumerate() {
         let bw = format!("{what}.backendRefs[{bi}]");
-        if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            b.problems.push((
-                String::new(),
-                format!("{bw}.filters: filters on a backendRef are not supported yet; the rule answers 500"),
-            ));
-            broken = true;
-        }
-        let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
-        let resolved = resolve_backend(route, r, &bw, store, backends);
-        match resolved {
-            Ok(bk) => weighted.push(WeightedBackend {
-                backend: Some(bk),
-                weight,
-            }),
-            Err((reason, msg)) => {
-                b.problems.push((
-                    reason.into(),
-                    format!("{msg}; its share of requests gets 500"),
-                ));
-                weighted.push(WeightedBackend {
-                    backend: None,
-                    weight,
-                })
+        let mut entry = WeightedBackend {
+            weight: u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0),
+            ..Default::default()
+        };
+        for (fi, f) in r.filters.iter().flatten().enumerate() {
+            let fw = format!("{bw}.filters[{fi}]");
+            if let Err(msg) = backend_filter(f, &fw, &mut entry) {
+                b.problems
+                    .push((String::new(), format!("{msg}; the rule answers 500")));
+                broken = true;
             }
         }
+        match resolve_backend(route, r, &bw, store, backends) {
+            Ok(bk) => entry.backend = Some(bk),
+            Err((reason, msg)) => b.problems.push((
+                reason.into(),
+                format!("{msg}; its share of requests gets 500"),
+            )),
+        }
+        weighted.push(entry);
     }
     if broken {
         b.action.weighted = vec![WeightedBackend {
             backend: None,
             weight: 1,
+            ..Default::default()
         }];
         b.action.redirect = None;
         return b;
@@ -1636,14 +1665,19 @@ fn build_rule(
     }
     weighted.retain(|w| w.weight > 0);
     match weighted.as_slice() {
+        // One backend without filters of its own: the route's backend.
         [WeightedBackend {
-            backend: Some(bk), ..
-        }] => b.backend = bk.clone(),
+            backend: Some(bk),
+            request_headers,
+            response_headers,
+            ..
+        }] if request_headers.is_empty() && response_headers.is_empty() => b.backend = bk.clone(),
         [] => {
             // No backend (or only zero weights): 500, as the spec asks.
             b.action.weighted = vec![WeightedBackend {
                 backend: None,
                 weight: 0,
+                ..Default::default()
             }];
         }
         many => {
@@ -1654,6 +1688,96 @@ fn build_rule(
         }
     }
     b
+}
+
+/// A filter on a backendRef: the header modifiers, applied when that
+/// backend is drawn. The rest have no per-backend meaning Portico
+/// implements.
+fn backend_filter(
+    f: &portico_gateway_api::httproutes::HttpRouteRulesBackendRefsFilters,
+    what: &str,
+    into: &mut WeightedBackend,
+) -> Result<(), String> {
+    let (key, target) = match &f.r#type {
+        portico_gateway_api::httproutes::HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier => {
+            ("requestHeaderModifier", &mut into.request_headers)
+        }
+        portico_gateway_api::httproutes::HttpRouteRulesBackendRefsFiltersType::ResponseHeaderModifier => {
+            ("responseHeaderModifier", &mut into.response_headers)
+        }
+        other => {
+            return Err(format!(
+                "{what}: a {other:?} filter on a backendRef is not supported (only RequestHeaderModifier and ResponseHeaderModifier)"
+            ))
+        }
+    };
+    // Both modifiers have the request modifier's shape.
+    let m: portico_gateway_api::httproutes::HttpRouteRulesFiltersRequestHeaderModifier =
+        serde_json::to_value(f)
+            .ok()
+            .and_then(|v| v.get(key).cloned())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| format!("{what}: type {:?} without its settings", f.r#type))?;
+    edits(
+        what,
+        target,
+        m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+        m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+        m.remove.iter().flatten(),
+    )
+}
+
+fn mirror_filter(
+    route: &ObjectKey,
+    f: &HttpRouteRulesFilters,
+    what: &str,
+    store: &Store,
+    backends: &mut Backends<'_>,
+) -> Result<MirrorFilter, (&'static str, String)> {
+    let m = f.request_mirror.as_ref().ok_or_else(|| {
+        (
+            "",
+            format!("{what}: type RequestMirror without its settings"),
+        )
+    })?;
+    let (numerator, denominator) = match (m.percent, &m.fraction) {
+        (Some(p), _) => (p, 100),
+        (None, Some(fr)) => (fr.numerator, fr.denominator.unwrap_or(100)),
+        (None, None) => (1, 1),
+    };
+    let (Ok(numerator), Ok(denominator)) = (u32::try_from(numerator), u32::try_from(denominator))
+    else {
+        return Err(("", format!("{what}: a negative mirror share")));
+    };
+    if denominator == 0 || numerator > denominator {
+        return Err((
+            "",
+            format!(
+                "{what}: mirror share {numerator}/{denominator} is not a fraction of at most 1"
+            ),
+        ));
+    }
+    let r = &m.backend_ref;
+    let as_ref = portico_gateway_api::httproutes::HttpRouteRulesBackendRefs {
+        group: r.group.clone(),
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        port: r.port,
+        ..Default::default()
+    };
+    let backend = resolve_backend(
+        route,
+        &as_ref,
+        &format!("{what}.requestMirror.backendRef"),
+        store,
+        backends,
+    )?;
+    Ok(MirrorFilter {
+        backend,
+        numerator,
+        denominator,
+    })
 }
 
 fn resolve_backend(
@@ -1796,14 +1920,86 @@ fn apply_filter(
             }
             b.plugins.push(e.name.clone());
         }
-        F::RequestMirror | F::Cors => {
+        F::Cors => {
+            let c = f.cors.as_ref().ok_or_else(missing)?;
+            b.cors = Some(cors_filter(c, what)?);
+        }
+        // Taken by `build_rule`, which resolves its backend.
+        F::RequestMirror => {}
+    }
+    Ok(())
+}
+
+/// A `CORS` filter as route policy. Origins are `*` or
+/// `http(s)://host[:port]`, the host optionally starting with `*.`;
+/// methods are tokens; header names are header names; `*` stands alone.
+fn cors_filter(
+    c: &portico_gateway_api::httproutes::HttpRouteRulesFiltersCors,
+    what: &str,
+) -> Result<portico_model::policy::Cors, String> {
+    let origins = c.allow_origins.clone().unwrap_or_default();
+    for o in &origins {
+        if o != "*" && !valid_cors_origin(o) {
             return Err(format!(
-                "{what}: filter {:?} is not supported yet",
-                f.r#type
+                "{what}: cors.allowOrigins {o:?} is not `*` or http(s)://host[:port] (the host may start with `*.`)"
             ));
         }
     }
-    Ok(())
+    let list = |field: &str, values: &Option<Vec<String>>| -> Result<String, String> {
+        let values = values.as_deref().unwrap_or_default();
+        if values.len() > 1 && values.iter().any(|v| v == "*") {
+            return Err(format!(
+                "{what}: cors.{field} cannot have `*` beside other values"
+            ));
+        }
+        for v in values {
+            if v != "*" && http::HeaderName::from_bytes(v.as_bytes()).is_err() {
+                return Err(format!("{what}: cors.{field} {v:?} is not a token"));
+            }
+        }
+        Ok(values.join(", "))
+    };
+    if origins.len() > 1 && origins.iter().any(|o| o == "*") {
+        return Err(format!(
+            "{what}: cors.allowOrigins cannot have `*` beside other origins"
+        ));
+    }
+    let max_age = c.max_age.unwrap_or(5);
+    if max_age < 1 {
+        return Err(format!("{what}: cors.maxAge {max_age} is below 1"));
+    }
+    Ok(portico_model::policy::Cors {
+        allow_origins: origins,
+        allow_methods: list("allowMethods", &c.allow_methods)?,
+        allow_headers: list("allowHeaders", &c.allow_headers)?,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        expose_headers: list("exposeHeaders", &c.expose_headers)?,
+        max_age_seconds: max_age as u64,
+        // The conformance suite's preflights expect 200.
+        preflight_status: 200,
+    })
+}
+
+fn valid_cors_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    matches!(scheme, "http" | "https")
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+        && !host.is_empty()
+        && (host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
+            || host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
 }
 
 /// Header fields a filter may not touch: they frame the message or the

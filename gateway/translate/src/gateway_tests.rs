@@ -467,7 +467,12 @@ fn filters_become_the_rule_action() {
     backendRefs: [{name: web, port: 80}]
     timeouts: {request: 10s, backendRequest: 2s}
   - matches: [{path: {value: /mirror}}]
-    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: api, port: 80}}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: api, port: 80}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: api, port: 80}, percent: 25}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: api, port: 80}, fraction: {numerator: 1, denominator: 3}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: gone, port: 80}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: far, namespace: other, port: 80}}}
     backendRefs: [{name: web, port: 80}]
   - matches: [{path: {value: /unknown-plugin}}]
     filters: [{type: ExtensionRef, extensionRef: {group: portico.io, kind: Plugin, name: nope}}]
@@ -508,28 +513,177 @@ fn filters_become_the_rule_action() {
         (Some(10_000), Some(2_000))
     );
     assert!(!api.forwards_plainly(false));
+    // Mirrors: those that resolve, with their shares; the rule serves.
+    let mirror = found("/mirror").unwrap();
+    let m = mirror.rule.as_ref().unwrap();
+    assert_eq!(
+        m.mirrors
+            .iter()
+            .map(|m| (m.backend.service.as_str(), m.numerator, m.denominator))
+            .collect::<Vec<_>>(),
+        [("api", 1, 1), ("api", 25, 100), ("api", 1, 3)]
+    );
+    assert_eq!(mirror.backend.service, "web");
+    assert!(!mirror.forwards_plainly(false));
     // What Portico cannot apply answers 500 rather than being skipped.
-    for path in ["/mirror", "/unknown-plugin"] {
-        let r = found(path).unwrap();
-        assert_eq!(
-            r.rule.as_ref().unwrap().pick(|_| 0),
-            Some(WeightedPick::Invalid),
-            "{path}"
-        );
-    }
+    let r = found("/unknown-plugin").unwrap();
+    assert_eq!(
+        r.rule.as_ref().unwrap().pick(|_| 0),
+        Some(WeightedPick::Invalid)
+    );
     // ReplacePrefixMatch on an Exact match: the match is refused.
     assert!(found("/exact").is_none_or(|r| r.path != "/exact"));
     let text = problems(&spec);
-    assert!(
-        text.contains("RequestMirror") && text.contains("not supported yet"),
-        "{text}"
-    );
+    for want in [
+        "spec.rules[2].filters[3].requestMirror.backendRef: ",
+        "spec.rules[2].filters[4].requestMirror.backendRef: Service other/far is in another namespace",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    assert!(text.contains("requests are not mirrored"), "{text}");
+    // A mirror that does not resolve shows in ResolvedRefs.
+    let status = format!("{:?}", spec.gateway_api.routes);
+    assert!(status.contains("BackendNotFound"), "{status}");
     assert!(
         text.contains("plugin \"nope\", which is not configured"),
         "{text}"
     );
     assert!(
         text.contains("ReplacePrefixMatch needs a PathPrefix match"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cors_filters_become_route_policy_and_bad_ones_answer_500() {
+    let rules = r#"  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [c.test]
+  rules:
+  - matches: [{path: {value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com"]
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1, x-header-2]
+        exposeHeaders: [x-header-3]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /defaults}}]
+    filters: [{type: CORS, cors: {allowOrigins: ["*"], allowMethods: ["*"]}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /bad-origin}}]
+    filters: [{type: CORS, cors: {allowOrigins: ["ftp://x.test"]}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /bad-wildcard}}]
+    filters: [{type: CORS, cors: {allowOrigins: ["https://a.test"], allowMethods: ["*", GET]}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /bad-header}}]
+    filters: [{type: CORS, cors: {allowOrigins: ["https://a.test"], allowHeaders: ["x y"]}}]
+    backendRefs: [{name: web, port: 80}]"#;
+    let spec = spec_of(&route("c", rules));
+    let found = |path: &str| {
+        spec.routes
+            .find("c.test", path)
+            .map(|(r, _)| r.clone())
+            .unwrap()
+    };
+    let r = found("/cors");
+    assert!(!r.forwards_plainly(false));
+    let cors = r.policy.as_ref().unwrap().policy.cors.clone().unwrap();
+    assert_eq!(cors.allow_methods, "GET, OPTIONS");
+    assert_eq!(cors.allow_headers, "x-header-1, x-header-2");
+    assert_eq!(cors.exposed(), Some("x-header-3"));
+    assert_eq!((cors.max_age_seconds, cors.preflight_status), (3600, 200));
+    assert!(cors.allow_credentials);
+    assert_eq!(
+        cors.allow("https://xpto.www.bar.com").as_deref(),
+        Some("https://xpto.www.bar.com")
+    );
+    assert_eq!(cors.allow("https://foobar.com"), None);
+    // Its backend is the rule's: CORS does not replace routing.
+    assert_eq!(r.rule.as_ref().unwrap().pick(|_| 0), None);
+    let d = found("/defaults")
+        .policy
+        .as_ref()
+        .unwrap()
+        .policy
+        .cors
+        .clone()
+        .unwrap();
+    assert_eq!((d.max_age_seconds, d.allow_credentials), (5, false));
+    assert_eq!(d.allow("https://any.test").as_deref(), Some("*"));
+    assert_eq!(d.allow_methods_for(Some("PUT")), Some("PUT"));
+    for path in ["/bad-origin", "/bad-wildcard", "/bad-header"] {
+        let r = found(path);
+        assert_eq!(
+            r.rule.as_ref().unwrap().pick(|_| 0),
+            Some(WeightedPick::Invalid),
+            "{path}"
+        );
+    }
+    let text = problems(&spec);
+    for want in [
+        "spec.rules[2].filters[0]: cors.allowOrigins \"ftp://x.test\" is not",
+        "spec.rules[3].filters[0]: cors.allowMethods cannot have `*` beside other values",
+        "spec.rules[4].filters[0]: cors.allowHeaders \"x y\" is not a token",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+}
+
+#[test]
+fn backend_ref_filters_edit_headers_when_their_backend_is_drawn() {
+    let rules = "  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [b.test]
+  rules:
+  - matches: [{path: {value: /one}}]
+    backendRefs:
+    - name: web
+      port: 80
+      filters:
+      - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Backend, value: web}]}}
+      - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-from, value: web}]}}
+  - matches: [{path: {value: /two}}]
+    backendRefs:
+    - {name: web, port: 80, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-b, value: web}]}}]}
+    - {name: api, port: 80}
+  - matches: [{path: {value: /redirecting}}]
+    backendRefs:
+    - {name: web, port: 80, filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]}";
+    let spec = spec_of(&route("b", rules));
+    let found = |path: &str| {
+        spec.routes
+            .find("b.test", path)
+            .map(|(r, _)| r.clone())
+            .unwrap()
+    };
+    let one = found("/one");
+    let w = &one.rule.as_ref().unwrap().weighted;
+    // A single backend with filters is kept as a draw of one.
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        w[0].request_headers.set,
+        [("x-backend".to_string(), "web".to_string())]
+    );
+    assert_eq!(
+        w[0].response_headers.add,
+        [("x-from".to_string(), "web".to_string())]
+    );
+    assert!(!one.forwards_plainly(false));
+    let two = found("/two");
+    let w = &two.rule.as_ref().unwrap().weighted;
+    assert_eq!(w.len(), 2);
+    assert_eq!(w[0].request_headers.add.len(), 1);
+    assert!(w[1].request_headers.is_empty());
+    assert_eq!(
+        found("/redirecting").rule.as_ref().unwrap().pick(|_| 0),
+        Some(WeightedPick::Invalid)
+    );
+    let text = problems(&spec);
+    assert!(
+        text.contains("spec.rules[2].backendRefs[0].filters[0]: a RequestRedirect filter on a backendRef is not supported"),
         "{text}"
     );
 }

@@ -23,7 +23,9 @@ use crate::config::ProxyConfig;
 use crate::shutdown::InFlight;
 use portico_model::lb::{Pick, PickRequest, Pool};
 use portico_model::route_metrics::{code_class, CODE_CLASSES, LISTENERS};
-use portico_model::route_rule::{RequestFacts, RequestParts, RuleAction, WeightedPick};
+use portico_model::route_rule::{
+    HeaderEdits, RequestFacts, RequestParts, RuleAction, WeightedPick,
+};
 use portico_model::routing::Route;
 use portico_model::snapshot::Snapshot;
 use portico_wasm::headers::HeaderSlot;
@@ -40,6 +42,8 @@ pub struct HttpProxy {
     pub(super) access_log: bool,
     /// Per-client limits of routes (`rateLimit` policy); outlives snapshots.
     limiter: Arc<super::limits::Limiter>,
+    /// Gateway API `RequestMirror` copies and their connection pool.
+    mirrors: Arc<super::mirror::Mirrors>,
 }
 
 impl HttpProxy {
@@ -49,12 +53,20 @@ impl HttpProxy {
         cfg: ProxyConfig,
         access_log: bool,
     ) -> Self {
+        let ms = Duration::from_millis;
+        let mirrors = Arc::new(super::mirror::Mirrors::new(super::mirror::MirrorTimeouts {
+            connect: ms(cfg.connect_timeout_ms),
+            read: ms(cfg.read_timeout_ms),
+            write: ms(cfg.write_timeout_ms),
+            idle: ms(cfg.upstream_idle_timeout_ms),
+        }));
         HttpProxy {
             snapshot,
             plugins,
             cfg,
             access_log,
             limiter: Arc::default(),
+            mirrors,
         }
     }
 }
@@ -157,6 +169,12 @@ pub struct RequestCtx {
     /// The peer is in `proxy.trusted_proxies`: its forwarding headers are
     /// kept and appended to rather than replaced.
     via_trusted_proxy: bool,
+    /// Which of the rule's weighted backendRefs was drawn.
+    drawn: Option<usize>,
+    /// The rule's mirrors were started (once, whatever the retries).
+    mirrored: bool,
+    /// Where the request's body goes on to its mirrors.
+    mirror: Option<super::mirror::MirrorFeed>,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -460,7 +478,7 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<()>
 }
 
 /// The peer for one endpoint, speaking the route's backend protocol.
-fn upstream_peer_for(
+pub(super) fn upstream_peer_for(
     addr: std::net::SocketAddr,
     backend: &portico_model::snapshot::BackendKey,
     protocol: Option<portico_model::policy::BackendProtocol>,
@@ -644,11 +662,8 @@ fn cors_headers(
     if cors.allow_credentials {
         resp.insert_header("access-control-allow-credentials", "true")?;
     }
-    if !cors.expose_headers.is_empty() {
-        resp.insert_header(
-            "access-control-expose-headers",
-            cors.expose_headers.as_str(),
-        )?;
+    if let Some(exposed) = cors.exposed() {
+        resp.insert_header("access-control-expose-headers", exposed)?;
     }
     if origin != "*" {
         resp.append_header("vary", "Origin")?;
@@ -690,6 +705,33 @@ fn upstream_host(route: &Route) -> Option<&str> {
         })
 }
 
+/// A header modifier filter's edits, in the spec's order.
+fn edit_request(req: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        req.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        req.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        req.remove_header(name.as_str());
+    }
+    Ok(())
+}
+
+fn edit_response(resp: &mut ResponseHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        resp.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        resp.remove_header(name.as_str());
+    }
+    Ok(())
+}
+
 /// Applies a Gateway API rule's request filters. Returns whether the
 /// request was answered here (a redirect).
 async fn apply_rule(
@@ -716,19 +758,7 @@ async fn apply_rule(
         redirect(session, r.status, &location).await?;
         return Ok(true);
     }
-    let edits = &rule.request_headers;
-    if !edits.is_empty() {
-        let req = session.req_header_mut();
-        for (name, value) in &edits.set {
-            req.insert_header(name.clone(), value.as_str())?;
-        }
-        for (name, value) in &edits.add {
-            req.append_header(name.clone(), value.as_str())?;
-        }
-        for name in &edits.remove {
-            req.remove_header(name.as_str());
-        }
-    }
+    edit_request(session.req_header_mut(), &rule.request_headers)?;
     if let Some(change) = rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
         let req = session.req_header();
         let mut new = change.apply(req.uri.path(), &route.path);
@@ -835,6 +865,35 @@ impl HttpProxy {
                 None
             }
         }
+    }
+
+    /// Starts the rule's `RequestMirror` copies of the request as it goes
+    /// upstream, on its first attempt only.
+    fn start_mirrors(&self, session: &mut Session, upstream: &RequestHeader, ctx: &mut RequestCtx) {
+        if ctx.mirrored {
+            return;
+        }
+        ctx.mirrored = true;
+        let Some(route) = ctx.route.as_ref() else {
+            return;
+        };
+        let Some(rule) = route.rule.as_ref().filter(|r| !r.mirrors.is_empty()) else {
+            return;
+        };
+        let protocol = route
+            .policy
+            .as_ref()
+            .and_then(|p| p.policy.backend_protocol);
+        let body = !session.is_body_empty();
+        let feed = self.mirrors.start(
+            &self.snapshot.load(),
+            &rule.mirrors,
+            upstream,
+            ctx.client,
+            protocol,
+            body,
+        );
+        ctx.mirror = (!feed.is_empty()).then_some(feed);
     }
 
     /// Applies a route's typed policy (from the policy plugin). Returns
@@ -945,16 +1004,23 @@ impl HttpProxy {
                 if session.req_header().method == http::Method::OPTIONS {
                     // A preflight: answered here, as ingress-nginx does.
                     ctx.local_reason = Some("policy-cors");
-                    let mut resp = ResponseHeader::build(204, Some(8))?;
+                    let asked = |name: &str| {
+                        session
+                            .req_header()
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                    };
+                    let mut resp = ResponseHeader::build(cors.preflight_status, Some(8))?;
                     cors_headers(&mut resp, cors, &origin)?;
-                    resp.insert_header(
-                        "access-control-allow-methods",
-                        cors.allow_methods.as_str(),
-                    )?;
-                    resp.insert_header(
-                        "access-control-allow-headers",
-                        cors.allow_headers.as_str(),
-                    )?;
+                    if let Some(m) = cors.allow_methods_for(asked("access-control-request-method"))
+                    {
+                        resp.insert_header("access-control-allow-methods", m)?;
+                    }
+                    if let Some(h) = cors.allow_headers_for(asked("access-control-request-headers"))
+                    {
+                        resp.insert_header("access-control-allow-headers", h)?;
+                    }
                     resp.insert_header("access-control-max-age", cors.max_age_seconds.to_string())?;
                     resp.insert_header("content-length", "0")?;
                     session.write_response_header(Box::new(resp), true).await?;
@@ -1178,6 +1244,9 @@ impl ProxyHttp for HttpProxy {
             plugin_response: None,
             replace_body: None,
             cors_origin: None,
+            drawn: None,
+            mirrored: false,
+            mirror: None,
             limit_slot: None,
             client: None,
             via_trusted_proxy: false,
@@ -1342,6 +1411,16 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
         };
+        // The drawn backendRef's own header filters, after the rule's.
+        if let Some(rule) = route.rule.as_ref() {
+            ctx.drawn = rule
+                .weighted
+                .iter()
+                .position(|w| w.backend.as_ref().is_some_and(|k| std::ptr::eq(k, backend)));
+            if let Some(w) = ctx.drawn.map(|i| &rule.weighted[i]) {
+                edit_request(session.req_header_mut(), &w.request_headers)?;
+            }
+        }
         let backend_pool = snap.pool(backend);
         if canary {
             if let Some(c) = &route.canary {
@@ -1568,6 +1647,7 @@ impl ProxyHttp for HttpProxy {
             for (name, value) in edits.take() {
                 upstream.insert_header(name, value)?;
             }
+            self.start_mirrors(session, upstream, ctx);
             return Ok(());
         }
         // Names in lowercase (as Envoy sends them; HTTP header names are
@@ -1592,6 +1672,9 @@ impl ProxyHttp for HttpProxy {
         if let Some(eos) = send_end_stream {
             upstream.set_send_end_stream(eos);
         }
+        if result.is_ok() {
+            self.start_mirrors(session, upstream, ctx);
+        }
         result
     }
 
@@ -1603,10 +1686,19 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some(chain) = ctx.plugins.as_mut() else {
+            if let Some(feed) = ctx.mirror.as_mut() {
+                feed.feed(body.as_ref(), end_of_stream);
+            }
             return Ok(());
         };
         let local = match chain.on_request_body(body, end_of_stream) {
-            Verdict::Continue | Verdict::Pause(_) => return Ok(()),
+            Verdict::Continue | Verdict::Pause(_) => {
+                // The body as the plugins left it, as it goes upstream.
+                if let Some(feed) = ctx.mirror.as_mut() {
+                    feed.feed(body.as_ref(), end_of_stream);
+                }
+                return Ok(());
+            }
             Verdict::Respond(local) => local,
             Verdict::Fail(p) => plugin_failed(&p),
             Verdict::TooLarge(p) => body_too_large(&p, 413),
@@ -1637,21 +1729,11 @@ impl ProxyHttp for HttpProxy {
             ctx.local_reason = Some("custom-error");
             return Ok(());
         }
-        if let Some(edits) = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.rule.as_ref())
-            .map(|r| &r.response_headers)
-            .filter(|e| !e.is_empty())
-        {
-            for (name, value) in &edits.set {
-                resp.insert_header(name.clone(), value.as_str())?;
-            }
-            for (name, value) in &edits.add {
-                resp.append_header(name.clone(), value.as_str())?;
-            }
-            for name in &edits.remove {
-                resp.remove_header(name.as_str());
+        if let Some(rule) = ctx.route.as_ref().and_then(|r| r.rule.as_ref()) {
+            edit_response(resp, &rule.response_headers)?;
+            // Then the drawn backendRef's own.
+            if let Some(w) = ctx.drawn.and_then(|i| rule.weighted.get(i)) {
+                edit_response(resp, &w.response_headers)?;
             }
         }
         if let (Some(origin), Some(cors)) = (

@@ -6,6 +6,7 @@ mod fast_h2;
 mod h1_wire;
 pub mod http;
 pub mod limits;
+mod mirror;
 pub mod path;
 pub mod proxy_protocol;
 mod replay;
