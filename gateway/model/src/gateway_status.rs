@@ -65,8 +65,16 @@ impl Default for ListenerState {
 pub struct GatewayState {
     /// By listener name.
     pub listeners: BTreeMap<String, ListenerState>,
-    /// `spec.addresses` asked for addresses Portico does not assign.
+    /// `spec.addresses` asked for an address type other than
+    /// `IPAddress`, or for a value that is not an IP address.
     pub addresses_unsupported: bool,
+    /// `spec.addresses`' IP addresses that Portico serves the Gateway at:
+    /// its status addresses, when any were asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assigned_addresses: Vec<std::net::IpAddr>,
+    /// Those it does not serve (`Programmed=False, AddressNotAssigned`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unassigned_addresses: Vec<std::net::IpAddr>,
 }
 
 /// A route's status for one parentRef.

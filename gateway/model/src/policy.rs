@@ -296,7 +296,13 @@ pub fn origin_matches(pattern: &str, origin: &str) -> bool {
     if !p.scheme.eq_ignore_ascii_case(o.scheme) || p.port != o.port {
         return false;
     }
-    match p.host.strip_prefix('*') {
+    // `*.` only: `*example.com` is a name, not a pattern that would also
+    // take `evilexample.com`.
+    match p
+        .host
+        .strip_prefix('*')
+        .filter(|rest| rest.starts_with('.'))
+    {
         Some(suffix) => {
             o.host.len() > suffix.len()
                 && o.host.as_bytes()[o.host.len() - suffix.len()..]
@@ -575,6 +581,8 @@ mod tests {
             ("http://[::1]:8080", "http://[::1]:8080", true),
             ("http://[::1]", "http://[::1]:80", true),
             ("https://a.test", "null", false),
+            ("https://*example.com", "https://evilexample.com", false),
+            ("https://*", "https://any.test", false),
             ("https://a.test", "https://a.test:x", false),
         ] {
             assert_eq!(

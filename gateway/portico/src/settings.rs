@@ -32,6 +32,12 @@ pub fn translate_settings(cfg: &Config) -> Settings {
     };
     s.http_ports = ports(&cfg.listen.http);
     s.https_ports = ports(&cfg.listen.https);
+    s.gateway_addresses = cfg
+        .kubernetes
+        .publish_addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
     s.policy = cfg.ingress.policy_plugin.as_ref().map(|name| {
         portico_wasm::ingress_policy::installed()
             .map(|p| p as Arc<dyn IngressPolicy>)

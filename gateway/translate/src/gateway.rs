@@ -778,14 +778,65 @@ fn add_gateway(
         }
         state.listeners.insert(l.name.clone(), ls);
     }
-    if gw.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
-        out.problems.push(Problem::warning(
-            here,
-            "spec.addresses: Portico serves a Gateway on its own listeners' addresses; the requested addresses are not assigned",
-        ));
-        state.addresses_unsupported = true;
-    }
+    requested_addresses(gw, here, settings, out, &mut state);
     state
+}
+
+/// `spec.addresses`: Portico serves a Gateway on its own listeners, at
+/// the addresses it publishes (`kubernetes.publish_addresses`, else the
+/// node's). An `IPAddress` among those is assigned and becomes the
+/// Gateway's status address; another is not assigned (Programmed=False,
+/// AddressNotAssigned); other types and values that are not IPs are
+/// unsupported (Accepted=False, UnsupportedAddress).
+fn requested_addresses(
+    gw: &Gateway,
+    here: &str,
+    settings: &super::Settings,
+    out: &mut SnapshotSpec,
+    state: &mut GatewayState,
+) {
+    let served = if settings.gateway_addresses.is_empty() {
+        &settings.node_addresses
+    } else {
+        &settings.gateway_addresses
+    };
+    for (i, a) in gw.spec.addresses.iter().flatten().enumerate() {
+        let what = format!("spec.addresses[{i}]");
+        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+        if kind != "IPAddress" {
+            out.problems.push(Problem::error(
+                here,
+                format!("{what}: type {kind} is not supported (only IPAddress); the Gateway is not accepted"),
+            ));
+            state.addresses_unsupported = true;
+            continue;
+        }
+        // No value: any address of the type, which Portico's are.
+        let Some(value) = a.value.as_deref() else {
+            continue;
+        };
+        match value.parse::<std::net::IpAddr>() {
+            Err(_) => {
+                out.problems.push(Problem::error(
+                    here,
+                    format!("{what}: {value:?} is not an IP address; the Gateway is not accepted"),
+                ));
+                state.addresses_unsupported = true;
+            }
+            Ok(ip) if served.contains(&ip) => state.assigned_addresses.push(ip),
+            Ok(ip) => {
+                let list: Vec<String> = served.iter().map(|a| a.to_string()).collect();
+                out.problems.push(Problem::error(
+                    here,
+                    format!(
+                        "{what}: {ip} is not an address Portico serves Gateways at ({}; kubernetes.publish_addresses, else node.addresses); not assigned",
+                        list.join(", ")
+                    ),
+                ));
+                state.unassigned_addresses.push(ip);
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1300,7 +1351,7 @@ fn add_http_route(
     let mut resolved_refs: Option<(String, String)> = None;
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let what = format!("spec.rules[{ri}]");
-        let built = build_rule(key, rule, &what, store, settings, backends);
+        let built = build_rule((key, flavor.kind), rule, &what, store, settings, backends);
         let policy = match &built.cors {
             None => flavor.policy.clone(),
             Some(cors) => {
@@ -1556,8 +1607,12 @@ struct BuiltRule {
     problems: Vec<(String, String)>,
 }
 
+/// The route a rule belongs to, and its kind (`HTTPRoute`, `GRPCRoute`):
+/// what ReferenceGrants are checked for.
+type RouteRef<'a> = (&'a ObjectKey, &'static str);
+
 fn build_rule(
-    route: &ObjectKey,
+    (route, kind): RouteRef<'_>,
     rule: &HttpRouteRules,
     what: &str,
     store: &Store,
@@ -1584,7 +1639,7 @@ fn build_rule(
         if f.r#type == F::RequestMirror {
             // The spec: a mirror whose backend does not resolve is
             // dropped (ResolvedRefs False); the rule still serves.
-            match mirror_filter(route, f, &fw, store, backends) {
+            match mirror_filter((route, kind), f, &fw, store, backends) {
                 Ok(m) => b.action.mirrors.push(m),
                 Err((reason, msg)) => b
                     .problems
@@ -1642,7 +1697,7 @@ fn build_rule(
                 broken = true;
             }
         }
-        match resolve_backend(route, r, &bw, store, backends) {
+        match resolve_backend((route, kind), r, &bw, store, backends) {
             Ok(bk) => entry.backend = Some(bk),
             Err((reason, msg)) => b.problems.push((
                 reason.into(),
@@ -1728,7 +1783,7 @@ fn backend_filter(
 }
 
 fn mirror_filter(
-    route: &ObjectKey,
+    route: RouteRef<'_>,
     f: &HttpRouteRulesFilters,
     what: &str,
     store: &Store,
@@ -1781,7 +1836,7 @@ fn mirror_filter(
 }
 
 fn resolve_backend(
-    route: &ObjectKey,
+    (route, route_kind): RouteRef<'_>,
     r: &portico_gateway_api::httproutes::HttpRouteRulesBackendRefs,
     what: &str,
     store: &Store,
@@ -1801,12 +1856,12 @@ fn resolve_backend(
         .unwrap_or_else(|| route.namespace.clone());
     let target = ObjectKey::new(ns.clone(), r.name.clone());
     if ns != route.namespace
-        && !granted(store, &route.namespace, "HTTPRoute", "", "Service", &target)
+        && !granted(store, &route.namespace, route_kind, "", "Service", &target)
     {
         return Err((
             "RefNotPermitted",
             format!(
-                "{what}: Service {target} is in another namespace and no ReferenceGrant there allows HTTPRoutes of {} to refer to it",
+                "{what}: Service {target} is in another namespace and no ReferenceGrant there allows {route_kind}s of {} to refer to it",
                 route.namespace
             ),
         ));

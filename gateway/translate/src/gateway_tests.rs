@@ -1237,16 +1237,15 @@ spec:
     );
 }
 
+/// GRPCRoute `shop/g` on `gw` for `grpc.test`, with these rules.
+fn grpc_route(rules: &str) -> String {
+    format!("apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: shop}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [grpc.test]\n  rules:\n{rules}")
+}
+
 #[test]
 fn grpc_routes_match_services_and_methods_over_h2c() {
-    let yaml = "apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: g, namespace: shop}
-spec:
-  parentRefs: [{name: gw, namespace: infra}]
-  hostnames: [grpc.test]
-  rules:
-  - matches: [{method: {service: pkg.Users, method: Get}}]
+    let yaml = grpc_route(
+        "  - matches: [{method: {service: pkg.Users, method: Get}}]
     backendRefs: [{name: api, port: 80}]
   - matches: [{method: {service: pkg.Users}}]
     backendRefs: [{name: web, port: 80}]
@@ -1254,7 +1253,8 @@ spec:
     backendRefs: [{name: web, port: 80}]
   - matches: [{method: {type: RegularExpression, service: 'pkg\\.Admin.*', method: 'Del.*'}, headers: [{name: x-admin, value: 'yes'}]}]
     backendRefs: [{name: api, port: 80}]
----
+",
+    ) + "---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {name: empty-match, namespace: shop}
@@ -1263,7 +1263,7 @@ spec:
   hostnames: [grpc.test]
   rules: [{matches: [{method: {}}], backendRefs: [{name: api, port: 80}]}]
 ";
-    let spec = spec_of(yaml);
+    let spec = spec_of(&yaml);
     let post = |path: &'static str, headers: &'static [(&'static str, &'static str)]| Req {
         method: "POST",
         headers,
@@ -1312,4 +1312,29 @@ spec:
         gw.listeners["http"].supported_kinds,
         ["HTTPRoute", "GRPCRoute"]
     );
+}
+
+#[test]
+fn grpc_routes_need_grants_from_grpc_routes_for_backends_and_mirrors() {
+    let route = grpc_route(
+        "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: far, namespace: other, port: 80}}}]
+    backendRefs: [{name: far, namespace: other, port: 80}]
+",
+    );
+    let grant = |from: &str| {
+        format!("---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: other}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: {from}, namespace: shop}}]\n  to: [{{group: '', kind: Service}}]\n")
+    };
+    let spec = spec_of(&format!("{route}{}", grant("GRPCRoute")));
+    let (r, _) = spec.routes.find("grpc.test", "/pkg.S/M").unwrap();
+    assert_eq!(r.backend.service, "far");
+    assert_eq!(r.rule.as_ref().unwrap().mirrors.len(), 1);
+    // A grant to HTTPRoutes does not cover a GRPCRoute.
+    let spec = spec_of(&format!("{route}{}", grant("HTTPRoute")));
+    let text = problems(&spec);
+    assert!(
+        text.contains("no ReferenceGrant there allows GRPCRoutes of shop"),
+        "{text}"
+    );
+    let (r, _) = spec.routes.find("grpc.test", "/pkg.S/M").unwrap();
+    assert!(r.rule.as_ref().unwrap().mirrors.is_empty());
 }

@@ -49,6 +49,9 @@ pub struct Settings {
     /// `listen.https`): the Gateway listeners it can serve.
     pub http_ports: Vec<u16>,
     pub https_ports: Vec<u16>,
+    /// The addresses Gateways are reachable at
+    /// (`kubernetes.publish_addresses` that are IPs); empty: the node's.
+    pub gateway_addresses: Vec<IpAddr>,
 }
 
 impl Settings {
@@ -66,6 +69,7 @@ impl Settings {
             policy: None,
             http_ports: vec![80],
             https_ports: vec![443],
+            gateway_addresses: Vec::new(),
         }
     }
 }

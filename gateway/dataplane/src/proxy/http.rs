@@ -871,9 +871,19 @@ impl HttpProxy {
     /// upstream, on its first attempt only.
     fn start_mirrors(&self, session: &mut Session, upstream: &RequestHeader, ctx: &mut RequestCtx) {
         if ctx.mirrored {
+            // A retry: Pingora replays the body from its start, which the
+            // copies already have part of. They are dropped, not fed twice.
+            if let Some(feed) = ctx.mirror.take() {
+                feed.drop_all();
+            }
             return;
         }
         ctx.mirrored = true;
+        // An upgrade (WebSocket) would hold the copy's connection open
+        // for as long as the deadline: not mirrored.
+        if upstream.headers.contains_key(http::header::UPGRADE) {
+            return;
+        }
         let Some(route) = ctx.route.as_ref() else {
             return;
         };

@@ -27,6 +27,9 @@ use portico_model::snapshot::Snapshot;
 const BACKLOG: usize = 32;
 /// The longest a mirrored exchange may take, start to end.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Copies in flight at once, per proxy: a mirror backend that stalls must
+/// not take the proxy's sockets with it. Past this, copies are dropped.
+const MAX_IN_FLIGHT: usize = 1024;
 
 enum Chunk {
     Data(Bytes),
@@ -48,6 +51,7 @@ pub(super) struct MirrorTimeouts {
 pub(super) struct Mirrors {
     connector: Connector,
     timeouts: MirrorTimeouts,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a request's body goes on to its mirrors.
@@ -79,6 +83,13 @@ impl MirrorFeed {
     pub fn is_empty(&self) -> bool {
         self.senders.is_empty()
     }
+
+    /// Ends every copy still being fed, unfinished.
+    pub fn drop_all(self) {
+        for (_, backend) in &self.senders {
+            count(backend, "dropped");
+        }
+    }
 }
 
 fn count(backend: &str, result: &'static str) {
@@ -91,6 +102,7 @@ impl Mirrors {
         Mirrors {
             connector: Connector::new(None),
             timeouts,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -123,6 +135,10 @@ impl Mirrors {
                 count(&backend, "no_endpoint");
                 continue;
             };
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                count(&backend, "dropped");
+                continue;
+            };
             let mut peer = super::http::upstream_peer_for(pick.addr, &m.backend, protocol, None);
             let t = self.timeouts;
             peer.options.connection_timeout = Some(t.connect);
@@ -145,6 +161,7 @@ impl Mirrors {
                         Err(_) => Err("timeout"),
                     };
                 count(&backend, result.err().unwrap_or("sent"));
+                drop(permit);
             });
         }
         feed
@@ -170,6 +187,10 @@ impl Mirrors {
             .get_http_session(peer)
             .await
             .map_err(failed)?;
+        // The connector leaves these to the caller (the proxy sets them
+        // on its own sessions).
+        s.set_read_timeout(Some(self.timeouts.read));
+        s.set_write_timeout(Some(self.timeouts.write));
         s.write_request_header(Box::new(head))
             .await
             .map_err(failed)?;
@@ -184,7 +205,14 @@ impl Mirrors {
             }
         }
         s.finish_request_body().await.map_err(failed)?;
-        s.read_response_header().await.map_err(failed)?;
+        // Interim answers (100, 103) come before the real one.
+        loop {
+            s.read_response_header().await.map_err(failed)?;
+            match s.response_header().map(|h| h.status.as_u16()) {
+                Some(code) if (100..200).contains(&code) && code != 101 => continue,
+                _ => break,
+            }
+        }
         while s.read_response_body().await.map_err(failed)?.is_some() {}
         self.connector
             .release_http_session(s, peer, Some(self.timeouts.idle))

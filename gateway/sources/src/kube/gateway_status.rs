@@ -118,23 +118,45 @@ pub fn plan(
             Condition::bad(
                 "Accepted",
                 "UnsupportedAddress",
-                "spec.addresses: Portico serves Gateways on its own listeners' addresses",
+                "spec.addresses: only IPAddress values are supported",
             )
         } else {
             Condition::ok("Accepted", "Accepted", "handled by Portico")
         };
-        let gw_programmed = if programmed > 0 {
+        let gw_programmed = if !gs.unassigned_addresses.is_empty() {
+            let list: Vec<String> = gs
+                .unassigned_addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            Condition::bad(
+                "Programmed",
+                "AddressNotAssigned",
+                &format!(
+                    "spec.addresses: {} not among the addresses Portico serves Gateways at",
+                    list.join(", ")
+                ),
+            )
+        } else if programmed > 0 {
             Condition::ok("Programmed", "Programmed", "served")
         } else {
             Condition::bad("Programmed", "Invalid", "no listener is served")
         };
-        let addrs: Vec<Value> = addresses
-            .iter()
-            .map(|a| match a {
-                LbAddress::Ip(ip) => json!({"type": "IPAddress", "value": ip.to_string()}),
-                LbAddress::Hostname(h) => json!({"type": "Hostname", "value": h}),
-            })
-            .collect();
+        // The addresses asked for and assigned, else every one it serves.
+        let addrs: Vec<Value> = if gs.assigned_addresses.is_empty() {
+            addresses
+                .iter()
+                .map(|a| match a {
+                    LbAddress::Ip(ip) => json!({"type": "IPAddress", "value": ip.to_string()}),
+                    LbAddress::Hostname(h) => json!({"type": "Hostname", "value": h}),
+                })
+                .collect()
+        } else {
+            gs.assigned_addresses
+                .iter()
+                .map(|ip| json!({"type": "IPAddress", "value": ip.to_string()}))
+                .collect()
+        };
         let status = json!({
             "addresses": addrs,
             "conditions": conditions(&[&accepted, &gw_programmed], generation, &current["conditions"], now),
@@ -411,6 +433,62 @@ mod tests {
         assert_eq!(parents[1]["parentRef"]["name"], "gw");
         assert_eq!(parents[1]["conditions"][0]["status"], "True");
         assert_eq!(parents[1]["conditions"][0]["observedGeneration"], 3);
+    }
+
+    #[test]
+    fn requested_addresses_are_assigned_only_when_portico_serves_them() {
+        let with = |addresses: &str| {
+            let gw = GW.replace("spec: {", &format!("spec: {{addresses: [{addresses}], "));
+            let store = store_with(&[CLASS, &gw, SVC, &route_with_status("")]);
+            let mut s = portico_translate::Settings::new(vec!["192.0.2.1".parse().unwrap()]);
+            s.http_ports = vec![80];
+            s.gateway_addresses = vec!["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+            let spec = portico_translate::translate(&store, &s);
+            let addrs = [
+                LbAddress::Ip("192.0.2.1".parse().unwrap()),
+                LbAddress::Ip("192.0.2.2".parse().unwrap()),
+            ];
+            let writes = plan(&store, &spec.gateway_api, &addrs, "2026-12-01T00:00:00Z");
+            let gw = writes
+                .iter()
+                .find(|w| w.kind == GatewayKind::Gateway)
+                .unwrap()
+                .status
+                .clone();
+            let problems: Vec<String> = spec.problems.iter().map(|p| p.to_string()).collect();
+            (gw, problems.join("\n"))
+        };
+        // Served: assigned, and the only status address.
+        let (gw, problems) = with("{type: IPAddress, value: 192.0.2.2}");
+        assert_eq!(
+            gw["addresses"],
+            json!([{"type": "IPAddress", "value": "192.0.2.2"}])
+        );
+        assert_eq!(gw["conditions"][0]["status"], "True");
+        assert_eq!(gw["conditions"][1]["reason"], "Programmed");
+        assert!(!problems.contains("spec.addresses"), "{problems}");
+        // Not served: accepted, not programmed, and said where.
+        let (gw, problems) = with("{value: 198.51.100.7}");
+        assert_eq!(gw["conditions"][0]["status"], "True");
+        assert_eq!(gw["conditions"][1]["status"], "False");
+        assert_eq!(gw["conditions"][1]["reason"], "AddressNotAssigned");
+        assert!(
+            problems.contains("spec.addresses[0]: 198.51.100.7 is not an address Portico serves Gateways at (192.0.2.1, 192.0.2.2"),
+            "{problems}"
+        );
+        // Another type, or not an IP: not accepted.
+        for bad in [
+            "{type: Hostname, value: gw.example}",
+            "{type: IPAddress, value: nope}",
+        ] {
+            let (gw, problems) = with(bad);
+            assert_eq!(gw["conditions"][0]["reason"], "UnsupportedAddress", "{bad}");
+            assert!(problems.contains("spec.addresses[0]"), "{problems}");
+        }
+        // No value: Portico's own addresses.
+        let (gw, _) = with("{type: IPAddress}");
+        assert_eq!(gw["addresses"].as_array().unwrap().len(), 2);
+        assert_eq!(gw["conditions"][0]["status"], "True");
     }
 
     #[test]
