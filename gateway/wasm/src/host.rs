@@ -11,7 +11,7 @@
 //! (needs the named-upstream callout), the gRPC calls (not planned), and
 //! `proxy_call_foreign_function` (no foreign functions are registered).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -161,7 +161,9 @@ pub struct VmState {
     pub queue_notifier: Option<QueueNotifier>,
     /// The contexts that exist: the root context and the live stream
     /// contexts (`proxy_set_effective_context` accepts only these).
-    pub live_contexts: HashSet<u32>,
+    /// Keyed by ids the host hands out, never by the plugin's choice, so
+    /// a fast hash (one insert and one remove per request).
+    pub live_contexts: rustc_hash::FxHashSet<u32>,
     pub started: Option<Instant>,
 }
 
