@@ -637,7 +637,7 @@ fn tls_routes_pass_tls_through_by_sni() {
     let (a, b) = (Echo::https("pass-a"), Echo::https("pass-b"));
     let raw = Echo::tcp("plain");
     let (port, term_port) = (free_port(), free_port());
-    let (crt, key) = self_signed(&["t.example.com"]);
+    let (crt, key) = self_signed(&["t.example.com", "t.example.org"]);
     let mut m = backends(&a, &b);
     m += &yaml::service("default", "raw", "", &[("tcp", 9000)]);
     m += &yaml::slice("default", "raw-1", "raw", "tcp", raw.http, true);
@@ -651,6 +651,15 @@ spec:
   listeners:
   - {{name: pass, protocol: TLS, port: {port}, hostname: '*.example.com', tls: {{mode: Passthrough}}}}
   - {{name: term, protocol: TLS, port: {term_port}, tls: {{mode: Terminate, certificateRefs: [{{name: term-cert}}]}}}}
+  - {{name: shared, protocol: TLS, port: {port}, hostname: t.example.org, tls: {{certificateRefs: [{{name: term-cert}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: plain-shared, namespace: default}}
+spec:
+  parentRefs: [{{name: tls, sectionName: shared}}]
+  hostnames: [t.example.org]
+  rules: [{{backendRefs: [{{name: raw, port: 9000}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TLSRoute
@@ -752,27 +761,34 @@ spec:
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(
-        std::sync::Arc::new(config),
-        "t.example.com".try_into().unwrap(),
-    )
-    .unwrap();
-    wait_port(term_port, std::time::Duration::from_secs(5));
-    let tcp = std::net::TcpStream::connect(addr(term_port)).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(b"ping").unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 64];
-    while got.len() < b"plain\nping".len() {
-        let n = tls
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("{e}; {:?}\n{}", String::from_utf8_lossy(&got), gw.log()));
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(String::from_utf8_lossy(&got), "plain\nping");
+    let config = std::sync::Arc::new(config);
+    let terminated = |port: u16, name: &'static str| {
+        let conn = rustls::ClientConnection::new(config.clone(), name.try_into().unwrap()).unwrap();
+        wait_port(port, std::time::Duration::from_secs(5));
+        let tcp = std::net::TcpStream::connect(addr(port)).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"ping").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < b"plain\nping".len() {
+            let n = tls.read(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "{name}: {e}; {:?}\n{}",
+                    String::from_utf8_lossy(&got),
+                    gw.log()
+                )
+            });
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(String::from_utf8_lossy(&got), "plain\nping", "{name}");
+    };
+    terminated(term_port, "t.example.com");
+    // Terminate beside Passthrough on one port, by server name: this name
+    // is terminated while *.example.com above passed through.
+    terminated(port, "t.example.org");
 }
 
 /// A GRPCRoute: a gRPC-shaped call over h2c reaches the h2c backend its

@@ -80,8 +80,10 @@ impl rustls::server::ResolvesServerCert for ListenerCerts {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SniRoutes {
     routes: Vec<SniRoute>,
-    /// `Terminate` mode (the first listener's TLS; each route carries
-    /// its own listener's in `SniRoute::certs`).
+    /// The first `Terminate` listener's TLS on this port, if any (for
+    /// display: each route carries its own listener's in
+    /// `SniRoute::certs`, and a route without is passed through, so both
+    /// modes share a port).
     #[serde(skip)]
     pub terminate: Option<Arc<Termination>>,
 }

@@ -701,18 +701,10 @@ fn attach_sni(
             addr,
         };
         let table = out.sni.entry(lk).or_default();
-        if table.is_empty() && table.terminate.is_none() {
+        // Passthrough and Terminate listeners may share a port: each
+        // route's server names keep their own listener's mode (`certs`).
+        if table.terminate.is_none() {
             table.terminate = l.terminate.clone();
-        } else if table.terminate.is_some() != l.terminate.is_some() {
-            why = format!(
-                "port {} has both Passthrough and Terminate TLS listeners, which Portico does not mix yet",
-                l.port
-            );
-            out.problems.push(Problem::error(
-                here,
-                format!("{what}: {why}; not attached there"),
-            ));
-            continue;
         }
         for name in names {
             let taken = SniRoute {

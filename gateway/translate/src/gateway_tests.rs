@@ -1095,9 +1095,12 @@ spec:
     );
     assert!(spec.certs.find("abc.example.com").is_none());
     assert_eq!(to(7443, "abc.example.com"), web());
-    // Passthrough holds 8443: a Terminate listener there is not mixed in.
-    assert!(table(8443).unwrap().terminate.is_none());
-    assert_eq!(to(8443, "a.mixed.test"), None);
+    // Passthrough and Terminate share 8443, by server name.
+    let shared = table(8443).unwrap();
+    let mode = |name: &str| shared.find(Some(name)).map(|r| r.certs.is_some());
+    assert_eq!(mode("a.mixed.test"), Some(true));
+    assert_eq!(mode("abc.example.com"), Some(false));
+    assert_eq!(to(8443, "a.mixed.test"), web());
 
     let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
     let routes = &spec.gateway_api.tls_routes;
@@ -1129,11 +1132,7 @@ spec:
         "{}",
         dup.message
     );
-    let mixed = parent("mixed", "shop/tls/mixed").accepted;
-    assert_eq!(
-        (mixed.status, mixed.reason.as_str()),
-        (false, "NotAllowedByListeners")
-    );
+    assert!(parent("mixed", "shop/tls/mixed").accepted.status);
     let all = problems(&spec);
     assert!(
         all.contains(
@@ -1160,10 +1159,8 @@ spec:
     // `terminate`, and `wild` (no sectionName: every TLS listener).
     assert_eq!(gw.listeners["term"].attached_routes, 2);
     assert_eq!(gw.listeners["nocert"].accepted.reason, "Invalid");
-    assert!(
-        all.contains("both Passthrough and Terminate TLS listeners"),
-        "{all}"
-    );
+    assert!(!all.contains("Passthrough and Terminate"), "{all}");
+    assert_eq!(gw.listeners["mixed"].attached_routes, 1);
     assert_eq!(gw.listeners["onhttps"].accepted.reason, "PortUnavailable");
 }
 
