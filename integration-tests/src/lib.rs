@@ -57,6 +57,21 @@ pub fn portico_bin() -> PathBuf {
     .clone()
 }
 
+/// A TCP server on 127.0.0.1 that runs `serve` on each connection in a
+/// thread of its own, for backends a test scripts byte by byte. Returns
+/// its port.
+pub fn serve_each(serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}
+
 /// A port that was free a moment ago (TCP and UDP both), never handed out
 /// twice in this test process (tests run in parallel threads).
 pub fn free_port() -> u16 {

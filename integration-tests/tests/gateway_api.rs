@@ -87,6 +87,12 @@ spec:
     filters:
     - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}
     backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 500ms}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: Exact, value: /drip}}]
+    timeouts: {request: 500ms}
+    backendRefs: [{name: drip, port: 80}]
   - matches: [{path: {type: Exact, value: /per-backend}}]
     filters:
     - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-rule, value: r}]}}
@@ -114,6 +120,23 @@ fn backends(a: &Echo, b: &Echo) -> String {
     m
 }
 
+/// A backend that answers every connection with a 10-byte body sent one
+/// byte every 200 ms.
+fn drip_backend() -> u16 {
+    use std::io::{Read, Write};
+    serve_each(|mut conn| {
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n");
+        for _ in 0..10 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if conn.write_all(b"x").is_err() {
+                return;
+            }
+        }
+    })
+}
+
 fn get(port: u16, host: &str, path: &str, extra: &str) -> Response {
     http_request(
         port,
@@ -127,9 +150,12 @@ fn http_routes_match_filter_and_split_through_a_gateway() {
     let a = Echo::http("a");
     let b = Echo::http("b");
     let shadow = RawBackend::start();
+    let drip = drip_backend();
     let (crt, key) = self_signed(&["secure.test"]);
     let shadow_yaml = yaml::service("default", "shadow", "", &[("http", 80)])
-        + &yaml::slice("default", "shadow-1", "shadow", "http", shadow.port, true);
+        + &yaml::slice("default", "shadow-1", "shadow", "http", shadow.port, true)
+        + &yaml::service("default", "drip", "", &[("http", 80)])
+        + &yaml::slice("default", "drip-1", "drip", "http", drip, true);
     let gw = Gateway::start(
         &[
             ("backends.yaml", &backends(&a, &b)),
@@ -243,6 +269,30 @@ fn http_routes_match_filter_and_split_through_a_gateway() {
         "Origin: https://bar.com\r\n",
     );
     assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // timeouts.request: the whole exchange, not each read; past it, 504.
+    assert_eq!(name(&get(gw.http, "app.test", "/delay/50", "")), "a");
+    let started = std::time::Instant::now();
+    let r = get(gw.http, "app.test", "/delay/3000", "");
+    assert_eq!(r.status, 504, "{}", r.text());
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(450)
+            && took < std::time::Duration::from_millis(2500),
+        "{took:?}"
+    );
+
+    // ... including the body: one that drips in (every read well within
+    // the timeout) is cut once the deadline passes.
+    let cut = http_request(
+        gw.http,
+        "GET /drip HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        cut.as_ref().map_or(true, |r| r.body.len() < 10),
+        "{:?}",
+        cut.map(|r| r.text())
+    );
 
     // A backendRef's own filters apply after the rule's.
     let r = get(gw.http, "app.test", "/per-backend", "");

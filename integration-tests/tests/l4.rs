@@ -213,19 +213,11 @@ fn l4_listeners_follow_the_manifests() {
 /// received (after the client's half-close), so a test sees what came
 /// before the payload.
 fn recording_backend() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut all = Vec::new();
-                let _ = conn.read_to_end(&mut all);
-                let _ = conn.write_all(&all);
-            });
-        }
-    });
-    port
+    serve_each(|mut conn| {
+        let mut all = Vec::new();
+        let _ = conn.read_to_end(&mut all);
+        let _ = conn.write_all(&all);
+    })
 }
 
 #[test]

@@ -171,6 +171,9 @@ pub struct RequestCtx {
     via_trusted_proxy: bool,
     /// Which of the rule's weighted backendRefs was drawn.
     drawn: Option<usize>,
+    /// A Gateway API rule's `timeouts.request`: when the whole exchange
+    /// must be over.
+    deadline: Option<Instant>,
     /// The rule's mirrors were started (once, whatever the retries).
     mirrored: bool,
     /// Where the request's body goes on to its mirrors.
@@ -1255,6 +1258,7 @@ impl ProxyHttp for HttpProxy {
             replace_body: None,
             cors_origin: None,
             drawn: None,
+            deadline: None,
             mirrored: false,
             mirror: None,
             limit_slot: None,
@@ -1399,6 +1403,12 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+        ctx.deadline = route
+            .rule
+            .as_ref()
+            .and_then(|r| r.request_timeout_ms)
+            .filter(|ms| *ms > 0)
+            .map(|ms| ctx.start + Duration::from_millis(ms));
         let route = &route;
         // A Gateway API rule's redirect, header edits and rewrite.
         if let Some(rule) = &route.rule {
@@ -1568,10 +1578,10 @@ impl ProxyHttp for HttpProxy {
             policy.and_then(|p| p.policy.connect_timeout_ms),
             self.cfg.connect_timeout_ms,
         ));
-        // A Gateway API rule's timeouts bound the wait for the backend's
-        // answer (Pingora times each read).
-        // `0s` there means none.
-        let rule_timeout = rule.and_then(|r| r.backend_timeout_ms.or(r.request_timeout_ms));
+        // A Gateway API rule's `timeouts.backendRequest` bounds each
+        // attempt's wait for the backend (Pingora times each read); `0s`
+        // there means none.
+        let rule_timeout = rule.and_then(|r| r.backend_timeout_ms);
         o.read_timeout = match rule_timeout {
             Some(0) => None,
             _ => Some(ms(
@@ -1583,6 +1593,24 @@ impl ProxyHttp for HttpProxy {
             policy.and_then(|p| p.policy.write_timeout_ms),
             self.cfg.write_timeout_ms,
         ));
+        // `timeouts.request`: no wait may go past the request's deadline
+        // (a body still arriving then is cut in `response_body_filter`).
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    "the rule's timeouts.request passed before a backend answered",
+                ));
+            }
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = Some(t.map_or(left, |t| t.min(left)));
+            }
+        }
         o.idle_timeout = Some(Duration::from_millis(self.cfg.upstream_idle_timeout_ms));
         Ok(Box::new(peer))
     }
@@ -1780,6 +1808,13 @@ impl ProxyHttp for HttpProxy {
             // client can see the end of the response (and send the next
             // request), not only after `logging`.
             ctx.limit_slot = None;
+        } else if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            // The headers are gone: cutting the response short is the
+            // only way left to keep the rule's `timeouts.request`.
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the rule's timeouts.request passed while the response body was sent",
+            ));
         }
         if matches!(ctx.local_reason, Some("plugin" | "custom-error")) {
             // The headers were replaced: send the replacement body once,
