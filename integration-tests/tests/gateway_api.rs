@@ -269,6 +269,8 @@ fn http_routes_match_filter_and_split_through_a_gateway() {
         "Origin: https://bar.com\r\n",
     );
     assert_eq!(r.header("access-control-allow-origin"), None);
+    // Refused, but a cache must still key the answer by Origin.
+    assert_eq!(r.header("vary"), Some("Origin"));
 
     // timeouts.request: the whole exchange, not each read; past it, 504.
     assert_eq!(name(&get(gw.http, "app.test", "/delay/50", "")), "a");

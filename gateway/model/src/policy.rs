@@ -251,6 +251,12 @@ impl Cors {
         }
     }
 
+    /// Whether the answer depends on the request's `Origin` (anything but
+    /// `*` without credentials), so responses must say `Vary: Origin`.
+    pub fn varies_by_origin(&self) -> bool {
+        self.allow_credentials || self.allow_origins.iter().any(|o| o != "*")
+    }
+
     /// `Access-Control-Allow-Methods` for a preflight asking for
     /// `requested` (its `Access-Control-Request-Method`). `*` is answered
     /// with the method asked for: valid with or without credentials,
@@ -615,6 +621,9 @@ mod tests {
                 .as_deref(),
             Some("https://x.test")
         );
+        assert!(!cors(&["*"], "", "", false).varies_by_origin());
+        assert!(cors(&["*"], "", "", true).varies_by_origin());
+        assert!(c.varies_by_origin());
     }
 
     #[test]

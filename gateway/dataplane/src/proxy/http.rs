@@ -1774,14 +1774,19 @@ impl ProxyHttp for HttpProxy {
                 edit_response(resp, &w.response_headers)?;
             }
         }
-        if let (Some(origin), Some(cors)) = (
-            ctx.cors_origin.as_deref(),
-            ctx.route
-                .as_ref()
-                .and_then(|r| r.policy.as_ref())
-                .and_then(|p| p.policy.cors.as_ref()),
-        ) {
-            cors_headers(resp, cors, origin)?;
+        let cors = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.policy.as_ref())
+            .and_then(|p| p.policy.cors.as_ref());
+        match (ctx.cors_origin.as_deref(), cors) {
+            (Some(origin), Some(cors)) => cors_headers(resp, cors, origin)?,
+            // Refused origins too: a cache must not hand this answer to
+            // an origin that would have been allowed.
+            (None, Some(cors)) if cors.varies_by_origin() => {
+                resp.append_header("vary", "Origin")?;
+            }
+            _ => {}
         }
         let Some(local) = self.run_response_headers(session, ctx, resp).await else {
             return Ok(());
