@@ -1629,6 +1629,30 @@ fn gateway_api_routes_are_served_and_their_status_written() {
                         .is_some_and(|c| c["status"] == "True")
             })
     });
+    // spec.addresses on the real API server (its CRD validates them):
+    // an address Portico does not serve is not assigned; one it serves
+    // is, and becomes the status address.
+    let asks = |address: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: asks, namespace: {ns}}}\nspec:\n  gatewayClassName: portico-{ns}\n  addresses: [{{type: IPAddress, value: {address}}}]\n  listeners: [{{name: http, protocol: HTTP, port: {}}}]\n", gw.http)
+    };
+    api.apply(&asks("198.51.100.7")).unwrap();
+    wait_for(10, "AddressNotAssigned", || {
+        api.get("gateways.gateway.networking.k8s.io", &ns, "asks")
+            .is_some_and(|g| {
+                condition(&g["status"]["conditions"], "Programmed")
+                    .is_some_and(|c| c["status"] == "False" && c["reason"] == "AddressNotAssigned")
+            })
+    });
+    api.apply(&asks("127.0.0.1")).unwrap();
+    wait_for(10, "the served address assigned", || {
+        api.get("gateways.gateway.networking.k8s.io", &ns, "asks")
+            .is_some_and(|g| {
+                g["status"]["addresses"]
+                    == serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}])
+                    && condition(&g["status"]["conditions"], "Programmed")
+                        .is_some_and(|c| c["status"] == "True")
+            })
+    });
     wait_for(10, "BackendNotFound on the broken route", || {
         api.get("httproutes.gateway.networking.k8s.io", &ns, "broken")
             .is_some_and(|r| {
