@@ -904,3 +904,89 @@ spec:
     let (out, err) = call("/pkg.Users/Delete");
     assert!(out.starts_with("HTTP/2 404"), "{out}{err}");
 }
+
+/// HTTPRoute `sessionPersistence` through the shipped session-affinity
+/// plugin: a cookie named as asked, on the matched path, `Secure` on the
+/// HTTPS listener; requests carrying it stay on one endpoint.
+#[test]
+fn session_persistence_keeps_a_client_on_one_endpoint() {
+    let (one, two) = (Echo::http("one"), Echo::http("two"));
+    let (crt, key) = self_signed(&["secure.test"]);
+    let mut m = yaml::service("default", "a", "", &[("http", 80)]);
+    m += &yaml::slice("default", "a-1", "a", "http", one.http, true);
+    m += &yaml::slice("default", "a-2", "a", "http", two.http, true);
+    m += &yaml::tls_secret("default", "secure-cert", &crt, &key);
+    let gw = Gateway::start(&[("backends.yaml", &m)], &session_affinity_config());
+    let routes = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: sticky, namespace: default}
+spec:
+  parentRefs: [{name: edge, namespace: infra}]
+  hostnames: [app.test, secure.test]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /shop}}]
+    sessionPersistence: {sessionName: SHOP, absoluteTimeout: 30m, cookieConfig: {lifetimeType: Permanent}}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /free}}]
+    backendRefs: [{name: a, port: 80}]
+";
+    gw.write_manifest(
+        "gateway.yaml",
+        &format!("{}{routes}", gateway_yaml(gw.http, gw.https)),
+    );
+    let name = |r: &Response| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["name"].as_str().unwrap().to_string()
+    };
+    let first = get(gw.http, "app.test", "/shop/cart", "");
+    let set = first
+        .header("set-cookie")
+        .expect("a cookie is set")
+        .to_string();
+    assert!(set.starts_with("SHOP="), "{set}");
+    assert!(set.contains("; Path=/shop;"), "{set}");
+    assert!(set.contains("; Max-Age=1800"), "{set}");
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let pinned = name(&first);
+    let cookie = format!("Cookie: {}\r\n", set.split(';').next().unwrap());
+    for _ in 0..8 {
+        let r = get(gw.http, "app.test", "/shop/item", &cookie);
+        assert_eq!(name(&r), pinned);
+        assert_eq!(
+            r.header("set-cookie"),
+            None,
+            "a held cookie is not set again"
+        );
+    }
+    // The rule without persistence: no cookie, round robin.
+    let seen: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            let r = get(gw.http, "app.test", "/free", &cookie);
+            assert_eq!(r.header("set-cookie"), None);
+            name(&r)
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // On the HTTPS listener the cookie is Secure.
+    let ca = gw.dir.write("ca.pem", &crt);
+    let resolve = format!("secure.test:{}:127.0.0.1", gw.https);
+    let (out, err) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("https://secure.test:{}/shop", gw.https),
+    ]);
+    let set = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie over HTTPS: {out} {err}"));
+    assert!(
+        set.contains("SHOP=") && set.trim_end().ends_with("; Secure"),
+        "{set}"
+    );
+}

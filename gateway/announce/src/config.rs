@@ -62,9 +62,20 @@ pub struct PoolConfig {
     /// BGP: instead of `announce.bgp.local_preference`.
     #[serde(default)]
     pub local_preference: Option<u32>,
+    /// Gateways may ask for addresses of this pool (`spec.addresses`):
+    /// such an address is served and announced for its Gateway. Off by
+    /// default: whoever may write a Gateway could otherwise take any
+    /// address on the segment.
+    #[serde(default)]
+    pub gateways: bool,
 }
 
 impl PoolConfig {
+    /// The pool's networks that parse (`validate` reports the others).
+    pub fn valid_networks(&self) -> Vec<IpNetwork> {
+        self.networks().flatten().collect()
+    }
+
     fn networks(&self) -> impl Iterator<Item = Result<IpNetwork, String>> + '_ {
         self.addresses.iter().map(move |a| {
             a.parse::<IpNetwork>().map_err(|e| {

@@ -17,6 +17,37 @@ use crate::lb::{PolicyKind, Pool};
 use crate::problems::Problem;
 use crate::routing::RouteTable;
 
+/// The object an announced address is served for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum AddressOwner {
+    /// A LoadBalancer Service's own address.
+    Service(crate::store::ObjectKey),
+    /// A Gateway's `spec.addresses` entry from an announce pool that
+    /// allows Gateways.
+    Gateway(crate::store::ObjectKey),
+}
+
+impl AddressOwner {
+    pub fn key(&self) -> &crate::store::ObjectKey {
+        match self {
+            AddressOwner::Service(k) | AddressOwner::Gateway(k) => k,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AddressOwner::Service(_) => "Service",
+            AddressOwner::Gateway(_) => "Gateway",
+        }
+    }
+}
+
+impl fmt::Display for AddressOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.key())
+    }
+}
+
 /// A Service port as an upstream: `namespace/name:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct BackendKey {
@@ -222,9 +253,10 @@ pub struct SnapshotSpec {
     pub referenced_secrets: std::collections::BTreeSet<crate::store::ObjectKey>,
     /// LoadBalancer Services' own addresses (status, else
     /// `spec.loadBalancerIP`; not the node addresses they fall back to),
-    /// unless the Service opts out of announcement: what bare-metal
-    /// announcement makes reachable.
-    pub load_balancer_addresses: BTreeMap<std::net::IpAddr, crate::store::ObjectKey>,
+    /// unless the Service opts out of announcement, and the addresses
+    /// Gateways were given from announce pools (`spec.addresses`): what
+    /// bare-metal announcement makes reachable.
+    pub load_balancer_addresses: BTreeMap<std::net::IpAddr, AddressOwner>,
     /// What the Gateway API objects' status should say.
     pub gateway_api: crate::gateway_status::GatewayApiStatus,
 }
@@ -241,7 +273,7 @@ pub struct Snapshot {
     pub problems: Vec<Problem>,
     pub admitted_ingresses: usize,
     pub ignored_ingresses: Vec<IgnoredIngress>,
-    pub load_balancer_addresses: BTreeMap<std::net::IpAddr, crate::store::ObjectKey>,
+    pub load_balancer_addresses: BTreeMap<std::net::IpAddr, AddressOwner>,
     pub gateway_api: crate::gateway_status::GatewayApiStatus,
 }
 

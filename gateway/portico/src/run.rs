@@ -64,8 +64,9 @@ fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     Ok(())
 }
 
-/// The addresses to announce: the configured ones now, and the
-/// LoadBalancer Services' own as each snapshot says (`service_addresses`).
+/// The addresses to announce: the configured ones now, and as each
+/// snapshot says the LoadBalancer Services' own (`service_addresses`) and
+/// the Gateways' from pools open to them.
 fn follow_service_addresses(
     cfg: &portico_announce::AnnounceConfig,
     publisher: &Arc<portico_model::publish::Publisher>,
@@ -74,7 +75,7 @@ fn follow_service_addresses(
     let fixed: std::collections::BTreeSet<std::net::IpAddr> =
         cfg.addresses.iter().copied().collect();
     ownerships.set_candidates(cfg, &fixed);
-    if !cfg.service_addresses {
+    if !cfg.service_addresses && !cfg.pools.iter().any(|p| p.gateways) {
         return Ok(());
     }
     let (publisher, ownerships, cfg) = (publisher.clone(), ownerships.clone(), cfg.clone());
@@ -87,7 +88,18 @@ fn follow_service_addresses(
                 if seen != Some(snap.generation) {
                     seen = Some(snap.generation);
                     let mut all = fixed.clone();
-                    all.extend(snap.load_balancer_addresses.keys().copied());
+                    all.extend(
+                        snap.load_balancer_addresses
+                            .iter()
+                            .filter(|(_, owner)| {
+                                cfg.service_addresses
+                                    || matches!(
+                                        owner,
+                                        portico_model::snapshot::AddressOwner::Gateway(_)
+                                    )
+                            })
+                            .map(|(ip, _)| *ip),
+                    );
                     ownerships.set_candidates(&cfg, &all);
                 }
                 drop(snap);

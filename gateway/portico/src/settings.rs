@@ -38,6 +38,13 @@ pub fn translate_settings(cfg: &Config) -> Settings {
         .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
+    s.gateway_pools = cfg
+        .announce
+        .pools
+        .iter()
+        .filter(|p| p.gateways)
+        .map(|p| (p.name.clone(), p.valid_networks()))
+        .collect();
     s.policy = cfg.ingress.policy_plugin.as_ref().map(|name| {
         portico_wasm::ingress_policy::installed()
             .map(|p| p as Arc<dyn IngressPolicy>)

@@ -38,6 +38,8 @@ use portico_model::store::{ObjectKey, Store};
 use super::backend::{Backends, PortRef};
 use super::label_selector::LabelSelector;
 
+mod session;
+
 /// The `controllerName` of the GatewayClasses Portico implements.
 pub const CONTROLLER_NAME: &str = "portico.io/gateway-controller";
 
@@ -577,7 +579,8 @@ fn add_l4_route(
                 }
                 hostname_met = true;
                 let target = (resolved.as_ref(), &split[..]);
-                match attach_sni(key, l, &names, target, &what, here, node, out) {
+                let addrs = listener_addresses(node, &l.gateway, out);
+                match attach_sni(key, l, &names, target, &what, here, &addrs, out) {
                     Ok(()) => {
                         attached_somewhere = true;
                         sni_attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
@@ -619,7 +622,7 @@ fn add_l4_route(
             _ => L4Protocol::Tcp,
         };
         let mut placed = false;
-        for ip in node {
+        for ip in &listener_addresses(node, &l.gateway, out) {
             let lk = L4ListenerKey {
                 protocol,
                 addr: std::net::SocketAddr::new(*ip, l.port),
@@ -664,8 +667,28 @@ fn add_l4_route(
     states
 }
 
+/// Where a Gateway's TCP, UDP and TLS listeners listen: the node's
+/// addresses and the Gateway's own from announce pools.
+fn listener_addresses(
+    node: &[std::net::IpAddr],
+    gateway: &ObjectKey,
+    out: &SnapshotSpec,
+) -> Vec<std::net::IpAddr> {
+    let mut addrs = node.to_vec();
+    addrs.extend(
+        out.load_balancer_addresses
+            .iter()
+            .filter(|(ip, owner)| {
+                matches!(owner, portico_model::snapshot::AddressOwner::Gateway(k) if k == gateway)
+                    && !node.contains(ip)
+            })
+            .map(|(ip, _)| *ip),
+    );
+    addrs
+}
+
 /// Puts a TLSRoute's `names` (already narrowed by the listener's
-/// hostname) into the SNI table of listener `l` on each node address.
+/// hostname) into the SNI table of listener `l` on each of `node`.
 /// `backend` is `None` when the route's backends do not resolve: its
 /// names are still taken, and their connections refused, as the spec
 /// asks. `Err` says why, when the route is attached nowhere.
@@ -770,17 +793,21 @@ fn add_gateway(
         }
         state.listeners.insert(l.name.clone(), ls);
     }
-    requested_addresses(gw, here, settings, out, &mut state);
+    requested_addresses(key, gw, here, settings, out, &mut state);
     state
 }
 
 /// `spec.addresses`: Portico serves a Gateway on its own listeners, at
 /// the addresses it publishes (`kubernetes.publish_addresses`, else the
-/// node's). An `IPAddress` among those is assigned and becomes the
-/// Gateway's status address; another is not assigned (Programmed=False,
-/// AddressNotAssigned); other types and values that are not IPs are
-/// unsupported (Accepted=False, UnsupportedAddress).
+/// node's), and at addresses of announce pools open to Gateways, which
+/// become the Gateway's own (announced, and its L4 listeners bind there).
+/// An `IPAddress` of either kind is assigned and becomes the Gateway's
+/// status address; another, or a pool address a Service or an older
+/// Gateway has, is not assigned (Programmed=False, AddressNotAssigned);
+/// other types and values that are not IPs are unsupported
+/// (Accepted=False, UnsupportedAddress).
 fn requested_addresses(
+    key: &ObjectKey,
     gw: &Gateway,
     here: &str,
     settings: &super::Settings,
@@ -816,19 +843,53 @@ fn requested_addresses(
                 state.addresses_unsupported = true;
             }
             Ok(ip) if served.contains(&ip) => state.assigned_addresses.push(ip),
-            Ok(ip) => {
-                let list: Vec<String> = served.iter().map(|a| a.to_string()).collect();
-                out.problems.push(Problem::error(
-                    here,
-                    format!(
-                        "{what}: {ip} is not an address Portico serves Gateways at ({}; kubernetes.publish_addresses, else node.addresses); not assigned",
-                        list.join(", ")
-                    ),
-                ));
-                state.unassigned_addresses.push(ip);
-            }
+            Ok(ip) => match gateway_pool_of(settings, ip) {
+                Some(pool) => {
+                    let owner = portico_model::snapshot::AddressOwner::Gateway(key.clone());
+                    match out.load_balancer_addresses.get(&ip) {
+                        Some(other) if *other != owner => {
+                            out.problems.push(Problem::error(
+                                here,
+                                format!("{what}: {ip} (announce pool {pool}) is already the address of {other}; not assigned"),
+                            ));
+                            state.unassigned_addresses.push(ip);
+                        }
+                        _ if state.assigned_addresses.contains(&ip) => {}
+                        _ => {
+                            out.load_balancer_addresses.insert(ip, owner);
+                            state.assigned_addresses.push(ip);
+                        }
+                    }
+                }
+                None => {
+                    let list: Vec<String> = served.iter().map(|a| a.to_string()).collect();
+                    let pools: Vec<&str> = settings
+                        .gateway_pools
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    out.problems.push(Problem::error(
+                        here,
+                        format!(
+                            "{what}: {ip} is not an address Portico serves Gateways at ({}; kubernetes.publish_addresses, else node.addresses) nor in an announce pool open to Gateways ({}); not assigned",
+                            list.join(", "),
+                            if pools.is_empty() { "none: [[announce.pools]] with gateways = true".to_string() } else { pools.join(", ") }
+                        ),
+                    ));
+                    state.unassigned_addresses.push(ip);
+                }
+            },
         }
     }
+}
+
+/// The announce pool open to Gateways that `ip` is in.
+fn gateway_pool_of(settings: &super::Settings, ip: std::net::IpAddr) -> Option<&str> {
+    settings
+        .gateway_pools
+        .iter()
+        .find(|(_, nets)| nets.iter().any(|n| n.contains(ip)))
+        .map(|(name, _)| name.as_str())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1340,10 +1401,24 @@ fn add_http_route(
     let scoped_plugins = settings
         .scoped
         .for_ingress(route.metadata.annotations.as_ref());
+    // The plugins a rule with session persistence gets: those scoped to
+    // the cookie-affinity annotation as well (see `session`).
+    let session_plugins = {
+        let mut a = (*annotations).clone();
+        a.extend(session::scope_annotations());
+        settings.scoped.for_ingress(Some(&a))
+    };
     let mut resolved_refs: Option<(String, String)> = None;
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let what = format!("spec.rules[{ri}]");
-        let built = build_rule((key, flavor.kind), rule, &what, store, settings, backends);
+        let built = build_rule(
+            (key, flavor.kind),
+            (ri, rule),
+            &what,
+            store,
+            settings,
+            backends,
+        );
         let policy = match &built.cors {
             None => flavor.policy.clone(),
             Some(cors) => {
@@ -1366,6 +1441,18 @@ fn add_http_route(
                 resolved_refs = Some((reason.clone(), msg.clone()));
             }
         }
+        for msg in &built.warnings {
+            out.problems.push(Problem::warning(here, msg.clone()));
+        }
+        if built.session.is_some() && session_plugins.len() == scoped_plugins.len() {
+            out.problems.push(Problem::warning(
+                here,
+                format!(
+                    "{what}.sessionPersistence: no loaded plugin applies to {} (the shipped session-affinity plugin does, with applies_to); the rule serves without session persistence",
+                    session::AFFINITY
+                ),
+            ));
+        }
         let default_match = [HttpRouteRulesMatches::default()];
         let matches = rule
             .matches
@@ -1384,7 +1471,26 @@ fn add_http_route(
                 ));
                 continue;
             }
+            // With session persistence, the cookie-affinity annotations
+            // for this match: plain and for HTTPS listeners (Secure).
+            let session = built.session.as_ref().map(|c| {
+                let path = session::cookie_path(matched.kind, &matched.path);
+                [false, true].map(|secure| {
+                    std::sync::Arc::new(session::annotations(&annotations, c, &path, secure))
+                })
+            });
             for (l, hosts) in &attached {
+                let (route_annotations, route_plugins) = match &session {
+                    None => (&annotations, &scoped_plugins),
+                    Some([plain, secure]) => (
+                        if l.protocol == Protocol::Https {
+                            secure
+                        } else {
+                            plain
+                        },
+                        &session_plugins,
+                    ),
+                };
                 let mut conditions = matched.conditions.clone();
                 conditions.ports = vec![l.port];
                 conditions.tls = Some(l.protocol == Protocol::Https);
@@ -1404,8 +1510,8 @@ fn add_http_route(
                         kind: matched.kind,
                         backend: built.backend.clone(),
                         plugins: built.plugins.clone(),
-                        scoped_plugins: scoped_plugins.clone(),
-                        annotations: annotations.clone(),
+                        scoped_plugins: route_plugins.clone(),
+                        annotations: route_annotations.clone(),
                         policy: policy.clone(),
                         canary: None,
                         path_regex: matched.regex.clone(),
@@ -1597,6 +1703,9 @@ struct BuiltRule {
     cors: Option<portico_model::policy::Cors>,
     /// (ResolvedRefs reason or "", message).
     problems: Vec<(String, String)>,
+    /// `sessionPersistence`, when Portico carries it out.
+    session: Option<session::SessionCookie>,
+    warnings: Vec<String>,
 }
 
 /// The route a rule belongs to, and its kind (`HTTPRoute`, `GRPCRoute`):
@@ -1605,7 +1714,7 @@ type RouteRef<'a> = (&'a ObjectKey, &'static str);
 
 fn build_rule(
     (route, kind): RouteRef<'_>,
-    rule: &HttpRouteRules,
+    (index, rule): (usize, &HttpRouteRules),
     what: &str,
     store: &Store,
     settings: &super::Settings,
@@ -1622,6 +1731,8 @@ fn build_rule(
         needs_prefix: false,
         cors: None,
         problems: Vec::new(),
+        session: None,
+        warnings: Vec::new(),
     };
     // A filter Portico cannot apply makes the rule answer 500 (the spec:
     // such a filter must not be skipped).
@@ -1732,6 +1843,33 @@ fn build_rule(
                 b.backend = first;
             }
             b.action.weighted = many.to_vec();
+        }
+    }
+    if rule.retry.is_some() {
+        b.warnings.push(format!(
+            "{what}.retry (experimental) is not supported; requests are not retried by status"
+        ));
+    }
+    if let Some(sp) = &rule.session_persistence {
+        let sw = format!("{what}.sessionPersistence");
+        // GEP-1619 lets an implementation refuse persistence across a
+        // traffic split; the plugin pins endpoints of one backend.
+        let result = if b.action.weighted.len() > 1 {
+            Err(format!(
+                "{sw}: session persistence across several backendRefs is not supported"
+            ))
+        } else {
+            session::cookie(sp, &route.to_string(), index, &sw)
+        };
+        match result {
+            Ok((cookie, warnings)) => {
+                b.session = Some(cookie);
+                b.warnings.extend(warnings);
+            }
+            Err(msg) => b.problems.push((
+                String::new(),
+                format!("{msg}; the rule serves without session persistence"),
+            )),
         }
     }
     b
@@ -1973,6 +2111,13 @@ fn apply_filter(
         }
         // Taken by `build_rule`, which resolves its backend.
         F::RequestMirror => {}
+        // Experimental channel: not implemented, and an auth filter must
+        // never be skipped.
+        F::ExternalAuth => {
+            return Err(format!(
+                "{what}: the ExternalAuth filter is not supported (an ExtensionRef to a Portico plugin can authorize requests)"
+            ))
+        }
     }
     Ok(())
 }

@@ -1335,3 +1335,231 @@ fn grpc_routes_need_grants_from_grpc_routes_for_backends_and_mirrors() {
     let (r, _) = spec.routes.find("grpc.test", "/pkg.S/M").unwrap();
     assert!(r.rule.as_ref().unwrap().mirrors.is_empty());
 }
+
+#[test]
+fn session_persistence_scopes_the_affinity_plugin_to_its_rules() {
+    let (crt, key) = portico_model::certs::self_signed_pem(&["s.test"], None).unwrap();
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let extra = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert, namespace: infra}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tls, namespace: infra}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: https, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: cert}}]}}, allowedRoutes: {{namespaces: {{from: All}}}}}}
+---
+{}",
+        indent(&crt),
+        indent(&key),
+        route(
+            "sticky",
+            "  parentRefs: [{name: gw, namespace: infra, sectionName: http}, {name: tls, namespace: infra}]
+  hostnames: [s.test]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /app/}}, {path: {type: RegularExpression, value: '/re/v[0-9]+/x'}}]
+    sessionPersistence: {sessionName: S, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /plain}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /header}}]
+    sessionPersistence: {type: Header}
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    sessionPersistence: {}
+    backendRefs: [{name: web, port: 80}, {name: api, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /default}}]
+    sessionPersistence: {absoluteTimeout: 10m}
+    backendRefs: [{name: web, port: 80}]"
+        )
+    );
+    let store = store_of(&format!("{BASE}---\n{extra}"));
+    let mut s = settings();
+    s.scoped.http.push((
+        "session-affinity".into(),
+        portico_model::scope::PluginScope {
+            ingress_annotations: vec!["nginx.ingress.kubernetes.io/affinity".into()],
+            ..Default::default()
+        },
+    ));
+    let spec = translate(&store, &s);
+    let at = |path: &str, port: u16| {
+        let facts = RequestFacts {
+            port: Some(port),
+            tls: port == 443,
+            request: None,
+        };
+        let (r, _) = spec.routes.find_request("s.test", path, &facts).unwrap();
+        let a = |k: &str| {
+            r.annotations
+                .get(&format!("nginx.ingress.kubernetes.io/{k}"))
+                .cloned()
+        };
+        (
+            r.scoped_plugins.clone(),
+            a("affinity"),
+            a("session-cookie-name"),
+            a("session-cookie-path"),
+            a("session-cookie-max-age"),
+            a("session-cookie-secure"),
+        )
+    };
+    let plugin = vec!["session-affinity".to_string()];
+    let some = |v: &str| Some(v.to_string());
+    // A Permanent cookie named as asked, on the matched path, Secure on
+    // the HTTPS listener only.
+    assert_eq!(
+        at("/app/x", 80),
+        (
+            plugin.clone(),
+            some("cookie"),
+            some("S"),
+            some("/app"),
+            some("3600"),
+            None
+        )
+    );
+    assert_eq!(at("/app/x", 443).5, some("true"));
+    // A regular expression: its longest literal prefix, to a '/'.
+    assert_eq!(at("/re/v2/x", 80).3, some("/re"));
+    // No persistence: no plugin, no annotations.
+    assert_eq!(at("/plain", 80), (vec![], None, None, None, None, None));
+    // Refused: Header persistence and a traffic split serve without it.
+    assert_eq!(at("/header", 80).1, None);
+    let text = problems(&spec);
+    assert!(
+        text.contains("spec.rules[2].sessionPersistence.type: Header session persistence is not supported (only Cookie); the rule serves without session persistence"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.rules[3].sessionPersistence: session persistence across several backendRefs is not supported"),
+        "{text}"
+    );
+    // A Session cookie with a generated name; the timeout it cannot
+    // enforce is reported.
+    let (_, affinity, name, _, max_age, _) = at("/default", 80);
+    assert_eq!(affinity, some("cookie"));
+    assert!(name.unwrap().starts_with("portico-session-"));
+    assert_eq!(max_age, None);
+    assert!(
+        text.contains(
+            "spec.rules[4].sessionPersistence.absoluteTimeout on a Session cookie is not enforced"
+        ),
+        "{text}"
+    );
+    // Without a plugin scoped to the annotation, the route says so.
+    let spec = translate(&store, &settings());
+    assert_eq!(at_plugins(&spec), Vec::<String>::new());
+    assert!(
+        problems(&spec).contains("spec.rules[0].sessionPersistence: no loaded plugin applies to nginx.ingress.kubernetes.io/affinity"),
+        "{}",
+        problems(&spec)
+    );
+}
+
+fn at_plugins(spec: &SnapshotSpec) -> Vec<String> {
+    let facts = RequestFacts {
+        port: Some(80),
+        tls: false,
+        request: None,
+    };
+    let (r, _) = spec
+        .routes
+        .find_request("s.test", "/app/x", &facts)
+        .unwrap();
+    r.scoped_plugins.clone()
+}
+
+#[test]
+fn gateway_addresses_from_pools_open_to_gateways_are_their_own() {
+    let gateway = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  gatewayClassName: portico
+  addresses: [{{value: {ip}}}]
+  listeners:
+  - {{name: db-{name}, protocol: TCP, port: {port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: db-{name}, namespace: shop}}
+spec:
+  parentRefs: [{{name: {name}}}]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+---
+",
+            port = 5400 + name.len()
+        )
+    };
+    let yaml = gateway("vip", "192.0.2.70")
+        + &gateway("taken", "192.0.2.71")
+        + &gateway("outside", "198.51.100.1")
+        + "apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: shop}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 192.0.2.71
+  ports: [{port: 9000}]
+";
+    let store = store_of(&format!("{BASE}---\n{yaml}"));
+    let mut s = settings();
+    s.gateway_pools = vec![("gateways".into(), vec!["192.0.2.64/28".parse().unwrap()])];
+    let spec = translate(&store, &s);
+    let owners: Vec<(String, String)> = spec
+        .load_balancer_addresses
+        .iter()
+        .map(|(ip, o)| (ip.to_string(), o.to_string()))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("192.0.2.70".to_string(), "Gateway shop/vip".to_string()),
+            ("192.0.2.71".to_string(), "Service shop/lb".to_string())
+        ]
+    );
+    // Assigned: the status address, and its TCP listener binds there
+    // as well as on the node.
+    let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    let vip = &spec.gateway_api.gateways[&key("vip")];
+    assert_eq!(
+        vip.assigned_addresses,
+        ["192.0.2.70".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(vip.unassigned_addresses.is_empty());
+    let l4: Vec<String> = spec.l4.keys().map(|k| k.to_string()).collect();
+    assert!(l4.contains(&"tcp:192.0.2.70:5403".to_string()), "{l4:?}");
+    assert!(l4.contains(&"tcp:127.0.0.1:5403".to_string()), "{l4:?}");
+    // A Service's address and one outside every open pool are refused,
+    // and nothing listens there.
+    for (name, ip) in [("taken", "192.0.2.71"), ("outside", "198.51.100.1")] {
+        let gw = &spec.gateway_api.gateways[&key(name)];
+        assert_eq!(
+            gw.unassigned_addresses,
+            [ip.parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(
+            !l4.iter().any(|k| k.contains(ip) && !k.ends_with(":9000")),
+            "{l4:?}"
+        );
+    }
+    let text = problems(&spec);
+    assert!(
+        text.contains("spec.addresses[0]: 192.0.2.71 (announce pool gateways) is already the address of Service shop/lb; not assigned"),
+        "{text}"
+    );
+    assert!(
+        text.contains("198.51.100.1 is not an address Portico serves Gateways at (127.0.0.1; kubernetes.publish_addresses, else node.addresses) nor in an announce pool open to Gateways (gateways); not assigned"),
+        "{text}"
+    );
+    // Without an open pool the address is not the Gateway's.
+    let spec = translate(&store, &settings());
+    assert!(!spec
+        .load_balancer_addresses
+        .contains_key(&"192.0.2.70".parse().unwrap()));
+    assert!(problems(&spec).contains("(none: [[announce.pools]] with gateways = true)"));
+}

@@ -52,6 +52,10 @@ pub struct Settings {
     /// The addresses Gateways are reachable at
     /// (`kubernetes.publish_addresses` that are IPs); empty: the node's.
     pub gateway_addresses: Vec<IpAddr>,
+    /// `[[announce.pools]]` with `gateways = true`: (name, networks). A
+    /// Gateway's `spec.addresses` IP in one of them is its own, served and
+    /// announced.
+    pub gateway_pools: Vec<(String, Vec<ipnetwork::IpNetwork>)>,
 }
 
 impl Settings {
@@ -70,6 +74,7 @@ impl Settings {
             http_ports: vec![80],
             https_ports: vec![443],
             gateway_addresses: Vec::new(),
+            gateway_pools: Vec::new(),
         }
     }
 }

@@ -25,7 +25,7 @@ pub fn add_l4_listeners(
     settings: &Settings,
     backends: &mut Backends<'_>,
     l4: &mut BTreeMap<L4ListenerKey, BackendKey>,
-    announce: &mut BTreeMap<IpAddr, portico_model::store::ObjectKey>,
+    announce: &mut BTreeMap<IpAddr, portico_model::snapshot::AddressOwner>,
     problems: &mut Vec<Problem>,
 ) {
     for (key, stored) in super::oldest_first(&store.services, |s| &s.metadata) {
@@ -76,7 +76,9 @@ pub fn add_l4_listeners(
             if opt != Some("false") {
                 for ip in &lb_addrs {
                     // The older Service keeps an address two Services claim.
-                    announce.entry(*ip).or_insert_with(|| key.clone());
+                    announce.entry(*ip).or_insert_with(|| {
+                        portico_model::snapshot::AddressOwner::Service(key.clone())
+                    });
                 }
             }
             if lb_addrs.is_empty() {

@@ -684,8 +684,8 @@ fn load_balancer_addresses_are_announced_unless_the_service_opts_out() {
     assert_eq!(
         announced,
         [
-            ("192.0.2.10".to_string(), "ns/a".to_string()),
-            ("192.0.2.12".to_string(), "ns/c".to_string())
+            ("192.0.2.10".to_string(), "Service ns/a".to_string()),
+            ("192.0.2.12".to_string(), "Service ns/c".to_string())
         ]
     );
     assert!(spec

@@ -10,9 +10,15 @@
 //!   `session-cookie-name` (default `INGRESSCOOKIE`),
 //!   `session-cookie-max-age` (seconds; default: a session cookie),
 //!   `session-cookie-path` (default `/`), `session-cookie-samesite`
-//!   (`None`, `Lax`, `Strict`) and `affinity-mode`: `balanced` (default:
-//!   stick while the endpoint is ready) or `persistent` (stick while it
-//!   serves at all).
+//!   (`None`, `Lax`, `Strict`), `session-cookie-secure` (`true`: the
+//!   cookie is only sent over HTTPS; always so with `SameSite=None`) and
+//!   `affinity-mode`: `balanced` (default: stick while the endpoint is
+//!   ready) or `persistent` (stick while it serves at all).
+//!
+//!   An HTTPRoute rule's `sessionPersistence` (Gateway API) reaches this
+//!   plugin the same way: Portico's translation sets these annotations on
+//!   the rule's routes (cookie name, the matched path, `Max-Age` for a
+//!   Permanent cookie, `Secure` on HTTPS listeners).
 //!
 //! proxy-wasm decides a root's context kind (HTTP or TCP) once, so the
 //! plugin is loaded once per kind: with configuration `tcp` it serves L4
@@ -47,6 +53,7 @@ pub struct CookieSettings {
     pub max_age: Option<u64>,
     pub path: String,
     pub same_site: Option<String>,
+    pub secure: bool,
     pub persistent: bool,
 }
 
@@ -63,6 +70,8 @@ impl CookieSettings {
                 .find(|s| s.eq_ignore_ascii_case(v.trim()))
                 .map(|s| s.to_string())
         });
+        let secure = same_site.as_deref() == Some("None")
+            || get("session-cookie-secure").map_or(false, |v| v.trim().eq_ignore_ascii_case("true"));
         Some(CookieSettings {
             name: get("session-cookie-name")
                 .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
@@ -72,6 +81,7 @@ impl CookieSettings {
                 .filter(|p| p.starts_with('/') && !p.contains(';'))
                 .unwrap_or_else(|| "/".into()),
             same_site,
+            secure,
             persistent: get("affinity-mode").as_deref() == Some("persistent"),
         })
     }
@@ -84,9 +94,9 @@ impl CookieSettings {
         }
         if let Some(s) = &self.same_site {
             c.push_str(&format!("; SameSite={s}"));
-            if s == "None" {
-                c.push_str("; Secure");
-            }
+        }
+        if self.secure {
+            c.push_str("; Secure");
         }
         c
     }
@@ -358,6 +368,19 @@ mod tests {
         // Values that would break the header are refused.
         let bad = settings(&[("affinity", "cookie"), ("session-cookie-name", "a;b"), ("session-cookie-path", "/x; Domain=evil")]).unwrap();
         assert_eq!((bad.name.as_str(), bad.path.as_str()), ("INGRESSCOOKIE", "/"));
+    }
+
+    #[test]
+    fn secure_cookies() {
+        let plain = settings(&[("affinity", "cookie")]).unwrap();
+        assert!(!plain.set_cookie("10.0.0.1:80").contains("Secure"));
+        let s = settings(&[("affinity", "cookie"), ("session-cookie-secure", "true"), ("session-cookie-samesite", "Lax")]).unwrap();
+        assert!(s.set_cookie("10.0.0.1:80").ends_with("; SameSite=Lax; Secure"), "{}", s.set_cookie("10.0.0.1:80"));
+        // SameSite=None needs Secure; it is not added twice.
+        let n = settings(&[("affinity", "cookie"), ("session-cookie-secure", "true"), ("session-cookie-samesite", "None")]).unwrap();
+        assert_eq!(n.set_cookie("10.0.0.1:80").matches("Secure").count(), 1);
+        let f = settings(&[("affinity", "cookie"), ("session-cookie-secure", "false")]).unwrap();
+        assert!(!f.secure);
     }
 
     #[test]

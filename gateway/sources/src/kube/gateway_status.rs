@@ -133,7 +133,7 @@ pub fn plan(
                 "Programmed",
                 "AddressNotAssigned",
                 &format!(
-                    "spec.addresses: {} not among the addresses Portico serves Gateways at",
+                    "spec.addresses: {} not among the addresses Portico serves Gateways at, nor free in an announce pool open to Gateways",
                     list.join(", ")
                 ),
             )

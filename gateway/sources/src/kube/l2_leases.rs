@@ -66,8 +66,9 @@ pub struct L2Election {
 pub struct Placement {
     pub namespace: String,
     pub identity: String,
-    /// The Service whose address this is, for the Event when it moves.
-    pub service_of: Arc<dyn Fn(IpAddr) -> Option<ObjectReference> + Send + Sync>,
+    /// The Service or Gateway whose address this is, for the Event when it
+    /// moves.
+    pub owner_of: Arc<dyn Fn(IpAddr) -> Option<ObjectReference> + Send + Sync>,
 }
 
 /// The Lease name of an address: `portico-l2-192.0.2.10`, and for IPv6
@@ -484,7 +485,7 @@ impl Leases<'_> {
     }
 }
 
-/// Logs, counts and reports (an Event on the Service) a take-over.
+/// Logs, counts and reports (an Event on the address's owner) a take-over.
 async fn took_over(recorder: &Recorder, at: &Placement, address: IpAddr, previous: Option<&str>) {
     let from = previous.unwrap_or("nobody");
     tracing::info!(address = %address, from, "L2 ownership: took the address");
@@ -492,7 +493,7 @@ async fn took_over(recorder: &Recorder, at: &Placement, address: IpAddr, previou
         return;
     }
     metrics::counter!("portico_announce_failovers_total").increment(1);
-    let Some(service) = (at.service_of)(address) else {
+    let Some(owner) = (at.owner_of)(address) else {
         return;
     };
     let event = Event {
@@ -505,7 +506,7 @@ async fn took_over(recorder: &Recorder, at: &Placement, address: IpAddr, previou
         action: "Announce".into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&event, &service).await {
+    if let Err(e) = recorder.publish(&event, &owner).await {
         tracing::warn!(address = %address, error = %e, "cannot publish the AddressMoved Event");
     }
 }

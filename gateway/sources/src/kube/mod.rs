@@ -37,7 +37,7 @@ use named::NamedWatches;
 use portico_model::control::LoadBalancerAddresses;
 use portico_model::problems::Problem;
 use portico_model::publish::Publisher;
-use portico_model::snapshot::SnapshotSpec;
+use portico_model::snapshot::{AddressOwner, SnapshotSpec};
 use portico_model::store::{AnyObject, ObjectKey};
 use portico_translate::Settings;
 use state::{ClusterState, Effect, Kind, Update};
@@ -354,24 +354,41 @@ impl KubeSource {
     }
 }
 
-/// The LoadBalancer Service whose address `ip` is, as translation found
-/// it (the same map the announcers follow), for Events about the address.
-fn service_with_address(
+/// The LoadBalancer Service or Gateway whose address `ip` is, as
+/// translation found it (the same map the announcers follow), for Events
+/// about the address.
+fn owner_of_address(
     inner: &Inner,
     ip: IpAddr,
 ) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
-    let key = inner.spec.load_balancer_addresses.get(&ip)?;
+    let owner = inner.spec.load_balancer_addresses.get(&ip)?;
+    let key = owner.key();
+    let (api_version, uid) = match owner {
+        AddressOwner::Service(_) => (
+            "v1",
+            inner
+                .cluster
+                .store
+                .services
+                .get(key)
+                .and_then(|s| s.object.metadata.uid.clone()),
+        ),
+        AddressOwner::Gateway(_) => (
+            "gateway.networking.k8s.io/v1",
+            inner
+                .cluster
+                .store
+                .gateways
+                .get(key)
+                .and_then(|s| s.object.metadata.uid.clone()),
+        ),
+    };
     Some(k8s_openapi::api::core::v1::ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Service".into()),
+        api_version: Some(api_version.into()),
+        kind: Some(owner.kind().into()),
         namespace: Some(key.namespace.clone()),
         name: Some(key.name.clone()),
-        uid: inner
-            .cluster
-            .store
-            .services
-            .get(key)
-            .and_then(|s| s.object.metadata.uid.clone()),
+        uid,
         ..Default::default()
     })
 }
@@ -482,7 +499,7 @@ impl BackgroundService for KubeSource {
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "default".into()),
                 identity: status::identity(k),
-                service_of: Arc::new(move |ip| service_with_address(&shared.lock(), ip)),
+                owner_of: Arc::new(move |ip| owner_of_address(&shared.lock(), ip)),
             };
             // A thread and a client of its own: renewals must not wait
             // behind a translation of a large cluster on this runtime.

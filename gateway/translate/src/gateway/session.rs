@@ -1,0 +1,305 @@
+//! HTTPRoute `sessionPersistence` (GEP-1619), carried out by the
+//! `session-affinity` plugin: a rule with cookie persistence gets the
+//! ingress-nginx cookie-affinity annotations that plugin reads, so the
+//! plugin is scoped to exactly those routes when the snapshot is built
+//! and the same code serves Ingress and Gateway users.
+
+use std::collections::BTreeMap;
+
+use portico_gateway_api::httproutes::{
+    HttpRouteRulesSessionPersistence, HttpRouteRulesSessionPersistenceCookieConfigLifetimeType,
+    HttpRouteRulesSessionPersistenceType,
+};
+use portico_model::routing::PathKind;
+
+/// The annotation that scopes the cookie-affinity plugin to a route.
+pub const AFFINITY: &str = "nginx.ingress.kubernetes.io/affinity";
+const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// The cookie a rule's session persistence asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCookie {
+    pub name: String,
+    /// `Some` for a `Permanent` cookie: its `Max-Age` in seconds.
+    pub max_age: Option<u64>,
+}
+
+/// The cookie for `sp`, with warnings about what is accepted but not
+/// carried out; `Err` names what cannot be served (the rule then serves
+/// without persistence). `route` and `rule` make the default name unique
+/// per rule, as the GEP asks when `sessionName` is not given.
+pub fn cookie(
+    sp: &HttpRouteRulesSessionPersistence,
+    route: &str,
+    rule: usize,
+    what: &str,
+) -> Result<(SessionCookie, Vec<String>), String> {
+    if sp.r#type == Some(HttpRouteRulesSessionPersistenceType::Header) {
+        return Err(format!(
+            "{what}.type: Header session persistence is not supported (only Cookie)"
+        ));
+    }
+    let mut warnings = Vec::new();
+    let name = match sp.session_name.as_deref() {
+        None | Some("") => format!("portico-session-{:08x}", fnv32(&format!("{route}/{rule}"))),
+        Some(n) if n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+            n.to_string()
+        }
+        Some(n) => {
+            return Err(format!(
+                "{what}.sessionName {n:?} is not a cookie name Portico sets (letters, digits, '-' and '_')"
+            ))
+        }
+    };
+    let timeout_secs = match sp.absolute_timeout.as_deref() {
+        None => None,
+        Some(t) => match super::parse_duration_ms(t) {
+            Some(ms) => Some(ms.div_ceil(1000)),
+            None => {
+                return Err(format!(
+                    "{what}.absoluteTimeout {t:?} is not a Gateway API duration (e.g. 1h, 30m, 90s)"
+                ))
+            }
+        },
+    };
+    let permanent = sp
+        .cookie_config
+        .as_ref()
+        .and_then(|c| c.lifetime_type.as_ref())
+        == Some(&HttpRouteRulesSessionPersistenceCookieConfigLifetimeType::Permanent);
+    let max_age = if permanent {
+        match timeout_secs {
+            Some(s) => Some(s),
+            None => {
+                return Err(format!(
+                    "{what}: a Permanent cookie needs absoluteTimeout (its Max-Age)"
+                ))
+            }
+        }
+    } else {
+        if timeout_secs.is_some() {
+            warnings.push(format!(
+                "{what}.absoluteTimeout on a Session cookie is not enforced (the session lasts until the browser ends it); use lifetimeType Permanent for a cookie that expires"
+            ));
+        }
+        None
+    };
+    Ok((SessionCookie { name, max_age }, warnings))
+}
+
+/// The cookie's `Path` for a match (GEP-1619): the matched path; for a
+/// regular expression, its longest literal prefix, cut back to a `/`.
+pub fn cookie_path(kind: PathKind, path: &str) -> String {
+    let literal = match kind {
+        PathKind::Regex => {
+            let end = path
+                .find(|c: char| ".^$*+?()[]{}|\\".contains(c))
+                .unwrap_or(path.len());
+            let lit = &path[..end];
+            if end == path.len() {
+                lit
+            } else {
+                &lit[..lit.rfind('/').map_or(0, |i| i)]
+            }
+        }
+        PathKind::Exact | PathKind::Prefix => path,
+    };
+    let trimmed = literal.trim_end_matches('/');
+    if trimmed.is_empty() || !trimmed.starts_with('/') || trimmed.contains(';') {
+        "/".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// The route's annotations with the cookie-affinity ones for `cookie`
+/// set, replacing any the route carried itself.
+pub fn annotations(
+    route: &BTreeMap<String, String>,
+    cookie: &SessionCookie,
+    path: &str,
+    secure: bool,
+) -> BTreeMap<String, String> {
+    let mut a: BTreeMap<String, String> = route
+        .iter()
+        .filter(|(k, _)| !k.starts_with(PREFIX) || !is_affinity_key(&k[PREFIX.len()..]))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut set = |k: &str, v: String| {
+        a.insert(format!("{PREFIX}{k}"), v);
+    };
+    set("affinity", "cookie".into());
+    set("session-cookie-name", cookie.name.clone());
+    set("session-cookie-path", path.into());
+    set("session-cookie-samesite", "Lax".into());
+    if secure {
+        set("session-cookie-secure", "true".into());
+    }
+    if let Some(age) = cookie.max_age {
+        set("session-cookie-max-age", age.to_string());
+    }
+    a
+}
+
+fn is_affinity_key(k: &str) -> bool {
+    k == "affinity" || k == "affinity-mode" || k.starts_with("session-cookie-")
+}
+
+/// Enough of the annotations for plugin scoping (`applies_to`).
+pub fn scope_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([(AFFINITY.to_string(), "cookie".to_string())])
+}
+
+/// FNV-1a, 32 bits: a short, stable default cookie name.
+fn fnv32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_gateway_api::httproutes::HttpRouteRulesSessionPersistenceCookieConfig;
+
+    fn sp(
+        ty: Option<HttpRouteRulesSessionPersistenceType>,
+        name: Option<&str>,
+        timeout: Option<&str>,
+        lifetime: Option<HttpRouteRulesSessionPersistenceCookieConfigLifetimeType>,
+    ) -> HttpRouteRulesSessionPersistence {
+        HttpRouteRulesSessionPersistence {
+            r#type: ty,
+            session_name: name.map(Into::into),
+            absolute_timeout: timeout.map(Into::into),
+            cookie_config: lifetime.map(|l| HttpRouteRulesSessionPersistenceCookieConfig {
+                lifetime_type: Some(l),
+            }),
+        }
+    }
+
+    #[test]
+    fn cookie_names_default_per_rule_and_are_checked() {
+        let (a, w) = cookie(&sp(None, None, None, None), "ns/r", 0, "x").unwrap();
+        let (b, _) = cookie(&sp(None, None, None, None), "ns/r", 1, "x").unwrap();
+        assert!(
+            a.name.starts_with("portico-session-") && a.name.len() == 24,
+            "{a:?}"
+        );
+        assert_ne!(a.name, b.name);
+        assert_eq!(a.max_age, None);
+        assert!(w.is_empty());
+        let (c, _) = cookie(&sp(None, Some("JSESSIONID"), None, None), "ns/r", 0, "x").unwrap();
+        assert_eq!(c.name, "JSESSIONID");
+        let e = cookie(
+            &sp(None, Some("a;b"), None, None),
+            "ns/r",
+            0,
+            "spec.rules[0].sessionPersistence",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("spec.rules[0].sessionPersistence.sessionName \"a;b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lifetimes_and_timeouts() {
+        use HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as L;
+        let (c, w) = cookie(
+            &sp(None, None, Some("1h30m"), Some(L::Permanent)),
+            "r",
+            0,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.max_age, Some(5400));
+        assert!(w.is_empty());
+        // Rounded up: a cookie must not expire before the session does.
+        let (c, _) = cookie(
+            &sp(None, None, Some("1500ms"), Some(L::Permanent)),
+            "r",
+            0,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.max_age, Some(2));
+        let e = cookie(&sp(None, None, None, Some(L::Permanent)), "r", 0, "x").unwrap_err();
+        assert!(e.contains("Permanent cookie needs absoluteTimeout"), "{e}");
+        let (c, w) = cookie(&sp(None, None, Some("10m"), Some(L::Session)), "r", 0, "x").unwrap();
+        assert_eq!(c.max_age, None);
+        assert!(
+            w[0].contains("x.absoluteTimeout on a Session cookie is not enforced"),
+            "{w:?}"
+        );
+        let e = cookie(&sp(None, None, Some("ten"), None), "r", 0, "x").unwrap_err();
+        assert!(e.contains("x.absoluteTimeout \"ten\""), "{e}");
+    }
+
+    #[test]
+    fn header_persistence_is_refused() {
+        let e = cookie(
+            &sp(
+                Some(HttpRouteRulesSessionPersistenceType::Header),
+                None,
+                None,
+                None,
+            ),
+            "r",
+            0,
+            "x",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("x.type: Header session persistence is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cookie_paths_follow_the_matched_path() {
+        assert_eq!(cookie_path(PathKind::Prefix, "/"), "/");
+        assert_eq!(cookie_path(PathKind::Prefix, "/app/"), "/app");
+        assert_eq!(cookie_path(PathKind::Exact, "/app/login"), "/app/login");
+        // The GEP's example: the longest literal prefix, to a '/'.
+        assert_eq!(cookie_path(PathKind::Regex, "/p1/p2/.*/p3"), "/p1/p2");
+        assert_eq!(cookie_path(PathKind::Regex, "/p1/p2[0-9]+"), "/p1");
+        assert_eq!(cookie_path(PathKind::Regex, "/lit/only"), "/lit/only");
+        assert_eq!(cookie_path(PathKind::Regex, ".*"), "/");
+        assert_eq!(cookie_path(PathKind::Prefix, "/a;b"), "/");
+    }
+
+    #[test]
+    fn annotations_replace_the_routes_own_affinity_settings() {
+        let route = BTreeMap::from([
+            ("team".to_string(), "a".to_string()),
+            (format!("{PREFIX}session-cookie-name"), "OLD".to_string()),
+            (format!("{PREFIX}affinity-mode"), "persistent".to_string()),
+        ]);
+        let c = SessionCookie {
+            name: "S".into(),
+            max_age: Some(60),
+        };
+        let a = annotations(&route, &c, "/app", true);
+        let get = |k: &str| a.get(&format!("{PREFIX}{k}")).map(String::as_str);
+        assert_eq!(a.get("team").map(String::as_str), Some("a"));
+        assert_eq!(get("affinity"), Some("cookie"));
+        assert_eq!(get("session-cookie-name"), Some("S"));
+        assert_eq!(get("session-cookie-path"), Some("/app"));
+        assert_eq!(get("session-cookie-max-age"), Some("60"));
+        assert_eq!(get("session-cookie-secure"), Some("true"));
+        assert_eq!(get("affinity-mode"), None);
+        let a = annotations(
+            &route,
+            &SessionCookie {
+                name: "S".into(),
+                max_age: None,
+            },
+            "/",
+            false,
+        );
+        assert_eq!(a.get(&format!("{PREFIX}session-cookie-max-age")), None);
+        assert_eq!(a.get(&format!("{PREFIX}session-cookie-secure")), None);
+    }
+}
