@@ -166,32 +166,58 @@ impl Capture {
     }
 }
 
+/// An echo backend (`portico echo`, named `edge-echo`) in the edge
+/// namespace.
+fn edge_echo(seg: &Segment, args: &[&str]) -> Killed {
+    Killed(
+        seg.in_ns(
+            &seg.edge,
+            &[
+                portico_bin().to_str().unwrap(),
+                "echo",
+                "--name",
+                "edge-echo",
+            ],
+        )
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    )
+}
+
+/// Starts `portico run` in the edge namespace with `config` (TOML) and
+/// one manifest file, its log in `dir`.
+fn spawn_edge(seg: &Segment, dir: &TempDir, config: &str, manifest: &str) -> Killed {
+    let manifests = dir.path().join("m");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("lb.yaml"), manifest).unwrap();
+    let config = dir.write("portico.toml", config);
+    let log = std::fs::File::create(dir.path().join("portico.log")).unwrap();
+    let child = seg
+        .in_ns(&seg.edge, &[portico_bin().to_str().unwrap(), "run"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--http", "0.0.0.0:8080", "--https", "0.0.0.0:8443"])
+        .args(["--admin", "127.0.0.1:9901", "--node-address", &seg.addr(1)])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
 /// Starts `portico run` in the edge namespace owning `vip`, with an L4
 /// LoadBalancer Service on vip:9000 and an Ingress on the wildcard
 /// listener, both to echo backends in the same namespace.
 fn start_edge(seg: &Segment, dir: &TempDir, vip: &str) -> (Killed, Vec<Killed>) {
     let (tcp_port, http_port) = (19_700, 19_701);
-    let echo = |args: &[&str]| {
-        Killed(
-            seg.in_ns(
-                &seg.edge,
-                &[
-                    portico_bin().to_str().unwrap(),
-                    "echo",
-                    "--name",
-                    "edge-echo",
-                ],
-            )
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        )
-    };
     let backends = vec![
-        echo(&["--tcp", &format!("127.0.0.1:{tcp_port}")]),
-        echo(&["--http", &format!("127.0.0.1:{http_port}")]),
+        edge_echo(seg, &["--tcp", &format!("127.0.0.1:{tcp_port}")]),
+        edge_echo(seg, &["--http", &format!("127.0.0.1:{http_port}")]),
     ];
     let mut m = yaml::service(
         "default",
@@ -208,30 +234,11 @@ fn start_edge(seg: &Segment, dir: &TempDir, vip: &str) -> (Killed, Vec<Killed>) 
         &[("vip.test", "/", "Prefix", "web", "http")],
         "",
     );
-    let manifests = dir.path().join("m");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("lb.yaml"), m).unwrap();
-    let config = dir.write(
-        "portico.toml",
-        &format!(
-            "[shutdown]\ngrace_period_seconds = 2\n[l4]\nnode_ports = false\n\
-             [announce]\nmode = \"l2\"\naddresses = [\"{vip}\"]\ngarp_interval_seconds = 1\n"
-        ),
+    let config = format!(
+        "[shutdown]\ngrace_period_seconds = 2\n[l4]\nnode_ports = false\n\
+         [announce]\nmode = \"l2\"\naddresses = [\"{vip}\"]\ngarp_interval_seconds = 1\n"
     );
-    let log = std::fs::File::create(dir.path().join("portico.log")).unwrap();
-    let child = seg
-        .in_ns(&seg.edge, &[portico_bin().to_str().unwrap(), "run"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--manifests")
-        .arg(&manifests)
-        .args(["--http", "0.0.0.0:8080", "--https", "0.0.0.0:8443"])
-        .args(["--admin", "127.0.0.1:9901", "--node-address", &seg.addr(1)])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (Killed(child), backends)
+    (spawn_edge(seg, dir, &config, &m), backends)
 }
 
 fn log_of(dir: &TempDir) -> String {
@@ -498,4 +505,130 @@ fn bad_announce_config_is_refused_with_the_key() {
         text.contains("announce.interfaces: warning: no interface named \"nosuch0\""),
         "{text}"
     );
+}
+
+/// A Gateway that asks for an address of an announce pool open to
+/// Gateways gets it: announced by ARP (with `service_addresses = false`,
+/// which concerns Services only), its HTTP routes reachable there on the
+/// wildcard listener and its TCP listener bound there, and the address in
+/// its status. One outside the pool is not assigned and not announced.
+#[test]
+fn a_gateway_address_from_an_open_pool_is_announced_and_served() {
+    let seg = Segment::new();
+    let (vip, outside) = (seg.addr(110), seg.addr(120));
+    let dir = TempDir::new("bare-metal-gateway");
+    let (tcp_port, http_port) = (19_710, 19_711);
+    let _backends = [
+        edge_echo(&seg, &["--tcp", &format!("127.0.0.1:{tcp_port}")]),
+        edge_echo(&seg, &["--http", &format!("127.0.0.1:{http_port}")]),
+    ];
+    let mut m = yaml::service("default", "db", "", &[("tcp", 5432)]);
+    m += &yaml::slice("default", "db-1", "db", "tcp", tcp_port, true);
+    m += &yaml::service("default", "web", "", &[("http", 80)]);
+    m += &yaml::slice("default", "web-1", "web", "http", http_port, true);
+    m += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: portico
+  addresses: [{{value: {vip}}}]
+  listeners:
+  - {{name: http, protocol: HTTP, port: 8080}}
+  - {{name: db, protocol: TCP, port: 9100}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: stray, namespace: default}}
+spec:
+  gatewayClassName: portico
+  addresses: [{{value: {outside}}}]
+  listeners:
+  - {{name: http, protocol: HTTP, port: 8080}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [gw.test]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: db, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: db}}]
+  rules: [{{backendRefs: [{{name: db, port: 5432}}]}}]
+"
+    );
+    let config = format!(
+        "[shutdown]\ngrace_period_seconds = 2\n[l4]\nnode_ports = false\n\
+         [announce]\nmode = \"l2\"\nservice_addresses = false\ngarp_interval_seconds = 1\n\
+         [[announce.pools]]\nname = \"gateways\"\naddresses = [\"{vip}/32\"]\nmode = \"l2\"\ngateways = true\n"
+    );
+    let mut edge = spawn_edge(&seg, &dir, &config, &m);
+    let mac = seg.edge_mac();
+    wait_for(
+        20,
+        "the edge node to answer ARP for the Gateway's address",
+        || seg.arp_owner(&vip).as_deref() == Some(mac.as_str()),
+    );
+    // HTTP on the wildcard listener, through the Gateway's address.
+    let out = seg
+        .in_ns(
+            &seg.client,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-H",
+                "Host: gw.test",
+                &format!("http://{vip}:8080/x"),
+            ],
+        )
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"name\":\"edge-echo\""),
+        "{body} {}",
+        log_of(&dir)
+    );
+    // The TCPRoute's listener is bound on the Gateway's address.
+    wait_for(10, "a TCP connection to the Gateway's address", || {
+        seg.tcp_read(&vip, 9100).contains("edge-echo")
+    });
+    // The status says which address is the Gateway's; the other Gateway's
+    // address is refused, and nobody answers for it.
+    let config = seg.admin("/config");
+    let parsed: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let gateways = &parsed["gateway_api"]["gateways"];
+    assert_eq!(
+        gateways["default/edge"]["assigned_addresses"],
+        serde_json::json!([vip]),
+        "{gateways}"
+    );
+    assert_eq!(
+        gateways["default/stray"]["unassigned_addresses"],
+        serde_json::json!([outside]),
+        "{gateways}"
+    );
+    assert!(
+        config.contains("nor in an announce pool open to Gateways (gateways)"),
+        "{config}"
+    );
+    assert_eq!(seg.arp_owner(&outside), None);
+    // SIGTERM gives the address up as for a Service's.
+    ok(&["kill", "-TERM", &edge.0.id().to_string()]);
+    wait_for(5, "the address to be given up", || {
+        seg.arp_owner(&vip).is_none()
+    });
+    let _ = edge.0.wait();
 }

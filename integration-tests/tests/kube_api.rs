@@ -1579,7 +1579,12 @@ fn gateway_api_routes_are_served_and_their_status_written() {
     api.apply(&shop(&ns, "ingress.test", &net, false)).unwrap();
     let dir = TempDir::new("kapi");
     let kubeconfig = api.kubeconfig(dir.path(), "admin");
-    let gw = Gateway::spawn_kube_real(&kubeconfig, &ns, "gw-api", NO_NODE_PORTS, true);
+    // A pool open to Gateways, announced some other way (mode off): its
+    // addresses are served without touching this host's network.
+    let config = format!(
+        "{NO_NODE_PORTS}[[announce.pools]]\nname = \"gw\"\naddresses = [\"192.0.2.77/32\"]\nmode = \"off\"\ngateways = true\n"
+    );
+    let gw = Gateway::spawn_kube_real(&kubeconfig, &ns, "gw-api", &config, true);
     gw.wait_ready();
     let pid = gw.pid();
     api.apply(&gateway_api_objects(&ns, gw.http, "route.test"))
@@ -1649,6 +1654,17 @@ fn gateway_api_routes_are_served_and_their_status_written() {
             .is_some_and(|g| {
                 g["status"]["addresses"]
                     == serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}])
+                    && condition(&g["status"]["conditions"], "Programmed")
+                        .is_some_and(|c| c["status"] == "True")
+            })
+    });
+    // One of a pool open to Gateways is the Gateway's own.
+    api.apply(&asks("192.0.2.77")).unwrap();
+    wait_for(10, "the pool address assigned", || {
+        api.get("gateways.gateway.networking.k8s.io", &ns, "asks")
+            .is_some_and(|g| {
+                g["status"]["addresses"]
+                    == serde_json::json!([{"type": "IPAddress", "value": "192.0.2.77"}])
                     && condition(&g["status"]["conditions"], "Programmed")
                         .is_some_and(|c| c["status"] == "True")
             })

@@ -359,9 +359,15 @@ mod tests {
                 "pools": [
                   {"name": "public", "addresses": ["192.0.2.0/28"], "mode": "bgp",
                    "communities": ["64512:200"], "local_preference": 200},
-                  {"name": "quiet", "addresses": ["198.51.100.7"], "mode": "off"}]}"#,
+                  {"name": "quiet", "addresses": ["198.51.100.7"], "mode": "off", "gateways": true}]}"#,
         );
         assert!(c.validate().is_empty(), "{:?}", c.validate());
+        // Closed to Gateways unless a pool says otherwise.
+        assert!(!c.pools[0].gateways && c.pools[1].gateways);
+        assert_eq!(
+            c.pools[1].valid_networks(),
+            ["198.51.100.7/32".parse::<IpNetwork>().unwrap()]
+        );
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(c.mode_of(ip("192.0.2.5")), AnnounceMode::Bgp);
         assert_eq!(
