@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         annotations: Default::default(),
         current: vec![],
     }];
-    if let Err(why) = portico_wasm::lb_addresses::parse_answer(data, &asked) {
+    let gateways = [LbService {
+        name: "edge".into(),
+        ..asked[0].clone()
+    }];
+    if let Err(why) = portico_wasm::lb_addresses::parse_answer(data, &asked, &gateways) {
         assert!(!why.is_empty());
     }
 });

@@ -888,6 +888,76 @@ fn the_cloud_lb_plugin_allocates_load_balancer_addresses() {
     );
 }
 
+/// A Gateway that asks for no address of its own gets one from the
+/// cloud-lb plugin's pool, after the Services: the leader writes it to the
+/// Gateway's status, and the Gateway's TCP listener listens there.
+#[test]
+fn the_cloud_lb_plugin_gives_a_gateway_without_addresses_a_pool_address() {
+    let api = shared();
+    api.install_gateway_api_crds();
+    let ns = api.namespace("gwlb");
+    let net = Netns::new();
+    let _pod = net.echo_tcp("gw-pod", &net.addr(2), 9000);
+    let (port, lb_port) = (free_port(), free_port());
+    api.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {ns}}}\nspec:\n  ports: [{{name: t, port: 5432, targetPort: 9000, protocol: TCP}}]\n---
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{{name: t, port: 9000, protocol: TCP}}]\nendpoints:\n- addresses: [\"{}\"]\n---
+apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: {ns}}}\nspec:\n  type: LoadBalancer\n  ports: [{{name: p, port: {lb_port}}}]\n---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico-{ns}}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {ns}}}
+spec:
+  gatewayClassName: portico-{ns}
+  listeners: [{{name: db, protocol: TCP, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: db, port: 5432}}]}}]
+",
+        net.addr(2)
+    ))
+    .unwrap();
+    let dir = TempDir::new("kapi");
+    let kc = api.kubeconfig(dir.path(), "admin");
+    // Loopback pool addresses: the test needs no real network.
+    let config = format!(
+        "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}\n[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
+         config = '{{\"pools\": {{\"default\": [\"127.0.0.21\", \"127.0.0.22\"]}}}}'\n",
+        built_plugins().join("cloud_lb.wasm").display()
+    );
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw", &config, true);
+    gw.wait_ready();
+    wait_for(15, "the Service's pool address", || {
+        lb_ip(api, &ns, "lb").as_deref() == Some("127.0.0.21")
+    });
+    wait_for(15, "the Gateway's pool address in its status", || {
+        api.get("gateways.gateway.networking.k8s.io", &ns, "edge")
+            .is_some_and(|g| {
+                g["status"]["addresses"]
+                    == serde_json::json!([{"type": "IPAddress", "value": "127.0.0.22"}])
+            })
+    });
+    // The address is the Gateway's own now: its TCP listener binds there.
+    let own: SocketAddr = format!("127.0.0.22:{port}").parse().unwrap();
+    wait_for(15, "the Gateway's TCP listener on its address", || {
+        tcp_hello(own).is_ok_and(|s| s == "gw-pod\nping")
+    });
+    let config = gw.config_json();
+    assert_eq!(
+        config["gateway_api"]["gateways"][format!("{ns}/edge")]["assigned_addresses"],
+        serde_json::json!(["127.0.0.22"]),
+        "{config}"
+    );
+}
+
 /// A stand-in for an external load-balancer API (a cloud's, or an IPAM):
 /// answers every POST with `address` for each Service asked about, or
 /// with `status` and no body when not 200, and keeps the bodies it got.

@@ -79,12 +79,19 @@ pub struct Admit {
 }
 
 /// `portico_service_load_balancer` input: every LoadBalancer Service the
-/// gateway implements, oldest first, and the edge node's addresses.
+/// gateway implements, oldest first, the edge node's addresses, and the
+/// Gateways that need an address.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerRequest {
     pub services: Vec<LoadBalancerService>,
     pub node_addresses: Vec<String>,
+    /// Gateways (of Portico's classes) that ask for no address of their
+    /// own, oldest first, as Services (`loadBalancerIP` unset; `current`:
+    /// their status addresses). Answer in `gateways` with IP addresses;
+    /// a plugin that does not leaves them at Portico's own addresses.
+    #[serde(default)]
+    pub gateways: Vec<LoadBalancerService>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -110,6 +117,11 @@ pub struct LoadBalancerAnswer {
     pub services: Vec<LoadBalancerAssignment>,
     #[serde(default)]
     pub problems: Vec<LoadBalancerProblem>,
+    /// Addresses for the request's `gateways` (IP addresses only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<LoadBalancerAssignment>,
+    #[serde(default, rename = "gatewayProblems", skip_serializing_if = "Vec::is_empty")]
+    pub gateway_problems: Vec<LoadBalancerProblem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //! - [`IngressPolicy`]: an Ingress's typed route policy from its
 //!   annotations (`ingress.policy_plugin`).
 //! - [`LoadBalancerAddresses`]: the addresses of LoadBalancer Services
+//!   and of Gateways that ask for none of their own
 //!   (`kubernetes.load_balancer_plugin`).
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ pub trait IngressPolicy: Send + Sync {
     ) -> Result<(CheckedPolicy, Vec<(bool, String)>), String>;
 }
 
-/// One Service, as the allocator sees it.
+/// One Service (or Gateway), as the allocator sees it.
 #[derive(Debug, Clone)]
 pub struct LbService {
     pub namespace: String,
@@ -46,18 +47,29 @@ pub struct LbService {
 /// What the allocator decided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LbAnswer {
-    /// (namespace, name) → addresses.
+    /// Services: (namespace, name) → addresses.
     pub addresses: BTreeMap<(String, String), Vec<String>>,
     /// (namespace, name, message).
     pub problems: Vec<(String, String, String)>,
+    /// Gateways: (namespace, name) → IP addresses. A Gateway left out
+    /// keeps what it has.
+    pub gateway_addresses: BTreeMap<(String, String), Vec<IpAddr>>,
+    pub gateway_problems: Vec<(String, String, String)>,
 }
 
-/// The addresses of LoadBalancer Services. May wait (an external API).
+/// The addresses of LoadBalancer Services and of Gateways that ask for
+/// none of their own (no `spec.addresses` value). May wait (an external
+/// API).
 pub trait LoadBalancerAddresses: Send + Sync {
     /// Who decides, for logs.
     fn name(&self) -> &str;
     /// `Err` (already logged and counted) when there is no usable answer.
-    fn allocate(&self, services: &[LbService], node: &[IpAddr]) -> Result<LbAnswer, String>;
+    fn allocate(
+        &self,
+        services: &[LbService],
+        gateways: &[LbService],
+        node: &[IpAddr],
+    ) -> Result<LbAnswer, String>;
 }
 
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";

@@ -68,8 +68,9 @@ pub struct GatewayState {
     /// `spec.addresses` asked for an address type other than
     /// `IPAddress`, or for a value that is not an IP address.
     pub addresses_unsupported: bool,
-    /// `spec.addresses`' IP addresses that Portico serves the Gateway at:
-    /// its status addresses, when any were asked for.
+    /// `spec.addresses`' IP addresses that Portico serves the Gateway at
+    /// (or, for a Gateway that asks for none, those a load-balancer plugin
+    /// gave it, as found in its status): its status addresses.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub assigned_addresses: Vec<std::net::IpAddr>,
     /// Those it does not serve (`Programmed=False, AddressNotAssigned`).

@@ -45,6 +45,7 @@ pub fn translate_settings(cfg: &Config) -> Settings {
         .filter(|p| p.gateways)
         .map(|p| (p.name.clone(), p.valid_networks()))
         .collect();
+    s.gateway_load_balancer = cfg.kubernetes.load_balancer_plugin.is_some();
     s.policy = cfg.ingress.policy_plugin.as_ref().map(|name| {
         portico_wasm::ingress_policy::installed()
             .map(|p| p as Arc<dyn IngressPolicy>)

@@ -819,6 +819,15 @@ fn requested_addresses(
     } else {
         &settings.gateway_addresses
     };
+    let asks = gw
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .any(|a| a.value.as_deref().is_some_and(|v| !v.is_empty()));
+    if !asks && settings.gateway_load_balancer {
+        allocated_addresses(key, gw, here, served, settings, out, state);
+    }
     for (i, a) in gw.spec.addresses.iter().flatten().enumerate() {
         let what = format!("spec.addresses[{i}]");
         let kind = a.r#type.as_deref().unwrap_or("IPAddress");
@@ -879,6 +888,42 @@ fn requested_addresses(
                     state.unassigned_addresses.push(ip);
                 }
             },
+        }
+    }
+}
+
+/// A Gateway that asks for no address, with a load-balancer plugin: the
+/// IPs in its status that are not Portico's own were given it by the
+/// plugin (the leader wrote them), so they are the Gateway's, announced
+/// like a LoadBalancer Service's.
+fn allocated_addresses(
+    key: &ObjectKey,
+    gw: &Gateway,
+    here: &str,
+    served: &[std::net::IpAddr],
+    settings: &super::Settings,
+    out: &mut SnapshotSpec,
+    state: &mut GatewayState,
+) {
+    let status = gw.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in status.into_iter().flatten() {
+        let Ok(ip) = a.value.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        if served.contains(&ip) || settings.node_addresses.contains(&ip) {
+            continue;
+        }
+        let owner = portico_model::snapshot::AddressOwner::Gateway(key.clone());
+        match out.load_balancer_addresses.get(&ip) {
+            Some(other) if *other != owner => out.problems.push(Problem::error(
+                here,
+                format!("status.addresses: {ip}, from the load-balancer plugin, is already the address of {other}; not served for this Gateway"),
+            )),
+            _ if state.assigned_addresses.contains(&ip) => {}
+            _ => {
+                out.load_balancer_addresses.insert(ip, owner);
+                state.assigned_addresses.push(ip);
+            }
         }
     }
 }

@@ -1563,3 +1563,50 @@ spec:
         .contains_key(&"192.0.2.70".parse().unwrap()));
     assert!(problems(&spec).contains("(none: [[announce.pools]] with gateways = true)"));
 }
+
+#[test]
+fn addresses_a_load_balancer_plugin_gave_a_gateway_are_its_own() {
+    let gateway = |name: &str, spec_addresses: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  gatewayClassName: portico
+  {spec_addresses}
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+status:
+  addresses: [{{type: IPAddress, value: 192.0.2.90}}, {{type: IPAddress, value: 127.0.0.1}}]
+---
+"
+        )
+    };
+    let yaml = gateway("allocated", "") + &gateway("asks", "addresses: [{value: 127.0.0.1}]");
+    let store = store_of(&format!("{BASE}---\n{yaml}"));
+    let mut s = settings();
+    s.gateway_load_balancer = true;
+    let spec = translate(&store, &s);
+    let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    // The plugin's address (not the node's) is the Gateway's, announced.
+    assert_eq!(
+        spec.gateway_api.gateways[&key("allocated")].assigned_addresses,
+        ["192.0.2.90".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        spec.load_balancer_addresses
+            .get(&"192.0.2.90".parse().unwrap())
+            .map(|o| o.to_string()),
+        Some("Gateway shop/allocated".to_string())
+    );
+    // A Gateway that asks for addresses: its spec decides, not its status.
+    assert_eq!(
+        spec.gateway_api.gateways[&key("asks")].assigned_addresses,
+        ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    // Without a load-balancer plugin the status is only a report.
+    let spec = translate(&store, &settings());
+    assert!(spec.load_balancer_addresses.is_empty());
+    assert!(spec.gateway_api.gateways[&key("allocated")]
+        .assigned_addresses
+        .is_empty());
+}

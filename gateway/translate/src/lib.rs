@@ -56,6 +56,10 @@ pub struct Settings {
     /// Gateway's `spec.addresses` IP in one of them is its own, served and
     /// announced.
     pub gateway_pools: Vec<(String, Vec<ipnetwork::IpNetwork>)>,
+    /// A load-balancer plugin gives Gateways without `spec.addresses`
+    /// their addresses (`kubernetes.load_balancer_plugin`): the IPs in
+    /// such a Gateway's status other than Portico's own are the Gateway's.
+    pub gateway_load_balancer: bool,
 }
 
 impl Settings {
@@ -75,6 +79,7 @@ impl Settings {
             https_ports: vec![443],
             gateway_addresses: Vec::new(),
             gateway_pools: Vec::new(),
+            gateway_load_balancer: false,
         }
     }
 }

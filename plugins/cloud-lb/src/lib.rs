@@ -25,6 +25,12 @@
 //!    address is reported (the Service keeps its status);
 //! 5. with no pools configured at all, the edge node's addresses.
 //!
+//! Gateways that ask for no address of their own (`gateways` in the
+//! request) get addresses the same way, after the Services (no
+//! `loadBalancerIP`; the same annotations choose the `internal` pool), so
+//! a Service and a Gateway never share one. With no pools they get none:
+//! Portico serves them at its own addresses.
+//!
 //! With `api`, an external load-balancer API (a cloud's, or an IPAM)
 //! decides instead of the pools:
 //!
@@ -79,16 +85,20 @@ pub struct Api {
 
 /// The body POSTed to the API: the request, each Service with its pool.
 pub fn api_request(req: &LoadBalancerRequest) -> serde_json::Value {
-    let services: Vec<serde_json::Value> = req
-        .services
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).unwrap_or_default();
-            v["pool"] = pool_of(s).into();
-            v
-        })
-        .collect();
-    serde_json::json!({"services": services, "nodeAddresses": req.node_addresses})
+    let with_pools = |list: &[LoadBalancerService]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["pool"] = pool_of(s).into();
+                v
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "services": with_pools(&req.services),
+        "nodeAddresses": req.node_addresses,
+        "gateways": with_pools(&req.gateways),
+    })
 }
 
 /// The API's answer, checked for status and shape (the gateway checks
@@ -155,12 +165,17 @@ fn pool_of(s: &LoadBalancerService) -> &'static str {
 /// The decision, apart from the ABI (tested on the host).
 pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswer {
     let mut out = LoadBalancerAnswer::default();
-    let assign = |out: &mut LoadBalancerAnswer, s: &LoadBalancerService, addresses: Vec<String>| {
-        out.services.push(LoadBalancerAssignment {
+    let assign = |out: &mut LoadBalancerAnswer, gateway: bool, s: &LoadBalancerService, addresses: Vec<String>| {
+        let a = LoadBalancerAssignment {
             namespace: s.namespace.clone(),
             name: s.name.clone(),
             addresses,
-        })
+        };
+        if gateway {
+            out.gateways.push(a)
+        } else {
+            out.services.push(a)
+        }
     };
     if config.pools.values().all(Vec::is_empty) {
         for s in &req.services {
@@ -168,20 +183,27 @@ pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswe
                 Some(ip) => vec![ip.clone()],
                 None => req.node_addresses.clone(),
             };
-            assign(&mut out, s, a);
+            assign(&mut out, false, s, a);
         }
         return out;
     }
+    // Services first, then Gateways, each oldest first.
+    let all: Vec<(bool, &LoadBalancerService)> = req
+        .services
+        .iter()
+        .map(|s| (false, s))
+        .chain(req.gateways.iter().map(|g| (true, g)))
+        .collect();
     // Addresses are taken by loadBalancerIP first, then by what Services
-    // already hold (oldest first), then handed out.
+    // and Gateways already hold (oldest first), then handed out.
     let mut taken: BTreeSet<String> = req
         .services
         .iter()
         .filter_map(|s| s.load_balancer_ip.clone())
         .collect();
     let mut kept: BTreeMap<usize, String> = BTreeMap::new();
-    for (i, s) in req.services.iter().enumerate() {
-        if s.load_balancer_ip.is_some() {
+    for (i, (gateway, s)) in all.iter().enumerate() {
+        if !gateway && s.load_balancer_ip.is_some() {
             continue;
         }
         let pool = config.pools.get(pool_of(s)).map(Vec::as_slice).unwrap_or_default();
@@ -194,13 +216,17 @@ pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswe
             kept.insert(i, a.clone());
         }
     }
-    for (i, s) in req.services.iter().enumerate() {
-        if let Some(ip) = &s.load_balancer_ip {
-            assign(&mut out, s, vec![ip.clone()]);
-            continue;
+    for (i, (gateway, s)) in all.iter().enumerate() {
+        let gateway = *gateway;
+        match &s.load_balancer_ip {
+            Some(ip) if !gateway => {
+                assign(&mut out, gateway, s, vec![ip.clone()]);
+                continue;
+            }
+            _ => {}
         }
         if let Some(a) = kept.get(&i) {
-            assign(&mut out, s, vec![a.clone()]);
+            assign(&mut out, gateway, s, vec![a.clone()]);
             continue;
         }
         let name = pool_of(s);
@@ -208,13 +234,20 @@ pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswe
         match pool.iter().find(|a| !taken.contains(*a)) {
             Some(a) => {
                 taken.insert(a.clone());
-                assign(&mut out, s, vec![a.clone()]);
+                assign(&mut out, gateway, s, vec![a.clone()]);
             }
-            None => out.problems.push(LoadBalancerProblem {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                message: format!("the {name} address pool has no free address ({} in it)", pool.len()),
-            }),
+            None => {
+                let p = LoadBalancerProblem {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    message: format!("the {name} address pool has no free address ({} in it)", pool.len()),
+                };
+                if gateway {
+                    out.gateway_problems.push(p)
+                } else {
+                    out.problems.push(p)
+                }
+            }
         }
     }
     out
@@ -298,6 +331,7 @@ mod tests {
                 svc("late", None, &[], &[]),
             ],
             node_addresses: vec!["192.0.2.1".into()],
+            gateways: vec![],
         };
         let a = allocate(&c, &req);
         assert_eq!(got(&a, "old").unwrap(), ["198.51.100.2"], "kept");
@@ -309,6 +343,36 @@ mod tests {
         assert_eq!(got(&a, "late"), None);
         assert_eq!(a.problems.len(), 2);
         assert!(a.problems[0].message.contains("internal address pool has no free address"));
+    }
+
+    #[test]
+    fn gateways_get_addresses_after_services_and_keep_them() {
+        let c = config(&["198.51.100.1", "198.51.100.2", "198.51.100.3"], &[]);
+        let req = LoadBalancerRequest {
+            services: vec![svc("web", None, &[], &[]), svc("pinned", Some("198.51.100.3"), &[], &[])],
+            node_addresses: vec!["192.0.2.1".into()],
+            gateways: vec![
+                // Holds the address a new Service would otherwise get.
+                svc("edge", None, &[], &["198.51.100.1"]),
+                svc("more", None, &[], &[]),
+                svc("inner", None, &[("networking.gke.io/load-balancer-type", "Internal")], &[]),
+            ],
+        };
+        let a = allocate(&c, &req);
+        let gw = |name: &str| a.gateways.iter().find(|g| g.name == name).map(|g| g.addresses.clone());
+        assert_eq!(gw("edge").unwrap(), ["198.51.100.1"], "kept");
+        assert_eq!(got(&a, "web").unwrap(), ["198.51.100.2"]);
+        assert_eq!(got(&a, "pinned").unwrap(), ["198.51.100.3"]);
+        // The pool is used up: reported as the Gateway's problem.
+        assert_eq!(gw("more"), None);
+        assert_eq!(a.gateway_problems.len(), 2);
+        assert!(a.gateway_problems[1].message.contains("internal address pool has no free address"));
+        assert!(a.problems.is_empty());
+        // Without pools Gateways get nothing: Portico's own addresses.
+        assert!(allocate(&Config::default(), &req).gateways.is_empty());
+        // The API sees them with their pools.
+        let body = api_request(&req);
+        assert_eq!(body["gateways"][2]["pool"], "internal");
     }
 
     #[test]
@@ -329,6 +393,7 @@ mod tests {
         let req = LoadBalancerRequest {
             services: vec![svc("a", None, &[], &[])],
             node_addresses: vec!["192.0.2.1".into()],
+            gateways: vec![],
         };
         assert_eq!(got(&allocate(&Config::default(), &req), "a").unwrap(), ["192.0.2.1"]);
     }
@@ -341,6 +406,7 @@ mod tests {
                 svc("b", None, &[("networking.gke.io/load-balancer-type", "Internal")], &[]),
             ],
             node_addresses: vec!["192.0.2.1".into()],
+            gateways: vec![],
         };
         let body = api_request(&req);
         assert_eq!(body["services"][0]["name"], "a");

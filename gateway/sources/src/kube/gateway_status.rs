@@ -8,6 +8,8 @@
 //! keeps while a condition's status stays). An HTTPRoute's `parents` list
 //! is shared with other controllers: their entries are kept as they are.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 use portico_model::gateway_status::{Condition, GatewayApiStatus, ListenerState};
@@ -55,10 +57,13 @@ pub struct StatusWrite {
 
 /// The writes that make the API's status match `st`. `now` is the
 /// RFC 3339 time a changed condition gets as `lastTransitionTime`.
+/// `allocated`: what the load-balancer plugin gave Gateways that ask for
+/// no address of their own (when one is configured and answered).
 pub fn plan(
     store: &Store,
     st: &GatewayApiStatus,
     addresses: &[LbAddress],
+    allocated: Option<&BTreeMap<ObjectKey, Vec<std::net::IpAddr>>>,
     now: &str,
 ) -> Vec<StatusWrite> {
     let mut out = Vec::new();
@@ -142,8 +147,14 @@ pub fn plan(
         } else {
             Condition::bad("Programmed", "Invalid", "no listener is served")
         };
-        // The addresses asked for and assigned, else every one it serves.
-        let addrs: Vec<Value> = if gs.assigned_addresses.is_empty() {
+        // The plugin's allocation, else the addresses asked for (or
+        // allocated earlier, as translation found them in the status) and
+        // assigned, else every one it serves.
+        let own = allocated
+            .and_then(|a| a.get(key))
+            .filter(|a| !a.is_empty())
+            .unwrap_or(&gs.assigned_addresses);
+        let addrs: Vec<Value> = if own.is_empty() {
             addresses
                 .iter()
                 .map(|a| match a {
@@ -152,8 +163,7 @@ pub fn plan(
                 })
                 .collect()
         } else {
-            gs.assigned_addresses
-                .iter()
+            own.iter()
                 .map(|ip| json!({"type": "IPAddress", "value": ip.to_string()}))
                 .collect()
         };
@@ -408,7 +418,7 @@ mod tests {
         let store = store_with(&[CLASS, GW, SVC, &route_with_status(other)]);
         let st = translated(&store);
         let addrs = [LbAddress::Ip("192.0.2.1".parse().unwrap())];
-        let writes = plan(&store, &st, &addrs, "2026-12-01T00:00:00Z");
+        let writes = plan(&store, &st, &addrs, None, "2026-12-01T00:00:00Z");
         let by_kind = |k: GatewayKind| writes.iter().find(|w| w.kind == k).unwrap().status.clone();
         let class = by_kind(GatewayKind::GatewayClass);
         assert_eq!(class["conditions"][0]["type"], "Accepted");
@@ -448,7 +458,13 @@ mod tests {
                 LbAddress::Ip("192.0.2.1".parse().unwrap()),
                 LbAddress::Ip("192.0.2.2".parse().unwrap()),
             ];
-            let writes = plan(&store, &spec.gateway_api, &addrs, "2026-12-01T00:00:00Z");
+            let writes = plan(
+                &store,
+                &spec.gateway_api,
+                &addrs,
+                None,
+                "2026-12-01T00:00:00Z",
+            );
             let gw = writes
                 .iter()
                 .find(|w| w.kind == GatewayKind::Gateway)
@@ -492,10 +508,41 @@ mod tests {
     }
 
     #[test]
+    fn a_load_balancer_plugins_allocation_is_the_gateways_status_address() {
+        let store = store_with(&[CLASS, GW, SVC, &route_with_status("")]);
+        let st = translated(&store);
+        let addrs = [LbAddress::Ip("192.0.2.1".parse().unwrap())];
+        let address = |allocated: Option<&BTreeMap<ObjectKey, Vec<std::net::IpAddr>>>| {
+            let writes = plan(&store, &st, &addrs, allocated, "2026-12-01T00:00:00Z");
+            let gw = writes
+                .iter()
+                .find(|w| w.kind == GatewayKind::Gateway)
+                .unwrap();
+            gw.status["addresses"].clone()
+        };
+        let given = BTreeMap::from([(
+            ObjectKey::new("infra", "gw"),
+            vec!["198.51.100.20".parse().unwrap()],
+        )]);
+        assert_eq!(
+            address(Some(&given)),
+            json!([{"type": "IPAddress", "value": "198.51.100.20"}])
+        );
+        // Nothing for this Gateway (an exhausted pool, or no plugin):
+        // Portico's own addresses.
+        for allocated in [Some(&BTreeMap::new()), None] {
+            assert_eq!(
+                address(allocated),
+                json!([{"type": "IPAddress", "value": "192.0.2.1"}])
+            );
+        }
+    }
+
+    #[test]
     fn a_status_already_written_is_not_written_again() {
         let store = store_with(&[CLASS, GW, SVC, &route_with_status("")]);
         let st = translated(&store);
-        let first = plan(&store, &st, &[], "2026-12-01T00:00:00Z");
+        let first = plan(&store, &st, &[], None, "2026-12-01T00:00:00Z");
         assert_eq!(first.len(), 3);
         // The API now holds what was written; later, nothing changes.
         let route_status = serde_json::to_string(&first[2].status).unwrap();
@@ -511,7 +558,7 @@ mod tests {
             SVC,
             &route_with_status(&format!(", status: {route_status}")),
         ]);
-        let again = plan(&store, &st, &[], "2026-12-02T00:00:00Z");
+        let again = plan(&store, &st, &[], None, "2026-12-02T00:00:00Z");
         let kinds: Vec<GatewayKind> = again.iter().map(|w| w.kind).collect();
         assert!(!kinds.contains(&GatewayKind::HTTPRoute), "{again:?}");
         assert!(!kinds.contains(&GatewayKind::GatewayClass), "{again:?}");
@@ -527,7 +574,7 @@ mod tests {
             &route_with_status(&format!(", status: {{parents: [{theirs}]}}")),
         ]);
         let st = translated(&store);
-        let first = plan(&store, &st, &[], "2026-12-01T00:00:00Z");
+        let first = plan(&store, &st, &[], None, "2026-12-01T00:00:00Z");
         let route = first
             .iter()
             .find(|w| w.kind == GatewayKind::HTTPRoute)
@@ -540,7 +587,7 @@ mod tests {
             serde_json::to_string(&ours).unwrap()
         );
         let store = store_with(&[CLASS, GW, SVC, &route_with_status(&both)]);
-        let again = plan(&store, &st, &[], "2026-12-02T00:00:00Z");
+        let again = plan(&store, &st, &[], None, "2026-12-02T00:00:00Z");
         assert!(
             !again.iter().any(|w| w.kind == GatewayKind::HTTPRoute),
             "{again:?}"
@@ -553,7 +600,7 @@ mod tests {
         // No Gateway of ours any more.
         let store = store_with(&[CLASS, SVC, &route_with_status(&ours)]);
         let st = translated(&store);
-        let writes = plan(&store, &st, &[], "2026-12-01T00:00:00Z");
+        let writes = plan(&store, &st, &[], None, "2026-12-01T00:00:00Z");
         let route = writes
             .iter()
             .find(|w| w.kind == GatewayKind::HTTPRoute)

@@ -277,6 +277,47 @@ pub fn lb_services(store: &Store) -> Vec<LbService> {
         .collect()
 }
 
+/// The Gateways the allocation plugin is asked about: those of Portico's
+/// classes with no `spec.addresses` value of their own, oldest first,
+/// with their status addresses as `current`.
+pub fn lb_gateways(store: &Store) -> Vec<LbService> {
+    let ours = |class: &str| {
+        store
+            .gateway_classes
+            .get(&ObjectKey::new("", class))
+            .is_some_and(|c| {
+                c.object.spec.controller_name == portico_translate::gateway::CONTROLLER_NAME
+            })
+    };
+    portico_translate::oldest_first(&store.gateways, |g| &g.metadata)
+        .into_iter()
+        .filter(|(_, g)| {
+            ours(&g.object.spec.gateway_class_name)
+                && g.object
+                    .spec
+                    .addresses
+                    .iter()
+                    .flatten()
+                    .all(|a| a.value.as_deref().is_none_or(str::is_empty))
+        })
+        .map(|(k, g)| LbService {
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+            load_balancer_ip: None,
+            annotations: g.object.metadata.annotations.clone().unwrap_or_default(),
+            current: g
+                .object
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|a| a.value.clone())
+                .collect(),
+        })
+        .collect()
+}
+
 /// Runs the election and, while leading, status and Events.
 pub struct Writer {
     client: Client,
@@ -294,6 +335,7 @@ pub struct Writer {
     gateway_written:
         HashMap<(super::gateway_status::GatewayKind, ObjectKey), (serde_json::Value, Instant)>,
     problems_logged: BTreeSet<ObjectKey>,
+    gateway_problems_logged: BTreeSet<ObjectKey>,
 }
 
 pub fn identity(cfg: &KubernetesConfig) -> String {
@@ -350,6 +392,7 @@ impl Writer {
             written: HashMap::new(),
             gateway_written: HashMap::new(),
             problems_logged: BTreeSet::new(),
+            gateway_problems_logged: BTreeSet::new(),
         }
     }
 
@@ -391,22 +434,34 @@ impl Writer {
         let lb_answer = match &self.lb_plugin {
             None => None,
             Some(alloc) => {
-                let (asked, node) = {
+                let (asked, gateways, node) = {
                     let inner = self.shared.lock();
                     (
                         lb_services(&inner.cluster.store),
+                        lb_gateways(&inner.cluster.store),
                         inner.settings.node_addresses.clone(),
                     )
                 };
-                if asked.is_empty() {
+                if asked.is_empty() && gateways.is_empty() {
                     Some(Ok(LbAnswer::default()))
                 } else {
                     let alloc = alloc.clone();
-                    let answer =
-                        tokio::task::spawn_blocking(move || alloc.allocate(&asked, &node)).await;
+                    let answer = tokio::task::spawn_blocking(move || {
+                        alloc.allocate(&asked, &gateways, &node)
+                    })
+                    .await;
                     Some(answer.unwrap_or_else(|e| Err(format!("allocation task: {e}"))))
                 }
             }
+        };
+        let gateway_allocation: Option<BTreeMap<ObjectKey, Vec<IpAddr>>> = match &lb_answer {
+            Some(Ok(a)) => Some(
+                a.gateway_addresses
+                    .iter()
+                    .map(|((ns, name), ips)| (ObjectKey::new(ns, name), ips.clone()))
+                    .collect(),
+            ),
+            _ => None,
         };
         let (plan, gateway_writes, events) = {
             let inner = self.shared.lock();
@@ -423,6 +478,7 @@ impl Writer {
                 &inner.cluster.store,
                 &self.publisher.current().gateway_api,
                 &published_addresses(&inner.settings, &self.publish),
+                gateway_allocation.as_ref(),
                 &now,
             );
             let events = self
@@ -435,6 +491,14 @@ impl Writer {
         for (key, message) in &plan.allocation_problems {
             if self.problems_logged.insert(key.clone()) {
                 tracing::error!(service = %key, plugin = ?self.lb_plugin.as_ref().map(|p| p.name().to_string()), "{message}");
+            }
+        }
+        if let Some(Ok(answer)) = &lb_answer {
+            for (ns, name, message) in &answer.gateway_problems {
+                let key = ObjectKey::new(ns, name);
+                if self.gateway_problems_logged.insert(key.clone()) {
+                    tracing::error!(gateway = %key, plugin = ?self.lb_plugin.as_ref().map(|p| p.name().to_string()), "{message}");
+                }
             }
         }
         for (key, want) in &plan.ingresses {
