@@ -5,10 +5,10 @@
 #   scripts/gen_gateway_api.sh DIR v1.6.1
 # where DIR holds config/crd/ of the gateway-api release
 # (kubernetes-sigs/gateway-api, the tag given). Every kind comes from the
-# standard channel but HTTPRoute, which comes from the experimental one: a
-# superset of the standard schema that adds the fields Portico implements
-# beyond it (rules[].sessionPersistence). A standard-channel HTTPRoute
-# reads the same through these types. Only the spec and status
+# standard channel but HTTPRoute and GRPCRoute, which come from the
+# experimental one: a superset of the standard schema that adds the fields
+# Portico implements beyond it (rules[].sessionPersistence). Standard-
+# channel routes read the same through these types. Only the spec and status
 # types are generated; the resources themselves (metadata, spec, status
 # and the Kubernetes traits) are declared in gateway/gateway-api/src/lib.rs.
 set -euo pipefail
@@ -18,7 +18,7 @@ out="$(dirname "$0")/../gateway/gateway-api/src/generated"
 mkdir -p "$out"
 for kind in gatewayclasses gateways httproutes grpcroutes referencegrants tcproutes udproutes tlsroutes; do
   channel=standard
-  if [ "$kind" = httproutes ]; then channel=experimental; fi
+  case "$kind" in httproutes|grpcroutes) channel=experimental ;; esac
   {
     echo "// Generated from the Gateway API $release CRD ($channel channel) by"
     echo "// scripts/gen_gateway_api.sh; do not edit."

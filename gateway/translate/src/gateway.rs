@@ -319,9 +319,6 @@ fn grpc_as_http(route: &portico_gateway_api::GRPCRoute) -> Result<HTTPRoute, Str
         .flatten()
         .enumerate()
     {
-        if let Some(o) = rule.as_object_mut() {
-            o.remove("sessionPersistence");
-        }
         for (mi, m) in rule["matches"]
             .as_array_mut()
             .into_iter()

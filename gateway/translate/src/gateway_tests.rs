@@ -1610,3 +1610,33 @@ status:
         .assigned_addresses
         .is_empty());
 }
+
+#[test]
+fn grpc_routes_have_session_persistence_too() {
+    let yaml = grpc_route(
+        "  - matches: [{method: {service: pkg.Cart}}]
+    sessionPersistence: {sessionName: CART}
+    backendRefs: [{name: api, port: 80}]
+",
+    );
+    let store = store_of(&format!("{BASE}---\n{yaml}"));
+    let mut s = settings();
+    s.scoped.http.push((
+        "session-affinity".into(),
+        portico_model::scope::PluginScope {
+            ingress_annotations: vec!["nginx.ingress.kubernetes.io/affinity".into()],
+            ..Default::default()
+        },
+    ));
+    let spec = translate(&store, &s);
+    let (r, _) = spec.routes.find("grpc.test", "/pkg.Cart/Add").unwrap();
+    assert_eq!(r.scoped_plugins, ["session-affinity"]);
+    let a = |k: &str| {
+        r.annotations
+            .get(&format!("nginx.ingress.kubernetes.io/{k}"))
+            .map(String::as_str)
+    };
+    assert_eq!(a("session-cookie-name"), Some("CART"));
+    // The service's path prefix is the cookie's path.
+    assert_eq!(a("session-cookie-path"), Some("/pkg.Cart"));
+}
