@@ -455,7 +455,7 @@ pub fn session_affinity_config() -> String {
     format!(
         "[plugins]\nhttp = [\"affinity\"]\ntcp = [\"affinity-tcp\"]\n\
          [[plugins.load]]\nname = \"affinity\"\npath = \"{0}\"\n\
-         applies_to = {{ ingress_annotations = [\"nginx.ingress.kubernetes.io/affinity\"], service_session_affinity = [\"ClientIP\"] }}\n\
+         applies_to = {{ ingress_annotations = [\"nginx.ingress.kubernetes.io/affinity\", \"portico.io/session-header\"], service_session_affinity = [\"ClientIP\"] }}\n\
          [[plugins.load]]\nname = \"affinity-tcp\"\npath = \"{0}\"\nconfig = \"tcp\"\n\
          applies_to = {{ service_session_affinity = [\"ClientIP\"] }}\n",
         wasm.display()

@@ -907,7 +907,7 @@ spec:
 
 /// HTTPRoute `sessionPersistence` through the shipped session-affinity
 /// plugin: a cookie named as asked, on the matched path, `Secure` on the
-/// HTTPS listener; requests carrying it stay on one endpoint.
+/// HTTPS listener, or a header; requests carrying it stay on one endpoint.
 #[test]
 fn session_persistence_keeps_a_client_on_one_endpoint() {
     let (one, two) = (Echo::http("one"), Echo::http("two"));
@@ -928,6 +928,9 @@ spec:
     sessionPersistence: {sessionName: SHOP, absoluteTimeout: 30m, cookieConfig: {lifetimeType: Permanent}}
     backendRefs: [{name: a, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /free}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    sessionPersistence: {type: Header, sessionName: X-Session}
     backendRefs: [{name: a, port: 80}]
 ";
     gw.write_manifest(
@@ -965,6 +968,33 @@ spec:
             assert_eq!(r.header("set-cookie"), None);
             name(&r)
         })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Header persistence: the token comes back in X-Session, and requests
+    // that send it stay; without it they spread.
+    let first = get(gw.http, "app.test", "/api/x", "");
+    let token = first
+        .header("x-session")
+        .expect("the session header")
+        .to_string();
+    assert_eq!(first.header("set-cookie"), None);
+    let pinned = name(&first);
+    for _ in 0..8 {
+        let r = get(
+            gw.http,
+            "app.test",
+            "/api/x",
+            &format!("X-Session: {token}\r\n"),
+        );
+        assert_eq!(name(&r), pinned);
+        assert_eq!(
+            r.header("x-session"),
+            None,
+            "a held session is not set again"
+        );
+    }
+    let seen: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| name(&get(gw.http, "app.test", "/api/x", "")))
         .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
     // On the HTTPS listener the cookie is Secure.

@@ -1443,13 +1443,6 @@ fn add_http_route(
     let scoped_plugins = settings
         .scoped
         .for_ingress(route.metadata.annotations.as_ref());
-    // The plugins a rule with session persistence gets: those scoped to
-    // the cookie-affinity annotation as well (see `session`).
-    let session_plugins = {
-        let mut a = (*annotations).clone();
-        a.extend(session::scope_annotations());
-        settings.scoped.for_ingress(Some(&a))
-    };
     let mut resolved_refs: Option<(String, String)> = None;
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let what = format!("spec.rules[{ri}]");
@@ -1486,15 +1479,23 @@ fn add_http_route(
         for msg in &built.warnings {
             out.problems.push(Problem::warning(here, msg.clone()));
         }
-        if built.session.is_some() && session_plugins.len() == scoped_plugins.len() {
-            out.problems.push(Problem::warning(
-                here,
-                format!(
-                    "{what}.sessionPersistence: no loaded plugin applies to {} (the shipped session-affinity plugin does, with applies_to); the rule serves without session persistence",
-                    session::AFFINITY
-                ),
-            ));
-        }
+        // The plugins a rule with session persistence gets: those scoped
+        // to its annotation as well (see `session`).
+        let session_plugins = built.session.as_ref().map(|p| {
+            let mut a = (*annotations).clone();
+            a.insert(p.scope_annotation().into(), "true".into());
+            let plugins = settings.scoped.for_ingress(Some(&a));
+            if plugins.len() == scoped_plugins.len() {
+                out.problems.push(Problem::warning(
+                    here,
+                    format!(
+                        "{what}.sessionPersistence: no loaded plugin applies to {} (the shipped session-affinity plugin does, with applies_to); the rule serves without session persistence",
+                        p.scope_annotation()
+                    ),
+                ));
+            }
+            plugins
+        });
         let default_match = [HttpRouteRulesMatches::default()];
         let matches = rule
             .matches
@@ -1513,8 +1514,8 @@ fn add_http_route(
                 ));
                 continue;
             }
-            // With session persistence, the cookie-affinity annotations
-            // for this match: plain and for HTTPS listeners (Secure).
+            // With session persistence, the plugin's annotations for this
+            // match: plain and for HTTPS listeners (a Secure cookie).
             let session = built.session.as_ref().map(|c| {
                 let path = session::cookie_path(matched.kind, &matched.path);
                 [false, true].map(|secure| {
@@ -1522,16 +1523,16 @@ fn add_http_route(
                 })
             });
             for (l, hosts) in &attached {
-                let (route_annotations, route_plugins) = match &session {
-                    None => (&annotations, &scoped_plugins),
-                    Some([plain, secure]) => (
+                let (route_annotations, route_plugins) = match (&session, &session_plugins) {
+                    (Some([plain, secure]), Some(plugins)) => (
                         if l.protocol == Protocol::Https {
                             secure
                         } else {
                             plain
                         },
-                        &session_plugins,
+                        plugins,
                     ),
+                    _ => (&annotations, &scoped_plugins),
                 };
                 let mut conditions = matched.conditions.clone();
                 conditions.ports = vec![l.port];
@@ -1746,7 +1747,7 @@ struct BuiltRule {
     /// (ResolvedRefs reason or "", message).
     problems: Vec<(String, String)>,
     /// `sessionPersistence`, when Portico carries it out.
-    session: Option<session::SessionCookie>,
+    session: Option<session::Persistence>,
     warnings: Vec<String>,
 }
 
@@ -1901,11 +1902,11 @@ fn build_rule(
                 "{sw}: session persistence across several backendRefs is not supported"
             ))
         } else {
-            session::cookie(sp, &route.to_string(), index, &sw)
+            session::persistence(sp, &route.to_string(), index, &sw)
         };
         match result {
-            Ok((cookie, warnings)) => {
-                b.session = Some(cookie);
+            Ok((persistence, warnings)) => {
+                b.session = Some(persistence);
                 b.warnings.extend(warnings);
             }
             Err(msg) => b.problems.push((

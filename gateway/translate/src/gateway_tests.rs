@@ -1379,7 +1379,10 @@ spec:
     s.scoped.http.push((
         "session-affinity".into(),
         portico_model::scope::PluginScope {
-            ingress_annotations: vec!["nginx.ingress.kubernetes.io/affinity".into()],
+            ingress_annotations: vec![
+                "nginx.ingress.kubernetes.io/affinity".into(),
+                "portico.io/session-header".into(),
+            ],
             ..Default::default()
         },
     ));
@@ -1425,13 +1428,25 @@ spec:
     assert_eq!(at("/re/v2/x", 80).3, some("/re"));
     // No persistence: no plugin, no annotations.
     assert_eq!(at("/plain", 80), (vec![], None, None, None, None, None));
-    // Refused: Header persistence and a traffic split serve without it.
-    assert_eq!(at("/header", 80).1, None);
+    // Header persistence: the header annotation, and the plugin scoped to
+    // it.
+    let facts = RequestFacts {
+        port: Some(80),
+        tls: false,
+        request: None,
+    };
+    let (r, _) = spec
+        .routes
+        .find_request("s.test", "/header", &facts)
+        .unwrap();
+    assert_eq!(at("/header", 80).1, None, "no cookie");
+    assert!(r
+        .annotations
+        .get("portico.io/session-header")
+        .is_some_and(|h| h.starts_with("portico-session-")));
+    assert_eq!(r.scoped_plugins, plugin);
+    // Refused: a traffic split serves without it.
     let text = problems(&spec);
-    assert!(
-        text.contains("spec.rules[2].sessionPersistence.type: Header session persistence is not supported (only Cookie); the rule serves without session persistence"),
-        "{text}"
-    );
     assert!(
         text.contains("spec.rules[3].sessionPersistence: session persistence across several backendRefs is not supported"),
         "{text}"

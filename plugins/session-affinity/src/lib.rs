@@ -19,6 +19,10 @@
 //!   plugin the same way: Portico's translation sets these annotations on
 //!   the rule's routes (cookie name, the matched path, `Max-Age` for a
 //!   Permanent cookie, `Secure` on HTTPS listeners).
+//! - **Header** (`sessionPersistence` of type Header, which translation
+//!   turns into `portico.io/session-header: NAME`): the first response
+//!   carries header NAME with the endpoint's token; requests that send it
+//!   back go to that endpoint while it is ready.
 //!
 //! proxy-wasm decides a root's context kind (HTTP or TCP) once, so the
 //! plugin is loaded once per kind: with configuration `tcp` it serves L4
@@ -45,6 +49,19 @@ portico_sdk::proxy_wasm::main! {{
 }}
 
 const ANNOTATION: &str = "nginx.ingress.kubernetes.io/";
+/// Header persistence (HTTPRoute `sessionPersistence` of type Header):
+/// the header that carries the endpoint's token both ways.
+const SESSION_HEADER: &str = "portico.io/session-header";
+
+/// A header name Portico sets and reads (an HTTP token), lower-cased.
+pub fn header_name(v: &str) -> Option<String> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Some(v.to_ascii_lowercase())
+    } else {
+        None
+    }
+}
 
 /// Cookie affinity settings, from the Ingress's annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,11 +236,27 @@ impl RootContext for Root {
 struct Http {
     client_ip: Option<(String, u64)>,
     cookie: Option<CookieSettings>,
-    /// The cookie named an eligible endpoint (no new cookie needed).
-    cookie_held: bool,
+    /// Header persistence: the header's name (lower case).
+    header: Option<String>,
+    /// The cookie or header named an eligible endpoint (nothing to set).
+    held: bool,
 }
 
 impl Context for Http {}
+
+impl Http {
+    /// Chooses the endpoint whose token the client sent, if it may take
+    /// the request.
+    fn hold(&mut self, hosts: &[UpstreamHost], wanted: Option<String>, persistent: bool) {
+        if let Some(t) = wanted {
+            if let Some(h) = hosts.iter().find(|h| token(&h.address) == t) {
+                if eligible(hosts, &h.address, persistent) && upstream::choose(&h.address).is_ok() {
+                    self.held = true;
+                }
+            }
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
@@ -240,6 +273,12 @@ impl HttpContext for Http {
                 .map(|(_, v)| v.clone())
         });
         if self.cookie.is_none() {
+            self.header = annotations
+                .iter()
+                .find(|(k, _)| k == SESSION_HEADER)
+                .and_then(|(_, v)| header_name(v));
+        }
+        if self.cookie.is_none() && self.header.is_none() {
             self.client_ip = client_ip_key();
             if self.client_ip.is_none() {
                 return Action::Continue;
@@ -247,16 +286,16 @@ impl HttpContext for Http {
         }
         let hosts = upstream::hosts().unwrap_or_default();
         if let Some(c) = &self.cookie {
+            let persistent = c.persistent;
             let wanted = self
                 .get_http_request_header("cookie")
                 .and_then(|h| cookie_value(&h, &c.name).map(str::to_string));
-            if let Some(t) = wanted {
-                if let Some(h) = hosts.iter().find(|h| token(&h.address) == t) {
-                    if eligible(&hosts, &h.address, c.persistent) && upstream::choose(&h.address).is_ok() {
-                        self.cookie_held = true;
-                    }
-                }
-            }
+            self.hold(&hosts, wanted, persistent);
+            return Action::Continue;
+        }
+        if let Some(name) = &self.header {
+            let wanted = self.get_http_request_header(name).map(|v| v.trim().to_string());
+            self.hold(&hosts, wanted, false);
             return Action::Continue;
         }
         if let Some((key, _)) = &self.client_ip {
@@ -270,7 +309,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        if self.cookie_held || (self.cookie.is_none() && self.client_ip.is_none()) {
+        if self.held || (self.cookie.is_none() && self.header.is_none() && self.client_ip.is_none()) {
             return Action::Continue;
         }
         // (No let-else: the MSRV is 1.63.)
@@ -279,9 +318,10 @@ impl HttpContext for Http {
             None => return Action::Continue,
         };
         if let Some(c) = &self.cookie {
-            if !self.cookie_held {
-                self.add_http_response_header("set-cookie", &c.set_cookie(&addr));
-            }
+            self.add_http_response_header("set-cookie", &c.set_cookie(&addr));
+        } else if let Some(name) = &self.header {
+            // The client sends it back with its next requests.
+            self.set_http_response_header(name, Some(&token(&addr)));
         } else if let Some((key, timeout)) = &self.client_ip {
             pin(key, &addr, *timeout);
         }
@@ -368,6 +408,14 @@ mod tests {
         // Values that would break the header are refused.
         let bad = settings(&[("affinity", "cookie"), ("session-cookie-name", "a;b"), ("session-cookie-path", "/x; Domain=evil")]).unwrap();
         assert_eq!((bad.name.as_str(), bad.path.as_str()), ("INGRESSCOOKIE", "/"));
+    }
+
+    #[test]
+    fn session_header_names_are_tokens() {
+        assert_eq!(header_name(" X-Session "), Some("x-session".to_string()));
+        assert_eq!(header_name("a b"), None);
+        assert_eq!(header_name("x:y"), None);
+        assert_eq!(header_name(""), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! HTTPRoute `sessionPersistence` (GEP-1619), carried out by the
-//! `session-affinity` plugin: a rule with cookie persistence gets the
-//! ingress-nginx cookie-affinity annotations that plugin reads, so the
-//! plugin is scoped to exactly those routes when the snapshot is built
-//! and the same code serves Ingress and Gateway users.
+//! HTTPRoute and GRPCRoute `sessionPersistence` (GEP-1619), carried out
+//! by the `session-affinity` plugin: a rule with cookie persistence gets
+//! the ingress-nginx cookie-affinity annotations that plugin reads, one
+//! with header persistence `portico.io/session-header`, so the plugin is
+//! scoped to exactly those routes when the snapshot is built and the same
+//! code serves Ingress and Gateway users.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +13,12 @@ use portico_gateway_api::httproutes::{
 };
 use portico_model::routing::PathKind;
 
-/// The annotation that scopes the cookie-affinity plugin to a route.
+/// The annotation that scopes the plugin to a route with cookie
+/// persistence.
 pub const AFFINITY: &str = "nginx.ingress.kubernetes.io/affinity";
+/// The annotation that names the header of header persistence (and
+/// scopes the plugin to the route).
+pub const SESSION_HEADER: &str = "portico.io/session-header";
 const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
 /// The cookie a rule's session persistence asks for.
@@ -24,21 +29,34 @@ pub struct SessionCookie {
     pub max_age: Option<u64>,
 }
 
-/// The cookie for `sp`, with warnings about what is accepted but not
-/// carried out; `Err` names what cannot be served (the rule then serves
-/// without persistence). `route` and `rule` make the default name unique
-/// per rule, as the GEP asks when `sessionName` is not given.
-pub fn cookie(
+/// How a rule keeps its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    Cookie(SessionCookie),
+    /// The header's name (lower case).
+    Header(String),
+}
+
+impl Persistence {
+    /// The annotation the plugin is scoped by (`applies_to`).
+    pub fn scope_annotation(&self) -> &'static str {
+        match self {
+            Persistence::Cookie(_) => AFFINITY,
+            Persistence::Header(_) => SESSION_HEADER,
+        }
+    }
+}
+
+/// The persistence `sp` asks for, with warnings about what is accepted
+/// but not carried out; `Err` names what cannot be served (the rule then
+/// serves without persistence). `route` and `rule` make the default name
+/// unique per rule, as the GEP asks when `sessionName` is not given.
+pub fn persistence(
     sp: &HttpRouteRulesSessionPersistence,
     route: &str,
     rule: usize,
     what: &str,
-) -> Result<(SessionCookie, Vec<String>), String> {
-    if sp.r#type == Some(HttpRouteRulesSessionPersistenceType::Header) {
-        return Err(format!(
-            "{what}.type: Header session persistence is not supported (only Cookie)"
-        ));
-    }
+) -> Result<(Persistence, Vec<String>), String> {
     let mut warnings = Vec::new();
     let name = match sp.session_name.as_deref() {
         None | Some("") => format!("portico-session-{:08x}", fnv32(&format!("{route}/{rule}"))),
@@ -47,7 +65,7 @@ pub fn cookie(
         }
         Some(n) => {
             return Err(format!(
-                "{what}.sessionName {n:?} is not a cookie name Portico sets (letters, digits, '-' and '_')"
+                "{what}.sessionName {n:?} is not a cookie or header name Portico sets (letters, digits, '-' and '_')"
             ))
         }
     };
@@ -62,6 +80,14 @@ pub fn cookie(
             }
         },
     };
+    if sp.r#type == Some(HttpRouteRulesSessionPersistenceType::Header) {
+        if timeout_secs.is_some() {
+            warnings.push(format!(
+                "{what}.absoluteTimeout is not enforced for Header persistence (a session lasts while the client sends the header)"
+            ));
+        }
+        return Ok((Persistence::Header(name.to_ascii_lowercase()), warnings));
+    }
     let permanent = sp
         .cookie_config
         .as_ref()
@@ -84,7 +110,10 @@ pub fn cookie(
         }
         None
     };
-    Ok((SessionCookie { name, max_age }, warnings))
+    Ok((
+        Persistence::Cookie(SessionCookie { name, max_age }),
+        warnings,
+    ))
 }
 
 /// The cookie's `Path` for a match (GEP-1619): the matched path; for a
@@ -112,19 +141,29 @@ pub fn cookie_path(kind: PathKind, path: &str) -> String {
     }
 }
 
-/// The route's annotations with the cookie-affinity ones for `cookie`
-/// set, replacing any the route carried itself.
+/// The route's annotations with those of `p` set, replacing any
+/// affinity settings the route carried itself.
 pub fn annotations(
     route: &BTreeMap<String, String>,
-    cookie: &SessionCookie,
+    p: &Persistence,
     path: &str,
     secure: bool,
 ) -> BTreeMap<String, String> {
     let mut a: BTreeMap<String, String> = route
         .iter()
-        .filter(|(k, _)| !k.starts_with(PREFIX) || !is_affinity_key(&k[PREFIX.len()..]))
+        .filter(|(k, _)| {
+            k.as_str() != SESSION_HEADER
+                && (!k.starts_with(PREFIX) || !is_affinity_key(&k[PREFIX.len()..]))
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let cookie = match p {
+        Persistence::Header(name) => {
+            a.insert(SESSION_HEADER.into(), name.clone());
+            return a;
+        }
+        Persistence::Cookie(c) => c,
+    };
     let mut set = |k: &str, v: String| {
         a.insert(format!("{PREFIX}{k}"), v);
     };
@@ -145,11 +184,6 @@ fn is_affinity_key(k: &str) -> bool {
     k == "affinity" || k == "affinity-mode" || k.starts_with("session-cookie-")
 }
 
-/// Enough of the annotations for plugin scoping (`applies_to`).
-pub fn scope_annotations() -> BTreeMap<String, String> {
-    BTreeMap::from([(AFFINITY.to_string(), "cookie".to_string())])
-}
-
 /// FNV-1a, 32 bits: a short, stable default cookie name.
 fn fnv32(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5, |h: u32, b| {
@@ -161,12 +195,13 @@ fn fnv32(s: &str) -> u32 {
 mod tests {
     use super::*;
     use portico_gateway_api::httproutes::HttpRouteRulesSessionPersistenceCookieConfig;
+    use HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as L;
 
     fn sp(
         ty: Option<HttpRouteRulesSessionPersistenceType>,
         name: Option<&str>,
         timeout: Option<&str>,
-        lifetime: Option<HttpRouteRulesSessionPersistenceCookieConfigLifetimeType>,
+        lifetime: Option<L>,
     ) -> HttpRouteRulesSessionPersistence {
         HttpRouteRulesSessionPersistence {
             r#type: ty,
@@ -178,10 +213,22 @@ mod tests {
         }
     }
 
+    /// `persistence`, expecting a cookie.
+    fn cookie(
+        sp: &HttpRouteRulesSessionPersistence,
+        route: &str,
+        rule: usize,
+    ) -> Result<(SessionCookie, Vec<String>), String> {
+        persistence(sp, route, rule, "x").map(|(p, w)| match p {
+            Persistence::Cookie(c) => (c, w),
+            Persistence::Header(h) => panic!("a header, {h}"),
+        })
+    }
+
     #[test]
     fn cookie_names_default_per_rule_and_are_checked() {
-        let (a, w) = cookie(&sp(None, None, None, None), "ns/r", 0, "x").unwrap();
-        let (b, _) = cookie(&sp(None, None, None, None), "ns/r", 1, "x").unwrap();
+        let (a, w) = cookie(&sp(None, None, None, None), "ns/r", 0).unwrap();
+        let (b, _) = cookie(&sp(None, None, None, None), "ns/r", 1).unwrap();
         assert!(
             a.name.starts_with("portico-session-") && a.name.len() == 24,
             "{a:?}"
@@ -189,71 +236,60 @@ mod tests {
         assert_ne!(a.name, b.name);
         assert_eq!(a.max_age, None);
         assert!(w.is_empty());
-        let (c, _) = cookie(&sp(None, Some("JSESSIONID"), None, None), "ns/r", 0, "x").unwrap();
+        let (c, _) = cookie(&sp(None, Some("JSESSIONID"), None, None), "ns/r", 0).unwrap();
         assert_eq!(c.name, "JSESSIONID");
-        let e = cookie(
-            &sp(None, Some("a;b"), None, None),
-            "ns/r",
-            0,
-            "spec.rules[0].sessionPersistence",
-        )
-        .unwrap_err();
+        let e = cookie(&sp(None, Some("a;b"), None, None), "ns/r", 0).unwrap_err();
         assert!(
-            e.contains("spec.rules[0].sessionPersistence.sessionName \"a;b\""),
+            e.contains("x.sessionName \"a;b\" is not a cookie or header name"),
             "{e}"
         );
     }
 
     #[test]
     fn lifetimes_and_timeouts() {
-        use HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as L;
-        let (c, w) = cookie(
-            &sp(None, None, Some("1h30m"), Some(L::Permanent)),
-            "r",
-            0,
-            "x",
-        )
-        .unwrap();
+        let (c, w) = cookie(&sp(None, None, Some("1h30m"), Some(L::Permanent)), "r", 0).unwrap();
         assert_eq!(c.max_age, Some(5400));
         assert!(w.is_empty());
         // Rounded up: a cookie must not expire before the session does.
-        let (c, _) = cookie(
-            &sp(None, None, Some("1500ms"), Some(L::Permanent)),
-            "r",
-            0,
-            "x",
-        )
-        .unwrap();
+        let (c, _) = cookie(&sp(None, None, Some("1500ms"), Some(L::Permanent)), "r", 0).unwrap();
         assert_eq!(c.max_age, Some(2));
-        let e = cookie(&sp(None, None, None, Some(L::Permanent)), "r", 0, "x").unwrap_err();
+        let e = cookie(&sp(None, None, None, Some(L::Permanent)), "r", 0).unwrap_err();
         assert!(e.contains("Permanent cookie needs absoluteTimeout"), "{e}");
-        let (c, w) = cookie(&sp(None, None, Some("10m"), Some(L::Session)), "r", 0, "x").unwrap();
+        let (c, w) = cookie(&sp(None, None, Some("10m"), Some(L::Session)), "r", 0).unwrap();
         assert_eq!(c.max_age, None);
         assert!(
             w[0].contains("x.absoluteTimeout on a Session cookie is not enforced"),
             "{w:?}"
         );
-        let e = cookie(&sp(None, None, Some("ten"), None), "r", 0, "x").unwrap_err();
+        let e = cookie(&sp(None, None, Some("ten"), None), "r", 0).unwrap_err();
         assert!(e.contains("x.absoluteTimeout \"ten\""), "{e}");
     }
 
     #[test]
-    fn header_persistence_is_refused() {
-        let e = cookie(
-            &sp(
-                Some(HttpRouteRulesSessionPersistenceType::Header),
-                None,
-                None,
-                None,
-            ),
-            "r",
-            0,
-            "x",
-        )
-        .unwrap_err();
+    fn header_persistence_names_a_header() {
+        let header = || Some(HttpRouteRulesSessionPersistenceType::Header);
+        let (p, w) =
+            persistence(&sp(header(), Some("X-Session"), None, None), "r", 0, "x").unwrap();
+        assert_eq!(p, Persistence::Header("x-session".into()));
+        assert_eq!(p.scope_annotation(), SESSION_HEADER);
+        assert!(w.is_empty());
+        let (p, w) = persistence(&sp(header(), None, Some("1h"), None), "r", 0, "x").unwrap();
+        assert!(matches!(p, Persistence::Header(n) if n.starts_with("portico-session-")));
         assert!(
-            e.contains("x.type: Header session persistence is not supported"),
+            w[0].contains("x.absoluteTimeout is not enforced for Header persistence"),
+            "{w:?}"
+        );
+        let e = persistence(&sp(header(), Some("a b"), None, None), "r", 0, "x").unwrap_err();
+        assert!(
+            e.contains("x.sessionName \"a b\" is not a cookie or header name"),
             "{e}"
+        );
+        // Replacing the route's own affinity settings.
+        let route = BTreeMap::from([(format!("{PREFIX}affinity"), "cookie".to_string())]);
+        let a = annotations(&route, &Persistence::Header("x-s".into()), "/", true);
+        assert_eq!(
+            a,
+            BTreeMap::from([(SESSION_HEADER.to_string(), "x-s".to_string())])
         );
     }
 
@@ -276,12 +312,15 @@ mod tests {
             ("team".to_string(), "a".to_string()),
             (format!("{PREFIX}session-cookie-name"), "OLD".to_string()),
             (format!("{PREFIX}affinity-mode"), "persistent".to_string()),
+            (SESSION_HEADER.to_string(), "x-old".to_string()),
         ]);
-        let c = SessionCookie {
-            name: "S".into(),
-            max_age: Some(60),
+        let c = |max_age| {
+            Persistence::Cookie(SessionCookie {
+                name: "S".into(),
+                max_age,
+            })
         };
-        let a = annotations(&route, &c, "/app", true);
+        let a = annotations(&route, &c(Some(60)), "/app", true);
         let get = |k: &str| a.get(&format!("{PREFIX}{k}")).map(String::as_str);
         assert_eq!(a.get("team").map(String::as_str), Some("a"));
         assert_eq!(get("affinity"), Some("cookie"));
@@ -290,15 +329,8 @@ mod tests {
         assert_eq!(get("session-cookie-max-age"), Some("60"));
         assert_eq!(get("session-cookie-secure"), Some("true"));
         assert_eq!(get("affinity-mode"), None);
-        let a = annotations(
-            &route,
-            &SessionCookie {
-                name: "S".into(),
-                max_age: None,
-            },
-            "/",
-            false,
-        );
+        assert_eq!(a.get(SESSION_HEADER), None);
+        let a = annotations(&route, &c(None), "/", false);
         assert_eq!(a.get(&format!("{PREFIX}session-cookie-max-age")), None);
         assert_eq!(a.get(&format!("{PREFIX}session-cookie-secure")), None);
     }
