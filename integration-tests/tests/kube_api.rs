@@ -927,10 +927,13 @@ spec:
     .unwrap();
     let dir = TempDir::new("kapi");
     let kc = api.kubeconfig(dir.path(), "admin");
-    // Loopback pool addresses: the test needs no real network.
+    // Loopback pool addresses: the test needs no real network. The
+    // announce pool opens 127.0.0.22 to Gateways (announced some other
+    // way: mode off).
     let config = format!(
         "load_balancer_plugin = \"lb\"\n{NO_NODE_PORTS}\n[[plugins.load]]\nname = \"lb\"\npath = \"{}\"\n\
-         config = '{{\"pools\": {{\"default\": [\"127.0.0.21\", \"127.0.0.22\"]}}}}'\n",
+         config = '{{\"pools\": {{\"default\": [\"127.0.0.21\", \"127.0.0.22\"]}}}}'\n\
+         [[announce.pools]]\nname = \"gw\"\naddresses = [\"127.0.0.22/32\"]\nmode = \"off\"\ngateways = true\n",
         built_plugins().join("cloud_lb.wasm").display()
     );
     let gw = Gateway::spawn_kube_real(&kc, &ns, "gw", &config, true);
@@ -952,7 +955,7 @@ spec:
     });
     let config = gw.config_json();
     assert_eq!(
-        config["gateway_api"]["gateways"][format!("{ns}/edge")]["assigned_addresses"],
+        config["gateway_api"]["gateways"][format!("{ns}/edge")]["allocated_addresses"],
         serde_json::json!(["127.0.0.22"]),
         "{config}"
     );

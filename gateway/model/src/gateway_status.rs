@@ -68,11 +68,15 @@ pub struct GatewayState {
     /// `spec.addresses` asked for an address type other than
     /// `IPAddress`, or for a value that is not an IP address.
     pub addresses_unsupported: bool,
-    /// `spec.addresses`' IP addresses that Portico serves the Gateway at
-    /// (or, for a Gateway that asks for none, those a load-balancer plugin
-    /// gave it, as found in its status): its status addresses.
+    /// `spec.addresses`' IP addresses that Portico serves the Gateway at:
+    /// its status addresses, when any were asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub assigned_addresses: Vec<std::net::IpAddr>,
+    /// For a Gateway that asks for none, the addresses a load-balancer
+    /// plugin gave it, as found in its status (inside announce pools open
+    /// to Gateways): served and announced as its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocated_addresses: Vec<std::net::IpAddr>,
     /// Those it does not serve (`Programmed=False, AddressNotAssigned`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unassigned_addresses: Vec<std::net::IpAddr>,

@@ -890,9 +890,11 @@ fn requested_addresses(
 }
 
 /// A Gateway that asks for no address, with a load-balancer plugin: the
-/// IPs in its status that are not Portico's own were given it by the
-/// plugin (the leader wrote them), so they are the Gateway's, announced
-/// like a LoadBalancer Service's.
+/// IPs in its status inside an announce pool open to Gateways were given
+/// it by the plugin (the leader wrote them), so they are the Gateway's,
+/// announced like a LoadBalancer Service's. Only those: the status also
+/// holds Portico's own addresses when nothing was allocated, and another
+/// edge node's address must never be announced here.
 fn allocated_addresses(
     key: &ObjectKey,
     gw: &Gateway,
@@ -907,7 +909,10 @@ fn allocated_addresses(
         let Ok(ip) = a.value.parse::<std::net::IpAddr>() else {
             continue;
         };
-        if served.contains(&ip) || settings.node_addresses.contains(&ip) {
+        if served.contains(&ip)
+            || settings.node_addresses.contains(&ip)
+            || gateway_pool_of(settings, ip).is_none()
+        {
             continue;
         }
         let owner = portico_model::snapshot::AddressOwner::Gateway(key.clone());
@@ -916,10 +921,10 @@ fn allocated_addresses(
                 here,
                 format!("status.addresses: {ip}, from the load-balancer plugin, is already the address of {other}; not served for this Gateway"),
             )),
-            _ if state.assigned_addresses.contains(&ip) => {}
+            _ if state.allocated_addresses.contains(&ip) => {}
             _ => {
                 out.load_balancer_addresses.insert(ip, owner);
-                state.assigned_addresses.push(ip);
+                state.allocated_addresses.push(ip);
             }
         }
     }

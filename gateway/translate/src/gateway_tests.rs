@@ -1600,11 +1600,15 @@ status:
     let store = store_of(&format!("{BASE}---\n{yaml}"));
     let mut s = settings();
     s.gateway_load_balancer = true;
+    // Outside every announce pool open to Gateways (another edge node's
+    // address, say): never taken as the Gateway's.
+    assert!(translate(&store, &s).load_balancer_addresses.is_empty());
+    s.gateway_pools = vec![("gw".into(), vec!["192.0.2.64/26".parse().unwrap()])];
     let spec = translate(&store, &s);
     let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
     // The plugin's address (not the node's) is the Gateway's, announced.
     assert_eq!(
-        spec.gateway_api.gateways[&key("allocated")].assigned_addresses,
+        spec.gateway_api.gateways[&key("allocated")].allocated_addresses,
         ["192.0.2.90".parse::<std::net::IpAddr>().unwrap()]
     );
     assert_eq!(
@@ -1619,10 +1623,11 @@ status:
         ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
     );
     // Without a load-balancer plugin the status is only a report.
-    let spec = translate(&store, &settings());
+    s.gateway_load_balancer = false;
+    let spec = translate(&store, &s);
     assert!(spec.load_balancer_addresses.is_empty());
     assert!(spec.gateway_api.gateways[&key("allocated")]
-        .assigned_addresses
+        .allocated_addresses
         .is_empty());
 }
 

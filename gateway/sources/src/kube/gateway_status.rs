@@ -147,13 +147,18 @@ pub fn plan(
         } else {
             Condition::bad("Programmed", "Invalid", "no listener is served")
         };
-        // The plugin's allocation, else the addresses asked for (or
-        // allocated earlier, as translation found them in the status) and
-        // assigned, else every one it serves.
-        let own = allocated
-            .and_then(|a| a.get(key))
-            .filter(|a| !a.is_empty())
-            .unwrap_or(&gs.assigned_addresses);
+        // The addresses asked for and assigned; for a Gateway that asks
+        // for none, the plugin's answer, or while it has none (it failed),
+        // what the status holds; else every address Portico serves.
+        let none = Vec::new();
+        let own = if !gs.assigned_addresses.is_empty() {
+            &gs.assigned_addresses
+        } else {
+            match allocated {
+                Some(a) => a.get(key).unwrap_or(&none),
+                None => &gs.allocated_addresses,
+            }
+        };
         let addrs: Vec<Value> = if own.is_empty() {
             addresses
                 .iter()
@@ -510,7 +515,12 @@ mod tests {
     #[test]
     fn a_load_balancer_plugins_allocation_is_the_gateways_status_address() {
         let store = store_with(&[CLASS, GW, SVC, &route_with_status("")]);
-        let st = translated(&store);
+        let mut st = translated(&store);
+        let gw_key = ObjectKey::new("infra", "gw");
+        // What an earlier allocation left in the status, as translation
+        // read it.
+        st.gateways.get_mut(&gw_key).unwrap().allocated_addresses =
+            vec!["198.51.100.9".parse().unwrap()];
         let addrs = [LbAddress::Ip("192.0.2.1".parse().unwrap())];
         let address = |allocated: Option<&BTreeMap<ObjectKey, Vec<std::net::IpAddr>>>| {
             let writes = plan(&store, &st, &addrs, allocated, "2026-12-01T00:00:00Z");
@@ -520,22 +530,14 @@ mod tests {
                 .unwrap();
             gw.status["addresses"].clone()
         };
-        let given = BTreeMap::from([(
-            ObjectKey::new("infra", "gw"),
-            vec!["198.51.100.20".parse().unwrap()],
-        )]);
-        assert_eq!(
-            address(Some(&given)),
-            json!([{"type": "IPAddress", "value": "198.51.100.20"}])
-        );
-        // Nothing for this Gateway (an exhausted pool, or no plugin):
-        // Portico's own addresses.
-        for allocated in [Some(&BTreeMap::new()), None] {
-            assert_eq!(
-                address(allocated),
-                json!([{"type": "IPAddress", "value": "192.0.2.1"}])
-            );
-        }
+        let ip = |v: &str| json!([{"type": "IPAddress", "value": v}]);
+        let given = BTreeMap::from([(gw_key.clone(), vec!["198.51.100.20".parse().unwrap()])]);
+        assert_eq!(address(Some(&given)), ip("198.51.100.20"));
+        // The plugin answered without it (an exhausted pool, a plugin
+        // that does not allocate for Gateways): Portico's own addresses.
+        assert_eq!(address(Some(&BTreeMap::new())), ip("192.0.2.1"));
+        // No answer (the plugin failed): the status keeps what it has.
+        assert_eq!(address(None), ip("198.51.100.9"));
     }
 
     #[test]

@@ -300,10 +300,17 @@ impl ClusterState {
                     (&o.metadata, &o.spec)
                 })
             }
+            // A Gateway's status addresses count too: those a load-balancer
+            // plugin gave it are its own (translation reads them back).
             AnyObject::Gateway(new) => {
-                same_spec(s.gateways.get(&key).map(|o| &*o.object), new, |o| {
-                    (&o.metadata, &o.spec)
-                })
+                let old = s.gateways.get(&key).map(|o| &*o.object);
+                let addresses = |g: &portico_gateway_api::Gateway| {
+                    g.status.as_ref().and_then(|st| st.addresses.clone())
+                };
+                match same_spec(old, new, |o| (&o.metadata, &o.spec)) {
+                    Effect::Nothing if old.map(addresses) != Some(addresses(new)) => Effect::Full,
+                    effect => effect,
+                }
             }
             AnyObject::HTTPRoute(new) => {
                 same_spec(s.http_routes.get(&key).map(|o| &*o.object), new, |o| {
@@ -403,6 +410,7 @@ mod tests {
             }
             "Ingress" => AnyObject::Ingress(Arc::new(serde_yaml::from_value(v).unwrap())),
             "Secret" => AnyObject::Secret(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "Gateway" => AnyObject::Gateway(Arc::new(serde_yaml::from_value(v).unwrap())),
             k => panic!("{k}"),
         }
     }
@@ -476,6 +484,24 @@ mod tests {
         assert_eq!(st.apply(Update::Apply(obj(&with_status))), Effect::Nothing);
         let changed = ing.replace("number: 80", "number: 81");
         assert_eq!(st.apply(Update::Apply(obj(&changed))), Effect::Full);
+    }
+
+    #[test]
+    fn a_gateways_status_counts_only_for_its_addresses() {
+        let mut st = synced();
+        let gw = "kind: Gateway\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: g, namespace: ns}\nspec: {gatewayClassName: c, listeners: [{name: h, protocol: HTTP, port: 80}]}\n";
+        assert_eq!(st.apply(Update::Apply(obj(gw))), Effect::Full);
+        let status =
+            |addresses: &str| format!("{gw}status: {{conditions: [], addresses: [{addresses}]}}\n");
+        // New addresses (an allocation written back): translated again.
+        let one = status("{type: IPAddress, value: 192.0.2.7}");
+        assert_eq!(st.apply(Update::Apply(obj(&one))), Effect::Full);
+        // Conditions only: nothing to do.
+        let conditions = one.replace(
+            "conditions: []",
+            "conditions: [{type: Accepted, status: 'True', reason: Accepted, message: m, lastTransitionTime: '2026-12-01T00:00:00Z'}]",
+        );
+        assert_eq!(st.apply(Update::Apply(obj(&conditions))), Effect::Nothing);
     }
 
     #[test]
