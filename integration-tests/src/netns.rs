@@ -132,6 +132,12 @@ impl Netns {
         self.echo(name, &[("--tcp", addr, port), ("--udp", addr, port)])
     }
 
+    /// `portico echo` with these (flag, address, port) listeners, e.g.
+    /// `("--https", addr, 8443)` or `("--h2c", addr, 8081)`.
+    pub fn echo_with(&self, name: &str, listen: &[(&str, &str, u16)]) -> NsEcho {
+        self.echo(name, listen)
+    }
+
     fn echo(&self, name: &str, listen: &[(&str, &str, u16)]) -> NsEcho {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name])

@@ -1783,3 +1783,161 @@ fn gateway_api_routes_are_served_and_their_status_written() {
         http_get(gw.http, "route.test", "/only/x").is_ok_and(|r| r.status == 404)
     });
 }
+
+/// Each Gateway API route kind serves traffic in Kubernetes mode, from
+/// objects on the real API server to pods in a network namespace: HTTPS
+/// (the listener's certificate from a Secret), gRPC (h2c to the pod), TLS
+/// passthrough (the pod's own certificate, by SNI), TCP and UDP.
+#[test]
+fn every_gateway_route_kind_serves_in_kubernetes_mode() {
+    let api = shared();
+    api.install_gateway_api_crds();
+    let ns = api.namespace("gwkinds");
+    let net = Netns::new();
+    let pod = net.addr(2);
+    let _web = net.echo_http("web-pod", &pod, 8080);
+    let _tls = net.echo_with("tls-pod", &[("--https", &pod, 8443)]);
+    let _grpc = net.echo_with("grpc-pod", &[("--h2c", &pod, 8081)]);
+    let _l4 = net.echo_tcp("l4-pod", &pod, 9000);
+    let (crt, key) = self_signed(&["secure.kinds.test"]);
+    let dir = TempDir::new("kapi");
+    let kc = api.kubeconfig(dir.path(), "admin");
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw-kinds", NO_NODE_PORTS, true);
+    gw.wait_ready();
+    let (pass, tcp, udp) = (free_port(), free_port(), free_port());
+    let service = |name: &str, port: u16, protocol: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: p, port: {port}, protocol: {protocol}}}]\n---
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: p, port: {port}, protocol: {protocol}}}]\nendpoints:\n- addresses: [\"{pod}\"]\n---\n"
+        )
+    };
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let objects = service("web", 8080, "TCP")
+        + &service("tls", 8443, "TCP")
+        + &service("grpc", 8081, "TCP")
+        + &service("l4", 9000, "TCP")
+        + &service("l4u", 9000, "UDP")
+        + &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico-{ns}}}
+spec: {{controllerName: portico.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {ns}}}
+spec:
+  gatewayClassName: portico-{ns}
+  listeners:
+  - {{name: http, protocol: HTTP, port: {http}}}
+  - {{name: https, protocol: HTTPS, port: {https}, hostname: secure.kinds.test, tls: {{certificateRefs: [{{name: cert}}]}}}}
+  - {{name: pass, protocol: TLS, port: {pass}, tls: {{mode: Passthrough}}}}
+  - {{name: tcp, protocol: TCP, port: {tcp}}}
+  - {{name: udp, protocol: UDP, port: {udp}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: https}}]
+  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: grpc, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: http}}]
+  hostnames: [grpc.kinds.test]
+  rules: [{{matches: [{{method: {{service: pkg.Users}}}}], backendRefs: [{{name: grpc, port: 8081}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: pass, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: pass}}]
+  hostnames: [pass.kinds.test]
+  rules: [{{backendRefs: [{{name: tls, port: 8443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: tcp, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: l4, port: 9000}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {{name: udp, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: udp}}]
+  rules: [{{backendRefs: [{{name: l4u, port: 9000}}]}}]
+",
+            indent(&crt),
+            indent(&key),
+            http = gw.http,
+            https = gw.https,
+        );
+    api.apply(&objects).unwrap();
+    // HTTPS with the listener's certificate from the Secret.
+    let ca = dir.write("ca.pem", &crt);
+    wait_for(20, "the HTTPS route", || {
+        https_name(&gw, "secure.kinds.test", &ca).is_ok_and(|n| n == "web-pod")
+    });
+    // gRPC over h2c to the pod.
+    wait_for(10, "the GRPCRoute", || {
+        let (out, _) = curl(&[
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/grpc",
+            "--data-binary",
+            "abc",
+            "-H",
+            "Host: grpc.kinds.test",
+            &format!("http://127.0.0.1:{}/pkg.Users/Get", gw.http),
+        ]);
+        out.starts_with("HTTP/2 200") && out.contains("\"name\":\"grpc-pod\"")
+    });
+    // TLS passthrough: the handshake is the pod's (its name in the body).
+    wait_for(10, "the TLSRoute", || {
+        let (out, _) = curl(&[
+            "-k",
+            "--resolve",
+            &format!("pass.kinds.test:{pass}:127.0.0.1"),
+            &format!("https://pass.kinds.test:{pass}/"),
+        ]);
+        out.contains("\"name\":\"tls-pod\"")
+    });
+    // TCP and UDP.
+    let at = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    wait_for(10, "the TCPRoute", || {
+        tcp_hello(at(tcp)).is_ok_and(|s| s == "l4-pod\nping")
+    });
+    wait_for(10, "the UDPRoute", || {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        u.send_to(b"hi", at(udp)).is_ok()
+            && u.recv_from(&mut buf)
+                .is_ok_and(|(n, _)| &buf[..n] == b"l4-pod:hi")
+    });
+    // Every route says Accepted in its status.
+    for (resource, name) in [
+        ("httproutes", "secure"),
+        ("grpcroutes", "grpc"),
+        ("tlsroutes", "pass"),
+        ("tcproutes", "tcp"),
+        ("udproutes", "udp"),
+    ] {
+        wait_for(10, &format!("{resource}/{name} Accepted"), || {
+            api.get(&format!("{resource}.gateway.networking.k8s.io"), &ns, name)
+                .is_some_and(|r| {
+                    condition(&r["status"]["parents"][0]["conditions"], "Accepted")
+                        .is_some_and(|c| c["status"] == "True")
+                })
+        });
+    }
+}

@@ -385,7 +385,10 @@ mod tests {
         );
         assert_eq!(
             scope("session-affinity").ingress_annotations,
-            ["nginx.ingress.kubernetes.io/affinity"]
+            [
+                "nginx.ingress.kubernetes.io/affinity",
+                "portico.io/session-header"
+            ]
         );
         assert_eq!(
             scope("session-affinity-tcp").service_session_affinity,
