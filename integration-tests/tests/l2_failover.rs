@@ -284,6 +284,60 @@ fn one_owner_per_address_fails_over_within_2_s_and_hands_over_on_sigterm() {
         assert_eq!(lan.arp_owner(&vip).and_then(|m| owner_of(&m)), Some(owner));
     }
 
+    // A Service with no address of its own gets the status writer's node
+    // address; the other edge node, which knows it from the Node objects,
+    // must not announce it (that would take the other node's address).
+    let pid = std::process::id();
+    let nodes: String = [("a", 1), ("b", 2)]
+        .iter()
+        .map(|(n, host)| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: pl2-edge-{n}-{pid}}}\nstatus: {{addresses: [{{type: InternalIP, address: \"{}\"}}]}}\n---\n",
+                lan.addr(*host)
+            )
+        })
+        .collect();
+    api.apply(&nodes).unwrap();
+    api.apply(&yaml::service(
+        &ns,
+        "plain",
+        "  type: LoadBalancer\n",
+        &[("http", 81)],
+    ))
+    .unwrap();
+    let mut fallback = String::new();
+    wait_for(15, "a node address in the plain Service's status", || {
+        fallback = api
+            .get("services", &ns, "plain")
+            .and_then(|s| {
+                s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .unwrap_or_default();
+        fallback == lan.addr(1) || fallback == lan.addr(2)
+    });
+    for n in ["a", "b"] {
+        wait_for(10, "each node's announced addresses", || {
+            let config: serde_json::Value =
+                serde_json::from_str(&lan.admin(n, "/config")).unwrap_or_default();
+            // The node has translated the status (a listener on the
+            // address) and still does not announce it.
+            let listening = config["l4_listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["listener"] == format!("tcp:{fallback}:81"));
+            let announced = &config["announced_addresses"];
+            listening && announced.get(&vip).is_some() && announced.get(&fallback).is_none()
+        });
+    }
+    assert_eq!(
+        lan.arp_owner(&fallback).and_then(|m| owner_of(&m)),
+        Some(if fallback == lan.addr(1) { "a" } else { "b" }),
+        "only the node itself answers for its address"
+    );
+
     // SIGKILL the owner: time until a new connection succeeds.
     let (killed, survivor) = if owner == "a" {
         (&mut a, &mut b)

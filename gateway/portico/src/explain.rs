@@ -356,6 +356,13 @@ pub fn snapshot_json(snap: &Snapshot) -> Value {
         "default_certificate_hosts": snap.certs.fallbacks(),
         "problems": snap.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "gateway_api": snap.gateway_api,
+        // What this snapshot asks announcement to make reachable, and for
+        // whom (the announcers' own state is under `announce`).
+        "announced_addresses": snap
+            .load_balancer_addresses
+            .iter()
+            .map(|(ip, owner)| (ip.to_string(), owner.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "ingresses": {
             "served": snap.admitted_ingresses,
             "ignored": snap.ignored_ingresses.iter().map(|i| json!({"ingress": i.ingress, "reason": i.reason, "hosts": i.hosts})).collect::<Vec<_>>(),

@@ -84,5 +84,6 @@ pub fn kube_settings(cfg: &Config) -> KubeSettings {
             .and_then(|_| portico_wasm::lb_addresses::installed())
             .map(|p| p as Arc<dyn LoadBalancerAddresses>),
         l2_election: None,
+        watch_all_nodes: cfg.announce.active(),
     }
 }

@@ -911,6 +911,7 @@ fn allocated_addresses(
         };
         if served.contains(&ip)
             || settings.node_addresses.contains(&ip)
+            || settings.cluster_node_addresses.contains(&ip)
             || gateway_pool_of(settings, ip).is_none()
         {
             continue;
@@ -930,8 +931,12 @@ fn allocated_addresses(
     }
 }
 
-/// The announce pool open to Gateways that `ip` is in.
+/// The announce pool open to Gateways that `ip` is in (never for a
+/// Node's address, which is that node's to answer for).
 fn gateway_pool_of(settings: &super::Settings, ip: std::net::IpAddr) -> Option<&str> {
+    if settings.cluster_node_addresses.contains(&ip) {
+        return None;
+    }
     settings
         .gateway_pools
         .iter()

@@ -60,6 +60,12 @@ pub struct Settings {
     /// their addresses (`kubernetes.load_balancer_plugin`): the IPs in
     /// such a Gateway's status other than Portico's own are the Gateway's.
     pub gateway_load_balancer: bool,
+    /// Every Node's addresses (Kubernetes source, with announcement on):
+    /// never announced for a Service or a Gateway, whatever their status
+    /// says. A Service without an address of its own has the leader's node
+    /// addresses in its status; another edge node announcing them would
+    /// take that node's address.
+    pub cluster_node_addresses: std::collections::BTreeSet<IpAddr>,
 }
 
 impl Settings {
@@ -80,6 +86,7 @@ impl Settings {
             gateway_addresses: Vec::new(),
             gateway_pools: Vec::new(),
             gateway_load_balancer: false,
+            cluster_node_addresses: Default::default(),
         }
     }
 }

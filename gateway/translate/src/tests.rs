@@ -698,3 +698,24 @@ fn load_balancer_addresses_are_announced_unless_the_service_opts_out() {
         .keys()
         .any(|k| k.addr == "192.0.2.11:80".parse().unwrap()));
 }
+
+#[test]
+fn a_nodes_address_in_a_service_status_is_never_announced() {
+    // The leader's fallback: its node address in the status of a Service
+    // without an address of its own. Another node must not take it.
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\n\
+                spec:\n  type: LoadBalancer\n  ports: [{port: 80}]\n\
+                status: {loadBalancer: {ingress: [{ip: 10.0.0.1}, {ip: 192.0.2.10}]}}\n";
+    let mut s = settings();
+    s.cluster_node_addresses = ["10.0.0.1".parse().unwrap()].into();
+    let spec = translate(&store_of(yaml), &s);
+    let announced: Vec<String> = spec
+        .load_balancer_addresses
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(announced, ["192.0.2.10"]);
+    // Without the Node's address known, it would be.
+    let spec = translate(&store_of(yaml), &settings());
+    assert_eq!(spec.load_balancer_addresses.len(), 2);
+}

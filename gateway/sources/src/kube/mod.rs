@@ -79,6 +79,10 @@ pub struct KubeSettings {
     pub load_balancer: Option<Arc<dyn LoadBalancerAddresses>>,
     /// L2 announcement with ownership decided by Leases.
     pub l2_election: Option<l2_leases::L2Election>,
+    /// Addresses are announced: watch every Node's addresses, which are
+    /// never announced (a Service's status may hold the leader's node
+    /// addresses, which other edge nodes must not take).
+    pub watch_all_nodes: bool,
 }
 
 pub struct KubeSource {
@@ -205,7 +209,7 @@ impl KubeSource {
     fn apply(
         &self,
         reports: Vec<Report>,
-        node_addresses: Option<Vec<IpAddr>>,
+        (node_addresses, all_nodes): (Option<Vec<IpAddr>>, std::collections::BTreeSet<IpAddr>),
         resolved: &crate::dns::Resolved,
         start_secret_watch: &dyn Fn(&ObjectKey) -> tokio::task::AbortHandle,
     ) -> Option<std::collections::BTreeSet<String>> {
@@ -223,6 +227,10 @@ impl KubeSource {
                 inner.settings.node_addresses = addrs;
                 effect = Effect::Full;
             }
+        }
+        if all_nodes != inner.settings.cluster_node_addresses {
+            inner.settings.cluster_node_addresses = all_nodes;
+            effect = Effect::Full;
         }
         for r in reports {
             match r {
@@ -483,6 +491,11 @@ impl BackgroundService for KubeSource {
             ),
             None => {}
         }
+        let (all_nodes_tx, mut all_nodes_rx) =
+            tokio::sync::watch::channel(std::collections::BTreeSet::<IpAddr>::new());
+        if self.cfg.watch_all_nodes {
+            tokio::spawn(node::run_all(client.clone(), all_nodes_tx.clone()));
+        }
         let election = self
             .l2_election
             .lock()
@@ -542,6 +555,8 @@ impl BackgroundService for KubeSource {
                 r = rx.recv() => match r { Some(r) => Some(r), None => break },
                 // Never closed: `node_tx` lives as long as this loop.
                 _ = node_rx.changed() => None,
+                // Likewise `all_nodes_tx`.
+                _ = all_nodes_rx.changed() => None,
                 // Never closed while `names_tx` lives.
                 _ = resolved_rx.changed() => None,
                 _ = shutdown.changed() => break,
@@ -555,9 +570,10 @@ impl BackgroundService for KubeSource {
                 batch.push(r);
             }
             let node = node_rx.borrow_and_update().clone();
+            let all_nodes = all_nodes_rx.borrow_and_update().clone();
             let resolved = resolved_rx.borrow_and_update().clone();
             let start = |k: &ObjectKey| Self::watch_secret(&client, &tx, k);
-            let Some(names) = self.apply(batch, node, &resolved, &start) else {
+            let Some(names) = self.apply(batch, (node, all_nodes), &resolved, &start) else {
                 continue;
             };
             names_tx.send_if_modified(|cur| {
@@ -567,6 +583,7 @@ impl BackgroundService for KubeSource {
             });
         }
         drop(node_tx);
+        drop(all_nodes_tx);
     }
 }
 

@@ -1,5 +1,7 @@
-//! This edge node's addresses, read from its Node object.
+//! This edge node's addresses, read from its Node object, and every
+//! Node's, which are never announced as load-balancer addresses.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use futures::StreamExt;
@@ -31,6 +33,16 @@ pub fn addresses(node: &Node) -> Vec<IpAddr> {
     out
 }
 
+/// Logs a failing Node watch once until it recovers (`logged` is reset by
+/// the next event).
+fn warn_once(logged: &mut bool, what: &str, e: &watcher::Error) {
+    if !*logged {
+        let (_, msg) = super::watch::describe("nodes", what, &super::watch::Coverage::Kind, e);
+        tracing::warn!("{msg}");
+        *logged = true;
+    }
+}
+
 /// Follows one Node and sends its addresses whenever they change.
 pub async fn run(client: Client, name: String, tx: watch::Sender<Option<Vec<IpAddr>>>) {
     let api: Api<Node> = Api::all(client);
@@ -52,18 +64,78 @@ pub async fn run(client: Client, name: String, tx: watch::Sender<Option<Vec<IpAd
                 });
             }
             Ok(_) => {}
-            Err(e) => {
-                if !logged_error {
-                    let (_, msg) = super::watch::describe(
-                        "nodes",
-                        &format!("(Node {name})"),
-                        &super::watch::Coverage::Kind,
-                        &e,
-                    );
-                    tracing::warn!("{msg}");
-                    logged_error = true;
+            Err(e) => warn_once(&mut logged_error, &format!("(Node {name})"), &e),
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Every Node's addresses, from a watch of all Nodes: the union changes
+/// only when a Node comes, goes or changes addresses.
+#[derive(Debug, Default)]
+pub struct AllNodes {
+    by_name: BTreeMap<String, Vec<IpAddr>>,
+    /// A relist in progress (`Init` .. `InitDone`).
+    relist: Option<BTreeMap<String, Vec<IpAddr>>>,
+}
+
+impl AllNodes {
+    /// Applies one watch event; the union of addresses when it changed.
+    pub fn apply(&mut self, ev: Event<Node>) -> Option<BTreeSet<IpAddr>> {
+        let before = self.union();
+        let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
+        match ev {
+            Event::Init => self.relist = Some(BTreeMap::new()),
+            Event::InitApply(n) => {
+                let list = self.relist.get_or_insert_with(BTreeMap::new);
+                list.insert(name(&n), addresses(&n));
+                return None;
+            }
+            Event::InitDone => {
+                if let Some(list) = self.relist.take() {
+                    self.by_name = list;
                 }
             }
+            Event::Apply(n) => {
+                self.by_name.insert(name(&n), addresses(&n));
+            }
+            Event::Delete(n) => {
+                self.by_name.remove(&name(&n));
+            }
+        }
+        let after = self.union();
+        (after != before).then_some(after)
+    }
+
+    pub fn union(&self) -> BTreeSet<IpAddr> {
+        self.by_name.values().flatten().copied().collect()
+    }
+}
+
+/// Follows every Node and sends the union of their addresses whenever it
+/// changes. Only objects' addresses are kept, not the objects.
+pub async fn run_all(client: Client, tx: watch::Sender<BTreeSet<IpAddr>>) {
+    let api: Api<Node> = Api::all(client);
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut nodes = AllNodes::default();
+    let mut logged_error = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                logged_error = false;
+                if let Some(all) = nodes.apply(ev) {
+                    tx.send_replace(all);
+                }
+            }
+            Err(e) => warn_once(
+                &mut logged_error,
+                "(every Node's addresses, never announced)",
+                &e,
+            ),
         }
         if tx.is_closed() {
             return;
@@ -74,6 +146,44 @@ pub async fn run(client: Client, name: String, tx: watch::Sender<Option<Vec<IpAd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, ip: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_nodes_addresses_follow_the_watch() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut all = AllNodes::default();
+        assert_eq!(all.apply(Event::Init), None);
+        assert_eq!(all.apply(Event::InitApply(node("a", "10.0.0.1"))), None);
+        assert_eq!(all.apply(Event::InitApply(node("b", "10.0.0.2"))), None);
+        assert_eq!(
+            all.apply(Event::InitDone),
+            Some(BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2")]))
+        );
+        // A status update with the same addresses changes nothing.
+        assert_eq!(all.apply(Event::Apply(node("a", "10.0.0.1"))), None);
+        assert_eq!(
+            all.apply(Event::Apply(node("a", "10.0.0.3"))),
+            Some(BTreeSet::from([ip("10.0.0.2"), ip("10.0.0.3")]))
+        );
+        assert_eq!(
+            all.apply(Event::Delete(node("b", "10.0.0.2"))),
+            Some(BTreeSet::from([ip("10.0.0.3")]))
+        );
+        // A relist replaces the set (a Node deleted while disconnected).
+        all.apply(Event::Init);
+        all.apply(Event::InitApply(node("c", "10.0.0.4")));
+        assert_eq!(
+            all.apply(Event::InitDone),
+            Some(BTreeSet::from([ip("10.0.0.4")]))
+        );
+    }
 
     #[test]
     fn internal_before_external_and_hostnames_skipped() {
