@@ -1714,11 +1714,11 @@ fn gateway_api_routes_are_served_and_their_status_written() {
         format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: asks, namespace: {ns}}}\nspec:\n  gatewayClassName: portico-{ns}\n  addresses: [{{type: IPAddress, value: {address}}}]\n  listeners: [{{name: http, protocol: HTTP, port: {}}}]\n", gw.http)
     };
     api.apply(&asks("198.51.100.7")).unwrap();
-    wait_for(10, "AddressNotAssigned", || {
+    wait_for(10, "AddressNotUsable", || {
         api.get("gateways.gateway.networking.k8s.io", &ns, "asks")
             .is_some_and(|g| {
                 condition(&g["status"]["conditions"], "Programmed")
-                    .is_some_and(|c| c["status"] == "False" && c["reason"] == "AddressNotAssigned")
+                    .is_some_and(|c| c["status"] == "False" && c["reason"] == "AddressNotUsable")
             })
     });
     api.apply(&asks("127.0.0.1")).unwrap();

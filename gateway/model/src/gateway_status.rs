@@ -68,6 +68,10 @@ pub struct GatewayState {
     /// `spec.addresses` asked for an address type other than
     /// `IPAddress`, or for a value that is not an IP address.
     pub addresses_unsupported: bool,
+    /// `spec.infrastructure.parametersRef` names parameters Portico does
+    /// not take (`Accepted=False, InvalidParameters`): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_parameters: Option<String>,
     /// `spec.addresses`' IP addresses that Portico serves the Gateway at:
     /// its status addresses, when any were asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,7 +81,7 @@ pub struct GatewayState {
     /// to Gateways): served and announced as its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allocated_addresses: Vec<std::net::IpAddr>,
-    /// Those it does not serve (`Programmed=False, AddressNotAssigned`).
+    /// Those it does not serve (`Programmed=False, AddressNotUsable`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unassigned_addresses: Vec<std::net::IpAddr>,
 }

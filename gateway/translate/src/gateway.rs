@@ -769,6 +769,19 @@ fn add_gateway(
     all: &mut Vec<Listener>,
 ) -> GatewayState {
     let mut state = GatewayState::default();
+    if let Some(p) = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        let msg = format!(
+            "spec.infrastructure.parametersRef: {}/{} {} is not parameters Portico takes (it takes none); the Gateway is not accepted",
+            p.group, p.kind, p.name
+        );
+        out.problems.push(Problem::error(here, msg.clone()));
+        state.invalid_parameters = Some(msg);
+    }
     let mut seen: BTreeMap<(String, u16, Option<String>), String> = BTreeMap::new();
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let what = format!("spec.listeners[{i}] ({})", l.name);
@@ -781,8 +794,13 @@ fn add_gateway(
                     "{what}: same protocol, port and hostname as listener {first}; not served"
                 );
                 out.problems.push(Problem::error(here, msg.clone()));
-                ls.conflicted = Some(Condition::bad("Conflicted", "HostnameConflict", &msg));
+                // Conflicted is a negative-polarity condition: True says
+                // there is a conflict.
+                ls.conflicted = Some(Condition::ok("Conflicted", "HostnameConflict", &msg));
                 ls.programmed = Condition::bad("Programmed", "Invalid", &msg);
+            } else if state.invalid_parameters.is_some() {
+                ls.programmed =
+                    Condition::bad("Programmed", "Invalid", "the Gateway is not accepted");
             } else {
                 seen.insert(id, l.name.clone());
                 all.push(listener);
@@ -800,7 +818,7 @@ fn add_gateway(
 /// become the Gateway's own (announced, and its L4 listeners bind there).
 /// An `IPAddress` of either kind is assigned and becomes the Gateway's
 /// status address; another, or a pool address a Service or an older
-/// Gateway has, is not assigned (Programmed=False, AddressNotAssigned);
+/// Gateway has, is not assigned (Programmed=False, AddressNotUsable);
 /// other types and values that are not IPs are unsupported
 /// (Accepted=False, UnsupportedAddress).
 fn requested_addresses(

@@ -204,12 +204,13 @@ spec:
     assert_eq!(reason("quic"), "UnsupportedProtocol");
     assert_eq!(reason("nocert"), "Invalid");
     assert!(gw.listeners["dup-a"].conflicted.is_none());
+    // Conflicted is True when there is a conflict.
     assert_eq!(
         gw.listeners["dup-b"]
             .conflicted
             .as_ref()
-            .map(|c| c.reason.as_str()),
-        Some("HostnameConflict")
+            .map(|c| (c.status, c.reason.as_str())),
+        Some((true, "HostnameConflict"))
     );
     let text = problems(&spec);
     assert!(
@@ -1659,4 +1660,37 @@ fn grpc_routes_have_session_persistence_too() {
     assert_eq!(a("session-cookie-name"), Some("CART"));
     // The service's path prefix is the cookie's path.
     assert_eq!(a("session-cookie-path"), Some("/pkg.Cart"));
+}
+
+#[test]
+fn a_gateway_with_infrastructure_parameters_is_not_accepted_nor_served() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: params, namespace: shop}
+spec:
+  gatewayClassName: portico
+  infrastructure: {parametersRef: {group: invalid.io, kind: InvalidParameters, name: x}}
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{name: params}]
+  hostnames: [params.test]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+";
+    let spec = spec_of(yaml);
+    let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("shop", "params")];
+    assert!(gw
+        .invalid_parameters
+        .as_deref()
+        .is_some_and(|m| m.contains("invalid.io/InvalidParameters x")));
+    assert!(!gw.listeners["http"].programmed.status);
+    let on_8080 = Req {
+        port: 8080,
+        ..get("params.test", "/")
+    };
+    assert_eq!(routed(&spec, &on_8080), None);
+    assert!(problems(&spec).contains("spec.infrastructure.parametersRef"));
 }

@@ -119,11 +119,24 @@ pub fn plan(
                 "conditions": conditions(&[accepted, prog, resolved_refs, &conflicted], generation, &old, now),
             }));
         }
-        let accepted = if gs.addresses_unsupported {
+        let valid = gs.listeners.values().filter(|l| l.accepted.status).count();
+        let accepted = if let Some(why) = &gs.invalid_parameters {
+            Condition::bad("Accepted", "InvalidParameters", why)
+        } else if gs.addresses_unsupported {
             Condition::bad(
                 "Accepted",
                 "UnsupportedAddress",
                 "spec.addresses: only IPAddress values are supported",
+            )
+        } else if valid == 0 && !gs.listeners.is_empty() {
+            Condition::bad("Accepted", "ListenersNotValid", "no listener is valid")
+        } else if valid < gs.listeners.len() {
+            // The spec: accepted, with the reason saying not every
+            // listener is.
+            Condition::ok(
+                "Accepted",
+                "ListenersNotValid",
+                "some listeners are not valid; the others are served",
             )
         } else {
             Condition::ok("Accepted", "Accepted", "handled by Portico")
@@ -136,7 +149,7 @@ pub fn plan(
                 .collect();
             Condition::bad(
                 "Programmed",
-                "AddressNotAssigned",
+                "AddressNotUsable",
                 &format!(
                     "spec.addresses: {} not among the addresses Portico serves Gateways at, nor free in an announce pool open to Gateways",
                     list.join(", ")
@@ -431,6 +444,29 @@ mod tests {
         assert_eq!(class["conditions"][0]["observedGeneration"], 1);
         let gw = by_kind(GatewayKind::Gateway);
         assert_eq!(gw["addresses"][0]["value"], "192.0.2.1");
+        // One of two listeners is not valid: accepted, saying so.
+        assert_eq!(gw["conditions"][0]["status"], "True");
+        assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid");
+        // None valid: not accepted.
+        let none_valid = GW.replace(
+            "listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}, ",
+            "listeners: [",
+        );
+        let store2 = store_with(&[CLASS, &none_valid]);
+        let none_writes = plan(
+            &store2,
+            &translated(&store2),
+            &addrs,
+            None,
+            "2026-12-01T00:00:00Z",
+        );
+        let none = &none_writes
+            .iter()
+            .find(|w| w.kind == GatewayKind::Gateway)
+            .unwrap()
+            .status;
+        assert_eq!(none["conditions"][0]["status"], "False", "{none}");
+        assert_eq!(none["conditions"][0]["reason"], "ListenersNotValid");
         assert_eq!(gw["conditions"][1]["type"], "Programmed");
         assert_eq!(gw["conditions"][1]["status"], "True");
         assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
@@ -492,7 +528,7 @@ mod tests {
         let (gw, problems) = with("{value: 198.51.100.7}");
         assert_eq!(gw["conditions"][0]["status"], "True");
         assert_eq!(gw["conditions"][1]["status"], "False");
-        assert_eq!(gw["conditions"][1]["reason"], "AddressNotAssigned");
+        assert_eq!(gw["conditions"][1]["reason"], "AddressNotUsable");
         assert!(
             problems.contains("spec.addresses[0]: 198.51.100.7 is not an address Portico serves Gateways at (192.0.2.1, 192.0.2.2"),
             "{problems}"
