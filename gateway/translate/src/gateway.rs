@@ -537,18 +537,29 @@ fn add_l4_route(
             ParentState::new(gw_key.clone(), parent.section_name.clone(), parent.port)
         });
         let what = format!("spec.parentRefs[{pi}] (Gateway {gw_key})");
+        // The spec's order: no listener by sectionName/port is
+        // NoMatchingParent; listeners that do not take the route (protocol,
+        // kind, namespace) are NotAllowedByListeners.
         let candidates: Vec<&Listener> = listeners
             .iter()
             .filter(|l| {
                 l.gateway == gw_key
-                    && l.protocol == route.protocol
                     && parent.section_name.as_deref().is_none_or(|s| s == l.name)
                     && parent.port.is_none_or(|p| i32::from(l.port) == p)
             })
             .collect();
-        let mut fitting = candidates
-            .into_iter()
-            .filter(|l| l.kinds.contains(&kind) && admits_namespace(l, &key.namespace, store));
+        if candidates.is_empty() {
+            let msg = "no listener of the Gateway matches sectionName/port, or none is served";
+            out.problems
+                .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+            state.accepted = Condition::bad("Accepted", "NoMatchingParent", msg);
+            continue;
+        }
+        let mut fitting = candidates.into_iter().filter(|l| {
+            l.protocol == route.protocol
+                && l.kinds.contains(&kind)
+                && admits_namespace(l, &key.namespace, store)
+        });
         let Some(l) = fitting.next() else {
             let msg = format!(
                 "no served {} listener of the Gateway matches and admits routes of this namespace",
@@ -596,69 +607,79 @@ fn add_l4_route(
             }
             continue;
         }
-        if let Some((first, _, _)) = taken.get(&(route.protocol, l.port)) {
-            if first != key {
-                let msg = format!(
-                    "listener {} already carries {kind} {first} (one route per TCP or UDP listener)",
-                    l.name
-                );
-                out.problems
-                    .push(Problem::error(here, format!("{what}: {msg}; not attached")));
-                state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
-                continue;
-            }
-        }
         if let Some((reason, msg)) = &refs_problem {
             state.resolved_refs = Condition::bad("ResolvedRefs", reason, msg);
         }
-        let Some(backend) = resolved.clone() else {
-            continue;
-        };
         let protocol = match route.protocol {
             Protocol::Udp => L4Protocol::Udp,
             _ => L4Protocol::Tcp,
         };
-        let mut placed = false;
-        for ip in &listener_addresses(node, &l.gateway, out) {
-            let lk = L4ListenerKey {
-                protocol,
-                addr: std::net::SocketAddr::new(*ip, l.port),
-            };
-            let passthrough = L4ListenerKey {
-                protocol: L4Protocol::Tls,
-                addr: lk.addr,
-            };
-            if protocol == L4Protocol::Tcp && out.sni.contains_key(&passthrough) {
-                out.problems.push(Problem::error(
-                    here,
-                    format!(
-                        "{what}: {} is a TLS passthrough listener; not attached there",
-                        lk.addr
-                    ),
-                ));
-                continue;
+        // Without a sectionName or port the route attaches to every
+        // listener that takes it, as the spec says.
+        let mut refused: Option<String> = None;
+        let mut attached_somewhere = false;
+        for l in std::iter::once(l).chain(fitting) {
+            if let Some((first, _, _)) = taken.get(&(route.protocol, l.port)) {
+                if first != key {
+                    let msg = format!(
+                        "listener {} already carries {kind} {first} (one route per TCP or UDP listener)",
+                        l.name
+                    );
+                    out.problems
+                        .push(Problem::error(here, format!("{what}: {msg}; not attached")));
+                    refused = Some(msg);
+                    continue;
+                }
             }
-            match out.l4.get(&lk) {
-                Some(other) if *other != backend => {
+            attached_somewhere = true;
+            let Some(backend) = resolved.clone() else {
+                continue;
+            };
+            let mut placed = false;
+            for ip in &listener_addresses(node, &l.gateway, out) {
+                let lk = L4ListenerKey {
+                    protocol,
+                    addr: std::net::SocketAddr::new(*ip, l.port),
+                };
+                let passthrough = L4ListenerKey {
+                    protocol: L4Protocol::Tls,
+                    addr: lk.addr,
+                };
+                if protocol == L4Protocol::Tcp && out.sni.contains_key(&passthrough) {
                     out.problems.push(Problem::error(
                         here,
-                        format!("{what}: {lk} already forwards to {other} (a Service's port); not attached there"),
+                        format!(
+                            "{what}: {} is a TLS passthrough listener; not attached there",
+                            lk.addr
+                        ),
                     ));
+                    continue;
                 }
-                _ => {
-                    out.l4.insert(lk, backend.clone());
-                    if !split.is_empty() {
-                        out.l4_split.insert(lk, split.clone());
+                match out.l4.get(&lk) {
+                    Some(other) if *other != backend => {
+                        out.problems.push(Problem::error(
+                            here,
+                            format!("{what}: {lk} already forwards to {other} (a Service's port); not attached there"),
+                        ));
                     }
-                    placed = true;
+                    _ => {
+                        out.l4.insert(lk, backend.clone());
+                        if !split.is_empty() {
+                            out.l4_split.insert(lk, split.clone());
+                        }
+                        placed = true;
+                    }
                 }
             }
+            if placed {
+                taken.insert(
+                    (route.protocol, l.port),
+                    (key.clone(), l.gateway.clone(), l.name.clone()),
+                );
+            }
         }
-        if placed {
-            taken.insert(
-                (route.protocol, l.port),
-                (key.clone(), l.gateway.clone(), l.name.clone()),
-            );
+        if let (false, Some(msg)) = (attached_somewhere, refused) {
+            state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
         }
     }
     states
@@ -1388,7 +1409,6 @@ fn add_http_route(
             .iter()
             .filter(|l| {
                 l.gateway == gw_key
-                    && matches!(l.protocol, Protocol::Http | Protocol::Https)
                     && parent.section_name.as_deref().is_none_or(|s| s == l.name)
                     && parent.port.is_none_or(|p| i32::from(l.port) == p)
             })
@@ -1412,11 +1432,13 @@ fn add_http_route(
         let allowed: Vec<&Listener> = candidates
             .into_iter()
             .filter(|l| {
-                l.kinds.contains(&flavor.kind) && admits_namespace(l, &key.namespace, store)
+                matches!(l.protocol, Protocol::Http | Protocol::Https)
+                    && l.kinds.contains(&flavor.kind)
+                    && admits_namespace(l, &key.namespace, store)
             })
             .collect();
         if allowed.is_empty() {
-            let msg = "the listeners' allowedRoutes do not admit routes of this kind and namespace";
+            let msg = "no listener there takes routes of this kind and namespace (protocol, allowedRoutes)";
             out.problems
                 .push(Problem::error(here, format!("{what}: {msg}; not attached")));
             state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", msg);

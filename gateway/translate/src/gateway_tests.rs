@@ -1694,3 +1694,55 @@ spec:
     assert_eq!(routed(&spec, &on_8080), None);
     assert!(problems(&spec).contains("spec.infrastructure.parametersRef"));
 }
+
+#[test]
+fn parent_refs_match_listeners_first_then_their_kinds_and_attach_to_all() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4only, namespace: shop}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: a, protocol: TCP, port: 7001}
+  - {name: b, protocol: TCP, port: 7002}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: all, namespace: shop}
+spec:
+  parentRefs: [{name: l4only}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: nosection, namespace: shop}
+spec:
+  parentRefs: [{name: l4only, sectionName: missing}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: http-on-tcp, namespace: shop}
+spec:
+  parentRefs: [{name: l4only}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+";
+    let spec = spec_of(yaml);
+    let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    // No sectionName: every listener that takes the route.
+    let l4: Vec<String> = spec.l4.keys().map(|k| k.to_string()).collect();
+    assert!(
+        l4.contains(&"tcp:127.0.0.1:7001".to_string())
+            && l4.contains(&"tcp:127.0.0.1:7002".to_string()),
+        "{l4:?}"
+    );
+    let gw = &spec.gateway_api.gateways[&key("l4only")];
+    assert_eq!(gw.listeners["a"].attached_routes, 1);
+    assert_eq!(gw.listeners["b"].attached_routes, 1);
+    // A sectionName no listener has: NoMatchingParent.
+    let missing = &spec.gateway_api.tcp_routes[&key("nosection")]["shop/l4only/missing"];
+    assert_eq!(missing.accepted.reason, "NoMatchingParent");
+    // Listeners exist but none takes HTTP routes: NotAllowedByListeners.
+    let http = &spec.gateway_api.routes[&key("http-on-tcp")]["shop/l4only"];
+    assert_eq!(http.accepted.reason, "NotAllowedByListeners");
+}
