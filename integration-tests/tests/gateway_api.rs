@@ -556,7 +556,8 @@ fn converted_ingresses_serve_the_same_requests() {
 
 /// A Gateway's TCP and UDP listeners with a TCPRoute and a UDPRoute:
 /// connections and datagrams on the node's address reach the Service's
-/// endpoints; a second TCPRoute for the same listener is refused.
+/// endpoints; a second TCPRoute for the same listener is attached, the
+/// older one keeping the connections.
 #[test]
 fn tcp_and_udp_routes_forward_on_gateway_listeners() {
     use std::io::{Read, Write};
@@ -666,10 +667,15 @@ spec:
         "{config}"
     );
     let status = &config["gateway_api"];
+    // A second TCPRoute on the listener is attached (the spec) but the
+    // older one keeps the connections (checked above).
     assert_eq!(
-        status["tcp_routes"]["default/second"]["default/l4/tcp"]["accepted"]["reason"],
-        "NotAllowedByListeners",
+        status["tcp_routes"]["default/second"]["default/l4/tcp"]["accepted"]["status"], true,
         "{status}"
+    );
+    assert_eq!(
+        status["gateways"]["default/l4"]["listeners"]["tcp"]["attached_routes"],
+        2
     );
     assert_eq!(
         status["gateways"]["default/l4"]["listeners"]["udp"]["attached_routes"],

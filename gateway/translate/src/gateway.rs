@@ -156,8 +156,9 @@ pub fn add_gateway_api(
     }
     // (protocol, port) → (route, Gateway, listener) holding it.
     let mut taken: BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)> = BTreeMap::new();
-    // (Gateway, listener, route) of each TLSRoute attached.
-    let mut sni_attached: BTreeSet<(ObjectKey, String, ObjectKey)> = BTreeSet::new();
+    // (Gateway, listener, route) of each TCP, UDP and TLS route attached:
+    // the listeners' attachedRoutes.
+    let mut l4_attached: BTreeSet<(ObjectKey, String, ObjectKey)> = BTreeSet::new();
     // TCPRoute and UDPRoute have the same shape in different types.
     macro_rules! l4_routes {
         ($map:expr, $kind:literal, $protocol:expr, $states:expr, |$spec:ident| $hostnames:expr) => {
@@ -205,7 +206,7 @@ pub fn add_gateway_api(
                     &listeners,
                     &status,
                     &mut taken,
-                    &mut sni_attached,
+                    &mut l4_attached,
                     node,
                     out,
                 );
@@ -243,15 +244,7 @@ pub fn add_gateway_api(
     status.udp_routes = udp_states;
     status.tls_routes = tls_states;
     // attachedRoutes of the TCP, UDP and TLS listeners.
-    let attached = taken
-        .values()
-        .map(|(_, gateway, listener)| (gateway, listener))
-        .chain(
-            sni_attached
-                .iter()
-                .map(|(gateway, listener, _)| (gateway, listener)),
-        );
-    for (gateway, listener) in attached {
+    for (gateway, listener, _) in &l4_attached {
         status
             .gateways
             .entry(gateway.clone())
@@ -408,10 +401,11 @@ struct L4Route {
 }
 
 /// A TCPRoute or UDPRoute: its listener becomes an L4 listener on the
-/// node's addresses, forwarding to the first valid backend. One route per
-/// listener (the oldest). A TLSRoute: its hostnames, narrowed by each
-/// listener's, go into the passthrough listener's SNI table (any number
-/// of routes per listener).
+/// node's addresses, forwarding to the first valid backend. Any number
+/// of routes attach to a listener (all Accepted, as the spec asks); the
+/// oldest gets its connections. A TLSRoute: its hostnames, narrowed by
+/// each listener's, go into the passthrough listener's SNI table (any
+/// number of routes per listener).
 #[allow(clippy::too_many_arguments)]
 fn add_l4_route(
     key: &ObjectKey,
@@ -422,7 +416,7 @@ fn add_l4_route(
     listeners: &[Listener],
     status: &GatewayApiStatus,
     taken: &mut BTreeMap<(Protocol, u16), (ObjectKey, ObjectKey, String)>,
-    sni_attached: &mut BTreeSet<(ObjectKey, String, ObjectKey)>,
+    attached: &mut BTreeSet<(ObjectKey, String, ObjectKey)>,
     node: &[std::net::IpAddr],
     out: &mut SnapshotSpec,
 ) -> BTreeMap<String, ParentState> {
@@ -591,7 +585,7 @@ fn add_l4_route(
                 match attach_sni(key, l, &names, target, &what, here, &addrs, out) {
                     Ok(()) => {
                         attached_somewhere = true;
-                        sni_attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
+                        attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
                     }
                     Err(why) => refused = Some(why),
                 }
@@ -616,22 +610,20 @@ fn add_l4_route(
         };
         // Without a sectionName or port the route attaches to every
         // listener that takes it, as the spec says.
-        let mut refused: Option<String> = None;
-        let mut attached_somewhere = false;
         for l in std::iter::once(l).chain(fitting) {
+            attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
             if let Some((first, _, _)) = taken.get(&(route.protocol, l.port)) {
                 if first != key {
-                    let msg = format!(
-                        "listener {} already carries {kind} {first} (one route per TCP or UDP listener)",
-                        l.name
-                    );
-                    out.problems
-                        .push(Problem::error(here, format!("{what}: {msg}; not attached")));
-                    refused = Some(msg);
+                    out.problems.push(Problem::warning(
+                        here,
+                        format!(
+                            "{what}: listener {} already carries {kind} {first}, which is older; attached, but its connections go to {first}",
+                            l.name
+                        ),
+                    ));
                     continue;
                 }
             }
-            attached_somewhere = true;
             let Some(backend) = resolved.clone() else {
                 continue;
             };
@@ -677,9 +669,6 @@ fn add_l4_route(
                     (key.clone(), l.gateway.clone(), l.name.clone()),
                 );
             }
-        }
-        if let (false, Some(msg)) = (attached_somewhere, refused) {
-            state.accepted = Condition::bad("Accepted", "NotAllowedByListeners", &msg);
         }
     }
     states

@@ -828,12 +828,17 @@ spec:
         "no route, no listener"
     );
     let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    // A later route on the same listener: attached (the spec), warned,
+    // and its connections go to the older one.
     let late = &spec.gateway_api.tcp_routes[&key("late")]["shop/l4/db"];
-    assert_eq!(late.accepted.reason, "NotAllowedByListeners");
-    assert!(late
-        .accepted
-        .message
-        .contains("already carries TCPRoute shop/db"));
+    assert!(late.accepted.status, "{late:?}");
+    assert!(
+        problems(&spec).contains("listener db already carries TCPRoute shop/db, which is older")
+    );
+    assert_eq!(
+        l4.get("tcp:127.0.0.1:5432").map(String::as_str),
+        Some("web")
+    );
     let wrong = &spec.gateway_api.tcp_routes[&key("wrong-kind")]["shop/l4/dns"];
     assert_eq!(wrong.accepted.reason, "NotAllowedByListeners");
     assert!(
@@ -842,7 +847,7 @@ spec:
             .status
     );
     let gw = &spec.gateway_api.gateways[&key("l4")];
-    assert_eq!(gw.listeners["db"].attached_routes, 1);
+    assert_eq!(gw.listeners["db"].attached_routes, 2);
     assert_eq!(gw.listeners["dns"].attached_routes, 1);
     // Two backends: connections split by weight (1 each by default).
     let split: Vec<(String, u32)> = spec
