@@ -84,6 +84,10 @@ struct Listener {
     /// The route kinds it takes: its protocol's, narrowed by
     /// `allowedRoutes.kinds`.
     kinds: Vec<&'static str>,
+    /// False when its certificates did not load: routes still attach
+    /// (and count in `attachedRoutes`, as the spec asks) but nothing is
+    /// served on it.
+    programmed: bool,
 }
 
 /// Adds what the Gateway API objects in `store` declare to `out`.
@@ -580,6 +584,12 @@ fn add_l4_route(
                     continue;
                 }
                 hostname_met = true;
+                if !l.programmed {
+                    // Attached, counted, not served (its certificate).
+                    attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
+                    attached_somewhere = true;
+                    continue;
+                }
                 let target = (resolved.as_ref(), &split[..]);
                 let addrs = listener_addresses(node, &l.gateway, out);
                 match attach_sni(key, l, &names, target, &what, here, &addrs, out) {
@@ -612,6 +622,9 @@ fn add_l4_route(
         // listener that takes it, as the spec says.
         for l in std::iter::once(l).chain(fitting) {
             attached.insert((l.gateway.clone(), l.name.clone(), key.clone()));
+            if !l.programmed {
+                continue;
+            }
             if let Some((first, _, _)) = taken.get(&(route.protocol, l.port)) {
                 if first != key {
                     out.problems.push(Problem::warning(
@@ -1131,6 +1144,7 @@ fn check_listener(
         && l.tls.as_ref().and_then(|t| t.mode.as_ref())
             != Some(&GatewayListenersTlsMode::Passthrough);
     let mut terminate = None;
+    let mut programmed = true;
     if protocol == Protocol::Https || terminate_tls {
         let tls = l.tls.as_ref();
         if tls
@@ -1256,7 +1270,7 @@ fn check_listener(
                 "Invalid",
                 "no certificate of tls.certificateRefs could be loaded",
             );
-            return None;
+            programmed = false;
         }
     }
     Some(Listener {
@@ -1269,6 +1283,7 @@ fn check_listener(
         selector,
         terminate,
         kinds,
+        programmed,
     })
 }
 
@@ -1446,7 +1461,9 @@ fn add_http_route(
                     .entry(l.name.clone())
                     .or_default()
                     .attached_routes += 1;
-                attached.push((l, hosts));
+                if l.programmed {
+                    attached.push((l, hosts));
+                }
             }
         }
         let state = flavor
@@ -1466,7 +1483,9 @@ fn add_http_route(
             state.accepted = Condition::bad("Accepted", "NoMatchingListenerHostname", msg);
         }
     }
-    if attached.is_empty() {
+    // A route attached nowhere still has its references checked, for the
+    // ResolvedRefs of its parents; one that is not ours has no status.
+    if attached.is_empty() && flavor.parents(status).get(key).is_none() {
         return;
     }
     let annotations: std::sync::Arc<BTreeMap<String, String>> = std::sync::Arc::new(

@@ -1751,3 +1751,40 @@ spec:
     let http = &spec.gateway_api.routes[&key("http-on-tcp")]["shop/l4only"];
     assert_eq!(http.accepted.reason, "NotAllowedByListeners");
 }
+
+#[test]
+fn routes_attach_to_a_listener_whose_certificate_is_missing_but_it_serves_nothing() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: nocert, namespace: shop}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {name: https, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: missing}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{name: nocert}]
+  hostnames: [nocert.test]
+  rules: [{backendRefs: [{name: nowhere, port: 80}]}]
+";
+    let spec = spec_of(yaml);
+    let key = |n: &str| portico_model::store::ObjectKey::new("shop", n);
+    let l = &spec.gateway_api.gateways[&key("nocert")].listeners["https"];
+    assert!(!l.programmed.status);
+    assert!(!l.resolved_refs.status);
+    // The spec: the route counts, and is Accepted there.
+    assert_eq!(l.attached_routes, 1);
+    let parent = &spec.gateway_api.routes[&key("r")]["shop/nocert"];
+    assert!(parent.accepted.status, "{parent:?}");
+    // Its references are still checked.
+    assert_eq!(parent.resolved_refs.reason, "BackendNotFound");
+    // Nothing is served there.
+    let on_443 = Req {
+        port: 443,
+        ..get("nocert.test", "/")
+    };
+    assert_eq!(routed(&spec, &on_443), None);
+}
