@@ -178,6 +178,13 @@ fn configmap_holds_a_valid_portico_toml() {
         &format!("{}/", workspace_root().join("plugins/dist").display()),
     );
     assert!(toml.contains("plugins/dist/ingress_class.wasm"), "{toml}");
+    // The deployed config, like conf/portico.toml, attaches the affinity
+    // plugins only where affinity is asked for: elsewhere they cost nothing.
+    for entry in toml.split("[[plugins.load]]").skip(1) {
+        if entry.contains("name = \"session-affinity") {
+            assert!(entry.contains("applies_to = {"), "unscoped: {entry}");
+        }
+    }
     portico_integration_tests::built_plugins();
     let cfg = dir.write("portico.toml", &toml);
     let manifests = dir.path().join("m");
