@@ -286,7 +286,7 @@ fn one_owner_per_address_fails_over_within_2_s_and_hands_over_on_sigterm() {
 
     // A Service with no address of its own gets the status writer's node
     // address; the other edge node, which knows it from the Node objects,
-    // must not announce it (that would take the other node's address).
+    // must neither announce it nor listen on it (it is another node's).
     let pid = std::process::id();
     let nodes: String = [("a", 1), ("b", 2)]
         .iter()
@@ -317,19 +317,28 @@ fn one_owner_per_address_fails_over_within_2_s_and_hands_over_on_sigterm() {
             .unwrap_or_default();
         fallback == lan.addr(1) || fallback == lan.addr(2)
     });
-    for n in ["a", "b"] {
-        wait_for(10, "each node's announced addresses", || {
+    for (n, host) in [("a", 1), ("b", 2)] {
+        let own = lan.addr(host);
+        wait_for(10, "each node's listeners and announced addresses", || {
             let config: serde_json::Value =
                 serde_json::from_str(&lan.admin(n, "/config")).unwrap_or_default();
-            // The node has translated the status (a listener on the
-            // address) and still does not announce it.
-            let listening = config["l4_listeners"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|l| l["listener"] == format!("tcp:{fallback}:81"));
+            let listens = |addr: &str| {
+                config["l4_listeners"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l["listener"] == format!("tcp:{addr}:81"))
+            };
+            // The node has translated the status: the owner of the
+            // address listens on it; the other listens on its own address
+            // instead (never on another node's). Neither announces it.
+            let translated = if own == fallback {
+                listens(&fallback)
+            } else {
+                listens(&own) && !listens(&fallback)
+            };
             let announced = &config["announced_addresses"];
-            listening && announced.get(&vip).is_some() && announced.get(&fallback).is_none()
+            translated && announced.get(&vip).is_some() && announced.get(&fallback).is_none()
         });
     }
     assert_eq!(

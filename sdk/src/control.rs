@@ -86,10 +86,10 @@ pub struct Admit {
 pub struct LoadBalancerRequest {
     pub services: Vec<LoadBalancerService>,
     pub node_addresses: Vec<String>,
-    /// Gateways (of Portico's classes) that ask for no address of their
-    /// own, oldest first, as Services (`loadBalancerIP` unset; `current`:
-    /// their status addresses). Answer in `gateways` with IP addresses;
-    /// a plugin that does not leaves them at Portico's own addresses.
+    /// Gateways (of Portico's classes), oldest first, as Services
+    /// (`loadBalancerIP`: the address one asks for, which is then taken;
+    /// `current`: their status addresses). Answer in `gateways` with IP
+    /// addresses; a plugin that does not leaves them at Portico's own.
     #[serde(default)]
     pub gateways: Vec<LoadBalancerService>,
 }

@@ -832,6 +832,12 @@ fn add_gateway(
         state.listeners.insert(l.name.clone(), ls);
     }
     requested_addresses(key, gw, here, settings, out, &mut state);
+    // A Gateway that is not accepted takes no address of its own.
+    if state.invalid_parameters.is_some() || state.addresses_unsupported {
+        let owner = portico_model::snapshot::AddressOwner::Gateway(key.clone());
+        out.load_balancer_addresses.retain(|_, o| *o != owner);
+        state.allocated_addresses.clear();
+    }
     state
 }
 
@@ -975,7 +981,7 @@ fn allocated_addresses(
 /// The announce pool open to Gateways that `ip` is in (never for a
 /// Node's address, which is that node's to answer for).
 fn gateway_pool_of(settings: &super::Settings, ip: std::net::IpAddr) -> Option<&str> {
-    if settings.cluster_node_addresses.contains(&ip) {
+    if settings.cluster_node_addresses.contains(&ip) || settings.node_addresses.contains(&ip) {
         return None;
     }
     settings

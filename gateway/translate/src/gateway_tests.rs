@@ -1685,7 +1685,15 @@ spec:
   hostnames: [params.test]
   rules: [{backendRefs: [{name: web, port: 80}]}]
 ";
-    let spec = spec_of(yaml);
+    let mut s = settings();
+    s.gateway_pools = vec![("gw".into(), vec!["192.0.2.64/26".parse().unwrap()])];
+    let yaml = yaml.replace(
+        "  listeners: [{name: http",
+        "  addresses: [{value: 192.0.2.70}]\n  listeners: [{name: http",
+    );
+    let spec = translate(&store_of(&format!("{BASE}---\n{yaml}")), &s);
+    // Not accepted: it takes no address of its own.
+    assert!(spec.load_balancer_addresses.is_empty());
     let gw = &spec.gateway_api.gateways[&portico_model::store::ObjectKey::new("shop", "params")];
     assert!(gw
         .invalid_parameters

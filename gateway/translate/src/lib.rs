@@ -66,6 +66,9 @@ pub struct Settings {
     /// addresses in its status; another edge node announcing them would
     /// take that node's address.
     pub cluster_node_addresses: std::collections::BTreeSet<IpAddr>,
+    /// False while those are being listed: then no status address of a
+    /// Service is announced (it could be another node's).
+    pub cluster_nodes_known: bool,
 }
 
 impl Settings {
@@ -87,6 +90,7 @@ impl Settings {
             gateway_pools: Vec::new(),
             gateway_load_balancer: false,
             cluster_node_addresses: Default::default(),
+            cluster_nodes_known: true,
         }
     }
 }

@@ -73,14 +73,17 @@ pub fn add_l4_listeners(
                     ),
                 ));
             }
-            if opt != Some("false") {
-                // A Node's address is that node's to answer for: it is in
-                // the status of a Service with no address of its own (the
-                // leader's fallback), never one to announce.
-                let node_address = |ip: &IpAddr| {
-                    settings.node_addresses.contains(ip)
-                        || settings.cluster_node_addresses.contains(ip)
-                };
+            // A Node's address is that node's to answer for: it is in the
+            // status of a Service with no address of its own (the leader's
+            // fallback), never one to announce, nor to listen on here when
+            // it is another node's.
+            lb_addrs.retain(|ip| {
+                settings.node_addresses.contains(ip)
+                    || !settings.cluster_node_addresses.contains(ip)
+            });
+            // While the Nodes are being listed, any could be one.
+            if opt != Some("false") && settings.cluster_nodes_known {
+                let node_address = |ip: &IpAddr| settings.node_addresses.contains(ip);
                 for ip in lb_addrs.iter().filter(|ip| !node_address(ip)) {
                     // The older Service keeps an address two Services claim.
                     announce.entry(*ip).or_insert_with(|| {

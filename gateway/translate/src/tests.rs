@@ -715,7 +715,18 @@ fn a_nodes_address_in_a_service_status_is_never_announced() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(announced, ["192.0.2.10"]);
+    // Nor is it listened on here (it is another node's).
+    assert!(!spec
+        .l4
+        .keys()
+        .any(|k| k.addr.ip() == "10.0.0.1".parse::<IpAddr>().unwrap()));
     // Without the Node's address known, it would be.
     let spec = translate(&store_of(yaml), &settings());
     assert_eq!(spec.load_balancer_addresses.len(), 2);
+    // While the Nodes are being listed, nothing from a status is.
+    let mut s = settings();
+    s.cluster_nodes_known = false;
+    assert!(translate(&store_of(yaml), &s)
+        .load_balancer_addresses
+        .is_empty());
 }

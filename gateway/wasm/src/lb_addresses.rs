@@ -4,12 +4,13 @@
 //! `kubernetes.load_balancer_plugin` names a plugin.
 //!
 //! Input (JSON), every LoadBalancer Service this gateway implements and
-//! every Gateway of its classes that asks for no address of its own,
-//! oldest first, so an allocator can keep addresses stable:
+//! every Gateway of its classes (with the address it asks for, if any, as
+//! `loadBalancerIP`), oldest first, so an allocator can keep addresses
+//! stable:
 //! `{"services": [{"namespace", "name", "loadBalancerIP", "annotations",
 //!   "current": ["ip or hostname", ...]}], "nodeAddresses": ["ip", ...],
-//!   "gateways": [{"namespace", "name", "loadBalancerIP": null,
-//!   "annotations", "current": ["ip", ...]}]}`
+//!   "gateways": [{"namespace", "name", "loadBalancerIP", "annotations",
+//!   "current": ["ip", ...]}]}`
 //!
 //! Answer: `{"services": [{"namespace", "name", "addresses": [...]}],
 //! "problems": [{"namespace", "name", "message"}], "gateways": [...],

@@ -25,11 +25,11 @@
 //!    address is reported (the Service keeps its status);
 //! 5. with no pools configured at all, the edge node's addresses.
 //!
-//! Gateways that ask for no address of their own (`gateways` in the
-//! request) get addresses the same way, after the Services (no
-//! `loadBalancerIP`; the same annotations choose the `internal` pool), so
-//! a Service and a Gateway never share one. With no pools they get none:
-//! Portico serves them at its own addresses.
+//! Gateways (`gateways` in the request) get addresses the same way, after
+//! the Services (the same annotations choose the `internal` pool), so a
+//! Service and a Gateway never share one; a Gateway that asks for an
+//! address has it as `loadBalancerIP`, which is then taken. With no pools
+//! they get none: Portico serves them at its own addresses.
 //!
 //! With `api`, an external load-balancer API (a cloud's, or an IPAM)
 //! decides instead of the pools:
@@ -194,16 +194,16 @@ pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswe
         .map(|s| (false, s))
         .chain(req.gateways.iter().map(|g| (true, g)))
         .collect();
-    // Addresses are taken by loadBalancerIP first, then by what Services
-    // and Gateways already hold (oldest first), then handed out.
-    let mut taken: BTreeSet<String> = req
-        .services
+    // Addresses are taken by loadBalancerIP first (a Gateway's: the
+    // address it asks for), then by what Services and Gateways already
+    // hold (oldest first), then handed out.
+    let mut taken: BTreeSet<String> = all
         .iter()
-        .filter_map(|s| s.load_balancer_ip.clone())
+        .filter_map(|(_, s)| s.load_balancer_ip.clone())
         .collect();
     let mut kept: BTreeMap<usize, String> = BTreeMap::new();
-    for (i, (gateway, s)) in all.iter().enumerate() {
-        if !gateway && s.load_balancer_ip.is_some() {
+    for (i, (_, s)) in all.iter().enumerate() {
+        if s.load_balancer_ip.is_some() {
             continue;
         }
         let pool = config.pools.get(pool_of(s)).map(Vec::as_slice).unwrap_or_default();
@@ -218,12 +218,9 @@ pub fn allocate(config: &Config, req: &LoadBalancerRequest) -> LoadBalancerAnswe
     }
     for (i, (gateway, s)) in all.iter().enumerate() {
         let gateway = *gateway;
-        match &s.load_balancer_ip {
-            Some(ip) if !gateway => {
-                assign(&mut out, gateway, s, vec![ip.clone()]);
-                continue;
-            }
-            _ => {}
+        if let Some(ip) = &s.load_balancer_ip {
+            assign(&mut out, gateway, s, vec![ip.clone()]);
+            continue;
         }
         if let Some(a) = kept.get(&i) {
             assign(&mut out, gateway, s, vec![a.clone()]);
@@ -347,13 +344,15 @@ mod tests {
 
     #[test]
     fn gateways_get_addresses_after_services_and_keep_them() {
-        let c = config(&["198.51.100.1", "198.51.100.2", "198.51.100.3"], &[]);
+        let c = config(&["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"], &[]);
         let req = LoadBalancerRequest {
             services: vec![svc("web", None, &[], &[]), svc("pinned", Some("198.51.100.3"), &[], &[])],
             node_addresses: vec!["192.0.2.1".into()],
             gateways: vec![
                 // Holds the address a new Service would otherwise get.
                 svc("edge", None, &[], &["198.51.100.1"]),
+                // Asks for one: taken (no Service gets it), answered with it.
+                svc("asks", Some("198.51.100.2"), &[], &[]),
                 svc("more", None, &[], &[]),
                 svc("inner", None, &[("networking.gke.io/load-balancer-type", "Internal")], &[]),
             ],
@@ -361,7 +360,8 @@ mod tests {
         let a = allocate(&c, &req);
         let gw = |name: &str| a.gateways.iter().find(|g| g.name == name).map(|g| g.addresses.clone());
         assert_eq!(gw("edge").unwrap(), ["198.51.100.1"], "kept");
-        assert_eq!(got(&a, "web").unwrap(), ["198.51.100.2"]);
+        assert_eq!(gw("asks").unwrap(), ["198.51.100.2"]);
+        assert_eq!(got(&a, "web").unwrap(), ["198.51.100.4"]);
         assert_eq!(got(&a, "pinned").unwrap(), ["198.51.100.3"]);
         // The pool is used up: reported as the Gateway's problem.
         assert_eq!(gw("more"), None);
@@ -372,7 +372,7 @@ mod tests {
         assert!(allocate(&Config::default(), &req).gateways.is_empty());
         // The API sees them with their pools.
         let body = api_request(&req);
-        assert_eq!(body["gateways"][2]["pool"], "internal");
+        assert_eq!(body["gateways"][3]["pool"], "internal");
     }
 
     #[test]

@@ -53,11 +53,34 @@ const ANNOTATION: &str = "nginx.ingress.kubernetes.io/";
 /// the header that carries the endpoint's token both ways.
 const SESSION_HEADER: &str = "portico.io/session-header";
 
-/// A header name Portico sets and reads (an HTTP token), lower-cased.
+/// Headers the session header must never replace: framing, hop-by-hop
+/// fields, Host, and cookies (the backend's own sessions). The same list
+/// as `RESERVED_HEADERS` in Portico's translation, which refuses them
+/// first.
+const RESERVED: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+    "cookie",
+    "set-cookie",
+    "content-type",
+];
+
+/// A header name Portico sets and reads (an HTTP token, not a reserved
+/// one), lower-cased.
 pub fn header_name(v: &str) -> Option<String> {
-    let v = v.trim();
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        Some(v.to_ascii_lowercase())
+    let v = v.trim().to_ascii_lowercase();
+    if !v.is_empty()
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !RESERVED.contains(&v.as_str())
+    {
+        Some(v)
     } else {
         None
     }
@@ -416,6 +439,8 @@ mod tests {
         assert_eq!(header_name("a b"), None);
         assert_eq!(header_name("x:y"), None);
         assert_eq!(header_name(""), None);
+        assert_eq!(header_name("Content-Length"), None);
+        assert_eq!(header_name("set-cookie"), None);
     }
 
     #[test]

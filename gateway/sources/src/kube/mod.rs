@@ -97,10 +97,11 @@ pub struct KubeSource {
 impl KubeSource {
     pub fn new(
         mut cfg: KubeSettings,
-        settings: Settings,
+        mut settings: Settings,
         client_config: kube::Config,
         publisher: Arc<Publisher>,
     ) -> Self {
+        settings.cluster_nodes_known = !cfg.watch_all_nodes;
         let secret_watches = (cfg.kubernetes.secrets == SecretAccess::Referenced)
             .then(|| NamedWatches::new("Secret"));
         let l2_election = Mutex::new(cfg.l2_election.take());
@@ -209,7 +210,10 @@ impl KubeSource {
     fn apply(
         &self,
         reports: Vec<Report>,
-        (node_addresses, all_nodes): (Option<Vec<IpAddr>>, std::collections::BTreeSet<IpAddr>),
+        (node_addresses, all_nodes): (
+            Option<Vec<IpAddr>>,
+            Option<std::collections::BTreeSet<IpAddr>>,
+        ),
         resolved: &crate::dns::Resolved,
         start_secret_watch: &dyn Fn(&ObjectKey) -> tokio::task::AbortHandle,
     ) -> Option<std::collections::BTreeSet<String>> {
@@ -228,8 +232,15 @@ impl KubeSource {
                 effect = Effect::Full;
             }
         }
-        if all_nodes != inner.settings.cluster_node_addresses {
+        // Until every Node's addresses are known, status addresses are not
+        // announced (one could be another node's).
+        let known = !self.cfg.watch_all_nodes || all_nodes.is_some();
+        let all_nodes = all_nodes.unwrap_or_default();
+        if all_nodes != inner.settings.cluster_node_addresses
+            || known != inner.settings.cluster_nodes_known
+        {
             inner.settings.cluster_node_addresses = all_nodes;
+            inner.settings.cluster_nodes_known = known;
             effect = Effect::Full;
         }
         for r in reports {
@@ -492,7 +503,7 @@ impl BackgroundService for KubeSource {
             None => {}
         }
         let (all_nodes_tx, mut all_nodes_rx) =
-            tokio::sync::watch::channel(std::collections::BTreeSet::<IpAddr>::new());
+            tokio::sync::watch::channel(None::<std::collections::BTreeSet<IpAddr>>);
         if self.cfg.watch_all_nodes {
             tokio::spawn(node::run_all(client.clone(), all_nodes_tx.clone()));
         }

@@ -114,9 +114,10 @@ impl AllNodes {
     }
 }
 
-/// Follows every Node and sends the union of their addresses whenever it
-/// changes. Only objects' addresses are kept, not the objects.
-pub async fn run_all(client: Client, tx: watch::Sender<BTreeSet<IpAddr>>) {
+/// Follows every Node and sends the union of their addresses once listed
+/// and whenever it changes (`None` until the first list is complete).
+/// Only objects' addresses are kept, not the objects.
+pub async fn run_all(client: Client, tx: watch::Sender<Option<BTreeSet<IpAddr>>>) {
     let api: Api<Node> = Api::all(client);
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
@@ -127,8 +128,16 @@ pub async fn run_all(client: Client, tx: watch::Sender<BTreeSet<IpAddr>>) {
         match ev {
             Ok(ev) => {
                 logged_error = false;
-                if let Some(all) = nodes.apply(ev) {
-                    tx.send_replace(all);
+                let listed = matches!(ev, Event::InitDone);
+                match nodes.apply(ev) {
+                    Some(all) => {
+                        tx.send_replace(Some(all));
+                    }
+                    // The first complete list counts even when empty.
+                    None if listed && tx.borrow().is_none() => {
+                        tx.send_replace(Some(nodes.union()));
+                    }
+                    None => {}
                 }
             }
             Err(e) => warn_once(

@@ -278,8 +278,10 @@ pub fn lb_services(store: &Store) -> Vec<LbService> {
 }
 
 /// The Gateways the allocation plugin is asked about: those of Portico's
-/// classes with no `spec.addresses` value of their own, oldest first,
-/// with their status addresses as `current`.
+/// classes, oldest first, with their status addresses as `current`; one
+/// that asks for an address has it as `loadBalancerIP` (so the plugin
+/// counts it as taken and answers with it), like a Service's. Gateways
+/// with `infrastructure.parametersRef` are not accepted, so not asked.
 pub fn lb_gateways(store: &Store) -> Vec<LbService> {
     let ours = |class: &str| {
         store
@@ -295,15 +297,22 @@ pub fn lb_gateways(store: &Store) -> Vec<LbService> {
             ours(&g.object.spec.gateway_class_name)
                 && g.object
                     .spec
-                    .addresses
-                    .iter()
-                    .flatten()
-                    .all(|a| a.value.as_deref().is_none_or(str::is_empty))
+                    .infrastructure
+                    .as_ref()
+                    .is_none_or(|i| i.parameters_ref.is_none())
         })
         .map(|(k, g)| LbService {
             namespace: k.namespace.clone(),
             name: k.name.clone(),
-            load_balancer_ip: None,
+            load_balancer_ip: g
+                .object
+                .spec
+                .addresses
+                .iter()
+                .flatten()
+                .filter_map(|a| a.value.as_deref())
+                .find(|v| v.parse::<IpAddr>().is_ok())
+                .map(str::to_string),
             annotations: g.object.metadata.annotations.clone().unwrap_or_default(),
             current: g
                 .object
@@ -431,6 +440,7 @@ impl Writer {
         }
         // The allocation plugin is asked outside the lock and off the
         // runtime: it may wait for an external load-balancer API.
+        let mut gateways_asked: Vec<LbService> = Vec::new();
         let lb_answer = match &self.lb_plugin {
             None => None,
             Some(alloc) => {
@@ -442,6 +452,7 @@ impl Writer {
                         inner.settings.node_addresses.clone(),
                     )
                 };
+                gateways_asked = gateways.clone();
                 if asked.is_empty() && gateways.is_empty() {
                     Some(Ok(LbAnswer::default()))
                 } else {
@@ -455,13 +466,32 @@ impl Writer {
             }
         };
         let gateway_allocation: Option<BTreeMap<ObjectKey, Vec<IpAddr>>> = match &lb_answer {
+            // Only for Gateways that ask for no address: one that asks is
+            // told its own back, and its spec decides what it gets.
             Some(Ok(a)) => Some(
                 a.gateway_addresses
                     .iter()
+                    .filter(|((ns, name), _)| {
+                        gateways_asked.iter().any(|g| {
+                            &g.namespace == ns && &g.name == name && g.load_balancer_ip.is_none()
+                        })
+                    })
                     .map(|((ns, name), ips)| (ObjectKey::new(ns, name), ips.clone()))
                     .collect(),
             ),
-            _ => None,
+            // The plugin failed: every Gateway keeps the addresses its
+            // status has (an allocation must not move on a timeout).
+            Some(Err(_)) => Some(
+                gateways_asked
+                    .iter()
+                    .filter(|g| g.load_balancer_ip.is_none())
+                    .map(|g| {
+                        let ips = g.current.iter().filter_map(|a| a.parse().ok()).collect();
+                        (ObjectKey::new(&g.namespace, &g.name), ips)
+                    })
+                    .collect(),
+            ),
+            None => None,
         };
         let (plan, gateway_writes, events) = {
             let inner = self.shared.lock();

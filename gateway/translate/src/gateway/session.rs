@@ -21,6 +21,23 @@ pub const AFFINITY: &str = "nginx.ingress.kubernetes.io/affinity";
 pub const SESSION_HEADER: &str = "portico.io/session-header";
 const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
+/// Headers a session header must not replace: message framing,
+/// hop-by-hop fields, Host, and cookies (the backend's own sessions).
+const RESERVED_HEADERS: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+    "cookie",
+    "set-cookie",
+    "content-type",
+];
+
 /// The cookie a rule's session persistence asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionCookie {
@@ -81,6 +98,11 @@ pub fn persistence(
         },
     };
     if sp.r#type == Some(HttpRouteRulesSessionPersistenceType::Header) {
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{what}.sessionName {name:?} is a header the proxy or the backend owns (framing, hop-by-hop, Host, cookies); pick another"
+            ));
+        }
         if timeout_secs.is_some() {
             warnings.push(format!(
                 "{what}.absoluteTimeout is not enforced for Header persistence (a session lasts while the client sends the header)"
@@ -279,6 +301,11 @@ mod tests {
             w[0].contains("x.absoluteTimeout is not enforced for Header persistence"),
             "{w:?}"
         );
+        for reserved in ["Content-Length", "set-cookie", "Connection"] {
+            let e =
+                persistence(&sp(header(), Some(reserved), None, None), "r", 0, "x").unwrap_err();
+            assert!(e.contains("a header the proxy or the backend owns"), "{e}");
+        }
         let e = persistence(&sp(header(), Some("a b"), None, None), "r", 0, "x").unwrap_err();
         assert!(
             e.contains("x.sessionName \"a b\" is not a cookie or header name"),
