@@ -115,6 +115,27 @@ impl Segment {
         arp_owner(&self.client, "eth0", ip)
     }
 
+    /// The body the client gets for `http://ip:8080/x` with `Host: host`
+    /// (the edge node's wildcard HTTP listener).
+    fn http_get(&self, ip: &str, host: &str) -> String {
+        let out = self
+            .in_ns(
+                &self.client,
+                &[
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "5",
+                    "-H",
+                    &format!("Host: {host}"),
+                    &format!("http://{ip}:8080/x"),
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// What the client reads from `ip:port` (TCP), or the error.
     fn tcp_read(&self, ip: &str, port: u16) -> String {
         // The echo backend greets with its name and a newline.
@@ -266,22 +287,7 @@ fn l2_mode_makes_an_address_on_no_interface_reachable_and_gives_it_up() {
         seg.tcp_read(&vip, 9000).contains("edge-echo")
     });
     // L7: the wildcard listener receives it through the local route.
-    let out = seg
-        .in_ns(
-            &seg.client,
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-                "-H",
-                "Host: vip.test",
-                &format!("http://{vip}:8080/x"),
-            ],
-        )
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout);
+    let body = seg.http_get(&vip, "vip.test");
     assert!(
         body.contains("\"name\":\"edge-echo\""),
         "{body} {}",
@@ -580,22 +586,7 @@ spec:
         || seg.arp_owner(&vip).as_deref() == Some(mac.as_str()),
     );
     // HTTP on the wildcard listener, through the Gateway's address.
-    let out = seg
-        .in_ns(
-            &seg.client,
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-                "-H",
-                "Host: gw.test",
-                &format!("http://{vip}:8080/x"),
-            ],
-        )
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout);
+    let body = seg.http_get(&vip, "gw.test");
     assert!(
         body.contains("\"name\":\"edge-echo\""),
         "{body} {}",

@@ -899,16 +899,12 @@ fn the_cloud_lb_plugin_gives_a_gateway_without_addresses_a_pool_address() {
     let net = Netns::new();
     let _pod = net.echo_tcp("gw-pod", &net.addr(2), 9000);
     let (port, lb_port) = (free_port(), free_port());
+    let objects = yaml::service(&ns, "db", "", &[("t", 5432)])
+        + &yaml::slice_at(&ns, "db-1", "db", "t", 9000, &[net.addr(2)])
+        + &yaml::service(&ns, "lb", "  type: LoadBalancer\n", &[("p", lb_port)])
+        + &portico_class(&ns);
     api.apply(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {ns}}}\nspec:\n  ports: [{{name: t, port: 5432, targetPort: 9000, protocol: TCP}}]\n---
-apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{{name: t, port: 9000, protocol: TCP}}]\nendpoints:\n- addresses: [\"{}\"]\n---
-apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: {ns}}}\nspec:\n  type: LoadBalancer\n  ports: [{{name: p, port: {lb_port}}}]\n---
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico-{ns}}}
-spec: {{controllerName: portico.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
+        "{objects}apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: {ns}}}
 spec:
@@ -921,8 +917,7 @@ metadata: {{name: db, namespace: {ns}}}
 spec:
   parentRefs: [{{name: edge}}]
   rules: [{{backendRefs: [{{name: db, port: 5432}}]}}]
-",
-        net.addr(2)
+"
     ))
     .unwrap();
     let dir = TempDir::new("kapi");
@@ -1504,14 +1499,22 @@ fn referenced_secrets_mode_reads_exactly_the_named_secrets() {
 /// HTTPRoute `web` for `host` to Service `web`, plus one to a Service that
 /// does not exist; a GRPCRoute; a TCPRoute and a UDPRoute that no listener
 /// takes (their status says so).
-fn gateway_api_objects(ns: &str, port: u16, host: &str) -> String {
+/// GatewayClass `portico-NS`, Portico's, for the Gateways of namespace NS.
+fn portico_class(ns: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {{name: portico-{ns}}}
 spec: {{controllerName: portico.io/gateway-controller}}
 ---
-apiVersion: gateway.networking.k8s.io/v1
+"
+    )
+}
+
+fn gateway_api_objects(ns: &str, port: u16, host: &str) -> String {
+    portico_class(ns)
+        + &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: {ns}}}
 spec:
@@ -1567,7 +1570,7 @@ spec:
   rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
 ---
 "
-    )
+        )
 }
 
 /// The condition `type_` of a status `conditions` list.
@@ -1802,7 +1805,8 @@ fn every_gateway_route_kind_serves_in_kubernetes_mode() {
     let (crt, key) = self_signed(&["secure.kinds.test"]);
     let dir = TempDir::new("kapi");
     let kc = api.kubeconfig(dir.path(), "admin");
-    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw-kinds", NO_NODE_PORTS, true);
+    let config = format!("{NO_NODE_PORTS}{}", session_affinity_config());
+    let gw = Gateway::spawn_kube_real(&kc, &ns, "gw-kinds", &config, true);
     gw.wait_ready();
     let (pass, tcp, udp) = (free_port(), free_port(), free_port());
     let service = |name: &str, port: u16, protocol: &str| {
@@ -1811,20 +1815,15 @@ fn every_gateway_route_kind_serves_in_kubernetes_mode() {
 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: p, port: {port}, protocol: {protocol}}}]\nendpoints:\n- addresses: [\"{pod}\"]\n---\n"
         )
     };
-    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let objects = service("web", 8080, "TCP")
         + &service("tls", 8443, "TCP")
         + &service("grpc", 8081, "TCP")
         + &service("l4", 9000, "TCP")
         + &service("l4u", 9000, "UDP")
+        + &yaml::tls_secret(&ns, "cert", &crt, &key)
+        + &portico_class(&ns)
         + &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portico-{ns}}}
-spec: {{controllerName: portico.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
+            "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: {ns}}}
 spec:
@@ -1841,7 +1840,7 @@ kind: HTTPRoute
 metadata: {{name: secure, namespace: {ns}}}
 spec:
   parentRefs: [{{name: edge, sectionName: https}}]
-  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+  rules: [{{sessionPersistence: {{sessionName: KINDS}}, backendRefs: [{{name: web, port: 8080}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -1873,8 +1872,6 @@ spec:
   parentRefs: [{{name: edge, sectionName: udp}}]
   rules: [{{backendRefs: [{{name: l4u, port: 9000}}]}}]
 ",
-            indent(&crt),
-            indent(&key),
             http = gw.http,
             https = gw.https,
         );
@@ -1884,6 +1881,27 @@ spec:
     wait_for(20, "the HTTPS route", || {
         https_name(&gw, "secure.kinds.test", &ca).is_ok_and(|n| n == "web-pod")
     });
+    // Its sessionPersistence (experimental field, kept by the API server)
+    // reaches the session-affinity plugin: a Secure cookie named as asked.
+    let (head, err) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("secure.kinds.test:{}:127.0.0.1", gw.https),
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("https://secure.kinds.test:{}/", gw.https),
+    ]);
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {head} {err}"));
+    assert!(
+        cookie.contains("KINDS=") && cookie.trim_end().ends_with("; Secure"),
+        "{cookie}"
+    );
     // gRPC over h2c to the pod.
     wait_for(10, "the GRPCRoute", || {
         let (out, _) = curl(&[

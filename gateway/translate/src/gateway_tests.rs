@@ -1382,24 +1382,10 @@ spec:
     );
     let store = store_of(&format!("{BASE}---\n{extra}"));
     let mut s = settings();
-    s.scoped.http.push((
-        "session-affinity".into(),
-        portico_model::scope::PluginScope {
-            ingress_annotations: vec![
-                "nginx.ingress.kubernetes.io/affinity".into(),
-                "portico.io/session-header".into(),
-            ],
-            ..Default::default()
-        },
-    ));
+    s.scoped.http.push(session_affinity_scoped());
     let spec = translate(&store, &s);
     let at = |path: &str, port: u16| {
-        let facts = RequestFacts {
-            port: Some(port),
-            tls: port == 443,
-            request: None,
-        };
-        let (r, _) = spec.routes.find_request("s.test", path, &facts).unwrap();
+        let r = route_at(&spec, "s.test", path, port);
         let a = |k: &str| {
             r.annotations
                 .get(&format!("nginx.ingress.kubernetes.io/{k}"))
@@ -1436,15 +1422,7 @@ spec:
     assert_eq!(at("/plain", 80), (vec![], None, None, None, None, None));
     // Header persistence: the header annotation, and the plugin scoped to
     // it.
-    let facts = RequestFacts {
-        port: Some(80),
-        tls: false,
-        request: None,
-    };
-    let (r, _) = spec
-        .routes
-        .find_request("s.test", "/header", &facts)
-        .unwrap();
+    let r = route_at(&spec, "s.test", "/header", 80);
     assert_eq!(at("/header", 80).1, None, "no cookie");
     assert!(r
         .annotations
@@ -1471,7 +1449,10 @@ spec:
     );
     // Without a plugin scoped to the annotation, the route says so.
     let spec = translate(&store, &settings());
-    assert_eq!(at_plugins(&spec), Vec::<String>::new());
+    assert_eq!(
+        route_at(&spec, "s.test", "/app/x", 80).scoped_plugins,
+        Vec::<String>::new()
+    );
     assert!(
         problems(&spec).contains("spec.rules[0].sessionPersistence: no loaded plugin applies to nginx.ingress.kubernetes.io/affinity"),
         "{}",
@@ -1479,17 +1460,20 @@ spec:
     );
 }
 
-fn at_plugins(spec: &SnapshotSpec) -> Vec<String> {
+/// The route a request for `host` and `path` on `port` takes (TLS on
+/// 443), ignoring its other conditions.
+fn route_at<'a>(
+    spec: &'a SnapshotSpec,
+    host: &str,
+    path: &str,
+    port: u16,
+) -> &'a portico_model::routing::Route {
     let facts = RequestFacts {
-        port: Some(80),
-        tls: false,
+        port: Some(port),
+        tls: port == 443,
         request: None,
     };
-    let (r, _) = spec
-        .routes
-        .find_request("s.test", "/app/x", &facts)
-        .unwrap();
-    r.scoped_plugins.clone()
+    spec.routes.find_request(host, path, &facts).unwrap().0
 }
 
 #[test]
@@ -1647,13 +1631,7 @@ fn grpc_routes_have_session_persistence_too() {
     );
     let store = store_of(&format!("{BASE}---\n{yaml}"));
     let mut s = settings();
-    s.scoped.http.push((
-        "session-affinity".into(),
-        portico_model::scope::PluginScope {
-            ingress_annotations: vec!["nginx.ingress.kubernetes.io/affinity".into()],
-            ..Default::default()
-        },
-    ));
+    s.scoped.http.push(session_affinity_scoped());
     let spec = translate(&store, &s);
     let (r, _) = spec.routes.find("grpc.test", "/pkg.Cart/Add").unwrap();
     assert_eq!(r.scoped_plugins, ["session-affinity"]);
@@ -1795,4 +1773,18 @@ spec:
         ..get("nocert.test", "/")
     };
     assert_eq!(routed(&spec, &on_443), None);
+}
+
+/// The shipped session-affinity plugin as `conf/portico.toml` scopes it.
+fn session_affinity_scoped() -> (String, portico_model::scope::PluginScope) {
+    (
+        "session-affinity".into(),
+        portico_model::scope::PluginScope {
+            ingress_annotations: vec![
+                "nginx.ingress.kubernetes.io/affinity".into(),
+                "portico.io/session-header".into(),
+            ],
+            ..Default::default()
+        },
+    )
 }
