@@ -43,14 +43,16 @@ pub fn now_ms() -> u64 {
 }
 
 impl Breaker {
-    /// Whether a call may go to the plugin at `now`: the circuit is
-    /// closed, or its cool-down is over and no other probe is running.
-    pub fn allow(&self, now: u64) -> bool {
+    /// Whether a call may go to the plugin now (`now()`, read only when
+    /// the circuit is open: a clock read costs more than a small call's
+    /// bookkeeping, and the circuit is almost always closed): the circuit
+    /// is closed, or its cool-down is over and no other probe is running.
+    pub fn allow(&self, now: impl FnOnce() -> u64) -> bool {
         let open_until = self.open_until_ms.load(Ordering::Relaxed);
         if open_until == 0 {
             return true;
         }
-        now >= open_until && !self.probing.swap(true, Ordering::AcqRel)
+        now() >= open_until && !self.probing.swap(true, Ordering::AcqRel)
     }
 
     /// A call succeeded: a probe closes the circuit. Whether it did.
@@ -96,11 +98,11 @@ mod tests {
         let b = Breaker::default();
         for i in 1..THRESHOLD {
             assert_eq!(b.failure(1000 + u64::from(i)), Tripped::No);
-            assert!(b.allow(1000 + u64::from(i)));
+            assert!(b.allow(|| 1000 + u64::from(i)));
         }
         assert_eq!(b.failure(1100), Tripped::Opened);
-        assert!(!b.allow(1101));
-        assert!(!b.allow(1100 + COOL - 1));
+        assert!(!b.allow(|| 1101));
+        assert!(!b.allow(|| 1100 + COOL - 1));
     }
 
     #[test]
@@ -123,16 +125,16 @@ mod tests {
             b.failure(10 + u64::from(i));
         }
         let after = 14 + COOL;
-        assert!(b.allow(after), "the probe goes through");
-        assert!(!b.allow(after), "only one probe at a time");
+        assert!(b.allow(|| after), "the probe goes through");
+        assert!(!b.allow(|| after), "only one probe at a time");
         // The probe fails: open again for a whole cool-down.
         assert_eq!(b.failure(after + 1), Tripped::Opened);
-        assert!(!b.allow(after + 2));
+        assert!(!b.allow(|| after + 2));
         // The next probe succeeds: closed, calls flow.
-        assert!(b.allow(after + 1 + COOL));
+        assert!(b.allow(|| after + 1 + COOL));
         assert!(b.success());
-        assert!(b.allow(after + 2 + COOL));
-        assert!(b.allow(after + 3 + COOL));
+        assert!(b.allow(|| after + 2 + COOL));
+        assert!(b.allow(|| after + 3 + COOL));
         assert!(!b.success(), "nothing to close");
     }
 }

@@ -165,15 +165,71 @@ pub struct VmState {
     /// a fast hash (one insert and one remove per request).
     pub live_contexts: rustc_hash::FxHashSet<u32>,
     pub started: Option<Instant>,
+    /// The instance's exports host calls use, found on first use.
+    pub guest: GuestExports,
+}
+
+/// The guest's memory and allocator, looked up by name once per instance:
+/// an export lookup hashes the name and costs more than most host calls,
+/// and reading or handing over a value needs them several times a call.
+/// They belong to the store this state lives in, so they never go stale.
+#[derive(Default)]
+pub struct GuestExports {
+    memory: Option<wasmtime::Memory>,
+    /// `None` until looked up; `Some(None)` when the module has none.
+    alloc: Option<Option<wasmtime::TypedFunc<i32, i32>>>,
+}
+
+impl std::fmt::Debug for GuestExports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestExports")
+            .field("memory", &self.memory.is_some())
+            .field("alloc", &matches!(self.alloc, Some(Some(_))))
+            .finish()
+    }
 }
 
 type C<'a> = Caller<'a, HostState<VmState>>;
 
 fn memory(c: &mut C<'_>) -> Option<wasmtime::Memory> {
+    if let Some(m) = c.data().data.guest.memory {
+        return Some(m);
+    }
     match c.get_export("memory") {
-        Some(Extern::Memory(m)) => Some(m),
+        Some(Extern::Memory(m)) => {
+            c.data_mut().data.guest.memory = Some(m);
+            Some(m)
+        }
         _ => None,
     }
+}
+
+/// The plugin's allocator (`proxy_on_memory_allocate`, or the older
+/// names), moved out of the cache for the call: cloning a typed function
+/// costs a type-registry reference. Put it back with [`return_alloc`].
+fn take_alloc(c: &mut C<'_>) -> Option<wasmtime::TypedFunc<i32, i32>> {
+    // Taken while in use: an allocator that calls back into a host
+    // function that hands over data finds none and looks it up again.
+    match c.data_mut().data.guest.alloc.take() {
+        Some(Some(f)) => return Some(f),
+        Some(None) => {
+            c.data_mut().data.guest.alloc = Some(None);
+            return None;
+        }
+        None => {}
+    }
+    let found = ["proxy_on_memory_allocate", "portico_alloc", "malloc"]
+        .iter()
+        .find_map(|n| c.get_export(n).and_then(Extern::into_func))
+        .and_then(|f| f.typed::<i32, i32>(&*c).ok());
+    if found.is_none() {
+        c.data_mut().data.guest.alloc = Some(None);
+    }
+    found
+}
+
+fn return_alloc(c: &mut C<'_>, alloc: wasmtime::TypedFunc<i32, i32>) {
+    c.data_mut().data.guest.alloc = Some(Some(alloc));
 }
 
 fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, i32> {
@@ -202,16 +258,12 @@ fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> Result<(), i32> {
 /// Copies `bytes` into memory the plugin allocates, and writes the
 /// pointer and length where it asked.
 fn give(c: &mut C<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> Result<(), i32> {
-    let alloc = ["proxy_on_memory_allocate", "portico_alloc", "malloc"]
-        .iter()
-        .find_map(|n| c.get_export(n).and_then(Extern::into_func))
-        .ok_or(status::INTERNAL_FAILURE)?;
-    let alloc = alloc
-        .typed::<i32, i32>(&*c)
-        .map_err(|_| status::INTERNAL_FAILURE)?;
     let len = i32::try_from(bytes.len()).map_err(|_| status::BAD_ARGUMENT)?;
+    let alloc = take_alloc(c).ok_or(status::INTERNAL_FAILURE)?;
     // An empty value still gets a (valid) pointer, as SDKs expect.
-    let ptr = match alloc.call(&mut *c, len.max(1)) {
+    let called = alloc.call(&mut *c, len.max(1));
+    return_alloc(c, alloc);
+    let ptr = match called {
         Ok(p) => p,
         Err(e) => {
             // The allocator trapped or ran past the deadline: the whole
@@ -684,16 +736,16 @@ fn link(l: &mut Linker<HostState<VmState>>) -> wasmtime::Result<()> {
         E,
         "proxy_get_upstream_hosts",
         |mut c: C<'_>, ret_p: i32, ret_n: i32| {
-            let pairs = c
+            let encoded = c
                 .data()
                 .data
                 .stream
                 .as_ref()
                 .and_then(|s| s.candidates.as_ref())
-                .map(|cands| cands.pairs());
-            match pairs {
+                .map(|cands| cands.encoded());
+            match encoded {
                 None => status::NOT_FOUND,
-                Some(p) => status_of(give(&mut c, &serialize_map(&p), ret_p, ret_n)),
+                Some(e) => status_of(give(&mut c, &e, ret_p, ret_n)),
             }
         },
     )?;

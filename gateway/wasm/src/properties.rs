@@ -48,7 +48,7 @@ impl std::fmt::Debug for Candidates {
 impl Candidates {
     /// `(address, state)` pairs: state is `ready`, `serving` (terminating
     /// but still serving) or `cooling-down` (failed recently).
-    pub fn pairs(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn pairs(&self) -> Vec<(String, &'static str)> {
         let pool = &self.0;
         pool.endpoints()
             .iter()
@@ -61,9 +61,15 @@ impl Candidates {
                 } else {
                     "serving"
                 };
-                (e.spec.addr.to_string(), state.as_bytes().to_vec())
+                (e.spec.addr.to_string(), state)
             })
             .collect()
+    }
+
+    /// [`Candidates::pairs`] in the proxy-wasm map encoding.
+    pub fn encoded(&self) -> Vec<u8> {
+        let pairs = self.pairs();
+        super::headers::serialize(pairs.iter().map(|(a, s)| (a.as_bytes(), s.as_bytes())))
     }
 
     pub fn contains(&self, addr: SocketAddr) -> bool {
@@ -184,11 +190,7 @@ impl StreamProps {
                 .and_then(|c| c.0.affinity())
                 .map(|a| int(a.timeout.as_secs() as i64)),
             "portico.ingress.annotations" => self.annotations.as_ref().map(|a| {
-                let pairs: Vec<(String, Vec<u8>)> = a
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-                    .collect();
-                super::host::serialize_map(&pairs)
+                super::headers::serialize(a.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
             }),
             "portico.route" => self.route.as_ref().map(|r| r.name().into_bytes()),
             "portico.service" => self.route.as_ref().map(|r| r.service().into_bytes()),

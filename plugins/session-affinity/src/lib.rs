@@ -36,6 +36,7 @@
 //! data callbacks (`portico.stream.passthrough`), so the bytes are still
 //! spliced. An endpoint that is gone, or not eligible, is replaced.
 
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portico_sdk::proxy_wasm::hostcalls;
@@ -145,12 +146,27 @@ impl CookieSettings {
 /// An endpoint's cookie value: FNV-1a of its address, so the address is
 /// not disclosed.
 pub fn token(endpoint: &str) -> String {
+    format!("{:016x}", token_bits(endpoint))
+}
+
+/// The number a [`token`] spells: tokens are compared as numbers, so a
+/// request's cookie is checked without formatting every endpoint's.
+pub fn token_bits(endpoint: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in endpoint.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
+}
+
+/// A token as a client sent it back; `None` unless 16 hex digits.
+pub fn parse_token(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if v.len() != 16 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(v, 16).ok()
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -255,12 +271,65 @@ impl RootContext for Root {
     }
 }
 
+/// What a route's annotations ask of this plugin.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteSettings {
+    pub cookie: Option<CookieSettings>,
+    /// Header persistence: the header's name (lower case).
+    pub header: Option<String>,
+}
+
+impl RouteSettings {
+    /// From the Ingress's annotations as the host encodes them (pairs).
+    pub fn from_encoded(encoded: &[u8]) -> Self {
+        let annotations = portico_sdk::pairs::decode(encoded).unwrap_or_default();
+        let cookie = CookieSettings::from(|key: &str| {
+            annotations
+                .iter()
+                .find(|(k, _)| k.len() == ANNOTATION.len() + key.len() && k.starts_with(ANNOTATION) && k.ends_with(key))
+                .map(|(_, v)| v.clone())
+        });
+        let header = if cookie.is_none() {
+            annotations
+                .iter()
+                .find(|(k, _)| k == SESSION_HEADER)
+                .and_then(|(_, v)| header_name(v))
+        } else {
+            None
+        };
+        RouteSettings { cookie, header }
+    }
+}
+
+thread_local! {
+    /// The settings of the last annotations seen, with their encoding: a
+    /// route's requests come with the same annotations, and comparing the
+    /// bytes costs far less than decoding and parsing them again. (An
+    /// instance serves one worker thread.)
+    static LAST_SETTINGS: std::cell::RefCell<Option<(Vec<u8>, Rc<RouteSettings>)>> =
+        std::cell::RefCell::new(None);
+}
+
+/// The settings for these encoded annotations, parsed once per distinct
+/// encoding in a row.
+fn route_settings(encoded: Vec<u8>) -> Rc<RouteSettings> {
+    LAST_SETTINGS.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((bytes, settings)) = last.as_ref() {
+            if *bytes == encoded {
+                return settings.clone();
+            }
+        }
+        let settings = Rc::new(RouteSettings::from_encoded(&encoded));
+        *last = Some((encoded, settings.clone()));
+        settings
+    })
+}
+
 #[derive(Default)]
 struct Http {
     client_ip: Option<(String, u64)>,
-    cookie: Option<CookieSettings>,
-    /// Header persistence: the header's name (lower case).
-    header: Option<String>,
+    settings: Rc<RouteSettings>,
     /// The cookie or header named an eligible endpoint (nothing to set).
     held: bool,
 }
@@ -270,9 +339,9 @@ impl Context for Http {}
 impl Http {
     /// Chooses the endpoint whose token the client sent, if it may take
     /// the request.
-    fn hold(&mut self, hosts: &[UpstreamHost], wanted: Option<String>, persistent: bool) {
+    fn hold(&mut self, hosts: &[UpstreamHost], wanted: Option<u64>, persistent: bool) {
         if let Some(t) = wanted {
-            if let Some(h) = hosts.iter().find(|h| token(&h.address) == t) {
+            if let Some(h) = hosts.iter().find(|h| token_bits(&h.address) == t) {
                 if eligible(hosts, &h.address, persistent) && upstream::choose(&h.address).is_ok() {
                     self.held = true;
                 }
@@ -284,43 +353,37 @@ impl Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         // All of the Ingress's annotations in one host call.
-        let annotations = hostcalls::get_property(vec!["portico", "ingress", "annotations"])
+        let encoded = hostcalls::get_property(vec!["portico", "ingress", "annotations"])
             .ok()
             .flatten()
-            .and_then(|b| portico_sdk::pairs::decode(&b))
             .unwrap_or_default();
-        self.cookie = CookieSettings::from(|key: &str| {
-            annotations
-                .iter()
-                .find(|(k, _)| k.len() == ANNOTATION.len() + key.len() && k.starts_with(ANNOTATION) && k.ends_with(key))
-                .map(|(_, v)| v.clone())
-        });
-        if self.cookie.is_none() {
-            self.header = annotations
-                .iter()
-                .find(|(k, _)| k == SESSION_HEADER)
-                .and_then(|(_, v)| header_name(v));
-        }
-        if self.cookie.is_none() && self.header.is_none() {
+        self.settings = route_settings(encoded);
+        let settings = self.settings.clone();
+        if settings.cookie.is_none() && settings.header.is_none() {
             self.client_ip = client_ip_key();
             if self.client_ip.is_none() {
                 return Action::Continue;
             }
         }
-        let hosts = upstream::hosts().unwrap_or_default();
-        if let Some(c) = &self.cookie {
-            let persistent = c.persistent;
+        if let Some(c) = &settings.cookie {
             let wanted = self
                 .get_http_request_header("cookie")
-                .and_then(|h| cookie_value(&h, &c.name).map(str::to_string));
-            self.hold(&hosts, wanted, persistent);
+                .and_then(|h| cookie_value(&h, &c.name).and_then(parse_token));
+            if wanted.is_some() {
+                let hosts = upstream::hosts().unwrap_or_default();
+                self.hold(&hosts, wanted, c.persistent);
+            }
             return Action::Continue;
         }
-        if let Some(name) = &self.header {
-            let wanted = self.get_http_request_header(name).map(|v| v.trim().to_string());
-            self.hold(&hosts, wanted, false);
+        if let Some(name) = &settings.header {
+            let wanted = self.get_http_request_header(name).and_then(|v| parse_token(&v));
+            if wanted.is_some() {
+                let hosts = upstream::hosts().unwrap_or_default();
+                self.hold(&hosts, wanted, false);
+            }
             return Action::Continue;
         }
+        let hosts = upstream::hosts().unwrap_or_default();
         if let Some((key, _)) = &self.client_ip {
             if let Some(addr) = pinned(key) {
                 if eligible(&hosts, &addr, false) {
@@ -332,7 +395,8 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        if self.held || (self.cookie.is_none() && self.header.is_none() && self.client_ip.is_none()) {
+        let settings = self.settings.clone();
+        if self.held || (settings.cookie.is_none() && settings.header.is_none() && self.client_ip.is_none()) {
             return Action::Continue;
         }
         // (No let-else: the MSRV is 1.63.)
@@ -340,9 +404,9 @@ impl HttpContext for Http {
             Some(a) => a,
             None => return Action::Continue,
         };
-        if let Some(c) = &self.cookie {
+        if let Some(c) = &settings.cookie {
             self.add_http_response_header("set-cookie", &c.set_cookie(&addr));
-        } else if let Some(name) = &self.header {
+        } else if let Some(name) = &settings.header {
             // The client sends it back with its next requests.
             self.set_http_response_header(name, Some(&token(&addr)));
         } else if let Some((key, timeout)) = &self.client_ip {
@@ -433,6 +497,47 @@ mod tests {
         assert_eq!((bad.name.as_str(), bad.path.as_str()), ("INGRESSCOOKIE", "/"));
     }
 
+    fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            b.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            b.extend_from_slice(k.as_bytes());
+            b.push(0);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn route_settings_from_the_encoded_annotations_and_reused_while_they_repeat() {
+        let cookie = encode(&[
+            ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+            ("nginx.ingress.kubernetes.io/session-cookie-name", "route"),
+        ]);
+        let header = encode(&[("portico.io/session-header", "X-Session")]);
+        let a = route_settings(cookie.clone());
+        assert_eq!(a.cookie.as_ref().map(|c| c.name.as_str()), Some("route"));
+        assert_eq!(a.header, None);
+        assert!(Rc::ptr_eq(&a, &route_settings(cookie.clone())), "same annotations, parsed again");
+        let h = route_settings(header);
+        assert_eq!((h.cookie.is_none(), h.header.as_deref()), (true, Some("x-session")));
+        // Other annotations are parsed afresh, never served from the cache.
+        let back = route_settings(cookie);
+        assert!(!Rc::ptr_eq(&a, &back));
+        assert_eq!(*a, *back);
+        assert_eq!(*route_settings(Vec::new()), RouteSettings::default());
+        // Cookie settings win over a header on the same route.
+        let both = RouteSettings::from_encoded(&encode(&[
+            ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+            ("portico.io/session-header", "x-session"),
+        ]));
+        assert!(both.cookie.is_some() && both.header.is_none());
+    }
+
     #[test]
     fn session_header_names_are_tokens() {
         assert_eq!(header_name(" X-Session "), Some("x-session".to_string()));
@@ -461,6 +566,12 @@ mod tests {
         assert_eq!(cookie_value("a=1; route=abc; b=2", "route"), Some("abc"));
         assert_eq!(cookie_value("a=1", "route"), None);
         assert_ne!(token("10.0.0.1:80"), token("10.0.0.2:80"));
+        // A token read back is the number it spells; anything else is none.
+        assert_eq!(parse_token(&token("10.0.0.1:80")), Some(token_bits("10.0.0.1:80")));
+        assert_eq!(parse_token(&format!(" {} ", token("10.0.0.1:80"))), Some(token_bits("10.0.0.1:80")));
+        assert_eq!(parse_token("abc"), None);
+        assert_eq!(parse_token("+123456789abcdef"), None);
+        assert_eq!(parse_token("zz23456789abcdef"), None);
         let hosts = vec![
             UpstreamHost { address: "10.0.0.1:80".into(), state: HostState::Ready },
             UpstreamHost { address: "10.0.0.2:80".into(), state: HostState::Serving },
