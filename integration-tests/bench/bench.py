@@ -40,6 +40,9 @@ CLIENT_CORE = "1"
 MULTI_CORES = "0,1"
 # The fixed-rate scenario's rate, as a share of nginx's maximum.
 FIXED_RATE = 0.7
+# Seconds a proxy idles before its idle RSS is read (memory scenario):
+# Portico trims start-up memory 3 s after it serves.
+MEMORY_IDLE_S = 8
 
 # Ports (127.0.0.1 only).
 BACKEND_HTTP = 19080
@@ -505,6 +508,7 @@ METRICS = {
     "h1": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("rss_kib", "RSS KiB")],
     "h1_fixed": [("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
     "h1_2core": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s"), ("p99_ms", "p99 ms"), ("rss_kib", "RSS KiB")],
+    "memory": [("rss_idle_kib", "RSS idle KiB"), ("rss_kib", "RSS after h1 load KiB"), ("rps", "req/s")],
     "h2c": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s")],
     "h2_tls": [("rps", "req/s"), ("per_cpu_s", "req per proxy CPU-s")],
     "tls_handshakes": [("rps", "handshakes/s"), ("per_cpu_s", "handshakes per proxy CPU-s")],
@@ -514,6 +518,7 @@ TITLES = {
     "h1": "HTTP/1.1 keep-alive, 64 connections (wrk)",
     "h1_fixed": "HTTP/1.1 at a fixed rate of 70% of nginx's max, 32 connections (portico-load)",
     "h1_2core": "HTTP/1.1 keep-alive on both cores: proxies with 2 workers/threads, wrk -t2 -c64 sharing the cores (no target)",
+    "memory": f"Memory: each proxy started alone, RSS {MEMORY_IDLE_S} s after start (idle), then after an h1 run (wrk -c64)",
     "h2c": "h2c, 16 connections x 10 streams (h2load)",
     "h2_tls": "h2 over TLS, 16 connections x 10 streams (h2load)",
     "tls_handshakes": "new TLS handshakes, no resumption (wrk, Connection: close)",
@@ -663,6 +668,32 @@ def multi_core(stack, bench, rounds, crt, key):
             bench.measure("h1_2core", t, lambda: bench.h1_2core(t))
 
 
+MEMORY_TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy"]
+
+
+def memory_alone(stack, bench, rounds, crt, key, idle_s):
+    """Each proxy started alone, as a user runs it: the other scenarios run
+    several Portico processes of one binary side by side, and code pages
+    they share stay mapped in each (the start-up trim cannot page out a
+    page another process maps), so the h1 table's RSS column reads high."""
+    for name in [n for n in list(stack.procs) if n not in ("backend", "iperf3")]:
+        stack.stop_one(name)
+    stack.proxy_cores, stack.workers = PROXY_CORE, 1
+    starts = {"portico": lambda: stack.start_portico(),
+              "portico-default": lambda: stack.start_portico("portico-default", default_config=True),
+              "pingora": lambda: stack.start_pingora(crt, key),
+              "nginx": lambda: stack.start_nginx(crt, key), "haproxy": lambda: stack.start_haproxy()}
+    for n in range(1, rounds + 1):
+        log(f"memory round {n}")
+        for t in MEMORY_TARGETS:
+            starts[t]()
+            check_proxies(t)
+            time.sleep(idle_s)
+            idle = rss_kib(stack.pids(t))
+            bench.measure("memory", t, lambda: dict(bench.h1(t), rss_idle_kib=idle))
+            stack.stop_one(t)
+
+
 def check_proxies(target):
     url = f"http://127.0.0.1:{PORTS[target]['http']}/"
     out = subprocess.run(["curl", "-s", "-i", "-H", f"Host: {HOST}", url], capture_output=True, text=True, timeout=30).stdout
@@ -731,7 +762,7 @@ def main():
     ap.add_argument("--load", default=os.path.join(ROOT, "target", "release", "portico-load"))
     ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "pingora-floor"),
                     help="the bare Pingora proxy (integration-tests/bench/pingora-floor)")
-    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins,h1_2core")
+    ap.add_argument("--scenarios", default="h1,h1_fixed,h2c,h2_tls,tls_handshakes,tcp_throughput,plugins,memory,h1_2core")
     ap.add_argument("--out", help="write the Markdown report here (default: RESULTS.md unless --quick)")
     ap.add_argument("--callgrind", type=int, metavar="N",
                     help="instead of timing: count instructions per request under callgrind over N requests "
@@ -801,6 +832,8 @@ def main():
         for n in range(1, args.rounds + 1):
             bench.round(n, scenarios)
         in_process = plugin_in_process(args.portico, args.quick) if "plugins" in scenarios else {}
+        if "memory" in scenarios:
+            memory_alone(stack, bench, min(args.rounds, 2), crt, key, 4 if args.quick else MEMORY_IDLE_S)
         if "h1_2core" in scenarios:
             multi_core(stack, bench, args.rounds, crt, key)
     finally:
