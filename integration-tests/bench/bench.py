@@ -72,7 +72,8 @@ HOST = "bench.portico.test"
 TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy", "direct"]
 # Column headers of the report.
 NAMES = {"portico": "Portico (minimal)", "portico-default": "Portico (default config)", "pingora": "bare Pingora",
-         "nginx": "nginx", "haproxy": "HAProxy", "direct": "direct"}
+         "nginx": "nginx", "haproxy": "HAProxy", "direct": "direct",
+         "portico-full": "Portico (full path, no plugin)", "portico-noop": "Portico (no-op plugin)"}
 # Ratios of the report: (numerator, denominator).
 RATIOS = [("portico", "nginx"), ("portico-default", "nginx"), ("portico", "pingora"),
           ("portico-default", "portico"), ("pingora", "nginx"), ("portico", "haproxy")]
@@ -643,7 +644,7 @@ def cpu_model():
 # Not the default config: under valgrind, compiling its plugins with
 # cranelift at start takes over 10 minutes. Where no plugin applies (the
 # benchmark's route) its request path is the minimal config's.
-CALLGRIND_TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy"]
+CALLGRIND_TARGETS = ["portico", "portico-default", "pingora", "nginx", "haproxy", "portico-full", "portico-noop"]
 
 
 def multi_core(stack, bench, rounds, crt, key):
@@ -701,7 +702,7 @@ def check_proxies(target):
         sys.exit(f"bench: {target} does not proxy to the backend: {out[:200]!r}")
 
 
-def callgrind_run(stack, requests, crt, key):
+def callgrind_run(stack, requests, crt, key, targets):
     """Instructions per request of each target in CALLGRIND_TARGETS, each
     started alone under callgrind twice: once serving `requests` HTTP/1.1
     keep-alive requests over 8 connections (h2load --h1), once twice as
@@ -712,9 +713,11 @@ def callgrind_run(stack, requests, crt, key):
     starts = {"portico": lambda: stack.start_portico(),
               "portico-default": lambda: stack.start_portico("portico-default", default_config=True),
               "pingora": lambda: stack.start_pingora(crt, key),
-              "nginx": lambda: stack.start_nginx(crt, key), "haproxy": lambda: stack.start_haproxy()}
+              "nginx": lambda: stack.start_nginx(crt, key), "haproxy": lambda: stack.start_haproxy(),
+              "portico-full": lambda: stack.start_portico("portico-full", full_path=True),
+              "portico-noop": lambda: stack.start_portico("portico-noop", PLUGIN_TARGETS["portico-noop"])}
     out = {}
-    for t in CALLGRIND_TARGETS:
+    for t in targets:
         totals = []
         for n in (requests, 2 * requests):
             for f in os.listdir(stack.work):
@@ -749,6 +752,10 @@ def callgrind_table(per_req):
              "| target | instructions per request | x nginx |", "|---|---|---|"]
     for t, ir in per_req.items():
         lines.append(f"| {NAMES[t]} | {ir:,.0f} | {fmt(ir / base, 2) if base else '-'} |")
+    if "portico-noop" in per_req and "portico-full" in per_req:
+        lines.append(f"\nA no-op proxy-wasm filter (`compat/noop`) on every request costs "
+                     f"{per_req['portico-noop'] - per_req['portico-full']:,.0f} instructions per request end to end: "
+                     "Portico with it minus Portico's full path without it (the path a request with a plugin takes).")
     return "\n".join(lines)
 
 
@@ -767,6 +774,8 @@ def main():
     ap.add_argument("--callgrind", type=int, metavar="N",
                     help="instead of timing: count instructions per request under callgrind over N requests "
                          f"({', '.join(CALLGRIND_TARGETS)}; stable across runs on a noisy machine)")
+    ap.add_argument("--callgrind-targets", metavar="T1,T2",
+                    help=f"with --callgrind: only these targets (of {','.join(CALLGRIND_TARGETS)})")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 1
@@ -791,12 +800,20 @@ def main():
     stack.floor_bin = args.floor
     if args.callgrind:
         need("valgrind", "valgrind")
-        stack.callgrind = set(CALLGRIND_TARGETS)
+        targets = args.callgrind_targets.split(",") if args.callgrind_targets else CALLGRIND_TARGETS
+        unknown = [t for t in targets if t not in CALLGRIND_TARGETS]
+        if unknown:
+            sys.exit(f"bench: --callgrind-targets: unknown {', '.join(unknown)} (known: {', '.join(CALLGRIND_TARGETS)})")
+        if "portico-noop" in targets:
+            wasm = os.path.join(PLUGIN_DIR, PLUGIN_TARGETS["portico-noop"][1])
+            if not os.path.exists(wasm):
+                sys.exit(f"bench: {wasm} missing; build the plugins first (plugins/build.sh; run.sh does)")
+        stack.callgrind = set(targets)
         WAIT_SCALE = 20
         try:
             crt, key = stack.cert()
             stack.start_backend(crt, key)
-            text = callgrind_table(callgrind_run(stack, args.callgrind, crt, key))
+            text = callgrind_table(callgrind_run(stack, args.callgrind, crt, key, targets))
         finally:
             stack.stop()
         print(text)

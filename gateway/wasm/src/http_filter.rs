@@ -90,6 +90,12 @@ pub struct StreamChain {
     pub override_host: Option<std::net::SocketAddr>,
     /// A plugin asked to close this stream (`proxy_close_stream`).
     pub close_requested: bool,
+    /// The plugins were told the request (response) ended: with its
+    /// headers (a request without a body) or a body callback. A body
+    /// callback without data after that would tell them nothing (Envoy
+    /// makes none), and costs a call into every plugin.
+    request_ended: bool,
+    response_ended: bool,
 }
 
 /// How a plugin call went, after the fail policy.
@@ -118,6 +124,8 @@ impl StreamChain {
             finished: false,
             override_host: None,
             close_requested: false,
+            request_ended: false,
+            response_ended: false,
         }
     }
 
@@ -266,6 +274,7 @@ impl StreamChain {
         end_of_stream: bool,
         changed: &mut bool,
     ) -> Verdict {
+        self.request_ended |= end_of_stream;
         for i in from..self.filters.len() {
             if !self.filters[i].plugin.exports.request_headers {
                 continue;
@@ -397,6 +406,15 @@ impl StreamChain {
         } else {
             ("proxy_on_response_body", "proxy_on_response_body")
         };
+        let ended = if buffer == REQUEST_BODY {
+            &mut self.request_ended
+        } else {
+            &mut self.response_ended
+        };
+        if *ended && body.as_ref().map_or(true, Bytes::is_empty) {
+            return Verdict::Continue;
+        }
+        *ended |= end_of_stream;
         let n = self.filters.len();
         for k in 0..n {
             let i = if reverse { n - 1 - k } else { k };
@@ -477,6 +495,7 @@ impl StreamChain {
         changed: &mut bool,
         from: Option<usize>,
     ) -> Verdict {
+        self.response_ended |= end_of_stream;
         let phase = HeadersPhase {
             map_id: RESPONSE_HEADERS,
             export: "proxy_on_response_headers",
@@ -944,6 +963,109 @@ pub fn trailer_pairs(map: &http::HeaderMap) -> HeaderSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Its request body callback traps (a body-less request must not get
+    /// one); its response body callback holds data back (Pause) and traps
+    /// when called a third time.
+    const BODY_CALLS: &str = r#"(module
+        (memory (export "memory") 1)
+        (global $next (mut i32) (i32.const 1024))
+        (global $response_body_calls (mut i32) (i32.const 0))
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $next))
+            (global.set $next (i32.add (global.get $next) (local.get $n)))
+            (local.get $p))
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+        (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) unreachable)
+        (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
+        (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+            (global.set $response_body_calls (i32.add (global.get $response_body_calls) (i32.const 1)))
+            (if (i32.gt_u (global.get $response_body_calls) (i32.const 2)) (then unreachable))
+            i32.const 1)
+        (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
+        (func (export "proxy_on_log") (param i32))
+        (func (export "proxy_on_delete") (param i32)))"#;
+
+    fn body_calls_plugin() -> Arc<Plugin> {
+        let dir = std::env::temp_dir().join(format!("portico-body-calls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("body_calls.wat");
+        std::fs::write(&path, BODY_CALLS).unwrap();
+        let engine = crate::engine().unwrap();
+        let linker = crate::host::linker(&engine).unwrap();
+        let plugin = crate::registry::load_one(
+            &engine,
+            &linker,
+            &crate::config::PluginConfig {
+                name: "body-calls".into(),
+                path,
+                config: String::new(),
+                root_id: None,
+                fail: FailPolicy::Closed,
+                deadline_ms: 100,
+                memory_mib: 16,
+                applies_to: None,
+            },
+            None,
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        plugin
+    }
+
+    #[test]
+    fn no_empty_body_callback_after_the_end_was_told() {
+        let mut chain = StreamChain::new([body_calls_plugin()], StreamProps::default());
+        let req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let mut headers = HeaderSlot::request(&req, "http");
+        let mut changed = false;
+        // Headers that end the request: no request body callback follows
+        // for the end the proxy reports later (it would trap: fail closed).
+        let v = chain.on_request_headers(&mut headers, 0, true, &mut changed);
+        assert!(matches!(v, Verdict::Continue), "{v:?}");
+        let v = chain.on_request_body(&mut None, true);
+        assert!(matches!(v, Verdict::Continue), "{v:?}");
+        // A response body: data goes to the plugin (which holds it back),
+        // the end goes to it once, and a later empty end does not.
+        let resp = pingora::http::ResponseHeader::build(200, None).unwrap();
+        let mut request = HeaderSlot::request(&req, "http");
+        let mut headers = HeaderSlot::response(&resp);
+        let v = chain.on_response_headers(&mut request, &mut headers, false, &mut changed, None);
+        assert!(matches!(v, Verdict::Continue), "{v:?}");
+        let mut chunk = Some(Bytes::from_static(b"abc"));
+        assert!(matches!(
+            chain.on_response_body(&mut chunk, false),
+            Verdict::Continue
+        ));
+        assert_eq!(chunk, None, "the plugin was not given the data");
+        let mut end = None;
+        assert!(matches!(
+            chain.on_response_body(&mut end, true),
+            Verdict::Continue
+        ));
+        assert_eq!(
+            end.as_deref(),
+            Some(&b"abc"[..]),
+            "the held data did not come back at the end"
+        );
+        let v = chain.on_response_body(&mut None, true);
+        assert!(matches!(v, Verdict::Continue), "{v:?}");
+        // With the end not yet told, an empty end is a callback.
+        let mut chain = StreamChain::new([body_calls_plugin()], StreamProps::default());
+        let mut headers = HeaderSlot::request(&req, "http");
+        assert!(matches!(
+            chain.on_request_headers(&mut headers, 0, false, &mut changed),
+            Verdict::Continue
+        ));
+        assert!(matches!(
+            chain.on_request_body(&mut None, true),
+            Verdict::Fail(_)
+        ));
+    }
 
     #[test]
     fn header_edits_touch_only_what_changed() {
