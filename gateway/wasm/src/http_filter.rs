@@ -411,7 +411,7 @@ impl StreamChain {
         } else {
             &mut self.response_ended
         };
-        if *ended && body.as_ref().map_or(true, Bytes::is_empty) {
+        if *ended && body.as_ref().is_none_or(Bytes::is_empty) {
             return Verdict::Continue;
         }
         *ended |= end_of_stream;
