@@ -2,7 +2,7 @@
 //! proxy-wasm HTTP phases of a typical keep-alive request (headers in,
 //! response headers, a body with a length, log) through a plugin chain in
 //! a loop, with the work the proxy adds when a plugin applies (properties,
-//! header maps moved in and out), and prints nanoseconds per request.
+//! the proxy's headers lent to each phase), and prints nanoseconds per request.
 //!
 //!     cargo run --release -p portico-wasm --example plugin_overhead -- plugin.wasm [iterations] [--sticky]
 //!
@@ -27,7 +27,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use portico_model::lb::{HealthPolicy, PolicyKind, Pool};
 use portico_model::snapshot::{BackendKey, BackendSpec, EndpointSpec, EndpointState};
 use portico_wasm::config::{FailPolicy, PluginConfig};
-use portico_wasm::headers::HeaderSlot;
+use portico_wasm::headers::Lent;
 use portico_wasm::http_filter::StreamChain;
 use portico_wasm::properties::{Candidates, RequestProps, StreamProps};
 use portico_wasm::{host, registry};
@@ -124,7 +124,7 @@ fn main() {
     let source: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let upstream: std::net::SocketAddr = "10.0.0.2:80".parse().unwrap();
     // What the proxy does for a request when a plugin applies (the
-    // properties, the headers moved into each phase and back, every
+    // properties, the headers lent to each phase, every
     // callback), and nothing when none does, as in `proxy::http`.
     let request = |plugins: Vec<Arc<registry::Plugin>>,
                    req: &mut RequestHeader,
@@ -151,17 +151,18 @@ fn main() {
             },
         );
         let mut changed = false;
-        let mut headers = HeaderSlot::take_request(req, "http");
-        let v = chain.on_request_headers(&mut headers, 0, true, &mut changed);
-        let _ = headers.restore_request(req);
+        let mut headers = Lent::request(req, "http");
+        let v = chain.on_request_headers(headers.slot(), 0, true, &mut changed);
+        drop(headers.finish());
         if sticky && !matches!(v, portico_wasm::http_filter::Verdict::Continue) {
             panic!("{v:?}");
         }
-        let mut request = HeaderSlot::take_request(req, "http");
-        let mut headers = HeaderSlot::take_response(resp);
-        let _ = chain.on_response_headers(&mut request, &mut headers, false, &mut changed, None);
-        let _ = request.restore_request(req);
-        let _ = headers.restore_response(resp);
+        let mut request = Lent::request(req, "http");
+        let mut headers = Lent::response(resp);
+        let _ =
+            chain.on_response_headers(request.slot(), headers.slot(), false, &mut changed, None);
+        drop(request.finish());
+        drop(headers.finish());
         // A body with a length arrives whole, marked as the end.
         let mut chunk = Some(body.clone());
         let _ = chain.on_response_body(&mut chunk, true);
@@ -169,9 +170,9 @@ fn main() {
             // The plugin did act: it chose the cookie's endpoint.
             assert_eq!(chain.override_host, Some(upstream));
         }
-        let mut request = HeaderSlot::take_request(req, "http");
-        chain.finish(Some(&mut request));
-        let _ = request.restore_request(req);
+        let mut request = Lent::request(req, "http");
+        chain.finish(Some(request.slot()));
+        drop(request.finish());
     };
     for _ in 0..10_000 {
         request(vec![plugin.clone()], &mut req, &mut resp);

@@ -3,26 +3,82 @@
 //!
 //! A request passes every plugin's headers callback even when the plugin
 //! never looks at a header (a no-op filter, or one that reads one value).
-//! So the proxy's own map is moved in for the phase (not copied) and
-//! moved back after it; only an edit converts it to owned pairs, and the
-//! proxy then applies the difference to its map.
+//! So the proxy's own header is lent for the phase (neither copied nor
+//! moved: a pingora header is a few hundred bytes, and moving it in and
+//! out of every phase was a tenth of a no-op plugin's cost); only an edit
+//! converts it to owned pairs, and the proxy then applies the difference.
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 pub type Pairs = Vec<(String, Vec<u8>)>;
 
-/// The proxy's own header, held whole while plugins run (pingora gives
-/// no way to move just the map out of it).
+/// The proxy's header while plugins run.
 #[derive(Debug, Clone)]
 pub enum Proxied {
     /// `:authority` is the URI's authority, or else the `Host` header,
     /// as the proxy routes by.
     Request {
-        header: RequestHeader,
+        header: Held<RequestHeader>,
         scheme: &'static str,
     },
-    Response(ResponseHeader),
+    Response(Held<ResponseHeader>),
+}
+
+/// A header owned (a copy), or the proxy's own, lent by a [`Lent`].
+pub enum Held<T> {
+    Owned(T),
+    Lent(LentPtr<T>),
+}
+
+/// The address of a header a [`Lent`] holds borrowed.
+///
+/// Invariant: a `LentPtr` exists only inside the [`HeaderSlot`] of its
+/// `Lent` (and, for the length of one plugin call, in that instance's
+/// state, from where `http_filter` takes it back after the call, also when
+/// the call unwinds). A slot that must outlive its phase (a paused
+/// stream's, parked in its instance) is made owned first
+/// ([`HeaderSlot::into_owned`]). So it is only read while the `Lent`, and
+/// with it the exclusive borrow of the header, is alive, on its thread.
+pub struct LentPtr<T>(NonNull<T>);
+
+// SAFETY: see the invariant: the pointer is only dereferenced on the
+// thread that lent it, while the borrow it stands for is held; the types
+// are only moved between threads together with the store that holds them,
+// which never happens while a loan is in it.
+unsafe impl<T: Send> Send for LentPtr<T> {}
+// SAFETY: as above; shared access only reads.
+unsafe impl<T: Sync> Sync for LentPtr<T> {}
+
+impl<T> Held<T> {
+    fn get(&self) -> &T {
+        match self {
+            Held::Owned(t) => t,
+            // SAFETY: `LentPtr`'s invariant: the `Lent` that made it holds
+            // the header borrowed exclusively for as long as this exists.
+            Held::Lent(p) => unsafe { p.0.as_ref() },
+        }
+    }
+
+    fn is_lent(&self) -> bool {
+        matches!(self, Held::Lent(_))
+    }
+}
+
+/// A copy is always owned: a loan is never duplicated.
+impl<T: Clone> Clone for Held<T> {
+    fn clone(&self) -> Self {
+        Held::Owned(self.get().clone())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Held<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -30,11 +86,11 @@ pub enum HeaderSlot {
     /// Built as pairs (an HTTP call's answer, trailers, a whole map a
     /// plugin set on an empty slot).
     Pairs(Pairs),
-    /// The proxy's header, unedited. Boxed: a header is a few hundred
-    /// bytes, and a slot moves into and out of an instance on every call.
+    /// The proxy's header, unedited. Boxed: a slot moves into and out of
+    /// an instance on every call.
     Lazy(Box<Proxied>),
     /// The proxy's header after a plugin edited it: what plugins see
-    /// now, and the header it came from (to hand back and diff against).
+    /// now, and the header it came from (to diff against).
     Edited {
         pairs: Pairs,
         original: Box<Proxied>,
@@ -52,8 +108,15 @@ const REQUEST_PSEUDO: [&str; 4] = [":authority", ":path", ":method", ":scheme"];
 impl Proxied {
     fn headers(&self) -> &HeaderMap {
         match self {
-            Proxied::Request { header, .. } => &header.headers,
-            Proxied::Response(header) => &header.headers,
+            Proxied::Request { header, .. } => &header.get().headers,
+            Proxied::Response(header) => &header.get().headers,
+        }
+    }
+
+    fn is_lent(&self) -> bool {
+        match self {
+            Proxied::Request { header, .. } => header.is_lent(),
+            Proxied::Response(header) => header.is_lent(),
         }
     }
 
@@ -70,25 +133,27 @@ impl Proxied {
 
     fn pseudo_value(&self, key: &str) -> Option<Vec<u8>> {
         match (self, key) {
-            (Proxied::Request { header, .. }, ":authority") => match header.uri.authority() {
+            (Proxied::Request { header, .. }, ":authority") => match header.get().uri.authority() {
                 Some(a) => Some(a.as_str().as_bytes().to_vec()),
                 None => header
+                    .get()
                     .headers
                     .get(http::header::HOST)
                     .map(|h| h.as_bytes().to_vec()),
             },
             (Proxied::Request { header, .. }, ":path") => Some(
                 header
+                    .get()
                     .uri
                     .path_and_query()
                     .map_or(b"/".to_vec(), |p| p.as_str().as_bytes().to_vec()),
             ),
             (Proxied::Request { header, .. }, ":method") => {
-                Some(header.method.as_str().as_bytes().to_vec())
+                Some(header.get().method.as_str().as_bytes().to_vec())
             }
             (Proxied::Request { scheme, .. }, ":scheme") => Some(scheme.as_bytes().to_vec()),
             (Proxied::Response(header), ":status") => {
-                Some(header.status.as_u16().to_string().into_bytes())
+                Some(header.get().status.as_u16().to_string().into_bytes())
             }
             _ => None,
         }
@@ -96,8 +161,8 @@ impl Proxied {
 
     fn len(&self) -> usize {
         match self {
-            Proxied::Request { header, .. } => REQUEST_PSEUDO.len() + header.headers.len(),
-            Proxied::Response(header) => 1 + header.headers.len(),
+            Proxied::Request { header, .. } => REQUEST_PSEUDO.len() + header.get().headers.len(),
+            Proxied::Response(header) => 1 + header.get().headers.len(),
         }
     }
 
@@ -123,77 +188,84 @@ impl Proxied {
     }
 }
 
-/// An empty header to leave in the proxy's place while its own is with
-/// the plugins (building it allocates nothing).
-fn placeholder_request() -> RequestHeader {
-    RequestHeader::from(http::Request::new(()).into_parts().0)
+/// The proxy's request or response header, lent to the plugins for one
+/// phase: [`Lent::slot`] is what the phase's callbacks see, and
+/// [`Lent::finish`] ends the loan with the plugins' edits, for the caller
+/// to apply. The header stays borrowed (exclusively) until then.
+pub struct Lent<'a> {
+    slot: HeaderSlot,
+    _header: PhantomData<&'a mut ()>,
 }
 
-fn placeholder_response() -> ResponseHeader {
-    ResponseHeader::from(http::Response::new(()).into_parts().0)
+impl<'a> Lent<'a> {
+    pub fn request(req: &'a mut RequestHeader, scheme: &'static str) -> Self {
+        Lent {
+            slot: HeaderSlot::Lazy(Box::new(Proxied::Request {
+                header: Held::Lent(LentPtr(NonNull::from(req))),
+                scheme,
+            })),
+            _header: PhantomData,
+        }
+    }
+
+    pub fn response(resp: &'a mut ResponseHeader) -> Self {
+        Lent {
+            slot: HeaderSlot::Lazy(Box::new(Proxied::Response(Held::Lent(LentPtr(
+                NonNull::from(resp),
+            ))))),
+            _header: PhantomData,
+        }
+    }
+
+    pub fn slot(&mut self) -> &mut HeaderSlot {
+        &mut self.slot
+    }
+
+    /// Ends the loan: the plugins' edits, if any. None also when the map
+    /// was lost with an instance that failed while holding it paused (the
+    /// proxy's header is untouched; the failure decides the request).
+    pub fn finish(self) -> Option<Pairs> {
+        match self.slot {
+            HeaderSlot::Edited { pairs, .. } => Some(pairs),
+            HeaderSlot::Lazy(_) | HeaderSlot::Pairs(_) => None,
+        }
+    }
 }
 
 impl HeaderSlot {
     /// A copy of a request's headers: pseudo-headers, then the rest.
     pub fn request(req: &RequestHeader, scheme: &'static str) -> Self {
         HeaderSlot::Lazy(Box::new(Proxied::Request {
-            header: req.clone(),
-            scheme,
-        }))
-    }
-
-    /// A request's header, moved out of it (an empty one is left) until
-    /// [`HeaderSlot::restore_request`] gives it back.
-    pub fn take_request(req: &mut RequestHeader, scheme: &'static str) -> Self {
-        HeaderSlot::Lazy(Box::new(Proxied::Request {
-            header: std::mem::replace(req, placeholder_request()),
+            header: Held::Owned(req.clone()),
             scheme,
         }))
     }
 
     /// A copy of a response's headers, `:status` first.
     pub fn response(resp: &ResponseHeader) -> Self {
-        HeaderSlot::Lazy(Box::new(Proxied::Response(resp.clone())))
+        HeaderSlot::Lazy(Box::new(Proxied::Response(Held::Owned(resp.clone()))))
     }
 
-    /// A response's header, moved out of it until
-    /// [`HeaderSlot::restore_response`].
-    pub fn take_response(resp: &mut ResponseHeader) -> Self {
-        HeaderSlot::Lazy(Box::new(Proxied::Response(std::mem::replace(
-            resp,
-            placeholder_response(),
-        ))))
-    }
-
-    /// Gives a request back what [`HeaderSlot::take_request`] moved out
-    /// of it, and returns the plugins' edits, if any, for the caller to
-    /// apply.
-    pub fn restore_request(self, req: &mut RequestHeader) -> Option<Pairs> {
-        let (original, edits) = match self {
-            HeaderSlot::Lazy(o) => (o, None),
-            HeaderSlot::Edited { pairs, original } => (original, Some(pairs)),
-            // Not the proxy's header: it was lost with an instance that
-            // failed while holding it paused, and the request fails.
-            HeaderSlot::Pairs(p) => return Some(p),
-        };
-        if let Proxied::Request { header, .. } = *original {
-            *req = header;
+    /// Whether it holds a lent header (see [`LentPtr`]).
+    pub fn is_lent(&self) -> bool {
+        match self {
+            HeaderSlot::Pairs(_) => false,
+            HeaderSlot::Lazy(o) | HeaderSlot::Edited { original: o, .. } => o.is_lent(),
         }
-        edits
     }
 
-    /// Gives a response back what [`HeaderSlot::take_response`] moved
-    /// out of it, and returns the plugins' edits, if any.
-    pub fn restore_response(self, resp: &mut ResponseHeader) -> Option<Pairs> {
-        let (original, edits) = match self {
-            HeaderSlot::Lazy(o) => (o, None),
-            HeaderSlot::Edited { pairs, original } => (original, Some(pairs)),
-            HeaderSlot::Pairs(p) => return Some(p),
-        };
-        if let Proxied::Response(header) = *original {
-            *resp = header;
+    /// The same map holding no loan: what is kept past a phase (a paused
+    /// stream's map, parked in its instance) must not point at the
+    /// proxy's header.
+    pub fn into_owned(self) -> HeaderSlot {
+        match self {
+            HeaderSlot::Lazy(o) if o.is_lent() => HeaderSlot::Lazy(Box::new((*o).clone())),
+            HeaderSlot::Edited { pairs, original } if original.is_lent() => HeaderSlot::Edited {
+                pairs,
+                original: Box::new((*original).clone()),
+            },
+            owned => owned,
         }
-        edits
     }
 
     /// Number of pairs (what the headers callbacks are told).
@@ -325,5 +397,43 @@ mod tests {
         edited.pairs_mut().push(("x-new".into(), b"v".to_vec()));
         assert_eq!(edited.as_pairs().unwrap().len(), 8);
         assert!(lazy.as_pairs().is_none());
+    }
+
+    #[test]
+    fn a_lent_header_reads_as_a_copy_and_edits_come_back_as_pairs() {
+        let mut req = pingora::http::RequestHeader::build("GET", b"/p", None).unwrap();
+        req.insert_header("Host", "x.test").unwrap();
+        let copy = HeaderSlot::request(&req, "http");
+        {
+            let mut lent = Lent::request(&mut req, "http");
+            assert!(lent.slot().is_lent());
+            assert_eq!(lent.slot().serialize(), copy.serialize());
+            assert_eq!(lent.slot().get(":authority").unwrap(), b"x.test");
+            // Unedited: nothing to apply.
+            assert_eq!(lent.finish(), None);
+        }
+        let mut lent = Lent::request(&mut req, "http");
+        // What outlives the phase (a parked map) holds no loan, and reads
+        // the same; so does a clone.
+        let owned = lent.slot().clone().into_owned();
+        assert!(!owned.is_lent() && !lent.slot().clone().is_lent());
+        assert_eq!(owned.serialize(), copy.serialize());
+        lent.slot()
+            .pairs_mut()
+            .push(("x-new".into(), b"v".to_vec()));
+        assert!(
+            lent.slot().is_lent(),
+            "the edited map still diffs against the lent header"
+        );
+        assert!(!lent.slot().clone().into_owned().is_lent());
+        let edits = lent.finish().unwrap();
+        assert!(edits.iter().any(|(k, v)| k == "x-new" && v == b"v"));
+        // The proxy's header is untouched until it applies the edits.
+        assert!(req.headers.get("x-new").is_none());
+        assert_eq!(req.headers.get("host").unwrap(), "x.test");
+        let mut resp = pingora::http::ResponseHeader::build(204, None).unwrap();
+        let mut lent = Lent::response(&mut resp);
+        assert_eq!(lent.slot().get(":status").unwrap(), b"204");
+        assert_eq!(lent.finish(), None);
     }
 }

@@ -111,6 +111,15 @@ impl<T: Default> Slots<T> {
         self.slots.iter_mut().for_each(|s| *s = None);
     }
 
+    /// Removes the values `keep` refuses.
+    pub fn retain(&mut self, keep: impl Fn(&T) -> bool) {
+        for s in &mut self.slots {
+            if s.as_ref().is_some_and(|v| !keep(v)) {
+                *s = None;
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slots.iter().all(Option::is_none)
     }

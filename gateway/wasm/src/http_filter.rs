@@ -194,7 +194,17 @@ impl StreamChain {
             let d = inst.vm.sandbox.data_mut();
             d.effective_context = ctx as u32;
             std::mem::swap(&mut d.stream, props);
-            let r = f(inst, ctx);
+            // A header map a phase lent goes into the instance for the
+            // call and is taken back after it; if the call unwinds
+            // instead, it must not stay there pointing at a header that
+            // is about to be dropped.
+            let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inst, ctx))) {
+                Ok(r) => r,
+                Err(panic) => {
+                    inst.vm.sandbox.data_mut().maps.retain(|m| !m.is_lent());
+                    std::panic::resume_unwind(panic)
+                }
+            };
             let d = inst.vm.sandbox.data_mut();
             std::mem::swap(&mut d.stream, props);
             if let Some(chosen) = d.override_host.take() {
@@ -339,7 +349,9 @@ impl StreamChain {
             let f = &self.filters[i];
             (f.plugin.clone(), f.instance, f.context as u32)
         };
-        let mut parked = Some(std::mem::take(headers));
+        // Kept past this call (a callback may read or edit it while the
+        // stream waits, and the stream may be dropped meanwhile): owned.
+        let mut parked = Some(std::mem::take(headers).into_owned());
         instances::with_existing(&plugin, instance, |inst| {
             inst.parked.insert(
                 ctx,

@@ -28,7 +28,7 @@ use portico_model::route_rule::{
 };
 use portico_model::routing::Route;
 use portico_model::snapshot::Snapshot;
-use portico_wasm::headers::HeaderSlot;
+use portico_wasm::headers::Lent;
 use portico_wasm::host::LocalResponse;
 use portico_wasm::http_filter::{self, Paused, StreamChain, Verdict};
 use portico_wasm::properties::{RequestProps, RouteProps, StreamProps};
@@ -1115,17 +1115,17 @@ impl HttpProxy {
         let chain = ctx.plugins.as_mut()?;
         chain.props_mut().response_code = Some(resp.status.as_u16());
         let end_of_stream = session.req_header().method == http::Method::HEAD;
-        // Both maps are moved (not copied) into the phase and back.
-        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
-        let mut headers = HeaderSlot::take_response(resp);
+        // Both headers are lent (neither copied nor moved) to the phase.
+        let mut request = Lent::request(session.req_header_mut(), scheme(ctx.tls));
+        let mut headers = Lent::response(resp);
         let mut changed = false;
         // A filter that pauses (for an HTTP call) holds the response back
         // until it resumes; then the filters before it run.
         let mut from = None;
         let verdict = loop {
             match chain.on_response_headers(
-                &mut request,
-                &mut headers,
+                request.slot(),
+                headers.slot(),
                 end_of_stream,
                 &mut changed,
                 from,
@@ -1136,7 +1136,7 @@ impl HttpProxy {
                             i,
                             Paused::Response,
                             PAUSE_TIMEOUT,
-                            &mut headers,
+                            headers.slot(),
                             &mut changed,
                         )
                         .await
@@ -1149,8 +1149,8 @@ impl HttpProxy {
             }
         };
         // Edits to the request's headers this late change nothing.
-        let _ = request.restore_request(session.req_header_mut());
-        let edits = headers.restore_response(resp).filter(|_| changed);
+        drop(request.finish());
+        let edits = headers.finish().filter(|_| changed);
         Some(match verdict {
             Verdict::Continue | Verdict::Pause(_) => match edits {
                 None => return None,
@@ -1182,17 +1182,17 @@ impl HttpProxy {
         };
         let end_of_stream = session.is_body_empty();
         let mut changed = false;
-        // The request's own map, moved (not copied) into the phase.
-        let mut headers = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
+        // The request's own header, lent (not copied) to the phase.
+        let mut headers = Lent::request(session.req_header_mut(), scheme(ctx.tls));
         let verdict = loop {
-            match chain.on_request_headers(&mut headers, from, end_of_stream, &mut changed) {
+            match chain.on_request_headers(headers.slot(), from, end_of_stream, &mut changed) {
                 Verdict::Pause(i) => {
                     match chain
                         .resumed(
                             i,
                             Paused::Request,
                             PAUSE_TIMEOUT,
-                            &mut headers,
+                            headers.slot(),
                             &mut changed,
                         )
                         .await
@@ -1204,7 +1204,7 @@ impl HttpProxy {
                 other => break other,
             }
         };
-        let edits = headers.restore_request(session.req_header_mut());
+        let edits = headers.finish();
         ctx.request_edited |= changed;
         if let Some(pairs) = edits.filter(|_| changed) {
             if let Err(e) = http_filter::apply_request(session.req_header_mut(), &pairs) {
@@ -1856,9 +1856,9 @@ impl ProxyHttp for HttpProxy {
         };
         let mut pairs = http_filter::trailer_pairs(trailers);
         let mut changed = false;
-        let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
-        let verdict = chain.on_response_trailers(&mut request, &mut pairs, &mut changed);
-        let _ = request.restore_request(session.req_header_mut());
+        let mut request = Lent::request(session.req_header_mut(), scheme(ctx.tls));
+        let verdict = chain.on_response_trailers(request.slot(), &mut pairs, &mut changed);
+        drop(request.finish());
         if let Verdict::Fail(p) = verdict {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -1999,9 +1999,9 @@ impl ProxyHttp for HttpProxy {
         }
         ctx.pick = None;
         if let Some(mut chain) = ctx.plugins.take() {
-            let mut request = HeaderSlot::take_request(session.req_header_mut(), scheme(ctx.tls));
-            chain.finish(Some(&mut request));
-            let _ = request.restore_request(session.req_header_mut());
+            let mut request = Lent::request(session.req_header_mut(), scheme(ctx.tls));
+            chain.finish(Some(request.slot()));
+            drop(request.finish());
         }
     }
 }
