@@ -427,10 +427,26 @@ class Bench:
         # results[scenario][target] = list of dicts, one per round
         self.results = {}
 
+    def settle(self, timeout=10.0):
+        """Waits until every process of the stack is nearly idle (at most one
+        clock tick, 5% of a core, over 200 ms), at most `timeout` s: a proxy the previous
+        run overloaded (bare Pingora at the fixed rate) keeps working off
+        its backlog on the proxies' core after its client left, and would
+        otherwise slow the next target's run."""
+        pids = [p for name in list(self.stack.procs) for p in self.stack.pids(name)]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            before = cpu_seconds(pids)
+            time.sleep(0.2)
+            if cpu_seconds(pids) - before <= 0.011:
+                return
+        log(f"stack still busy after {timeout:.0f} s; measuring anyway")
+
     def measure(self, scenario, target, run):
         pids = self.stack.pids(target) if target != "direct" else []
         if target == "direct":
             pids = self.stack.pids("backend")
+        self.settle()
         before = cpu_seconds(pids)
         res = run()
         res["cpu_s"] = cpu_seconds(pids) - before
