@@ -232,6 +232,9 @@ pub struct Pool {
     policy: Box<dyn LbPolicy>,
     state: Arc<PoolState>,
     health: HealthPolicy,
+    /// The endpoints' addresses as text, made on first use (plugins read
+    /// them on every request; most pools are never asked).
+    address_texts: std::sync::OnceLock<Box<[Box<str>]>>,
 }
 
 /// A chosen endpoint. Holding it counts as one outstanding request or
@@ -287,7 +290,19 @@ impl Pool {
             policy,
             state,
             health,
+            address_texts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The endpoints' addresses as `ip:port` text, in [`Pool::endpoints`]
+    /// order: formatted once for this snapshot's pool, not per request.
+    pub fn address_texts(&self) -> &[Box<str>] {
+        self.address_texts.get_or_init(|| {
+            self.endpoints
+                .iter()
+                .map(|e| e.spec.addr.to_string().into_boxed_str())
+                .collect()
+        })
     }
 
     pub fn key(&self) -> &BackendKey {
@@ -445,6 +460,14 @@ impl Pool {
     /// For explain and `/config`: is this endpoint currently skipped?
     pub fn is_cooling_down(&self, idx: usize) -> bool {
         self.endpoints[idx].runtime.cooling_down(clock_ms())
+    }
+
+    /// Whether each endpoint (by index) is skipped now, with one clock
+    /// read for the whole pool, and none when nothing cools down.
+    pub fn cooling_down_now(&self) -> impl Fn(usize) -> bool + '_ {
+        let now = clock_ms();
+        let any = self.state.cooldown_horizon.load(Ordering::Relaxed) > now;
+        move |idx| any && self.endpoints[idx].runtime.cooling_down(now)
     }
 }
 
@@ -653,15 +676,22 @@ mod tests {
             &[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready)],
         ));
         let bad: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let none = p.cooling_down_now();
+        assert!(!none(0) && !none(1));
         assert!(!p.report_failure(bad));
         assert!(!p.report_failure(bad));
         assert!(p.report_failure(bad), "third failure starts the cooldown");
         assert!(p.is_cooling_down(0));
+        let now = p.cooling_down_now();
+        assert!(now(0) && !now(1), "the whole-pool view agrees");
         for _ in 0..5 {
             assert_ne!(p.pick(&req()).unwrap().addr, bad);
         }
         p.report_success(bad);
         assert!(!p.is_cooling_down(0));
+        assert!(!p.cooling_down_now()(0));
+        let texts: Vec<&str> = p.address_texts().iter().map(|t| &**t).collect();
+        assert_eq!(texts, ["10.0.0.1:80", "10.0.0.2:80"]);
     }
 
     #[test]

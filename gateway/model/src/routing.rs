@@ -63,6 +63,53 @@ impl PartialEq for PathRegex {
 
 impl Eq for PathRegex {}
 
+/// An Ingress's (or a route's) annotations as plugins read them. Reads
+/// go to the map (it derefs to it); the proxy-wasm encoding of the whole
+/// map, which a plugin may ask for on every request, is made once for the
+/// snapshot, on first use.
+#[derive(Debug, Default)]
+pub struct Annotations {
+    map: std::collections::BTreeMap<String, String>,
+    encoded: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl Annotations {
+    /// The map encoded by `encode`, made the first time it is asked for.
+    pub fn encoded_with(
+        &self,
+        encode: impl FnOnce(&std::collections::BTreeMap<String, String>) -> Vec<u8>,
+    ) -> &[u8] {
+        self.encoded
+            .get_or_init(|| encode(&self.map).into_boxed_slice())
+    }
+}
+
+impl std::ops::Deref for Annotations {
+    type Target = std::collections::BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl From<std::collections::BTreeMap<String, String>> for Annotations {
+    fn from(map: std::collections::BTreeMap<String, String>) -> Self {
+        Annotations {
+            map,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// Equal when the maps are (the encoding is derived from the map).
+impl PartialEq for Annotations {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for Annotations {}
+
 /// Where a matched request goes and which object said so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
@@ -83,7 +130,7 @@ pub struct Route {
     /// The Ingress's annotations, for plugins
     /// (`portico.ingress.annotations.<key>`); shared by its routes.
     #[serde(skip)]
-    pub annotations: Arc<std::collections::BTreeMap<String, String>>,
+    pub annotations: Arc<Annotations>,
     /// Typed policy from the policy plugin (`ingress.policy_plugin`).
     #[serde(skip)]
     pub policy: Option<Arc<crate::policy::CheckedPolicy>>,

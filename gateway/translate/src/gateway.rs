@@ -30,7 +30,7 @@ use portico_model::route_rule::{
     HeaderEdits, MirrorFilter, NamedMatch, PathChange, RedirectFilter, RequestConditions,
     RewriteFilter, RuleAction, ValueMatch, ValueRegex, WeightedBackend,
 };
-use portico_model::routing::{PathKind, PathRegex, Route};
+use portico_model::routing::{Annotations, PathKind, PathRegex, Route};
 use portico_model::snapshot::{BackendKey, L4ListenerKey, L4Protocol, SnapshotSpec};
 use portico_model::sni::SniRoute;
 use portico_model::store::{ObjectKey, Store};
@@ -1494,7 +1494,7 @@ fn add_http_route(
     if attached.is_empty() && flavor.parents(status).get(key).is_none() {
         return;
     }
-    let annotations: std::sync::Arc<BTreeMap<String, String>> = std::sync::Arc::new(
+    let annotations: std::sync::Arc<Annotations> = std::sync::Arc::new(
         route
             .metadata
             .annotations
@@ -1502,7 +1502,8 @@ fn add_http_route(
             .flatten()
             .filter(|(k, _)| !k.ends_with("last-applied-configuration"))
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+            .collect::<BTreeMap<_, _>>()
+            .into(),
     );
     let scoped_plugins = settings
         .scoped
@@ -1546,7 +1547,7 @@ fn add_http_route(
         // The plugins a rule with session persistence gets: those scoped
         // to its annotation as well (see `session`).
         let session_plugins = built.session.as_ref().map(|p| {
-            let mut a = (*annotations).clone();
+            let mut a = (**annotations).clone();
             a.insert(p.scope_annotation().into(), "true".into());
             let plugins = settings.scoped.for_ingress(Some(&a));
             if plugins.len() == scoped_plugins.len() {
@@ -1583,7 +1584,7 @@ fn add_http_route(
             let session = built.session.as_ref().map(|c| {
                 let path = session::cookie_path(matched.kind, &matched.path);
                 [false, true].map(|secure| {
-                    std::sync::Arc::new(session::annotations(&annotations, c, &path, secure))
+                    std::sync::Arc::new(session::annotations(&annotations, c, &path, secure).into())
                 })
             });
             for (l, hosts) in &attached {

@@ -71,16 +71,16 @@ pub fn add_ingress(
     let ingress_name = key.to_string();
     // Plugins read annotations as properties; kubectl's copy of the whole
     // object is not one a plugin needs.
-    let annotations: std::sync::Arc<std::collections::BTreeMap<String, String>> =
-        std::sync::Arc::new(
-            ing.metadata
-                .annotations
-                .iter()
-                .flatten()
-                .filter(|(k, _)| !k.ends_with("last-applied-configuration"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        );
+    let annotations: std::sync::Arc<portico_model::routing::Annotations> = std::sync::Arc::new(
+        ing.metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| !k.ends_with("last-applied-configuration"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into(),
+    );
     let known_plugins = &settings.plugins;
     let (plugins, unknown) =
         super::plugins::requested(ing.metadata.annotations.as_ref(), known_plugins);

@@ -91,11 +91,11 @@ fn main() {
         Arc::default(),
         HealthPolicy::default(),
     ));
-    let annotations: Arc<BTreeMap<String, String>> = Arc::new(
-        [(
+    let annotations: Arc<portico_model::routing::Annotations> = Arc::new(
+        BTreeMap::from([(
             "nginx.ingress.kubernetes.io/affinity".to_string(),
             "cookie".to_string(),
-        )]
+        )])
         .into(),
     );
     if sticky {

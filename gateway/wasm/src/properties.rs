@@ -30,7 +30,7 @@ pub struct StreamProps {
     /// The endpoints the chosen backend offers (`proxy_get_upstream_hosts`).
     pub candidates: Option<Candidates>,
     /// The Ingress's annotations (HTTP).
-    pub annotations: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    pub annotations: Option<std::sync::Arc<portico_model::routing::Annotations>>,
     /// The endpoint the stream went to, once connected.
     pub upstream: Option<SocketAddr>,
 }
@@ -47,28 +47,32 @@ impl std::fmt::Debug for Candidates {
 
 impl Candidates {
     /// `(address, state)` pairs: state is `ready`, `serving` (terminating
-    /// but still serving) or `cooling-down` (failed recently).
-    pub fn pairs(&self) -> Vec<(String, &'static str)> {
+    /// but still serving) or `cooling-down` (failed recently). The
+    /// addresses' text is the pool's, made once per snapshot.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &'static str)> + '_ {
         let pool = &self.0;
+        let cooling_down = pool.cooling_down_now();
         pool.endpoints()
             .iter()
+            .zip(pool.address_texts())
             .enumerate()
-            .map(|(i, e)| {
-                let state = if pool.is_cooling_down(i) {
+            .map(move |(i, (e, text))| {
+                let state = if cooling_down(i) {
                     "cooling-down"
                 } else if e.spec.state == portico_model::snapshot::EndpointState::Ready {
                     "ready"
                 } else {
                     "serving"
                 };
-                (e.spec.addr.to_string(), state)
+                (&**text, state)
             })
-            .collect()
     }
 
     /// [`Candidates::pairs`] in the proxy-wasm map encoding.
     pub fn encoded(&self) -> Vec<u8> {
-        let pairs = self.pairs();
+        // Collected first: the encoder walks the pairs three times, and
+        // each walk would read every endpoint's health again.
+        let pairs: Vec<(&str, &str)> = self.pairs().collect();
         super::headers::serialize(pairs.iter().map(|(a, s)| (a.as_bytes(), s.as_bytes())))
     }
 
@@ -190,7 +194,10 @@ impl StreamProps {
                 .and_then(|c| c.0.affinity())
                 .map(|a| int(a.timeout.as_secs() as i64)),
             "portico.ingress.annotations" => self.annotations.as_ref().map(|a| {
-                super::headers::serialize(a.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+                a.encoded_with(|m| {
+                    super::headers::serialize(m.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+                })
+                .to_vec()
             }),
             "portico.route" => self.route.as_ref().map(|r| r.name().into_bytes()),
             "portico.service" => self.route.as_ref().map(|r| r.service().into_bytes()),
@@ -231,10 +238,10 @@ mod tests {
             response_code: Some(404),
             candidates: None,
             annotations: Some(std::sync::Arc::new(
-                [(
+                std::collections::BTreeMap::from([(
                     "nginx.ingress.kubernetes.io/affinity".to_string(),
                     "cookie".to_string(),
-                )]
+                )])
                 .into(),
             )),
             upstream: Some("10.1.2.3:8080".parse().unwrap()),

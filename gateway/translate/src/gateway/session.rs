@@ -216,6 +216,19 @@ fn fnv32(s: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The session-affinity plugin refuses the same header names (it is
+    /// built apart, for wasm32 with rustc 1.63, so it keeps its own copy).
+    #[test]
+    fn the_plugin_reserves_the_same_headers() {
+        let plugin = include_str!("../../../../plugins/session-affinity/src/lib.rs");
+        let start = plugin
+            .find("const RESERVED: [&str; ")
+            .expect("the plugin's RESERVED list");
+        let list = &plugin[start..start + plugin[start..].find("];").unwrap()];
+        let names: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        assert_eq!(names, RESERVED_HEADERS, "plugins/session-affinity RESERVED");
+    }
     use portico_gateway_api::httproutes::HttpRouteRulesSessionPersistenceCookieConfig;
     use HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as L;
 
