@@ -41,12 +41,18 @@ MULTI_CORES = "0,1"
 # The fixed-rate scenario's rate, as a share of nginx's maximum.
 FIXED_RATE = 0.7
 # The fixed-rate scenario runs in short slices, interleaved across the
-# targets (order reversed every other slice): a p99 is the tail of the
+# targets (the order rotated every slice): a p99 is the tail of the
 # run, and on a shared VM one stall of the host decides a long run's
 # tail, so one run per target cannot compare two proxies. Each slice's
 # targets run back to back, and the ratios pair them slice by slice.
 FIXED_SLICES = 5
 FIXED_SLICE_S = 2
+# Bare Pingora saturates below that rate (its maximum is about 0.6x
+# nginx's): its figures would be queueing, and the backlog it leaves
+# slows the next slice. Not run there.
+FIXED_TARGETS = ["portico", "portico-default", "nginx", "haproxy", "direct"]
+# Slices per round of the plugin scenario (of FIXED_SLICE_S each).
+PLUGIN_SLICES = 6
 # Seconds a proxy idles before its idle RSS is read (memory scenario):
 # Portico trims start-up memory 3 s after it serves.
 MEMORY_IDLE_S = 8
@@ -464,10 +470,11 @@ class Bench:
         self.results.setdefault(scenario, {}).setdefault(target, []).append(res)
         log(f"{scenario:16} {target:8} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
 
-    def h1(self, target):
+    def h1(self, target, seconds=None):
+        seconds = seconds or self.d
         url = f"http://127.0.0.1:{PORTS[target]['http']}/"
-        out = client(["wrk", "-t1", "-c64", f"-d{self.d}s", "--latency", "-H", f"Host: {HOST}", url], self.d + 30)
-        return parse_wrk(out)
+        out = client(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}", url], seconds + 30)
+        return dict(parse_wrk(out), seconds=seconds)
 
     def h1_2core(self, target):
         # The proxies on both cores; the client shares them (and the backend core 1).
@@ -510,9 +517,16 @@ class Bench:
         log(f"round {n}")
         if "plugins" in scenarios:
             # Portico alone (fast path, then full path), then with each
-            # plugin, back to back.
-            for t in ["portico", "portico-full"] + list(PLUGIN_TARGETS):
-                self.measure("plugins", t, lambda: self.h1(t))
+            # plugin, in short slices with the order rotated (as the
+            # fixed-rate scenario): the plugin's cost is a difference of
+            # a few percent between runs that vary by more than that, so
+            # it is taken per slice, between runs back to back.
+            ts = ["portico", "portico-full"] + list(PLUGIN_TARGETS)
+            slices, seconds = (1, self.d) if self.d < FIXED_SLICE_S else (PLUGIN_SLICES, FIXED_SLICE_S)
+            for k in range(slices):
+                r = k % len(ts)
+                for t in ts[r:] + ts[:r]:
+                    self.measure("plugins", t, lambda: self.h1(t, seconds))
         if "h1" in scenarios:
             for t in ["nginx", "portico", "pingora", "portico-default", "haproxy", "direct"]:
                 self.measure("h1", t, lambda: self.h1(t))
@@ -520,7 +534,10 @@ class Bench:
             nginx_max = self.results["h1"]["nginx"][-1]["rps"]
             slices, seconds = (2, 1) if self.d < FIXED_SLICE_S else (FIXED_SLICES, FIXED_SLICE_S)
             for k in range(slices):
-                for t in (TARGETS if k % 2 == 0 else TARGETS[::-1]):
+                # Rotated: over a round each target takes each place in
+                # the order once, so no target always follows the same one.
+                r = k % len(FIXED_TARGETS)
+                for t in FIXED_TARGETS[r:] + FIXED_TARGETS[:r]:
                     self.measure("h1_fixed", t, lambda: self.h1_fixed(t, nginx_max * FIXED_RATE, seconds))
         for name, fn in [("h2c", self.h2c), ("h2_tls", self.h2_tls), ("tls_handshakes", self.tls_handshakes),
                          ("tcp_throughput", self.tcp_throughput)]:
@@ -637,6 +654,14 @@ def plugin_in_process(portico_bin, quick):
     return out
 
 
+def quartiles(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if len(xs) < 4:
+        return "-"
+    q = statistics.quantiles(xs, n=4)
+    return f"{fmt(q[0])} to {fmt(q[2])}"
+
+
 def plugin_table(results, duration, in_process):
     """Portico with a plugin against Portico alone, same run, same core.
     A request with a plugin takes the full path, so the plugin's cost is
@@ -647,14 +672,14 @@ def plugin_table(results, duration, in_process):
         return ""
     lines = ["\n### Plugin overhead: HTTP/1.1 keep-alive, 64 connections (wrk), Portico alone vs one plugin on every request\n",
              "| plugin | req/s fast path alone | req/s full path alone | req/s with plugin | proxy CPU per request: fast path alone (us) "
-             "| full path alone (us) | with plugin (us) | plugin cost per request (us) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| full path alone (us) | with plugin (us) | plugin cost per request (us) | cost, quartiles over slices (us) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     fast = r.get("portico", [])
     base = r.get("portico-full", [])
     def us_per_req(row):
         if not row.get("rps") or not row.get("cpu_s"):
             return None
-        return row["cpu_s"] / (row["rps"] * duration) * 1e6
+        return row["cpu_s"] / (row["rps"] * row.get("seconds", duration)) * 1e6
     for t, (pname, _) in PLUGIN_TARGETS.items():
         rows = r.get(t, [])
         costs = [us_per_req(w) - us_per_req(b) for b, w in zip(base, rows)
@@ -662,9 +687,9 @@ def plugin_table(results, duration, in_process):
         lines.append(f"| {pname} | {fmt(median([x.get('rps') for x in fast]))} | {fmt(median([x.get('rps') for x in base]))} | "
                      f"{fmt(median([x.get('rps') for x in rows]))} | {fmt(median([us_per_req(x) for x in fast]))} | "
                      f"{fmt(median([us_per_req(x) for x in base]))} | "
-                     f"{fmt(median([us_per_req(x) for x in rows]))} | {fmt(median(costs))} |")
+                     f"{fmt(median([us_per_req(x) for x in rows]))} | {fmt(median(costs))} | {quartiles(costs)} |")
     lines.append("\nPlugin cost per request = the proxy's CPU time per request with the plugin minus the full path's without it, "
-                 "per round, median (CPU time from /proc; the proxies are pinned to one core). A plugin on a route also takes "
+                 "per slice (the targets' runs back to back), median over the slices (CPU time from /proc; the proxies are pinned to one core). A plugin on a route also takes "
                  "the route off the HTTP/1.1 fast path: the difference between the first two CPU columns. On this shared "
                  "2-core VM the per-request CPU varies by several microseconds between runs, so these differences are noisy.")
     if in_process:
