@@ -457,3 +457,67 @@ fn the_default_config_with_other_manifests_starts_no_demo_servers() {
         "demo echo servers took their ports"
     );
 }
+
+/// Inodes of the TCP sockets in LISTEN state on 127.0.0.1:`port` that
+/// process `pid` holds.
+fn listening_sockets(pid: u32, port: u16) -> usize {
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the gateway's fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).expect("its TCP table");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // local address, state 0A (LISTEN), inode
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+        .filter(|f| held.contains(&format!("socket:[{}]", f[9])))
+        .count()
+}
+
+#[test]
+fn each_worker_thread_listens_on_sockets_of_its_own() {
+    // The gateway runs one worker per CPU it may use, as this test does.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let a = Echo::http("a");
+    let gw = web_gateway(&a, &["/"], "");
+    assert_eq!(
+        listening_sockets(gw.pid(), gw.http),
+        workers,
+        "one HTTP listening socket per worker"
+    );
+    assert_eq!(
+        listening_sockets(gw.pid(), gw.https),
+        workers,
+        "one HTTPS listening socket per worker"
+    );
+    let l7_threads = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "portico-l7")
+        .count();
+    assert_eq!(l7_threads, workers, "one L7 thread per worker");
+    // Connections spread over the sockets by the kernel are all served,
+    // keep-alive requests included.
+    let mut conns: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let s = TcpStream::connect(addr(gw.http)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    for round in 0..3 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                .unwrap();
+            let r =
+                read_response(c).unwrap_or_else(|e| panic!("connection {i}, round {round}: {e}"));
+            assert_eq!(r.status, 200, "connection {i}, round {round}");
+        }
+    }
+}

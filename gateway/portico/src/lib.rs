@@ -19,3 +19,4 @@ pub mod rbac;
 pub mod run;
 pub mod settings;
 pub mod telemetry;
+pub mod worker_listeners;

@@ -14,7 +14,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::settings::{kube_settings, translate_settings};
-use crate::{demo, telemetry};
+use crate::{demo, telemetry, worker_listeners};
 use portico_dataplane::l4::{L4Manager, L4Settings};
 use portico_dataplane::proxy::http::HttpProxy;
 use portico_dataplane::shutdown::DrainingSignalWatch;
@@ -261,38 +261,46 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
         cfg.proxy.clone(),
         cfg.log.access_log,
     );
-    // Pingora's proxy serves what the HTTP/1.1 fast path leaves to it
-    // (`portico_dataplane::proxy::fast_h1`).
-    let mut full = pingora::proxy::http_proxy(&server.configuration, proxy.clone());
-    let mut opts = pingora::apps::HttpServerOptions::default();
-    opts.h2c = cfg.listen.h2c;
-    full.server_options = Some(opts);
-    let mut l7 = pingora::services::listening::Service::new(
-        "portico-l7".to_string(),
-        portico_dataplane::proxy::fast_h1::FastH1::new(full, proxy),
-    );
-    for addr in &cfg.listen.http {
-        l7.add_tcp(&addr.to_string());
+    // One service per worker thread, each with listening sockets of its
+    // own: see `worker_listeners`.
+    let socket_options = worker_listeners::socket_options(threads);
+    for _ in 0..threads {
+        // Pingora's proxy serves what the HTTP/1.1 fast path leaves to it
+        // (`portico_dataplane::proxy::fast_h1`).
+        let mut full = pingora::proxy::http_proxy(&server.configuration, proxy.clone());
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2c = cfg.listen.h2c;
+        full.server_options = Some(opts);
+        let mut l7 = Service::new(
+            "portico-l7".to_string(),
+            portico_dataplane::proxy::fast_h1::FastH1::new(full, proxy.clone()),
+        );
+        for addr in &cfg.listen.http {
+            match &socket_options {
+                Some(o) => l7.add_tcp_with_settings(&addr.to_string(), o.clone()),
+                None => l7.add_tcp(&addr.to_string()),
+            }
+        }
+        if cfg.proxy.proxy_protocol {
+            l7.endpoints().set_pre_tls_callback(Arc::new(
+                portico_dataplane::proxy::proxy_protocol::BeforeTls {
+                    trusted: Arc::new(cfg.proxy.trusted_proxies.clone()),
+                },
+            ));
+        }
+        for addr in &cfg.listen.https {
+            let mut tls_settings =
+                TlsSettings::with_callbacks(Box::new(portico_dataplane::proxy::http::SniRecorder))
+                    .map_err(|e| e.to_string())?;
+            tls_settings.set_cert_resolver(Arc::new(SniResolver::new(
+                publisher.handle(),
+                default_cert.clone(),
+            )));
+            tls_settings.enable_h2();
+            l7.add_tls_with_settings(&addr.to_string(), socket_options.clone(), tls_settings);
+        }
+        server.add_service(worker_listeners::WorkerListeners::new(l7));
     }
-    if cfg.proxy.proxy_protocol {
-        l7.endpoints().set_pre_tls_callback(Arc::new(
-            portico_dataplane::proxy::proxy_protocol::BeforeTls {
-                trusted: Arc::new(cfg.proxy.trusted_proxies.clone()),
-            },
-        ));
-    }
-    for addr in &cfg.listen.https {
-        let mut tls_settings =
-            TlsSettings::with_callbacks(Box::new(portico_dataplane::proxy::http::SniRecorder))
-                .map_err(|e| e.to_string())?;
-        tls_settings.set_cert_resolver(Arc::new(SniResolver::new(
-            publisher.handle(),
-            default_cert.clone(),
-        )));
-        tls_settings.enable_h2();
-        l7.add_tls_with_settings(&addr.to_string(), None, tls_settings);
-    }
-    server.add_service(l7);
 
     let mut admin = Service::new(
         "portico-admin".to_string(),
