@@ -458,8 +458,8 @@ fn the_default_config_with_other_manifests_starts_no_demo_servers() {
     );
 }
 
-/// Inodes of the TCP sockets in LISTEN state on 127.0.0.1:`port` that
-/// process `pid` holds.
+/// How many TCP sockets in LISTEN state on 127.0.0.1:`port` process `pid`
+/// holds.
 fn listening_sockets(pid: u32, port: u16) -> usize {
     let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("the gateway's fds")

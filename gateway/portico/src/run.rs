@@ -55,6 +55,20 @@ fn default_certificate(cfg: &Config) -> Result<tls::Certificate, String> {
     }
 }
 
+/// Pingora's settings for `threads` worker threads.
+fn server_conf(cfg: &Config, threads: usize) -> ServerConf {
+    ServerConf {
+        threads,
+        // Plugin instances are per worker thread and a request's phases
+        // must run where its contexts live: one single-threaded runtime
+        // per worker (also Pingora's faster mode).
+        work_stealing: false,
+        grace_period_seconds: Some(cfg.shutdown.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
 /// Fails early, with the config key, when a listener address is taken.
 fn check_bindable(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     for (addr, key) in addrs {
@@ -242,17 +256,7 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let conf = ServerConf {
-        threads,
-        // Plugin instances are per worker thread and a request's phases
-        // must run where its contexts live: one single-threaded runtime
-        // per worker (also Pingora's faster mode).
-        work_stealing: false,
-        grace_period_seconds: Some(cfg.shutdown.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&cfg, threads));
     server.bootstrap();
 
     let proxy = HttpProxy::new(
@@ -264,10 +268,15 @@ pub fn run(cfg: Config, config_file: Option<PathBuf>) -> Result<(), String> {
     // One service per worker thread, each with listening sockets of its
     // own: see `worker_listeners`.
     let socket_options = worker_listeners::socket_options(threads);
+    // A worker's Pingora proxy serves one thread: sized for one, its
+    // upstream pool keeps `upstream_keepalive_pool_size` idle connections
+    // (Pingora multiplies that by the thread count), so the workers
+    // together keep what one proxy for all threads would.
+    let worker_conf = Arc::new(server_conf(&cfg, 1));
     for _ in 0..threads {
         // Pingora's proxy serves what the HTTP/1.1 fast path leaves to it
         // (`portico_dataplane::proxy::fast_h1`).
-        let mut full = pingora::proxy::http_proxy(&server.configuration, proxy.clone());
+        let mut full = pingora::proxy::http_proxy(&worker_conf, proxy.clone());
         let mut opts = pingora::apps::HttpServerOptions::default();
         opts.h2c = cfg.listen.h2c;
         full.server_options = Some(opts);

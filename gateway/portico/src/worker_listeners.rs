@@ -14,7 +14,9 @@
 //! new connections over the workers (nginx's `reuseport`); a worker serves
 //! what it accepts on its own thread. The fd table Pingora passes is for its
 //! binary upgrade, which Portico does not use: it is not handed on, since it
-//! would give every worker the first worker's socket.
+//! would give every worker the first worker's socket. Each worker's Pingora
+//! proxy is configured for one thread, so that its upstream pool is sized
+//! for one (`run::server_conf`).
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
